@@ -1,0 +1,100 @@
+//! `dmvx-vmm`: run one variant of a program in a KVM microVM.
+
+use std::process::ExitCode;
+
+use dmvx_vmm::cli::{self, Command, USAGE};
+use dmvx_vmm::kernel::GuestKernel;
+use dmvx_vmm::process::errno::Errno;
+use dmvx_vmm::process::exec::ExecError;
+use dmvx_vmm::process::{self, Outcome, ProcessError};
+
+/// The VMM itself failed.
+const EXIT_VMM: u8 = 125;
+/// The program exists but cannot be executed.
+const EXIT_NOEXEC: u8 = 126;
+/// The program was not found.
+const EXIT_NOTFOUND: u8 = 127;
+const EXIT_USAGE: u8 = 2;
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dmvx-vmm: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let (program, rest) = match &args.command {
+        Command::Help => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("dmvx-vmm {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::SyscallTable => {
+            print!("{}", process::syscall::markdown_table());
+            return ExitCode::SUCCESS;
+        }
+        Command::Run { program, args } => (program.clone(), args.clone()),
+    };
+    let kernel = match &args.kernel {
+        Some(path) => GuestKernel::from_file(path),
+        None => GuestKernel::embedded(),
+    };
+    let kernel = match kernel {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("dmvx-vmm: error: {e}");
+            return ExitCode::from(EXIT_VMM);
+        }
+    };
+    let mut env = vec![DEFAULT_PATH.to_string()];
+    for kv in &args.env {
+        let key = kv.split('=').next().unwrap_or("");
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.clone());
+    }
+    let mut argv = vec![program.clone()];
+    argv.extend(rest);
+    let writable = args.rootfs.is_some() && !args.read_only;
+    let config = process::Config {
+        kernel,
+        memory: args.memory,
+        root: args.rootfs.clone().unwrap_or_else(|| "/".into()),
+        writable,
+        program,
+        argv,
+        env,
+        cwd: args.cwd.clone(),
+        variant: args.variant,
+        stats: args.stats,
+        trace: args.trace,
+        launched_ns: std::env::var("DMVX_LAUNCH_NS")
+            .ok()
+            .and_then(|s| s.parse().ok()),
+    };
+    match process::run(config) {
+        Ok(Outcome::Exited(status)) => ExitCode::from((status & 0xff) as u8),
+        Ok(o @ Outcome::Killed { .. }) => {
+            if let Outcome::Killed { signal, reason } = &o {
+                eprintln!("dmvx: program killed by {}: {reason}", signal.name());
+            }
+            ExitCode::from(o.status() as u8)
+        }
+        Err(e) => {
+            eprintln!("dmvx-vmm: error: {e}");
+            ExitCode::from(match &e {
+                ProcessError::Exec(x) => match x.errno() {
+                    Errno::ENOENT => EXIT_NOTFOUND,
+                    _ if matches!(x, ExecError::OutOfMemory { .. }) => EXIT_VMM,
+                    _ => EXIT_NOEXEC,
+                },
+                _ => EXIT_VMM,
+            })
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Guest physical memory: one anonymous region starting at guest address 0,
+//! plus a page-frame allocator over the part the VMM hands out at run time.
+//!
+//! Every access is bounds-checked against the region; a guest-supplied
+//! address never reaches a raw pointer unchecked.
+
+use std::sync::Arc;
+
+use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
+
+/// Size of a page.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Errors of guest memory setup.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("guest memory of {size} bytes is too small: at least {min} bytes are needed")]
+    TooSmall { size: u64, min: u64 },
+    #[error("guest memory size {0} is not a multiple of 2 MiB")]
+    Unaligned(u64),
+    #[error("cannot allocate {size} bytes of guest memory: {source}")]
+    Alloc {
+        size: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
+}
+
+/// The guest's physical memory.
+#[derive(Clone)]
+pub struct GuestMemory {
+    mmap: Arc<GuestMemoryMmap>,
+    host: *mut u8,
+    size: u64,
+}
+
+impl std::fmt::Debug for GuestMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestMemory")
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl GuestMemory {
+    /// Allocates `size` bytes (lazily backed; untouched pages cost nothing).
+    pub fn new(size: u64, min: u64) -> Result<Self, MemoryError> {
+        if size < min {
+            return Err(MemoryError::TooSmall { size, min });
+        }
+        if !size.is_multiple_of(2 << 20) {
+            return Err(MemoryError::Unaligned(size));
+        }
+        let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
+            .map_err(|source| MemoryError::Alloc { size, source })?;
+        let region = mmap.iter().next().expect("one region was requested");
+        let host = region.as_ptr();
+        Ok(GuestMemory {
+            mmap: Arc::new(mmap),
+            host,
+            size,
+        })
+    }
+
+    /// The vm-memory view, for KVM memory slots and rust-vmm loaders.
+    pub fn mmap(&self) -> &GuestMemoryMmap {
+        &self.mmap
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host address of the first byte.
+    pub fn host_base(&self) -> u64 {
+        self.host as u64
+    }
+
+    /// Whether `[gpa, gpa + len)` lies inside guest memory.
+    #[inline]
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        gpa.checked_add(len).is_some_and(|end| end <= self.size)
+    }
+
+    /// Host pointer to `[gpa, gpa + len)`, or `None` if out of range.
+    ///
+    /// The pointer stays valid for the life of this `GuestMemory`. The guest
+    /// may write the memory whenever its vCPU runs, so callers must not hold
+    /// Rust references derived from it across a `KVM_RUN`.
+    #[inline]
+    pub fn host_ptr(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        if self.contains(gpa, len) {
+            // SAFETY: gpa + len <= size, so the offset stays inside the mapping.
+            Some(unsafe { self.host.add(gpa as usize) })
+        } else {
+            None
+        }
+    }
+
+    /// Reads a little-endian u64 at an 8-byte aligned `gpa`.
+    #[inline]
+    pub fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let p = self.host_ptr(gpa, 8)?;
+        // SAFETY: in bounds (checked by host_ptr); unaligned read is allowed.
+        Some(unsafe { (p as *const u64).read_unaligned() })
+    }
+
+    /// Writes a little-endian u64 at `gpa`.
+    #[inline]
+    pub fn write_u64(&self, gpa: u64, value: u64) -> Option<()> {
+        let p = self.host_ptr(gpa, 8)?;
+        // SAFETY: in bounds (checked by host_ptr); unaligned write is allowed.
+        unsafe { (p as *mut u64).write_unaligned(value) };
+        Some(())
+    }
+
+    /// Copies `data` to `gpa`.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Option<()> {
+        let p = self.host_ptr(gpa, data.len() as u64)?;
+        // SAFETY: destination in bounds (checked); source is a distinct Rust slice.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        Some(())
+    }
+
+    /// Copies from `gpa` into `buf`.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Option<()> {
+        let p = self.host_ptr(gpa, buf.len() as u64)?;
+        // SAFETY: source in bounds (checked); destination is a distinct Rust slice.
+        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+        Some(())
+    }
+
+    /// Fills `[gpa, gpa + len)` with zeroes.
+    pub fn zero(&self, gpa: u64, len: u64) -> Option<()> {
+        let p = self.host_ptr(gpa, len)?;
+        // SAFETY: range in bounds (checked).
+        unsafe { std::ptr::write_bytes(p, 0, len as usize) };
+        Some(())
+    }
+}
+
+/// Allocator of 4 KiB guest page frames from `[start, end)`.
+///
+/// Frames never handed out are zero (the region is fresh anonymous memory);
+/// recycled frames are zeroed when they are handed out again.
+#[derive(Debug)]
+pub struct FrameAllocator {
+    next: u64,
+    end: u64,
+    free: Vec<u64>,
+    in_use: u64,
+}
+
+impl FrameAllocator {
+    /// Frames from `[start, end)`, both page aligned.
+    pub fn new(start: u64, end: u64) -> Self {
+        FrameAllocator {
+            next: start,
+            end,
+            free: Vec::new(),
+            in_use: 0,
+        }
+    }
+
+    /// A zeroed frame, or `None` when guest memory is exhausted.
+    #[inline]
+    pub fn alloc(&mut self, mem: &GuestMemory) -> Option<u64> {
+        let frame = if let Some(f) = self.free.pop() {
+            mem.zero(f, PAGE_SIZE)?;
+            f
+        } else if self.next < self.end {
+            let f = self.next;
+            self.next += PAGE_SIZE;
+            f
+        } else {
+            return None;
+        };
+        self.in_use += 1;
+        Some(frame)
+    }
+
+    /// Returns a frame. The caller guarantees no mapping refers to it any more.
+    #[inline]
+    pub fn free(&mut self, frame: u64) {
+        debug_assert!(frame.is_multiple_of(PAGE_SIZE));
+        self.in_use -= 1;
+        self.free.push(frame);
+    }
+
+    /// Frames currently handed out.
+    pub fn in_use(&self) -> u64 {
+        self.in_use
+    }
+
+    /// Frames that can still be handed out.
+    pub fn available(&self) -> u64 {
+        (self.end - self.next) / PAGE_SIZE + self.free.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_checked() {
+        let mem = GuestMemory::new(4 << 20, 2 << 20).unwrap();
+        assert!(mem.read_u64((4 << 20) - 8).is_some());
+        assert!(mem.read_u64((4 << 20) - 7).is_none());
+        assert!(mem.read_u64(u64::MAX - 3).is_none());
+        assert!(mem.host_ptr(0, u64::MAX).is_none());
+        assert!(mem.write(4 << 20, &[1]).is_none());
+    }
+
+    #[test]
+    fn too_small_and_unaligned_are_errors() {
+        assert!(matches!(
+            GuestMemory::new(2 << 20, 4 << 20),
+            Err(MemoryError::TooSmall { .. })
+        ));
+        assert!(matches!(
+            GuestMemory::new((4 << 20) + 4096, 2 << 20),
+            Err(MemoryError::Unaligned(_))
+        ));
+    }
+
+    #[test]
+    fn recycled_frames_are_zeroed() {
+        let mem = GuestMemory::new(4 << 20, 2 << 20).unwrap();
+        let mut frames = FrameAllocator::new(2 << 20, 4 << 20);
+        let f = frames.alloc(&mem).unwrap();
+        mem.write_u64(f + 8, 42).unwrap();
+        frames.free(f);
+        let g = frames.alloc(&mem).unwrap();
+        assert_eq!(g, f);
+        assert_eq!(mem.read_u64(f + 8), Some(0));
+        assert_eq!(frames.in_use(), 1);
+    }
+}

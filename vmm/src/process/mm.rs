@@ -1,0 +1,891 @@
+//! The program's address space: its mappings (VMAs), the page tables that
+//! realise them, and access to user memory on the program's behalf.
+//!
+//! Pages are populated lazily, on the program's first touch (a page fault)
+//! or when a system call reads or writes them, so a large reservation costs
+//! nothing until used. Page-table entries always carry exactly their VMA's
+//! permissions; there is no copy-on-write (no fork). A populated page of a
+//! PROT_NONE mapping keeps its frame in a non-present entry, so its contents
+//! survive until the protection is widened again.
+//!
+//! The VMM writes every entry itself. Changes that take a translation away
+//! or narrow it are also queued as "kernel operations": the guest kernel
+//! rewrites those entries in place before the program runs again, which
+//! makes a shadow-paging KVM drop what it cached (it only notices writes
+//! made by the guest), then flushes the TLB.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+
+use dmvx_abi::KopsOp;
+
+use super::errno::{Errno, SysResult};
+use super::layout::Layout;
+use crate::arch::x86_64::layout::{direct_map, USER_END, USER_MIN};
+use crate::arch::x86_64::paging::{pte, PageTables};
+use crate::memory::{FrameAllocator, GuestMemory, PAGE_SIZE};
+
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
+const PROT_ALL: u32 = PROT_READ | PROT_WRITE | PROT_EXEC;
+
+/// Pages populated together on an anonymous or file fault.
+const FAULT_AROUND_PAGES: u64 = 16;
+
+/// Rounds up to a page boundary (saturating).
+#[inline]
+pub fn page_up(x: u64) -> u64 {
+    x.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
+/// Rounds down to a page boundary.
+#[inline]
+pub fn page_down(x: u64) -> u64 {
+    x & !(PAGE_SIZE - 1)
+}
+
+/// What backs a mapping's pages that have not been populated yet.
+#[derive(Clone, Debug)]
+pub enum Backing {
+    /// Zero pages.
+    Anon,
+    /// The file's contents from `offset` (the file offset of the VMA's
+    /// start); zero beyond its end.
+    File { fd: Rc<OwnedFd>, offset: u64 },
+}
+
+/// What a mapping is, for reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmaKind {
+    Mapping,
+    Program,
+    Heap,
+    Stack,
+}
+
+/// One mapping.
+#[derive(Clone, Debug)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub shared: bool,
+    pub backing: Backing,
+    pub kind: VmaKind,
+}
+
+impl Vma {
+    /// Splits at `at` (strictly inside): self keeps the low part.
+    fn split_off(&mut self, at: u64) -> Vma {
+        debug_assert!(self.start < at && at < self.end);
+        let mut hi = self.clone();
+        hi.start = at;
+        if let Backing::File { offset, .. } = &mut hi.backing {
+            *offset += at - self.start;
+        }
+        self.end = at;
+        hi
+    }
+
+    fn allows(&self, access: Access) -> bool {
+        match access {
+            Access::Read => self.prot & PROT_ALL != 0,
+            Access::Write => self.prot & PROT_WRITE != 0,
+            Access::Exec => self.prot & PROT_EXEC != 0,
+        }
+    }
+}
+
+/// The kind of access that faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+/// Why an access cannot be satisfied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// No mapping at the address (SEGV_MAPERR).
+    Unmapped,
+    /// A mapping that forbids the access (SEGV_ACCERR).
+    Denied,
+    /// Guest memory is exhausted.
+    OutOfMemory,
+}
+
+/// Page-table entry flags for a protection, or `None` for PROT_NONE.
+#[inline]
+fn pte_flags(prot: u32) -> Option<u64> {
+    if prot & PROT_ALL == 0 {
+        return None;
+    }
+    let mut f = pte::PRESENT | pte::USER | pte::ACCESSED | pte::DIRTY;
+    if prot & PROT_WRITE != 0 {
+        f |= pte::WRITABLE;
+    }
+    if prot & PROT_EXEC == 0 {
+        f |= pte::NO_EXECUTE;
+    }
+    Some(f)
+}
+
+/// Whether replacing entry `old` by `new` takes anything away.
+#[inline]
+fn narrows(old: u64, new: u64) -> bool {
+    old & pte::PRESENT != 0
+        && (new & pte::PRESENT == 0
+            || (old ^ new) & pte::ADDR_MASK != 0
+            || (old & pte::WRITABLE != 0 && new & pte::WRITABLE == 0)
+            || (old & pte::NO_EXECUTE == 0 && new & pte::NO_EXECUTE != 0))
+}
+
+/// The address space.
+pub struct Mm {
+    pub mem: GuestMemory,
+    pub frames: FrameAllocator,
+    pt: PageTables,
+    vmas: BTreeMap<u64, Vma>,
+    /// Entries the guest must rewrite before user code runs again.
+    kops: Vec<KopsOp>,
+    pub layout: Layout,
+    /// Start of the heap, and its current end (the program break).
+    pub brk_start: u64,
+    pub brk: u64,
+    /// Pages populated, for statistics.
+    pub pages_populated: u64,
+}
+
+impl Mm {
+    pub fn new(mem: GuestMemory, frames: FrameAllocator, pt: PageTables, layout: Layout) -> Self {
+        Mm {
+            mem,
+            frames,
+            pt,
+            vmas: BTreeMap::new(),
+            kops: Vec::new(),
+            layout,
+            brk_start: 0,
+            brk: 0,
+            pages_populated: 0,
+        }
+    }
+
+    /// The page tables (CR3 root).
+    pub fn page_tables(&self) -> &PageTables {
+        &self.pt
+    }
+
+    /// The mapping containing `addr`.
+    #[inline]
+    pub fn find(&self, addr: u64) -> Option<&Vma> {
+        self.vmas
+            .range(..=addr)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| addr < v.end)
+    }
+
+    /// All mappings, in address order.
+    pub fn vmas(&self) -> impl Iterator<Item = &Vma> {
+        self.vmas.values()
+    }
+
+    /// Whether `[start, end)` overlaps no mapping.
+    pub fn is_free(&self, start: u64, end: u64) -> bool {
+        if start < USER_MIN || end > USER_END || start >= end {
+            return false;
+        }
+        match self.vmas.range(..end).next_back() {
+            Some((_, v)) => v.end <= start,
+            None => true,
+        }
+    }
+
+    /// Whether `[start, end)` is covered by mappings without holes.
+    pub fn is_fully_mapped(&self, start: u64, end: u64) -> bool {
+        let mut at = start;
+        while at < end {
+            match self.find(at) {
+                Some(v) => at = v.end,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// A free range of `len` bytes: at `hint` if that is free, else the
+    /// highest one below the mmap top (below 2 GiB if `low`).
+    pub fn unmapped_area(&self, len: u64, hint: u64, low: bool) -> Option<u64> {
+        if len == 0 || len > USER_END {
+            return None;
+        }
+        if hint != 0 {
+            let h = page_down(hint);
+            if h.checked_add(len).is_some_and(|e| self.is_free(h, e)) {
+                return Some(h);
+            }
+        }
+        let (top, bottom) = if low {
+            (1 << 31, USER_MIN)
+        } else {
+            (self.layout.mmap_top, self.layout.mmap_bottom)
+        };
+        let mut end = top;
+        for v in self.vmas.range(..top).rev().map(|(_, v)| v) {
+            if v.end <= end && end - v.end >= len && end - len >= bottom {
+                return Some(end - len);
+            }
+            end = end.min(v.start);
+            if end < bottom + len {
+                return None;
+            }
+        }
+        (end >= bottom + len).then(|| end - len)
+    }
+
+    /// Adds a mapping over `[vma.start, vma.end)`, which must be free.
+    pub fn insert(&mut self, vma: Vma) {
+        debug_assert!(self.is_free(vma.start, vma.end));
+        self.vmas.insert(vma.start, vma);
+    }
+
+    /// Makes `addr` a mapping boundary.
+    fn split_at(&mut self, addr: u64) {
+        let Some((&start, _)) = self.vmas.range(..addr).next_back() else {
+            return;
+        };
+        let v = self.vmas.get_mut(&start).expect("key from range");
+        if v.end > addr {
+            let hi = v.split_off(addr);
+            self.vmas.insert(addr, hi);
+        }
+    }
+
+    /// Removes every mapping in `[start, end)` and frees its pages.
+    pub fn unmap(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        self.split_at(start);
+        self.split_at(end);
+        let keys: Vec<u64> = self.vmas.range(start..end).map(|(&k, _)| k).collect();
+        for k in keys {
+            let v = self.vmas.remove(&k).expect("key from range");
+            self.clear_range(v.start, v.end);
+        }
+    }
+
+    /// Changes the protection of `[start, end)`, which must be fully mapped.
+    pub fn protect(&mut self, start: u64, end: u64, prot: u32) -> SysResult<()> {
+        if !self.is_fully_mapped(start, end) {
+            return Err(Errno::ENOMEM);
+        }
+        self.split_at(start);
+        self.split_at(end);
+        for (_, v) in self.vmas.range_mut(start..end) {
+            v.prot = prot;
+        }
+        let flags = pte_flags(prot).unwrap_or(0);
+        self.for_each_populated(start, end, |mm, _va, slot, old| {
+            mm.set_entry(slot, old, (old & pte::ADDR_MASK) | flags);
+        });
+        Ok(())
+    }
+
+    /// Drops the pages of `[start, end)` but keeps the mappings: the next
+    /// touch sees zeroes (anonymous) or the file again (MADV_DONTNEED).
+    pub fn discard(&mut self, start: u64, end: u64) {
+        self.clear_range(start, end);
+    }
+
+    /// Moves the pages of `[old, old + len)` to `new` (free, disjoint) and
+    /// the mapping with them.
+    pub fn relocate(&mut self, old: u64, len: u64, new: u64) -> SysResult<()> {
+        let end = old + len;
+        self.split_at(old);
+        self.split_at(end);
+        let keys: Vec<u64> = self.vmas.range(old..end).map(|(&k, _)| k).collect();
+        let mut moved = Vec::with_capacity(keys.len());
+        for k in keys {
+            let mut v = self.vmas.remove(&k).expect("key from range");
+            let mut pages = Vec::new();
+            self.for_each_populated(v.start, v.end, |mm, va, slot, e| {
+                pages.push((va, e));
+                mm.set_entry(slot, e, 0);
+            });
+            v.start = v.start - old + new;
+            v.end = v.end - old + new;
+            moved.push((v, pages));
+        }
+        for (v, pages) in moved {
+            let shift = v.start;
+            for (va, e) in pages {
+                let to = va - old + new;
+                debug_assert!(to >= shift);
+                let slot = self.pt.entry_gpa_alloc(&self.mem, &mut self.frames, to, 1);
+                if slot.and_then(|s| self.mem.write_u64(s, e)).is_none() {
+                    self.frames.free(e & pte::ADDR_MASK);
+                }
+            }
+            self.vmas.insert(v.start, v);
+        }
+        Ok(())
+    }
+
+    /// Grows or shrinks the mapping that ends at `end` in place to `new_end`.
+    pub fn resize_in_place(&mut self, start: u64, end: u64, new_end: u64) {
+        if new_end < end {
+            self.unmap(new_end, end);
+        } else if let Some((_, v)) = self.vmas.range_mut(..end).next_back() {
+            debug_assert!(v.start <= start && v.end == end);
+            v.end = new_end;
+        }
+    }
+
+    /// Clears the entries of `[start, end)` and frees their frames.
+    fn clear_range(&mut self, start: u64, end: u64) {
+        self.for_each_populated(start, end, |mm, _va, slot, e| {
+            mm.frames.free(e & pte::ADDR_MASK);
+            mm.set_entry(slot, e, 0);
+        });
+    }
+
+    /// Calls `f(self, va, slot_gpa, entry)` for each populated leaf entry
+    /// (present, or holding the frame of a PROT_NONE page) in `[start, end)`,
+    /// skipping absent tables whole.
+    fn for_each_populated(
+        &mut self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(&mut Self, u64, u64, u64),
+    ) {
+        let mut va = page_down(start);
+        while va < end {
+            match self.pt.leaf_table(&self.mem, va) {
+                Ok(table) => {
+                    let stop = ((va | 0x1f_ffff) + 1).min(end);
+                    while va < stop {
+                        let slot = table + ((va >> 12) & 0x1ff) * 8;
+                        let e = self.mem.read_u64(slot).unwrap_or(0);
+                        if e & pte::ADDR_MASK != 0 {
+                            f(self, va, slot, e);
+                        }
+                        va += PAGE_SIZE;
+                    }
+                }
+                Err(span) => va = (va & !(span - 1)).saturating_add(span),
+            }
+        }
+    }
+
+    /// Writes an entry; if that takes something away, queues the guest
+    /// rewrite that makes KVM notice.
+    #[inline]
+    fn set_entry(&mut self, slot: u64, old: u64, new: u64) {
+        if self.mem.write_u64(slot, new).is_none() {
+            return;
+        }
+        if narrows(old, new) {
+            let dst = direct_map(slot);
+            if let Some(last) = self.kops.last_mut() {
+                if last.dst + last.qwords * 8 == dst {
+                    last.qwords += 1;
+                    return;
+                }
+            }
+            self.kops.push(KopsOp {
+                dst,
+                src: dst,
+                qwords: 1,
+            });
+        }
+    }
+
+    /// Whether entries wait for the guest to rewrite them.
+    #[inline]
+    pub fn has_kops(&self) -> bool {
+        !self.kops.is_empty()
+    }
+
+    /// Takes up to `max` queued operations.
+    pub fn take_kops(&mut self, max: usize) -> Vec<KopsOp> {
+        let n = self.kops.len().min(max);
+        self.kops.drain(..n).collect()
+    }
+
+    /// Populates the page at `va` (in `vma`) and up to FAULT_AROUND_PAGES
+    /// neighbours in the same mapping; returns the frame of `va`.
+    fn populate(&mut self, va: u64, around: bool) -> Result<u64, Fault> {
+        let v = self.find(va).ok_or(Fault::Unmapped)?.clone();
+        let flags = pte_flags(v.prot).ok_or(Fault::Denied)?;
+        let page = page_down(va);
+        let (lo, hi) = if around {
+            let block = FAULT_AROUND_PAGES * PAGE_SIZE;
+            (
+                (page & !(block - 1)).max(v.start),
+                ((page & !(block - 1)) + block).min(v.end),
+            )
+        } else {
+            (page, page + PAGE_SIZE)
+        };
+        let mut target = None;
+        let mut p = lo;
+        while p < hi {
+            let slot = self
+                .pt
+                .entry_gpa_alloc(&self.mem, &mut self.frames, p, 1)
+                .ok_or(Fault::OutOfMemory)?;
+            let e = self.mem.read_u64(slot).unwrap_or(0);
+            if e & pte::ADDR_MASK != 0 {
+                if e & pte::PRESENT == 0 {
+                    self.mem
+                        .write_u64(slot, (e & pte::ADDR_MASK) | flags)
+                        .ok_or(Fault::OutOfMemory)?;
+                }
+                if p == page {
+                    target = Some(e & pte::ADDR_MASK);
+                }
+                p += PAGE_SIZE;
+                continue;
+            }
+            let Some(frame) = self.frames.alloc(&self.mem) else {
+                if p == page {
+                    return Err(Fault::OutOfMemory);
+                }
+                break;
+            };
+            if let Backing::File { fd, offset } = &v.backing {
+                let host = self
+                    .mem
+                    .host_ptr(frame, PAGE_SIZE)
+                    .ok_or(Fault::OutOfMemory)?;
+                // SAFETY: `host` points at one whole frame of guest memory
+                // (bounds-checked); pread writes at most PAGE_SIZE bytes.
+                let n = unsafe {
+                    libc::pread(
+                        fd.as_raw_fd(),
+                        host.cast(),
+                        PAGE_SIZE as usize,
+                        (offset + (p - v.start)) as i64,
+                    )
+                };
+                // Short or failed reads leave zeroes, as past a file's end.
+                let _ = n;
+            }
+            self.mem
+                .write_u64(slot, frame | flags)
+                .ok_or(Fault::OutOfMemory)?;
+            self.pages_populated += 1;
+            if p == page {
+                target = Some(frame);
+            }
+            p += PAGE_SIZE;
+        }
+        target.ok_or(Fault::OutOfMemory)
+    }
+
+    /// Resolves a page fault of the program at `addr`. `Ok` means the access
+    /// can be retried.
+    pub fn fault(&mut self, addr: u64, access: Access) -> Result<(), Fault> {
+        let v = self.find(addr).ok_or(Fault::Unmapped)?;
+        if !v.allows(access) {
+            return Err(Fault::Denied);
+        }
+        let e = self.pt.leaf(&self.mem, addr);
+        if e & pte::PRESENT != 0 {
+            // Spurious: permissions were widened after the TLB cached the
+            // entry (the fault itself refreshed it). Check they really allow it.
+            let ok = match access {
+                Access::Read => true,
+                Access::Write => e & pte::WRITABLE != 0,
+                Access::Exec => e & pte::NO_EXECUTE == 0,
+            };
+            return if ok { Ok(()) } else { Err(Fault::Denied) };
+        }
+        self.populate(addr, true).map(|_| ())
+    }
+
+    /// Maps pages of `[start, end)` now (MAP_POPULATE, program loading).
+    pub fn populate_range(&mut self, start: u64, end: u64) -> Result<(), Fault> {
+        let mut p = page_down(start);
+        while p < end {
+            if self.pt.leaf(&self.mem, p) & pte::ADDR_MASK == 0 {
+                self.populate(p, false)?;
+            }
+            p += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Guest physical address of user address `va` for an access by the
+    /// VMM on the program's behalf, populating the page if its mapping
+    /// allows. EFAULT where the program itself would fault.
+    #[inline]
+    pub fn translate(&mut self, va: u64, write: bool) -> SysResult<u64> {
+        if !(USER_MIN..USER_END).contains(&va) {
+            return Err(Errno::EFAULT);
+        }
+        let e = self.pt.leaf(&self.mem, va);
+        let need = pte::PRESENT | pte::USER | if write { pte::WRITABLE } else { 0 };
+        if e & need == need {
+            return Ok((e & pte::ADDR_MASK) | (va & (PAGE_SIZE - 1)));
+        }
+        if e & pte::PRESENT != 0 {
+            return Err(Errno::EFAULT);
+        }
+        let v = self.find(va).ok_or(Errno::EFAULT)?;
+        if !v.allows(if write { Access::Write } else { Access::Read }) {
+            return Err(Errno::EFAULT);
+        }
+        let frame = self.populate(va, false).map_err(|_| Errno::EFAULT)?;
+        Ok(frame | (va & (PAGE_SIZE - 1)))
+    }
+
+    /// Checks that `[va, va + len)` lies in user space (Linux's access_ok).
+    #[inline]
+    pub fn range_ok(va: u64, len: u64) -> SysResult<()> {
+        match va.checked_add(len) {
+            Some(end) if end <= USER_END => Ok(()),
+            _ => Err(Errno::EFAULT),
+        }
+    }
+
+    /// Copies program memory at `va` into `buf`.
+    pub fn read_user(&mut self, va: u64, buf: &mut [u8]) -> SysResult<()> {
+        Self::range_ok(va, buf.len() as u64)?;
+        let mut done = 0;
+        while done < buf.len() {
+            let a = va + done as u64;
+            let n = ((PAGE_SIZE - (a & (PAGE_SIZE - 1))) as usize).min(buf.len() - done);
+            let gpa = self.translate(a, false)?;
+            self.mem
+                .read(gpa, &mut buf[done..done + n])
+                .ok_or(Errno::EFAULT)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into program memory at `va`.
+    pub fn write_user(&mut self, va: u64, data: &[u8]) -> SysResult<()> {
+        Self::range_ok(va, data.len() as u64)?;
+        let mut done = 0;
+        while done < data.len() {
+            let a = va + done as u64;
+            let n = ((PAGE_SIZE - (a & (PAGE_SIZE - 1))) as usize).min(data.len() - done);
+            let gpa = self.translate(a, true)?;
+            self.mem
+                .write(gpa, &data[done..done + n])
+                .ok_or(Errno::EFAULT)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads a plain-old-data value.
+    pub fn read_val<T: Pod>(&mut self, va: u64) -> SysResult<T> {
+        let mut v = T::zeroed();
+        self.read_user(va, v.as_bytes_mut())?;
+        Ok(v)
+    }
+
+    /// Writes a plain-old-data value.
+    pub fn write_val<T: Pod>(&mut self, va: u64, v: &T) -> SysResult<()> {
+        self.write_user(va, v.as_bytes())
+    }
+
+    /// Reads a NUL-terminated string of at most `max` bytes (without NUL).
+    pub fn read_cstr(&mut self, va: u64, max: usize) -> SysResult<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut a = va;
+        loop {
+            if a >= USER_END {
+                return Err(Errno::EFAULT);
+            }
+            let gpa = self.translate(a, false)?;
+            let n = (PAGE_SIZE - (a & (PAGE_SIZE - 1))) as usize;
+            let p = self.mem.host_ptr(gpa, n as u64).ok_or(Errno::EFAULT)?;
+            // SAFETY: `p..p+n` is inside guest memory (checked by host_ptr)
+            // and the guest is not running while the VMM handles its call.
+            let chunk = unsafe { std::slice::from_raw_parts(p, n) };
+            if let Some(z) = chunk.iter().position(|&c| c == 0) {
+                out.extend_from_slice(&chunk[..z]);
+                if out.len() > max {
+                    return Err(Errno::ENAMETOOLONG);
+                }
+                return Ok(out);
+            }
+            out.extend_from_slice(chunk);
+            if out.len() > max {
+                return Err(Errno::ENAMETOOLONG);
+            }
+            a += n as u64;
+        }
+    }
+
+    /// Appends host iovecs covering up to `len` bytes of program memory at
+    /// `va` to `iov`, for the host kernel to read (`write == false`) or fill
+    /// (`write == true`) directly. Stops early at an inaccessible page or a
+    /// full `iov`; returns the bytes covered. EFAULT if the first byte is
+    /// inaccessible.
+    pub fn user_iov(
+        &mut self,
+        va: u64,
+        len: u64,
+        write: bool,
+        iov: &mut HostIov,
+    ) -> SysResult<u64> {
+        Self::range_ok(va, len)?;
+        let mut done = 0u64;
+        while done < len {
+            let a = va + done;
+            let n = (PAGE_SIZE - (a & (PAGE_SIZE - 1))).min(len - done);
+            let gpa = match self.translate(a, write) {
+                Ok(g) => g,
+                Err(e) if done == 0 && iov.total == 0 => return Err(e),
+                Err(_) => break,
+            };
+            let host = self.mem.host_ptr(gpa, n).ok_or(Errno::EFAULT)?;
+            if !iov.push(host, n as usize) {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+}
+
+/// Host iovecs over guest memory, built without allocating.
+pub struct HostIov {
+    pub iov: [libc::iovec; Self::MAX],
+    pub len: usize,
+    pub total: usize,
+}
+
+impl Default for HostIov {
+    fn default() -> Self {
+        HostIov {
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; Self::MAX],
+            len: 0,
+            total: 0,
+        }
+    }
+}
+
+impl HostIov {
+    /// Segments per host call (contiguous frames merge into one).
+    pub const MAX: usize = 64;
+
+    /// Appends `[p, p + n)`; false if full.
+    #[inline]
+    fn push(&mut self, p: *mut u8, n: usize) -> bool {
+        if self.len > 0 {
+            let last = &mut self.iov[self.len - 1];
+            if (last.iov_base as usize) + last.iov_len == p as usize {
+                last.iov_len += n;
+                self.total += n;
+                return true;
+            }
+        }
+        if self.len == Self::MAX {
+            return false;
+        }
+        self.iov[self.len] = libc::iovec {
+            iov_base: p.cast(),
+            iov_len: n,
+        };
+        self.len += 1;
+        self.total += n;
+        true
+    }
+
+    /// Empties the list.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.total = 0;
+    }
+
+    /// Pointer and count for readv/writev.
+    #[inline]
+    pub fn as_raw(&self) -> (*const libc::iovec, i32) {
+        (self.iov.as_ptr(), self.len as i32)
+    }
+}
+
+/// Types whose every bit pattern is valid, copied to and from user memory.
+///
+/// # Safety
+/// Implementors must be `repr(C)` (or primitive) with no padding-dependent
+/// invariants and no pointers the VMM dereferences.
+pub unsafe trait Pod: Copy {
+    fn zeroed() -> Self {
+        // SAFETY: Pod types accept any bit pattern, including all zeroes.
+        unsafe { std::mem::zeroed() }
+    }
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: a Pod value is plain bytes of size_of::<Self>().
+        unsafe {
+            std::slice::from_raw_parts((self as *const Self).cast(), std::mem::size_of::<Self>())
+        }
+    }
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; any bytes written form a valid value.
+        unsafe {
+            std::slice::from_raw_parts_mut((self as *mut Self).cast(), std::mem::size_of::<Self>())
+        }
+    }
+}
+
+// SAFETY: primitive integers and the listed libc structs are plain data.
+unsafe impl Pod for u32 {}
+// SAFETY: plain integer.
+unsafe impl Pod for u64 {}
+// SAFETY: plain integer.
+unsafe impl Pod for i32 {}
+// SAFETY: plain integer.
+unsafe impl Pod for i64 {}
+// SAFETY: arrays of plain data are plain data.
+unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::timespec {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::timeval {}
+// SAFETY: repr(C) struct of integers; the pointer field is only copied.
+unsafe impl Pod for libc::iovec {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::stat {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::statx {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::rlimit64 {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::utsname {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::sysinfo {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::winsize {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::termios {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::statfs {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mm() -> Mm {
+        let mem = GuestMemory::new(16 << 20, 2 << 20).unwrap();
+        let mut frames = FrameAllocator::new(4 << 20, 16 << 20);
+        let pt = PageTables::new(&mem, &mut frames).unwrap();
+        Mm::new(mem, frames, pt, Layout::for_variant(0))
+    }
+
+    fn anon(start: u64, end: u64, prot: u32) -> Vma {
+        Vma {
+            start,
+            end,
+            prot,
+            shared: false,
+            backing: Backing::Anon,
+            kind: VmaKind::Mapping,
+        }
+    }
+
+    #[test]
+    fn lazy_population_and_fault_around() {
+        let mut m = mm();
+        m.insert(anon(
+            0x10_0000,
+            0x10_0000 + (1 << 30),
+            PROT_READ | PROT_WRITE,
+        ));
+        let before = m.frames.in_use();
+        m.fault(0x10_0000 + 5 * PAGE_SIZE, Access::Write).unwrap();
+        // One 16-page block plus the page tables above it.
+        assert_eq!(m.frames.in_use() - before, FAULT_AROUND_PAGES + 3);
+        assert!(!m.has_kops());
+    }
+
+    #[test]
+    fn prot_none_reservation_costs_nothing_and_faults() {
+        let mut m = mm();
+        m.insert(anon(0x100_0000, 0x100_0000 + (1 << 30), 0));
+        assert_eq!(m.fault(0x100_0000, Access::Read), Err(Fault::Denied));
+        assert_eq!(m.fault(0x10, Access::Read), Err(Fault::Unmapped));
+        assert_eq!(m.translate(0x100_0000, false), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn narrowing_queues_guest_rewrites_widening_does_not() {
+        let mut m = mm();
+        m.insert(anon(0x10_0000, 0x20_0000, PROT_READ));
+        m.populate_range(0x10_0000, 0x10_4000).unwrap();
+        m.protect(0x10_0000, 0x10_4000, PROT_READ | PROT_WRITE)
+            .unwrap();
+        assert!(!m.has_kops());
+        m.protect(0x10_1000, 0x10_3000, PROT_READ).unwrap();
+        let ops = m.take_kops(100);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].qwords, 2);
+        assert_eq!(ops[0].src, ops[0].dst);
+        m.unmap(0x10_0000, 0x20_0000);
+        assert_eq!(m.take_kops(100).iter().map(|o| o.qwords).sum::<u64>(), 4);
+        assert!(m.find(0x10_0000).is_none());
+    }
+
+    #[test]
+    fn prot_none_keeps_contents() {
+        let mut m = mm();
+        m.insert(anon(0x10_0000, 0x10_1000, PROT_READ | PROT_WRITE));
+        m.write_user(0x10_0010, b"kept").unwrap();
+        m.protect(0x10_0000, 0x10_1000, 0).unwrap();
+        assert_eq!(m.take_kops(10).len(), 1);
+        assert_eq!(m.read_user(0x10_0010, &mut [0u8; 4]), Err(Errno::EFAULT));
+        m.protect(0x10_0000, 0x10_1000, PROT_READ).unwrap();
+        let mut b = [0u8; 4];
+        m.read_user(0x10_0010, &mut b).unwrap();
+        assert_eq!(&b, b"kept");
+        let used = m.frames.in_use();
+        m.unmap(0x10_0000, 0x10_1000);
+        assert_eq!(m.frames.in_use(), used - 1);
+    }
+
+    #[test]
+    fn unmapped_area_is_top_down_and_respects_hints() {
+        let mut m = mm();
+        let a = m.unmapped_area(0x4000, 0, false).unwrap();
+        assert_eq!(a, m.layout.mmap_top - 0x4000);
+        m.insert(anon(a, a + 0x4000, PROT_READ));
+        let b = m.unmapped_area(0x1000, 0, false).unwrap();
+        assert_eq!(b, a - 0x1000);
+        assert_eq!(
+            m.unmapped_area(0x1000, 0x5000_0000, false),
+            Some(0x5000_0000)
+        );
+        assert!(m.unmapped_area(0x1000, 0, true).unwrap() < 1 << 31);
+    }
+
+    #[test]
+    fn user_access_checks_every_byte() {
+        let mut m = mm();
+        m.insert(anon(0x10_0000, 0x10_2000, PROT_READ | PROT_WRITE));
+        m.write_user(0x10_0ffe, b"abcd").unwrap();
+        let mut b = [0u8; 4];
+        m.read_user(0x10_0ffe, &mut b).unwrap();
+        assert_eq!(&b, b"abcd");
+        assert_eq!(m.write_user(0x10_1ffe, b"abcd"), Err(Errno::EFAULT));
+        assert_eq!(m.read_user(u64::MAX - 1, &mut b), Err(Errno::EFAULT));
+        assert_eq!(Mm::range_ok(0x10_0000, u64::MAX), Err(Errno::EFAULT));
+        m.write_user(0x10_0000, b"hello\0").unwrap();
+        assert_eq!(m.read_cstr(0x10_0000, 100).unwrap(), b"hello");
+        assert_eq!(m.read_cstr(0x10_0000, 3), Err(Errno::ENAMETOOLONG));
+    }
+}

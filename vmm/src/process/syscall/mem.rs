@@ -1,0 +1,326 @@
+//! Memory system calls: the VMM edits the program's mappings and page tables.
+
+use std::rc::Rc;
+
+use super::super::errno::{Errno, SysResult};
+use super::super::fd::FileKind;
+use super::super::mm::{
+    page_down, page_up, Backing, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE,
+};
+use super::super::Process;
+use crate::arch::x86_64::layout::{USER_END, USER_MIN};
+use crate::memory::PAGE_SIZE;
+
+const MAP_SHARED: u64 = 0x01;
+const MAP_PRIVATE: u64 = 0x02;
+const MAP_SHARED_VALIDATE: u64 = 0x03;
+const MAP_TYPE: u64 = 0x0f;
+const MAP_FIXED: u64 = 0x10;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_32BIT: u64 = 0x40;
+const MAP_GROWSDOWN: u64 = 0x100;
+const MAP_DENYWRITE: u64 = 0x800;
+const MAP_EXECUTABLE: u64 = 0x1000;
+const MAP_LOCKED: u64 = 0x2000;
+const MAP_NORESERVE: u64 = 0x4000;
+const MAP_POPULATE: u64 = 0x8000;
+const MAP_NONBLOCK: u64 = 0x1_0000;
+const MAP_STACK: u64 = 0x2_0000;
+const MAP_HUGETLB: u64 = 0x4_0000;
+const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+const MAP_KNOWN: u64 = MAP_TYPE
+    | MAP_FIXED
+    | MAP_ANONYMOUS
+    | MAP_32BIT
+    | MAP_GROWSDOWN
+    | MAP_DENYWRITE
+    | MAP_EXECUTABLE
+    | MAP_LOCKED
+    | MAP_NORESERVE
+    | MAP_POPULATE
+    | MAP_NONBLOCK
+    | MAP_STACK
+    | MAP_HUGETLB
+    | MAP_FIXED_NOREPLACE;
+const PROT_GROWSDOWN: u64 = 0x0100_0000;
+const PROT_GROWSUP: u64 = 0x0200_0000;
+const PROT_KNOWN: u64 = (PROT_READ | PROT_WRITE | PROT_EXEC) as u64 | PROT_GROWSDOWN | PROT_GROWSUP;
+const MREMAP_MAYMOVE: u64 = 1;
+const MREMAP_FIXED: u64 = 2;
+
+pub fn brk(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let mm = &mut p.mm;
+    let want = a[0];
+    if want < mm.brk_start || want >= USER_END {
+        return Ok(mm.brk);
+    }
+    let (old_end, new_end) = (page_up(mm.brk), page_up(want));
+    if new_end > old_end {
+        if !mm.is_free(old_end, new_end) {
+            return Ok(mm.brk);
+        }
+        if old_end > mm.brk_start {
+            mm.resize_in_place(mm.brk_start, old_end, new_end);
+        } else {
+            mm.insert(Vma {
+                start: mm.brk_start,
+                end: new_end,
+                prot: PROT_READ | PROT_WRITE,
+                shared: false,
+                backing: Backing::Anon,
+                kind: VmaKind::Heap,
+            });
+        }
+    } else if new_end < old_end {
+        mm.unmap(new_end, old_end);
+    }
+    mm.brk = want;
+    Ok(want)
+}
+
+pub fn mmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let (addr, len, prot, flags, fd, off) = (a[0], a[1], a[2], a[3], a[4] as u32 as u64, a[5]);
+    if len == 0 || flags & !MAP_KNOWN != 0 || prot & !PROT_KNOWN != 0 || off & (PAGE_SIZE - 1) != 0
+    {
+        return Err(Errno::EINVAL);
+    }
+    let shared = match flags & MAP_TYPE {
+        MAP_SHARED | MAP_SHARED_VALIDATE => true,
+        MAP_PRIVATE => false,
+        _ => return Err(Errno::EINVAL),
+    };
+    if flags & MAP_HUGETLB != 0 {
+        return Err(Errno::ENOMEM);
+    }
+    let len = page_up(len);
+    if len == 0 || len > USER_END {
+        return Err(Errno::ENOMEM);
+    }
+    let prot = (prot & 7) as u32;
+    let backing = if flags & MAP_ANONYMOUS != 0 {
+        Backing::Anon
+    } else {
+        let f = p.fds.file(fd)?.clone();
+        // SAFETY: plain call on an open descriptor.
+        let fl = unsafe { libc::fcntl(f.raw(), libc::F_GETFL) };
+        if fl < 0 || fl & libc::O_ACCMODE == libc::O_WRONLY || fl & libc::O_PATH != 0 {
+            return Err(Errno::EACCES);
+        }
+        match f.kind {
+            FileKind::Regular => {}
+            // /dev/zero maps as anonymous memory.
+            FileKind::CharDevice => {}
+            _ => return Err(Errno::ENODEV),
+        }
+        if f.kind == FileKind::CharDevice {
+            Backing::Anon
+        } else {
+            if shared && prot & PROT_WRITE != 0 {
+                // Writes would have to reach the file; not supported.
+                eprintln!("dmvx: refusing a writable shared file mapping (MAP_SHARED|PROT_WRITE on a file): ENODEV");
+                return Err(Errno::ENODEV);
+            }
+            if off.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
+                return Err(Errno::EOVERFLOW);
+            }
+            let dup = f.owned().try_clone().map_err(|e| Errno::from_io(&e))?;
+            Backing::File {
+                fd: Rc::new(dup),
+                offset: off,
+            }
+        }
+    };
+    let mm = &mut p.mm;
+    let start = if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
+        if addr & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if addr < USER_MIN || addr.checked_add(len).is_none_or(|e| e > USER_END) {
+            return Err(if flags & MAP_FIXED != 0 {
+                Errno::EPERM
+            } else {
+                Errno::ENOMEM
+            });
+        }
+        if flags & MAP_FIXED == 0 && !mm.is_free(addr, addr + len) {
+            return Err(Errno::EEXIST);
+        }
+        mm.unmap(addr, addr + len);
+        addr
+    } else {
+        mm.unmapped_area(len, addr, flags & MAP_32BIT != 0)
+            .ok_or(Errno::ENOMEM)?
+    };
+    mm.insert(Vma {
+        start,
+        end: start + len,
+        prot,
+        shared,
+        backing,
+        kind: VmaKind::Mapping,
+    });
+    if flags & MAP_POPULATE != 0 && prot != 0 {
+        // Best effort, as Linux: failure leaves pages to fault in.
+        let _ = mm.populate_range(start, start + len);
+    }
+    Ok(start)
+}
+
+fn check_range(addr: u64, len: u64) -> SysResult<u64> {
+    if addr & (PAGE_SIZE - 1) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let end = addr
+        .checked_add(page_up(len))
+        .filter(|&e| e <= USER_END && page_up(len) >= len)
+        .ok_or(Errno::EINVAL)?;
+    Ok(end)
+}
+
+pub fn munmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    if a[1] == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let end = check_range(a[0], a[1])?;
+    p.mm.unmap(a[0], end);
+    Ok(0)
+}
+
+pub fn mprotect(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    if a[2] & !PROT_KNOWN != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let end = check_range(a[0], a[1]).map_err(|_| {
+        if a[0] & (PAGE_SIZE - 1) != 0 {
+            Errno::EINVAL
+        } else {
+            Errno::ENOMEM
+        }
+    })?;
+    if end == a[0] {
+        return Ok(0);
+    }
+    p.mm.protect(a[0], end, (a[2] & 7) as u32).map(|_| 0)
+}
+
+pub fn mremap(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let (old, old_len, new_len, flags, new_addr) = (a[0], page_up(a[1]), page_up(a[2]), a[3], a[4]);
+    if flags & !(MREMAP_MAYMOVE | MREMAP_FIXED) != 0
+        || (flags & MREMAP_FIXED != 0 && flags & MREMAP_MAYMOVE == 0)
+    {
+        return Err(Errno::EINVAL);
+    }
+    if old & (PAGE_SIZE - 1) != 0 || new_len == 0 || old_len == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let mm = &mut p.mm;
+    let old_end = old
+        .checked_add(old_len)
+        .filter(|&e| e <= USER_END)
+        .ok_or(Errno::EFAULT)?;
+    let v = mm.find(old).ok_or(Errno::EFAULT)?;
+    if v.end < old_end {
+        return Err(Errno::EFAULT);
+    }
+    let vma_end = v.end;
+    if flags & MREMAP_FIXED != 0 {
+        if new_addr & (PAGE_SIZE - 1) != 0
+            || new_addr < USER_MIN
+            || new_addr.checked_add(new_len).is_none_or(|e| e > USER_END)
+        {
+            return Err(Errno::EINVAL);
+        }
+        if new_addr < old_end && old < new_addr + new_len {
+            return Err(Errno::EINVAL);
+        }
+        mm.unmap(new_addr, new_addr + new_len);
+        let keep = old_len.min(new_len);
+        mm.unmap(old + keep, old_end);
+        mm.relocate(old, keep, new_addr)?;
+        if new_len > keep {
+            mm.resize_in_place(new_addr, new_addr + keep, new_addr + new_len);
+        }
+        return Ok(new_addr);
+    }
+    if new_len <= old_len {
+        mm.unmap(old + new_len, old_end);
+        return Ok(old);
+    }
+    if vma_end == old_end && mm.is_free(old_end, old + new_len) {
+        mm.resize_in_place(old, old_end, old + new_len);
+        return Ok(old);
+    }
+    if flags & MREMAP_MAYMOVE == 0 {
+        return Err(Errno::ENOMEM);
+    }
+    let to = mm.unmapped_area(new_len, 0, false).ok_or(Errno::ENOMEM)?;
+    mm.relocate(old, old_len, to)?;
+    mm.resize_in_place(to, to + old_len, to + new_len);
+    Ok(to)
+}
+
+pub fn madvise(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    const MADV_DONTNEED: u64 = 4;
+    const MADV_FREE: u64 = 8;
+    const MADV_REMOVE: u64 = 9;
+    let end = check_range(a[0], a[1])?;
+    if end == a[0] {
+        return Ok(0);
+    }
+    match a[2] {
+        MADV_DONTNEED | MADV_FREE => {
+            if !p.mm.is_fully_mapped(a[0], end) {
+                return Err(Errno::ENOMEM);
+            }
+            p.mm.discard(a[0], end);
+            Ok(0)
+        }
+        MADV_REMOVE => Err(Errno::EINVAL),
+        0..=3 | 10..=25 | 100..=101 => {
+            if !p.mm.is_fully_mapped(a[0], end) {
+                return Err(Errno::ENOMEM);
+            }
+            Ok(0)
+        }
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+pub fn msync(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let end = check_range(a[0], a[1])?;
+    if !p.mm.is_fully_mapped(a[0], end) {
+        return Err(Errno::ENOMEM);
+    }
+    Ok(0)
+}
+
+pub fn mincore(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let end = check_range(a[0], a[1])?;
+    if !p.mm.is_fully_mapped(a[0], end) {
+        return Err(Errno::ENOMEM);
+    }
+    let pages = ((end - a[0]) / PAGE_SIZE) as usize;
+    let mut v = Vec::with_capacity(pages);
+    for i in 0..pages as u64 {
+        let e = p.mm.page_tables().leaf(&p.mm.mem, a[0] + i * PAGE_SIZE);
+        v.push((e & crate::arch::x86_64::paging::pte::ADDR_MASK != 0) as u8);
+    }
+    p.mm.write_user(a[2], &v).map(|_| 0)
+}
+
+pub fn mlock(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let start = page_down(a[0]);
+    let end = a[0]
+        .checked_add(a[1])
+        .map(page_up)
+        .filter(|&e| e <= USER_END)
+        .ok_or(Errno::ENOMEM)?;
+    if !p.mm.is_fully_mapped(start, end) {
+        return Err(Errno::ENOMEM);
+    }
+    Ok(0)
+}
+
+pub fn mlockall(_p: &mut Process, _a: &[u64; 6]) -> SysResult {
+    Ok(0)
+}

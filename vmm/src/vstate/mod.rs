@@ -1,0 +1,4 @@
+//! The VM, its vCPU, and the generic exit loop.
+
+pub mod vcpu;
+pub mod vm;

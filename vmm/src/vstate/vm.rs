@@ -1,0 +1,81 @@
+//! A KVM virtual machine with its guest memory.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::memory::{GuestMemory, MemoryError};
+
+/// Errors of VM creation.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm does not exist: this host has no KVM. Load the kvm_intel or kvm_amd module, or enable nested virtualisation for this VM")]
+    KvmMissing,
+    #[error("permission denied opening /dev/kvm: run as root or add your user to the group that owns /dev/kvm (usually 'kvm': sudo usermod -aG kvm $USER, then log in again)")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM API version {0} is not the stable version 12")]
+    KvmApiVersion(i32),
+    #[error("KVM lacks a capability dmvx needs: {0}")]
+    MissingCapability(&'static str),
+    #[error("cannot create a VM: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    #[error("guest memory: {0}")]
+    Memory(#[from] MemoryError),
+    #[error("cannot register guest memory with KVM: {0}")]
+    MemorySlot(kvm_ioctls::Error),
+    #[error("cannot create the vCPU: {0}")]
+    CreateVcpu(kvm_ioctls::Error),
+}
+
+/// Opens /dev/kvm with a clear error for the usual failures.
+pub fn open_kvm() -> Result<Kvm, VmError> {
+    let kvm = Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => VmError::KvmMissing,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::KvmOpen(e),
+    })?;
+    let v = kvm.get_api_version();
+    if v != 12 {
+        return Err(VmError::KvmApiVersion(v));
+    }
+    for (cap, name) in [
+        (kvm_ioctls::Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (kvm_ioctls::Cap::SyncRegs, "KVM_CAP_SYNC_REGS"),
+        (kvm_ioctls::Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCapability(name));
+        }
+    }
+    Ok(kvm)
+}
+
+/// A VM: the KVM handles and the guest's memory.
+pub struct Vm {
+    pub kvm: Kvm,
+    pub fd: VmFd,
+    pub mem: GuestMemory,
+}
+
+impl Vm {
+    /// A VM with `mem_size` bytes of memory at guest physical address 0.
+    pub fn new(mem_size: u64, min_mem: u64) -> Result<Self, VmError> {
+        let kvm = open_kvm()?;
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let mem = GuestMemory::new(mem_size, min_mem)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem.size(),
+            userspace_addr: mem.host_base(),
+        };
+        // SAFETY: the region is a live anonymous mapping of exactly
+        // memory_size bytes owned by `mem`, which this Vm keeps alive for as
+        // long as the VM exists (fields drop in declaration order: the VM fd
+        // closes before the memory is unmapped).
+        unsafe { fd.set_user_memory_region(region) }.map_err(VmError::MemorySlot)?;
+        Ok(Vm { kvm, fd, mem })
+    }
+}
