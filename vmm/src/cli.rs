@@ -27,6 +27,11 @@ pub enum Command {
     },
     /// Print the syscall table as markdown.
     SyscallTable,
+    /// Time N bare exits of a guest at CPL 0 or 3.
+    BenchExitLoop {
+        n: u64,
+        cpl: u8,
+    },
     Help,
     Version,
 }
@@ -54,6 +59,9 @@ options:
   --stats            print exit, system call and timing statistics at the end
   --trace            print every system call and its result (strace-like)
   --syscall-table    print what dmvx does with each system call (markdown)
+  --bench-exit-loop N
+                     time N exits of a guest that only exits (the floor of
+                     the syscall path); --bench-cpl 0|3 picks its privilege
   -h, --help         this text
   -V, --version      the version
 
@@ -101,6 +109,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
     };
     let mut rest: Vec<String> = Vec::new();
     let mut table = false;
+    let mut bench: Option<u64> = None;
+    let mut bench_cpl = 3u8;
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
             it.next()
@@ -151,6 +161,22 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             "--stats" => a.stats = true,
             "--trace" => a.trace = true,
             "--syscall-table" => table = true,
+            "--bench-exit-loop" => {
+                let v = value("--bench-exit-loop")?;
+                bench = Some(v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    UsageError(format!(
+                        "--bench-exit-loop needs a positive count, got '{v}'"
+                    ))
+                })?);
+            }
+            "--bench-cpl" => {
+                let v = value("--bench-cpl")?;
+                bench_cpl = match v.as_str() {
+                    "0" => 0,
+                    "3" => 3,
+                    _ => return Err(UsageError(format!("--bench-cpl must be 0 or 3, got '{v}'"))),
+                };
+            }
             s if s.starts_with('-') && rest.is_empty() => {
                 return Err(UsageError(format!("unknown option '{s}' (see --help)")))
             }
@@ -161,7 +187,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             }
         }
     }
-    a.command = if table {
+    a.command = if let Some(n) = bench {
+        Command::BenchExitLoop { n, cpl: bench_cpl }
+    } else if table {
         Command::SyscallTable
     } else if let Some((program, args)) = rest.split_first() {
         Command::Run {

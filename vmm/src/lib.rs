@@ -11,6 +11,7 @@
 //! generic exit loop; `process` the program's operating system.
 
 pub mod arch;
+pub mod bench;
 pub mod cli;
 pub mod elf;
 pub mod kernel;

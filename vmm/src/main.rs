@@ -39,6 +39,18 @@ fn main() -> ExitCode {
             print!("{}", process::syscall::markdown_table());
             return ExitCode::SUCCESS;
         }
+        Command::BenchExitLoop { n, cpl } => {
+            return match dmvx_vmm::bench::exit_loop(*n, *cpl) {
+                Ok(ns) => {
+                    println!("{ns:.1}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dmvx-vmm: error: {e}");
+                    ExitCode::from(EXIT_VMM)
+                }
+            };
+        }
         Command::Run { program, args } => (program.clone(), args.clone()),
     };
     let kernel = match &args.kernel {

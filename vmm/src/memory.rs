@@ -97,6 +97,18 @@ impl GuestMemory {
         }
     }
 
+    /// Bytes of guest memory resident in host RAM now (mincore).
+    pub fn resident_bytes(&self) -> u64 {
+        let pages = self.size.div_ceil(PAGE_SIZE) as usize;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: host..host+size is this mapping; vec has one byte per page.
+        let r = unsafe { libc::mincore(self.host.cast(), self.size as usize, vec.as_mut_ptr()) };
+        if r != 0 {
+            return 0;
+        }
+        vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * PAGE_SIZE
+    }
+
     /// Reads a little-endian u64 at an 8-byte aligned `gpa`.
     #[inline]
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {

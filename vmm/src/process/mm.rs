@@ -417,11 +417,11 @@ impl Mm {
         self.kops.drain(..n).collect()
     }
 
-    /// Populates the page at `va` (in `vma`) and up to FAULT_AROUND_PAGES
-    /// neighbours in the same mapping; returns the frame of `va`.
+    /// Populates the page at `va` and, with `around`, up to
+    /// FAULT_AROUND_PAGES neighbours in the same mapping; returns the frame
+    /// of `va`.
     fn populate(&mut self, va: u64, around: bool) -> Result<u64, Fault> {
         let v = self.find(va).ok_or(Fault::Unmapped)?.clone();
-        let flags = pte_flags(v.prot).ok_or(Fault::Denied)?;
         let page = page_down(va);
         let (lo, hi) = if around {
             let block = FAULT_AROUND_PAGES * PAGE_SIZE;
@@ -432,6 +432,16 @@ impl Mm {
         } else {
             (page, page + PAGE_SIZE)
         };
+        self.fill(&v, lo, hi, Some(page))?.ok_or(Fault::OutOfMemory)
+    }
+
+    /// Populates the pages of `[lo, hi)` (inside `v`) that are not yet, and
+    /// returns the frame of page `want` if given. File contents arrive with
+    /// one host read per contiguous run. Out of memory is an error only for
+    /// `want` (or for everything when there is no `want`).
+    fn fill(&mut self, v: &Vma, lo: u64, hi: u64, want: Option<u64>) -> Result<Option<u64>, Fault> {
+        let flags = pte_flags(v.prot).ok_or(Fault::Denied)?;
+        let mut reads = FileReads::default();
         let mut target = None;
         let mut p = lo;
         while p < hi {
@@ -440,52 +450,42 @@ impl Mm {
                 .entry_gpa_alloc(&self.mem, &mut self.frames, p, 1)
                 .ok_or(Fault::OutOfMemory)?;
             let e = self.mem.read_u64(slot).unwrap_or(0);
-            if e & pte::ADDR_MASK != 0 {
+            let frame = if e & pte::ADDR_MASK != 0 {
                 if e & pte::PRESENT == 0 {
                     self.mem
                         .write_u64(slot, (e & pte::ADDR_MASK) | flags)
                         .ok_or(Fault::OutOfMemory)?;
                 }
-                if p == page {
-                    target = Some(e & pte::ADDR_MASK);
-                }
-                p += PAGE_SIZE;
-                continue;
-            }
-            let Some(frame) = self.frames.alloc(&self.mem) else {
-                if p == page {
-                    return Err(Fault::OutOfMemory);
-                }
-                break;
-            };
-            if let Backing::File { fd, offset } = &v.backing {
-                let host = self
-                    .mem
-                    .host_ptr(frame, PAGE_SIZE)
-                    .ok_or(Fault::OutOfMemory)?;
-                // SAFETY: `host` points at one whole frame of guest memory
-                // (bounds-checked); pread writes at most PAGE_SIZE bytes.
-                let n = unsafe {
-                    libc::pread(
-                        fd.as_raw_fd(),
-                        host.cast(),
-                        PAGE_SIZE as usize,
-                        (offset + (p - v.start)) as i64,
-                    )
+                reads.flush();
+                e & pte::ADDR_MASK
+            } else {
+                let Some(frame) = self.frames.alloc(&self.mem) else {
+                    reads.flush();
+                    if want.is_none() || want == Some(p) {
+                        return Err(Fault::OutOfMemory);
+                    }
+                    break;
                 };
-                // Short or failed reads leave zeroes, as past a file's end.
-                let _ = n;
-            }
-            self.mem
-                .write_u64(slot, frame | flags)
-                .ok_or(Fault::OutOfMemory)?;
-            self.pages_populated += 1;
-            if p == page {
+                if let Backing::File { fd, offset } = &v.backing {
+                    let host = self
+                        .mem
+                        .host_ptr(frame, PAGE_SIZE)
+                        .ok_or(Fault::OutOfMemory)?;
+                    reads.push(fd, offset + (p - v.start), host);
+                }
+                self.mem
+                    .write_u64(slot, frame | flags)
+                    .ok_or(Fault::OutOfMemory)?;
+                self.pages_populated += 1;
+                frame
+            };
+            if want == Some(p) {
                 target = Some(frame);
             }
             p += PAGE_SIZE;
         }
-        target.ok_or(Fault::OutOfMemory)
+        reads.flush();
+        Ok(target)
     }
 
     /// Resolves a page fault of the program at `addr`. `Ok` means the access
@@ -511,12 +511,12 @@ impl Mm {
 
     /// Maps pages of `[start, end)` now (MAP_POPULATE, program loading).
     pub fn populate_range(&mut self, start: u64, end: u64) -> Result<(), Fault> {
-        let mut p = page_down(start);
-        while p < end {
-            if self.pt.leaf(&self.mem, p) & pte::ADDR_MASK == 0 {
-                self.populate(p, false)?;
-            }
-            p += PAGE_SIZE;
+        let mut at = page_down(start);
+        while at < end {
+            let v = self.find(at).ok_or(Fault::Unmapped)?.clone();
+            let stop = v.end.min(page_up(end));
+            self.fill(&v, at, stop, None)?;
+            at = stop;
         }
         Ok(())
     }
@@ -656,6 +656,55 @@ impl Mm {
             done += n;
         }
         Ok(done)
+    }
+}
+
+/// Pending reads of file contents into fresh frames, merged into one
+/// `preadv` per contiguous run of the file.
+#[derive(Default)]
+struct FileReads {
+    fd: i32,
+    offset: u64,
+    iov: Vec<libc::iovec>,
+}
+
+impl FileReads {
+    const MAX: usize = 1024;
+
+    fn push(&mut self, fd: &OwnedFd, offset: u64, host: *mut u8) {
+        let next = self.offset + (self.iov.len() as u64) * PAGE_SIZE;
+        if !self.iov.is_empty()
+            && (self.fd != fd.as_raw_fd() || next != offset || self.iov.len() == Self::MAX)
+        {
+            self.flush();
+        }
+        if self.iov.is_empty() {
+            self.fd = fd.as_raw_fd();
+            self.offset = offset;
+        }
+        self.iov.push(libc::iovec {
+            iov_base: host.cast(),
+            iov_len: PAGE_SIZE as usize,
+        });
+    }
+
+    /// Reads what is pending. A short or failed read leaves zeroes, as
+    /// past the end of a file.
+    fn flush(&mut self) {
+        if self.iov.is_empty() {
+            return;
+        }
+        // SAFETY: each iovec covers one whole frame of guest memory
+        // (bounds-checked by host_ptr); the descriptor is open.
+        let _ = unsafe {
+            libc::preadv(
+                self.fd,
+                self.iov.as_ptr(),
+                self.iov.len() as i32,
+                self.offset as i64,
+            )
+        };
+        self.iov.clear();
     }
 }
 

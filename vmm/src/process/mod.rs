@@ -174,6 +174,19 @@ pub struct Process {
     fatal: Option<String>,
 }
 
+/// The VMM's resident set size in bytes (VmRSS), 0 if unknown.
+pub fn vm_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// The CLOCK_MONOTONIC time in nanoseconds.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -623,6 +636,14 @@ impl Process {
         let up = self.started.elapsed();
         eprintln!("dmvx stats: {} exits, {} system calls, {} page faults, {} kernel-operation rounds, {} pages populated, {} guest frames in use, {:.3} s",
             s.exits, s.syscalls, s.page_faults, s.kops_rounds, self.mm.pages_populated, self.mm.frames.in_use(), up.as_secs_f64());
+        let rss = vm_rss_bytes();
+        let guest = self.mm.mem.resident_bytes();
+        eprintln!(
+            "dmvx stats: resident memory {} KiB = guest pages {} KiB + VMM overhead {} KiB",
+            rss / 1024,
+            guest / 1024,
+            rss.saturating_sub(guest) / 1024
+        );
         if let Some(ns) = s.first_exit_ns {
             eprintln!(
                 "dmvx stats: launch to first guest instruction {:.3} ms",

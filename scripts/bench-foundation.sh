@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Foundation benchmark: prints, from one run on this machine,
+#  - the cost of a trapped system call (a getppid loop in the VM) against the
+#    bare exit round trip of a guest that only exits (the floor), at CPL3
+#    (where programs run) and CPL0, and against native;
+#  - launch-to-first-guest-instruction time;
+#  - total time of `busybox true` in the VM and natively;
+#  - VMM resident memory beyond the guest pages in use.
+# Usage: scripts/bench-foundation.sh [ITERATIONS]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+n="${1:-20000}"
+reps=5
+cd "$root"
+cargo build --release --workspace --locked -q
+vmm="$root/target/release/dmvx-vmm"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+gcc -O2 -static -o "$work/getppid_loop" scripts/bench/getppid_loop.c
+gcc -O2 -o "$work/launch" scripts/bench/launch.c
+bb=/bin/busybox
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+now_ns() { date +%s%N; }
+
+floor3=$(for i in $(seq $reps); do "$vmm" --bench-exit-loop "$n" --bench-cpl 3; done | median)
+floor0=$(for i in $(seq $reps); do "$vmm" --bench-exit-loop "$n" --bench-cpl 0; done | median)
+trapped=$(for i in $(seq $reps); do "$vmm" -- "$work/getppid_loop" "$n"; done | median)
+native=$(for i in $(seq $reps); do "$work/getppid_loop" 1000000; done | median)
+launch=$(for i in $(seq 21); do "$work/launch" "$vmm" --stats -- "$bb" true 2>&1 | sed -n 's/.*first guest instruction \([0-9.]*\) ms/\1/p'; done | median)
+runs=30
+t0=$(now_ns); for i in $(seq $runs); do "$vmm" -- "$bb" true; done; t1=$(now_ns)
+vm_true=$(awk -v a="$t0" -v b="$t1" -v n=$runs 'BEGIN { printf "%.3f", (b - a) / n / 1e6 }')
+t0=$(now_ns); for i in $(seq $runs); do "$bb" true; done; t1=$(now_ns)
+nat_true=$(awk -v a="$t0" -v b="$t1" -v n=$runs 'BEGIN { printf "%.3f", (b - a) / n / 1e6 }')
+mem_line=$("$vmm" --stats -- "$bb" sh -c 'i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done' 2>&1 | grep 'resident memory')
+overhead_kib=$(echo "$mem_line" | sed -n 's/.*VMM overhead \([0-9]*\) KiB.*/\1/p')
+
+echo "# dmvx foundation benchmark"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus, kernel $(uname -r); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "iterations: $n per loop, median of $reps runs"
+echo
+printf "| %-52s | %12s | %s |\n" "measure" "value" "ratio"
+printf "|%s|%s|%s|\n" "------------------------------------------------------" "--------------" "-------------------------"
+printf "| %-52s | %9.1f us | %s |\n" "floor: bare exit round trip, guest at CPL3" "$(awk -v x="$floor3" 'BEGIN{print x/1000}')" "1.00 (baseline)"
+printf "| %-52s | %9.1f us | %s x CPL3 floor |\n" "floor: bare exit round trip, guest at CPL0" "$(awk -v x="$floor0" 'BEGIN{print x/1000}')" "$(ratio "$floor0" "$floor3")"
+printf "| %-52s | %9.1f us | %s x CPL3 floor (target <= 1.3) |\n" "trapped system call (getppid loop in the VM)" "$(awk -v x="$trapped" 'BEGIN{print x/1000}')" "$(ratio "$trapped" "$floor3")"
+printf "| %-52s | %9.3f us | trapped = %s x native |\n" "native getppid" "$(awk -v x="$native" 'BEGIN{print x/1000}')" "$(ratio "$trapped" "$native")"
+printf "| %-52s | %9.2f ms | target <= 5 ms |\n" "launch to first guest instruction (median of 21)" "$launch"
+printf "| %-52s | %9.2f ms | %s x native |\n" "busybox true, whole run in the VM (mean of $runs)" "$vm_true" "$(ratio "$vm_true" "$nat_true")"
+printf "| %-52s | %9.2f ms | 1.00 |\n" "busybox true, native (mean of $runs)" "$nat_true"
+printf "| %-52s | %8s KiB | target <= 5120 KiB |\n" "VMM resident memory beyond guest pages in use" "$overhead_kib"
+echo
+echo "($mem_line)"
