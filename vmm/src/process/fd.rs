@@ -5,6 +5,8 @@
 //! back them. Duplicates share one open file (one host descriptor), which is
 //! closed when the last of them is.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
@@ -18,6 +20,9 @@ pub enum FileKind {
     CharDevice,
     Pipe,
     Socket,
+    Epoll,
+    EventFd,
+    TimerFd,
     Other,
 }
 
@@ -35,16 +40,36 @@ impl FileKind {
     }
 }
 
+/// State the VMM keeps beside some kinds of open files.
+#[derive(Debug, Default)]
+pub enum Extra {
+    #[default]
+    None,
+    /// An epoll instance: the program's `epoll_data` for each registered
+    /// descriptor. The host epoll carries the descriptor number instead, so
+    /// the program's data never depends on host state.
+    Epoll(RefCell<HashMap<u32, u64>>),
+    /// A Unix socket: the path the program bound it to (the host sees a
+    /// sandbox-resolved path instead).
+    Unix(RefCell<Option<Vec<u8>>>),
+}
+
 /// An open file: one host descriptor.
 #[derive(Debug)]
 pub struct OpenFile {
     fd: OwnedFd,
     pub kind: FileKind,
+    pub extra: Extra,
 }
 
 impl OpenFile {
     pub fn new(fd: OwnedFd, kind: FileKind) -> Rc<Self> {
-        Rc::new(OpenFile { fd, kind })
+        Rc::new(OpenFile { fd, kind, extra: Extra::None })
+    }
+
+    /// An open file with VMM-side state.
+    pub fn with_extra(fd: OwnedFd, kind: FileKind, extra: Extra) -> Rc<Self> {
+        Rc::new(OpenFile { fd, kind, extra })
     }
 
     /// The host descriptor.

@@ -325,6 +325,16 @@ impl Sandbox {
         Ok((dirfd, cstring(name)?))
     }
 
+    /// The guest path of an absolute host path inside the root, or empty
+    /// if it lies outside.
+    pub fn guest_path_of_host(&self, host: &[u8]) -> Vec<u8> {
+        match host.strip_prefix(self.root_host.as_slice()) {
+            Some([]) => b"/".to_vec(),
+            Some(rest) if rest.starts_with(b"/") => rest.to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The canonical guest path of an open host descriptor (a directory,
     /// for relative lookups), or "/" if it lies outside the root.
     pub fn guest_path(&self, fd: RawFd) -> Vec<u8> {
@@ -332,11 +342,11 @@ impl Sandbox {
         let Ok(target) = std::fs::read_link(&link) else {
             return b"/".to_vec();
         };
-        let t = target.as_os_str().as_encoded_bytes();
-        match t.strip_prefix(self.root_host.as_slice()) {
-            Some([]) => b"/".to_vec(),
-            Some(rest) if rest.starts_with(b"/") => rest.to_vec(),
-            _ => b"/".to_vec(),
+        let g = self.guest_path_of_host(target.as_os_str().as_encoded_bytes());
+        if g.is_empty() {
+            b"/".to_vec()
+        } else {
+            g
         }
     }
 }

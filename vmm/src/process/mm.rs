@@ -825,6 +825,10 @@ unsafe impl Pod for libc::winsize {}
 unsafe impl Pod for libc::termios {}
 // SAFETY: repr(C) struct of integers.
 unsafe impl Pod for libc::statfs {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::itimerspec {}
+// SAFETY: repr(C) struct of integers.
+unsafe impl Pod for libc::itimerval {}
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@
 //! - page-table entries were narrowed: the VMM first runs the kernel's
 //!   kernel-operations routine (see `mm`), then returns as above.
 
+pub mod deliver;
 pub mod errno;
 pub mod exec;
 pub mod fd;
@@ -125,6 +126,7 @@ pub struct Stats {
     pub syscalls: u64,
     pub page_faults: u64,
     pub kops_rounds: u64,
+    pub signals: u64,
     pub first_exit_ns: Option<u64>,
 }
 
@@ -172,6 +174,18 @@ pub struct Process {
     current_nr: Option<u64>,
     /// Why the program must be killed, when execve fails past its point of no return.
     fatal: Option<String>,
+    /// Refusals already logged (each is logged once).
+    refusals_logged: std::collections::HashSet<String>,
+    /// The program's signal mask before a call replaced it for its wait
+    /// (ppoll, pselect6, epoll_pwait, rt_sigsuspend).
+    saved_mask: Option<u64>,
+    /// FPU state to load before the program resumes (rt_sigreturn).
+    pending_xsave: Option<Box<kvm_bindings::kvm_xsave>>,
+    /// Bytes of XSAVE state in a signal frame, and the XCR0 it was sized for.
+    xsave_size: usize,
+    xcr0: u64,
+    /// The program's stack pointer at the current system call.
+    entry_rsp: u64,
 }
 
 /// The VMM's resident set size in bytes (VmRSS), 0 if unknown.
@@ -303,8 +317,17 @@ pub fn run(config: Config) -> Result<Outcome, ProcessError> {
         bounce: Vec::new(),
         current_nr: None,
         fatal: None,
+        refusals_logged: Default::default(),
+        saved_mask: None,
+        pending_xsave: None,
+        xsave_size: deliver::xsave_size(),
+        xcr0,
+        entry_rsp: 0,
     };
-    let outcome = vcpu::run(&mut vcpu, &mut p)?;
+    let guard = deliver::SignalGuard::install(&mut vcpu);
+    let outcome = vcpu::run(&mut vcpu, &mut p);
+    drop(guard);
+    let outcome = outcome?;
     if p.show_stats {
         p.print_stats();
     }
@@ -419,6 +442,18 @@ impl Process {
             s.fs.base = fs;
             s.gs.base = gs;
         }
+        if let Some(x) = self.pending_xsave.take() {
+            // SAFETY: XCR0 excludes AMX, so the whole state fits the
+            // 4096-byte kvm_xsave; KVM validates the header and refuses a
+            // malformed image, which kills the program below.
+            if unsafe { vcpu.fd().set_xsave(&x) }.is_err() {
+                return Ok(self.kill(Signal::SIGSEGV, "rt_sigreturn with corrupt FPU state".into()));
+            }
+        }
+        let ctx = match self.deliver_pending(vcpu, ctx) {
+            Ok(c) => c,
+            Err((sig, why)) => return Ok(self.kill(sig, why)),
+        };
         if self.mm.has_kops() {
             self.saved = Some(ctx);
             self.enter_kops(vcpu);
@@ -511,6 +546,7 @@ impl Process {
         let mut ctx = r;
         ctx.rip = r.rcx;
         ctx.rflags = r.r11;
+        self.entry_rsp = r.rsp;
         let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
         let sys = syscall::dispatch(self, r.rax, &args);
         if self.trace {
@@ -519,8 +555,14 @@ impl Process {
         match sys {
             syscall::Sys::Ret(v) => {
                 ctx.rax = v;
+                if v as i64 == -(libc::EINTR as i64) && deliver::restartable(r.rax) && self.restart_after_handler() {
+                    // Back to the `syscall` instruction once the handler returns.
+                    ctx.rip = r.rcx.wrapping_sub(2);
+                    ctx.rax = r.rax;
+                }
                 self.resume(vcpu, ctx)
             }
+            syscall::Sys::Restore(regs) => self.resume(vcpu, *regs),
             syscall::Sys::Exec(regs) => {
                 self.seg_bases = Some((0, 0));
                 self.fs_base = 0;
@@ -530,6 +572,31 @@ impl Process {
             syscall::Sys::Exit(code) => Ok(Flow::Done(Outcome::Exited(code))),
             syscall::Sys::Kill(sig, reason) => Ok(self.kill(sig, reason)),
         }
+    }
+
+    /// Whether the signal about to be delivered has a handler with
+    /// SA_RESTART (so an interrupted call restarts after it).
+    fn restart_after_handler(&mut self) -> bool {
+        self.collect_host_signals();
+        let ready = self.signals.pending & !(self.signals.mask & !signal::UNBLOCKABLE);
+        if ready == 0 {
+            return false;
+        }
+        let sig = Signal(ready.trailing_zeros() as i32 + 1);
+        let act = self.signals.action(sig);
+        act.handler > signal::SIG_IGN && act.flags & signal::SA_RESTART != 0
+    }
+
+    /// A fault of the program: delivered to its handler if it has one that
+    /// is not blocked (as Linux forces), otherwise it kills the program.
+    fn fault_signal(&mut self, vcpu: &mut Vcpu, ctx: kvm_regs, sig: Signal, info: signal::SigInfo, reason: String) -> Result<Flow<Outcome>, VcpuError> {
+        let act = self.signals.action(sig);
+        let blocked = self.signals.mask & signal::bit(sig.0) != 0;
+        if act.handler <= signal::SIG_IGN || blocked {
+            return Ok(self.kill(sig, reason));
+        }
+        self.signals.raise(sig, info);
+        self.resume(vcpu, ctx)
     }
 
     fn on_exception(&mut self, vcpu: &mut Vcpu, vec: u8) -> Result<Flow<Outcome>, VcpuError> {
@@ -571,9 +638,7 @@ impl Process {
                 Ok(()) => self.resume(vcpu, ctx),
                 Err(Fault::OutOfMemory) => Ok(self.kill(
                     Signal::SIGKILL,
-                    format!(
-                        "out of guest memory at address {cr2:#x}, rip {rip:#x} (raise --memory)"
-                    ),
+                    format!("out of guest memory at address {cr2:#x}, rip {rip:#x} (raise --memory)"),
                 )),
                 Err(f) => {
                     let what = match access {
@@ -581,15 +646,10 @@ impl Process {
                         Access::Write => "write",
                         Access::Exec => "instruction fetch",
                     };
-                    let why = if f == Fault::Unmapped {
-                        "no mapping"
-                    } else {
-                        "not permitted by the mapping"
-                    };
-                    Ok(self.kill(
-                        Signal::SIGSEGV,
-                        format!("page fault: {what} at address {cr2:#x} ({why}), rip {rip:#x}"),
-                    ))
+                    let why = if f == Fault::Unmapped { "no mapping" } else { "not permitted by the mapping" };
+                    let info = signal::SigInfo { code: if f == Fault::Unmapped { 1 } else { 2 }, addr: cr2, trapno: vec as u64, err };
+                    let reason = format!("page fault: {what} at address {cr2:#x} ({why}), rip {rip:#x}");
+                    self.fault_signal(vcpu, ctx, Signal::SIGSEGV, info, reason)
                 }
             };
         }
@@ -600,13 +660,16 @@ impl Process {
             vector::ALIGNMENT_CHECK => Signal::SIGBUS,
             _ => Signal::SIGSEGV,
         };
-        Ok(self.kill(
-            sig,
-            format!(
-                "{} at rip {rip:#x} (error code {err:#x})",
-                vector::name(vec)
-            ),
-        ))
+        let code = match vec {
+            vector::DIVIDE_ERROR => 1,    // FPE_INTDIV
+            vector::INVALID_OPCODE => 2,  // ILL_ILLOPN
+            vector::BREAKPOINT => 1,      // TRAP_BRKPT
+            vector::ALIGNMENT_CHECK => 1, // BUS_ADRALN
+            _ => 0x80,                    // SI_KERNEL
+        };
+        let info = signal::SigInfo { code, addr: if code == 0x80 { 0 } else { rip }, trapno: vec as u64, err };
+        let reason = format!("{} at rip {rip:#x} (error code {err:#x})", vector::name(vec));
+        self.fault_signal(vcpu, ctx, sig, info, reason)
     }
 
     /// Ends the program as killed by `sig`.
@@ -692,6 +755,27 @@ impl ExitHandler for Process {
 
     fn io_in(&mut self, _port: u16, data: &mut [u8]) {
         data.fill(0xff);
+    }
+
+    /// A signal reached the VMM while the vCPU ran. At CPL3 the program is
+    /// between instructions: deliver there. At CPL0 the guest kernel is
+    /// on its way to an exit; delivery waits for it.
+    fn interrupted(&mut self, vcpu: &mut Vcpu) -> Result<Flow<Outcome>, VcpuError> {
+        vcpu.set_immediate_exit(false);
+        self.collect_host_signals();
+        if self.signals.pending == 0 || cpl(vcpu.sregs()) != 3 {
+            return Ok(Flow::Continue);
+        }
+        let ctx = *vcpu.regs();
+        match self.deliver_pending(vcpu, ctx) {
+            Ok(c) => {
+                if c.rip != ctx.rip || c.rsp != ctx.rsp {
+                    *vcpu.regs_mut() = c;
+                }
+                Ok(Flow::Continue)
+            }
+            Err((sig, why)) => Ok(self.kill(sig, why)),
+        }
     }
 }
 

@@ -119,12 +119,37 @@ pub const SS_ONSTACK: i32 = 1;
 pub const SS_DISABLE: i32 = 2;
 const MINSIGSTKSZ: u64 = 2048;
 
-/// Dispositions, mask and alternate stack.
+pub const SA_SIGINFO: u64 = 0x4;
+pub const SA_RESTORER: u64 = 0x0400_0000;
+pub const SA_ONSTACK: u64 = 0x0800_0000;
+pub const SA_RESTART: u64 = 0x1000_0000;
+pub const SA_NODEFER: u64 = 0x4000_0000;
+pub const SA_RESETHAND: u64 = 0x8000_0000;
+
+/// What `siginfo` says about a pending signal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SigInfo {
+    pub code: i32,
+    /// Faulting address (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP).
+    pub addr: u64,
+    /// Exception vector and error code, for the signal frame.
+    pub trapno: u64,
+    pub err: u64,
+}
+
+/// si_code values.
+pub const SI_USER: i32 = 0;
+pub const SI_TKILL: i32 = -6;
+
+/// Dispositions, mask, pending set and alternate stack.
 #[derive(Debug, Clone)]
 pub struct SignalState {
     actions: [SigAction; 65],
     pub mask: u64,
     pub altstack: StackT,
+    /// Pending signals (bit n-1 for signal n) and what siginfo says.
+    pub pending: u64,
+    info: [SigInfo; 65],
 }
 
 impl Default for SignalState {
@@ -132,16 +157,21 @@ impl Default for SignalState {
         SignalState {
             actions: [SigAction::default(); 65],
             mask: 0,
-            altstack: StackT {
-                flags: SS_DISABLE,
-                ..Default::default()
-            },
+            altstack: StackT { flags: SS_DISABLE, ..Default::default() },
+            pending: 0,
+            info: [SigInfo::default(); 65],
         }
     }
 }
 
 /// Bits of the mask that can never be blocked.
-const UNBLOCKABLE: u64 = (1 << (9 - 1)) | (1 << (19 - 1));
+pub const UNBLOCKABLE: u64 = (1 << (9 - 1)) | (1 << (19 - 1));
+
+/// The mask bit of signal `n`.
+#[inline]
+pub fn bit(n: i32) -> u64 {
+    1u64 << (n - 1)
+}
 
 impl SignalState {
     /// The disposition of `sig`.
@@ -207,6 +237,44 @@ impl SignalState {
             }
         }
         Ok(old)
+    }
+
+    /// Marks `sig` pending with `info` (standard signals do not queue).
+    pub fn raise(&mut self, sig: Signal, info: SigInfo) {
+        if (1..=64).contains(&sig.0) {
+            self.pending |= bit(sig.0);
+            self.info[sig.0 as usize] = info;
+        }
+    }
+
+    /// Whether `sig` is ignored (explicitly, or by default).
+    pub fn ignored(&self, sig: Signal) -> bool {
+        let a = self.action(sig);
+        sig != Signal::SIGKILL && sig != Signal::SIGSTOP && (a.handler == SIG_IGN || (a.handler == SIG_DFL && sig.default_ignored()))
+    }
+
+    /// The next pending signal the mask lets through, removed from the
+    /// pending set, with its siginfo.
+    pub fn take_deliverable(&mut self) -> Option<(Signal, SigInfo)> {
+        let ready = self.pending & !(self.mask & !UNBLOCKABLE);
+        if ready == 0 {
+            return None;
+        }
+        let n = ready.trailing_zeros() as i32 + 1;
+        self.pending &= !bit(n);
+        Some((Signal(n), self.info[n as usize]))
+    }
+
+    /// Whether a pending signal would be delivered now.
+    pub fn has_deliverable(&self) -> bool {
+        self.pending & !(self.mask & !UNBLOCKABLE) != 0
+    }
+
+    /// Resets the disposition of `sig` to the default (SA_RESETHAND).
+    pub fn reset(&mut self, sig: Signal) {
+        if let Some(a) = self.actions.get_mut(sig.0 as usize) {
+            *a = SigAction::default();
+        }
     }
 
     /// Resets handled signals to the default at execve (ignored stay ignored).

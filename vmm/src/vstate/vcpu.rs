@@ -68,6 +68,12 @@ impl Vcpu {
         &mut self.fd.sync_regs_mut().sregs
     }
 
+    /// Address of `kvm_run.immediate_exit`, for a signal handler to set
+    /// (valid as long as this vCPU lives).
+    pub fn immediate_exit_ptr(&mut self) -> *mut u8 {
+        &mut self.fd.get_kvm_run().immediate_exit as *mut u8
+    }
+
     /// Asks the next KVM_RUN to return at once (from a signal handler's
     /// point of view, see `immediate_exit`).
     pub fn set_immediate_exit(&mut self, on: bool) {

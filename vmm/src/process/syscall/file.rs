@@ -16,7 +16,7 @@ use super::super::Process;
 use super::Sys;
 
 /// Linux caps one read or write at this many bytes.
-const MAX_RW: u64 = 0x7fff_f000;
+pub(crate) const MAX_RW: u64 = 0x7fff_f000;
 const AT_FDCWD: i32 = -100;
 const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 const AT_REMOVEDIR: u64 = 0x200;
@@ -117,7 +117,7 @@ impl Process {
     }
 
     /// Converts EPIPE into SIGPIPE where the program has not handled it.
-    fn sigpipe(&self, r: SysResult) -> Sys {
+    pub(crate) fn sigpipe(&self, r: SysResult) -> Sys {
         if r == Err(Errno::EPIPE)
             && self.signals.action(Signal::SIGPIPE).handler == SIG_DFL
             && self.signals.mask & (1 << 12) == 0
@@ -132,7 +132,7 @@ impl Process {
 
     /// Host iovecs for the program's iovec array at `iov_va` (to be filled
     /// by the host when `into_guest`).
-    fn gather(&mut self, iov_va: u64, cnt: u64, into_guest: bool) -> SysResult<()> {
+    pub(crate) fn gather(&mut self, iov_va: u64, cnt: u64, into_guest: bool) -> SysResult<()> {
         if cnt > UIO_MAXIOV {
             return Err(Errno::EINVAL);
         }
@@ -899,4 +899,34 @@ pub fn umask(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let old = p.umask;
     p.umask = a[0] as u32 & 0o777;
     Ok(old as u64)
+}
+
+fn chown_at(p: &mut Process, dirfd: i32, pathva: u64, uid: u64, gid: u64, flags: u64) -> SysResult {
+    if flags & !(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let (_fd, raw) = modify_target(p, dirfd, pathva, flags)?;
+    // SAFETY: raw is an open (possibly O_PATH) descriptor named by "" with AT_EMPTY_PATH.
+    check(unsafe { libc::fchownat(raw, c"".as_ptr(), uid as u32, gid as u32, AT_EMPTY_PATH as i32) } as i64)
+}
+
+pub fn chown(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    chown_at(p, AT_FDCWD, a[0], a[1], a[2], 0)
+}
+
+pub fn lchown(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    chown_at(p, AT_FDCWD, a[0], a[1], a[2], AT_SYMLINK_NOFOLLOW)
+}
+
+pub fn fchownat(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    chown_at(p, dirfd_arg(a[0]), a[1], a[2], a[3], a[4])
+}
+
+pub fn fchown(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let raw = p.fds.file(fd_arg(a[0]))?.raw();
+    if !p.sandbox.writable() {
+        return Err(Errno::EROFS);
+    }
+    // SAFETY: plain call on an open descriptor.
+    check(unsafe { libc::fchown(raw, a[1] as u32, a[2] as u32) } as i64)
 }

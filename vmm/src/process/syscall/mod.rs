@@ -9,6 +9,8 @@
 pub mod file;
 pub mod mem;
 pub mod names;
+pub mod net;
+pub mod poll;
 pub mod proc;
 
 use super::errno::{Errno, SysResult};
@@ -26,6 +28,8 @@ pub enum Sys {
     Kill(Signal, String),
     /// The program image was replaced: continue with these registers.
     Exec(Box<kvm_regs>),
+    /// Continue with these registers (rt_sigreturn).
+    Restore(Box<kvm_regs>),
 }
 
 impl From<SysResult> for Sys {
@@ -152,6 +156,10 @@ table! {
     SYS_linkat => Plain Host file::linkat, "EROFS in a read-only root";
     SYS_chmod => Plain Host file::chmod, "EROFS in a read-only root";
     SYS_fchmod => Plain Host file::fchmod, "";
+    SYS_chown => Plain Host file::chown, "EROFS in a read-only root";
+    SYS_lchown => Plain Host file::lchown, "EROFS in a read-only root";
+    SYS_fchownat => Plain Host file::fchownat, "EROFS in a read-only root";
+    SYS_fchown => Plain Host file::fchown, "EROFS in a read-only root";
     SYS_fchmodat => Plain Host file::fchmodat, "EROFS in a read-only root";
     SYS_truncate => Plain Host file::truncate, "EROFS in a read-only root";
     SYS_ftruncate => Plain Host file::ftruncate, "";
@@ -168,6 +176,38 @@ table! {
     SYS_chroot => Plain Refused proc::eperm, "EPERM";
     SYS_mknod => Plain Refused proc::eperm, "EPERM";
     SYS_mknodat => Plain Refused proc::eperm, "EPERM";
+    // Networking, on the host.
+    SYS_socket => Plain Host net::socket, "AF_INET, AF_INET6, AF_UNIX; stream and datagram";
+    SYS_socketpair => Plain Host net::socketpair, "AF_UNIX";
+    SYS_bind => Plain Host net::bind, "Unix paths resolve inside the root; abstract names refused";
+    SYS_listen => Plain Host net::listen, "";
+    SYS_accept => Plain Host net::accept, "";
+    SYS_accept4 => Plain Host net::accept4, "";
+    SYS_connect => Plain Host net::connect, "Unix paths resolve inside the root; abstract names refused";
+    SYS_getsockname => Plain Host net::getsockname, "";
+    SYS_getpeername => Plain Host net::getpeername, "";
+    SYS_setsockopt => Plain Host net::setsockopt, "an allow-list; others ENOPROTOOPT, logged";
+    SYS_getsockopt => Plain Host net::getsockopt, "an allow-list; others ENOPROTOOPT, logged";
+    SYS_shutdown => Plain Host net::shutdown, "";
+    SYS_sendto => Full Host net::sendto, "EPIPE raises SIGPIPE unless MSG_NOSIGNAL";
+    SYS_recvfrom => Plain Host net::recvfrom, "";
+    SYS_sendmsg => Full Host net::sendmsg, "no ancillary data (descriptor passing refused)";
+    SYS_recvmsg => Plain Host net::recvmsg, "no ancillary data is passed";
+    SYS_epoll_create => Plain Host poll::epoll_create, "";
+    SYS_epoll_create1 => Plain Host poll::epoll_create1, "";
+    SYS_epoll_ctl => Plain Host poll::epoll_ctl, "the program's epoll_data stays in the VMM";
+    SYS_epoll_wait => Plain Host poll::epoll_wait, "";
+    SYS_epoll_pwait => Plain Host poll::epoll_pwait, "";
+    SYS_epoll_pwait2 => Plain Host poll::epoll_pwait2, "";
+    SYS_poll => Plain Host poll::poll, "";
+    SYS_ppoll => Plain Host poll::ppoll, "";
+    SYS_select => Plain Host poll::select, "descriptors below 1024";
+    SYS_pselect6 => Plain Host poll::pselect6, "descriptors below 1024";
+    SYS_eventfd => Plain Host poll::eventfd, "";
+    SYS_eventfd2 => Plain Host poll::eventfd2, "";
+    SYS_timerfd_create => Plain Host poll::timerfd_create, "";
+    SYS_timerfd_settime => Plain Host poll::timerfd_settime, "";
+    SYS_timerfd_gettime => Plain Host poll::timerfd_gettime, "";
     // Time and randomness.
     SYS_clock_gettime => Plain Host proc::clock_gettime, "";
     SYS_clock_getres => Plain Host proc::clock_getres, "";
@@ -214,6 +254,13 @@ table! {
     SYS_rt_sigaction => Plain Virtual proc::rt_sigaction, "";
     SYS_rt_sigprocmask => Plain Virtual proc::rt_sigprocmask, "";
     SYS_sigaltstack => Plain Virtual proc::sigaltstack, "";
+    SYS_rt_sigreturn => Full Virtual proc::rt_sigreturn, "restores the frame the VMM built";
+    SYS_rt_sigsuspend => Plain Virtual proc::rt_sigsuspend, "";
+    SYS_rt_sigpending => Plain Virtual proc::rt_sigpending, "";
+    SYS_pause => Plain Virtual proc::pause, "";
+    SYS_alarm => Plain Host proc::alarm, "the VMM's real-time timer; SIGALRM is passed on";
+    SYS_setitimer => Plain Host proc::setitimer, "ITIMER_REAL only";
+    SYS_getitimer => Plain Host proc::getitimer, "ITIMER_REAL only";
     SYS_kill => Full Virtual proc::kill, "only the program itself";
     SYS_tkill => Full Virtual proc::tkill, "only the program itself";
     SYS_tgkill => Full Virtual proc::tgkill, "only the program itself";
@@ -286,6 +333,7 @@ pub fn trace(nr: u64, a: &[u64; 6], outcome: &Sys) {
         Sys::Exit(c) => format!("exit {c}"),
         Sys::Kill(s, why) => format!("killed by {} ({why})", s.name()),
         Sys::Exec(_) => "0 (new program)".into(),
+        Sys::Restore(r) => format!("{:#x} (restored, rip {:#x})", r.rax, r.rip),
     };
     eprintln!(
         "dmvx: {name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {result}",

@@ -4,7 +4,7 @@
 use super::super::errno::{check, Errno, SysResult};
 use super::super::exec::{self, Creds};
 use super::super::mm::Pod;
-use super::super::signal::{SigAction, Signal, StackT, SIG_IGN};
+use super::super::signal::{SigAction, SigInfo, Signal, StackT, SI_TKILL, SI_USER};
 use super::super::{random16, Process};
 use super::Sys;
 use crate::arch::x86_64::layout::{USER_END, USER_MIN};
@@ -500,7 +500,8 @@ pub fn futex(p: &mut Process, a: &[u64; 6]) -> SysResult {
                 return Err(Errno::EAGAIN);
             }
             if a[3] == 0 {
-                return Err(p.wait_forever());
+                // Nobody else can wake it: only a signal ends this wait.
+                return Err(p.wait_for_signal(None));
             }
             let ts: libc::timespec = p.mm.read_val(a[3])?;
             if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
@@ -584,17 +585,6 @@ pub fn futex(p: &mut Process, a: &[u64; 6]) -> SysResult {
     }
 }
 
-impl Process {
-    /// Blocks until a signal arrives at the VMM (the only thing that can end
-    /// a wait in a one-thread program); returns EINTR.
-    pub(crate) fn wait_forever(&mut self) -> Errno {
-        // SAFETY: pause() has no preconditions; it returns when a signal
-        // handler runs.
-        unsafe { libc::pause() };
-        Errno::EINTR
-    }
-}
-
 // ---- signals ----
 
 pub fn rt_sigaction(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -629,6 +619,61 @@ pub fn rt_sigprocmask(p: &mut Process, a: &[u64; 6]) -> SysResult {
     Ok(0)
 }
 
+pub fn rt_sigreturn(p: &mut Process, _a: &[u64; 6]) -> Sys {
+    match p.sigreturn(p.entry_rsp) {
+        Ok(regs) => Sys::Restore(Box::new(regs)),
+        Err(why) => Sys::Kill(Signal::SIGSEGV, why),
+    }
+}
+
+pub fn pause(p: &mut Process, _a: &[u64; 6]) -> SysResult {
+    Err(p.wait_for_signal(None))
+}
+
+pub fn rt_sigsuspend(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let mask = p.sigmask_arg(a[0], a[1])?.ok_or(Errno::EFAULT)?;
+    Err(p.wait_for_signal(Some(mask)))
+}
+
+pub fn rt_sigpending(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    if a[1] != 8 {
+        return Err(Errno::EINVAL);
+    }
+    p.collect_host_signals();
+    let v = p.signals.pending & p.signals.mask;
+    p.mm.write_val(a[0], &v).map(|_| 0)
+}
+
+/// alarm: the VMM's own real-time timer, whose SIGALRM it passes on.
+pub fn alarm(_p: &mut Process, a: &[u64; 6]) -> SysResult {
+    // SAFETY: alarm has no memory arguments.
+    Ok(unsafe { libc::alarm(a[0] as u32) } as u64)
+}
+
+pub fn setitimer(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    if a[0] as i32 != libc::ITIMER_REAL {
+        return Err(Errno::EINVAL);
+    }
+    let new: libc::itimerval = if a[1] == 0 { Pod::zeroed() } else { p.mm.read_val(a[1])? };
+    let mut old: libc::itimerval = Pod::zeroed();
+    // SAFETY: new/old are valid itimervals.
+    check(unsafe { libc::setitimer(libc::ITIMER_REAL, &new, &mut old) } as i64)?;
+    if a[2] != 0 {
+        p.mm.write_val(a[2], &old)?;
+    }
+    Ok(0)
+}
+
+pub fn getitimer(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    if a[0] as i32 != libc::ITIMER_REAL {
+        return Err(Errno::EINVAL);
+    }
+    let mut cur: libc::itimerval = Pod::zeroed();
+    // SAFETY: cur is a valid out-parameter.
+    check(unsafe { libc::getitimer(libc::ITIMER_REAL, &mut cur) } as i64)?;
+    p.mm.write_val(a[1], &cur).map(|_| 0)
+}
+
 pub fn sigaltstack(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let new = if a[0] != 0 {
         Some(p.mm.read_val::<StackT>(a[0])?)
@@ -642,8 +687,9 @@ pub fn sigaltstack(p: &mut Process, a: &[u64; 6]) -> SysResult {
     Ok(0)
 }
 
-/// A signal the program sends itself.
-fn raise(p: &mut Process, sig: u64) -> Sys {
+/// A signal the program sends itself: pending, delivered (or acted on by
+/// its default) before the program continues.
+fn raise(p: &mut Process, sig: u64, code: i32) -> Sys {
     if sig == 0 {
         return Sys::Ret(0);
     }
@@ -651,19 +697,10 @@ fn raise(p: &mut Process, sig: u64) -> Sys {
         return Err::<u64, _>(Errno::EINVAL).into();
     }
     let s = Signal(sig as i32);
-    let act = p.signals.action(s);
-    if s != Signal::SIGKILL
-        && s != Signal::SIGSTOP
-        && (act.handler == SIG_IGN || (act.handler == 0 && s.default_ignored()))
-    {
-        return Sys::Ret(0);
+    if !p.signals.ignored(s) {
+        p.signals.raise(s, SigInfo { code, ..Default::default() });
     }
-    if act.handler > SIG_IGN && s != Signal::SIGKILL {
-        // Handlers run once signal delivery exists; until then a handled
-        // signal is refused rather than silently dropped.
-        return Err::<u64, _>(Errno::ENOSYS).into();
-    }
-    Sys::Kill(s, format!("{} sent by the program to itself", s.name()))
+    Sys::Ret(0)
 }
 
 fn is_self(p: &Process, pid: u64) -> bool {
@@ -675,21 +712,21 @@ pub fn kill(p: &mut Process, a: &[u64; 6]) -> Sys {
     if !is_self(p, a[0]) {
         return Err::<u64, _>(Errno::ESRCH).into();
     }
-    raise(p, a[1])
+    raise(p, a[1], SI_USER)
 }
 
 pub fn tkill(p: &mut Process, a: &[u64; 6]) -> Sys {
     if a[0] as u32 != p.ids.pid {
         return Err::<u64, _>(Errno::ESRCH).into();
     }
-    raise(p, a[1])
+    raise(p, a[1], SI_TKILL)
 }
 
 pub fn tgkill(p: &mut Process, a: &[u64; 6]) -> Sys {
     if a[0] as u32 != p.ids.pid || a[1] as u32 != p.ids.pid {
         return Err::<u64, _>(Errno::ESRCH).into();
     }
-    raise(p, a[2])
+    raise(p, a[2], SI_TKILL)
 }
 
 // ---- lifetime ----

@@ -1,0 +1,555 @@
+//! Socket system calls, executed by the VMM on the host.
+//!
+//! Families: AF_INET, AF_INET6 and AF_UNIX, stream and datagram. Unix
+//! socket paths resolve inside the sandbox root like every other path;
+//! abstract Unix sockets (a host-wide namespace) are refused. Socket options
+//! outside an allow-list, and ancillary data (descriptor passing, credentials),
+//! are refused with a log line.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+
+use super::super::errno::{check, Errno, SysResult};
+use super::super::fd::{Extra, FileKind, OpenFile};
+use super::super::fs::EntryOp;
+use super::super::mm::Mm;
+use super::super::Process;
+use super::Sys;
+
+/// Largest socket address (sockaddr_storage).
+const ADDR_MAX: usize = 128;
+const SUN_PATH_MAX: usize = 108;
+const MSG_OOB: u64 = 0x1;
+const MSG_PEEK: u64 = 0x2;
+const MSG_DONTROUTE: u64 = 0x4;
+const MSG_CTRUNC: u64 = 0x8;
+const MSG_TRUNC: u64 = 0x20;
+const MSG_DONTWAIT: u64 = 0x40;
+const MSG_EOR: u64 = 0x80;
+const MSG_WAITALL: u64 = 0x100;
+const MSG_CONFIRM: u64 = 0x800;
+const MSG_NOSIGNAL: u64 = 0x4000;
+const MSG_MORE: u64 = 0x8000;
+const MSG_CMSG_CLOEXEC: u64 = 0x4000_0000;
+const SEND_FLAGS: u64 = MSG_OOB | MSG_DONTROUTE | MSG_DONTWAIT | MSG_EOR | MSG_CONFIRM | MSG_NOSIGNAL | MSG_MORE;
+const RECV_FLAGS: u64 = MSG_OOB | MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_WAITALL | MSG_CMSG_CLOEXEC | MSG_NOSIGNAL;
+
+#[inline]
+fn fd_arg(a: u64) -> u64 {
+    a as u32 as u64
+}
+
+/// A socket address read from the program, ready for the host.
+struct SockAddr {
+    buf: [u8; ADDR_MAX],
+    len: u32,
+    /// Keeps a sandbox descriptor named by a rewritten Unix path alive.
+    _hold: Option<OwnedFd>,
+}
+
+impl Process {
+    /// The socket behind `fd`, or ENOTSOCK/EBADF.
+    fn socket_file(&self, fd: u64) -> SysResult<Rc<OpenFile>> {
+        let f = self.fds.file(fd_arg(fd))?;
+        if f.kind != FileKind::Socket {
+            return Err(Errno::ENOTSOCK);
+        }
+        Ok(f.clone())
+    }
+
+    /// Logs a refused socket feature once per distinct message.
+    fn refuse(&mut self, what: String) {
+        if self.refusals_logged.insert(what.clone()) {
+            eprintln!("dmvx: refused {what}");
+        }
+    }
+
+    /// Reads a socket address of `len` bytes at `va`; Unix paths are
+    /// resolved in the sandbox (`bind` creates, others look up).
+    fn read_addr(&mut self, file: &OpenFile, va: u64, len: u64, binding: bool) -> SysResult<SockAddr> {
+        if len as usize > ADDR_MAX || len < 2 {
+            return Err(Errno::EINVAL);
+        }
+        let mut a = SockAddr { buf: [0; ADDR_MAX], len: len as u32, _hold: None };
+        self.mm.read_user(va, &mut a.buf[..len as usize])?;
+        let family = u16::from_le_bytes([a.buf[0], a.buf[1]]) as i32;
+        if family != libc::AF_UNIX {
+            return Ok(a);
+        }
+        let raw = &a.buf[2..len as usize];
+        let path: Vec<u8> = raw.iter().copied().take_while(|&c| c != 0).collect();
+        if raw.first().is_none_or(|&c| c == 0) {
+            self.refuse("an abstract or unnamed Unix socket address (abstract sockets are a host-wide namespace)".into());
+            return Err(Errno::EPERM);
+        }
+        let cwd = self.cwd.clone();
+        let host_path = if binding {
+            let (dir, name) = self.sandbox.parent(&cwd, &path, EntryOp::Create)?;
+            let p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+            a._hold = Some(dir);
+            [p, name.into_bytes()].concat()
+        } else {
+            let (fd, st) = self.sandbox.lookup(&cwd, &path, true)?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+                return Err(Errno(libc::ECONNREFUSED));
+            }
+            let p = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
+            a._hold = Some(fd);
+            p
+        };
+        if host_path.len() >= SUN_PATH_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        a.buf[2..].fill(0);
+        a.buf[2..2 + host_path.len()].copy_from_slice(&host_path);
+        a.len = (2 + host_path.len() + 1) as u32;
+        if binding {
+            if let Extra::Unix(p) = &file.extra {
+                *p.borrow_mut() = Some(path);
+            }
+        }
+        Ok(a)
+    }
+
+    /// Writes a host socket address back to the program (`addr_va`,
+    /// `len_va` as for accept/getsockname), truncating like Linux.
+    fn write_addr(&mut self, addr: &[u8], addr_va: u64, len_va: u64) -> SysResult<()> {
+        if addr_va == 0 || len_va == 0 {
+            return Ok(());
+        }
+        let cap: u32 = self.mm.read_val(len_va)?;
+        if cap as i32 <= -1 {
+            return Err(Errno::EINVAL);
+        }
+        let mut out = addr.to_vec();
+        self.unix_addr_for_guest(&mut out);
+        let n = out.len().min(cap as usize);
+        self.mm.write_user(addr_va, &out[..n])?;
+        self.mm.write_val(len_va, &(out.len() as u32))
+    }
+
+    /// Host Unix paths inside the root become guest paths; the VMM's own
+    /// `/proc/self/fd/...` rewrites never reach the program.
+    fn unix_addr_for_guest(&self, addr: &mut Vec<u8>) {
+        if addr.len() < 3 || u16::from_le_bytes([addr[0], addr[1]]) as i32 != libc::AF_UNIX || addr[2] == 0 {
+            return;
+        }
+        let path: Vec<u8> = addr[2..].iter().copied().take_while(|&c| c != 0).collect();
+        let guest = if path.starts_with(b"/proc/self/fd/") {
+            Vec::new()
+        } else {
+            self.sandbox.guest_path_of_host(&path)
+        };
+        addr.truncate(2);
+        addr.extend_from_slice(&guest);
+        if !guest.is_empty() {
+            addr.push(0);
+        }
+    }
+}
+
+fn sockaddr_of(raw: i32, peer: bool) -> SysResult<Vec<u8>> {
+    let mut buf = [0u8; ADDR_MAX];
+    let mut len = ADDR_MAX as libc::socklen_t;
+    // SAFETY: buf/len are a valid sockaddr buffer and its size.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(raw, buf.as_mut_ptr().cast(), &mut len)
+        } else {
+            libc::getsockname(raw, buf.as_mut_ptr().cast(), &mut len)
+        }
+    };
+    check(r as i64)?;
+    Ok(buf[..(len as usize).min(ADDR_MAX)].to_vec())
+}
+
+pub fn socket(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let (domain, ty, proto) = (a[0] as i32, a[1] as i32, a[2] as i32);
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    if !matches!(domain, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
+        p.refuse(format!("socket family {domain} (allowed: AF_INET, AF_INET6, AF_UNIX)"));
+        return Err(Errno::EAFNOSUPPORT);
+    }
+    if !matches!(base, libc::SOCK_STREAM | libc::SOCK_DGRAM) || (domain != libc::AF_UNIX && !matches!(proto, 0 | libc::IPPROTO_TCP | libc::IPPROTO_UDP)) {
+        p.refuse(format!("socket type {base} protocol {proto} (allowed: stream and datagram)"));
+        return Err(Errno(libc::EPROTONOSUPPORT));
+    }
+    // SAFETY: plain call; the result is checked.
+    let fd = check(unsafe { libc::socket(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto) } as i64)?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let extra = if domain == libc::AF_UNIX { Extra::Unix(Default::default()) } else { Extra::None };
+    p.fds.insert(OpenFile::with_extra(owned, FileKind::Socket, extra), ty & libc::SOCK_CLOEXEC != 0, 0)
+}
+
+pub fn socketpair(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let (domain, ty, proto) = (a[0] as i32, a[1] as i32, a[2] as i32);
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    if domain != libc::AF_UNIX || !matches!(base, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) {
+        p.refuse(format!("socketpair family {domain} type {base}"));
+        return Err(Errno::EAFNOSUPPORT);
+    }
+    Mm::range_ok(a[3], 8)?;
+    let mut sv = [0i32; 2];
+    // SAFETY: sv is a valid 2-element out-parameter.
+    check(unsafe { libc::socketpair(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto, sv.as_mut_ptr()) } as i64)?;
+    // SAFETY: both are fresh descriptors owned by nobody else.
+    let (x, y) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    let cloexec = ty & libc::SOCK_CLOEXEC != 0;
+    let fx = p.fds.insert(OpenFile::with_extra(x, FileKind::Socket, Extra::Unix(Default::default())), cloexec, 0)?;
+    let fy = match p.fds.insert(OpenFile::with_extra(y, FileKind::Socket, Extra::Unix(Default::default())), cloexec, 0) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = p.fds.close(fx);
+            return Err(e);
+        }
+    };
+    if let Err(e) = p.mm.write_val(a[3], &[fx as i32, fy as i32]) {
+        let _ = p.fds.close(fx);
+        let _ = p.fds.close(fy);
+        return Err(e);
+    }
+    Ok(0)
+}
+
+pub fn bind(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let f = p.socket_file(a[0])?;
+    let addr = p.read_addr(&f, a[1], a[2], true)?;
+    // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
+    check(unsafe { libc::bind(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
+}
+
+pub fn connect(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let f = p.socket_file(a[0])?;
+    let addr = p.read_addr(&f, a[1], a[2], false)?;
+    // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
+    check(unsafe { libc::connect(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
+}
+
+pub fn listen(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let f = p.socket_file(a[0])?;
+    // SAFETY: plain call on an open socket.
+    check(unsafe { libc::listen(f.raw(), a[1] as i32) } as i64)
+}
+
+fn do_accept(p: &mut Process, fd: u64, addr_va: u64, len_va: u64, flags: u64) -> SysResult {
+    if flags & !((libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let f = p.socket_file(fd)?;
+    if addr_va != 0 {
+        Mm::range_ok(len_va, 4)?;
+        let cap: u32 = p.mm.read_val(len_va)?;
+        if cap as i32 <= -1 {
+            return Err(Errno::EINVAL);
+        }
+    }
+    let mut buf = [0u8; ADDR_MAX];
+    let mut len = ADDR_MAX as libc::socklen_t;
+    // SAFETY: buf/len are a valid sockaddr buffer and its size.
+    let nfd = check(unsafe { libc::accept4(f.raw(), buf.as_mut_ptr().cast(), &mut len, libc::SOCK_CLOEXEC | (flags as i32 & libc::SOCK_NONBLOCK)) } as i64)?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(nfd as i32) };
+    let extra = if matches!(f.extra, Extra::Unix(_)) { Extra::Unix(Default::default()) } else { Extra::None };
+    let vfd = p.fds.insert(OpenFile::with_extra(owned, FileKind::Socket, extra), flags as i32 & libc::SOCK_CLOEXEC != 0, 0)?;
+    if let Err(e) = p.write_addr(&buf[..(len as usize).min(ADDR_MAX)], addr_va, len_va) {
+        let _ = p.fds.close(vfd);
+        return Err(e);
+    }
+    Ok(vfd)
+}
+
+pub fn accept(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    do_accept(p, a[0], a[1], a[2], 0)
+}
+
+pub fn accept4(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    do_accept(p, a[0], a[1], a[2], a[3])
+}
+
+fn name_of(p: &mut Process, a: &[u64; 6], peer: bool) -> SysResult {
+    let f = p.socket_file(a[0])?;
+    Mm::range_ok(a[2], 4)?;
+    if !peer {
+        if let Extra::Unix(bound) = &f.extra {
+            if let Some(path) = bound.borrow().clone() {
+                let mut addr = (libc::AF_UNIX as u16).to_le_bytes().to_vec();
+                addr.extend_from_slice(&path);
+                addr.push(0);
+                let cap: u32 = p.mm.read_val(a[2])?;
+                let n = addr.len().min(cap as usize);
+                p.mm.write_user(a[1], &addr[..n])?;
+                p.mm.write_val(a[2], &(addr.len() as u32))?;
+                return Ok(0);
+            }
+        }
+    }
+    let addr = sockaddr_of(f.raw(), peer)?;
+    p.write_addr(&addr, a[1], a[2])?;
+    Ok(0)
+}
+
+pub fn getsockname(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    name_of(p, a, false)
+}
+
+pub fn getpeername(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    name_of(p, a, true)
+}
+
+/// Socket options the program may set or read: (level, option, settable,
+/// the size of the option's value that Linux reads).
+const OPTIONS: &[(i32, i32, bool, usize)] = &[
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR, true, 4),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT, true, 4),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, true, 4),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF, true, 4),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF, true, 4),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT, true, 4),
+    (libc::SOL_SOCKET, libc::SO_SNDLOWAT, true, 4),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, true, 16),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, true, 16),
+    (libc::SOL_SOCKET, libc::SO_LINGER, true, 8),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST, true, 4),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE, true, 4),
+    (libc::SOL_SOCKET, libc::SO_ERROR, false, 4),
+    (libc::SOL_SOCKET, libc::SO_TYPE, false, 4),
+    (libc::SOL_SOCKET, libc::SO_DOMAIN, false, 4),
+    (libc::SOL_SOCKET, libc::SO_PROTOCOL, false, 4),
+    (libc::SOL_SOCKET, libc::SO_ACCEPTCONN, false, 4),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_CORK, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_FASTOPEN, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_QUICKACK, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, true, 4),
+    (libc::IPPROTO_TCP, libc::TCP_INFO, false, 256),
+    (libc::IPPROTO_TCP, libc::TCP_MAXSEG, true, 4),
+    (libc::IPPROTO_IP, libc::IP_TOS, true, 4),
+    (libc::IPPROTO_IP, libc::IP_TTL, true, 4),
+    (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, true, 4),
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, true, 4),
+    (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, true, 4),
+];
+
+/// The size Linux reads for an allowed option, or ENOPROTOOPT (logged).
+fn option_size(p: &mut Process, level: i32, name: i32, set: bool) -> SysResult<usize> {
+    match OPTIONS.iter().find(|o| o.0 == level && o.1 == name) {
+        Some(o) if o.2 || !set => Ok(o.3),
+        _ => {
+            p.refuse(format!("socket option level {level} name {name} ({})", if set { "set" } else { "get" }));
+            Err(Errno(libc::ENOPROTOOPT))
+        }
+    }
+}
+
+pub fn setsockopt(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let f = p.socket_file(a[0])?;
+    let (level, name) = (a[1] as i32, a[2] as i32);
+    let size = option_size(p, level, name, true)?;
+    if (a[4] as u32 as i32) < 0 {
+        return Err(Errno::EINVAL);
+    }
+    // Like Linux, read only as much as the option holds.
+    let len = (a[4] as u32).min(size as u32);
+    let mut v = [0u8; 256];
+    p.mm.read_user(a[3], &mut v[..len as usize])?;
+    // SAFETY: v holds len valid bytes.
+    check(unsafe { libc::setsockopt(f.raw(), level, name, v.as_ptr().cast(), len) } as i64)
+}
+
+pub fn getsockopt(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let f = p.socket_file(a[0])?;
+    let (level, name) = (a[1] as i32, a[2] as i32);
+    option_size(p, level, name, false)?;
+    let cap: u32 = p.mm.read_val(a[4])?;
+    if cap as i32 <= -1 {
+        return Err(Errno::EINVAL);
+    }
+    let mut v = [0u8; 256];
+    let mut len = (cap as usize).min(v.len()) as libc::socklen_t;
+    // SAFETY: v has len writable bytes; len is an in/out parameter.
+    check(unsafe { libc::getsockopt(f.raw(), level, name, v.as_mut_ptr().cast(), &mut len) } as i64)?;
+    p.mm.write_user(a[3], &v[..len as usize])?;
+    p.mm.write_val(a[4], &len)?;
+    Ok(0)
+}
+
+pub fn shutdown(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let f = p.socket_file(a[0])?;
+    // SAFETY: plain call on an open socket.
+    check(unsafe { libc::shutdown(f.raw(), a[1] as i32) } as i64)
+}
+
+/// sendmsg over host iovecs in `p.iov`, with an optional destination.
+fn host_send(p: &mut Process, raw: i32, addr: Option<&SockAddr>, flags: u64) -> SysResult {
+    let (iov, n) = p.iov.as_raw();
+    // SAFETY: msghdr is plain data; all-zero is a valid starting value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov as *mut libc::iovec;
+    msg.msg_iovlen = n as usize;
+    if let Some(a) = addr {
+        msg.msg_name = a.buf.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = a.len;
+    }
+    // SAFETY: msg points at valid iovecs over guest memory (bounds-checked)
+    // and an optional address buffer, all alive for the call.
+    check(unsafe { libc::sendmsg(raw, &msg, (flags | MSG_NOSIGNAL) as i32) } as i64)
+}
+
+/// recvmsg into host iovecs in `p.iov`; returns (bytes, address, flags).
+fn host_recv(p: &mut Process, raw: i32, flags: u64) -> SysResult<(u64, Vec<u8>, u64)> {
+    let (iov, n) = p.iov.as_raw();
+    let mut name = [0u8; ADDR_MAX];
+    // SAFETY: msghdr is plain data; all-zero is a valid starting value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov as *mut libc::iovec;
+    msg.msg_iovlen = n as usize;
+    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_namelen = ADDR_MAX as u32;
+    // SAFETY: msg points at valid iovecs over guest memory and a name buffer.
+    let r = check(unsafe { libc::recvmsg(raw, &mut msg, (flags & !MSG_CMSG_CLOEXEC) as i32) } as i64)?;
+    let nlen = (msg.msg_namelen as usize).min(ADDR_MAX);
+    Ok((r, name[..nlen].to_vec(), msg.msg_flags as u64))
+}
+
+fn check_flags(p: &mut Process, flags: u64, allowed: u64, what: &str) -> SysResult<()> {
+    if flags & !allowed != 0 {
+        p.refuse(format!("{what} flags {:#x}", flags & !allowed));
+        return Err(Errno::EOPNOTSUPP);
+    }
+    Ok(())
+}
+
+pub fn sendto(p: &mut Process, a: &[u64; 6]) -> Sys {
+    let flags = a[3];
+    let r = (|| {
+        let f = p.socket_file(a[0])?;
+        check_flags(p, flags, SEND_FLAGS, "send")?;
+        let addr = if a[4] != 0 { Some(p.read_addr(&f, a[4], a[5], false)?) } else { None };
+        p.iov.clear();
+        if a[2] > 0 {
+            p.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), false, &mut p.iov)?;
+        }
+        host_send(p, f.raw(), addr.as_ref(), flags)
+    })();
+    if flags & MSG_NOSIGNAL != 0 {
+        return r.into();
+    }
+    p.sigpipe(r)
+}
+
+pub fn recvfrom(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let f = p.socket_file(a[0])?;
+    let flags = a[3];
+    check_flags(p, flags, RECV_FLAGS, "recv")?;
+    if a[4] != 0 {
+        Mm::range_ok(a[5], 4)?;
+    }
+    p.iov.clear();
+    if a[2] > 0 {
+        p.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), true, &mut p.iov)?;
+    }
+    let (n, name, _) = host_recv(p, f.raw(), flags)?;
+    if a[4] != 0 && !name.is_empty() {
+        p.write_addr(&name, a[4], a[5])?;
+    } else if a[4] != 0 {
+        p.mm.write_val(a[5], &0u32)?;
+    }
+    Ok(n)
+}
+
+/// The program's msghdr (x86-64 layout).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MsgHdr {
+    name: u64,
+    namelen: u32,
+    _pad1: u32,
+    iov: u64,
+    iovlen: u64,
+    control: u64,
+    controllen: u64,
+    flags: i32,
+    _pad2: u32,
+}
+
+// SAFETY: repr(C) struct of integers.
+unsafe impl super::super::mm::Pod for MsgHdr {}
+
+pub fn sendmsg(p: &mut Process, a: &[u64; 6]) -> Sys {
+    let flags = a[2];
+    let r = (|| {
+        let f = p.socket_file(a[0])?;
+        check_flags(p, flags, SEND_FLAGS, "sendmsg")?;
+        let m: MsgHdr = p.mm.read_val(a[1])?;
+        if m.controllen != 0 {
+            p.refuse("ancillary data in sendmsg (no descriptor or credential passing)".into());
+            return Err(Errno::EPERM);
+        }
+        let addr = if m.name != 0 && m.namelen != 0 { Some(p.read_addr(&f, m.name, m.namelen as u64, false)?) } else { None };
+        if m.iovlen > 1024 {
+            return Err(Errno(libc::EMSGSIZE));
+        }
+        p.gather(m.iov, m.iovlen, false)?;
+        host_send(p, f.raw(), addr.as_ref(), flags)
+    })();
+    if flags & MSG_NOSIGNAL != 0 {
+        return r.into();
+    }
+    p.sigpipe(r)
+}
+
+pub fn recvmsg(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let f = p.socket_file(a[0])?;
+    let flags = a[2];
+    check_flags(p, flags, RECV_FLAGS, "recvmsg")?;
+    let mut m: MsgHdr = p.mm.read_val(a[1])?;
+    if m.namelen as i32 <= -1 {
+        return Err(Errno::EINVAL);
+    }
+    if m.iovlen > 1024 {
+        return Err(Errno(libc::EMSGSIZE));
+    }
+    p.gather(m.iov, m.iovlen, true)?;
+    let (n, mut name, mflags) = host_recv(p, f.raw(), flags)?;
+    if m.name != 0 {
+        p.unix_addr_for_guest(&mut name);
+        let k = name.len().min(m.namelen as usize);
+        p.mm.write_user(m.name, &name[..k])?;
+        m.namelen = name.len() as u32;
+    } else {
+        m.namelen = 0;
+    }
+    // No ancillary data is ever passed to the program.
+    m.flags = (mflags & !MSG_CTRUNC) as i32;
+    m.controllen = 0;
+    p.mm.write_val(a[1], &m)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msghdr_has_the_kernel_layout() {
+        assert_eq!(std::mem::size_of::<MsgHdr>(), 56);
+        assert_eq!(std::mem::offset_of!(MsgHdr, controllen), 40);
+        assert_eq!(std::mem::offset_of!(MsgHdr, flags), 48);
+    }
+
+    #[test]
+    fn dangerous_options_are_not_allowed() {
+        for (level, name) in [(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER), (libc::SOL_SOCKET, libc::SO_BINDTODEVICE), (libc::SOL_SOCKET, libc::SO_MARK), (libc::SOL_SOCKET, libc::SO_PEERCRED)] {
+            assert!(!OPTIONS.iter().any(|o| o.0 == level && o.1 == name));
+        }
+        for o in OPTIONS {
+            assert!(o.3 <= 256);
+        }
+    }
+}

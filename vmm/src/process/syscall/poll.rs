@@ -1,0 +1,352 @@
+//! Waiting for descriptors: epoll, poll, select, and the descriptors made
+//! to be waited on (eventfd, timerfd). All run on the host; the program's
+//! descriptor numbers and epoll data are translated both ways.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use super::super::errno::{check, Errno, SysResult};
+use super::super::fd::{Extra, FileKind, OpenFile};
+use super::super::Process;
+
+#[inline]
+fn fd_arg(a: u64) -> u64 {
+    a as u32 as u64
+}
+
+/// Events the program may ask epoll for.
+const EPOLL_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLPRI | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLET | libc::EPOLLONESHOT | libc::EPOLLEXCLUSIVE | libc::EPOLLRDNORM | libc::EPOLLRDBAND | libc::EPOLLWRNORM | libc::EPOLLWRBAND) as u32;
+/// Most events one epoll_wait returns here (the program may ask for more
+/// and simply gets them over several calls).
+const EPOLL_BATCH: usize = 512;
+const EP_MAX_EVENTS: u64 = (i32::MAX as u64) / 12;
+
+fn install(p: &mut Process, fd: i64, kind: FileKind, extra: Extra, cloexec: bool) -> SysResult {
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    p.fds.insert(OpenFile::with_extra(owned, kind, extra), cloexec, 0)
+}
+
+fn do_epoll_create(p: &mut Process, flags: u64) -> SysResult {
+    if flags & !(libc::EPOLL_CLOEXEC as u64) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: plain call; result checked.
+    let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as i64)?;
+    install(p, fd as i64, FileKind::Epoll, Extra::Epoll(Default::default()), flags != 0)
+}
+
+pub fn epoll_create(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    if a[0] as i32 <= 0 {
+        return Err(Errno::EINVAL);
+    }
+    do_epoll_create(p, 0)
+}
+
+pub fn epoll_create1(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    do_epoll_create(p, a[0] as u32 as u64)
+}
+
+pub fn epoll_ctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let (epfd, op, fd) = (fd_arg(a[0]), a[1] as i32, fd_arg(a[2]));
+    let ep = p.fds.file(epfd)?.clone();
+    let target = p.fds.file(fd)?.clone();
+    let Extra::Epoll(map) = &ep.extra else { return Err(Errno::EINVAL) };
+    if epfd == fd {
+        return Err(Errno::EINVAL);
+    }
+    let mut ev = libc::epoll_event { events: 0, u64: fd };
+    let mut data = 0u64;
+    if op != libc::EPOLL_CTL_DEL {
+        let mut raw = [0u8; 12];
+        p.mm.read_user(a[3], &mut raw)?;
+        let events = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes"));
+        data = u64::from_le_bytes(raw[4..].try_into().expect("8 bytes"));
+        ev.events = events & EPOLL_EVENTS;
+    }
+    // SAFETY: both descriptors are open; ev is a valid epoll_event.
+    check(unsafe { libc::epoll_ctl(ep.raw(), op, target.raw(), &mut ev) } as i64)?;
+    let mut m = map.borrow_mut();
+    match op {
+        libc::EPOLL_CTL_DEL => {
+            m.remove(&(fd as u32));
+        }
+        _ => {
+            m.insert(fd as u32, data);
+        }
+    }
+    Ok(0)
+}
+
+/// Waits on epoll `epfd` and writes the program's events; `mask` replaces
+/// the signal mask during the wait.
+fn epoll_wait_common(p: &mut Process, epfd: u64, events_va: u64, max: u64, timeout_ms: i32, mask: Option<u64>) -> SysResult {
+    let max = max as u32 as i32;
+    if max <= 0 || max as u64 > EP_MAX_EVENTS {
+        return Err(Errno::EINVAL);
+    }
+    let ep = p.fds.file(fd_arg(epfd))?.clone();
+    let Extra::Epoll(map) = &ep.extra else { return Err(Errno::EINVAL) };
+    super::super::mm::Mm::range_ok(events_va, max as u64 * 12)?;
+    let want = (max as usize).min(EPOLL_BATCH);
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
+    let n = p.blocking(mask, timeout_ms as i64, |t| {
+        // SAFETY: evs has `want` writable entries; the descriptor is open.
+        unsafe { libc::epoll_wait(ep.raw(), evs.as_mut_ptr(), want as i32, t as i32) as i64 }
+    })? as usize;
+    let m = map.borrow();
+    let mut out = [0u8; EPOLL_BATCH * 12];
+    let mut k = 0;
+    for e in &evs[..n] {
+        let vfd = e.u64 as u32;
+        let Some(&data) = m.get(&vfd) else { continue };
+        let events = e.events;
+        out[k * 12..k * 12 + 4].copy_from_slice(&events.to_le_bytes());
+        out[k * 12 + 4..k * 12 + 12].copy_from_slice(&data.to_le_bytes());
+        k += 1;
+    }
+    drop(m);
+    p.mm.write_user(events_va, &out[..k * 12])?;
+    Ok(k as u64)
+}
+
+pub fn epoll_wait(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    epoll_wait_common(p, a[0], a[1], a[2], a[3] as i32, None)
+}
+
+pub fn epoll_pwait(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let mask = p.sigmask_arg(a[4], a[5])?;
+    epoll_wait_common(p, a[0], a[1], a[2], a[3] as i32, mask)
+}
+
+pub fn epoll_pwait2(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let timeout = if a[3] == 0 {
+        -1
+    } else {
+        let ts: libc::timespec = p.mm.read_val(a[3])?;
+        timespec_ms(&ts)?
+    };
+    let mask = p.sigmask_arg(a[4], a[5])?;
+    epoll_wait_common(p, a[0], a[1], a[2], timeout as i32, mask)
+}
+
+/// Milliseconds of a timeout, rounded up; EINVAL if malformed.
+fn timespec_ms(ts: &libc::timespec) -> SysResult<i64> {
+    if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+        return Err(Errno::EINVAL);
+    }
+    Ok((ts.tv_sec.saturating_mul(1000)).saturating_add((ts.tv_nsec + 999_999) / 1_000_000).min(i32::MAX as i64))
+}
+
+/// poll over the program's pollfd array; `timeout_ms` < 0 waits forever.
+fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: Option<u64>) -> SysResult {
+    if nfds > p.fds.limit as u64 {
+        return Err(Errno::EINVAL);
+    }
+    let n = nfds as usize;
+    let mut raw = vec![0u8; n * 8];
+    p.mm.read_user(fds_va, &mut raw)?;
+    let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(n);
+    let mut invalid = vec![false; n];
+    for i in 0..n {
+        let fd = i32::from_le_bytes(raw[i * 8..i * 8 + 4].try_into().expect("4 bytes"));
+        let events = i16::from_le_bytes(raw[i * 8 + 4..i * 8 + 6].try_into().expect("2 bytes"));
+        let host = if fd < 0 {
+            -1
+        } else {
+            match p.fds.file(fd as u64) {
+                Ok(f) => f.raw(),
+                Err(_) => {
+                    invalid[i] = true;
+                    -1
+                }
+            }
+        };
+        pfds.push(libc::pollfd { fd: host, events, revents: 0 });
+    }
+    let ready = p.blocking(mask, timeout_ms, |t| {
+        // SAFETY: pfds has n valid entries.
+        unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, t as i32) as i64 }
+    })?;
+    let mut count = ready;
+    for i in 0..n {
+        let rev = if invalid[i] {
+            count += 1;
+            libc::POLLNVAL
+        } else {
+            pfds[i].revents
+        };
+        raw[i * 8 + 6..i * 8 + 8].copy_from_slice(&rev.to_le_bytes());
+    }
+    p.mm.write_user(fds_va, &raw)?;
+    Ok(count)
+}
+
+pub fn poll(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    poll_common(p, a[0], a[1], a[2] as i32 as i64, None)
+}
+
+pub fn ppoll(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let timeout = if a[2] == 0 {
+        -1
+    } else {
+        let ts: libc::timespec = p.mm.read_val(a[2])?;
+        timespec_ms(&ts)?
+    };
+    let mask = p.sigmask_arg(a[3], a[4])?;
+    poll_common(p, a[0], a[1], timeout, mask)
+}
+
+/// select/pselect6 through poll: the program's fd_sets become a pollfd list.
+fn select_common(p: &mut Process, nfds: u64, sets: [u64; 3], timeout_ms: i64, mask: Option<u64>) -> SysResult {
+    let nfds = nfds as u32 as i32;
+    if nfds < 0 {
+        return Err(Errno::EINVAL);
+    }
+    // Like Linux, a larger count is clamped to the descriptor table's size.
+    let nfds = nfds.min(1024);
+    let words = (nfds as usize).div_ceil(64);
+    let mut bits = [[0u64; 16]; 3];
+    for (s, &va) in sets.iter().enumerate() {
+        if va != 0 && words > 0 {
+            let mut raw = vec![0u8; words * 8];
+            p.mm.read_user(va, &mut raw)?;
+            for w in 0..words {
+                bits[s][w] = u64::from_le_bytes(raw[w * 8..w * 8 + 8].try_into().expect("8 bytes"));
+            }
+        }
+    }
+    let mut pfds = Vec::new();
+    let mut which = Vec::new();
+    for fd in 0..nfds as usize {
+        let bit = |s: usize| bits[s][fd / 64] & (1 << (fd % 64)) != 0;
+        let (r, w, x) = (bit(0), bit(1), bit(2));
+        if !(r || w || x) {
+            continue;
+        }
+        let host = p.fds.file(fd as u64)?.raw();
+        let mut events = 0;
+        if r {
+            events |= libc::POLLIN;
+        }
+        if w {
+            events |= libc::POLLOUT;
+        }
+        if x {
+            events |= libc::POLLPRI;
+        }
+        pfds.push(libc::pollfd { fd: host, events, revents: 0 });
+        which.push(fd);
+    }
+    p.blocking(mask, timeout_ms, |t| {
+        // SAFETY: pfds has pfds.len() valid entries.
+        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, t as i32) as i64 }
+    })?;
+    let mut out = [[0u64; 16]; 3];
+    let mut count = 0;
+    for (pf, &fd) in pfds.iter().zip(&which) {
+        let rev = pf.revents;
+        let set = |s: usize, on: bool, out: &mut [[u64; 16]; 3], count: &mut u64| {
+            if on && bits[s][fd / 64] & (1 << (fd % 64)) != 0 {
+                out[s][fd / 64] |= 1 << (fd % 64);
+                *count += 1;
+            }
+        };
+        set(0, rev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0, &mut out, &mut count);
+        set(1, rev & (libc::POLLOUT | libc::POLLERR) != 0, &mut out, &mut count);
+        set(2, rev & libc::POLLPRI != 0, &mut out, &mut count);
+    }
+    for (s, &va) in sets.iter().enumerate() {
+        if va != 0 && words > 0 {
+            let raw: Vec<u8> = out[s][..words].iter().flat_map(|w| w.to_le_bytes()).collect();
+            p.mm.write_user(va, &raw)?;
+        }
+    }
+    Ok(count)
+}
+
+pub fn select(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let timeout = if a[4] == 0 {
+        -1
+    } else {
+        let tv: libc::timeval = p.mm.read_val(a[4])?;
+        if tv.tv_sec < 0 || !(0..1_000_000).contains(&tv.tv_usec) {
+            return Err(Errno::EINVAL);
+        }
+        (tv.tv_sec.saturating_mul(1000) + (tv.tv_usec + 999) / 1000).min(i32::MAX as i64)
+    };
+    select_common(p, a[0], [a[1], a[2], a[3]], timeout, None)
+}
+
+pub fn pselect6(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let timeout = if a[4] == 0 {
+        -1
+    } else {
+        let ts: libc::timespec = p.mm.read_val(a[4])?;
+        timespec_ms(&ts)?
+    };
+    // The sixth argument points at { const sigset_t *ss; size_t ss_len; }.
+    let mask = if a[5] == 0 {
+        None
+    } else {
+        let pair: [u64; 2] = p.mm.read_val(a[5])?;
+        p.sigmask_arg(pair[0], pair[1])?
+    };
+    select_common(p, a[0], [a[1], a[2], a[3]], timeout, mask)
+}
+
+fn do_eventfd(p: &mut Process, init: u64, flags: u64) -> SysResult {
+    let allowed = (libc::EFD_CLOEXEC | libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE) as u64;
+    if flags & !allowed != 0 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: plain call; result checked.
+    let fd = check(unsafe { libc::eventfd(init as u32, libc::EFD_CLOEXEC | (flags as i32 & (libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE))) } as i64)?;
+    install(p, fd as i64, FileKind::EventFd, Extra::None, flags as i32 & libc::EFD_CLOEXEC != 0)
+}
+
+pub fn eventfd(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    do_eventfd(p, a[0], 0)
+}
+
+pub fn eventfd2(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    do_eventfd(p, a[0], a[1])
+}
+
+pub fn timerfd_create(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let clock = a[0] as i32;
+    let flags = a[1] as i32;
+    if !matches!(clock, libc::CLOCK_REALTIME | libc::CLOCK_MONOTONIC | libc::CLOCK_BOOTTIME) || flags & !(libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: plain call; result checked.
+    let fd = check(unsafe { libc::timerfd_create(clock, libc::TFD_CLOEXEC | (flags & libc::TFD_NONBLOCK)) } as i64)?;
+    install(p, fd as i64, FileKind::TimerFd, Extra::None, flags & libc::TFD_CLOEXEC != 0)
+}
+
+fn timer_file(p: &Process, fd: u64) -> SysResult<i32> {
+    let f = p.fds.file(fd_arg(fd))?;
+    if f.kind != FileKind::TimerFd {
+        return Err(Errno::EINVAL);
+    }
+    Ok(f.raw())
+}
+
+pub fn timerfd_settime(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let raw = timer_file(p, a[0])?;
+    let new: libc::itimerspec = p.mm.read_val(a[2])?;
+    let mut old = libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 } };
+    // SAFETY: new and old are valid itimerspecs; raw is an open timerfd.
+    check(unsafe { libc::timerfd_settime(raw, a[1] as i32 & (libc::TFD_TIMER_ABSTIME | 2), &new, &mut old) } as i64)?;
+    if a[3] != 0 {
+        p.mm.write_val(a[3], &old)?;
+    }
+    Ok(0)
+}
+
+pub fn timerfd_gettime(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let raw = timer_file(p, a[0])?;
+    let mut cur = libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 } };
+    // SAFETY: cur is a valid out-parameter; raw is an open timerfd.
+    check(unsafe { libc::timerfd_gettime(raw, &mut cur) } as i64)?;
+    p.mm.write_val(a[1], &cur).map(|_| 0)
+}
