@@ -23,7 +23,14 @@ fn vm_mode(extra: &[&str], mode: &[&str]) -> std::process::Output {
 /// Starts the VMM with `mode` and returns it with a reader of its stdout.
 fn spawn(mode: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
     let prog = nettest();
-    let mut child = Command::new(vmm()).arg("--").arg(&prog).args(mode).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn dmvx-vmm");
+    let mut child = Command::new(vmm())
+        .arg("--")
+        .arg(&prog)
+        .args(mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dmvx-vmm");
     let out = BufReader::new(child.stdout.take().expect("stdout"));
     (child, out)
 }
@@ -39,8 +46,10 @@ fn tcp_echo_server_with_epoll_serves_host_clients() {
     require_kvm!();
     let (mut child, mut out) = spawn(&["echo-server", "0"]);
     let l = line(&mut out);
-    let port: u16 = l.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("unexpected: {l}"));
-    let mut clients: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
+    let port: u16 =
+        l.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("unexpected: {l}"));
+    let mut clients: Vec<TcpStream> =
+        (0..5).map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
     for round in 0..20 {
         for (i, c) in clients.iter_mut().enumerate() {
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -76,7 +85,14 @@ fn disallowed_families_options_and_fd_passing_are_refused_with_a_log_line() {
     let o = vm_mode(&[], &["refused"]);
     assert_eq!(status(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let e = stderr(&o);
-    for needle in ["refused socket family 16", "refused socket family 17", "refused socket type 3", "refused socket option level 1 name 25", "abstract", "ancillary data"] {
+    for needle in [
+        "refused socket family 16",
+        "refused socket family 17",
+        "refused socket type 3",
+        "refused socket option level 1 name 25",
+        "abstract",
+        "ancillary data",
+    ] {
         assert!(e.contains(needle), "missing '{needle}' in:\n{e}");
     }
 }

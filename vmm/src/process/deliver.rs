@@ -9,13 +9,25 @@ use std::time::Instant;
 use kvm_bindings::{kvm_regs, kvm_xsave};
 
 use super::errno::{Errno, SysResult};
-use super::signal::{bit, SigInfo, Signal, StackT, SA_NODEFER, SA_ONSTACK, SA_RESETHAND, SA_RESTORER, SIG_DFL, SIG_IGN, SI_USER, SS_DISABLE, SS_ONSTACK, UNBLOCKABLE};
+use super::signal::{
+    bit, SigInfo, Signal, StackT, SA_NODEFER, SA_ONSTACK, SA_RESETHAND, SA_RESTORER, SIG_DFL, SIG_IGN, SI_USER,
+    SS_DISABLE, SS_ONSTACK, UNBLOCKABLE,
+};
 use super::Process;
 use crate::arch::x86_64::regs::{rflags, USER_CS_SEL, USER_SS_SEL};
 use crate::vstate::vcpu::Vcpu;
 
 /// Signals sent to the VMM that are passed on to the program.
-pub const FORWARDED: [i32; 8] = [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGTERM, libc::SIGWINCH];
+pub const FORWARDED: [i32; 8] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGWINCH,
+];
 
 /// Signals caught by the VMM and not yet handed to the program.
 static HOST_PENDING: AtomicU64 = AtomicU64::new(0);
@@ -149,7 +161,11 @@ impl Process {
                 continue;
             }
             if act.handler == SIG_DFL {
-                let why = if info.trapno != 0 || info.addr != 0 { format!("{} (pending fault)", sig.name()) } else { format!("{} received", sig.name()) };
+                let why = if info.trapno != 0 || info.addr != 0 {
+                    format!("{} (pending fault)", sig.name())
+                } else {
+                    format!("{} received", sig.name())
+                };
                 return Err((sig, why));
             }
             ctx = self.build_frame(vcpu, sig, info, act, ctx).map_err(|why| (Signal::SIGSEGV, why))?;
@@ -167,7 +183,14 @@ impl Process {
     }
 
     /// Writes an rt_sigframe for `sig` and returns the handler's registers.
-    fn build_frame(&mut self, vcpu: &mut Vcpu, sig: Signal, info: SigInfo, act: super::signal::SigAction, ctx: kvm_regs) -> Result<kvm_regs, String> {
+    fn build_frame(
+        &mut self,
+        vcpu: &mut Vcpu,
+        sig: Signal,
+        info: SigInfo,
+        act: super::signal::SigAction,
+        ctx: kvm_regs,
+    ) -> Result<kvm_regs, String> {
         let fail = |what: &str| format!("cannot deliver {}: {what}", sig.name());
         if act.flags & SA_RESTORER == 0 {
             return Err(fail("the handler has no SA_RESTORER return path"));
@@ -175,7 +198,11 @@ impl Process {
         let xsave = vcpu.fd().get_xsave().map_err(|e| fail(&format!("KVM_GET_XSAVE failed: {e}")))?;
         let alt = self.signals.altstack;
         let on_alt = alt.flags & SS_DISABLE == 0 && ctx.rsp.wrapping_sub(alt.sp) < alt.size;
-        let mut sp = if act.flags & SA_ONSTACK != 0 && alt.flags & SS_DISABLE == 0 && !on_alt { alt.sp.wrapping_add(alt.size) } else { ctx.rsp.wrapping_sub(128) };
+        let mut sp = if act.flags & SA_ONSTACK != 0 && alt.flags & SS_DISABLE == 0 && !on_alt {
+            alt.sp.wrapping_add(alt.size)
+        } else {
+            ctx.rsp.wrapping_sub(128)
+        };
         // FPU/SSE/AVX state, 64-byte aligned, with Linux's software bytes.
         let fp_size = self.xsave_size as u64;
         sp = sp.wrapping_sub(fp_size + 4) & !63;
@@ -216,7 +243,8 @@ impl Process {
         let bytes: Vec<u8> = f.iter().flat_map(|w| w.to_le_bytes()).collect();
         self.mm.write_user(frame, &bytes).map_err(|_| fail("the signal stack is not writable"))?;
 
-        self.signals.mask = old_mask | (act.mask & !UNBLOCKABLE) | if act.flags & SA_NODEFER == 0 { bit(sig.0) } else { 0 };
+        self.signals.mask =
+            old_mask | (act.mask & !UNBLOCKABLE) | if act.flags & SA_NODEFER == 0 { bit(sig.0) } else { 0 };
         if act.flags & SA_RESETHAND != 0 {
             self.signals.reset(sig);
         }

@@ -78,10 +78,7 @@ impl Signal {
 
     /// What happens when the signal arrives with the default disposition.
     pub fn default_ignored(self) -> bool {
-        matches!(
-            self,
-            Signal::SIGCHLD | Signal::SIGCONT | Signal::SIGURG | Signal::SIGWINCH
-        )
+        matches!(self, Signal::SIGCHLD | Signal::SIGCONT | Signal::SIGURG | Signal::SIGWINCH)
     }
 }
 
@@ -176,10 +173,7 @@ pub fn bit(n: i32) -> u64 {
 impl SignalState {
     /// The disposition of `sig`.
     pub fn action(&self, sig: Signal) -> SigAction {
-        self.actions
-            .get(sig.0 as usize)
-            .copied()
-            .unwrap_or_default()
+        self.actions.get(sig.0 as usize).copied().unwrap_or_default()
     }
 
     /// Changes the disposition of `sig`; returns the old one.
@@ -220,20 +214,12 @@ impl SignalState {
                 return Err(Errno::EINVAL);
             }
             if s.flags & SS_DISABLE != 0 {
-                self.altstack = StackT {
-                    flags: SS_DISABLE,
-                    ..Default::default()
-                };
+                self.altstack = StackT { flags: SS_DISABLE, ..Default::default() };
             } else {
                 if s.size < MINSIGSTKSZ {
                     return Err(Errno::ENOMEM);
                 }
-                self.altstack = StackT {
-                    sp: s.sp,
-                    flags: 0,
-                    _pad: 0,
-                    size: s.size,
-                };
+                self.altstack = StackT { sp: s.sp, flags: 0, _pad: 0, size: s.size };
             }
         }
         Ok(old)
@@ -250,7 +236,9 @@ impl SignalState {
     /// Whether `sig` is ignored (explicitly, or by default).
     pub fn ignored(&self, sig: Signal) -> bool {
         let a = self.action(sig);
-        sig != Signal::SIGKILL && sig != Signal::SIGSTOP && (a.handler == SIG_IGN || (a.handler == SIG_DFL && sig.default_ignored()))
+        sig != Signal::SIGKILL
+            && sig != Signal::SIGSTOP
+            && (a.handler == SIG_IGN || (a.handler == SIG_DFL && sig.default_ignored()))
     }
 
     /// The next pending signal the mask lets through, removed from the
@@ -284,10 +272,7 @@ impl SignalState {
                 *a = SigAction::default();
             }
         }
-        self.altstack = StackT {
-            flags: SS_DISABLE,
-            ..Default::default()
-        };
+        self.altstack = StackT { flags: SS_DISABLE, ..Default::default() };
     }
 }
 
@@ -298,16 +283,7 @@ mod tests {
     #[test]
     fn kill_and_stop_cannot_be_caught_or_blocked() {
         let mut s = SignalState::default();
-        assert_eq!(
-            s.set_action(
-                9,
-                Some(SigAction {
-                    handler: 0x1000,
-                    ..Default::default()
-                })
-            ),
-            Err(Errno::EINVAL)
-        );
+        assert_eq!(s.set_action(9, Some(SigAction { handler: 0x1000, ..Default::default() })), Err(Errno::EINVAL));
         assert_eq!(s.set_action(0, None), Err(Errno::EINVAL));
         assert_eq!(s.set_action(65, None), Err(Errno::EINVAL));
         s.change_mask(2, Some(u64::MAX)).unwrap();

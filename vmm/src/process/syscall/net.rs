@@ -79,7 +79,9 @@ impl Process {
         let raw = &a.buf[2..len as usize];
         let path: Vec<u8> = raw.iter().copied().take_while(|&c| c != 0).collect();
         if raw.first().is_none_or(|&c| c == 0) {
-            self.refuse("an abstract or unnamed Unix socket address (abstract sockets are a host-wide namespace)".into());
+            self.refuse(
+                "an abstract or unnamed Unix socket address (abstract sockets are a host-wide namespace)".into(),
+            );
             return Err(Errno::EPERM);
         }
         let cwd = self.cwd.clone();
@@ -135,11 +137,8 @@ impl Process {
             return;
         }
         let path: Vec<u8> = addr[2..].iter().copied().take_while(|&c| c != 0).collect();
-        let guest = if path.starts_with(b"/proc/self/fd/") {
-            Vec::new()
-        } else {
-            self.sandbox.guest_path_of_host(&path)
-        };
+        let guest =
+            if path.starts_with(b"/proc/self/fd/") { Vec::new() } else { self.sandbox.guest_path_of_host(&path) };
         addr.truncate(2);
         addr.extend_from_slice(&guest);
         if !guest.is_empty() {
@@ -170,12 +169,15 @@ pub fn socket(p: &mut Process, a: &[u64; 6]) -> SysResult {
         p.refuse(format!("socket family {domain} (allowed: AF_INET, AF_INET6, AF_UNIX)"));
         return Err(Errno::EAFNOSUPPORT);
     }
-    if !matches!(base, libc::SOCK_STREAM | libc::SOCK_DGRAM) || (domain != libc::AF_UNIX && !matches!(proto, 0 | libc::IPPROTO_TCP | libc::IPPROTO_UDP)) {
+    if !matches!(base, libc::SOCK_STREAM | libc::SOCK_DGRAM)
+        || (domain != libc::AF_UNIX && !matches!(proto, 0 | libc::IPPROTO_TCP | libc::IPPROTO_UDP))
+    {
         p.refuse(format!("socket type {base} protocol {proto} (allowed: stream and datagram)"));
         return Err(Errno(libc::EPROTONOSUPPORT));
     }
     // SAFETY: plain call; the result is checked.
-    let fd = check(unsafe { libc::socket(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto) } as i64)?;
+    let fd =
+        check(unsafe { libc::socket(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto) } as i64)?;
     // SAFETY: a fresh descriptor owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let extra = if domain == libc::AF_UNIX { Extra::Unix(Default::default()) } else { Extra::None };
@@ -192,12 +194,15 @@ pub fn socketpair(p: &mut Process, a: &[u64; 6]) -> SysResult {
     Mm::range_ok(a[3], 8)?;
     let mut sv = [0i32; 2];
     // SAFETY: sv is a valid 2-element out-parameter.
-    check(unsafe { libc::socketpair(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto, sv.as_mut_ptr()) } as i64)?;
+    check(unsafe {
+        libc::socketpair(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto, sv.as_mut_ptr())
+    } as i64)?;
     // SAFETY: both are fresh descriptors owned by nobody else.
     let (x, y) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
     let cloexec = ty & libc::SOCK_CLOEXEC != 0;
     let fx = p.fds.insert(OpenFile::with_extra(x, FileKind::Socket, Extra::Unix(Default::default())), cloexec, 0)?;
-    let fy = match p.fds.insert(OpenFile::with_extra(y, FileKind::Socket, Extra::Unix(Default::default())), cloexec, 0) {
+    let fy = match p.fds.insert(OpenFile::with_extra(y, FileKind::Socket, Extra::Unix(Default::default())), cloexec, 0)
+    {
         Ok(f) => f,
         Err(e) => {
             let _ = p.fds.close(fx);
@@ -247,11 +252,22 @@ fn do_accept(p: &mut Process, fd: u64, addr_va: u64, len_va: u64, flags: u64) ->
     let mut buf = [0u8; ADDR_MAX];
     let mut len = ADDR_MAX as libc::socklen_t;
     // SAFETY: buf/len are a valid sockaddr buffer and its size.
-    let nfd = check(unsafe { libc::accept4(f.raw(), buf.as_mut_ptr().cast(), &mut len, libc::SOCK_CLOEXEC | (flags as i32 & libc::SOCK_NONBLOCK)) } as i64)?;
+    let nfd = check(unsafe {
+        libc::accept4(
+            f.raw(),
+            buf.as_mut_ptr().cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC | (flags as i32 & libc::SOCK_NONBLOCK),
+        )
+    } as i64)?;
     // SAFETY: a fresh descriptor owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(nfd as i32) };
     let extra = if matches!(f.extra, Extra::Unix(_)) { Extra::Unix(Default::default()) } else { Extra::None };
-    let vfd = p.fds.insert(OpenFile::with_extra(owned, FileKind::Socket, extra), flags as i32 & libc::SOCK_CLOEXEC != 0, 0)?;
+    let vfd = p.fds.insert(
+        OpenFile::with_extra(owned, FileKind::Socket, extra),
+        flags as i32 & libc::SOCK_CLOEXEC != 0,
+        0,
+    )?;
     if let Err(e) = p.write_addr(&buf[..(len as usize).min(ADDR_MAX)], addr_va, len_va) {
         let _ = p.fds.close(vfd);
         return Err(e);
@@ -491,7 +507,8 @@ pub fn sendmsg(p: &mut Process, a: &[u64; 6]) -> Sys {
             p.refuse("ancillary data in sendmsg (no descriptor or credential passing)".into());
             return Err(Errno::EPERM);
         }
-        let addr = if m.name != 0 && m.namelen != 0 { Some(p.read_addr(&f, m.name, m.namelen as u64, false)?) } else { None };
+        let addr =
+            if m.name != 0 && m.namelen != 0 { Some(p.read_addr(&f, m.name, m.namelen as u64, false)?) } else { None };
         if m.iovlen > 1024 {
             return Err(Errno(libc::EMSGSIZE));
         }
@@ -545,7 +562,12 @@ mod tests {
 
     #[test]
     fn dangerous_options_are_not_allowed() {
-        for (level, name) in [(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER), (libc::SOL_SOCKET, libc::SO_BINDTODEVICE), (libc::SOL_SOCKET, libc::SO_MARK), (libc::SOL_SOCKET, libc::SO_PEERCRED)] {
+        for (level, name) in [
+            (libc::SOL_SOCKET, libc::SO_ATTACH_FILTER),
+            (libc::SOL_SOCKET, libc::SO_BINDTODEVICE),
+            (libc::SOL_SOCKET, libc::SO_MARK),
+            (libc::SOL_SOCKET, libc::SO_PEERCRED),
+        ] {
             assert!(!OPTIONS.iter().any(|o| o.0 == level && o.1 == name));
         }
         for o in OPTIONS {

@@ -14,7 +14,19 @@ fn fd_arg(a: u64) -> u64 {
 }
 
 /// Events the program may ask epoll for.
-const EPOLL_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLPRI | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLET | libc::EPOLLONESHOT | libc::EPOLLEXCLUSIVE | libc::EPOLLRDNORM | libc::EPOLLRDBAND | libc::EPOLLWRNORM | libc::EPOLLWRBAND) as u32;
+const EPOLL_EVENTS: u32 = (libc::EPOLLIN
+    | libc::EPOLLOUT
+    | libc::EPOLLRDHUP
+    | libc::EPOLLPRI
+    | libc::EPOLLERR
+    | libc::EPOLLHUP
+    | libc::EPOLLET
+    | libc::EPOLLONESHOT
+    | libc::EPOLLEXCLUSIVE
+    | libc::EPOLLRDNORM
+    | libc::EPOLLRDBAND
+    | libc::EPOLLWRNORM
+    | libc::EPOLLWRBAND) as u32;
 /// Most events one epoll_wait returns here (the program may ask for more
 /// and simply gets them over several calls).
 const EPOLL_BATCH: usize = 512;
@@ -50,7 +62,9 @@ pub fn epoll_ctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let (epfd, op, fd) = (fd_arg(a[0]), a[1] as i32, fd_arg(a[2]));
     let ep = p.fds.file(epfd)?.clone();
     let target = p.fds.file(fd)?.clone();
-    let Extra::Epoll(map) = &ep.extra else { return Err(Errno::EINVAL) };
+    let Extra::Epoll(map) = &ep.extra else {
+        return Err(Errno::EINVAL);
+    };
     if epfd == fd {
         return Err(Errno::EINVAL);
     }
@@ -79,13 +93,22 @@ pub fn epoll_ctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 /// Waits on epoll `epfd` and writes the program's events; `mask` replaces
 /// the signal mask during the wait.
-fn epoll_wait_common(p: &mut Process, epfd: u64, events_va: u64, max: u64, timeout_ms: i32, mask: Option<u64>) -> SysResult {
+fn epoll_wait_common(
+    p: &mut Process,
+    epfd: u64,
+    events_va: u64,
+    max: u64,
+    timeout_ms: i32,
+    mask: Option<u64>,
+) -> SysResult {
     let max = max as u32 as i32;
     if max <= 0 || max as u64 > EP_MAX_EVENTS {
         return Err(Errno::EINVAL);
     }
     let ep = p.fds.file(fd_arg(epfd))?.clone();
-    let Extra::Epoll(map) = &ep.extra else { return Err(Errno::EINVAL) };
+    let Extra::Epoll(map) = &ep.extra else {
+        return Err(Errno::EINVAL);
+    };
     super::super::mm::Mm::range_ok(events_va, max as u64 * 12)?;
     let want = (max as usize).min(EPOLL_BATCH);
     let mut evs = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
@@ -300,7 +323,9 @@ fn do_eventfd(p: &mut Process, init: u64, flags: u64) -> SysResult {
         return Err(Errno::EINVAL);
     }
     // SAFETY: plain call; result checked.
-    let fd = check(unsafe { libc::eventfd(init as u32, libc::EFD_CLOEXEC | (flags as i32 & (libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE))) } as i64)?;
+    let fd = check(unsafe {
+        libc::eventfd(init as u32, libc::EFD_CLOEXEC | (flags as i32 & (libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE)))
+    } as i64)?;
     install(p, fd as i64, FileKind::EventFd, Extra::None, flags as i32 & libc::EFD_CLOEXEC != 0)
 }
 
@@ -315,7 +340,9 @@ pub fn eventfd2(p: &mut Process, a: &[u64; 6]) -> SysResult {
 pub fn timerfd_create(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let clock = a[0] as i32;
     let flags = a[1] as i32;
-    if !matches!(clock, libc::CLOCK_REALTIME | libc::CLOCK_MONOTONIC | libc::CLOCK_BOOTTIME) || flags & !(libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) != 0 {
+    if !matches!(clock, libc::CLOCK_REALTIME | libc::CLOCK_MONOTONIC | libc::CLOCK_BOOTTIME)
+        || flags & !(libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) != 0
+    {
         return Err(Errno::EINVAL);
     }
     // SAFETY: plain call; result checked.
@@ -334,7 +361,10 @@ fn timer_file(p: &Process, fd: u64) -> SysResult<i32> {
 pub fn timerfd_settime(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let raw = timer_file(p, a[0])?;
     let new: libc::itimerspec = p.mm.read_val(a[2])?;
-    let mut old = libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 } };
+    let mut old = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+    };
     // SAFETY: new and old are valid itimerspecs; raw is an open timerfd.
     check(unsafe { libc::timerfd_settime(raw, a[1] as i32 & (libc::TFD_TIMER_ABSTIME | 2), &new, &mut old) } as i64)?;
     if a[3] != 0 {
@@ -345,7 +375,10 @@ pub fn timerfd_settime(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 pub fn timerfd_gettime(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let raw = timer_file(p, a[0])?;
-    let mut cur = libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 } };
+    let mut cur = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+    };
     // SAFETY: cur is a valid out-parameter; raw is an open timerfd.
     check(unsafe { libc::timerfd_gettime(raw, &mut cur) } as i64)?;
     p.mm.write_val(a[1], &cur).map(|_| 0)
