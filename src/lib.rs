@@ -63,6 +63,43 @@ macro_rules! require_kvm {
     };
 }
 
+/// Whether the tests run as root; says so loudly when not.
+pub fn is_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    shout(&format!("SKIPPED {test}: needs root (device nodes in images, chroot)"));
+    false
+}
+
+/// Returns from the test early (loudly) when not running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+static ROOTFS_LOCK: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The root filesystem of Debian package `pkg` (images/out/rootfs-PKG),
+/// built by images/build-rootfs.sh once per test process (the script itself
+/// skips the work when the tree is up to date). Needs root.
+pub fn rootfs(pkg: &str) -> PathBuf {
+    let mut built = ROOTFS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = workspace().join(format!("images/out/rootfs-{pkg}"));
+    if !built.iter().any(|p| p == pkg) {
+        let script = workspace().join("images/build-rootfs.sh");
+        let o = run("/bin/bash", &[script.to_str().unwrap(), pkg], b"");
+        assert_eq!(status(&o), 0, "images/build-rootfs.sh {pkg} failed:\n{}{}", stdout(&o), stderr(&o));
+        built.push(pkg.to_string());
+    }
+    dir
+}
+
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Compiles a C file (relative to the workspace) with gcc and `flags`,
@@ -143,7 +180,13 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(
+        TempDir::new_in(&std::env::temp_dir(), name)
+    }
+
+    /// A temporary directory inside `base` (e.g. on the workspace's file
+    /// system when /tmp may be mounted nodev).
+    pub fn new_in(base: &Path, name: &str) -> TempDir {
+        let p = base.join(
             format!("dmvx-test-{name}-{}-{:?}", std::process::id(), std::thread::current().id())
                 .replace(['(', ')'], ""),
         );
