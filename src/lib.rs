@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The PATH programs get inside the VM by default.
 pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -227,4 +228,143 @@ pub fn busybox() -> &'static str {
         "{p} is missing: install Debian's busybox-static (apt-get install busybox-static; .ci/run does)"
     );
     p
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A server process that listens on a TCP port; killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    what: String,
+}
+
+impl Server {
+    /// Spawns `cmd` (stdout and stderr are captured) and waits until it
+    /// accepts connections on 127.0.0.1:`port`.
+    pub fn start(mut cmd: Command, port: u16) -> Server {
+        let what = format!("{cmd:?}");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        let mut server = Server { child, what };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(st) = server.child.try_wait().unwrap() {
+                let (_, err) = server.output();
+                panic!("{} exited ({st}) before listening on {port}: {err}", server.what);
+            }
+            assert!(Instant::now() < deadline, "{} never listened on {port}", server.what);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn output(&mut self) -> (String, String) {
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut out);
+        }
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (out, err)
+    }
+
+    /// Sends SIGTERM, as an operator would, and waits; returns the exit
+    /// status (128+N for signal N), stdout and stderr.
+    pub fn stop(mut self) -> (i32, String, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "{} ignores SIGTERM", self.what);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+        let (out, err) = self.output();
+        (code, out, err)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP response as curl saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub code: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// GETs http://`host`:`port``path` with the real curl.
+pub fn http_get(host: &str, port: u16, path: &str) -> Response {
+    let dir = TempDir::new("curl");
+    let (h, b) = (dir.join("headers"), dir.join("body"));
+    let url = format!("http://{host}:{port}{path}");
+    let o = run("curl", &["-sS", "--max-time", "30", "-D", h.to_str().unwrap(), "-o", b.to_str().unwrap(), &url], b"");
+    assert_eq!(status(&o), 0, "curl {url}: {}", stderr(&o));
+    let head = std::fs::read_to_string(&h).unwrap_or_default();
+    let mut lines = head.lines();
+    let code = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    Response { code, headers, body: std::fs::read(&b).unwrap_or_default() }
+}
+
+/// What wrk reported.
+#[derive(Debug, Clone)]
+pub struct WrkReport {
+    pub requests: u64,
+    pub requests_per_sec: f64,
+    pub socket_errors: u64,
+    pub non_2xx: u64,
+    pub raw: String,
+}
+
+/// Runs `wrk -t1 -cCONNS -dSECSs` against http://host:port/path.
+pub fn wrk(host: &str, port: u16, path: &str, conns: u32, secs: u32) -> WrkReport {
+    let url = format!("http://{host}:{port}{path}");
+    let o = run("wrk", &["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", &url], b"");
+    assert_eq!(status(&o), 0, "wrk {url}: {}{}", stdout(&o), stderr(&o));
+    let raw = stdout(&o);
+    let num = |s: &str| s.trim().trim_end_matches(',').parse::<f64>().unwrap_or(0.0);
+    let mut r = WrkReport { requests: 0, requests_per_sec: 0.0, socket_errors: 0, non_2xx: 0, raw: raw.clone() };
+    for l in raw.lines() {
+        let l = l.trim();
+        if let Some(rest) = l.strip_prefix("Requests/sec:") {
+            r.requests_per_sec = num(rest);
+        } else if l.contains("requests in") {
+            r.requests = num(l.split_whitespace().next().unwrap_or("0")) as u64;
+        } else if let Some(rest) = l.strip_prefix("Socket errors:") {
+            // connect N, read N, write N, timeout N
+            r.socket_errors = rest.split(',').filter_map(|p| p.split_whitespace().nth(1)).map(|n| num(n) as u64).sum();
+        } else if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            r.non_2xx = num(rest) as u64;
+        }
+    }
+    r
 }

@@ -5,10 +5,8 @@
 
 use dmvx::*;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const TRIPLET_DIRS: &[&str] = &["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib", "/usr/lib"];
 
@@ -245,60 +243,14 @@ fn verify_rootfs_detects_a_changed_byte() {
     assert!(stderr(&o).contains("extra    /srv/www/extra.html"), "{}", stderr(&o));
 }
 
-/// A server started in a chroot; killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(root: &Path, argv: &[&str], env: &[(&str, String)], port: u16) -> Server {
-        let mut cmd = Command::new("chroot");
-        cmd.arg(root)
-            .args(argv)
-            .env_clear()
-            .env("PATH", GUEST_PATH)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut server = Server(cmd.spawn().expect("run chroot"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(st) = server.0.try_wait().unwrap() {
-                let mut err = String::new();
-                let _ = server.0.stderr.take().unwrap().read_to_string(&mut err);
-                panic!("{argv:?} exited ({st}) before listening on {port}: {err}");
-            }
-            assert!(Instant::now() < deadline, "{argv:?} never listened on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+/// A server started in a chroot.
+fn chroot_server(root: &Path, argv: &[&str], env: &[(&str, String)], port: u16) -> Server {
+    let mut cmd = Command::new("chroot");
+    cmd.arg(root).args(argv).env_clear().env("PATH", GUEST_PATH);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-
-    /// SIGTERM, as an operator would; returns the server's stderr.
-    fn stop(mut self) -> String {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "server ignores SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut err = String::new();
-        let _ = self.0.stderr.take().unwrap().read_to_string(&mut err);
-        err
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    Server::start(cmd, port)
 }
 
 /// Fetches the static files with curl and compares them with the image's.
@@ -334,14 +286,14 @@ fn lighttpd_serves_the_image_in_a_chroot() {
     assert!(setting("server.bind", "\"127.0.0.1\""), "{parsed}");
     // Address and port from the environment, on a free port.
     let port = free_port();
-    let server = Server::start(
+    let server = chroot_server(
         &copy,
         &["/usr/sbin/lighttpd", "-D", "-f", "/etc/lighttpd/lighttpd-env.conf"],
         &[("DMVX_HTTP_ADDR", "127.0.0.1".to_string()), ("DMVX_HTTP_PORT", port.to_string())],
         port,
     );
     fetch_and_compare(port, &tree, dir.path());
-    let err = server.stop();
+    let (_, _, err) = server.stop();
     assert!(err.contains("server started"), "{err}");
     // Running it changed nothing that the manifest checks.
     let o = verify(&copy, &manifest_of(&tree));
@@ -366,10 +318,10 @@ fn nginx_serves_the_image_in_a_chroot() {
     let port = free_port();
     let mine = conf.replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
     std::fs::write(copy.join("run/nginx-test.conf"), mine).unwrap();
-    let server = Server::start(&copy, &["/usr/sbin/nginx", "-c", "/run/nginx-test.conf", "-g", single], &[], port);
+    let server = chroot_server(&copy, &["/usr/sbin/nginx", "-c", "/run/nginx-test.conf", "-g", single], &[], port);
     assert!(copy.join("run/nginx.pid").exists());
     fetch_and_compare(port, &tree, dir.path());
-    let err = server.stop();
+    let (_, _, err) = server.stop();
     assert!(!err.contains("[emerg]") && !err.contains("[alert]"), "{err}");
     // nginx removed its pid file and left its temp dirs as they were.
     std::fs::remove_file(copy.join("run/nginx-test.conf")).unwrap();
