@@ -8,7 +8,6 @@ use dmvx::*;
 
 /// How to start a server from its root filesystem on `port`.
 struct Spec {
-    pkg: &'static str,
     argv: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -16,7 +15,6 @@ struct Spec {
 fn spec(pkg: &'static str, root: &Path, port: u16) -> Spec {
     match pkg {
         "lighttpd" => Spec {
-            pkg,
             argv: ["/usr/sbin/lighttpd", "-D", "-f", "/etc/lighttpd/lighttpd-env.conf"].map(String::from).to_vec(),
             env: vec![("DMVX_HTTP_ADDR".into(), "127.0.0.1".into()), ("DMVX_HTTP_PORT".into(), port.to_string())],
         },
@@ -31,7 +29,6 @@ fn spec(pkg: &'static str, root: &Path, port: u16) -> Spec {
             )
             .unwrap();
             Spec {
-                pkg,
                 argv: ["/usr/sbin/nginx", "-c", &format!("/{name}"), "-g", "daemon off; master_process off;"]
                     .map(String::from)
                     .to_vec(),
