@@ -6,7 +6,8 @@
 #                                     the marker below and powers off
 #   images/out/linux/VERSION          the kernel package and version
 #   images/out/linux/SHA256SUMS
-# Needs: apt-get, dpkg-deb, cpio, gzip, and xz/zstd/lz4 for the vmlinux payload.
+# Needs: apt-get, dpkg-deb, cpio, gzip, and lz4 (Debian's 6.1 payload; xz or
+# zstd for other kernels) for the vmlinux.
 # Run as root on Debian 12 (apt-get update is run if the package lists are empty).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,7 +23,8 @@ done
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-chmod 755 "$work"
+# apt-get download fetches as the unprivileged _apt user when it can write here.
+chmod 777 "$work"
 
 if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
     apt-get update -q
@@ -35,7 +37,6 @@ if [ -z "$pkg" ]; then
     exit 1
 fi
 echo "kernel package: $pkg"
-# apt-get download drops privileges to _apt unless the directory lets it write.
 (cd "$work" && apt-get download -q "$pkg" busybox-static)
 dpkg-deb -x "$work"/"$pkg"_*.deb "$work/kernel"
 dpkg-deb -x "$work"/busybox-static_*.deb "$work/busybox"
@@ -69,6 +70,10 @@ case "$magic" in
         exit 1
         ;;
 esac
+command -v "${decomp%% *}" >/dev/null || {
+    echo "build-linux-initramfs: the kernel payload needs '${decomp%% *}' (apt-get install lz4 xz-utils zstd)" >&2
+    exit 1
+}
 # The payload is vmlinux followed by its relocation table; an ELF reader
 # ignores what follows the sections. xz complains about that trailing data
 # only after writing everything, so check the ELF magic instead of its status.
@@ -92,8 +97,10 @@ echo "$marker"
 /bin/busybox poweroff -f
 EOF
 chmod 755 "$ir/init"
+# Reproducible: fixed timestamps and owners, sorted names.
+find "$ir" -exec touch -h -d @0 {} +
 (cd "$ir" && find . -print0 | LC_ALL=C sort -z |
-    cpio --null -o -H newc --owner=0:0 --quiet) | gzip -9n >"$out/initramfs.cpio.gz"
+    cpio --null -o -H newc --owner=0:0 --reproducible --quiet) | gzip -9n >"$out/initramfs.cpio.gz"
 echo "$marker" >"$out/MARKER"
 
 (cd "$out" && sha256sum bzImage vmlinux initramfs.cpio.gz >SHA256SUMS)

@@ -10,7 +10,7 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{ByteValued, GuestAddress};
 
 use crate::arch::x86_64::linux_boot::{InitrdPlacement, CMDLINE_MAX, HIGH_MEMORY_GPA};
-use crate::elf::{ElfError, ElfHeader, PT_LOAD};
+use crate::elf::{ElfError, ElfHeader, ProgramHeader, PT_LOAD};
 use crate::memory::{GuestMemory, PAGE_SIZE};
 
 /// Offset of the setup header in a bzImage.
@@ -25,6 +25,10 @@ const LOADED_HIGH: u8 = 0x1;
 const XLF_KERNEL_64: u16 = 0x1;
 /// The 64-bit entry point's offset from the start of the protected-mode code.
 const ENTRY_64_OFFSET: u64 = 0x200;
+/// ELF note segments.
+const PT_NOTE: u32 = 4;
+/// The Xen note type that holds a PVH kernel's 32-bit entry point.
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 /// Highest initrd end for kernels that do not say (PVH): below 4 GiB.
 const PVH_INITRD_LIMIT: u64 = 1 << 32;
 
@@ -132,6 +136,58 @@ fn bzimage_header(bytes: &[u8]) -> Option<setup_header> {
     (h.header == HDRS_MAGIC).then_some(h)
 }
 
+/// The ELF header and program headers of an ELF kernel.
+fn elf_headers(path: &Path, bytes: &[u8]) -> Result<(ElfHeader, Vec<ProgramHeader>), BootError> {
+    let elf_err = |source| BootError::Elf {
+        path: path.into(),
+        source,
+    };
+    let eh = ElfHeader::parse(bytes).map_err(elf_err)?;
+    let (start, end) = eh.phdr_range().map_err(elf_err)?;
+    let table = bytes
+        .get(start as usize..end as usize)
+        .ok_or(elf_err(ElfError::Truncated(
+            "the program header table extends past the end of the file",
+        )))?;
+    let phdrs = eh
+        .program_headers(table, bytes.len() as u64)
+        .map_err(elf_err)?;
+    Ok((eh, phdrs))
+}
+
+/// Whether a PT_NOTE segment holds a Xen XEN_ELFNOTE_PHYS32_ENTRY note.
+fn has_pvh_note(bytes: &[u8], phdrs: &[ProgramHeader]) -> bool {
+    let u32_at = |b: &[u8], o: usize| {
+        b.get(o..o + 4)
+            .map(|x| u32::from_le_bytes(x.try_into().expect("4 bytes")))
+    };
+    phdrs.iter().filter(|p| p.p_type == PT_NOTE).any(|p| {
+        let Some(mut notes) = (p.offset as usize)
+            .checked_add(p.filesz as usize)
+            .and_then(|end| bytes.get(p.offset as usize..end))
+        else {
+            return false;
+        };
+        while let (Some(namesz), Some(descsz), Some(ty)) =
+            (u32_at(notes, 0), u32_at(notes, 4), u32_at(notes, 8))
+        {
+            let name_end = 12 + (namesz as usize).next_multiple_of(4);
+            let next = name_end.saturating_add((descsz as usize).next_multiple_of(4));
+            if ty == XEN_ELFNOTE_PHYS32_ENTRY
+                && notes.get(12..12 + namesz as usize) == Some(b"Xen\0")
+                && descsz >= 4
+            {
+                return true;
+            }
+            match notes.get(next..) {
+                Some(rest) => notes = rest,
+                None => break,
+            }
+        }
+        false
+    })
+}
+
 /// Tells what `bytes` is, with the checks that need no guest memory.
 pub fn detect(path: &Path, bytes: &[u8]) -> Result<KernelKind, BootError> {
     if bytes.starts_with(b"\x7fELF") {
@@ -139,13 +195,16 @@ pub fn detect(path: &Path, bytes: &[u8]) -> Result<KernelKind, BootError> {
             path: path.into(),
             source,
         };
-        let eh = ElfHeader::parse(bytes).map_err(elf_err)?;
+        let (eh, phdrs) = elf_headers(path, bytes)?;
         if eh
             .find_section(bytes, dmvx_abi::HEADER_SECTION)
             .map_err(elf_err)?
             .is_some()
         {
             return Err(BootError::DmvxKernel { path: path.into() });
+        }
+        if !has_pvh_note(bytes, &phdrs) {
+            return Err(BootError::NoPvhEntry { path: path.into() });
         }
         return Ok(KernelKind::PvhElf);
     }
@@ -222,21 +281,7 @@ pub fn load_kernel(
             })
         }
         KernelKind::PvhElf => {
-            let elf_err = |source| BootError::Elf {
-                path: path.into(),
-                source,
-            };
-            let eh = ElfHeader::parse(bytes).map_err(elf_err)?;
-            let (start, end) = eh.phdr_range().map_err(elf_err)?;
-            let table =
-                bytes
-                    .get(start as usize..end as usize)
-                    .ok_or(elf_err(ElfError::Truncated(
-                        "the program header table extends past the end of the file",
-                    )))?;
-            let phdrs = eh
-                .program_headers(table, bytes.len() as u64)
-                .map_err(elf_err)?;
+            let (_, phdrs) = elf_headers(path, bytes)?;
             let kernel_end = phdrs
                 .iter()
                 .filter(|p| p.p_type == PT_LOAD)
