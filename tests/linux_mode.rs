@@ -201,42 +201,30 @@ fn every_way_a_guest_ends_has_its_status() {
     );
 }
 
-fn expect(args: &[&str], code: i32, needles: &[&str]) {
-    let o = run_vmm(args, b"");
-    assert_eq!(status(&o), code, "{args:?}: {}", stderr(&o));
-    for needle in needles {
-        assert!(
-            stderr(&o).contains(needle),
-            "{args:?}: expected '{needle}' in:\n{}",
-            stderr(&o)
-        );
-    }
-}
-
 /// Checks that need no KVM: the image is refused before a VM exists.
 #[test]
 fn bad_kernels_are_refused_with_reasons() {
     let dir = linux_images();
     let bz = std::fs::read(dir.join("bzImage")).unwrap();
     let d = TempDir::new("linux-bad");
-    expect(
+    expect_vmm(
         &["--kernel", "/etc/passwd"],
         VMM_ERROR,
         &["/etc/passwd", "not a Linux kernel", "HdrS"],
     );
-    expect(
+    expect_vmm(
         &["--kernel", busybox()],
         VMM_ERROR,
         &["without a PVH entry point", "XEN_ELFNOTE_PHYS32_ENTRY"],
     );
-    expect(
+    expect_vmm(
         &["--kernel", "/nonexistent/bzImage"],
         VMM_ERROR,
         &["cannot read it"],
     );
     let cut = d.join("truncated");
     std::fs::write(&cut, &bz[..bz.len() / 2]).unwrap();
-    expect(
+    expect_vmm(
         &["--kernel", path_str(&cut)],
         VMM_ERROR,
         &[
@@ -248,7 +236,7 @@ fn bad_kernels_are_refused_with_reasons() {
     old[0x206..0x208].copy_from_slice(&0x0206u16.to_le_bytes());
     let oldp = d.join("old-protocol");
     std::fs::write(&oldp, &old).unwrap();
-    expect(
+    expect_vmm(
         &["--kernel", path_str(&oldp)],
         VMM_ERROR,
         &["boot protocol 2.06 is too old", "2.12 or later"],
@@ -257,17 +245,31 @@ fn bad_kernels_are_refused_with_reasons() {
     no64[0x236] &= !1;
     let no64p = d.join("no-64bit-entry");
     std::fs::write(&no64p, &no64).unwrap();
-    expect(
+    expect_vmm(
         &["--kernel", path_str(&no64p)],
         VMM_ERROR,
         &["no 64-bit entry point"],
     );
-    expect(
+    expect_vmm(
         &["--kernel", path_str(&dir.join("bzImage")), "--memory", "4G"],
         VMM_ERROR,
         &["too large for Linux mode"],
     );
-    expect(
+    // A bzImage given to process mode (with a PROGRAM) says where it belongs.
+    expect_vmm(
+        &[
+            "--kernel",
+            path_str(&dir.join("bzImage")),
+            "--",
+            "/bin/true",
+        ],
+        VMM_ERROR,
+        &[
+            "a Linux bzImage, not a dmvx guest kernel",
+            "without a PROGRAM",
+        ],
+    );
+    expect_vmm(
         &["--initrd", "/etc/passwd", "--", "/bin/true"],
         2,
         &["--initrd is a Linux-mode option"],
@@ -286,7 +288,7 @@ fn bad_inputs_that_need_a_vm_are_refused_with_reasons() {
         .unwrap()
         .set_len(100 << 20)
         .unwrap();
-    expect(
+    expect_vmm(
         &[
             "--kernel",
             path_str(&dir.join("bzImage")),
@@ -302,7 +304,7 @@ fn bad_inputs_that_need_a_vm_are_refused_with_reasons() {
             "use --memory",
         ],
     );
-    expect(
+    expect_vmm(
         &[
             "--kernel",
             path_str(&dir.join("bzImage")),
@@ -313,7 +315,7 @@ fn bad_inputs_that_need_a_vm_are_refused_with_reasons() {
         &["needs guest memory up to", "--memory is 32 MiB"],
     );
     let long = "x".repeat(3000);
-    expect(
+    expect_vmm(
         &[
             "--kernel",
             path_str(&dir.join("bzImage")),

@@ -309,6 +309,27 @@ mod tests {
     }
 
     #[test]
+    fn help_states_the_linux_exit_statuses() {
+        use crate::linux::status;
+        for (code, what) in [
+            (status::POWER_OFF, "powered off"),
+            (status::RESET, "reset the machine"),
+            (status::TRIPLE_FAULT, "triple-faulted"),
+            (status::TIMEOUT, "the --timeout passed"),
+            (status::KVM_STOPPED, "KVM could not emulate"),
+        ] {
+            let text = USAGE.replace('\n', " ");
+            let at = text.find(what).unwrap_or_else(|| panic!("{what}"));
+            let before = &text[..at];
+            assert!(
+                before.contains(&format!("{code} ")),
+                "--help does not give {code} for '{what}'"
+            );
+        }
+        assert!(USAGE.contains(DEFAULT_CMDLINE));
+    }
+
+    #[test]
     fn kernel_without_program_is_linux_mode() {
         let a = p(&[
             "--kernel",

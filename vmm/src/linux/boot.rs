@@ -10,7 +10,7 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{ByteValued, GuestAddress};
 
 use crate::arch::x86_64::linux_boot::{InitrdPlacement, CMDLINE_MAX, HIGH_MEMORY_GPA};
-use crate::elf::{ElfError, ElfHeader, ProgramHeader, PT_LOAD};
+use crate::elf::{ElfError, ElfHeader, ProgramHeader, PT_LOAD, PT_NOTE};
 use crate::memory::{GuestMemory, PAGE_SIZE};
 
 /// Offset of the setup header in a bzImage.
@@ -25,8 +25,6 @@ const LOADED_HIGH: u8 = 0x1;
 const XLF_KERNEL_64: u16 = 0x1;
 /// The 64-bit entry point's offset from the start of the protected-mode code.
 const ENTRY_64_OFFSET: u64 = 0x200;
-/// ELF note segments.
-const PT_NOTE: u32 = 4;
 /// The Xen note type that holds a PVH kernel's 32-bit entry point.
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 /// Highest initrd end for kernels that do not say (PVH): below 4 GiB.
@@ -143,15 +141,7 @@ fn elf_headers(path: &Path, bytes: &[u8]) -> Result<(ElfHeader, Vec<ProgramHeade
         source,
     };
     let eh = ElfHeader::parse(bytes).map_err(elf_err)?;
-    let (start, end) = eh.phdr_range().map_err(elf_err)?;
-    let table = bytes
-        .get(start as usize..end as usize)
-        .ok_or(elf_err(ElfError::Truncated(
-            "the program header table extends past the end of the file",
-        )))?;
-    let phdrs = eh
-        .program_headers(table, bytes.len() as u64)
-        .map_err(elf_err)?;
+    let phdrs = eh.program_headers_in(bytes).map_err(elf_err)?;
     Ok((eh, phdrs))
 }
 
@@ -186,6 +176,11 @@ fn has_pvh_note(bytes: &[u8], phdrs: &[ProgramHeader]) -> bool {
         }
         false
     })
+}
+
+/// Whether `bytes` starts like a bzImage (the "HdrS" magic).
+pub fn is_bzimage(bytes: &[u8]) -> bool {
+    bzimage_header(bytes).is_some()
 }
 
 /// Tells what `bytes` is, with the checks that need no guest memory.
