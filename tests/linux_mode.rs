@@ -35,17 +35,9 @@ fn linux_images() -> PathBuf {
     let wanted = ["bzImage", "vmlinux", "initramfs.cpio.gz", "MARKER"];
     if !wanted.iter().all(|f| dir.join(f).exists()) {
         let script = workspace().join("images/build-linux-initramfs.sh");
-        let o = std::process::Command::new("/bin/bash")
-            .arg(&script)
-            .output()
-            .expect("run images/build-linux-initramfs.sh");
-        assert_eq!(
-            status(&o),
-            0,
-            "images/build-linux-initramfs.sh failed:\n{}{}",
-            stdout(&o),
-            stderr(&o)
-        );
+        let o =
+            std::process::Command::new("/bin/bash").arg(&script).output().expect("run images/build-linux-initramfs.sh");
+        assert_eq!(status(&o), 0, "images/build-linux-initramfs.sh failed:\n{}{}", stdout(&o), stderr(&o));
     }
     dir
 }
@@ -95,16 +87,9 @@ fn boots_debian_kernel(kernel: &str) {
     ] {
         assert!(out.contains(line), "missing '{line}': {context}");
     }
-    assert!(
-        took < Duration::from_secs(BOOT_LIMIT_SECS + 10),
-        "the --timeout did not bound the run: {context}"
-    );
+    assert!(took < Duration::from_secs(BOOT_LIMIT_SECS + 10), "the --timeout did not bound the run: {context}");
     if out.contains(marker) {
-        assert_eq!(
-            status(&o),
-            POWER_OFF,
-            "init ran but the guest did not power off cleanly: {context}"
-        );
+        assert_eq!(status(&o), POWER_OFF, "init ran but the guest did not power off cleanly: {context}");
         assert!(err.contains("the guest powered off"), "{context}");
         shout(&format!(
             "{kernel}: FULL BOOT checked: banner, e820 map, initramfs marker and a clean power-off (status 0) in {:.1}s",
@@ -148,13 +133,7 @@ fn debian_vmlinux_boots_through_pvh() {
 fn pvh_stub() -> PathBuf {
     build_c(
         "tests/programs/pvh_stub.S",
-        &[
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-Wl,-Ttext-segment=0x100000",
-            "-Wl,--build-id=none",
-        ],
+        &["-nostdlib", "-static", "-no-pie", "-Wl,-Ttext-segment=0x100000", "-Wl,--build-id=none"],
     )
 }
 
@@ -173,32 +152,16 @@ fn every_way_a_guest_ends_has_its_status() {
         ("hang", TIMEOUT, "after the --timeout of 1s"),
     ] {
         let start = Instant::now();
-        let o = run_vmm(
-            &["--kernel", stub, "--cmdline", cmdline, "--timeout", "1"],
-            b"",
-        );
+        let o = run_vmm(&["--kernel", stub, "--cmdline", cmdline, "--timeout", "1"], b"");
         assert_eq!(status(&o), code, "{cmdline}: {}", stderr(&o));
         assert_eq!(stdout(&o), format!("dmvx-pvh-stub: {cmdline}\n"));
         assert!(stderr(&o).contains(said), "{cmdline}: {}", stderr(&o));
         assert!(start.elapsed() < Duration::from_secs(10), "{cmdline}");
     }
     // The initrd arrives as the PVH module, intact.
-    let o = run_vmm(
-        &[
-            "--kernel",
-            stub,
-            "--initrd",
-            path_str(&initrd),
-            "--cmdline",
-            "initrd",
-        ],
-        b"",
-    );
+    let o = run_vmm(&["--kernel", stub, "--initrd", path_str(&initrd), "--cmdline", "initrd"], b"");
     assert_eq!(status(&o), POWER_OFF, "{}", stderr(&o));
-    assert_eq!(
-        stdout(&o),
-        "dmvx-pvh-stub: initrd\nfirst line of the initrd\n"
-    );
+    assert_eq!(stdout(&o), "dmvx-pvh-stub: initrd\nfirst line of the initrd\n");
 }
 
 /// Checks that need no KVM: the image is refused before a VM exists.
@@ -207,49 +170,26 @@ fn bad_kernels_are_refused_with_reasons() {
     let dir = linux_images();
     let bz = std::fs::read(dir.join("bzImage")).unwrap();
     let d = TempDir::new("linux-bad");
-    expect_vmm(
-        &["--kernel", "/etc/passwd"],
-        VMM_ERROR,
-        &["/etc/passwd", "not a Linux kernel", "HdrS"],
-    );
-    expect_vmm(
-        &["--kernel", busybox()],
-        VMM_ERROR,
-        &["without a PVH entry point", "XEN_ELFNOTE_PHYS32_ENTRY"],
-    );
-    expect_vmm(
-        &["--kernel", "/nonexistent/bzImage"],
-        VMM_ERROR,
-        &["cannot read it"],
-    );
+    expect_vmm(&["--kernel", "/etc/passwd"], VMM_ERROR, &["/etc/passwd", "not a Linux kernel", "HdrS"]);
+    expect_vmm(&["--kernel", busybox()], VMM_ERROR, &["without a PVH entry point", "XEN_ELFNOTE_PHYS32_ENTRY"]);
+    expect_vmm(&["--kernel", "/nonexistent/bzImage"], VMM_ERROR, &["cannot read it"]);
     let cut = d.join("truncated");
     std::fs::write(&cut, &bz[..bz.len() / 2]).unwrap();
     expect_vmm(
         &["--kernel", path_str(&cut)],
         VMM_ERROR,
-        &[
-            "truncated bzImage",
-            &format!("the file has {}", bz.len() / 2),
-        ],
+        &["truncated bzImage", &format!("the file has {}", bz.len() / 2)],
     );
     let mut old = bz.clone();
     old[0x206..0x208].copy_from_slice(&0x0206u16.to_le_bytes());
     let oldp = d.join("old-protocol");
     std::fs::write(&oldp, &old).unwrap();
-    expect_vmm(
-        &["--kernel", path_str(&oldp)],
-        VMM_ERROR,
-        &["boot protocol 2.06 is too old", "2.12 or later"],
-    );
+    expect_vmm(&["--kernel", path_str(&oldp)], VMM_ERROR, &["boot protocol 2.06 is too old", "2.12 or later"]);
     let mut no64 = bz.clone();
     no64[0x236] &= !1;
     let no64p = d.join("no-64bit-entry");
     std::fs::write(&no64p, &no64).unwrap();
-    expect_vmm(
-        &["--kernel", path_str(&no64p)],
-        VMM_ERROR,
-        &["no 64-bit entry point"],
-    );
+    expect_vmm(&["--kernel", path_str(&no64p)], VMM_ERROR, &["no 64-bit entry point"]);
     expect_vmm(
         &["--kernel", path_str(&dir.join("bzImage")), "--memory", "4G"],
         VMM_ERROR,
@@ -257,23 +197,11 @@ fn bad_kernels_are_refused_with_reasons() {
     );
     // A bzImage given to process mode (with a PROGRAM) says where it belongs.
     expect_vmm(
-        &[
-            "--kernel",
-            path_str(&dir.join("bzImage")),
-            "--",
-            "/bin/true",
-        ],
+        &["--kernel", path_str(&dir.join("bzImage")), "--", "/bin/true"],
         VMM_ERROR,
-        &[
-            "a Linux bzImage, not a dmvx guest kernel",
-            "without a PROGRAM",
-        ],
+        &["a Linux bzImage, not a dmvx guest kernel", "without a PROGRAM"],
     );
-    expect_vmm(
-        &["--initrd", "/etc/passwd", "--", "/bin/true"],
-        2,
-        &["--initrd is a Linux-mode option"],
-    );
+    expect_vmm(&["--initrd", "/etc/passwd", "--", "/bin/true"], 2, &["--initrd is a Linux-mode option"]);
 }
 
 #[test]
@@ -284,44 +212,20 @@ fn bad_inputs_that_need_a_vm_are_refused_with_reasons() {
     // 100 MiB of initrd cannot fit above the bzImage's 16 MiB + init_size
     // in 128 MiB of guest memory.
     let big = d.join("big-initrd");
-    std::fs::File::create(&big)
-        .unwrap()
-        .set_len(100 << 20)
-        .unwrap();
+    std::fs::File::create(&big).unwrap().set_len(100 << 20).unwrap();
     expect_vmm(
-        &[
-            "--kernel",
-            path_str(&dir.join("bzImage")),
-            "--initrd",
-            path_str(&big),
-            "--memory",
-            "128M",
-        ],
+        &["--kernel", path_str(&dir.join("bzImage")), "--initrd", path_str(&big), "--memory", "128M"],
         VMM_ERROR,
-        &[
-            "big-initrd",
-            "(104857600 bytes) does not fit",
-            "use --memory",
-        ],
+        &["big-initrd", "(104857600 bytes) does not fit", "use --memory"],
     );
     expect_vmm(
-        &[
-            "--kernel",
-            path_str(&dir.join("bzImage")),
-            "--memory",
-            "32M",
-        ],
+        &["--kernel", path_str(&dir.join("bzImage")), "--memory", "32M"],
         VMM_ERROR,
         &["needs guest memory up to", "--memory is 32 MiB"],
     );
     let long = "x".repeat(3000);
     expect_vmm(
-        &[
-            "--kernel",
-            path_str(&dir.join("bzImage")),
-            "--cmdline",
-            &long,
-        ],
+        &["--kernel", path_str(&dir.join("bzImage")), "--cmdline", &long],
         VMM_ERROR,
         &["command line is 3000 bytes", "at most 2047"],
     );

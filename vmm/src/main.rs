@@ -87,9 +87,7 @@ fn main() -> ExitCode {
         variant: args.variant,
         stats: args.stats,
         trace: args.trace,
-        launched_ns: std::env::var("DMVX_LAUNCH_NS")
-            .ok()
-            .and_then(|s| s.parse().ok()),
+        launched_ns: std::env::var("DMVX_LAUNCH_NS").ok().and_then(|s| s.parse().ok()),
     };
     match process::run(config) {
         Ok(Outcome::Exited(status)) => ExitCode::from((status & 0xff) as u8),
@@ -118,10 +116,7 @@ fn run_linux(args: &cli::Args) -> ExitCode {
     let config = linux::Config {
         kernel: args.kernel.clone().expect("Linux mode has a --kernel"),
         initrd: args.initrd.clone(),
-        cmdline: args
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| cli::DEFAULT_CMDLINE.to_string()),
+        cmdline: args.cmdline.clone().unwrap_or_else(|| cli::DEFAULT_CMDLINE.to_string()),
         memory: args.memory,
         timeout: args.timeout,
         sink: Box::new(StdoutSink),

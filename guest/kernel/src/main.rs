@@ -7,8 +7,8 @@
 #![no_main]
 
 use dmvx_abi::{
-    has_error_code, KernelHeader, ABI_VERSION, EXCEPTION_VECTORS, HEADER_MAGIC, HEADER_SIZE,
-    PORT_BOOT, PORT_EXCEPTION_BASE, PORT_KOPS_DONE, PORT_SYSCALL,
+    has_error_code, KernelHeader, ABI_VERSION, EXCEPTION_VECTORS, HEADER_MAGIC, HEADER_SIZE, PORT_BOOT,
+    PORT_EXCEPTION_BASE, PORT_KOPS_DONE, PORT_SYSCALL,
 };
 
 core::arch::global_asm!(

@@ -46,13 +46,9 @@ pub enum DeviceError {
 
 /// Creates the in-kernel irqchip and PIT. Must run before the vCPU exists.
 pub fn create_irqchip_and_pit(vm: &VmFd) -> Result<(), DeviceError> {
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-        .map_err(DeviceError::TssAddress)?;
+    vm.set_tss_address(KVM_TSS_ADDRESS).map_err(DeviceError::TssAddress)?;
     vm.create_irq_chip().map_err(DeviceError::IrqChip)?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
     vm.create_pit2(pit).map_err(DeviceError::Pit)
 }
 
@@ -106,8 +102,7 @@ impl LinuxDevices {
     /// the ACPI PM1 registers. `stop` is the watchdog's stop request.
     pub fn new(vm: &VmFd, sink: Box<dyn SerialSink>, stop: Latch) -> Result<Self, DeviceError> {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-        vm.register_irqfd(&irq, COM1_IRQ)
-            .map_err(DeviceError::Irqfd)?;
+        vm.register_irqfd(&irq, COM1_IRQ).map_err(DeviceError::Irqfd)?;
         let reset = Latch::default();
         Ok(LinuxDevices {
             serial: SerialPort::new(irq, sink),
@@ -124,21 +119,14 @@ impl LinuxDevices {
     }
 
     fn com1_offset(port: u16) -> Option<u8> {
-        port.checked_sub(COM1_BASE)
-            .filter(|&o| o < COM1_PORTS)
-            .map(|o| o as u8)
+        port.checked_sub(COM1_BASE).filter(|&o| o < COM1_PORTS).map(|o| o as u8)
     }
 }
 
 impl ExitHandler for LinuxDevices {
     type Done = GuestStop;
 
-    fn io_out(
-        &mut self,
-        _vcpu: &mut Vcpu,
-        port: u16,
-        data: &[u8],
-    ) -> Result<Flow<GuestStop>, VcpuError> {
+    fn io_out(&mut self, _vcpu: &mut Vcpu, port: u16, data: &[u8]) -> Result<Flow<GuestStop>, VcpuError> {
         let Some(&value) = data.first() else {
             return Ok(Flow::Continue);
         };
@@ -182,12 +170,7 @@ impl ExitHandler for LinuxDevices {
         }
     }
 
-    fn mmio_write(
-        &mut self,
-        _vcpu: &mut Vcpu,
-        _addr: u64,
-        _data: &[u8],
-    ) -> Result<Flow<GuestStop>, VcpuError> {
+    fn mmio_write(&mut self, _vcpu: &mut Vcpu, _addr: u64, _data: &[u8]) -> Result<Flow<GuestStop>, VcpuError> {
         // No MMIO devices: writes to unbacked addresses go nowhere.
         Ok(Flow::Continue)
     }
@@ -203,10 +186,6 @@ impl ExitHandler for LinuxDevices {
     }
 
     fn interrupted(&mut self, _vcpu: &mut Vcpu) -> Result<Flow<GuestStop>, VcpuError> {
-        Ok(if self.stop.is_set() {
-            Flow::Done(GuestStop::Stopped)
-        } else {
-            Flow::Continue
-        })
+        Ok(if self.stop.is_set() { Flow::Done(GuestStop::Stopped) } else { Flow::Continue })
     }
 }

@@ -23,8 +23,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::linux_boot::{
-    self, CMDLINE_GPA, MAX_LINUX_MEMORY, PVH_INFO_GPA, PVH_MEMMAP_GPA, PVH_MODLIST_GPA,
-    ZERO_PAGE_GPA,
+    self, CMDLINE_GPA, MAX_LINUX_MEMORY, PVH_INFO_GPA, PVH_MEMMAP_GPA, PVH_MODLIST_GPA, ZERO_PAGE_GPA,
 };
 use crate::arch::x86_64::{acpi, regs};
 use crate::vstate::vcpu::{self, Vcpu, VcpuError};
@@ -150,23 +149,13 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
         return Err(LinuxError::MemoryTooLarge(config.memory));
     }
     let path = &config.kernel;
-    let bytes = std::fs::read(path).map_err(|source| BootError::ReadKernel {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| BootError::ReadKernel { path: path.clone(), source })?;
     // Refuse what is not a kernel before touching KVM.
     boot::detect(path, &bytes)?;
     let initrd = config
         .initrd
         .as_ref()
-        .map(|p| {
-            std::fs::read(p)
-                .map(|b| (p, b))
-                .map_err(|source| BootError::ReadInitrd {
-                    path: p.clone(),
-                    source,
-                })
-        })
+        .map(|p| std::fs::read(p).map(|b| (p, b)).map_err(|source| BootError::ReadInitrd { path: p.clone(), source }))
         .transpose()?;
 
     let vm = Vm::new(config.memory, MIN_MEMORY)?;
@@ -178,13 +167,11 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
     boot::check_cmdline(&kernel, &config.cmdline)?;
     let mut cmdline = config.cmdline.clone().into_bytes();
     cmdline.push(0);
-    mem.write(CMDLINE_GPA, &cmdline)
-        .ok_or(LinuxError::BootData("command line"))?;
+    mem.write(CMDLINE_GPA, &cmdline).ok_or(LinuxError::BootData("command line"))?;
     let placement = match &initrd {
         Some((p, data)) => {
             let at = boot::place_initrd(&kernel, mem.size(), p, data.len() as u64)?;
-            mem.write(at.addr, data)
-                .ok_or(LinuxError::BootData("initrd"))?;
+            mem.write(at.addr, data).ok_or(LinuxError::BootData("initrd"))?;
             Some(at)
         }
         None => None,
@@ -195,15 +182,11 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
 
     match kernel.kind {
         KernelKind::BzImage => {
-            let hdr = kernel
-                .setup_header
-                .as_ref()
-                .expect("a bzImage has a header");
+            let hdr = kernel.setup_header.as_ref().expect("a bzImage has a header");
             let mut zp = linux_boot::zero_page(hdr, config.cmdline.len(), placement, mem.size());
             zp.acpi_rsdp_addr = rsdp;
             let params = BootParams::new(&zp, GuestAddress(ZERO_PAGE_GPA));
-            LinuxBootConfigurator::write_bootparams(&params, mem.mmap())
-                .map_err(LinuxError::Configurator)?;
+            LinuxBootConfigurator::write_bootparams(&params, mem.mmap()).map_err(LinuxError::Configurator)?;
         }
         KernelKind::PvhElf => {
             let (mut info, memmap, modules) = linux_boot::pvh_start_info(placement, mem.size());
@@ -213,8 +196,7 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
             if !modules.is_empty() {
                 params.set_modules(&modules, GuestAddress(PVH_MODLIST_GPA));
             }
-            PvhBootConfigurator::write_bootparams(&params, mem.mmap())
-                .map_err(LinuxError::Configurator)?;
+            PvhBootConfigurator::write_bootparams(&params, mem.mmap()).map_err(LinuxError::Configurator)?;
         }
     }
 
@@ -262,12 +244,7 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
                     }
                 }
                 match got {
-                    Some((Ok(GuestStop::Stopped), _)) => {
-                        return Ok(LinuxExit::Timeout {
-                            limit,
-                            stuck: false,
-                        })
-                    }
+                    Some((Ok(GuestStop::Stopped), _)) => return Ok(LinuxExit::Timeout { limit, stuck: false }),
                     Some(r) => Some(r),
                     None => {
                         // The vCPU thread may still use guest memory: keep
@@ -290,10 +267,7 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
         Ok(GuestStop::PowerOff) => Ok(LinuxExit::PowerOff),
         Ok(GuestStop::Reset) => Ok(LinuxExit::Reset),
         Ok(GuestStop::TripleFault { rip }) => Ok(LinuxExit::TripleFault { rip }),
-        Ok(GuestStop::Stopped) => Ok(LinuxExit::Timeout {
-            limit: config.timeout.unwrap_or_default(),
-            stuck: false,
-        }),
+        Ok(GuestStop::Stopped) => Ok(LinuxExit::Timeout { limit: config.timeout.unwrap_or_default(), stuck: false }),
         Err(VcpuError::Internal { rip, .. }) => Ok(LinuxExit::KvmStopped { rip }),
         Err(e) => Err(e.into()),
     }

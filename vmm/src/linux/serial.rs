@@ -84,16 +84,12 @@ pub struct SerialPort {
 
 impl SerialPort {
     pub fn new(irq: EventFd, sink: Box<dyn SerialSink>) -> Self {
-        SerialPort {
-            uart: Serial::new(IrqTrigger(irq), SinkWriter { sink, error: None }),
-        }
+        SerialPort { uart: Serial::new(IrqTrigger(irq), SinkWriter { sink, error: None }) }
     }
 
     /// A guest write to register `offset`.
     pub fn write(&mut self, offset: u8, value: u8) -> io::Result<()> {
-        self.uart
-            .write(offset, value)
-            .map_err(|e| io::Error::other(format!("{e:?}")))
+        self.uart.write(offset, value).map_err(|e| io::Error::other(format!("{e:?}")))
     }
 
     /// A guest read of register `offset`.

@@ -40,15 +40,12 @@ const OEM_TABLE_ID: &[u8; 8] = b"DMVXVMM ";
 
 /// Whether `port` is in the PM1a blocks the VMM emulates.
 pub fn is_pm1_port(port: u16) -> bool {
-    (PM1A_EVT_PORT..PM1A_EVT_PORT + 4).contains(&port)
-        || (PM1A_CNT_PORT..PM1A_CNT_PORT + 2).contains(&port)
+    (PM1A_EVT_PORT..PM1A_EVT_PORT + 4).contains(&port) || (PM1A_CNT_PORT..PM1A_CNT_PORT + 2).contains(&port)
 }
 
 /// Whether a write of `value` to the PM1a control port enters S5 (soft off).
 pub fn requests_power_off(port: u16, value: u16) -> bool {
-    port == PM1A_CNT_PORT
-        && value & PM1_SLP_EN != 0
-        && (value >> PM1_SLP_TYP_SHIFT) & 7 == S5_SLP_TYP
+    port == PM1A_CNT_PORT && value & PM1_SLP_EN != 0 && (value >> PM1_SLP_TYP_SHIFT) & 7 == S5_SLP_TYP
 }
 
 fn checksum(bytes: &[u8]) -> u8 {
@@ -104,11 +101,7 @@ fn fadt() -> Vec<u8> {
     put(&mut b, h(96), &101u16.to_le_bytes()); // no C2
     put(&mut b, h(98), &1001u16.to_le_bytes()); // no C3
                                                 // IAPC_BOOT_ARCH: legacy devices, an 8042, no VGA, no CMOS RTC.
-    put(
-        &mut b,
-        h(109),
-        &(1u16 | 1 << 1 | 1 << 2 | 1 << 5).to_le_bytes(),
-    );
+    put(&mut b, h(109), &(1u16 | 1 << 1 | 1 << 2 | 1 << 5).to_le_bytes());
     // Flags: WBINVD, power and sleep buttons absent as fixed features.
     put(&mut b, h(112), &(1u32 | 1 << 4 | 1 << 5).to_le_bytes());
     put(&mut b, h(132), &FACS_GPA.to_le_bytes());
@@ -127,9 +120,7 @@ fn facs() -> Vec<u8> {
 
 fn dsdt() -> Vec<u8> {
     // AML: Name (_S5, Package (4) { 5, 5, 0, 0 })
-    let s5 = [
-        0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00,
-    ];
+    let s5 = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00];
     sdt(b"DSDT", 2, &s5)
 }
 
@@ -184,10 +175,7 @@ mod tests {
             (dsdt(), 0x100),
         ] {
             assert!(sums_to_zero(&t), "{:?}", &t[..4]);
-            assert_eq!(
-                u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize,
-                t.len()
-            );
+            assert_eq!(u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize, t.len());
             assert!(t.len() as u64 <= slot);
         }
         assert_eq!(fadt().len(), 276);

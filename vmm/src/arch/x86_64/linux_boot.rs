@@ -6,9 +6,7 @@
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::elf::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
-};
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 
 use super::gdt::{code_data_descriptor as descriptor, segment};
 use super::regs::{rflags, RegsError};
@@ -86,10 +84,7 @@ pub fn zero_page(
     initrd: Option<InitrdPlacement>,
     mem_size: u64,
 ) -> boot_params {
-    let mut p = boot_params {
-        hdr: *hdr,
-        ..Default::default()
-    };
+    let mut p = boot_params { hdr: *hdr, ..Default::default() };
     p.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     p.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     p.hdr.cmd_line_ptr = CMDLINE_GPA as u32;
@@ -100,11 +95,7 @@ pub fn zero_page(
     }
     let map = e820_map(mem_size);
     for (slot, &(addr, size, ty)) in p.e820_table.iter_mut().zip(&map) {
-        *slot = boot_e820_entry {
-            addr,
-            size,
-            r#type: ty,
-        };
+        *slot = boot_e820_entry { addr, size, r#type: ty };
     }
     p.e820_entries = map.len() as u8;
     p
@@ -114,27 +105,13 @@ pub fn zero_page(
 pub fn pvh_start_info(
     initrd: Option<InitrdPlacement>,
     mem_size: u64,
-) -> (
-    hvm_start_info,
-    Vec<hvm_memmap_table_entry>,
-    Vec<hvm_modlist_entry>,
-) {
+) -> (hvm_start_info, Vec<hvm_memmap_table_entry>, Vec<hvm_modlist_entry>) {
     let memmap: Vec<_> = e820_map(mem_size)
         .into_iter()
-        .map(|(addr, size, ty)| hvm_memmap_table_entry {
-            addr,
-            size,
-            type_: ty,
-            reserved: 0,
-        })
+        .map(|(addr, size, ty)| hvm_memmap_table_entry { addr, size, type_: ty, reserved: 0 })
         .collect();
     let modules: Vec<_> = initrd
-        .map(|i| hvm_modlist_entry {
-            paddr: i.addr,
-            size: i.size,
-            cmdline_paddr: 0,
-            reserved: 0,
-        })
+        .map(|i| hvm_modlist_entry { paddr: i.addr, size: i.size, cmdline_paddr: 0, reserved: 0 })
         .into_iter()
         .collect();
     let info = hvm_start_info {
@@ -142,11 +119,7 @@ pub fn pvh_start_info(
         version: 1,
         flags: 0,
         nr_modules: modules.len() as u32,
-        modlist_paddr: if modules.is_empty() {
-            0
-        } else {
-            PVH_MODLIST_GPA
-        },
+        modlist_paddr: if modules.is_empty() { 0 } else { PVH_MODLIST_GPA },
         cmdline_paddr: CMDLINE_GPA,
         rsdp_paddr: 0,
         memmap_paddr: PVH_MEMMAP_GPA,
@@ -157,22 +130,14 @@ pub fn pvh_start_info(
 }
 
 fn code32() -> kvm_segment {
-    kvm_segment {
-        l: 0,
-        db: 1,
-        ..segment(BOOT_CS32, true)
-    }
+    kvm_segment { l: 0, db: 1, ..segment(BOOT_CS32, true) }
 }
 
 /// Writes the boot GDT and the identity-mapped page tables (the first
 /// 4 GiB with 2 MiB pages), as the 64-bit boot protocol requires.
 pub fn write_boot_tables(mem: &GuestMemory) -> Option<()> {
-    let entries = [
-        0,
-        descriptor(&code32()),
-        descriptor(&segment(BOOT_CS64, true)),
-        descriptor(&segment(BOOT_DS, false)),
-    ];
+    let entries =
+        [0, descriptor(&code32()), descriptor(&segment(BOOT_CS64, true)), descriptor(&segment(BOOT_DS, false))];
     for (i, d) in entries.iter().enumerate() {
         mem.write_u64(BOOT_GDT_GPA + 8 * i as u64, *d)?;
     }
@@ -234,12 +199,7 @@ pub fn setup_pvh(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
     s.cr4 = 0;
     s.efer = 0;
     vcpu.set_sregs(&s).map_err(RegsError::SetSregs)?;
-    let regs = kvm_regs {
-        rip: entry,
-        rbx: PVH_INFO_GPA,
-        rflags: rflags::FIXED,
-        ..Default::default()
-    };
+    let regs = kvm_regs { rip: entry, rbx: PVH_INFO_GPA, rflags: rflags::FIXED, ..Default::default() };
     vcpu.set_regs(&regs).map_err(RegsError::SetRegs)
 }
 
@@ -251,9 +211,8 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     const MODE_EXTINT: u32 = 0x7;
     const MODE_NMI: u32 = 0x4;
     let mut lapic = vcpu.get_lapic()?;
-    let reg = |regs: &[std::os::raw::c_char], off: usize| {
-        u32::from_le_bytes(std::array::from_fn(|i| regs[off + i] as u8))
-    };
+    let reg =
+        |regs: &[std::os::raw::c_char], off: usize| u32::from_le_bytes(std::array::from_fn(|i| regs[off + i] as u8));
     let set = |regs: &mut [std::os::raw::c_char], off: usize, v: u32| {
         for (i, b) in v.to_le_bytes().into_iter().enumerate() {
             regs[off + i] = b as std::os::raw::c_char;
@@ -288,15 +247,8 @@ mod tests {
 
     #[test]
     fn zero_page_carries_cmdline_initrd_and_e820() {
-        let hdr = setup_header {
-            header: 0x5372_6448,
-            version: 0x020f,
-            ..Default::default()
-        };
-        let initrd = InitrdPlacement {
-            addr: 0x800_0000,
-            size: 12345,
-        };
+        let hdr = setup_header { header: 0x5372_6448, version: 0x020f, ..Default::default() };
+        let initrd = InitrdPlacement { addr: 0x800_0000, size: 12345 };
         let p = zero_page(&hdr, 10, Some(initrd), 256 << 20);
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_GPA as u32);
