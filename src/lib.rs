@@ -160,6 +160,16 @@ pub fn run(program: &str, args: &[&str], stdin: &[u8]) -> Output {
     out
 }
 
+/// Runs `dmvx-vmm` with `args` and checks that it exits with `code` and that
+/// its stderr contains every one of `needles`.
+pub fn expect_vmm(args: &[&str], code: i32, needles: &[&str]) {
+    let o = run_vmm(args, b"");
+    assert_eq!(status(&o), code, "{args:?}: {}", stderr(&o));
+    for needle in needles {
+        assert!(stderr(&o).contains(needle), "{args:?}: expected '{needle}' in:\n{}", stderr(&o));
+    }
+}
+
 /// stdout as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -14,9 +14,7 @@ fn patched(d: &TempDir, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> String {
 }
 
 fn expect(args: &[&str], code: i32, needle: &str) {
-    let o = run_vmm(args, b"");
-    assert_eq!(status(&o), code, "{args:?}: {}", stderr(&o));
-    assert!(stderr(&o).contains(needle), "{args:?}: expected '{needle}' in:\n{}", stderr(&o));
+    expect_vmm(args, code, &[needle]);
 }
 
 #[test]

@@ -14,4 +14,6 @@ fn images_script_builds_a_bootable_kernel_file() {
     let o = run_vmm(&["--kernel", image.to_str().unwrap(), "--", busybox(), "echo", "booted from a file"], b"");
     assert_eq!(status(&o), 0, "{}", stderr(&o));
     assert_eq!(stdout(&o), "booted from a file\n");
+    // Without a PROGRAM, --kernel means Linux mode, which says what is missing.
+    expect_vmm(&["--kernel", image.to_str().unwrap()], 125, &["dmvx guest kernel", "process mode needs a PROGRAM"]);
 }

@@ -14,6 +14,10 @@ pub struct Args {
     pub variant: u32,
     pub stats: bool,
     pub trace: bool,
+    /// Linux mode: initrd, kernel command line, time limit.
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub timeout: Option<std::time::Duration>,
     pub command: Command,
 }
 
@@ -25,6 +29,8 @@ pub enum Command {
         program: String,
         args: Vec<String>,
     },
+    /// Linux mode: boot the Linux kernel given with --kernel.
+    Linux,
     /// Print the syscall table as markdown.
     SyscallTable,
     /// Time N bare exits of a guest at CPL 0 or 3.
@@ -41,14 +47,29 @@ pub enum Command {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-pub const USAGE: &str = "\
-usage: dmvx-vmm [OPTIONS] [--] PROGRAM [ARGS...]
+/// The kernel command line of Linux mode when `--cmdline` is not given.
+macro_rules! default_cmdline {
+    () => {
+        "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1 printk.time=0 pci=off"
+    };
+}
+pub const DEFAULT_CMDLINE: &str = default_cmdline!();
 
-Runs an unmodified Linux x86-64 program in a KVM microVM whose every system
-call and fault is handled by this VMM.
+pub const USAGE: &str = concat!(
+    "\
+usage: dmvx-vmm [OPTIONS] [--] PROGRAM [ARGS...]          (process mode)
+       dmvx-vmm --kernel LINUX [--initrd FILE] [--cmdline STR]
+                [--memory SIZE] [--timeout SECONDS]        (Linux mode)
+
+Process mode runs an unmodified Linux x86-64 program in a KVM microVM whose
+every system call and fault is handled by this VMM. Linux mode (--kernel
+without a PROGRAM) boots an unmodified Linux kernel, a bzImage (boot
+protocol 2.12+) or an ELF vmlinux with a PVH entry, with its serial console
+(COM1, ttyS0) on stdout.
 
 options:
-  --kernel PATH      guest kernel image (default: the embedded dmvx kernel)
+  --kernel PATH      process mode: the dmvx guest kernel (default: embedded);
+                     Linux mode: a Linux bzImage or PVH vmlinux
   --memory SIZE      guest memory, e.g. 256M or 1G (default 256M)
   --rootfs DIR       the program's root directory, writable
                      (default: the host's /, read-only)
@@ -62,6 +83,12 @@ options:
   --bench-exit-loop N
                      time N exits of a guest that only exits (the floor of
                      the syscall path); --bench-cpl 0|3 picks its privilege
+  --initrd FILE      Linux mode: the initial ramdisk
+  --cmdline STR      Linux mode: the kernel command line (default:
+                     \"",
+    default_cmdline!(),
+    "\")
+  --timeout SECONDS  Linux mode: stop the guest after this long
   -h, --help         this text
   -V, --version      the version
 
@@ -69,9 +96,16 @@ PROGRAM without a slash is looked up in /usr/local/sbin:/usr/local/bin:
 /usr/sbin:/usr/bin:/sbin:/bin inside the root. The program's environment is
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin plus --env.
 
-exit status: the program's, or 128+N if signal N killed it; 125 if the VMM
-itself failed, 126 if the program cannot be executed, 127 if it is not found,
-2 for a usage error.";
+exit status, process mode: the program's, or 128+N if signal N killed it;
+125 if the VMM itself failed, 126 if the program cannot be executed, 127 if
+it is not found, 2 for a usage error.
+exit status, Linux mode: 0 the guest powered off (ACPI S5, e.g. poweroff -f),
+10 it reset the machine (i8042 reset, e.g. reboot with reboot=k, or a panic
+with panic=N), 11 it triple-faulted, 12 the --timeout passed, 13 the host's
+KVM could not emulate a guest instruction and stopped it; 125 if the kernel
+or initrd cannot be booted (with the reason) or the VMM failed, 2 for a
+usage error."
+);
 
 /// Parses a size like 256M, 1G, 1048576, 64K.
 pub fn parse_size(s: &str) -> Result<u64, UsageError> {
@@ -98,6 +132,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
         variant: 0,
         stats: false,
         trace: false,
+        initrd: None,
+        cmdline: None,
+        timeout: None,
         command: Command::Help,
     };
     let mut rest: Vec<String> = Vec::new();
@@ -135,6 +172,16 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
                         ))
                     })?;
             }
+            "--initrd" => a.initrd = Some(PathBuf::from(value("--initrd")?)),
+            "--cmdline" => a.cmdline = Some(value("--cmdline")?),
+            "--timeout" => {
+                let v = value("--timeout")?;
+                let secs =
+                    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9).ok_or_else(|| {
+                        UsageError(format!("--timeout needs a positive number of seconds, got '{v}'"))
+                    })?;
+                a.timeout = Some(std::time::Duration::from_secs_f64(secs));
+            }
             "--stats" => a.stats = true,
             "--trace" => a.trace = true,
             "--syscall-table" => table = true,
@@ -170,9 +217,18 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
     } else if table {
         Command::SyscallTable
     } else if let Some((program, args)) = rest.split_first() {
+        let linux_only =
+            [("--initrd", a.initrd.is_some()), ("--cmdline", a.cmdline.is_some()), ("--timeout", a.timeout.is_some())];
+        if let Some((name, _)) = linux_only.iter().find(|(_, given)| *given) {
+            return Err(UsageError(format!(
+                "{name} is a Linux-mode option, but a PROGRAM was given (process mode); Linux mode is --kernel without a PROGRAM"
+            )));
+        }
         Command::Run { program: program.clone(), args: args.to_vec() }
+    } else if a.kernel.is_some() {
+        Command::Linux
     } else {
-        return Err(UsageError("no program given (see --help)".into()));
+        return Err(UsageError("no program given, and no --kernel to boot (see --help)".into()));
     };
     Ok(a)
 }
@@ -199,12 +255,44 @@ mod tests {
     }
 
     #[test]
+    fn help_states_the_linux_exit_statuses() {
+        use crate::linux::status;
+        for (code, what) in [
+            (status::POWER_OFF, "powered off"),
+            (status::RESET, "reset the machine"),
+            (status::TRIPLE_FAULT, "triple-faulted"),
+            (status::TIMEOUT, "the --timeout passed"),
+            (status::KVM_STOPPED, "KVM could not emulate"),
+        ] {
+            let text = USAGE.replace('\n', " ");
+            let at = text.find(what).unwrap_or_else(|| panic!("{what}"));
+            let before = &text[..at];
+            assert!(before.contains(&format!("{code} ")), "--help does not give {code} for '{what}'");
+        }
+        assert!(USAGE.contains(DEFAULT_CMDLINE));
+    }
+
+    #[test]
+    fn kernel_without_program_is_linux_mode() {
+        let a =
+            p(&["--kernel", "bzImage", "--initrd", "i.gz", "--cmdline", "console=ttyS0", "--timeout", "2.5"]).unwrap();
+        assert_eq!(a.command, Command::Linux);
+        assert_eq!(a.initrd, Some(PathBuf::from("i.gz")));
+        assert_eq!(a.cmdline.as_deref(), Some("console=ttyS0"));
+        assert_eq!(a.timeout, Some(std::time::Duration::from_millis(2500)));
+        let b = p(&["--kernel", "k", "--", "/bin/true"]).unwrap();
+        assert!(matches!(b.command, Command::Run { .. }));
+    }
+
+    #[test]
     fn reports_usage_errors() {
         assert!(p(&["--memory", "lots", "x"]).unwrap_err().0.contains("invalid size"));
         assert!(p(&["--bogus"]).unwrap_err().0.contains("unknown option"));
         assert!(p(&["--env", "novalue", "x"]).unwrap_err().0.contains("K=V"));
         assert!(p(&["--variant", "99", "x"]).is_err());
         assert!(p(&[]).unwrap_err().0.contains("no program"));
+        assert!(p(&["--timeout", "-1", "--kernel", "k"]).is_err());
+        assert!(p(&["--initrd", "i", "/bin/true"]).unwrap_err().0.contains("Linux-mode option"));
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
     }
 }

@@ -7,6 +7,8 @@
 pub const PT_LOAD: u32 = 1;
 /// `PT_INTERP`.
 pub const PT_INTERP: u32 = 3;
+/// `PT_NOTE`.
+pub const PT_NOTE: u32 = 4;
 /// `PT_PHDR`.
 pub const PT_PHDR: u32 = 6;
 /// `PT_GNU_STACK`.
@@ -167,6 +169,15 @@ impl ElfHeader {
         let end =
             self.phoff.checked_add(len).ok_or(ElfError::Malformed("program header table offset overflows".into()))?;
         Ok((self.phoff, end))
+    }
+
+    /// The program headers of `file`, the whole image in memory.
+    pub fn program_headers_in(&self, file: &[u8]) -> Result<Vec<ProgramHeader>, ElfError> {
+        let (start, end) = self.phdr_range()?;
+        let table = file
+            .get(start as usize..end as usize)
+            .ok_or(ElfError::Truncated("the program header table extends past the end of the file"))?;
+        self.program_headers(table, file.len() as u64)
     }
 
     /// Parses the program header table from `table` (the bytes of

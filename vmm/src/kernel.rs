@@ -20,8 +20,10 @@ pub enum KernelError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("kernel image {path}: {source}")]
     Elf { path: PathBuf, source: ElfError },
-    #[error("kernel image {path}: no {HEADER_SECTION} section, so not a dmvx guest kernel (a Linux kernel needs Linux mode: --kernel with a bzImage)")]
+    #[error("kernel image {path}: no {HEADER_SECTION} section, so not a dmvx guest kernel (a Linux kernel runs in Linux mode: --kernel without a PROGRAM)")]
     NoHeader { path: PathBuf },
+    #[error("kernel image {path}: a Linux bzImage, not a dmvx guest kernel: Linux mode boots it, without a PROGRAM (dmvx-vmm --kernel {path})")]
+    LinuxKernel { path: PathBuf },
     #[error("kernel image {path}: not a dmvx guest kernel: {reason}")]
     BadHeader { path: PathBuf, reason: String },
 }
@@ -59,12 +61,11 @@ impl GuestKernel {
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, KernelError> {
         let elf_err = |source| KernelError::Elf { path: path.into(), source };
         let bad = |reason: String| KernelError::BadHeader { path: path.into(), reason };
+        if crate::linux::boot::is_bzimage(bytes) {
+            return Err(KernelError::LinuxKernel { path: path.into() });
+        }
         let eh = ElfHeader::parse(bytes).map_err(elf_err)?;
-        let (start, end) = eh.phdr_range().map_err(elf_err)?;
-        let table = bytes
-            .get(start as usize..end as usize)
-            .ok_or(elf_err(ElfError::Truncated("the program header table extends past the end of the file")))?;
-        let phdrs = eh.program_headers(table, bytes.len() as u64).map_err(elf_err)?;
+        let phdrs = eh.program_headers_in(bytes).map_err(elf_err)?;
         let section = eh
             .find_section(bytes, HEADER_SECTION)
             .map_err(elf_err)?

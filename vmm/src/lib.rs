@@ -6,6 +6,9 @@
 //! which handles memory calls by editing the guest page tables and carries
 //! out I/O on the host inside a sandbox.
 //!
+//! In Linux mode (`linux`) it boots an unmodified Linux kernel with a
+//! serial console instead.
+//!
 //! Layout: `arch/x86_64` holds everything x86-specific (descriptor tables,
 //! paging, registers, the physical layout); `vstate` the VM and vCPU and the
 //! generic exit loop; `process` the program's operating system.
@@ -15,6 +18,7 @@ pub mod bench;
 pub mod cli;
 pub mod elf;
 pub mod kernel;
+pub mod linux;
 pub mod memory;
 pub mod process;
 pub mod vstate;

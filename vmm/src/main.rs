@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use dmvx_vmm::cli::{self, Command, USAGE};
 use dmvx_vmm::kernel::GuestKernel;
+use dmvx_vmm::linux::{self, serial::StdoutSink};
 use dmvx_vmm::process::errno::Errno;
 use dmvx_vmm::process::exec::ExecError;
 use dmvx_vmm::process::{self, Outcome, ProcessError};
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Linux => return run_linux(&args),
         Command::Run { program, args } => (program.clone(), args.clone()),
     };
     let kernel = match &args.kernel {
@@ -105,6 +107,28 @@ fn main() -> ExitCode {
                 },
                 _ => EXIT_VMM,
             })
+        }
+    }
+}
+
+/// Linux mode: boot the kernel, report how the guest ended.
+fn run_linux(args: &cli::Args) -> ExitCode {
+    let config = linux::Config {
+        kernel: args.kernel.clone().expect("Linux mode has a --kernel"),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone().unwrap_or_else(|| cli::DEFAULT_CMDLINE.to_string()),
+        memory: args.memory,
+        timeout: args.timeout,
+        sink: Box::new(StdoutSink),
+    };
+    match linux::run(config) {
+        Ok(exit) => {
+            eprintln!("dmvx-vmm: {exit}");
+            ExitCode::from(exit.status())
+        }
+        Err(e) => {
+            eprintln!("dmvx-vmm: error: {e}");
+            ExitCode::from(EXIT_VMM)
         }
     }
 }

@@ -65,7 +65,8 @@ pub fn tss_segment() -> kvm_segment {
     }
 }
 
-fn code_data_descriptor(seg: &kvm_segment) -> u64 {
+/// Encodes a flat code or data segment as a GDT descriptor.
+pub fn code_data_descriptor(seg: &kvm_segment) -> u64 {
     let access = (seg.present as u64) << 7 | (seg.dpl as u64) << 5 | (seg.s as u64) << 4 | seg.type_ as u64;
     let flags = (seg.g as u64) << 3 | (seg.db as u64) << 2 | (seg.l as u64) << 1;
     0xffff | (access << 40) | (0xf << 48) | (flags << 52)

@@ -1,8 +1,10 @@
 //! x86-64: physical and virtual layout, descriptor tables, paging, vCPU
 //! register state.
 
+pub mod acpi;
 pub mod gdt;
 pub mod layout;
+pub mod linux_boot;
 pub mod paging;
 pub mod regs;
 
