@@ -20,7 +20,7 @@ use super::{
 };
 use crate::config::{ClusterConfig, MAX_VARIANTS};
 use crate::crypto::{Opener, Sealer};
-use crate::handshake::{self, HandshakeInfo, Session};
+use crate::handshake::{self, HandshakeError, HandshakeInfo, Session};
 use crate::wire::{
     self, BatchBuilder, Control, Decoded, Message, BATCH_HEADROOM, MAX_CONTROL_PAYLOAD, MAX_ENTRY,
 };
@@ -636,7 +636,12 @@ async fn accept_all(
                         Some(id) => format!("{peer} (claiming variant {id})"),
                         None => peer.to_string(),
                     };
-                    if failure.authenticated {
+                    // A member that proved the key but disagrees is a
+                    // misconfiguration: stop waiting. A second connection
+                    // for an id already joined is refused, the rest go on.
+                    let duplicate =
+                        matches!(failure.error, HandshakeError::DuplicateVariant { .. });
+                    if failure.authenticated && !duplicate {
                         return Err(LinkError::Handshake {
                             peer: who,
                             error: failure.error,
