@@ -9,6 +9,8 @@
 //!
 //! The protocol is described for review in `sync/README.md`.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod crypto;
 pub mod frame;

@@ -382,6 +382,20 @@ fn no_leader_means_a_clear_connect_error() {
 }
 
 #[test]
+fn an_edited_invalid_config_is_refused() {
+    let mut cfg = cluster(2, 300);
+    cfg.variants[1].role = dmvx_sync::Role::Leader;
+    let err = Leader::start(&cfg, &info(&cfg)).err().unwrap();
+    assert!(matches!(err, LinkError::Config(_)), "{err}");
+    cfg.variants.clear();
+    let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "invalid cluster configuration: the cluster file lists no [[variant]]"
+    );
+}
+
+#[test]
 fn api_misuse_is_an_error() {
     let cfg = cluster(2, 3_000);
     let info = info(&cfg);
@@ -425,7 +439,17 @@ fn api_misuse_is_an_error() {
 fn large_entries_cross_in_their_own_batches() {
     let cfg = cluster(2, 5_000);
     let info = info(&cfg);
-    let sizes = [0usize, 8191, 8192, 8193, 100_000, 3 << 20, 1];
+    let sizes = [
+        0usize,
+        8191,
+        8192,
+        8193,
+        100_000,
+        3 << 20,
+        1,
+        dmvx_sync::wire::MAX_ENTRY,
+        2,
+    ];
     let follower = {
         let cfg = cfg.clone();
         thread::spawn(move || {

@@ -111,6 +111,10 @@ impl Follower {
         my_id: u8,
         info: &HandshakeInfo,
     ) -> Result<Follower, LinkError> {
+        let cfg = &cfg
+            .clone()
+            .validate()
+            .map_err(|e| LinkError::Config(e.to_string()))?;
         let me = cfg
             .variant(my_id)
             .map_err(|e| LinkError::Config(e.to_string()))?;

@@ -148,6 +148,11 @@ impl Leader {
     /// Listens on the leader's address, accepts and authenticates every
     /// follower of `cfg` (within `cfg.timeout`), and starts the I/O thread.
     pub fn start(cfg: &ClusterConfig, info: &HandshakeInfo) -> Result<Leader, LinkError> {
+        // The fields are public: check what the caller may have edited.
+        let cfg = &cfg
+            .clone()
+            .validate()
+            .map_err(|e| LinkError::Config(e.to_string()))?;
         let address = cfg.leader().address.clone();
         let listen_err = |e: std::io::Error| LinkError::Listen {
             address: address.clone(),
