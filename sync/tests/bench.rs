@@ -39,7 +39,7 @@ fn throughput(followers: usize, entry_len: usize, max_lag: u64) {
     let mut cfg = cluster(followers + 1, 10_000);
     cfg.max_lag = max_lag;
     let handles = run_followers(&cfg, N, 1024);
-    let mut leader = Leader::start(&cfg, &info(&cfg)).unwrap();
+    let mut leader = start(&cfg, &info(&cfg)).unwrap();
     let entry = vec![0xa5u8; entry_len];
     let t = Instant::now();
     for _ in 0..N {
@@ -80,7 +80,7 @@ fn bench_push_fast_path() {
     cfg.max_lag = u64::MAX / 2;
     const N: u64 = 50_000; // 50k * 66 bytes < 4 MiB: no batch is sent
     let handles = run_followers(&cfg, 3 * N, N);
-    let mut leader = Leader::start(&cfg, &info(&cfg)).unwrap();
+    let mut leader = start(&cfg, &info(&cfg)).unwrap();
     let entry = [0x5au8; 64];
     let mut fast = Duration::MAX;
     // The first rounds touch fresh batch buffers (page faults); the third
@@ -112,7 +112,7 @@ fn bench_round_trip() {
         const N: usize = 5_000;
         let cfg = cluster(followers + 1, 10_000);
         let handles = run_followers(&cfg, N as u64, 1);
-        let mut leader = Leader::start(&cfg, &info(&cfg)).unwrap();
+        let mut leader = start(&cfg, &info(&cfg)).unwrap();
         let entry = [1u8; 64];
         let mut samples = Vec::with_capacity(N);
         for _ in 0..N {

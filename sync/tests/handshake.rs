@@ -19,7 +19,7 @@ fn start_leader(
     info: HandshakeInfo,
 ) -> thread::JoinHandle<Result<Leader, LinkError>> {
     let cfg = cfg.clone();
-    thread::spawn(move || Leader::start(&cfg, &info))
+    thread::spawn(move || start(&cfg, &info))
 }
 
 fn handshake_error(e: LinkError) -> HandshakeError {

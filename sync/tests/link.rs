@@ -58,7 +58,7 @@ fn stream_of_100k_random_entries_arrives_in_order_with_acks() {
             })
         })
         .collect();
-    let mut leader = Leader::start(&cfg, &info).unwrap();
+    let mut leader = start(&cfg, &info).unwrap();
     let mut buf = Vec::new();
     let mut digest = [0u8; 32];
     for seq in 1..=N {
@@ -104,7 +104,7 @@ fn back_pressure_blocks_the_leader_until_the_follower_acks_again() {
             f
         })
     };
-    let mut leader = Leader::start(&cfg, &info).unwrap();
+    let mut leader = start(&cfg, &info).unwrap();
     let mut blocked_at = None;
     for seq in 1..=1000u64 {
         let t = Instant::now();
@@ -143,7 +143,7 @@ fn a_follower_that_does_not_ack_makes_wait_acked_fail_naming_it() {
         })
     };
     let (f1, f2) = (spawn(1, true), spawn(2, false));
-    let mut leader = Leader::start(&cfg, &info).unwrap();
+    let mut leader = start(&cfg, &info).unwrap();
     for i in 0..10u8 {
         leader.push(&[i]).unwrap();
     }
@@ -189,7 +189,7 @@ fn a_follower_that_stops_answering_is_detected_by_heartbeat_timeout() {
     );
     let fcfg = via(&cfg, px.addr);
     let follower = thread::spawn(move || Follower::connect(&fcfg, 1, &info).unwrap());
-    let leader = Leader::start(&cfg, &info).unwrap();
+    let leader = start(&cfg, &info).unwrap();
     let t = Instant::now();
     let err = loop {
         if let Err(e) = leader.check() {
@@ -226,7 +226,7 @@ fn idle_links_stay_up_on_heartbeats() {
             f
         })
     };
-    let mut leader = Leader::start(&cfg, &info).unwrap();
+    let mut leader = start(&cfg, &info).unwrap();
     thread::sleep(Duration::from_millis(1200));
     leader.check().unwrap();
     leader.push(b"late").unwrap();
@@ -275,7 +275,7 @@ fn controls_flow_both_ways_in_order_with_entries() {
             (seen, f)
         })
     };
-    let mut leader = Leader::start(&cfg, &info).unwrap();
+    let mut leader = start(&cfg, &info).unwrap();
     leader.push(b"one").unwrap();
     leader.push(b"two").unwrap();
     leader
@@ -326,7 +326,9 @@ fn controls_flow_both_ways_in_order_with_entries() {
 
 #[test]
 fn follower_may_start_before_the_leader() {
-    let cfg = cluster(2, 3_000);
+    // Nothing listens on the leader's port until Leader::start binds it.
+    let mut cfg = dmvx_sync::ClusterConfig::local(2, free_port(), key(0x42)).unwrap();
+    cfg.timeout = Duration::from_millis(3_000);
     let info = info(&cfg);
     let follower = {
         let cfg = cfg.clone();
@@ -353,7 +355,7 @@ fn a_missing_follower_is_named() {
         let cfg = cfg.clone();
         thread::spawn(move || Follower::connect(&cfg, 1, &info))
     };
-    let err = Leader::start(&cfg, &info).err().unwrap();
+    let err = start(&cfg, &info).err().unwrap();
     assert!(
         matches!(&err, LinkError::MissingFollowers { missing, .. } if missing == &[2]),
         "{err}"
@@ -369,7 +371,8 @@ fn a_missing_follower_is_named() {
 
 #[test]
 fn no_leader_means_a_clear_connect_error() {
-    let cfg = cluster(2, 300);
+    let mut cfg = dmvx_sync::ClusterConfig::local(2, free_port(), key(0x42)).unwrap();
+    cfg.timeout = Duration::from_millis(300);
     let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
     assert!(matches!(err, LinkError::Connect { .. }), "{err}");
     assert!(err
@@ -385,7 +388,7 @@ fn no_leader_means_a_clear_connect_error() {
 fn an_edited_invalid_config_is_refused() {
     let mut cfg = cluster(2, 300);
     cfg.variants[1].role = dmvx_sync::Role::Leader;
-    let err = Leader::start(&cfg, &info(&cfg)).err().unwrap();
+    let err = start(&cfg, &info(&cfg)).err().unwrap();
     assert!(matches!(err, LinkError::Config(_)), "{err}");
     cfg.variants.clear();
     let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
@@ -420,7 +423,7 @@ fn api_misuse_is_an_error() {
             f
         })
     };
-    let mut leader = Leader::start(&cfg, &info).unwrap();
+    let mut leader = start(&cfg, &info).unwrap();
     assert_eq!(
         leader.wait_acked(1, Duration::from_millis(1)),
         Err(LinkError::NotPushed { seq: 1, last: 0 })
@@ -464,7 +467,7 @@ fn large_entries_cross_in_their_own_batches() {
             f
         })
     };
-    let mut leader = Leader::start(&cfg, &info).unwrap();
+    let mut leader = start(&cfg, &info).unwrap();
     for (i, size) in sizes.iter().enumerate() {
         leader.push(&vec![i as u8; *size]).unwrap();
     }

@@ -46,7 +46,7 @@ fn leader_to_follower(l2f: Mutator) -> (Vec<u64>, LinkError) {
                 }
             }
         });
-        let mut leader = Leader::start(&cfg, &info).unwrap();
+        let mut leader = start(&cfg, &info).unwrap();
         // The follower may drop the link early: the leader then stops.
         for seq in 1..=20u64 {
             if leader.push(&seq.to_le_bytes()).is_err() {
@@ -294,7 +294,7 @@ fn a_tampered_acknowledgement_is_detected_by_the_leader() {
             // The leader drops the link: the follower learns it.
             while f.next_entry_timeout(Duration::from_millis(100)).is_ok() {}
         });
-        let mut leader = Leader::start(&cfg, &info).unwrap();
+        let mut leader = start(&cfg, &info).unwrap();
         leader.push(b"1").unwrap();
         let err = leader.wait_acked(1, Duration::from_secs(5)).unwrap_err();
         drop(leader);
@@ -326,7 +326,7 @@ fn a_tampered_handshake_is_refused() {
         let fcfg = via(&cfg, px.addr);
         let leader = {
             let cfg = cfg.clone();
-            thread::spawn(move || Leader::start(&cfg, &info))
+            thread::spawn(move || start(&cfg, &info))
         };
         let err = Follower::connect(&fcfg, 1, &info).err().unwrap();
         assert!(leader.join().unwrap().is_err());

@@ -148,6 +148,21 @@ impl Leader {
     /// Listens on the leader's address, accepts and authenticates every
     /// follower of `cfg` (within `cfg.timeout`), and starts the I/O thread.
     pub fn start(cfg: &ClusterConfig, info: &HandshakeInfo) -> Result<Leader, LinkError> {
+        let address = &cfg.leader().address;
+        let listener = std::net::TcpListener::bind(address).map_err(|e| LinkError::Listen {
+            address: address.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::start_on(listener, cfg, info)
+    }
+
+    /// Like [`Leader::start`], on a listener the caller bound already (for
+    /// socket activation, or to listen on port 0 and learn the port first).
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        cfg: &ClusterConfig,
+        info: &HandshakeInfo,
+    ) -> Result<Leader, LinkError> {
         // The fields are public: check what the caller may have edited.
         let cfg = &cfg
             .clone()
@@ -158,7 +173,6 @@ impl Leader {
             address: address.clone(),
             reason: e.to_string(),
         };
-        let listener = std::net::TcpListener::bind(&address).map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
         let local_addr = listener.local_addr().map_err(listen_err)?;
 

@@ -5,10 +5,11 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
-use dmvx_sync::{ClusterConfig, ClusterKey, HandshakeInfo};
+use dmvx_sync::{ClusterConfig, ClusterKey, HandshakeInfo, Leader, LinkError};
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -23,11 +24,35 @@ pub fn key(byte: u8) -> ClusterKey {
     ClusterKey::from_bytes([byte; 32])
 }
 
-/// A local cluster of `n` variants (0 leads) with the given timeout.
+/// Listeners bound for clusters made by [`cluster`], by port: tests start
+/// their leaders on them, so no other socket can take the port meanwhile.
+static LISTENERS: Mutex<Vec<(u16, TcpListener)>> = Mutex::new(Vec::new());
+
+/// A local cluster of `n` variants (0 leads) with the given timeout. Its
+/// leader port is bound already: start the leader with [`start`].
 pub fn cluster(n: usize, timeout_ms: u64) -> ClusterConfig {
-    let mut cfg = ClusterConfig::local(n, free_port(), key(0x42)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    LISTENERS.lock().unwrap().push((port, listener));
+    let mut cfg = ClusterConfig::local(n, port, key(0x42)).unwrap();
     cfg.timeout = Duration::from_millis(timeout_ms);
     cfg
+}
+
+/// Starts the leader of a cluster made by [`cluster`] on its bound port
+/// (or binds the leader's address if it has none).
+pub fn start(cfg: &ClusterConfig, info: &HandshakeInfo) -> Result<Leader, LinkError> {
+    let addr: SocketAddr = cfg.leader().address.parse().unwrap();
+    let listener = {
+        let mut all = LISTENERS.lock().unwrap();
+        all.iter()
+            .position(|(p, _)| *p == addr.port())
+            .map(|i| all.swap_remove(i).1)
+    };
+    match listener {
+        Some(l) => Leader::start_on(l, cfg, info),
+        None => Leader::start(cfg, info),
+    }
 }
 
 pub fn info(cfg: &ClusterConfig) -> HandshakeInfo {
