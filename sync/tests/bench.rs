@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dmvx_sync::{ClusterConfig, Follower, Leader};
+use dmvx_sync::{ClusterConfig, Follower};
 
 /// Starts a leader and `n` followers that acknowledge every `ack_every`-th
 /// entry (and the last), for `total` entries.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use dmvx_sync::frame::FrameError;
-use dmvx_sync::{Follower, HandshakeError, Leader, LinkError, PeerFailure};
+use dmvx_sync::{Follower, HandshakeError, LinkError, PeerFailure};
 
 /// Runs `f` on a thread and fails the test if it takes longer than `secs`.
 fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
