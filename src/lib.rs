@@ -20,10 +20,7 @@ pub fn workspace() -> PathBuf {
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
 }
 
 /// The `dmvx-vmm` binary built alongside the tests.
@@ -47,16 +44,10 @@ pub fn shout(msg: &str) {
 
 /// Whether /dev/kvm can be used; says so loudly when not.
 pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => true,
         Err(e) => {
-            shout(&format!(
-                "SKIPPED {test}: /dev/kvm is not usable here ({e}); this test needs KVM"
-            ));
+            shout(&format!("SKIPPED {test}: /dev/kvm is not usable here ({e}); this test needs KVM"));
             false
         }
     }
@@ -79,15 +70,9 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 pub fn build_c(src: &str, flags: &[&str]) -> PathBuf {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let src_path = workspace().join(src);
-    let stem = Path::new(src)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .expect("source file name");
-    let tag: String = flags
-        .iter()
-        .map(|f| f.trim_start_matches('-').replace(['=', '/'], "_"))
-        .collect::<Vec<_>>()
-        .join("-");
+    let stem = Path::new(src).file_stem().and_then(|s| s.to_str()).expect("source file name");
+    let tag: String =
+        flags.iter().map(|f| f.trim_start_matches('-').replace(['=', '/'], "_")).collect::<Vec<_>>().join("-");
     let dir = target_dir().join("dmvx-test-programs");
     std::fs::create_dir_all(&dir).expect("create test program dir");
     let out = dir.join(format!("{stem}-{tag}"));
@@ -150,9 +135,7 @@ pub fn stderr(o: &Output) -> String {
 /// The exit status a shell would report (128+N for signal N).
 pub fn status(o: &Output) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    o.status
-        .code()
-        .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
+    o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
 }
 
 /// A directory removed when dropped.
@@ -161,12 +144,8 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
         let p = std::env::temp_dir().join(
-            format!(
-                "dmvx-test-{name}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            )
-            .replace(['(', ')'], ""),
+            format!("dmvx-test-{name}-{}-{:?}", std::process::id(), std::thread::current().id())
+                .replace(['(', ')'], ""),
         );
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
@@ -193,14 +172,16 @@ pub fn install_exe(src: &Path, dst: &Path) {
     if let Some(d) = dst.parent() {
         std::fs::create_dir_all(d).expect("create dir");
     }
-    std::fs::copy(src, dst)
-        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
+    std::fs::copy(src, dst).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 /// Debian's static busybox, which the tests need.
 pub fn busybox() -> &'static str {
     let p = "/bin/busybox";
-    assert!(Path::new(p).exists(), "{p} is missing: install Debian's busybox-static (apt-get install busybox-static; .ci/run does)");
+    assert!(
+        Path::new(p).exists(),
+        "{p} is missing: install Debian's busybox-static (apt-get install busybox-static; .ci/run does)"
+    );
     p
 }

@@ -10,18 +10,8 @@ fn same_as_native(args: &[&str], stdin: &[u8]) {
     let mut vargs = vec!["--", bb];
     vargs.extend_from_slice(args);
     let vm = run_vmm(&vargs, stdin);
-    assert_eq!(
-        status(&vm),
-        status(&native),
-        "exit status of busybox {args:?}; VM stderr:\n{}",
-        stderr(&vm)
-    );
-    assert_eq!(
-        stdout(&vm),
-        stdout(&native),
-        "stdout of busybox {args:?}; VM stderr:\n{}",
-        stderr(&vm)
-    );
+    assert_eq!(status(&vm), status(&native), "exit status of busybox {args:?}; VM stderr:\n{}", stderr(&vm));
+    assert_eq!(stdout(&vm), stdout(&native), "stdout of busybox {args:?}; VM stderr:\n{}", stderr(&vm));
     assert!(
         !stdout(&native).is_empty() || args[0] == "true",
         "the native run printed nothing; the comparison would be empty"
@@ -61,9 +51,7 @@ fn sha256sum_of_a_file() {
 #[test]
 fn wc_reads_stdin_piped_from_the_host() {
     require_kvm!();
-    let input: Vec<u8> = (0..20000)
-        .flat_map(|i| format!("line {i} of the input\n").into_bytes())
-        .collect();
+    let input: Vec<u8> = (0..20000).flat_map(|i| format!("line {i} of the input\n").into_bytes()).collect();
     same_as_native(&["wc"], &input);
 }
 
@@ -71,10 +59,7 @@ fn wc_reads_stdin_piped_from_the_host() {
 fn sh_c_runs_a_command_list() {
     require_kvm!();
     same_as_native(&["sh", "-c", "echo a; echo b"], b"");
-    same_as_native(
-        &["sh", "-c", "cd /etc && pwd && x=3; echo $((x * 7)); exit 5"],
-        b"",
-    );
+    same_as_native(&["sh", "-c", "cd /etc && pwd && x=3; echo $((x * 7)); exit 5"], b"");
 }
 
 #[test]

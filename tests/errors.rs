@@ -16,54 +16,28 @@ fn patched(d: &TempDir, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> String {
 fn expect(args: &[&str], code: i32, needle: &str) {
     let o = run_vmm(args, b"");
     assert_eq!(status(&o), code, "{args:?}: {}", stderr(&o));
-    assert!(
-        stderr(&o).contains(needle),
-        "{args:?}: expected '{needle}' in:\n{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains(needle), "{args:?}: expected '{needle}' in:\n{}", stderr(&o));
 }
 
 #[test]
 fn missing_dev_kvm_says_how_to_fix_it() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/unshare").exists() {
-        shout(
-            "SKIPPED missing_dev_kvm_says_how_to_fix_it: needs root and unshare to hide /dev/kvm",
-        );
+        shout("SKIPPED missing_dev_kvm_says_how_to_fix_it: needs root and unshare to hide /dev/kvm");
         return;
     }
     let vmm = vmm();
-    let script = format!(
-        "mount -t tmpfs tmpfs /dev && exec {} -- /bin/busybox true",
-        vmm.display()
-    );
-    let o = run(
-        "/usr/bin/unshare",
-        &[
-            "--mount",
-            "--propagation",
-            "private",
-            "/bin/sh",
-            "-c",
-            &script,
-        ],
-        b"",
-    );
+    let script = format!("mount -t tmpfs tmpfs /dev && exec {} -- /bin/busybox true", vmm.display());
+    let o = run("/usr/bin/unshare", &["--mount", "--propagation", "private", "/bin/sh", "-c", &script], b"");
     assert_eq!(status(&o), 125, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("/dev/kvm does not exist") && stderr(&o).contains("kvm_intel"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("/dev/kvm does not exist") && stderr(&o).contains("kvm_intel"), "{}", stderr(&o));
 }
 
 #[test]
 fn dev_kvm_without_permission_says_how_to_fix_it() {
     let meta = std::fs::metadata("/dev/kvm");
-    let world = meta
-        .as_ref()
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 != 0)
-        .unwrap_or(true);
+    let world =
+        meta.as_ref().map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 != 0).unwrap_or(true);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || world || !Path::new("/usr/bin/setpriv").exists() {
         shout("SKIPPED dev_kvm_without_permission_says_how_to_fix_it: needs root, setpriv, and a /dev/kvm others cannot open");
@@ -71,77 +45,31 @@ fn dev_kvm_without_permission_says_how_to_fix_it() {
     }
     // Run as nobody from a copy nobody can execute.
     let d = TempDir::new("perm");
-    std::fs::set_permissions(
-        d.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(d.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let copy = d.join("dmvx-vmm");
     install_exe(&vmm(), &copy);
     let o = run(
         "/usr/bin/setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            copy.to_str().unwrap(),
-            "--",
-            "/bin/busybox",
-            "true",
-        ],
+        &["--reuid=65534", "--regid=65534", "--clear-groups", copy.to_str().unwrap(), "--", "/bin/busybox", "true"],
         b"",
     );
     assert_eq!(status(&o), 125, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("permission denied opening /dev/kvm") && stderr(&o).contains("kvm"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("permission denied opening /dev/kvm") && stderr(&o).contains("kvm"), "{}", stderr(&o));
 }
 
 #[test]
 fn bad_kernel_images_are_refused_with_reasons() {
     require_kvm!();
     let d = TempDir::new("kernels");
-    expect(
-        &[
-            "--kernel",
-            "/nonexistent/kernel",
-            "--",
-            "/bin/busybox",
-            "true",
-        ],
-        125,
-        "cannot read it",
-    );
-    expect(
-        &["--kernel", "/etc/passwd", "--", "/bin/busybox", "true"],
-        125,
-        "not an ELF file",
-    );
-    expect(
-        &["--kernel", busybox(), "--", "/bin/busybox", "true"],
-        125,
-        "not a dmvx guest kernel",
-    );
+    expect(&["--kernel", "/nonexistent/kernel", "--", "/bin/busybox", "true"], 125, "cannot read it");
+    expect(&["--kernel", "/etc/passwd", "--", "/bin/busybox", "true"], 125, "not an ELF file");
+    expect(&["--kernel", busybox(), "--", "/bin/busybox", "true"], 125, "not a dmvx guest kernel");
     let arm = patched(&d, "arm", |b| b[18] = 183);
-    expect(
-        &["--kernel", &arm, "--", "/bin/busybox", "true"],
-        125,
-        "built for AArch64, not x86-64",
-    );
+    expect(&["--kernel", &arm, "--", "/bin/busybox", "true"], 125, "built for AArch64, not x86-64");
     let short = patched(&d, "short", |b| b.truncate(40));
-    expect(
-        &["--kernel", &short, "--", "/bin/busybox", "true"],
-        125,
-        "truncated",
-    );
+    expect(&["--kernel", &short, "--", "/bin/busybox", "true"], 125, "truncated");
     let cut = patched(&d, "cut", |b| b.truncate(100_000));
-    expect(
-        &["--kernel", &cut, "--", "/bin/busybox", "true"],
-        125,
-        "truncated",
-    );
+    expect(&["--kernel", &cut, "--", "/bin/busybox", "true"], 125, "truncated");
 }
 
 #[test]
@@ -169,17 +97,9 @@ fn bad_programs_are_refused_with_reasons() {
 #[test]
 fn guest_memory_too_small_is_an_error() {
     require_kvm!();
-    expect(
-        &["--memory", "4M", "--", "/bin/busybox", "true"],
-        125,
-        "too small",
-    );
+    expect(&["--memory", "4M", "--", "/bin/busybox", "true"], 125, "too small");
     let big = build_c("tests/programs/bigdata.c", &["-static"]);
-    expect(
-        &["--memory", "8M", "--", big.to_str().unwrap()],
-        125,
-        "guest memory is too small to load it",
-    );
+    expect(&["--memory", "8M", "--", big.to_str().unwrap()], 125, "guest memory is too small to load it");
     // And with enough memory the same program runs.
     let o = run_vmm(&["--memory", "64M", "--", big.to_str().unwrap()], b"");
     assert_eq!(status(&o), 0, "{}", stderr(&o));

@@ -4,12 +4,7 @@
 use dmvx::*;
 
 fn memtest(pie: bool) -> String {
-    build_c(
-        "tests/programs/memtest.c",
-        &[if pie { "-static-pie" } else { "-static" }],
-    )
-    .to_string_lossy()
-    .into_owned()
+    build_c("tests/programs/memtest.c", &[if pie { "-static-pie" } else { "-static" }]).to_string_lossy().into_owned()
 }
 
 fn run_mode(pie: bool, extra: &[&str], mode: &[&str]) -> std::process::Output {
@@ -26,13 +21,7 @@ fn brk_mmap_munmap_mprotect_mremap_and_a_1gib_reservation() {
     require_kvm!();
     for pie in [false, true] {
         let o = run_mode(pie, &[], &["all"]);
-        assert_eq!(
-            status(&o),
-            0,
-            "pie={pie}\nstdout:\n{}\nstderr:\n{}",
-            stdout(&o),
-            stderr(&o)
-        );
+        assert_eq!(status(&o), 0, "pie={pie}\nstdout:\n{}\nstderr:\n{}", stdout(&o), stderr(&o));
         assert!(stdout(&o).contains("ok all"), "{}", stdout(&o));
     }
 }
@@ -52,15 +41,8 @@ fn null_dereference_exits_139_with_a_reason() {
         let o = run_mode(pie, &[], &["null"]);
         assert_eq!(status(&o), 139, "{}", stderr(&o));
         let e = stderr(&o);
-        assert!(
-            e.contains("SIGSEGV") && e.contains("address 0x0") && e.contains("rip 0x"),
-            "{e}"
-        );
-        assert_eq!(
-            e.lines().filter(|l| l.contains("killed")).count(),
-            1,
-            "one line of reason: {e}"
-        );
+        assert!(e.contains("SIGSEGV") && e.contains("address 0x0") && e.contains("rip 0x"), "{e}");
+        assert_eq!(e.lines().filter(|l| l.contains("killed")).count(), 1, "one line of reason: {e}");
     }
 }
 
@@ -70,11 +52,7 @@ fn illegal_instruction_exits_132() {
     for pie in [false, true] {
         let o = run_mode(pie, &[], &["ill"]);
         assert_eq!(status(&o), 132, "{}", stderr(&o));
-        assert!(
-            stderr(&o).contains("SIGILL") && stderr(&o).contains("invalid opcode"),
-            "{}",
-            stderr(&o)
-        );
+        assert!(stderr(&o).contains("SIGILL") && stderr(&o).contains("invalid opcode"), "{}", stderr(&o));
     }
 }
 
@@ -93,11 +71,7 @@ fn write_after_mprotect_read_only_faults() {
     require_kvm!();
     let o = run_mode(false, &[], &["after-mprotect"]);
     assert_eq!(status(&o), 139, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("write") && stderr(&o).contains("not permitted"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("write") && stderr(&o).contains("not permitted"), "{}", stderr(&o));
 }
 
 #[test]

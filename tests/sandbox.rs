@@ -14,22 +14,9 @@ fn file_write_in_a_writable_rootfs() {
     let root = TempDir::new("rw-root");
     install_exe(&memtest(), &root.join("bin/memtest"));
     std::fs::create_dir_all(root.join("data")).unwrap();
-    let o = run_vmm(
-        &[
-            "--rootfs",
-            root.path().to_str().unwrap(),
-            "--",
-            "/bin/memtest",
-            "file",
-            "/data",
-        ],
-        b"",
-    );
+    let o = run_vmm(&["--rootfs", root.path().to_str().unwrap(), "--", "/bin/memtest", "file", "/data"], b"");
     assert_eq!(status(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert_eq!(
-        std::fs::read_to_string(root.join("data/memtest.out")).unwrap(),
-        "written inside dmvx\n"
-    );
+    assert_eq!(std::fs::read_to_string(root.join("data/memtest.out")).unwrap(), "written inside dmvx\n");
 }
 
 #[test]
@@ -37,16 +24,9 @@ fn default_root_is_read_only() {
     require_kvm!();
     let target = std::env::temp_dir().join(format!("dmvx-ro-{}", std::process::id()));
     let t = target.to_str().unwrap();
-    let o = run_vmm(
-        &["--", busybox(), "sh", "-c", &format!("echo x > {t}")],
-        b"",
-    );
+    let o = run_vmm(&["--", busybox(), "sh", "-c", &format!("echo x > {t}")], b"");
     assert_ne!(status(&o), 0);
-    assert!(
-        stderr(&o).contains("Read-only file system"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("Read-only file system"), "{}", stderr(&o));
     assert!(!target.exists(), "the write reached the host");
     let o = run_vmm(&["--", busybox(), "mkdir", t], b"");
     assert_ne!(status(&o), 0);
@@ -55,16 +35,7 @@ fn default_root_is_read_only() {
     assert_ne!(status(&o), 0);
     assert!(std::path::Path::new("/etc/hostname").exists());
     // Writing to /dev/null is fine even so.
-    let o = run_vmm(
-        &[
-            "--",
-            busybox(),
-            "sh",
-            "-c",
-            "echo x > /dev/null && echo fine",
-        ],
-        b"",
-    );
+    let o = run_vmm(&["--", busybox(), "sh", "-c", "echo x > /dev/null && echo fine"], b"");
     assert_eq!(stdout(&o), "fine\n", "{}", stderr(&o));
 }
 
@@ -79,40 +50,14 @@ fn symlink_and_dotdot_escapes_are_refused() {
     std::os::unix::fs::symlink(&secret, root.join("link-abs")).unwrap();
     std::os::unix::fs::symlink("../secret", root.join("link-rel")).unwrap();
     install_exe(&memtest(), &root.join("bin/memtest"));
-    let o = run_vmm(
-        &[
-            "--rootfs",
-            root.to_str().unwrap(),
-            "--",
-            "/bin/memtest",
-            "escape",
-            secret.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let o =
+        run_vmm(&["--rootfs", root.to_str().unwrap(), "--", "/bin/memtest", "escape", secret.to_str().unwrap()], b"");
     assert_eq!(status(&o), 0, "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("ok escape"));
     // The same paths with busybox cat, for good measure.
     install_exe(std::path::Path::new(busybox()), &root.join("bin/busybox"));
-    for p in [
-        "../secret",
-        "/../secret",
-        "link-abs",
-        "link-rel",
-        "sub/../../secret",
-        "/proc/self/root/secret",
-    ] {
-        let o = run_vmm(
-            &[
-                "--rootfs",
-                root.to_str().unwrap(),
-                "--",
-                "/bin/busybox",
-                "cat",
-                p,
-            ],
-            b"",
-        );
+    for p in ["../secret", "/../secret", "link-abs", "link-rel", "sub/../../secret", "/proc/self/root/secret"] {
+        let o = run_vmm(&["--rootfs", root.to_str().unwrap(), "--", "/bin/busybox", "cat", p], b"");
         assert!(!stdout(&o).contains("TOPSECRET"), "escaped through {p}");
         assert_ne!(status(&o), 0, "cat {p} succeeded");
     }
@@ -141,20 +86,11 @@ fn the_kernel_half_and_ports_are_out_of_reach() {
 fn unsupported_calls_are_logged_once_by_name() {
     require_kvm!();
     // busybox sh needs fork for a pipeline; it gets ENOSYS and says so.
-    let o = run_vmm(
-        &["--", busybox(), "sh", "-c", "echo a | cat; echo b | cat"],
-        b"",
-    );
+    let o = run_vmm(&["--", busybox(), "sh", "-c", "echo a | cat; echo b | cat"], b"");
     let e = stderr(&o);
-    let lines: Vec<_> = e
-        .lines()
-        .filter(|l| l.contains("unsupported system call"))
-        .collect();
+    let lines: Vec<_> = e.lines().filter(|l| l.contains("unsupported system call")).collect();
     assert!(!lines.is_empty(), "{e}");
-    let mut names: Vec<_> = lines
-        .iter()
-        .map(|l| l.split_whitespace().nth(4).unwrap_or(""))
-        .collect();
+    let mut names: Vec<_> = lines.iter().map(|l| l.split_whitespace().nth(4).unwrap_or("")).collect();
     let n = names.len();
     names.dedup();
     assert_eq!(n, names.len(), "logged more than once: {e}");

@@ -38,15 +38,8 @@ fn main() {
         .arg(&target_dir)
         .status()
         .expect("failed to run cargo for the guest kernel");
-    assert!(
-        status.success(),
-        "building the guest kernel (guest/kernel) failed"
-    );
+    assert!(status.success(), "building the guest kernel (guest/kernel) failed");
     let image = target_dir.join("x86_64-unknown-linux-gnu/release/dmvx-guest");
-    assert!(
-        image.exists(),
-        "guest kernel image missing at {}",
-        image.display()
-    );
+    assert!(image.exists(), "guest kernel image missing at {}", image.display());
     println!("cargo:rustc-env=DMVX_GUEST_KERNEL={}", image.display());
 }

@@ -54,15 +54,9 @@ pub const DEFAULT_MAX_LAG: u64 = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read cluster file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot read key file {path}: {source}")]
-    ReadKey {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadKey { path: PathBuf, source: std::io::Error },
     #[error("cluster file is not valid: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("[cluster] must give exactly one of `key` and `key_file`, not both")]
@@ -120,10 +114,7 @@ impl ClusterKey {
 
     fn parse_hex(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let text = text.trim();
-        let bad = |reason: String| ConfigError::BadKey {
-            origin: origin.to_string(),
-            reason,
-        };
+        let bad = |reason: String| ConfigError::BadKey { origin: origin.to_string(), reason };
         if text.len() != 64 {
             return Err(bad(format!("it has {} characters", text.len())));
         }
@@ -173,10 +164,7 @@ impl Digest {
 
     /// Parses `sha256:<64 hex>`; `key` names the setting in errors.
     pub fn parse(key: &'static str, value: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::BadDigest {
-            key,
-            value: value.to_string(),
-        };
+        let bad = || ConfigError::BadDigest { key, value: value.to_string() };
         let hex_part = value.strip_prefix("sha256:").ok_or_else(bad)?;
         if hex_part.len() != 64 {
             return Err(bad());
@@ -284,10 +272,8 @@ impl ClusterConfig {
     /// Reads and checks a cluster file. A relative `key_file` is taken
     /// relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         Self::parse(&text, base)
     }
@@ -302,38 +288,23 @@ impl ClusterConfig {
             (Some(hex), None) => ClusterKey::parse_hex(&hex, "`key`")?,
             (None, Some(file)) => {
                 let path = base_dir.join(file);
-                let mut text =
-                    std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadKey {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let mut text = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::ReadKey { path: path.clone(), source })?;
                 let key = ClusterKey::parse_hex(&text, &format!("in {}", path.display()));
                 text.zeroize();
                 key?
             }
         };
         let digests = Digests {
-            image: raw
-                .digests
-                .image
-                .map(|v| Digest::parse("image", &v))
-                .transpose()?,
-            program: raw
-                .digests
-                .program
-                .map(|v| Digest::parse("program", &v))
-                .transpose()?,
+            image: raw.digests.image.map(|v| Digest::parse("image", &v)).transpose()?,
+            program: raw.digests.program.map(|v| Digest::parse("program", &v)).transpose()?,
         };
         let mut variants = Vec::with_capacity(raw.variant.len());
         for v in raw.variant {
             if v.id >= u32::from(MAX_VARIANTS) {
                 return Err(ConfigError::IdOutOfRange(v.id));
             }
-            variants.push(VariantConfig {
-                id: v.id as u8,
-                address: v.address,
-                role: v.role,
-            });
+            variants.push(VariantConfig { id: v.id as u8, address: v.address, role: v.role });
         }
         let cfg = ClusterConfig {
             name: raw.cluster.name,
@@ -351,10 +322,7 @@ impl ClusterConfig {
     /// The embedded local default: `n_variants` variants on 127.0.0.1,
     /// variant `i` at `base_port + i`, variant 0 the leader, default timing.
     pub fn local(n_variants: usize, base_port: u16, key: ClusterKey) -> Result<Self, ConfigError> {
-        let bad = ConfigError::BadLocal {
-            n: n_variants,
-            base_port,
-        };
+        let bad = ConfigError::BadLocal { n: n_variants, base_port };
         if n_variants == 0 || n_variants > usize::from(MAX_VARIANTS) {
             return Err(bad);
         }
@@ -408,23 +376,13 @@ impl ClusterConfig {
             if v.id >= MAX_VARIANTS {
                 return Err(ConfigError::IdOutOfRange(u32::from(v.id)));
             }
-            let ok = v
-                .address
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            let ok =
+                v.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !ok {
-                return Err(ConfigError::BadAddress {
-                    id: v.id,
-                    address: v.address.clone(),
-                });
+                return Err(ConfigError::BadAddress { id: v.id, address: v.address.clone() });
             }
         }
-        let leaders: Vec<u8> = self
-            .variants
-            .iter()
-            .filter(|v| v.role == Role::Leader)
-            .map(|v| v.id)
-            .collect();
+        let leaders: Vec<u8> = self.variants.iter().filter(|v| v.role == Role::Leader).map(|v| v.id).collect();
         match leaders.len() {
             0 => return Err(ConfigError::NoLeader),
             1 => {}
@@ -437,10 +395,7 @@ impl ClusterConfig {
     pub fn leader(&self) -> &VariantConfig {
         // validate() guarantees exactly one leader; fall back to the first
         // variant rather than panic if a caller edited the fields afterwards.
-        self.variants
-            .iter()
-            .find(|v| v.role == Role::Leader)
-            .unwrap_or(&self.variants[0])
+        self.variants.iter().find(|v| v.role == Role::Leader).unwrap_or(&self.variants[0])
     }
 
     /// The followers, by increasing id.
@@ -450,10 +405,7 @@ impl ClusterConfig {
 
     /// The entry for variant `id`.
     pub fn variant(&self, id: u8) -> Result<&VariantConfig, ConfigError> {
-        self.variants
-            .iter()
-            .find(|v| v.id == id)
-            .ok_or(ConfigError::UnknownVariant(id))
+        self.variants.iter().find(|v| v.id == id).ok_or(ConfigError::UnknownVariant(id))
     }
 
     /// A digest of the `[policy]` table that does not depend on key order or

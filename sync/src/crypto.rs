@@ -98,31 +98,21 @@ impl Schedule {
 
     /// The leader's proof that it knows the key.
     pub fn leader_proof(&self) -> [u8; 32] {
-        Self::mac(&self.leader_proof, &self.th, &[])
-            .finalize()
-            .into_bytes()
-            .into()
+        Self::mac(&self.leader_proof, &self.th, &[]).finalize().into_bytes().into()
     }
 
     /// Checks the leader's proof in constant time.
     pub fn verify_leader_proof(&self, proof: &[u8; 32]) -> bool {
-        Self::mac(&self.leader_proof, &self.th, &[])
-            .verify_slice(proof)
-            .is_ok()
+        Self::mac(&self.leader_proof, &self.th, &[]).verify_slice(proof).is_ok()
     }
 
     /// The follower's proof, also binding its verdict bytes.
     pub fn follower_proof(&self, verdict: &[u8]) -> [u8; 32] {
-        Self::mac(&self.follower_proof, &self.th, verdict)
-            .finalize()
-            .into_bytes()
-            .into()
+        Self::mac(&self.follower_proof, &self.th, verdict).finalize().into_bytes().into()
     }
 
     pub fn verify_follower_proof(&self, verdict: &[u8], proof: &[u8; 32]) -> bool {
-        Self::mac(&self.follower_proof, &self.th, verdict)
-            .verify_slice(proof)
-            .is_ok()
+        Self::mac(&self.follower_proof, &self.th, verdict).verify_slice(proof).is_ok()
     }
 
     /// (sealer, opener) for the leader's end.
@@ -150,10 +140,7 @@ pub struct Sealer {
 
 impl Sealer {
     fn new(key: &[u8; 32]) -> Self {
-        Sealer {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
-            counter: 0,
-        }
+        Sealer { cipher: ChaCha20Poly1305::new(Key::from_slice(key)), counter: 0 }
     }
 
     /// Appends one sealed frame carrying `plain` to `out`.
@@ -184,26 +171,16 @@ pub struct Opener {
 
 impl Opener {
     fn new(key: &[u8; 32]) -> Self {
-        Opener {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
-            counter: 0,
-        }
+        Opener { cipher: ChaCha20Poly1305::new(Key::from_slice(key)), counter: 0 }
     }
 
     /// Decrypts `payload` (ciphertext then tag) in place; returns the length
     /// of the plaintext at its start.
-    pub fn open_in_place(
-        &mut self,
-        header: [u8; LEN_BYTES],
-        payload: &mut [u8],
-    ) -> Result<usize, CryptoError> {
+    pub fn open_in_place(&mut self, header: [u8; LEN_BYTES], payload: &mut [u8]) -> Result<usize, CryptoError> {
         if self.counter == u64::MAX {
             return Err(CryptoError::Exhausted);
         }
-        let plain_len = payload
-            .len()
-            .checked_sub(TAG_LEN)
-            .ok_or(CryptoError::Short)?;
+        let plain_len = payload.len().checked_sub(TAG_LEN).ok_or(CryptoError::Short)?;
         let (body, tag) = payload.split_at_mut(plain_len);
         let tag = Tag::clone_from_slice(tag);
         self.cipher
@@ -279,15 +256,9 @@ mod tests {
         assert!(l.verify_follower_proof(b"ok", &f.follower_proof(b"ok")));
         assert!(!l.verify_follower_proof(b"no", &f.follower_proof(b"ok")));
         assert_ne!(l.leader_proof(), l.follower_proof(b""));
-        let other = Schedule::new(
-            &ClusterKey::from_bytes([8; 32]),
-            transcript(b"hello f", b"hello l"),
-        );
+        let other = Schedule::new(&ClusterKey::from_bytes([8; 32]), transcript(b"hello f", b"hello l"));
         assert!(!other.verify_leader_proof(&l.leader_proof()));
-        let other_th = Schedule::new(
-            &ClusterKey::from_bytes([7; 32]),
-            transcript(b"hello f", b"hello L"),
-        );
+        let other_th = Schedule::new(&ClusterKey::from_bytes([7; 32]), transcript(b"hello f", b"hello L"));
         assert!(!other_th.verify_leader_proof(&l.leader_proof()));
     }
 }

@@ -32,19 +32,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let mut header = [0u8; LEN_BYTES];
     let mut got = 0;
     while got < LEN_BYTES {
-        let n = r
-            .read(&mut header[got..])
-            .await
-            .map_err(|e| FrameError::Io(e.to_string()))?;
+        let n = r.read(&mut header[got..]).await.map_err(|e| FrameError::Io(e.to_string()))?;
         if n == 0 {
-            return Err(if got == 0 {
-                FrameError::Closed
-            } else {
-                FrameError::Truncated {
-                    expected: LEN_BYTES,
-                    got,
-                }
-            });
+            return Err(if got == 0 { FrameError::Closed } else { FrameError::Truncated { expected: LEN_BYTES, got } });
         }
         got += n;
     }
@@ -59,15 +49,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     buf.resize(len, 0);
     let mut got = 0;
     while got < len {
-        let n = r
-            .read(&mut buf[got..])
-            .await
-            .map_err(|e| FrameError::Io(e.to_string()))?;
+        let n = r.read(&mut buf[got..]).await.map_err(|e| FrameError::Io(e.to_string()))?;
         if n == 0 {
-            return Err(FrameError::Truncated {
-                expected: len + LEN_BYTES,
-                got: got + LEN_BYTES,
-            });
+            return Err(FrameError::Truncated { expected: len + LEN_BYTES, got: got + LEN_BYTES });
         }
         got += n;
     }

@@ -54,11 +54,7 @@ pub struct HandshakeInfo {
 impl HandshakeInfo {
     /// The digests named by the cluster file, with its policy table's digest.
     pub fn from_config(cfg: &ClusterConfig) -> Self {
-        HandshakeInfo {
-            policy: cfg.policy_digest(),
-            image: cfg.digests.image,
-            program: cfg.digests.program,
-        }
+        HandshakeInfo { policy: cfg.policy_digest(), image: cfg.digests.image, program: cfg.digests.program }
     }
 }
 
@@ -92,26 +88,15 @@ impl fmt::Display for RejectReason {
             }
             RejectReason::ClusterName => f.write_str("different cluster name"),
             RejectReason::WrongLeader { expected } => {
-                write!(
-                    f,
-                    "wrong leader id (its cluster file names leader {expected})"
-                )
+                write!(f, "wrong leader id (its cluster file names leader {expected})")
             }
             RejectReason::UnknownVariant { id } => {
-                write!(
-                    f,
-                    "unknown variant id {id}: not a follower in its cluster file"
-                )
+                write!(f, "unknown variant id {id}: not a follower in its cluster file")
             }
             RejectReason::DuplicateVariant { id } => {
-                write!(
-                    f,
-                    "duplicate variant id {id}: variant {id} is already connected"
-                )
+                write!(f, "duplicate variant id {id}: variant {id} is already connected")
             }
-            RejectReason::WrongKey => {
-                f.write_str("wrong cluster key (our proof of the key did not verify)")
-            }
+            RejectReason::WrongKey => f.write_str("wrong cluster key (our proof of the key did not verify)"),
             RejectReason::PolicyDigest => f.write_str("different policy digest"),
             RejectReason::ImageDigest => f.write_str("different image digest"),
             RejectReason::ProgramDigest => f.write_str("different program digest"),
@@ -134,15 +119,9 @@ pub enum HandshakeError {
     #[error("different policy digest: ours is {ours}, the peer's is {theirs}")]
     PolicyDigest { ours: Digest, theirs: Digest },
     #[error("different image digest: ours is {}, the peer's is {}", show(.ours), show(.theirs))]
-    ImageDigest {
-        ours: Option<Digest>,
-        theirs: Option<Digest>,
-    },
+    ImageDigest { ours: Option<Digest>, theirs: Option<Digest> },
     #[error("different program digest: ours is {}, the peer's is {}", show(.ours), show(.theirs))]
-    ProgramDigest {
-        ours: Option<Digest>,
-        theirs: Option<Digest>,
-    },
+    ProgramDigest { ours: Option<Digest>, theirs: Option<Digest> },
     #[error("unknown variant id {id}: not a follower in the cluster file")]
     UnknownVariant { id: u8 },
     #[error("duplicate variant id {id}: variant {id} is already connected")]
@@ -165,9 +144,7 @@ impl HandshakeError {
     /// The reason to send to the peer, if any.
     fn reject_reason(&self) -> Option<RejectReason> {
         Some(match self {
-            HandshakeError::VersionMismatch { .. } => RejectReason::VersionMismatch {
-                version: PROTOCOL_VERSION,
-            },
+            HandshakeError::VersionMismatch { .. } => RejectReason::VersionMismatch { version: PROTOCOL_VERSION },
             HandshakeError::ClusterName { .. } => RejectReason::ClusterName,
             HandshakeError::WrongKey => RejectReason::WrongKey,
             HandshakeError::PolicyDigest { .. } => RejectReason::PolicyDigest,
@@ -175,9 +152,7 @@ impl HandshakeError {
             HandshakeError::ProgramDigest { .. } => RejectReason::ProgramDigest,
             HandshakeError::UnknownVariant { id } => RejectReason::UnknownVariant { id: *id },
             HandshakeError::DuplicateVariant { id } => RejectReason::DuplicateVariant { id: *id },
-            HandshakeError::WrongLeader { expected, .. } => RejectReason::WrongLeader {
-                expected: *expected,
-            },
+            HandshakeError::WrongLeader { expected, .. } => RejectReason::WrongLeader { expected: *expected },
             HandshakeError::Malformed(_) => RejectReason::Malformed,
             _ => return None,
         })
@@ -199,21 +174,9 @@ enum Verdict {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum HandshakeMsg {
-    ClientHello {
-        cluster: String,
-        follower_id: u8,
-        leader_id: u8,
-        nonce: [u8; 32],
-        info: HandshakeInfo,
-    },
-    ServerHello {
-        core: ServerCore,
-        proof: [u8; 32],
-    },
-    ClientFinish {
-        verdict: Verdict,
-        proof: [u8; 32],
-    },
+    ClientHello { cluster: String, follower_id: u8, leader_id: u8, nonce: [u8; 32], info: HandshakeInfo },
+    ServerHello { core: ServerCore, proof: [u8; 32] },
+    ClientFinish { verdict: Verdict, proof: [u8; 32] },
     Accept,
     Reject(RejectReason),
 }
@@ -231,29 +194,19 @@ fn encode_versioned(version: u16, msg: &HandshakeMsg) -> Vec<u8> {
 }
 
 fn decode(payload: &[u8]) -> Result<HandshakeMsg, HandshakeError> {
-    let (magic, rest) = payload
-        .split_at_checked(MAGIC.len())
-        .ok_or(HandshakeError::BadMagic)?;
+    let (magic, rest) = payload.split_at_checked(MAGIC.len()).ok_or(HandshakeError::BadMagic)?;
     if magic != MAGIC {
         return Err(HandshakeError::BadMagic);
     }
-    let (version, body) = rest
-        .split_at_checked(2)
-        .ok_or_else(|| HandshakeError::Malformed("no version".into()))?;
+    let (version, body) = rest.split_at_checked(2).ok_or_else(|| HandshakeError::Malformed("no version".into()))?;
     let version = u16::from_be_bytes([version[0], version[1]]);
     if version != PROTOCOL_VERSION {
-        return Err(HandshakeError::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs: version,
-        });
+        return Err(HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version });
     }
-    let (msg, rest) = postcard::take_from_bytes::<HandshakeMsg>(body)
-        .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+    let (msg, rest) =
+        postcard::take_from_bytes::<HandshakeMsg>(body).map_err(|e| HandshakeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(HandshakeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
+        return Err(HandshakeError::Malformed(format!("{} trailing bytes", rest.len())));
     }
     Ok(msg)
 }
@@ -261,12 +214,8 @@ fn decode(payload: &[u8]) -> Result<HandshakeMsg, HandshakeError> {
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), HandshakeError> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     put_plain_frame(&mut out, payload);
-    w.write_all(&out)
-        .await
-        .map_err(|e| HandshakeError::Send(e.to_string()))?;
-    w.flush()
-        .await
-        .map_err(|e| HandshakeError::Send(e.to_string()))
+    w.write_all(&out).await.map_err(|e| HandshakeError::Send(e.to_string()))?;
+    w.flush().await.map_err(|e| HandshakeError::Send(e.to_string()))
 }
 
 async fn recv<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, HandshakeError> {
@@ -290,22 +239,13 @@ fn random_nonce() -> Result<[u8; 32], HandshakeError> {
 
 fn compare(ours: &HandshakeInfo, theirs: &HandshakeInfo) -> Result<(), HandshakeError> {
     if ours.policy != theirs.policy {
-        return Err(HandshakeError::PolicyDigest {
-            ours: ours.policy,
-            theirs: theirs.policy,
-        });
+        return Err(HandshakeError::PolicyDigest { ours: ours.policy, theirs: theirs.policy });
     }
     if ours.image != theirs.image {
-        return Err(HandshakeError::ImageDigest {
-            ours: ours.image,
-            theirs: theirs.image,
-        });
+        return Err(HandshakeError::ImageDigest { ours: ours.image, theirs: theirs.image });
     }
     if ours.program != theirs.program {
-        return Err(HandshakeError::ProgramDigest {
-            ours: ours.program,
-            theirs: theirs.program,
-        });
+        return Err(HandshakeError::ProgramDigest { ours: ours.program, theirs: theirs.program });
     }
     Ok(())
 }
@@ -347,11 +287,7 @@ where
         Ok(ok) => Ok(ok),
         Err(error) => {
             refuse(s, &error).await;
-            Err(ServerFailure {
-                claimed,
-                authenticated,
-                error,
-            })
+            Err(ServerFailure { claimed, authenticated, error })
         }
     }
 }
@@ -370,43 +306,25 @@ where
 {
     let leader_id = cfg.leader().id;
     let hello_f = recv(s).await?;
-    let HandshakeMsg::ClientHello {
-        cluster,
-        follower_id,
-        leader_id: their_leader,
-        nonce: _,
-        info: their_info,
-    } = decode(&hello_f)?
+    let HandshakeMsg::ClientHello { cluster, follower_id, leader_id: their_leader, nonce: _, info: their_info } =
+        decode(&hello_f)?
     else {
         return Err(HandshakeError::Malformed("expected a ClientHello".into()));
     };
     *claimed = Some(follower_id);
     if cluster != cfg.name {
-        return Err(HandshakeError::ClusterName {
-            ours: cfg.name.clone(),
-            theirs: cluster,
-        });
+        return Err(HandshakeError::ClusterName { ours: cfg.name.clone(), theirs: cluster });
     }
     if their_leader != leader_id {
-        return Err(HandshakeError::WrongLeader {
-            expected: leader_id,
-            got: their_leader,
-        });
+        return Err(HandshakeError::WrongLeader { expected: leader_id, got: their_leader });
     }
     if !cfg.followers().any(|v| v.id == follower_id) {
         return Err(HandshakeError::UnknownVariant { id: follower_id });
     }
-    let core = ServerCore {
-        leader_id,
-        nonce: random_nonce()?,
-        info: *info,
-    };
+    let core = ServerCore { leader_id, nonce: random_nonce()?, info: *info };
     let core_bytes = postcard::to_allocvec(&core).unwrap_or_default();
     let sched = Schedule::new(&cfg.key, transcript(&hello_f, &core_bytes));
-    let server_hello = HandshakeMsg::ServerHello {
-        proof: sched.leader_proof(),
-        core,
-    };
+    let server_hello = HandshakeMsg::ServerHello { proof: sched.leader_proof(), core };
     send(s, &encode(&server_hello)).await?;
 
     let finish = recv(s).await?;
@@ -490,10 +408,7 @@ where
         return Err(HandshakeError::WrongKey);
     }
     if core.leader_id != leader_id {
-        return Err(HandshakeError::WrongLeader {
-            expected: leader_id,
-            got: core.leader_id,
-        });
+        return Err(HandshakeError::WrongLeader { expected: leader_id, got: core.leader_id });
     }
     let mismatch = compare(info, &core.info).err();
     let verdict = match mismatch.as_ref().and_then(|e| e.reject_reason()) {
@@ -501,10 +416,7 @@ where
         None => Verdict::Agree,
     };
     let verdict_bytes = postcard::to_allocvec(&verdict).unwrap_or_default();
-    let finish = HandshakeMsg::ClientFinish {
-        proof: sched.follower_proof(&verdict_bytes),
-        verdict,
-    };
+    let finish = HandshakeMsg::ClientFinish { proof: sched.follower_proof(&verdict_bytes), verdict };
     send(s, &encode(&finish)).await?;
     if let Some(e) = mismatch {
         // Already told the leader, with proof, in the verdict.
@@ -517,8 +429,6 @@ where
             Ok(Session { sealer, opener })
         }
         HandshakeMsg::Reject(reason) => Err(HandshakeError::Rejected(reason)),
-        _ => Err(HandshakeError::Malformed(
-            "expected Accept or Reject".into(),
-        )),
+        _ => Err(HandshakeError::Malformed("expected Accept or Reject".into())),
     }
 }

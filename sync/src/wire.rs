@@ -36,10 +36,7 @@ const BATCH_TAG: u64 = 0;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Leader → followers: entries `first_seq, first_seq + 1, ...`.
-    Batch {
-        first_seq: u64,
-        entries: Vec<Vec<u8>>,
-    },
+    Batch { first_seq: u64, entries: Vec<Vec<u8>> },
     /// Follower → leader: the follower reached and verified entry `seq`;
     /// `digest` is the engine's digest at that point.
     Ack { seq: u64, digest: [u8; 32] },
@@ -108,8 +105,7 @@ impl Message {
         if bytes.is_empty() {
             return Err(WireError::Empty);
         }
-        let (msg, rest) = postcard::take_from_bytes::<Message>(bytes)
-            .map_err(|e| WireError::Decode(e.to_string()))?;
+        let (msg, rest) = postcard::take_from_bytes::<Message>(bytes).map_err(|e| WireError::Decode(e.to_string()))?;
         if !rest.is_empty() {
             return Err(WireError::Trailing(rest.len()));
         }
@@ -192,11 +188,7 @@ impl BatchBuilder {
     pub fn with_buffer(mut buf: Vec<u8>, first_seq: u64) -> Self {
         buf.clear();
         buf.resize(BATCH_HEADROOM, 0);
-        BatchBuilder {
-            buf,
-            first_seq,
-            count: 0,
-        }
+        BatchBuilder { buf, first_seq, count: 0 }
     }
 
     pub fn first_seq(&self) -> u64 {
@@ -229,10 +221,7 @@ impl BatchBuilder {
         let mut tmp = [0u8; 10];
         let mut parts = [[0u8; 10]; 3];
         let mut lens = [0usize; 3];
-        for (i, v) in [BATCH_TAG, self.first_seq, self.count]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, v) in [BATCH_TAG, self.first_seq, self.count].into_iter().enumerate() {
             lens[i] = varint_bytes(v, &mut tmp);
             parts[i] = tmp;
         }
@@ -271,8 +260,7 @@ impl<'a> BatchView<'a> {
         let body_offset = pos;
         let mut n = 0u64;
         while pos < bytes.len() {
-            let len =
-                read_varint(bytes, &mut pos).ok_or(WireError::BadBatch("bad entry length"))?;
+            let len = read_varint(bytes, &mut pos).ok_or(WireError::BadBatch("bad entry length"))?;
             let remaining = (bytes.len() - pos) as u64;
             if len > remaining {
                 return Err(WireError::BadBatch("entry runs past the end"));
@@ -281,19 +269,12 @@ impl<'a> BatchView<'a> {
             n += 1;
         }
         if n != count {
-            return Err(WireError::BadBatch(
-                "entry count does not match the entries",
-            ));
+            return Err(WireError::BadBatch("entry count does not match the entries"));
         }
         if first_seq.checked_add(count).is_none() {
             return Err(WireError::BadBatch("sequence numbers overflow"));
         }
-        Ok(BatchView {
-            first_seq,
-            count,
-            body: bytes.get(body_offset..).unwrap_or_default(),
-            body_offset,
-        })
+        Ok(BatchView { first_seq, count, body: bytes.get(body_offset..).unwrap_or_default(), body_offset })
     }
 
     /// The entries, in order.
@@ -318,13 +299,7 @@ mod tests {
     use super::*;
 
     fn sample_entries() -> Vec<Vec<u8>> {
-        vec![
-            vec![],
-            b"a".to_vec(),
-            vec![7u8; 127],
-            vec![9u8; 128],
-            vec![1u8; 70_000],
-        ]
+        vec![vec![], b"a".to_vec(), vec![7u8; 127], vec![9u8; 128], vec![1u8; 70_000]]
     }
 
     #[test]
@@ -337,21 +312,14 @@ mod tests {
                     b.push(e);
                 }
                 let (buf, start) = b.finish();
-                let want = Message::Batch {
-                    first_seq,
-                    entries: entries.clone(),
-                }
-                .encode();
+                let want = Message::Batch { first_seq, entries: entries.clone() }.encode();
                 assert_eq!(&buf[start..], &want[..], "first_seq {first_seq}, n {n}");
                 let view = BatchView::parse(&buf[start..]).unwrap();
                 assert_eq!(view.first_seq, first_seq);
                 assert_eq!(view.count, n as u64);
                 let got: Vec<Vec<u8>> = view.entries().map(|e| e.to_vec()).collect();
                 assert_eq!(got, entries);
-                assert_eq!(
-                    Message::decode(&buf[start..]).unwrap(),
-                    Message::Batch { first_seq, entries }
-                );
+                assert_eq!(Message::decode(&buf[start..]).unwrap(), Message::Batch { first_seq, entries });
             }
         }
     }
@@ -359,20 +327,11 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let msgs = [
-            Message::Ack {
-                seq: 99,
-                digest: [3; 32],
-            },
+            Message::Ack { seq: 99, digest: [3; 32] },
             Message::Control(Control::Heartbeat),
             Message::Control(Control::Shutdown { status: -3 }),
-            Message::Control(Control::Divergence {
-                seq: 5,
-                report: b"report".to_vec(),
-            }),
-            Message::Control(Control::Custom {
-                kind: 7,
-                payload: vec![1, 2],
-            }),
+            Message::Control(Control::Divergence { seq: 5, report: b"report".to_vec() }),
+            Message::Control(Control::Custom { kind: 7, payload: vec![1, 2] }),
             Message::Bye,
         ];
         for m in msgs {
@@ -396,15 +355,9 @@ mod tests {
         bytes.push(0);
         assert_eq!(Message::decode(&bytes).unwrap_err(), WireError::Trailing(1));
         // A batch whose entry runs past the end.
-        assert!(matches!(
-            decode(&[0, 1, 1, 5, 1, 2]),
-            Err(WireError::BadBatch(_))
-        ));
+        assert!(matches!(decode(&[0, 1, 1, 5, 1, 2]), Err(WireError::BadBatch(_))));
         // A batch with fewer entries than announced.
-        assert!(matches!(
-            decode(&[0, 1, 2, 1, 9]),
-            Err(WireError::BadBatch(_))
-        ));
+        assert!(matches!(decode(&[0, 1, 2, 1, 9]), Err(WireError::BadBatch(_))));
         // More entries than announced.
         assert!(matches!(decode(&[0, 1, 0, 0]), Err(WireError::BadBatch(_))));
         // An overlong varint.
@@ -413,16 +366,9 @@ mod tests {
             Err(WireError::BadBatch(_))
         ));
         // A huge claimed count is no allocation, just an error.
-        assert!(matches!(
-            decode(&[0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f]),
-            Err(WireError::BadBatch(_))
-        ));
+        assert!(matches!(decode(&[0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f]), Err(WireError::BadBatch(_))));
         // Truncated control.
-        let bytes = Message::Control(Control::Divergence {
-            seq: 1,
-            report: vec![5; 10],
-        })
-        .encode();
+        let bytes = Message::Control(Control::Divergence { seq: 1, report: vec![5; 10] }).encode();
         assert!(Message::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 

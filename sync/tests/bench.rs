@@ -91,18 +91,13 @@ fn bench_push_fast_path() {
             leader.push(&entry).unwrap();
         }
         fast = t.elapsed();
-        leader
-            .wait_acked(round * N, Duration::from_secs(10))
-            .unwrap();
+        leader.wait_acked(round * N, Duration::from_secs(10)).unwrap();
     }
     drop(leader);
     for h in handles {
         h.join().unwrap();
     }
-    println!(
-        "push fast path (64-byte entry, warm buffer, no batch sent): {:.1} ns",
-        fast.as_nanos() as f64 / N as f64
-    );
+    println!("push fast path (64-byte entry, warm buffer, no batch sent): {:.1} ns", fast.as_nanos() as f64 / N as f64);
 }
 
 #[test]

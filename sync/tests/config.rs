@@ -78,10 +78,7 @@ role = "leader"
     // Sorted by id.
     assert_eq!(cfg.variants[0].id, 0);
     assert_eq!(cfg.variant(2).unwrap().role, Role::Follower);
-    assert!(matches!(
-        cfg.variant(3),
-        Err(ConfigError::UnknownVariant(3))
-    ));
+    assert!(matches!(cfg.variant(3), Err(ConfigError::UnknownVariant(3))));
     // The key never shows in debug output.
     assert!(!format!("{cfg:?}").contains(&KEY[..16]));
 }
@@ -101,26 +98,14 @@ fn key_file_is_read_relative_to_the_cluster_file() {
     let dir = std::env::temp_dir().join(format!("dmvx-sync-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("cluster.key"), format!("{KEY}\n")).unwrap();
-    std::fs::write(
-        dir.join("cluster.toml"),
-        file("key_file = \"cluster.key\"", ""),
-    )
-    .unwrap();
+    std::fs::write(dir.join("cluster.toml"), file("key_file = \"cluster.key\"", "")).unwrap();
     let cfg = ClusterConfig::load(&dir.join("cluster.toml")).unwrap();
     assert_eq!(cfg.key.to_hex(), KEY);
-    std::fs::write(
-        dir.join("short.toml"),
-        file("key_file = \"missing.key\"", ""),
-    )
-    .unwrap();
-    let e = ClusterConfig::load(&dir.join("short.toml"))
-        .unwrap_err()
-        .to_string();
+    std::fs::write(dir.join("short.toml"), file("key_file = \"missing.key\"", "")).unwrap();
+    let e = ClusterConfig::load(&dir.join("short.toml")).unwrap_err().to_string();
     assert!(e.starts_with("cannot read key file"), "{e}");
     assert!(e.contains("missing.key"), "{e}");
-    let e = ClusterConfig::load(&dir.join("absent.toml"))
-        .unwrap_err()
-        .to_string();
+    let e = ClusterConfig::load(&dir.join("absent.toml")).unwrap_err().to_string();
     assert!(e.starts_with("cannot read cluster file"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -133,10 +118,7 @@ fn key_errors() {
     );
     assert!(err(&file("", "")).contains("gives neither `key` nor `key_file`"));
     let e = err(&file("key = \"abcd\"", ""));
-    assert!(
-        e.contains("not 64 hexadecimal characters") && e.contains("it has 4 characters"),
-        "{e}"
-    );
+    assert!(e.contains("not 64 hexadecimal characters") && e.contains("it has 4 characters"), "{e}");
     let bad = "zz".repeat(32);
     assert!(err(&file(&format!("key = \"{bad}\""), "")).contains("not 64 hexadecimal"));
 }
@@ -144,32 +126,20 @@ fn key_errors() {
 #[test]
 fn variant_errors() {
     let k = format!("key = \"{KEY}\"");
-    let extra = |id: u32, role: &str| {
-        format!("[[variant]]\nid = {id}\naddress = \"127.0.0.1:1\"\nrole = \"{role}\"\n")
-    };
-    assert_eq!(
-        err(&file(&k, &extra(1, "follower"))),
-        "variant id 1 is listed more than once"
-    );
-    assert_eq!(
-        err(&file(&k, &extra(16, "follower"))),
-        "variant id 16 is out of range: ids must be below 16"
-    );
+    let extra = |id: u32, role: &str| format!("[[variant]]\nid = {id}\naddress = \"127.0.0.1:1\"\nrole = \"{role}\"\n");
+    assert_eq!(err(&file(&k, &extra(1, "follower"))), "variant id 1 is listed more than once");
+    assert_eq!(err(&file(&k, &extra(16, "follower"))), "variant id 16 is out of range: ids must be below 16");
     assert_eq!(
         err(&file(&k, &extra(2, "leader"))),
         "the cluster has 2 leaders (variants [0, 2]): exactly one is allowed"
     );
-    let no_leader = format!(
-        "[cluster]\nname = \"x\"\n{k}\n[[variant]]\nid = 1\naddress = \"h:1\"\nrole = \"follower\"\n"
-    );
+    let no_leader =
+        format!("[cluster]\nname = \"x\"\n{k}\n[[variant]]\nid = 1\naddress = \"h:1\"\nrole = \"follower\"\n");
     assert!(err(&no_leader).contains("the cluster has no leader"));
     let none = format!("[cluster]\nname = \"x\"\n{k}\n");
     assert_eq!(err(&none), "the cluster file lists no [[variant]]");
     let e = err(&file(&k, &extra(3, "observer")));
-    assert!(
-        e.contains("unknown variant") && e.contains("observer"),
-        "{e}"
-    );
+    assert!(e.contains("unknown variant") && e.contains("observer"), "{e}");
     let bad_addr = file(&k, "").replace("127.0.0.1:7701", "no-port");
     assert!(err(&bad_addr).contains("variant 1: address \"no-port\" is not of the form host:port"));
 }
@@ -192,22 +162,11 @@ fn unknown_fields_are_refused() {
 #[test]
 fn value_errors() {
     let k = format!("key = \"{KEY}\"");
-    assert_eq!(
-        err(&file(&format!("{k}\ntimeout_ms = 0"), "")),
-        "timeout_ms must be at least 1"
-    );
-    assert!(
-        err(&file(&format!("{k}\nbatch_bytes = 1"), "")).contains("batch_bytes must be between")
-    );
-    assert_eq!(
-        err(&file(&format!("{k}\nmax_lag = 0"), "")),
-        "max_lag must be at least 1"
-    );
+    assert_eq!(err(&file(&format!("{k}\ntimeout_ms = 0"), "")), "timeout_ms must be at least 1");
+    assert!(err(&file(&format!("{k}\nbatch_bytes = 1"), "")).contains("batch_bytes must be between"));
+    assert_eq!(err(&file(&format!("{k}\nmax_lag = 0"), "")), "max_lag must be at least 1");
     let e = err(&file(&k, "[digests]\nimage = \"md5:abc\""));
-    assert!(
-        e.contains("digest `image` = \"md5:abc\" is not of the form"),
-        "{e}"
-    );
+    assert!(e.contains("digest `image` = \"md5:abc\" is not of the form"), "{e}");
     let long = "n".repeat(200);
     let e = err(&file(&k, "").replace("name = \"demo\"", &format!("name = \"{long}\"")));
     assert!(e.contains("cluster name must be 1 to 128 bytes"), "{e}");
@@ -223,10 +182,7 @@ fn local_default_cluster() {
     assert_eq!(cfg.variants.len(), 3);
     assert_eq!(cfg.leader().address, "127.0.0.1:7700");
     assert_eq!(cfg.variant(2).unwrap().address, "127.0.0.1:7702");
-    assert!(matches!(
-        ClusterConfig::local(0, 7700, key.clone()),
-        Err(ConfigError::BadLocal { .. })
-    ));
+    assert!(matches!(ClusterConfig::local(0, 7700, key.clone()), Err(ConfigError::BadLocal { .. })));
     assert!(ClusterConfig::local(17, 7700, key.clone()).is_err());
     assert!(ClusterConfig::local(2, u16::MAX, key).is_err());
 }
@@ -243,8 +199,16 @@ fn generated_keys_are_random_and_round_trip() {
 #[test]
 fn policy_digest_ignores_order_and_formatting() {
     let k = format!("key = \"{KEY}\"");
-    let a = parse(&file(&k, "[policy]\npreset = \"dmvx\"\nlag = 3\n[policy.calls]\nwrite = \"lockstep\"\nread = \"relaxed\"")).unwrap();
-    let b = parse(&file(&k, "[policy]\nlag   =   3\npreset = 'dmvx'\ncalls = { read = \"relaxed\", write = \"lockstep\" }")).unwrap();
+    let a = parse(&file(
+        &k,
+        "[policy]\npreset = \"dmvx\"\nlag = 3\n[policy.calls]\nwrite = \"lockstep\"\nread = \"relaxed\"",
+    ))
+    .unwrap();
+    let b = parse(&file(
+        &k,
+        "[policy]\nlag   =   3\npreset = 'dmvx'\ncalls = { read = \"relaxed\", write = \"lockstep\" }",
+    ))
+    .unwrap();
     let c = parse(&file(&k, "[policy]\npreset = \"strict\"\nlag = 3")).unwrap();
     assert_eq!(a.policy_digest(), b.policy_digest());
     assert_ne!(a.policy_digest(), c.policy_digest());

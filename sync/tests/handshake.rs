@@ -10,14 +10,10 @@ use std::time::Duration;
 
 use common::*;
 use dmvx_sync::{
-    ClusterConfig, Digest, Follower, HandshakeError, HandshakeInfo, Leader, LinkError,
-    RejectReason, Role,
+    ClusterConfig, Digest, Follower, HandshakeError, HandshakeInfo, Leader, LinkError, RejectReason, Role,
 };
 
-fn start_leader(
-    cfg: &ClusterConfig,
-    info: HandshakeInfo,
-) -> thread::JoinHandle<Result<Leader, LinkError>> {
+fn start_leader(cfg: &ClusterConfig, info: HandshakeInfo) -> thread::JoinHandle<Result<Leader, LinkError>> {
     let cfg = cfg.clone();
     thread::spawn(move || start(&cfg, &info))
 }
@@ -58,10 +54,7 @@ fn a_leader_with_the_wrong_key_is_refused() {
     let err = Follower::connect(&cfg, 1, &info).err().unwrap();
     assert_eq!(handshake_error(err), HandshakeError::WrongKey);
     let text = leader.join().unwrap().err().unwrap().to_string();
-    assert!(
-        text.contains("the peer refused the handshake: wrong cluster key"),
-        "{text}"
-    );
+    assert!(text.contains("the peer refused the handshake: wrong cluster key"), "{text}");
 }
 
 fn digest(b: u8) -> Digest {
@@ -76,18 +69,12 @@ fn mismatch(change: impl Fn(&mut HandshakeInfo), what: &str) {
     let leader = start_leader(&cfg, ours);
     let ferr = Follower::connect(&cfg, 1, &theirs).err().unwrap();
     let ftext = ferr.to_string();
-    assert!(
-        ftext.contains(&format!("different {what} digest")),
-        "{ftext}"
-    );
+    assert!(ftext.contains(&format!("different {what} digest")), "{ftext}");
     // The follower proved the key, so the leader stops waiting at once.
     let lerr = leader.join().unwrap().err().unwrap();
     let ltext = lerr.to_string();
     assert!(matches!(lerr, LinkError::Handshake { .. }), "{ltext}");
-    assert!(
-        ltext.contains(&format!("different {what} digest")),
-        "{ltext}"
-    );
+    assert!(ltext.contains(&format!("different {what} digest")), "{ltext}");
     assert!(ltext.contains("claiming variant 1"), "{ltext}");
 }
 
@@ -114,10 +101,7 @@ fn policy_tables_in_the_cluster_file_feed_the_digest() {
     other.policy.insert("preset".into(), "strict".into());
     let leader = start_leader(&cfg, info(&cfg));
     let err = Follower::connect(&other, 1, &info(&other)).err().unwrap();
-    assert!(matches!(
-        handshake_error(err),
-        HandshakeError::PolicyDigest { .. }
-    ));
+    assert!(matches!(handshake_error(err), HandshakeError::PolicyDigest { .. }));
     assert!(leader.join().unwrap().is_err());
 }
 
@@ -133,10 +117,7 @@ fn an_unknown_variant_id_is_refused() {
         role: Role::Follower,
     });
     let err = Follower::connect(&theirs, 5, &info).err().unwrap();
-    assert_eq!(
-        handshake_error(err),
-        HandshakeError::Rejected(RejectReason::UnknownVariant { id: 5 })
-    );
+    assert_eq!(handshake_error(err), HandshakeError::Rejected(RejectReason::UnknownVariant { id: 5 }));
     let text = leader.join().unwrap().err().unwrap().to_string();
     assert!(text.contains("unknown variant id 5"), "{text}");
 }
@@ -149,10 +130,7 @@ fn a_duplicate_variant_id_is_refused_and_the_cluster_still_forms() {
     let first = Follower::connect(&cfg, 1, &info).unwrap();
     let err = Follower::connect(&cfg, 1, &info).err().unwrap();
     assert!(err.to_string().contains("duplicate variant id 1"), "{err}");
-    assert_eq!(
-        handshake_error(err),
-        HandshakeError::Rejected(RejectReason::DuplicateVariant { id: 1 })
-    );
+    assert_eq!(handshake_error(err), HandshakeError::Rejected(RejectReason::DuplicateVariant { id: 1 }));
     let second = Follower::connect(&cfg, 2, &info).unwrap();
     let mut leader = leader.join().unwrap().unwrap();
     leader.push(b"x").unwrap();
@@ -177,10 +155,7 @@ fn another_protocol_version_is_refused_by_the_leader() {
     s.read_to_end(&mut reply).unwrap();
     assert_eq!(&reply[4..10], b"DMVX\x00\x01");
     let text = leader.join().unwrap().err().unwrap().to_string();
-    assert!(
-        text.contains("protocol version mismatch: ours is 1, the peer's is 2"),
-        "{text}"
-    );
+    assert!(text.contains("protocol version mismatch: ours is 1, the peer's is 2"), "{text}");
 }
 
 #[test]
@@ -202,10 +177,7 @@ fn another_protocol_version_is_refused_by_the_follower() {
         let _ = s.read_to_end(&mut rest);
     });
     let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
-    assert_eq!(
-        handshake_error(err),
-        HandshakeError::VersionMismatch { ours: 1, theirs: 7 }
-    );
+    assert_eq!(handshake_error(err), HandshakeError::VersionMismatch { ours: 1, theirs: 7 });
     fake.join().unwrap();
 }
 
@@ -224,11 +196,9 @@ fn garbage_and_idle_connections_do_not_stop_the_cluster_forming() {
     // and junk, one sends a huge length.
     let _idle = connect();
     let mut http = connect();
-    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut junk = connect();
-    junk.write_all(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8])
-        .unwrap();
+    junk.write_all(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
     let mut huge = connect();
     huge.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
     for s in [&mut http, &mut junk, &mut huge] {
@@ -250,10 +220,7 @@ fn a_different_cluster_name_is_refused() {
     let mut other = cfg.clone();
     other.name = "elsewhere".into();
     let err = Follower::connect(&other, 1, &info).err().unwrap();
-    assert_eq!(
-        handshake_error(err),
-        HandshakeError::Rejected(RejectReason::ClusterName)
-    );
+    assert_eq!(handshake_error(err), HandshakeError::Rejected(RejectReason::ClusterName));
     let text = leader.join().unwrap().err().unwrap().to_string();
     assert!(text.contains("different cluster name"), "{text}");
 }

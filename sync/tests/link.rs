@@ -47,13 +47,7 @@ fn stream_of_100k_random_entries_arrives_in_order_with_acks() {
                 }
                 // The leader's goodbye follows the last entry.
                 let end = f.next_entry().unwrap_err();
-                assert_eq!(
-                    end,
-                    LinkError::Peer {
-                        variant: 0,
-                        failure: PeerFailure::Closed
-                    }
-                );
+                assert_eq!(end, LinkError::Peer { variant: 0, failure: PeerFailure::Closed });
                 digest
             })
         })
@@ -148,21 +142,10 @@ fn a_follower_that_does_not_ack_makes_wait_acked_fail_naming_it() {
         leader.push(&[i]).unwrap();
     }
     let t = Instant::now();
-    let err = leader
-        .wait_acked(10, Duration::from_millis(700))
-        .unwrap_err();
+    let err = leader.wait_acked(10, Duration::from_millis(700)).unwrap_err();
     let waited = t.elapsed();
-    assert_eq!(
-        err,
-        LinkError::AckTimeout {
-            seq: 10,
-            silent: vec![2],
-            timeout_ms: 700
-        }
-    );
-    assert!(err
-        .to_string()
-        .contains("follower(s) 2 did not acknowledge seq 10"));
+    assert_eq!(err, LinkError::AckTimeout { seq: 10, silent: vec![2], timeout_ms: 700 });
+    assert!(err.to_string().contains("follower(s) 2 did not acknowledge seq 10"));
     assert!(waited >= Duration::from_millis(700) && waited < Duration::from_millis(1500));
     assert_eq!(leader.ack_of(1).unwrap().seq, 10);
     assert_eq!(leader.ack_of(2).unwrap().seq, 0);
@@ -198,13 +181,7 @@ fn a_follower_that_stops_answering_is_detected_by_heartbeat_timeout() {
         assert!(t.elapsed() < Duration::from_secs(3), "silence not detected");
         thread::sleep(Duration::from_millis(10));
     };
-    assert_eq!(
-        err,
-        LinkError::Peer {
-            variant: 1,
-            failure: PeerFailure::Silent(600)
-        }
-    );
+    assert_eq!(err, LinkError::Peer { variant: 1, failure: PeerFailure::Silent(600) });
     assert!(t.elapsed() < Duration::from_millis(1200));
     assert!(err.to_string().contains("variant 1: silent for 600 ms"));
     drop(leader);
@@ -256,21 +233,11 @@ fn controls_flow_both_ways_in_order_with_entries() {
                     Err(e) => panic!("{e}"),
                 }
             }
-            f.send_control(&Control::Divergence {
-                seq: 2,
-                report: b"variant 1 saw write(1, \"x\")".to_vec(),
-            })
-            .unwrap();
+            f.send_control(&Control::Divergence { seq: 2, report: b"variant 1 saw write(1, \"x\")".to_vec() }).unwrap();
             // next_entry refuses to skip a pending control message.
             let err = f.next_entry().unwrap_err();
             assert_eq!(err, LinkError::ControlPending);
-            assert_eq!(
-                f.try_recv_control(),
-                Some(Control::Custom {
-                    kind: 9,
-                    payload: vec![1]
-                })
-            );
+            assert_eq!(f.try_recv_control(), Some(Control::Custom { kind: 9, payload: vec![1] }));
             assert_eq!(f.next_entry().unwrap().seq, 3);
             (seen, f)
         })
@@ -278,49 +245,22 @@ fn controls_flow_both_ways_in_order_with_entries() {
     let mut leader = start(&cfg, &info).unwrap();
     leader.push(b"one").unwrap();
     leader.push(b"two").unwrap();
-    leader
-        .send_control(&Control::Shutdown { status: 3 })
-        .unwrap();
-    leader
-        .send_control_to(
-            1,
-            &Control::Custom {
-                kind: 9,
-                payload: vec![1],
-            },
-        )
-        .unwrap();
+    leader.send_control(&Control::Shutdown { status: 3 }).unwrap();
+    leader.send_control_to(1, &Control::Custom { kind: 9, payload: vec![1] }).unwrap();
     leader.push(b"three").unwrap();
     leader.flush().unwrap();
-    let (from, c) = leader
-        .recv_control_timeout(Duration::from_secs(5))
-        .unwrap()
-        .unwrap();
+    let (from, c) = leader.recv_control_timeout(Duration::from_secs(5)).unwrap().unwrap();
     assert_eq!(from, 1);
     assert!(matches!(c, Control::Divergence { seq: 2, .. }));
     assert_eq!(leader.try_recv_control(), None);
-    assert_eq!(
-        leader.recv_control_timeout(Duration::from_millis(50)),
-        Ok(None)
-    );
-    assert_eq!(
-        leader.send_control_to(7, &Control::Heartbeat),
-        Err(LinkError::NotAFollower(7))
-    );
+    assert_eq!(leader.recv_control_timeout(Duration::from_millis(50)), Ok(None));
+    assert_eq!(leader.send_control_to(7, &Control::Heartbeat), Err(LinkError::NotAFollower(7)));
     let (seen, f) = follower.join().unwrap();
     assert_eq!(seen, ["entry 1", "entry 2", "Shutdown { status: 3 }"]);
     // The follower closes: the leader learns it.
     f.close();
-    let err = leader
-        .recv_control_timeout(Duration::from_secs(5))
-        .unwrap_err();
-    assert_eq!(
-        err,
-        LinkError::Peer {
-            variant: 1,
-            failure: PeerFailure::Closed
-        }
-    );
+    let err = leader.recv_control_timeout(Duration::from_secs(5)).unwrap_err();
+    assert_eq!(err, LinkError::Peer { variant: 1, failure: PeerFailure::Closed });
     assert_eq!(leader.push(b"x").unwrap_err(), err);
 }
 
@@ -356,13 +296,8 @@ fn a_missing_follower_is_named() {
         thread::spawn(move || Follower::connect(&cfg, 1, &info))
     };
     let err = start(&cfg, &info).err().unwrap();
-    assert!(
-        matches!(&err, LinkError::MissingFollowers { missing, .. } if missing == &[2]),
-        "{err}"
-    );
-    assert!(err
-        .to_string()
-        .starts_with("follower(s) 2 did not join within 500 ms"));
+    assert!(matches!(&err, LinkError::MissingFollowers { missing, .. } if missing == &[2]), "{err}");
+    assert!(err.to_string().starts_with("follower(s) 2 did not join within 500 ms"));
     // Follower 1 joined, then lost its leader.
     let mut f1 = f1.join().unwrap().unwrap();
     let err = f1.next_entry().unwrap_err();
@@ -375,13 +310,8 @@ fn no_leader_means_a_clear_connect_error() {
     cfg.timeout = Duration::from_millis(300);
     let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
     assert!(matches!(err, LinkError::Connect { .. }), "{err}");
-    assert!(err
-        .to_string()
-        .contains("cannot reach the leader at 127.0.0.1:"));
-    assert_eq!(
-        Follower::connect(&cfg, 0, &info(&cfg)).err().unwrap(),
-        LinkError::NotAFollower(0)
-    );
+    assert!(err.to_string().contains("cannot reach the leader at 127.0.0.1:"));
+    assert_eq!(Follower::connect(&cfg, 0, &info(&cfg)).err().unwrap(), LinkError::NotAFollower(0));
 }
 
 #[test]
@@ -392,10 +322,7 @@ fn an_edited_invalid_config_is_refused() {
     assert!(matches!(err, LinkError::Config(_)), "{err}");
     cfg.variants.clear();
     let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
-    assert_eq!(
-        err.to_string(),
-        "invalid cluster configuration: the cluster file lists no [[variant]]"
-    );
+    assert_eq!(err.to_string(), "invalid cluster configuration: the cluster file lists no [[variant]]");
 }
 
 #[test]
@@ -406,33 +333,18 @@ fn api_misuse_is_an_error() {
         let cfg = cfg.clone();
         thread::spawn(move || {
             let mut f = Follower::connect(&cfg, 1, &info).unwrap();
-            assert_eq!(
-                f.ack(1, [0; 32]),
-                Err(LinkError::AckAhead {
-                    seq: 1,
-                    received: 0
-                })
-            );
+            assert_eq!(f.ack(1, [0; 32]), Err(LinkError::AckAhead { seq: 1, received: 0 }));
             let e = f.next_entry().unwrap();
             assert_eq!(e.data.len(), 0);
-            assert_eq!(
-                f.next_entry_timeout(Duration::from_millis(50)).unwrap(),
-                None
-            );
+            assert_eq!(f.next_entry_timeout(Duration::from_millis(50)).unwrap(), None);
             f.ack(1, [0; 32]).unwrap();
             f
         })
     };
     let mut leader = start(&cfg, &info).unwrap();
-    assert_eq!(
-        leader.wait_acked(1, Duration::from_millis(1)),
-        Err(LinkError::NotPushed { seq: 1, last: 0 })
-    );
+    assert_eq!(leader.wait_acked(1, Duration::from_millis(1)), Err(LinkError::NotPushed { seq: 1, last: 0 }));
     let big = vec![0u8; dmvx_sync::wire::MAX_ENTRY + 1];
-    assert!(matches!(
-        leader.push(&big),
-        Err(LinkError::EntryTooLarge { .. })
-    ));
+    assert!(matches!(leader.push(&big), Err(LinkError::EntryTooLarge { .. })));
     leader.push(b"").unwrap();
     leader.wait_acked(1, Duration::from_secs(3)).unwrap();
     drop(follower.join().unwrap());
@@ -442,17 +354,7 @@ fn api_misuse_is_an_error() {
 fn large_entries_cross_in_their_own_batches() {
     let cfg = cluster(2, 5_000);
     let info = info(&cfg);
-    let sizes = [
-        0usize,
-        8191,
-        8192,
-        8193,
-        100_000,
-        3 << 20,
-        1,
-        dmvx_sync::wire::MAX_ENTRY,
-        2,
-    ];
+    let sizes = [0usize, 8191, 8192, 8193, 100_000, 3 << 20, 1, dmvx_sync::wire::MAX_ENTRY, 2];
     let follower = {
         let cfg = cfg.clone();
         thread::spawn(move || {
@@ -471,8 +373,6 @@ fn large_entries_cross_in_their_own_batches() {
     for (i, size) in sizes.iter().enumerate() {
         leader.push(&vec![i as u8; *size]).unwrap();
     }
-    leader
-        .wait_acked(sizes.len() as u64, Duration::from_secs(5))
-        .unwrap();
+    leader.wait_acked(sizes.len() as u64, Duration::from_secs(5)).unwrap();
     drop(follower.join().unwrap());
 }

@@ -20,8 +20,7 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
     thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .expect("hung (or panicked)")
+    rx.recv_timeout(Duration::from_secs(secs)).expect("hung (or panicked)")
 }
 
 /// Leader → follower traffic goes through `l2f`. The leader sends entries
@@ -66,17 +65,11 @@ fn leader_to_follower(l2f: Mutator) -> (Vec<u64>, LinkError) {
 }
 
 fn auth() -> LinkError {
-    LinkError::Peer {
-        variant: 0,
-        failure: PeerFailure::Auth,
-    }
+    LinkError::Peer { variant: 0, failure: PeerFailure::Auth }
 }
 
 fn frame_err(e: FrameError) -> LinkError {
-    LinkError::Peer {
-        variant: 0,
-        failure: PeerFailure::Frame(e),
-    }
+    LinkError::Peer { variant: 0, failure: PeerFailure::Frame(e) }
 }
 
 #[test]
@@ -135,16 +128,7 @@ fn reordered_frames_are_detected() {
 
 #[test]
 fn a_dropped_frame_is_detected() {
-    let (seqs, err) =
-        leader_to_follower(Box::new(
-            |idx, f| {
-                if idx == 2 {
-                    vec![]
-                } else {
-                    vec![Act::Send(f)]
-                }
-            },
-        ));
+    let (seqs, err) = leader_to_follower(Box::new(|idx, f| if idx == 2 { vec![] } else { vec![Act::Send(f)] }));
     assert!(seqs.is_empty());
     assert_eq!(err, auth());
 }
@@ -175,21 +159,18 @@ fn a_frame_replayed_from_another_session_is_detected() {
         vec![Act::Send(f)]
     }));
     assert_eq!(seqs.len(), 20);
-    assert_eq!(
-        end,
-        LinkError::Peer {
-            variant: 0,
-            failure: PeerFailure::Closed
-        }
-    );
+    assert_eq!(end, LinkError::Peer { variant: 0, failure: PeerFailure::Closed });
     let old = captured.lock().unwrap().take().unwrap();
-    let (seqs, err) = leader_to_follower(Box::new(move |idx, f| {
-        if idx == 2 {
-            vec![Act::Send(old.clone())]
-        } else {
-            vec![Act::Send(f)]
-        }
-    }));
+    let (seqs, err) =
+        leader_to_follower(Box::new(
+            move |idx, f| {
+                if idx == 2 {
+                    vec![Act::Send(old.clone())]
+                } else {
+                    vec![Act::Send(f)]
+                }
+            },
+        ));
     assert!(seqs.is_empty());
     assert_eq!(err, auth());
 }
@@ -206,19 +187,10 @@ fn a_truncated_frame_is_detected() {
     }));
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
     assert!(
-        matches!(
-            err,
-            LinkError::Peer {
-                variant: 0,
-                failure: PeerFailure::Frame(FrameError::Truncated { .. })
-            }
-        ),
+        matches!(err, LinkError::Peer { variant: 0, failure: PeerFailure::Frame(FrameError::Truncated { .. }) }),
         "{err}"
     );
-    assert!(
-        err.to_string().contains("closed in the middle of a frame"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("closed in the middle of a frame"), "{err}");
 }
 
 #[test]
@@ -231,47 +203,30 @@ fn an_oversized_frame_is_refused_before_reading_it() {
         }
     }));
     assert!(seqs.is_empty());
-    assert_eq!(
-        err,
-        frame_err(FrameError::TooLarge {
-            len: u32::MAX as usize,
-            max: dmvx_sync::wire::MAX_FRAME
-        })
-    );
+    assert_eq!(err, frame_err(FrameError::TooLarge { len: u32::MAX as usize, max: dmvx_sync::wire::MAX_FRAME }));
 }
 
 #[test]
 fn an_empty_frame_is_refused() {
-    let (_, err) = leader_to_follower(Box::new(|idx, f| {
-        if idx == 2 {
-            vec![Act::Send(vec![0, 0, 0, 0])]
-        } else {
-            vec![Act::Send(f)]
-        }
-    }));
+    let (_, err) =
+        leader_to_follower(Box::new(
+            |idx, f| {
+                if idx == 2 {
+                    vec![Act::Send(vec![0, 0, 0, 0])]
+                } else {
+                    vec![Act::Send(f)]
+                }
+            },
+        ));
     assert_eq!(err, frame_err(FrameError::Empty));
 }
 
 #[test]
 fn a_cut_connection_is_a_disconnect() {
-    let (seqs, err) = leader_to_follower(Box::new(|idx, f| {
-        if idx == 3 {
-            vec![Act::Close]
-        } else {
-            vec![Act::Send(f)]
-        }
-    }));
+    let (seqs, err) =
+        leader_to_follower(Box::new(|idx, f| if idx == 3 { vec![Act::Close] } else { vec![Act::Send(f)] }));
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
-    assert!(
-        matches!(
-            err,
-            LinkError::Peer {
-                variant: 0,
-                failure: PeerFailure::Disconnected(_)
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, LinkError::Peer { variant: 0, failure: PeerFailure::Disconnected(_) }), "{err}");
 }
 
 #[test]
@@ -301,13 +256,7 @@ fn a_tampered_acknowledgement_is_detected_by_the_leader() {
         follower.join().unwrap();
         err
     });
-    assert_eq!(
-        err,
-        LinkError::Peer {
-            variant: 1,
-            failure: PeerFailure::Auth
-        }
-    );
+    assert_eq!(err, LinkError::Peer { variant: 1, failure: PeerFailure::Auth });
 }
 
 #[test]
@@ -332,15 +281,6 @@ fn a_tampered_handshake_is_refused() {
         assert!(leader.join().unwrap().is_err());
         err
     });
-    assert!(
-        matches!(
-            err,
-            LinkError::Handshake {
-                error: HandshakeError::WrongKey,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, LinkError::Handshake { error: HandshakeError::WrongKey, .. }), "{err}");
     assert!(err.to_string().contains("tampered"), "{err}");
 }

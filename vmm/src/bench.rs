@@ -5,9 +5,7 @@
 use std::time::Instant;
 
 use crate::arch::x86_64::gdt::write_tables;
-use crate::arch::x86_64::layout::{
-    direct_map, DIRECT_MAP_BASE, FRAMES_START, KERNEL_STACK_TOP_GPA, MIN_MEMORY,
-};
+use crate::arch::x86_64::layout::{direct_map, DIRECT_MAP_BASE, FRAMES_START, KERNEL_STACK_TOP_GPA, MIN_MEMORY};
 use crate::arch::x86_64::paging::{pte, PageTables};
 use crate::arch::x86_64::regs::{self, USER_CS_SEL, USER_SS_SEL};
 use crate::memory::FrameAllocator;
@@ -24,18 +22,9 @@ struct Counter {
 
 impl ExitHandler for Counter {
     type Done = ();
-    fn io_out(
-        &mut self,
-        _vcpu: &mut Vcpu,
-        _port: u16,
-        _data: &[u8],
-    ) -> Result<Flow<()>, VcpuError> {
+    fn io_out(&mut self, _vcpu: &mut Vcpu, _port: u16, _data: &[u8]) -> Result<Flow<()>, VcpuError> {
         self.left -= 1;
-        Ok(if self.left == 0 {
-            Flow::Done(())
-        } else {
-            Flow::Continue
-        })
+        Ok(if self.left == 0 { Flow::Done(()) } else { Flow::Continue })
     }
 }
 
@@ -58,20 +47,14 @@ pub fn exit_loop(n: u64, cpl: u8) -> Result<f64, ProcessError> {
     // Page 0: `iretq` (kernel); page 1: `1: out PORT, al; jmp 1b`.
     let code = frames.alloc(&mem).ok_or_else(oom)?;
     let user = frames.alloc(&mem).ok_or_else(oom)?;
-    mem.write(code, &[0x48, 0xcf, 0xe6, PORT, 0xeb, 0xfc])
-        .ok_or_else(oom)?;
+    mem.write(code, &[0x48, 0xcf, 0xe6, PORT, 0xeb, 0xfc]).ok_or_else(oom)?;
     mem.write(user, &[0xe6, PORT, 0xeb, 0xfc]).ok_or_else(oom)?;
     let flags = pte::PRESENT | pte::ACCESSED | pte::USER;
-    pt.map_new(&mem, &mut frames, CODE_VA, code, flags)
-        .ok_or_else(oom)?;
-    pt.map_new(&mem, &mut frames, CODE_VA + 0x1000, user, flags)
-        .ok_or_else(oom)?;
+    pt.map_new(&mem, &mut frames, CODE_VA, code, flags).ok_or_else(oom)?;
+    pt.map_new(&mem, &mut frames, CODE_VA + 0x1000, user, flags).ok_or_else(oom)?;
     write_tables(&mem, &[CODE_VA; dmvx_abi::EXCEPTION_VECTORS], PORT).ok_or_else(oom)?;
     let frame = KERNEL_STACK_TOP_GPA - 40;
-    for (i, v) in [CODE_VA + 0x1000, USER_CS_SEL, 0x202, 0, USER_SS_SEL]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, v) in [CODE_VA + 0x1000, USER_CS_SEL, 0x202, 0, USER_SS_SEL].into_iter().enumerate() {
         mem.write_u64(frame + 8 * i as u64, v).ok_or_else(oom)?;
     }
     let mut vcpu = Vcpu::new(vm.fd.create_vcpu(0).map_err(VmError::CreateVcpu)?);

@@ -75,21 +75,14 @@ itself failed, 126 if the program cannot be executed, 127 if it is not found,
 
 /// Parses a size like 256M, 1G, 1048576, 64K.
 pub fn parse_size(s: &str) -> Result<u64, UsageError> {
-    let bad = || {
-        UsageError(format!(
-            "invalid size '{s}': use a number with an optional K, M or G suffix"
-        ))
-    };
+    let bad = || UsageError(format!("invalid size '{s}': use a number with an optional K, M or G suffix"));
     let (num, mult) = match s.as_bytes().last().map(|c| c.to_ascii_uppercase()) {
         Some(b'K') => (&s[..s.len() - 1], 1u64 << 10),
         Some(b'M') => (&s[..s.len() - 1], 1 << 20),
         Some(b'G') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(bad)
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(bad)
 }
 
 /// Parses `args` (without argv[0]).
@@ -112,27 +105,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
     let mut bench: Option<u64> = None;
     let mut bench_cpl = 3u8;
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .ok_or_else(|| UsageError(format!("{name} needs a value")))
-        };
+        let mut value = |name: &str| it.next().ok_or_else(|| UsageError(format!("{name} needs a value")));
         match arg.as_str() {
             "--" => {
                 rest.extend(it.by_ref());
                 break;
             }
-            "-h" | "--help" => {
-                return Ok(Args {
-                    command: Command::Help,
-                    ..a
-                })
-            }
-            "-V" | "--version" => {
-                return Ok(Args {
-                    command: Command::Version,
-                    ..a
-                })
-            }
+            "-h" | "--help" => return Ok(Args { command: Command::Help, ..a }),
+            "-V" | "--version" => return Ok(Args { command: Command::Version, ..a }),
             "--kernel" => a.kernel = Some(PathBuf::from(value("--kernel")?)),
             "--memory" => a.memory = parse_size(&value("--memory")?)?,
             "--rootfs" => a.rootfs = Some(PathBuf::from(value("--rootfs")?)),
@@ -147,11 +127,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             "--cwd" => a.cwd = value("--cwd")?,
             "--variant" => {
                 let v = value("--variant")?;
-                a.variant = v
-                    .parse()
-                    .ok()
-                    .filter(|&n: &u32| n < crate::process::layout::MAX_VARIANTS)
-                    .ok_or_else(|| {
+                a.variant =
+                    v.parse().ok().filter(|&n: &u32| n < crate::process::layout::MAX_VARIANTS).ok_or_else(|| {
                         UsageError(format!(
                             "--variant must be 0-{}, got '{v}'",
                             crate::process::layout::MAX_VARIANTS - 1
@@ -163,11 +140,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             "--syscall-table" => table = true,
             "--bench-exit-loop" => {
                 let v = value("--bench-exit-loop")?;
-                bench = Some(v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    UsageError(format!(
-                        "--bench-exit-loop needs a positive count, got '{v}'"
-                    ))
-                })?);
+                bench = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| UsageError(format!("--bench-exit-loop needs a positive count, got '{v}'")))?,
+                );
             }
             "--bench-cpl" => {
                 let v = value("--bench-cpl")?;
@@ -192,10 +170,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
     } else if table {
         Command::SyscallTable
     } else if let Some((program, args)) = rest.split_first() {
-        Command::Run {
-            program: program.clone(),
-            args: args.to_vec(),
-        }
+        Command::Run { program: program.clone(), args: args.to_vec() }
     } else {
         return Err(UsageError("no program given (see --help)".into()));
     };
@@ -212,42 +187,20 @@ mod tests {
 
     #[test]
     fn parses_options_and_program() {
-        let a = p(&[
-            "--memory",
-            "64M",
-            "--env",
-            "A=1",
-            "--",
-            "/bin/busybox",
-            "echo",
-            "--help",
-        ])
-        .unwrap();
+        let a = p(&["--memory", "64M", "--env", "A=1", "--", "/bin/busybox", "echo", "--help"]).unwrap();
         assert_eq!(a.memory, 64 << 20);
         assert_eq!(a.env, vec!["A=1"]);
         assert_eq!(
             a.command,
-            Command::Run {
-                program: "/bin/busybox".into(),
-                args: vec!["echo".into(), "--help".into()]
-            }
+            Command::Run { program: "/bin/busybox".into(), args: vec!["echo".into(), "--help".into()] }
         );
         let b = p(&["busybox", "ls", "-la"]).unwrap();
-        assert_eq!(
-            b.command,
-            Command::Run {
-                program: "busybox".into(),
-                args: vec!["ls".into(), "-la".into()]
-            }
-        );
+        assert_eq!(b.command, Command::Run { program: "busybox".into(), args: vec!["ls".into(), "-la".into()] });
     }
 
     #[test]
     fn reports_usage_errors() {
-        assert!(p(&["--memory", "lots", "x"])
-            .unwrap_err()
-            .0
-            .contains("invalid size"));
+        assert!(p(&["--memory", "lots", "x"]).unwrap_err().0.contains("invalid size"));
         assert!(p(&["--bogus"]).unwrap_err().0.contains("unknown option"));
         assert!(p(&["--env", "novalue", "x"]).unwrap_err().0.contains("K=V"));
         assert!(p(&["--variant", "99", "x"]).is_err());

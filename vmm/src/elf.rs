@@ -140,9 +140,7 @@ impl ElfHeader {
         let phentsize = u16_at(b, 54);
         let phnum = u16_at(b, 56);
         if phnum > 0 && phentsize as usize != PHDR_SIZE {
-            return Err(ElfError::Malformed(format!(
-                "program header size {phentsize}, expected {PHDR_SIZE}"
-            )));
+            return Err(ElfError::Malformed(format!("program header size {phentsize}, expected {PHDR_SIZE}")));
         }
         if phnum > MAX_PHNUM {
             return Err(ElfError::Malformed(format!("{phnum} program headers")));
@@ -150,9 +148,7 @@ impl ElfHeader {
         let shentsize = u16_at(b, 58);
         let shnum = u16_at(b, 60);
         if shnum > 0 && shentsize as usize != SHDR_SIZE {
-            return Err(ElfError::Malformed(format!(
-                "section header size {shentsize}, expected {SHDR_SIZE}"
-            )));
+            return Err(ElfError::Malformed(format!("section header size {shentsize}, expected {SHDR_SIZE}")));
         }
         Ok(ElfHeader {
             ty,
@@ -168,24 +164,17 @@ impl ElfHeader {
     /// Byte range of the program header table in the file.
     pub fn phdr_range(&self) -> Result<(u64, u64), ElfError> {
         let len = self.phnum as u64 * PHDR_SIZE as u64;
-        let end = self.phoff.checked_add(len).ok_or(ElfError::Malformed(
-            "program header table offset overflows".into(),
-        ))?;
+        let end =
+            self.phoff.checked_add(len).ok_or(ElfError::Malformed("program header table offset overflows".into()))?;
         Ok((self.phoff, end))
     }
 
     /// Parses the program header table from `table` (the bytes of
     /// `phdr_range`) and checks each header against a file of `file_len` bytes.
-    pub fn program_headers(
-        &self,
-        table: &[u8],
-        file_len: u64,
-    ) -> Result<Vec<ProgramHeader>, ElfError> {
+    pub fn program_headers(&self, table: &[u8], file_len: u64) -> Result<Vec<ProgramHeader>, ElfError> {
         let (start, end) = self.phdr_range()?;
         if end > file_len || table.len() < (end - start) as usize {
-            return Err(ElfError::Truncated(
-                "the program header table extends past the end of the file",
-            ));
+            return Err(ElfError::Truncated("the program header table extends past the end of the file"));
         }
         let mut out = Vec::with_capacity(self.phnum as usize);
         for i in 0..self.phnum as usize {
@@ -204,13 +193,9 @@ impl ElfHeader {
                 let fend = ph
                     .offset
                     .checked_add(ph.filesz)
-                    .ok_or(ElfError::Malformed(format!(
-                        "segment {i}: file range overflows"
-                    )))?;
+                    .ok_or(ElfError::Malformed(format!("segment {i}: file range overflows")))?;
                 if fend > file_len {
-                    return Err(ElfError::Truncated(
-                        "a segment extends past the end of the file",
-                    ));
+                    return Err(ElfError::Truncated("a segment extends past the end of the file"));
                 }
             }
             if ph.p_type == PT_LOAD {
@@ -220,12 +205,8 @@ impl ElfHeader {
                         ph.filesz, ph.memsz
                     )));
                 }
-                if ph.vaddr.checked_add(ph.memsz).is_none()
-                    || ph.paddr.checked_add(ph.memsz).is_none()
-                {
-                    return Err(ElfError::Malformed(format!(
-                        "segment {i}: address range overflows"
-                    )));
+                if ph.vaddr.checked_add(ph.memsz).is_none() || ph.paddr.checked_add(ph.memsz).is_none() {
+                    return Err(ElfError::Malformed(format!("segment {i}: address range overflows")));
                 }
                 if ph.align > 1 && !ph.align.is_power_of_two() {
                     return Err(ElfError::Malformed(format!(
@@ -256,27 +237,17 @@ impl ElfHeader {
             return Ok(None);
         }
         let len = self.shnum as u64 * SHDR_SIZE as u64;
-        let end = self.shoff.checked_add(len).ok_or(ElfError::Malformed(
-            "section header table offset overflows".into(),
-        ))?;
+        let end =
+            self.shoff.checked_add(len).ok_or(ElfError::Malformed("section header table offset overflows".into()))?;
         if end > file.len() as u64 {
-            return Err(ElfError::Truncated(
-                "the section header table extends past the end of the file",
-            ));
+            return Err(ElfError::Truncated("the section header table extends past the end of the file"));
         }
         let sh = |i: usize| {
             let b = &file[self.shoff as usize + i * SHDR_SIZE..][..SHDR_SIZE];
-            SectionHeader {
-                name: u32_at(b, 0),
-                addr: u64_at(b, 16),
-                offset: u64_at(b, 24),
-                size: u64_at(b, 32),
-            }
+            SectionHeader { name: u32_at(b, 0), addr: u64_at(b, 16), offset: u64_at(b, 24), size: u64_at(b, 32) }
         };
         if self.shstrndx >= self.shnum {
-            return Err(ElfError::Malformed(
-                "section name table index out of range".into(),
-            ));
+            return Err(ElfError::Malformed("section name table index out of range".into()));
         }
         let strtab = sh(self.shstrndx as usize);
         let sbeg = strtab.offset as usize;
@@ -284,20 +255,15 @@ impl ElfHeader {
             .offset
             .checked_add(strtab.size)
             .filter(|&e| e <= file.len() as u64)
-            .ok_or(ElfError::Truncated(
-                "the section name table extends past the end of the file",
-            ))? as usize;
+            .ok_or(ElfError::Truncated("the section name table extends past the end of the file"))?
+            as usize;
         let names = &file[sbeg..send];
         for i in 0..self.shnum as usize {
             let s = sh(i);
             let Some(rest) = names.get(s.name as usize..) else {
                 continue;
             };
-            let n = rest
-                .iter()
-                .position(|&c| c == 0)
-                .map(|p| &rest[..p])
-                .unwrap_or(rest);
+            let n = rest.iter().position(|&c| c == 0).map(|p| &rest[..p]).unwrap_or(rest);
             if n == name.as_bytes() {
                 return Ok(Some(s));
             }
@@ -329,25 +295,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_files_with_reasons() {
-        assert_eq!(
-            ElfHeader::parse(b"#!/bin/sh\n").unwrap_err(),
-            ElfError::NotElf
-        );
-        assert!(matches!(
-            ElfHeader::parse(b"\x7fELF\x02\x01").unwrap_err(),
-            ElfError::Truncated(_)
-        ));
+        assert_eq!(ElfHeader::parse(b"#!/bin/sh\n").unwrap_err(), ElfError::NotElf);
+        assert!(matches!(ElfHeader::parse(b"\x7fELF\x02\x01").unwrap_err(), ElfError::Truncated(_)));
         let mut b = header(62, 2);
         b[4] = 1;
         assert_eq!(ElfHeader::parse(&b).unwrap_err(), ElfError::Not64Bit);
-        assert_eq!(
-            ElfHeader::parse(&header(183, 2)).unwrap_err(),
-            ElfError::WrongArch("AArch64")
-        );
-        assert!(matches!(
-            ElfHeader::parse(&header(62, 1)).unwrap_err(),
-            ElfError::WrongType(_)
-        ));
+        assert_eq!(ElfHeader::parse(&header(183, 2)).unwrap_err(), ElfError::WrongArch("AArch64"));
+        assert!(matches!(ElfHeader::parse(&header(62, 1)).unwrap_err(), ElfError::WrongType(_)));
     }
 
     #[test]
@@ -357,10 +311,7 @@ mod tests {
         let ph = h.program_headers(&b[64..], b.len() as u64).unwrap();
         assert_eq!(ph.len(), 1);
         // The segment says 16 bytes; a 10-byte file is truncated.
-        assert!(matches!(
-            h.program_headers(&b[64..], 10),
-            Err(ElfError::Truncated(_))
-        ));
+        assert!(matches!(h.program_headers(&b[64..], 10), Err(ElfError::Truncated(_))));
         let mut bad = b.clone();
         bad[64 + 32..64 + 40].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(h.program_headers(&bad[64..], bad.len() as u64).is_err());

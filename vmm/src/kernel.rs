@@ -17,10 +17,7 @@ pub static EMBEDDED: &[u8] = include_bytes!(env!("DMVX_GUEST_KERNEL"));
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("kernel image {path}: cannot read it: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("kernel image {path}: {source}")]
     Elf { path: PathBuf, source: ElfError },
     #[error("kernel image {path}: no {HEADER_SECTION} section, so not a dmvx guest kernel (a Linux kernel needs Linux mode: --kernel with a bzImage)")]
@@ -54,33 +51,20 @@ impl GuestKernel {
 
     /// A kernel read from `path`.
     pub fn from_file(path: &Path) -> Result<Self, KernelError> {
-        let bytes = std::fs::read(path).map_err(|source| KernelError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| KernelError::Read { path: path.into(), source })?;
         Self::parse(path, &bytes)
     }
 
     /// Parses and checks an image.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, KernelError> {
-        let elf_err = |source| KernelError::Elf {
-            path: path.into(),
-            source,
-        };
-        let bad = |reason: String| KernelError::BadHeader {
-            path: path.into(),
-            reason,
-        };
+        let elf_err = |source| KernelError::Elf { path: path.into(), source };
+        let bad = |reason: String| KernelError::BadHeader { path: path.into(), reason };
         let eh = ElfHeader::parse(bytes).map_err(elf_err)?;
         let (start, end) = eh.phdr_range().map_err(elf_err)?;
         let table = bytes
             .get(start as usize..end as usize)
-            .ok_or(elf_err(ElfError::Truncated(
-                "the program header table extends past the end of the file",
-            )))?;
-        let phdrs = eh
-            .program_headers(table, bytes.len() as u64)
-            .map_err(elf_err)?;
+            .ok_or(elf_err(ElfError::Truncated("the program header table extends past the end of the file")))?;
+        let phdrs = eh.program_headers(table, bytes.len() as u64).map_err(elf_err)?;
         let section = eh
             .find_section(bytes, HEADER_SECTION)
             .map_err(elf_err)?
@@ -89,19 +73,20 @@ impl GuestKernel {
         let mut segments = Vec::new();
         for ph in phdrs.iter().filter(|p| p.p_type == PT_LOAD && p.memsz > 0) {
             if ph.paddr < KERNEL_AREA_START || ph.paddr + ph.memsz > KERNEL_AREA_END {
-                return Err(bad(format!("segment at physical {:#x}..{:#x} is outside {KERNEL_AREA_START:#x}..{KERNEL_AREA_END:#x}", ph.paddr, ph.paddr + ph.memsz)));
+                return Err(bad(format!(
+                    "segment at physical {:#x}..{:#x} is outside {KERNEL_AREA_START:#x}..{KERNEL_AREA_END:#x}",
+                    ph.paddr,
+                    ph.paddr + ph.memsz
+                )));
             }
             if ph.vaddr < KERNEL_VIRT_MIN || (ph.vaddr ^ ph.paddr) & (PAGE_SIZE - 1) != 0 {
-                return Err(bad(format!("segment at virtual {:#x} is not linked in the top 2 GiB, page-congruent with its physical address", ph.vaddr)));
+                return Err(bad(format!(
+                    "segment at virtual {:#x} is not linked in the top 2 GiB, page-congruent with its physical address",
+                    ph.vaddr
+                )));
             }
             let data = bytes[ph.offset as usize..(ph.offset + ph.filesz) as usize].to_vec();
-            segments.push(Segment {
-                vaddr: ph.vaddr,
-                paddr: ph.paddr,
-                memsz: ph.memsz,
-                flags: ph.flags,
-                data,
-            });
+            segments.push(Segment { vaddr: ph.vaddr, paddr: ph.paddr, memsz: ph.memsz, flags: ph.flags, data });
         }
         for (i, a) in segments.iter().enumerate() {
             for b in &segments[i + 1..] {
@@ -115,9 +100,7 @@ impl GuestKernel {
             .get(section.offset as usize..)
             .and_then(|b| b.get(..HEADER_SIZE))
             .filter(|_| section.size as usize >= HEADER_SIZE)
-            .ok_or(bad(format!(
-                "the {HEADER_SECTION} section is smaller than the {HEADER_SIZE}-byte header"
-            )))?;
+            .ok_or(bad(format!("the {HEADER_SECTION} section is smaller than the {HEADER_SIZE}-byte header")))?;
         let header = KernelHeader::parse(hbytes).ok_or(bad("short header".into()))?;
         if header.magic != HEADER_MAGIC {
             return Err(bad("wrong magic number in the header".into()));
@@ -129,46 +112,28 @@ impl GuestKernel {
             )));
         }
         if header.header_size as usize != HEADER_SIZE {
-            return Err(bad(format!(
-                "header size {}, expected {HEADER_SIZE}",
-                header.header_size
-            )));
+            return Err(bad(format!("header size {}, expected {HEADER_SIZE}", header.header_size)));
         }
         let k = GuestKernel { header, segments };
-        let exec = |va: u64| {
-            k.segments
-                .iter()
-                .any(|s| s.flags & PF_X != 0 && va >= s.vaddr && va < s.vaddr + s.memsz)
-        };
+        let exec = |va: u64| k.segments.iter().any(|s| s.flags & PF_X != 0 && va >= s.vaddr && va < s.vaddr + s.memsz);
         let mut entries = vec![
             ("boot entry", header.boot_entry),
             ("user return", header.user_return),
             ("kernel operations", header.kops_entry),
             ("syscall entry", header.syscall_entry),
         ];
-        entries.extend(
-            header
-                .exception_stubs
-                .iter()
-                .map(|&a| ("exception stub", a)),
-        );
+        entries.extend(header.exception_stubs.iter().map(|&a| ("exception stub", a)));
         for (what, va) in entries {
             if !exec(va) {
-                return Err(bad(format!(
-                    "{what} {va:#x} is not in an executable segment"
-                )));
+                return Err(bad(format!("{what} {va:#x} is not in an executable segment")));
             }
         }
         let (us, ue) = (header.user_text_start, header.user_text_end);
         if us % PAGE_SIZE != 0 || ue % PAGE_SIZE != 0 || us >= ue || !exec(us) || !exec(ue - 1) {
-            return Err(bad(format!(
-                "user text {us:#x}..{ue:#x} is not a page-aligned executable range"
-            )));
+            return Err(bad(format!("user text {us:#x}..{ue:#x} is not a page-aligned executable range")));
         }
         if !(us..ue).contains(&header.syscall_entry) {
-            return Err(bad(
-                "the syscall entry is outside the user text pages".into()
-            ));
+            return Err(bad("the syscall entry is outside the user text pages".into()));
         }
         for (what, va) in [
             ("boot entry", header.boot_entry),
@@ -184,12 +149,7 @@ impl GuestKernel {
 
     /// Copies the kernel into guest memory and maps it into `pt`: the user
     /// text pages user-executable, everything else supervisor-only.
-    pub fn install(
-        &self,
-        mem: &GuestMemory,
-        frames: &mut FrameAllocator,
-        pt: &PageTables,
-    ) -> Option<()> {
+    pub fn install(&self, mem: &GuestMemory, frames: &mut FrameAllocator, pt: &PageTables) -> Option<()> {
         let (us, ue) = (self.header.user_text_start, self.header.user_text_end);
         for s in &self.segments {
             mem.zero(s.paddr, s.memsz)?;
@@ -230,29 +190,18 @@ mod tests {
     fn corrupt_images_are_refused_with_reasons() {
         let path = Path::new("k");
         let good = EMBEDDED.to_vec();
-        let e = GuestKernel::parse(path, &good[..40])
-            .unwrap_err()
-            .to_string();
+        let e = GuestKernel::parse(path, &good[..40]).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
         let mut bad = good.clone();
         bad[0] = b'X';
-        assert!(GuestKernel::parse(path, &bad)
-            .unwrap_err()
-            .to_string()
-            .contains("not an ELF file"));
+        assert!(GuestKernel::parse(path, &bad).unwrap_err().to_string().contains("not an ELF file"));
         // Flip the header magic inside the image.
         let pos = good.windows(8).position(|w| w == HEADER_MAGIC).unwrap();
         let mut bad = good.clone();
         bad[pos] ^= 0xff;
-        assert!(GuestKernel::parse(path, &bad)
-            .unwrap_err()
-            .to_string()
-            .contains("wrong magic"));
+        assert!(GuestKernel::parse(path, &bad).unwrap_err().to_string().contains("wrong magic"));
         let mut bad = good.clone();
         bad[pos + 8] = 99;
-        assert!(GuestKernel::parse(path, &bad)
-            .unwrap_err()
-            .to_string()
-            .contains("ABI version 99"));
+        assert!(GuestKernel::parse(path, &bad).unwrap_err().to_string().contains("ABI version 99"));
     }
 }

@@ -85,9 +85,7 @@ fn main() -> ExitCode {
         variant: args.variant,
         stats: args.stats,
         trace: args.trace,
-        launched_ns: std::env::var("DMVX_LAUNCH_NS")
-            .ok()
-            .and_then(|s| s.parse().ok()),
+        launched_ns: std::env::var("DMVX_LAUNCH_NS").ok().and_then(|s| s.parse().ok()),
     };
     match process::run(config) {
         Ok(Outcome::Exited(status)) => ExitCode::from((status & 0xff) as u8),

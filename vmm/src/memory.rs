@@ -19,10 +19,7 @@ pub enum MemoryError {
     #[error("guest memory size {0} is not a multiple of 2 MiB")]
     Unaligned(u64),
     #[error("cannot allocate {size} bytes of guest memory: {source}")]
-    Alloc {
-        size: u64,
-        source: vm_memory::mmap::FromRangesError,
-    },
+    Alloc { size: u64, source: vm_memory::mmap::FromRangesError },
 }
 
 /// The guest's physical memory.
@@ -35,9 +32,7 @@ pub struct GuestMemory {
 
 impl std::fmt::Debug for GuestMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestMemory")
-            .field("size", &self.size)
-            .finish()
+        f.debug_struct("GuestMemory").field("size", &self.size).finish()
     }
 }
 
@@ -54,11 +49,7 @@ impl GuestMemory {
             .map_err(|source| MemoryError::Alloc { size, source })?;
         let region = mmap.iter().next().expect("one region was requested");
         let host = region.as_ptr();
-        Ok(GuestMemory {
-            mmap: Arc::new(mmap),
-            host,
-            size,
-        })
+        Ok(GuestMemory { mmap: Arc::new(mmap), host, size })
     }
 
     /// The vm-memory view, for KVM memory slots and rust-vmm loaders.
@@ -166,12 +157,7 @@ pub struct FrameAllocator {
 impl FrameAllocator {
     /// Frames from `[start, end)`, both page aligned.
     pub fn new(start: u64, end: u64) -> Self {
-        FrameAllocator {
-            next: start,
-            end,
-            free: Vec::new(),
-            in_use: 0,
-        }
+        FrameAllocator { next: start, end, free: Vec::new(), in_use: 0 }
     }
 
     /// A zeroed frame, or `None` when guest memory is exhausted.
@@ -226,14 +212,8 @@ mod tests {
 
     #[test]
     fn too_small_and_unaligned_are_errors() {
-        assert!(matches!(
-            GuestMemory::new(2 << 20, 4 << 20),
-            Err(MemoryError::TooSmall { .. })
-        ));
-        assert!(matches!(
-            GuestMemory::new((4 << 20) + 4096, 2 << 20),
-            Err(MemoryError::Unaligned(_))
-        ));
+        assert!(matches!(GuestMemory::new(2 << 20, 4 << 20), Err(MemoryError::TooSmall { .. })));
+        assert!(matches!(GuestMemory::new((4 << 20) + 4096, 2 << 20), Err(MemoryError::Unaligned(_))));
     }
 
     #[test]

@@ -12,10 +12,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
-use super::{
-    heartbeat_interval, lock, millis, read_sealed, runtime, write_timeout, LinkError, PeerFailure,
-    Pool,
-};
+use super::{heartbeat_interval, lock, millis, read_sealed, runtime, write_timeout, LinkError, PeerFailure, Pool};
 use crate::config::{ClusterConfig, Role};
 use crate::crypto::{Opener, Sealer};
 use crate::handshake::{self, HandshakeError, HandshakeInfo};
@@ -106,18 +103,9 @@ pub struct Follower {
 impl Follower {
     /// Connects to the leader of `cfg` as follower `my_id` (retrying until
     /// `cfg.timeout`, since the leader may start later) and authenticates.
-    pub fn connect(
-        cfg: &ClusterConfig,
-        my_id: u8,
-        info: &HandshakeInfo,
-    ) -> Result<Follower, LinkError> {
-        let cfg = &cfg
-            .clone()
-            .validate()
-            .map_err(|e| LinkError::Config(e.to_string()))?;
-        let me = cfg
-            .variant(my_id)
-            .map_err(|e| LinkError::Config(e.to_string()))?;
+    pub fn connect(cfg: &ClusterConfig, my_id: u8, info: &HandshakeInfo) -> Result<Follower, LinkError> {
+        let cfg = &cfg.clone().validate().map_err(|e| LinkError::Config(e.to_string()))?;
+        let me = cfg.variant(my_id).map_err(|e| LinkError::Config(e.to_string()))?;
         if me.role != Role::Follower {
             return Err(LinkError::NotAFollower(my_id));
         }
@@ -126,10 +114,7 @@ impl Follower {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             inbound: Mutex::new(Some(in_tx.clone())),
-            acks: AckSlot {
-                pending: Mutex::new(None),
-                notify: Notify::new(),
-            },
+            acks: AckSlot { pending: Mutex::new(None), notify: Notify::new() },
         });
         let pool = Arc::new(Pool::new(cfg.batch_bytes + 256));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -149,9 +134,7 @@ impl Follower {
                             return;
                         }
                     };
-                    rt.block_on(follower_io(
-                        cfg, my_id, info, shared, pool, in_tx, cmd_rx, ready_tx,
-                    ));
+                    rt.block_on(follower_io(cfg, my_id, info, shared, pool, in_tx, cmd_rx, ready_tx));
                 })
                 .map_err(|e| LinkError::Spawn(e.to_string()))?
         };
@@ -201,10 +184,7 @@ impl Follower {
     }
 
     /// Like [`Follower::next_entry`], but gives up after `timeout` with `None`.
-    pub fn next_entry_timeout(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<Option<Entry<'_>>, LinkError> {
+    pub fn next_entry_timeout(&mut self, timeout: Duration) -> Result<Option<Entry<'_>>, LinkError> {
         if self.fill(Some(Instant::now() + timeout))? {
             return self.take_entry().map(Some);
         }
@@ -231,10 +211,7 @@ impl Follower {
     /// them are coalesced (the latest wins).
     pub fn ack(&mut self, seq: u64, digest: [u8; 32]) -> Result<(), LinkError> {
         if seq >= self.next_seq {
-            return Err(LinkError::AckAhead {
-                seq,
-                received: self.next_seq - 1,
-            });
+            return Err(LinkError::AckAhead { seq, received: self.next_seq - 1 });
         }
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(self.sticky_failure());
@@ -252,17 +229,12 @@ impl Follower {
     /// Sends a control message to the leader.
     pub fn send_control(&mut self, control: &Control) -> Result<(), LinkError> {
         if control.payload_len() > MAX_CONTROL_PAYLOAD {
-            return Err(LinkError::ControlTooLarge {
-                len: control.payload_len(),
-                max: MAX_CONTROL_PAYLOAD,
-            });
+            return Err(LinkError::ControlTooLarge { len: control.payload_len(), max: MAX_CONTROL_PAYLOAD });
         }
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(self.sticky_failure());
         }
-        self.cmd
-            .send(Cmd::Control(Message::Control(control.clone()).encode()))
-            .map_err(|_| LinkError::IoThreadGone)
+        self.cmd.send(Cmd::Control(Message::Control(control.clone()).encode())).map_err(|_| LinkError::IoThreadGone)
     }
 
     /// A control message from the leader, if one has arrived (possibly ahead
@@ -301,15 +273,11 @@ impl Follower {
     }
 
     fn sticky_failure(&self) -> LinkError {
-        lock(&self.shared.failure)
-            .clone()
-            .unwrap_or(LinkError::IoThreadGone)
+        lock(&self.shared.failure).clone().unwrap_or(LinkError::IoThreadGone)
     }
 
     fn control_due(&self) -> bool {
-        self.controls
-            .front()
-            .is_some_and(|(before, _)| *before < self.next_seq)
+        self.controls.front().is_some_and(|(before, _)| *before < self.next_seq)
     }
 
     fn accept(&mut self, item: Inbound) {
@@ -349,16 +317,11 @@ impl Follower {
             }
             let item = match deadline {
                 None => self.inbound.recv().ok(),
-                Some(d) => {
-                    match self
-                        .inbound
-                        .recv_timeout(d.saturating_duration_since(Instant::now()))
-                    {
-                        Ok(item) => Some(item),
-                        Err(std_mpsc::RecvTimeoutError::Timeout) => return Ok(false),
-                        Err(std_mpsc::RecvTimeoutError::Disconnected) => None,
-                    }
-                }
+                Some(d) => match self.inbound.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                    Ok(item) => Some(item),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => return Ok(false),
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => None,
+                },
             };
             match item {
                 Some(item) => self.accept(item),
@@ -426,47 +389,23 @@ async fn follower_io(
     };
     let _ = stream.set_nodelay(true);
     let peer = format!("leader (variant {}) at {}", leader.id, leader.address);
-    let session = match tokio::time::timeout(
-        cfg.timeout,
-        handshake::client(&mut stream, &cfg, my_id, &info),
-    )
-    .await
-    {
+    let session = match tokio::time::timeout(cfg.timeout, handshake::client(&mut stream, &cfg, my_id, &info)).await {
         Ok(Ok(s)) => s,
         Ok(Err(error)) => {
             let _ = ready.send(Err(LinkError::Handshake { peer, error }));
             return;
         }
         Err(_) => {
-            let _ = ready.send(Err(LinkError::Handshake {
-                peer,
-                error: HandshakeError::Timeout(millis(cfg.timeout)),
-            }));
+            let _ = ready.send(Err(LinkError::Handshake { peer, error: HandshakeError::Timeout(millis(cfg.timeout)) }));
             return;
         }
     };
     let (rd, wr) = stream.into_split();
-    let reader = tokio::spawn(reader(
-        leader.id,
-        rd,
-        session.opener,
-        shared.clone(),
-        pool,
-        in_tx,
-        cfg.timeout,
-    ));
+    let reader = tokio::spawn(reader(leader.id, rd, session.opener, shared.clone(), pool, in_tx, cfg.timeout));
     if ready.send(Ok(())).is_err() {
         return;
     }
-    writer(
-        leader.id,
-        wr,
-        session.sealer,
-        shared.clone(),
-        cmd_rx,
-        cfg.timeout,
-    )
-    .await;
+    writer(leader.id, wr, session.sealer, shared.clone(), cmd_rx, cfg.timeout).await;
     reader.abort();
     // No more inbound items after this: the receiver sees a disconnect.
     lock(&shared.inbound).take();
@@ -481,12 +420,7 @@ async fn reader(
     tx: std_mpsc::Sender<Inbound>,
     timeout: Duration,
 ) {
-    let fail = |failure: PeerFailure| {
-        shared.fail(LinkError::Peer {
-            variant: leader_id,
-            failure,
-        })
-    };
+    let fail = |failure: PeerFailure| shared.fail(LinkError::Peer { variant: leader_id, failure });
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut expected = 1u64;
     let mut buf = pool.get();
@@ -508,21 +442,14 @@ async fn reader(
                 expected += view.count;
                 let (count, pos) = (view.count, view.body_offset);
                 let full = std::mem::replace(&mut buf, pool.get());
-                let batch = RecvBatch {
-                    buf: full,
-                    pos,
-                    end: n,
-                    remaining: count,
-                };
+                let batch = RecvBatch { buf: full, pos, end: n, remaining: count };
                 Inbound::Batch(batch, count)
             }
             Ok(Decoded::Other(Message::Control(Control::Heartbeat))) => continue,
             Ok(Decoded::Other(Message::Control(c))) => Inbound::Control(c),
             Ok(Decoded::Other(Message::Bye)) => return fail(PeerFailure::Closed),
             Ok(Decoded::Other(Message::Ack { .. })) => {
-                return fail(PeerFailure::Protocol(
-                    "the leader sent an acknowledgement".into(),
-                ))
+                return fail(PeerFailure::Protocol("the leader sent an acknowledgement".into()))
             }
             Ok(Decoded::Other(Message::Batch { .. })) => {
                 return fail(PeerFailure::Malformed("unexpected batch encoding".into()))
@@ -592,19 +519,13 @@ async fn writer(
             sealed = sealed.and(sealer.seal_into(&bye, &mut out));
         }
         if let Err(e) = sealed {
-            shared.fail(LinkError::Peer {
-                variant: leader_id,
-                failure: PeerFailure::Protocol(e.to_string()),
-            });
+            shared.fail(LinkError::Peer { variant: leader_id, failure: PeerFailure::Protocol(e.to_string()) });
             return;
         }
         if !out.is_empty() {
             if let Err(f) = write_timeout(&mut wr, &out, timeout).await {
                 if !closing {
-                    shared.fail(LinkError::Peer {
-                        variant: leader_id,
-                        failure: f,
-                    });
+                    shared.fail(LinkError::Peer { variant: leader_id, failure: f });
                 }
                 return;
             }

@@ -15,15 +15,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::{
-    heartbeat_interval, lock, millis, read_sealed, runtime, write_timeout, LinkError, PeerFailure,
-    Pool, Signal,
+    heartbeat_interval, lock, millis, read_sealed, runtime, write_timeout, LinkError, PeerFailure, Pool, Signal,
 };
 use crate::config::{ClusterConfig, MAX_VARIANTS};
 use crate::crypto::{Opener, Sealer};
 use crate::handshake::{self, HandshakeError, HandshakeInfo, Session};
-use crate::wire::{
-    self, BatchBuilder, Control, Decoded, Message, BATCH_HEADROOM, MAX_CONTROL_PAYLOAD, MAX_ENTRY,
-};
+use crate::wire::{self, BatchBuilder, Control, Decoded, Message, BATCH_HEADROOM, MAX_CONTROL_PAYLOAD, MAX_ENTRY};
 
 /// A follower's latest acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +61,7 @@ impl Shared {
         }
         let mut first = lock(&self.first_failure);
         if first.is_none() {
-            *first = Some(LinkError::Peer {
-                variant: s.id,
-                failure,
-            });
+            *first = Some(LinkError::Peer { variant: s.id, failure });
         }
         drop(first);
         self.failed.store(true, Ordering::SeqCst);
@@ -75,9 +69,7 @@ impl Shared {
     }
 
     fn slot_failed(&self, slot: usize) -> bool {
-        self.slots
-            .get(slot)
-            .is_some_and(|s| lock(&s.failure).is_some())
+        self.slots.get(slot).is_some_and(|s| lock(&s.failure).is_some())
     }
 
     fn failure(&self) -> Option<LinkError> {
@@ -88,10 +80,7 @@ impl Shared {
     }
 
     fn min_acked(&self) -> Option<u64> {
-        self.slots
-            .iter()
-            .map(|s| s.acked.load(Ordering::SeqCst))
-            .min()
+        self.slots.iter().map(|s| s.acked.load(Ordering::SeqCst)).min()
     }
 }
 
@@ -149,10 +138,8 @@ impl Leader {
     /// follower of `cfg` (within `cfg.timeout`), and starts the I/O thread.
     pub fn start(cfg: &ClusterConfig, info: &HandshakeInfo) -> Result<Leader, LinkError> {
         let address = &cfg.leader().address;
-        let listener = std::net::TcpListener::bind(address).map_err(|e| LinkError::Listen {
-            address: address.clone(),
-            reason: e.to_string(),
-        })?;
+        let listener = std::net::TcpListener::bind(address)
+            .map_err(|e| LinkError::Listen { address: address.clone(), reason: e.to_string() })?;
         Self::start_on(listener, cfg, info)
     }
 
@@ -164,15 +151,9 @@ impl Leader {
         info: &HandshakeInfo,
     ) -> Result<Leader, LinkError> {
         // The fields are public: check what the caller may have edited.
-        let cfg = &cfg
-            .clone()
-            .validate()
-            .map_err(|e| LinkError::Config(e.to_string()))?;
+        let cfg = &cfg.clone().validate().map_err(|e| LinkError::Config(e.to_string()))?;
         let address = cfg.leader().address.clone();
-        let listen_err = |e: std::io::Error| LinkError::Listen {
-            address: address.clone(),
-            reason: e.to_string(),
-        };
+        let listen_err = |e: std::io::Error| LinkError::Listen { address: address.clone(), reason: e.to_string() };
         listener.set_nonblocking(true).map_err(listen_err)?;
         let local_addr = listener.local_addr().map_err(listen_err)?;
 
@@ -182,11 +163,7 @@ impl Leader {
                 .map(|v| Slot {
                     id: v.id,
                     acked: AtomicU64::new(0),
-                    latest: Mutex::new(AckState {
-                        variant: v.id,
-                        seq: 0,
-                        digest: [0; 32],
-                    }),
+                    latest: Mutex::new(AckState { variant: v.id, seq: 0, digest: [0; 32] }),
                     failure: Mutex::new(None),
                 })
                 .collect(),
@@ -250,10 +227,7 @@ impl Leader {
     /// timeout, or if any follower has failed.
     pub fn push(&mut self, entry: &[u8]) -> Result<u64, LinkError> {
         if entry.len() > MAX_ENTRY {
-            return Err(LinkError::EntryTooLarge {
-                len: entry.len(),
-                max: MAX_ENTRY,
-            });
+            return Err(LinkError::EntryTooLarge { len: entry.len(), max: MAX_ENTRY });
         }
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(self.failure());
@@ -299,11 +273,7 @@ impl Leader {
 
     /// Follower `variant`'s latest acknowledgement.
     pub fn ack_of(&self, variant: u8) -> Option<AckState> {
-        self.shared
-            .slots
-            .iter()
-            .find(|s| s.id == variant)
-            .map(|s| *lock(&s.latest))
+        self.shared.slots.iter().find(|s| s.id == variant).map(|s| *lock(&s.latest))
     }
 
     /// The followers' variant ids.
@@ -323,10 +293,7 @@ impl Leader {
     /// later. On timeout the error names the followers that did not.
     pub fn wait_acked(&mut self, seq: u64, timeout: Duration) -> Result<(), LinkError> {
         if seq >= self.next_seq {
-            return Err(LinkError::NotPushed {
-                seq,
-                last: self.next_seq - 1,
-            });
+            return Err(LinkError::NotPushed { seq, last: self.next_seq - 1 });
         }
         self.flush()?;
         let deadline = Instant::now() + timeout;
@@ -351,9 +318,7 @@ impl Leader {
                     timeout_ms: millis(timeout),
                 });
             }
-            shared
-                .signal
-                .wait_until(deadline, || done() || shared.failed.load(Ordering::SeqCst));
+            shared.signal.wait_until(deadline, || done() || shared.failed.load(Ordering::SeqCst));
         }
     }
 
@@ -373,23 +338,11 @@ impl Leader {
 
     fn control(&mut self, to: Option<u8>, control: &Control) -> Result<(), LinkError> {
         if control.payload_len() > MAX_CONTROL_PAYLOAD {
-            return Err(LinkError::ControlTooLarge {
-                len: control.payload_len(),
-                max: MAX_CONTROL_PAYLOAD,
-            });
+            return Err(LinkError::ControlTooLarge { len: control.payload_len(), max: MAX_CONTROL_PAYLOAD });
         }
         self.flush()?;
         let buf = Message::Control(control.clone()).encode();
-        self.cmd
-            .send(Cmd::Send {
-                to,
-                msg: Plain {
-                    buf,
-                    start: 0,
-                    pool: None,
-                },
-            })
-            .map_err(|_| LinkError::IoThreadGone)
+        self.cmd.send(Cmd::Send { to, msg: Plain { buf, start: 0, pool: None } }).map_err(|_| LinkError::IoThreadGone)
     }
 
     /// A control message from a follower, if one is waiting: (variant, message).
@@ -399,10 +352,7 @@ impl Leader {
 
     /// Waits up to `timeout` for a control message from a follower. Fails
     /// if a follower failed and no message is waiting.
-    pub fn recv_control_timeout(
-        &self,
-        timeout: Duration,
-    ) -> Result<Option<(u8, Control)>, LinkError> {
+    pub fn recv_control_timeout(&self, timeout: Duration) -> Result<Option<(u8, Control)>, LinkError> {
         let deadline = Instant::now() + timeout;
         let shared = &*self.shared;
         loop {
@@ -415,9 +365,9 @@ impl Leader {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            shared.signal.wait_until(deadline, || {
-                !lock(&shared.controls).is_empty() || shared.failed.load(Ordering::SeqCst)
-            });
+            shared
+                .signal
+                .wait_until(deadline, || !lock(&shared.controls).is_empty() || shared.failed.load(Ordering::SeqCst));
         }
     }
 
@@ -448,14 +398,7 @@ impl Leader {
         self.shared.sent.store(self.next_seq - 1, Ordering::SeqCst);
         let (buf, start) = batch.finish();
         self.cmd
-            .send(Cmd::Send {
-                to: None,
-                msg: Plain {
-                    buf,
-                    start,
-                    pool: Some(self.pool.clone()),
-                },
-            })
+            .send(Cmd::Send { to: None, msg: Plain { buf, start, pool: Some(self.pool.clone()) } })
             .map_err(|_| LinkError::IoThreadGone)
     }
 
@@ -527,10 +470,7 @@ async fn leader_io(
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(LinkError::Listen {
-                address: cfg.leader().address.clone(),
-                reason: e.to_string(),
-            }));
+            let _ = ready.send(Err(LinkError::Listen { address: cfg.leader().address.clone(), reason: e.to_string() }));
             return;
         }
     };
@@ -554,21 +494,8 @@ async fn leader_io(
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
         outs.push((id, tx));
-        writers.push(tokio::spawn(writer(
-            slot,
-            shared.clone(),
-            wr,
-            session.sealer,
-            rx,
-            cfg.timeout,
-        )));
-        readers.push(tokio::spawn(reader(
-            slot,
-            shared.clone(),
-            rd,
-            session.opener,
-            cfg.timeout,
-        )));
+        writers.push(tokio::spawn(writer(slot, shared.clone(), wr, session.sealer, rx, cfg.timeout)));
+        readers.push(tokio::spawn(reader(slot, shared.clone(), rd, session.opener, cfg.timeout)));
     }
     if ready.send(Ok(())).is_err() {
         return;
@@ -755,13 +682,7 @@ async fn writer(
     }
 }
 
-async fn reader(
-    slot: usize,
-    shared: Arc<Shared>,
-    rd: OwnedReadHalf,
-    mut opener: Opener,
-    timeout: Duration,
-) {
+async fn reader(slot: usize, shared: Arc<Shared>, rd: OwnedReadHalf, mut opener: Opener, timeout: Duration) {
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut buf = Vec::with_capacity(4096);
     let Some(s) = shared.slots.get(slot) else {
@@ -775,12 +696,7 @@ async fn reader(
         let plain = buf.get(..n).unwrap_or_default();
         let msg = match wire::decode(plain) {
             Ok(Decoded::Other(m)) => m,
-            Ok(Decoded::Batch(_)) => {
-                return shared.fail(
-                    slot,
-                    PeerFailure::Protocol("a follower sent a batch".into()),
-                )
-            }
+            Ok(Decoded::Batch(_)) => return shared.fail(slot, PeerFailure::Protocol("a follower sent a batch".into())),
             Err(e) => return shared.fail(slot, PeerFailure::Malformed(e.to_string())),
         };
         match msg {
@@ -790,24 +706,16 @@ async fn reader(
                 if seq < prev {
                     return shared.fail(
                         slot,
-                        PeerFailure::Protocol(format!(
-                            "acknowledgement went back from seq {prev} to {seq}"
-                        )),
+                        PeerFailure::Protocol(format!("acknowledgement went back from seq {prev} to {seq}")),
                     );
                 }
                 if seq > sent {
                     return shared.fail(
                         slot,
-                        PeerFailure::Protocol(format!(
-                            "acknowledged seq {seq}, but only {sent} entries were sent"
-                        )),
+                        PeerFailure::Protocol(format!("acknowledged seq {seq}, but only {sent} entries were sent")),
                     );
                 }
-                *lock(&s.latest) = AckState {
-                    variant: s.id,
-                    seq,
-                    digest,
-                };
+                *lock(&s.latest) = AckState { variant: s.id, seq, digest };
                 s.acked.store(seq, Ordering::SeqCst);
                 shared.signal.notify();
             }
@@ -817,12 +725,7 @@ async fn reader(
                 shared.signal.notify();
             }
             Message::Bye => return shared.fail(slot, PeerFailure::Closed),
-            Message::Batch { .. } => {
-                return shared.fail(
-                    slot,
-                    PeerFailure::Protocol("a follower sent a batch".into()),
-                )
-            }
+            Message::Batch { .. } => return shared.fail(slot, PeerFailure::Protocol("a follower sent a batch".into())),
         }
     }
 }

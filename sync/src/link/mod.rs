@@ -54,33 +54,17 @@ pub enum LinkError {
     #[error("cannot listen on {address}: {reason}")]
     Listen { address: String, reason: String },
     #[error("cannot reach the leader at {address} within {timeout_ms} ms: {reason}")]
-    Connect {
-        address: String,
-        timeout_ms: u64,
-        reason: String,
-    },
+    Connect { address: String, timeout_ms: u64, reason: String },
     #[error("handshake with {peer} failed: {error}")]
     Handshake { peer: String, error: HandshakeError },
     #[error("follower(s) {} did not join within {timeout_ms} ms{}", ids(.missing), refusals(.refused))]
-    MissingFollowers {
-        missing: Vec<u8>,
-        timeout_ms: u64,
-        refused: Vec<String>,
-    },
+    MissingFollowers { missing: Vec<u8>, timeout_ms: u64, refused: Vec<String> },
     #[error("variant {variant}: {failure}")]
     Peer { variant: u8, failure: PeerFailure },
     #[error("follower(s) {} did not acknowledge seq {seq} within {timeout_ms} ms", ids(.silent))]
-    AckTimeout {
-        seq: u64,
-        silent: Vec<u8>,
-        timeout_ms: u64,
-    },
+    AckTimeout { seq: u64, silent: Vec<u8>, timeout_ms: u64 },
     #[error("follower(s) {} are more than {max_lag} entries behind and acknowledged nothing new for {timeout_ms} ms", ids(.lagging))]
-    LagTimeout {
-        lagging: Vec<u8>,
-        max_lag: u64,
-        timeout_ms: u64,
-    },
+    LagTimeout { lagging: Vec<u8>, max_lag: u64, timeout_ms: u64 },
     #[error("seq {seq} was never pushed (last pushed: {last})")]
     NotPushed { seq: u64, last: u64 },
     #[error("cannot acknowledge seq {seq}: only {received} entries were received")]
@@ -138,11 +122,7 @@ pub(crate) struct Signal {
 
 impl Signal {
     pub(crate) fn new() -> Self {
-        Signal {
-            waiters: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
-        }
+        Signal { waiters: AtomicUsize::new(0), lock: Mutex::new(()), cv: Condvar::new() }
     }
 
     pub(crate) fn notify(&self) {
@@ -164,11 +144,7 @@ impl Signal {
             if now >= deadline {
                 break false;
             }
-            guard = self
-                .cv
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            guard = self.cv.wait_timeout(guard, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
         };
         drop(guard);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
@@ -187,16 +163,11 @@ const POOL_MAX_BUFFER: usize = 1 << 20;
 
 impl Pool {
     pub(crate) fn new(capacity: usize) -> Self {
-        Pool {
-            free: Mutex::new(Vec::with_capacity(POOL_KEEP)),
-            capacity,
-        }
+        Pool { free: Mutex::new(Vec::with_capacity(POOL_KEEP)), capacity }
     }
 
     pub(crate) fn get(&self) -> Vec<u8> {
-        lock(&self.free)
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.capacity))
+        lock(&self.free).pop().unwrap_or_else(|| Vec::with_capacity(self.capacity))
     }
 
     pub(crate) fn put(&self, mut buf: Vec<u8>) {
@@ -221,9 +192,7 @@ pub(crate) async fn read_sealed<R: AsyncRead + Unpin>(
     let header = match tokio::time::timeout(timeout, read_frame(rd, buf, MAX_FRAME)).await {
         Err(_) => return Err(PeerFailure::Silent(millis(timeout))),
         Ok(Err(FrameError::Closed)) => {
-            return Err(PeerFailure::Disconnected(
-                "the connection was closed without a goodbye".into(),
-            ))
+            return Err(PeerFailure::Disconnected("the connection was closed without a goodbye".into()))
         }
         Ok(Err(FrameError::Io(e))) => return Err(PeerFailure::Disconnected(e)),
         Ok(Err(e)) => return Err(PeerFailure::Frame(e)),
@@ -249,8 +218,5 @@ pub(crate) async fn write_timeout<W: AsyncWrite + Unpin>(
 }
 
 pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
+    tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()
 }

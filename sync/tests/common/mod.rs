@@ -13,11 +13,7 @@ use dmvx_sync::{ClusterConfig, ClusterKey, HandshakeInfo, Leader, LinkError};
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn key(byte: u8) -> ClusterKey {
@@ -45,9 +41,7 @@ pub fn start(cfg: &ClusterConfig, info: &HandshakeInfo) -> Result<Leader, LinkEr
     let addr: SocketAddr = cfg.leader().address.parse().unwrap();
     let listener = {
         let mut all = LISTENERS.lock().unwrap();
-        all.iter()
-            .position(|(p, _)| *p == addr.port())
-            .map(|i| all.swap_remove(i).1)
+        all.iter().position(|(p, _)| *p == addr.port()).map(|i| all.swap_remove(i).1)
     };
     match listener {
         Some(l) => Leader::start_on(l, cfg, info),

@@ -47,11 +47,7 @@ impl Errno {
     /// The errno of the last failed libc call on this thread.
     #[inline]
     pub fn last() -> Errno {
-        Errno(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        )
+        Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
     }
 
     /// The errno carried by an I/O error (EIO if none).

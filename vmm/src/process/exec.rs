@@ -14,8 +14,7 @@ use super::mm::{page_down, page_up, Backing, Mm, Vma, VmaKind, PROT_EXEC, PROT_R
 use crate::arch::x86_64::layout::{USER_END, USER_MIN};
 use crate::arch::x86_64::regs::rflags;
 use crate::elf::{
-    ElfError, ElfHeader, ElfType, ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_INTERP,
-    PT_LOAD, PT_PHDR,
+    ElfError, ElfHeader, ElfType, ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_INTERP, PT_LOAD, PT_PHDR,
 };
 
 /// Most `#!` interpreters chained.
@@ -51,19 +50,11 @@ const AT_EXECFN: u64 = 31;
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("{path}: {reason}")]
-    Open {
-        path: String,
-        reason: String,
-        errno: Errno,
-    },
+    Open { path: String, reason: String, errno: Errno },
     #[error("{path}: {source}")]
     Elf { path: String, source: ElfError },
     #[error("{path}: {reason}")]
-    Invalid {
-        path: String,
-        reason: String,
-        errno: Errno,
-    },
+    Invalid { path: String, reason: String, errno: Errno },
     #[error("{path}: guest memory is too small to load it (raise --memory)")]
     OutOfMemory { path: String },
 }
@@ -82,9 +73,7 @@ impl ExecError {
 fn describe(e: Errno) -> String {
     match e {
         Errno::ENOENT => "not found in the root directory".into(),
-        Errno::EACCES => {
-            "permission denied (not executable, or outside what the sandbox allows)".into()
-        }
+        Errno::EACCES => "permission denied (not executable, or outside what the sandbox allows)".into(),
         Errno::EISDIR => "is a directory".into(),
         Errno::ELOOP => "too many levels of symbolic links or #! interpreters".into(),
         e => std::io::Error::from_raw_os_error(e.0).to_string(),
@@ -128,12 +117,7 @@ fn pread_exact(fd: &OwnedFd, buf: &mut [u8], off: u64) -> std::io::Result<usize>
     while done < buf.len() {
         // SAFETY: buf[done..] is a valid writable slice of the given length.
         let n = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
-                (off + done as u64) as i64,
-            )
+            libc::pread(fd.as_raw_fd(), buf[done..].as_mut_ptr().cast(), buf.len() - done, (off + done as u64) as i64)
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -150,17 +134,9 @@ fn pread_exact(fd: &OwnedFd, buf: &mut [u8], off: u64) -> std::io::Result<usize>
     Ok(done)
 }
 
-fn open_exec(
-    sb: &Sandbox,
-    cwd: &[u8],
-    path: &[u8],
-) -> Result<(OwnedFd, libc::stat, String), ExecError> {
+fn open_exec(sb: &Sandbox, cwd: &[u8], path: &[u8]) -> Result<(OwnedFd, libc::stat, String), ExecError> {
     let shown = String::from_utf8_lossy(path).into_owned();
-    let fail = |errno: Errno| ExecError::Open {
-        path: shown.clone(),
-        reason: describe(errno),
-        errno,
-    };
+    let fail = |errno: Errno| ExecError::Open { path: shown.clone(), reason: describe(errno), errno };
     let (fd, st) = sb.open(cwd, path, libc::O_RDONLY, 0).map_err(fail)?;
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {}
@@ -174,16 +150,11 @@ fn open_exec(
 }
 
 fn read_elf(fd: OwnedFd, size: u64, path: String, head: &[u8]) -> Result<ElfImage, ExecError> {
-    let elf = |source| ExecError::Elf {
-        path: path.clone(),
-        source,
-    };
+    let elf = |source| ExecError::Elf { path: path.clone(), source };
     let header = ElfHeader::parse(head).map_err(elf)?;
     let (start, end) = header.phdr_range().map_err(elf)?;
     if end > size {
-        return Err(elf(ElfError::Truncated(
-            "the program header table extends past the end of the file",
-        )));
+        return Err(elf(ElfError::Truncated("the program header table extends past the end of the file")));
     }
     let mut table = vec![0u8; (end - start) as usize];
     let n = pread_exact(&fd, &mut table, start).map_err(|e| ExecError::Open {
@@ -192,9 +163,7 @@ fn read_elf(fd: OwnedFd, size: u64, path: String, head: &[u8]) -> Result<ElfImag
         errno: Errno::from_io(&e),
     })?;
     if n < table.len() {
-        return Err(elf(ElfError::Truncated(
-            "the program header table extends past the end of the file",
-        )));
+        return Err(elf(ElfError::Truncated("the program header table extends past the end of the file")));
     }
     let phdrs = header.program_headers(&table, size).map_err(elf)?;
     for ph in phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
@@ -214,12 +183,7 @@ fn read_elf(fd: OwnedFd, size: u64, path: String, head: &[u8]) -> Result<ElfImag
             });
         }
     }
-    Ok(ElfImage {
-        path,
-        fd: Rc::new(fd),
-        header,
-        phdrs,
-    })
+    Ok(ElfImage { path, fd: Rc::new(fd), header, phdrs })
 }
 
 impl ElfImage {
@@ -232,13 +196,7 @@ impl ElfImage {
     }
 
     fn max_align(&self) -> u64 {
-        self.phdrs
-            .iter()
-            .filter(|p| p.p_type == PT_LOAD)
-            .map(|p| p.align.max(4096))
-            .max()
-            .unwrap_or(4096)
-            .min(1 << 30)
+        self.phdrs.iter().filter(|p| p.p_type == PT_LOAD).map(|p| p.align.max(4096)).max().unwrap_or(4096).min(1 << 30)
     }
 
     fn interp(&self) -> Result<Option<Vec<u8>>, ExecError> {
@@ -270,15 +228,9 @@ impl ElfImage {
 
     /// Maps the segments at `bias`; returns the end of the highest one.
     fn map(&self, mm: &mut Mm, bias: u64) -> Result<u64, ExecError> {
-        let oom = || ExecError::OutOfMemory {
-            path: self.path.clone(),
-        };
+        let oom = || ExecError::OutOfMemory { path: self.path.clone() };
         let mut top = 0;
-        for ph in self
-            .phdrs
-            .iter()
-            .filter(|p| p.p_type == PT_LOAD && p.memsz > 0)
-        {
+        for ph in self.phdrs.iter().filter(|p| p.p_type == PT_LOAD && p.memsz > 0) {
             let prot = (if ph.flags & PF_R != 0 { PROT_READ } else { 0 })
                 | (if ph.flags & PF_W != 0 { PROT_WRITE } else { 0 })
                 | (if ph.flags & PF_X != 0 { PROT_EXEC } else { 0 });
@@ -299,31 +251,20 @@ impl ElfImage {
                     end: mapped_file_end,
                     prot,
                     shared: false,
-                    backing: Backing::File {
-                        fd: self.fd.clone(),
-                        offset: page_down(ph.offset),
-                    },
+                    backing: Backing::File { fd: self.fd.clone(), offset: page_down(ph.offset) },
                     kind: VmaKind::Program,
                 });
                 if mapped_file_end - start <= EAGER_SEGMENT_BYTES {
-                    mm.populate_range(start, mapped_file_end)
-                        .map_err(|_| oom())?;
+                    mm.populate_range(start, mapped_file_end).map_err(|_| oom())?;
                 }
                 // The rest of the last file page belongs to .bss: zero it.
                 if ph.memsz > ph.filesz && file_end < mapped_file_end {
-                    mm.populate_range(file_end, file_end + 1)
-                        .map_err(|_| oom())?;
+                    mm.populate_range(file_end, file_end + 1).map_err(|_| oom())?;
                     let gpa = mm.translate(file_end, false).map_err(|_| oom())?;
-                    mm.mem
-                        .zero(gpa, mapped_file_end - file_end)
-                        .ok_or_else(oom)?;
+                    mm.mem.zero(gpa, mapped_file_end - file_end).ok_or_else(oom)?;
                 }
             }
-            let anon_start = if ph.filesz > 0 {
-                mapped_file_end
-            } else {
-                start
-            };
+            let anon_start = if ph.filesz > 0 { mapped_file_end } else { start };
             if anon_start < mem_end {
                 mm.insert(Vma {
                     start: anon_start,
@@ -362,12 +303,7 @@ fn pie_bias(image: &ElfImage, base: u64) -> u64 {
 }
 
 /// Resolves `#!` chains and reads the final ELF image. Rewrites `argv`.
-fn resolve(
-    sb: &Sandbox,
-    cwd: &[u8],
-    path: &[u8],
-    argv: &mut Vec<Vec<u8>>,
-) -> Result<(ElfImage, Vec<u8>), ExecError> {
+fn resolve(sb: &Sandbox, cwd: &[u8], path: &[u8], argv: &mut Vec<Vec<u8>>) -> Result<(ElfImage, Vec<u8>), ExecError> {
     let mut path = path.to_vec();
     for _ in 0..=MAX_SCRIPT_DEPTH {
         let (fd, st, shown) = open_exec(sb, cwd, &path)?;
@@ -379,21 +315,11 @@ fn resolve(
         })?;
         head.truncate(n);
         if head.starts_with(b"#!") {
-            let line_end = head
-                .iter()
-                .position(|&c| c == b'\n')
-                .unwrap_or(head.len())
-                .min(256);
+            let line_end = head.iter().position(|&c| c == b'\n').unwrap_or(head.len()).min(256);
             let line = &head[2..line_end];
-            let mut words = line
-                .split(|&c| c == b' ' || c == b'\t')
-                .filter(|w| !w.is_empty());
+            let mut words = line.split(|&c| c == b' ' || c == b'\t').filter(|w| !w.is_empty());
             let Some(interp) = words.next() else {
-                return Err(ExecError::Invalid {
-                    path: shown,
-                    reason: "empty #! line".into(),
-                    errno: Errno::ENOEXEC,
-                });
+                return Err(ExecError::Invalid { path: shown, reason: "empty #! line".into(), errno: Errno::ENOEXEC });
             };
             let rest_start = interp.as_ptr() as usize - line.as_ptr() as usize + interp.len();
             let arg: Vec<u8> = line[rest_start..].trim_ascii().to_vec();
@@ -434,17 +360,8 @@ pub fn prepare(
     mut argv: Vec<Vec<u8>>,
     envp: &[Vec<u8>],
 ) -> Result<Prepared, ExecError> {
-    let total: usize = argv
-        .iter()
-        .chain(envp.iter())
-        .map(|s| s.len() + 1 + 8)
-        .sum();
-    if total > ARG_MAX
-        || argv
-            .iter()
-            .chain(envp.iter())
-            .any(|s| s.len() >= MAX_ARG_STRLEN)
-    {
+    let total: usize = argv.iter().chain(envp.iter()).map(|s| s.len() + 1 + 8).sum();
+    if total > ARG_MAX || argv.iter().chain(envp.iter()).any(|s| s.len() >= MAX_ARG_STRLEN) {
         return Err(ExecError::Invalid {
             path: String::from_utf8_lossy(path).into_owned(),
             reason: "argument list too long".into(),
@@ -481,12 +398,7 @@ pub fn prepare(
         }
         None => None,
     };
-    Ok(Prepared {
-        main,
-        interp,
-        argv,
-        exe,
-    })
+    Ok(Prepared { main, interp, argv, exe })
 }
 
 impl Errno {
@@ -494,13 +406,7 @@ impl Errno {
 }
 
 /// Maps a prepared program into `mm` and builds its stack.
-pub fn load(
-    mm: &mut Mm,
-    p: Prepared,
-    envp: &[Vec<u8>],
-    creds: &Creds,
-    random: [u8; 16],
-) -> Result<Loaded, ExecError> {
+pub fn load(mm: &mut Mm, p: Prepared, envp: &[Vec<u8>], creds: &Creds, random: [u8; 16]) -> Result<Loaded, ExecError> {
     let layout: Layout = mm.layout;
     let main = &p.main;
     let bias = match main.header.ty {
@@ -508,12 +414,7 @@ pub fn load(
         ElfType::Dyn => pie_bias(main, layout.pie_base),
     };
     let top = main.map(mm, bias)?;
-    let brk = page_up(top)
-        + if main.header.ty == ElfType::Exec {
-            layout.brk_offset
-        } else {
-            0
-        };
+    let brk = page_up(top) + if main.header.ty == ElfType::Exec { layout.brk_offset } else { 0 };
     mm.brk_start = brk;
     mm.brk = brk;
 
@@ -521,11 +422,7 @@ pub fn load(
         Some(ip) => {
             let (lo, hi) = ip.span();
             let size = hi - lo + ip.max_align();
-            let area = mm
-                .unmapped_area(size, 0, false)
-                .ok_or(ExecError::OutOfMemory {
-                    path: ip.path.clone(),
-                })?;
+            let area = mm.unmapped_area(size, 0, false).ok_or(ExecError::OutOfMemory { path: ip.path.clone() })?;
             let ib = pie_bias(ip, area);
             ip.map(mm, ib)?;
             (ib + ip.header.entry, ib)
@@ -533,11 +430,7 @@ pub fn load(
         None => (bias + main.header.entry, 0),
     };
 
-    let exec_stack = main
-        .phdrs
-        .iter()
-        .find(|p| p.p_type == PT_GNU_STACK)
-        .is_none_or(|p| p.flags & PF_X != 0);
+    let exec_stack = main.phdrs.iter().find(|p| p.p_type == PT_GNU_STACK).is_none_or(|p| p.flags & PF_X != 0);
     let stack_prot = PROT_READ | PROT_WRITE | if exec_stack { PROT_EXEC } else { 0 };
     mm.insert(Vma {
         start: layout.stack_top - STACK_SIZE,
@@ -566,24 +459,9 @@ pub fn load(
         (AT_HWCAP2, 0),
         (AT_CLKTCK, 100),
     ];
-    let sp = build_stack(
-        mm,
-        layout.stack_top,
-        &p.argv,
-        envp,
-        &p.exe,
-        &mut auxv,
-        random,
-    )
-    .map_err(|_| ExecError::OutOfMemory {
-        path: main.path.clone(),
-    })?;
-    let regs = kvm_regs {
-        rip: entry,
-        rsp: sp,
-        rflags: rflags::FIXED | rflags::IF,
-        ..Default::default()
-    };
+    let sp = build_stack(mm, layout.stack_top, &p.argv, envp, &p.exe, &mut auxv, random)
+        .map_err(|_| ExecError::OutOfMemory { path: main.path.clone() })?;
+    let regs = kvm_regs { rip: entry, rsp: sp, rflags: rflags::FIXED | rflags::IF, ..Default::default() };
     Ok(Loaded { regs, exe: p.exe })
 }
 

@@ -76,10 +76,7 @@ pub struct FdTable {
 
 impl FdTable {
     pub fn new(limit: usize) -> Self {
-        FdTable {
-            slots: Vec::new(),
-            limit,
-        }
+        FdTable { slots: Vec::new(), limit }
     }
 
     /// The entry for `fd`, or EBADF.
@@ -89,10 +86,7 @@ impl FdTable {
         if i < 0 {
             return Err(Errno::EBADF);
         }
-        self.slots
-            .get(i as usize)
-            .and_then(|s| s.as_ref())
-            .ok_or(Errno::EBADF)
+        self.slots.get(i as usize).and_then(|s| s.as_ref()).ok_or(Errno::EBADF)
     }
 
     /// The open file behind `fd`.
@@ -104,9 +98,7 @@ impl FdTable {
     /// Installs `file` at the lowest free number >= `min`.
     pub fn insert(&mut self, file: Rc<OpenFile>, cloexec: bool, min: usize) -> SysResult<u64> {
         let start = min.min(self.slots.len());
-        let free = (start..self.slots.len())
-            .find(|&i| self.slots[i].is_none())
-            .unwrap_or(self.slots.len().max(min));
+        let free = (start..self.slots.len()).find(|&i| self.slots[i].is_none()).unwrap_or(self.slots.len().max(min));
         if free >= self.limit {
             return Err(Errno::EMFILE);
         }

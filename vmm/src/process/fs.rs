@@ -57,10 +57,7 @@ const ALLOWED_DEVICES: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)]
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("root directory {path}: {source}")]
-    Root {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Root { path: PathBuf, source: std::io::Error },
     #[error("root directory {0} is not a directory")]
     NotDir(PathBuf),
     #[error("this host kernel lacks openat2 (Linux 5.6 or later is needed for the sandbox): {0}")]
@@ -108,27 +105,15 @@ fn bare(name: &[u8]) -> &[u8] {
 impl Sandbox {
     /// A sandbox rooted at `root`; writable or not.
     pub fn new(root: &Path, writable: bool) -> Result<Self, SandboxError> {
-        let canon = std::fs::canonicalize(root).map_err(|source| SandboxError::Root {
-            path: root.into(),
-            source,
-        })?;
+        let canon = std::fs::canonicalize(root).map_err(|source| SandboxError::Root { path: root.into(), source })?;
         if !canon.is_dir() {
             return Err(SandboxError::NotDir(root.into()));
         }
-        let c = CString::new(canon.as_os_str().as_encoded_bytes())
-            .map_err(|_| SandboxError::NotDir(root.into()))?;
+        let c = CString::new(canon.as_os_str().as_encoded_bytes()).map_err(|_| SandboxError::NotDir(root.into()))?;
         // SAFETY: c is a valid NUL-terminated path; the result is checked.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
         if fd < 0 {
-            return Err(SandboxError::Root {
-                path: root.into(),
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(SandboxError::Root { path: root.into(), source: std::io::Error::last_os_error() });
         }
         // SAFETY: fd was just opened and is owned by nobody else.
         let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -136,11 +121,7 @@ impl Sandbox {
         if root_host == b"/" {
             root_host.clear();
         }
-        let sb = Sandbox {
-            root: root_fd,
-            root_host,
-            writable,
-        };
+        let sb = Sandbox { root: root_fd, root_host, writable };
         // Probe openat2 once, so an old kernel is a clear startup error.
         sb.openat2(b"/", libc::O_PATH | libc::O_DIRECTORY, 0)
             .map_err(|e| SandboxError::NoOpenat2(std::io::Error::from_raw_os_error(e.0)))?;
@@ -180,9 +161,7 @@ impl Sandbox {
             if e != Errno::EAGAIN {
                 return Err(match e {
                     // Magic links refused by RESOLVE_NO_MAGICLINKS.
-                    Errno::ELOOP if flags & libc::O_NOFOLLOW == 0 && path.starts_with(b"/proc") => {
-                        Errno::EACCES
-                    }
+                    Errno::ELOOP if flags & libc::O_NOFOLLOW == 0 && path.starts_with(b"/proc") => Errno::EACCES,
                     e => e,
                 });
             }
@@ -215,9 +194,7 @@ impl Sandbox {
         // SAFETY: zeroed statfs/stat are valid out-parameters for the calls.
         let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: fd is open; sfs is a valid out-parameter.
-        if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sfs) } == 0
-            && DENIED_FS.contains(&(sfs.f_type as i64))
-        {
+        if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sfs) } == 0 && DENIED_FS.contains(&(sfs.f_type as i64)) {
             return Err(Errno::EACCES);
         }
         // SAFETY: as above.
@@ -241,13 +218,7 @@ impl Sandbox {
 
     /// Opens `path` (relative to guest directory `base`) with open(2)
     /// `flags` and `mode`. Returns the host descriptor and its stat.
-    pub fn open(
-        &self,
-        base: &[u8],
-        path: &[u8],
-        flags: i32,
-        mode: u32,
-    ) -> SysResult<(OwnedFd, libc::stat)> {
+    pub fn open(&self, base: &[u8], path: &[u8], flags: i32, mode: u32) -> SysResult<(OwnedFd, libc::stat)> {
         let full = Self::join(base, path)?;
         let accmode = flags & libc::O_ACCMODE;
         let modifies = accmode != libc::O_RDONLY
@@ -263,9 +234,7 @@ impl Sandbox {
                         if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
                             return Err(Errno::EEXIST);
                         }
-                        if accmode == libc::O_RDONLY
-                            && flags & (libc::O_TRUNC | libc::O_TMPFILE) == 0
-                        {
+                        if accmode == libc::O_RDONLY && flags & (libc::O_TRUNC | libc::O_TMPFILE) == 0 {
                             // O_CREAT of an existing file without writing: fine.
                         } else {
                             return Err(Errno::EROFS);
@@ -282,12 +251,7 @@ impl Sandbox {
     }
 
     /// An O_PATH descriptor for `path`, following a final symlink or not.
-    pub fn lookup(
-        &self,
-        base: &[u8],
-        path: &[u8],
-        follow: bool,
-    ) -> SysResult<(OwnedFd, libc::stat)> {
+    pub fn lookup(&self, base: &[u8], path: &[u8], follow: bool) -> SysResult<(OwnedFd, libc::stat)> {
         let full = Self::join(base, path)?;
         let flags = libc::O_PATH | if follow { 0 } else { libc::O_NOFOLLOW };
         let fd = self.openat2(&full, flags, 0)?;
@@ -375,13 +339,7 @@ mod tests {
         std::os::unix::fs::symlink("../../secret", dir.join("root/sub/rel")).unwrap();
         std::os::unix::fs::symlink("/secret", dir.join("root/abs")).unwrap();
         let sb = Sandbox::new(&dir.join("root"), true).unwrap();
-        for p in [
-            &b"../secret"[..],
-            b"/../secret",
-            b"sub/rel",
-            b"abs",
-            b"/sub/../../secret",
-        ] {
+        for p in [&b"../secret"[..], b"/../secret", b"sub/rel", b"abs", b"/sub/../../secret"] {
             assert_eq!(
                 sb.open(b"/", p, libc::O_RDONLY, 0).err(),
                 Some(Errno::ENOENT),
@@ -390,52 +348,23 @@ mod tests {
             );
         }
         assert!(sb.open(b"/sub", b"../inside", libc::O_RDONLY, 0).is_ok());
-        assert_eq!(
-            sb.guest_path(
-                sb.open(b"/", b"sub", libc::O_RDONLY, 0)
-                    .unwrap()
-                    .0
-                    .as_raw_fd()
-            ),
-            b"/sub"
-        );
+        assert_eq!(sb.guest_path(sb.open(b"/", b"sub", libc::O_RDONLY, 0).unwrap().0.as_raw_fd()), b"/sub");
         let ro = Sandbox::new(&dir.join("root"), false).unwrap();
-        assert_eq!(
-            ro.open(b"/", b"inside", libc::O_WRONLY, 0).err(),
-            Some(Errno::EROFS)
-        );
-        assert_eq!(
-            ro.open(b"/", b"new", libc::O_WRONLY | libc::O_CREAT, 0o644)
-                .err(),
-            Some(Errno::EROFS)
-        );
-        assert!(ro
-            .open(b"/", b"inside", libc::O_RDONLY | libc::O_CREAT, 0o644)
-            .is_ok());
-        assert_eq!(
-            ro.parent(b"/", b"inside", EntryOp::Unlink).err(),
-            Some(Errno::EROFS)
-        );
+        assert_eq!(ro.open(b"/", b"inside", libc::O_WRONLY, 0).err(), Some(Errno::EROFS));
+        assert_eq!(ro.open(b"/", b"new", libc::O_WRONLY | libc::O_CREAT, 0o644).err(), Some(Errno::EROFS));
+        assert!(ro.open(b"/", b"inside", libc::O_RDONLY | libc::O_CREAT, 0o644).is_ok());
+        assert_eq!(ro.parent(b"/", b"inside", EntryOp::Unlink).err(), Some(Errno::EROFS));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn pseudo_file_systems_are_refused() {
         let sb = Sandbox::new(Path::new("/"), false).unwrap();
-        assert_eq!(
-            sb.open(b"/", b"/proc/self/maps", libc::O_RDONLY, 0).err(),
-            Some(Errno::EACCES)
-        );
-        assert_eq!(
-            sb.lookup(b"/", b"/proc/self/root", true).err(),
-            Some(Errno::EACCES)
-        );
+        assert_eq!(sb.open(b"/", b"/proc/self/maps", libc::O_RDONLY, 0).err(), Some(Errno::EACCES));
+        assert_eq!(sb.lookup(b"/", b"/proc/self/root", true).err(), Some(Errno::EACCES));
         assert!(sb.open(b"/", b"/dev/null", libc::O_WRONLY, 0).is_ok());
         if Path::new("/dev/kvm").exists() {
-            assert_eq!(
-                sb.open(b"/", b"/dev/kvm", libc::O_RDWR, 0).err(),
-                Some(Errno::EACCES)
-            );
+            assert_eq!(sb.open(b"/", b"/dev/kvm", libc::O_RDWR, 0).err(), Some(Errno::EACCES));
         }
     }
 }

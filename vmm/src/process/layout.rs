@@ -60,11 +60,7 @@ mod tests {
         let spans: Vec<(u64, u64)> = (0..MAX_VARIANTS)
             .map(|i| {
                 let l = Layout::for_variant(i);
-                assert!(
-                    l.pie_base < l.mmap_bottom
-                        && l.mmap_bottom < l.mmap_top
-                        && l.mmap_top < l.stack_top
-                );
+                assert!(l.pie_base < l.mmap_bottom && l.mmap_bottom < l.mmap_top && l.mmap_top < l.stack_top);
                 assert!(l.stack_top < 0x7fff_ffff_f000);
                 (l.pie_base, l.stack_top)
             })
@@ -75,9 +71,6 @@ mod tests {
             }
         }
         // Non-PIE heaps (linked near 4 MiB, offset by id TiB) stay below every slot.
-        assert!(
-            Layout::for_variant(MAX_VARIANTS - 1).brk_offset + TIB
-                < spans.iter().map(|s| s.0).min().unwrap()
-        );
+        assert!(Layout::for_variant(MAX_VARIANTS - 1).brk_offset + TIB < spans.iter().map(|s| s.0).min().unwrap());
     }
 }

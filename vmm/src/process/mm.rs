@@ -182,11 +182,7 @@ impl Mm {
     /// The mapping containing `addr`.
     #[inline]
     pub fn find(&self, addr: u64) -> Option<&Vma> {
-        self.vmas
-            .range(..=addr)
-            .next_back()
-            .map(|(_, v)| v)
-            .filter(|v| addr < v.end)
+        self.vmas.range(..=addr).next_back().map(|(_, v)| v).filter(|v| addr < v.end)
     }
 
     /// All mappings, in address order.
@@ -229,11 +225,7 @@ impl Mm {
                 return Some(h);
             }
         }
-        let (top, bottom) = if low {
-            (1 << 31, USER_MIN)
-        } else {
-            (self.layout.mmap_top, self.layout.mmap_bottom)
-        };
+        let (top, bottom) = if low { (1 << 31, USER_MIN) } else { (self.layout.mmap_top, self.layout.mmap_bottom) };
         let mut end = top;
         for v in self.vmas.range(..top).rev().map(|(_, v)| v) {
             if v.end <= end && end - v.end >= len && end - len >= bottom {
@@ -357,12 +349,7 @@ impl Mm {
     /// Calls `f(self, va, slot_gpa, entry)` for each populated leaf entry
     /// (present, or holding the frame of a PROT_NONE page) in `[start, end)`,
     /// skipping absent tables whole.
-    fn for_each_populated(
-        &mut self,
-        start: u64,
-        end: u64,
-        mut f: impl FnMut(&mut Self, u64, u64, u64),
-    ) {
+    fn for_each_populated(&mut self, start: u64, end: u64, mut f: impl FnMut(&mut Self, u64, u64, u64)) {
         let mut va = page_down(start);
         while va < end {
             match self.pt.leaf_table(&self.mem, va) {
@@ -397,11 +384,7 @@ impl Mm {
                     return;
                 }
             }
-            self.kops.push(KopsOp {
-                dst,
-                src: dst,
-                qwords: 1,
-            });
+            self.kops.push(KopsOp { dst, src: dst, qwords: 1 });
         }
     }
 
@@ -425,10 +408,7 @@ impl Mm {
         let page = page_down(va);
         let (lo, hi) = if around {
             let block = FAULT_AROUND_PAGES * PAGE_SIZE;
-            (
-                (page & !(block - 1)).max(v.start),
-                ((page & !(block - 1)) + block).min(v.end),
-            )
+            ((page & !(block - 1)).max(v.start), ((page & !(block - 1)) + block).min(v.end))
         } else {
             (page, page + PAGE_SIZE)
         };
@@ -445,16 +425,11 @@ impl Mm {
         let mut target = None;
         let mut p = lo;
         while p < hi {
-            let slot = self
-                .pt
-                .entry_gpa_alloc(&self.mem, &mut self.frames, p, 1)
-                .ok_or(Fault::OutOfMemory)?;
+            let slot = self.pt.entry_gpa_alloc(&self.mem, &mut self.frames, p, 1).ok_or(Fault::OutOfMemory)?;
             let e = self.mem.read_u64(slot).unwrap_or(0);
             let frame = if e & pte::ADDR_MASK != 0 {
                 if e & pte::PRESENT == 0 {
-                    self.mem
-                        .write_u64(slot, (e & pte::ADDR_MASK) | flags)
-                        .ok_or(Fault::OutOfMemory)?;
+                    self.mem.write_u64(slot, (e & pte::ADDR_MASK) | flags).ok_or(Fault::OutOfMemory)?;
                 }
                 reads.flush();
                 e & pte::ADDR_MASK
@@ -467,15 +442,10 @@ impl Mm {
                     break;
                 };
                 if let Backing::File { fd, offset } = &v.backing {
-                    let host = self
-                        .mem
-                        .host_ptr(frame, PAGE_SIZE)
-                        .ok_or(Fault::OutOfMemory)?;
+                    let host = self.mem.host_ptr(frame, PAGE_SIZE).ok_or(Fault::OutOfMemory)?;
                     reads.push(fd, offset + (p - v.start), host);
                 }
-                self.mem
-                    .write_u64(slot, frame | flags)
-                    .ok_or(Fault::OutOfMemory)?;
+                self.mem.write_u64(slot, frame | flags).ok_or(Fault::OutOfMemory)?;
                 self.pages_populated += 1;
                 frame
             };
@@ -562,9 +532,7 @@ impl Mm {
             let a = va + done as u64;
             let n = ((PAGE_SIZE - (a & (PAGE_SIZE - 1))) as usize).min(buf.len() - done);
             let gpa = self.translate(a, false)?;
-            self.mem
-                .read(gpa, &mut buf[done..done + n])
-                .ok_or(Errno::EFAULT)?;
+            self.mem.read(gpa, &mut buf[done..done + n]).ok_or(Errno::EFAULT)?;
             done += n;
         }
         Ok(())
@@ -578,9 +546,7 @@ impl Mm {
             let a = va + done as u64;
             let n = ((PAGE_SIZE - (a & (PAGE_SIZE - 1))) as usize).min(data.len() - done);
             let gpa = self.translate(a, true)?;
-            self.mem
-                .write(gpa, &data[done..done + n])
-                .ok_or(Errno::EFAULT)?;
+            self.mem.write(gpa, &data[done..done + n]).ok_or(Errno::EFAULT)?;
             done += n;
         }
         Ok(())
@@ -632,13 +598,7 @@ impl Mm {
     /// (`write == true`) directly. Stops early at an inaccessible page or a
     /// full `iov`; returns the bytes covered. EFAULT if the first byte is
     /// inaccessible.
-    pub fn user_iov(
-        &mut self,
-        va: u64,
-        len: u64,
-        write: bool,
-        iov: &mut HostIov,
-    ) -> SysResult<u64> {
+    pub fn user_iov(&mut self, va: u64, len: u64, write: bool, iov: &mut HostIov) -> SysResult<u64> {
         Self::range_ok(va, len)?;
         let mut done = 0u64;
         while done < len {
@@ -673,19 +633,14 @@ impl FileReads {
 
     fn push(&mut self, fd: &OwnedFd, offset: u64, host: *mut u8) {
         let next = self.offset + (self.iov.len() as u64) * PAGE_SIZE;
-        if !self.iov.is_empty()
-            && (self.fd != fd.as_raw_fd() || next != offset || self.iov.len() == Self::MAX)
-        {
+        if !self.iov.is_empty() && (self.fd != fd.as_raw_fd() || next != offset || self.iov.len() == Self::MAX) {
             self.flush();
         }
         if self.iov.is_empty() {
             self.fd = fd.as_raw_fd();
             self.offset = offset;
         }
-        self.iov.push(libc::iovec {
-            iov_base: host.cast(),
-            iov_len: PAGE_SIZE as usize,
-        });
+        self.iov.push(libc::iovec { iov_base: host.cast(), iov_len: PAGE_SIZE as usize });
     }
 
     /// Reads what is pending. A short or failed read leaves zeroes, as
@@ -696,14 +651,7 @@ impl FileReads {
         }
         // SAFETY: each iovec covers one whole frame of guest memory
         // (bounds-checked by host_ptr); the descriptor is open.
-        let _ = unsafe {
-            libc::preadv(
-                self.fd,
-                self.iov.as_ptr(),
-                self.iov.len() as i32,
-                self.offset as i64,
-            )
-        };
+        let _ = unsafe { libc::preadv(self.fd, self.iov.as_ptr(), self.iov.len() as i32, self.offset as i64) };
         self.iov.clear();
     }
 }
@@ -717,14 +665,7 @@ pub struct HostIov {
 
 impl Default for HostIov {
     fn default() -> Self {
-        HostIov {
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; Self::MAX],
-            len: 0,
-            total: 0,
-        }
+        HostIov { iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; Self::MAX], len: 0, total: 0 }
     }
 }
 
@@ -746,10 +687,7 @@ impl HostIov {
         if self.len == Self::MAX {
             return false;
         }
-        self.iov[self.len] = libc::iovec {
-            iov_base: p.cast(),
-            iov_len: n,
-        };
+        self.iov[self.len] = libc::iovec { iov_base: p.cast(), iov_len: n };
         self.len += 1;
         self.total += n;
         true
@@ -781,15 +719,11 @@ pub unsafe trait Pod: Copy {
     }
     fn as_bytes(&self) -> &[u8] {
         // SAFETY: a Pod value is plain bytes of size_of::<Self>().
-        unsafe {
-            std::slice::from_raw_parts((self as *const Self).cast(), std::mem::size_of::<Self>())
-        }
+        unsafe { std::slice::from_raw_parts((self as *const Self).cast(), std::mem::size_of::<Self>()) }
     }
     fn as_bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above; any bytes written form a valid value.
-        unsafe {
-            std::slice::from_raw_parts_mut((self as *mut Self).cast(), std::mem::size_of::<Self>())
-        }
+        unsafe { std::slice::from_raw_parts_mut((self as *mut Self).cast(), std::mem::size_of::<Self>()) }
     }
 }
 
@@ -838,24 +772,13 @@ mod tests {
     }
 
     fn anon(start: u64, end: u64, prot: u32) -> Vma {
-        Vma {
-            start,
-            end,
-            prot,
-            shared: false,
-            backing: Backing::Anon,
-            kind: VmaKind::Mapping,
-        }
+        Vma { start, end, prot, shared: false, backing: Backing::Anon, kind: VmaKind::Mapping }
     }
 
     #[test]
     fn lazy_population_and_fault_around() {
         let mut m = mm();
-        m.insert(anon(
-            0x10_0000,
-            0x10_0000 + (1 << 30),
-            PROT_READ | PROT_WRITE,
-        ));
+        m.insert(anon(0x10_0000, 0x10_0000 + (1 << 30), PROT_READ | PROT_WRITE));
         let before = m.frames.in_use();
         m.fault(0x10_0000 + 5 * PAGE_SIZE, Access::Write).unwrap();
         // One 16-page block plus the page tables above it.
@@ -877,8 +800,7 @@ mod tests {
         let mut m = mm();
         m.insert(anon(0x10_0000, 0x20_0000, PROT_READ));
         m.populate_range(0x10_0000, 0x10_4000).unwrap();
-        m.protect(0x10_0000, 0x10_4000, PROT_READ | PROT_WRITE)
-            .unwrap();
+        m.protect(0x10_0000, 0x10_4000, PROT_READ | PROT_WRITE).unwrap();
         assert!(!m.has_kops());
         m.protect(0x10_1000, 0x10_3000, PROT_READ).unwrap();
         let ops = m.take_kops(100);
@@ -915,10 +837,7 @@ mod tests {
         m.insert(anon(a, a + 0x4000, PROT_READ));
         let b = m.unmapped_area(0x1000, 0, false).unwrap();
         assert_eq!(b, a - 0x1000);
-        assert_eq!(
-            m.unmapped_area(0x1000, 0x5000_0000, false),
-            Some(0x5000_0000)
-        );
+        assert_eq!(m.unmapped_area(0x1000, 0x5000_0000, false), Some(0x5000_0000));
         assert!(m.unmapped_area(0x1000, 0, true).unwrap() < 1 << 31);
     }
 

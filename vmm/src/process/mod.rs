@@ -24,20 +24,16 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use dmvx_abi::{
-    KernelHeader, KopsOp, EXCEPTION_FRAME_SIZE, PORT_BOOT, PORT_EXCEPTION_BASE, PORT_KOPS_DONE,
-    PORT_SYSCALL,
+    KernelHeader, KopsOp, EXCEPTION_FRAME_SIZE, PORT_BOOT, PORT_EXCEPTION_BASE, PORT_KOPS_DONE, PORT_SYSCALL,
 };
 use kvm_bindings::kvm_regs;
 
 use crate::arch::x86_64::gdt::write_tables;
 use crate::arch::x86_64::layout::{
-    direct_map, DIRECT_MAP_BASE, FRAMES_START, KERNEL_STACK_TOP_GPA, KOPS_MAX_OPS, KOPS_OPS_GPA,
-    MIN_MEMORY,
+    direct_map, DIRECT_MAP_BASE, FRAMES_START, KERNEL_STACK_TOP_GPA, KOPS_MAX_OPS, KOPS_OPS_GPA, MIN_MEMORY,
 };
 use crate::arch::x86_64::paging::{is_canonical, pte, PageTables};
-use crate::arch::x86_64::regs::{
-    self, cpl, enter_kernel_segments, rflags, USER_CS_SEL, USER_SS_SEL,
-};
+use crate::arch::x86_64::regs::{self, cpl, enter_kernel_segments, rflags, USER_CS_SEL, USER_SS_SEL};
 use crate::arch::x86_64::{pf, vector};
 use crate::kernel::GuestKernel;
 use crate::memory::FrameAllocator;
@@ -189,10 +185,7 @@ pub fn vm_rss_bytes() -> u64 {
 
 /// The CLOCK_MONOTONIC time in nanoseconds.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -205,10 +198,7 @@ pub fn run(config: Config) -> Result<Outcome, ProcessError> {
     let mib = config.memory >> 20;
     let mut frames = FrameAllocator::new(FRAMES_START, mem.size());
     let pt = PageTables::new(&mem, &mut frames).ok_or(ProcessError::MemoryTooSmall(mib))?;
-    config
-        .kernel
-        .install(&mem, &mut frames, &pt)
-        .ok_or(ProcessError::MemoryTooSmall(mib))?;
+    config.kernel.install(&mem, &mut frames, &pt).ok_or(ProcessError::MemoryTooSmall(mib))?;
     pt.map_huge(
         &mem,
         &mut frames,
@@ -219,15 +209,13 @@ pub fn run(config: Config) -> Result<Outcome, ProcessError> {
     )
     .ok_or(ProcessError::MemoryTooSmall(mib))?;
     let header = config.kernel.header;
-    write_tables(&mem, &header.exception_stubs, PORT_SYSCALL)
-        .ok_or(ProcessError::MemoryTooSmall(mib))?;
+    write_tables(&mem, &header.exception_stubs, PORT_SYSCALL).ok_or(ProcessError::MemoryTooSmall(mib))?;
 
     let sandbox = Sandbox::new(&config.root, config.writable)?;
     let mut mm = Mm::new(mem.clone(), frames, pt, Layout::for_variant(config.variant));
     let cwd = {
-        let (fd, st) = sandbox
-            .lookup(b"/", config.cwd.as_bytes(), true)
-            .map_err(|e| exec_open_error(&config.cwd, e))?;
+        let (fd, st) =
+            sandbox.lookup(b"/", config.cwd.as_bytes(), true).map_err(|e| exec_open_error(&config.cwd, e))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(exec_open_error(&config.cwd, Errno::ENOTDIR));
         }
@@ -244,34 +232,16 @@ pub fn run(config: Config) -> Result<Outcome, ProcessError> {
     let envp: Vec<Vec<u8>> = config.env.iter().map(|s| s.clone().into_bytes()).collect();
     let program = find_program(&sandbox, &cwd, &config.program);
     let prepared = exec::prepare(&sandbox, &cwd, &program, argv, &envp)?;
-    let loaded = exec::load(
-        &mut mm,
-        prepared,
-        &envp,
-        &Creds {
-            uid: ids.uid,
-            gid: ids.gid,
-        },
-        random16(),
-    )?;
+    let loaded = exec::load(&mut mm, prepared, &envp, &Creds { uid: ids.uid, gid: ids.gid }, random16())?;
 
     let mut vcpu = Vcpu::new(vm.fd.create_vcpu(0).map_err(VmError::CreateVcpu)?);
     let xcr0 = regs::setup_cpuid(&vm.kvm, vcpu.fd())?;
-    regs::setup_long_mode(
-        vcpu.fd(),
-        mm.page_tables().root(),
-        header.syscall_entry,
-        xcr0,
-    )?;
+    regs::setup_long_mode(vcpu.fd(), mm.page_tables().root(), header.syscall_entry, xcr0)?;
     // Enter through the boot stub, which irets into the program.
     let frame = KERNEL_STACK_TOP_GPA - 5 * 8;
     let r = loaded.regs;
-    for (i, v) in [r.rip, USER_CS_SEL, r.rflags, r.rsp, USER_SS_SEL]
-        .into_iter()
-        .enumerate()
-    {
-        mem.write_u64(frame + 8 * i as u64, v)
-            .ok_or(ProcessError::MemoryTooSmall(mib))?;
+    for (i, v) in [r.rip, USER_CS_SEL, r.rflags, r.rsp, USER_SS_SEL].into_iter().enumerate() {
+        mem.write_u64(frame + 8 * i as u64, v).ok_or(ProcessError::MemoryTooSmall(mib))?;
     }
     regs::setup_regs(vcpu.fd(), header.boot_entry, direct_map(frame))?;
 
@@ -324,19 +294,9 @@ fn find_program(sb: &Sandbox, cwd: &[u8], program: &str) -> Vec<u8> {
     if program.contains('/') {
         return program.as_bytes().to_vec();
     }
-    for dir in [
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-    ] {
+    for dir in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
         let candidate = format!("{dir}/{program}");
-        if sb
-            .lookup(cwd, candidate.as_bytes(), true)
-            .is_ok_and(|(_, st)| st.st_mode & libc::S_IFMT == libc::S_IFREG)
-        {
+        if sb.lookup(cwd, candidate.as_bytes(), true).is_ok_and(|(_, st)| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
             return candidate.into_bytes();
         }
     }
@@ -369,17 +329,10 @@ fn stdio_table() -> Result<FdTable, ProcessError> {
         let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
         if d < 0 {
             // A closed standard descriptor: give the program /dev/null.
-            let null = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .map_err(ProcessError::Stdio)?;
-            t.insert_at(
-                fd as u64,
-                OpenFile::new(OwnedFd::from(null), FileKind::CharDevice),
-                false,
-            )
-            .expect("slot 0..3 is valid");
+            let null =
+                std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(ProcessError::Stdio)?;
+            t.insert_at(fd as u64, OpenFile::new(OwnedFd::from(null), FileKind::CharDevice), false)
+                .expect("slot 0..3 is valid");
             continue;
         }
         // SAFETY: d is a fresh descriptor owned by nobody else.
@@ -387,12 +340,8 @@ fn stdio_table() -> Result<FdTable, ProcessError> {
         let mut st: libc::stat = unsafe_zeroed_stat();
         // SAFETY: d is open; st is a valid out-parameter.
         unsafe { libc::fstat(d, &mut st) };
-        t.insert_at(
-            fd as u64,
-            OpenFile::new(owned, FileKind::from_mode(st.st_mode)),
-            false,
-        )
-        .expect("slot 0..3 is valid");
+        t.insert_at(fd as u64, OpenFile::new(owned, FileKind::from_mode(st.st_mode)), false)
+            .expect("slot 0..3 is valid");
     }
     Ok(t)
 }
@@ -408,10 +357,7 @@ impl Process {
         if !is_canonical(ctx.rip) || !is_canonical(ctx.rsp) {
             return Ok(self.kill(
                 Signal::SIGSEGV,
-                format!(
-                    "general protection fault: non-canonical rip {:#x} or rsp {:#x}",
-                    ctx.rip, ctx.rsp
-                ),
+                format!("general protection fault: non-canonical rip {:#x} or rsp {:#x}", ctx.rip, ctx.rsp),
             ));
         }
         if let Some((fs, gs)) = self.seg_bases.take() {
@@ -435,10 +381,7 @@ impl Process {
             return;
         }
         let frame = KERNEL_STACK_TOP_GPA - 5 * 8;
-        for (i, v) in [ctx.rip, USER_CS_SEL, ctx.rflags, ctx.rsp, USER_SS_SEL]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, v) in [ctx.rip, USER_CS_SEL, ctx.rflags, ctx.rsp, USER_SS_SEL].into_iter().enumerate() {
             // The kernel stack is inside guest memory by construction.
             let _ = self.mm.mem.write_u64(frame + 8 * i as u64, v);
         }
@@ -473,20 +416,18 @@ impl Process {
 
     fn on_kops_done(&mut self, vcpu: &mut Vcpu) -> Result<Flow<Outcome>, VcpuError> {
         let rip = vcpu.regs().rip;
-        if cpl(vcpu.sregs()) != 0
-            || !(self.kernel.kops_entry..self.kernel.kops_entry + KOPS_ROUTINE_MAX).contains(&rip)
+        if cpl(vcpu.sregs()) != 0 || !(self.kernel.kops_entry..self.kernel.kops_entry + KOPS_ROUTINE_MAX).contains(&rip)
         {
-            return Err(VcpuError::GuestKernel(
-                "kernel-operations report from an unexpected place".into(),
-            ));
+            return Err(VcpuError::GuestKernel("kernel-operations report from an unexpected place".into()));
         }
         if self.mm.has_kops() {
             self.enter_kops(vcpu);
             return Ok(Flow::Continue);
         }
-        let ctx = self.saved.take().ok_or_else(|| {
-            VcpuError::GuestKernel("kernel operations finished with no program to return to".into())
-        })?;
+        let ctx = self
+            .saved
+            .take()
+            .ok_or_else(|| VcpuError::GuestKernel("kernel operations finished with no program to return to".into()))?;
         self.return_to_user(vcpu, ctx);
         Ok(Flow::Continue)
     }
@@ -497,15 +438,11 @@ impl Process {
             // An `out` to the syscall port from anywhere but the entry stub:
             // program code poking the port, which Linux would fault.
             if cpl(vcpu.sregs()) == 3 {
-                return Ok(self.kill(
-                    Signal::SIGSEGV,
-                    format!("general protection fault: port I/O at rip {:#x}", r.rip),
-                ));
+                return Ok(
+                    self.kill(Signal::SIGSEGV, format!("general protection fault: port I/O at rip {:#x}", r.rip))
+                );
             }
-            return Err(VcpuError::GuestKernel(format!(
-                "syscall port written from rip {:#x}",
-                r.rip
-            )));
+            return Err(VcpuError::GuestKernel(format!("syscall port written from rip {:#x}", r.rip)));
         }
         self.stats.syscalls += 1;
         let mut ctx = r;
@@ -537,9 +474,7 @@ impl Process {
         let cr2 = vcpu.sregs().cr2;
         let frame_gpa = r.rsp.wrapping_sub(DIRECT_MAP_BASE);
         let stack_lo = KERNEL_STACK_TOP_GPA - 0x8000;
-        if cpl(vcpu.sregs()) != 0
-            || !(stack_lo..=KERNEL_STACK_TOP_GPA - EXCEPTION_FRAME_SIZE).contains(&frame_gpa)
-        {
+        if cpl(vcpu.sregs()) != 0 || !(stack_lo..=KERNEL_STACK_TOP_GPA - EXCEPTION_FRAME_SIZE).contains(&frame_gpa) {
             return Err(VcpuError::GuestKernel(format!(
                 "{} reported with rsp {:#x} outside the kernel stack",
                 vector::name(vec),
@@ -571,9 +506,7 @@ impl Process {
                 Ok(()) => self.resume(vcpu, ctx),
                 Err(Fault::OutOfMemory) => Ok(self.kill(
                     Signal::SIGKILL,
-                    format!(
-                        "out of guest memory at address {cr2:#x}, rip {rip:#x} (raise --memory)"
-                    ),
+                    format!("out of guest memory at address {cr2:#x}, rip {rip:#x} (raise --memory)"),
                 )),
                 Err(f) => {
                     let what = match access {
@@ -581,15 +514,9 @@ impl Process {
                         Access::Write => "write",
                         Access::Exec => "instruction fetch",
                     };
-                    let why = if f == Fault::Unmapped {
-                        "no mapping"
-                    } else {
-                        "not permitted by the mapping"
-                    };
-                    Ok(self.kill(
-                        Signal::SIGSEGV,
-                        format!("page fault: {what} at address {cr2:#x} ({why}), rip {rip:#x}"),
-                    ))
+                    let why = if f == Fault::Unmapped { "no mapping" } else { "not permitted by the mapping" };
+                    Ok(self
+                        .kill(Signal::SIGSEGV, format!("page fault: {what} at address {cr2:#x} ({why}), rip {rip:#x}")))
                 }
             };
         }
@@ -600,21 +527,12 @@ impl Process {
             vector::ALIGNMENT_CHECK => Signal::SIGBUS,
             _ => Signal::SIGSEGV,
         };
-        Ok(self.kill(
-            sig,
-            format!(
-                "{} at rip {rip:#x} (error code {err:#x})",
-                vector::name(vec)
-            ),
-        ))
+        Ok(self.kill(sig, format!("{} at rip {rip:#x} (error code {err:#x})", vector::name(vec))))
     }
 
     /// Ends the program as killed by `sig`.
     fn kill(&mut self, sig: Signal, reason: String) -> Flow<Outcome> {
-        Flow::Done(Outcome::Killed {
-            signal: sig,
-            reason,
-        })
+        Flow::Done(Outcome::Killed { signal: sig, reason })
     }
 
     /// Logs an unsupported call once, by name.
@@ -645,10 +563,7 @@ impl Process {
             rss.saturating_sub(guest) / 1024
         );
         if let Some(ns) = s.first_exit_ns {
-            eprintln!(
-                "dmvx stats: launch to first guest instruction {:.3} ms",
-                ns as f64 / 1e6
-            );
+            eprintln!("dmvx stats: launch to first guest instruction {:.3} ms", ns as f64 / 1e6);
         }
     }
 }
@@ -660,12 +575,7 @@ const KOPS_ROUTINE_MAX: u64 = 256;
 impl ExitHandler for Process {
     type Done = Outcome;
 
-    fn io_out(
-        &mut self,
-        vcpu: &mut Vcpu,
-        port: u16,
-        _data: &[u8],
-    ) -> Result<Flow<Outcome>, VcpuError> {
+    fn io_out(&mut self, vcpu: &mut Vcpu, port: u16, _data: &[u8]) -> Result<Flow<Outcome>, VcpuError> {
         self.stats.exits += 1;
         let Ok(port) = u8::try_from(port) else {
             return self.bad_port(vcpu, port);
@@ -675,13 +585,11 @@ impl ExitHandler for Process {
             PORT_KOPS_DONE => self.on_kops_done(vcpu),
             PORT_BOOT => {
                 if self.stats.first_exit_ns.is_none() {
-                    self.stats.first_exit_ns =
-                        self.launched_ns.map(|t| monotonic_ns().saturating_sub(t));
+                    self.stats.first_exit_ns = self.launched_ns.map(|t| monotonic_ns().saturating_sub(t));
                 }
                 Ok(Flow::Continue)
             }
-            p if ((PORT_EXCEPTION_BASE as usize)
-                ..PORT_EXCEPTION_BASE as usize + dmvx_abi::EXCEPTION_VECTORS)
+            p if ((PORT_EXCEPTION_BASE as usize)..PORT_EXCEPTION_BASE as usize + dmvx_abi::EXCEPTION_VECTORS)
                 .contains(&(p as usize)) =>
             {
                 self.on_exception(vcpu, p - PORT_EXCEPTION_BASE)
@@ -699,13 +607,10 @@ impl Process {
     fn bad_port(&mut self, vcpu: &mut Vcpu, port: u16) -> Result<Flow<Outcome>, VcpuError> {
         let rip = vcpu.regs().rip;
         if cpl(vcpu.sregs()) == 3 {
-            return Ok(self.kill(
-                Signal::SIGSEGV,
-                format!("general protection fault: port I/O to {port:#x} at rip {rip:#x}"),
-            ));
+            return Ok(
+                self.kill(Signal::SIGSEGV, format!("general protection fault: port I/O to {port:#x} at rip {rip:#x}"))
+            );
         }
-        Err(VcpuError::GuestKernel(format!(
-            "write to unknown port {port:#x} at rip {rip:#x}"
-        )))
+        Err(VcpuError::GuestKernel(format!("write to unknown port {port:#x} at rip {rip:#x}")))
     }
 }

@@ -78,10 +78,7 @@ impl Signal {
 
     /// What happens when the signal arrives with the default disposition.
     pub fn default_ignored(self) -> bool {
-        matches!(
-            self,
-            Signal::SIGCHLD | Signal::SIGCONT | Signal::SIGURG | Signal::SIGWINCH
-        )
+        matches!(self, Signal::SIGCHLD | Signal::SIGCONT | Signal::SIGURG | Signal::SIGWINCH)
     }
 }
 
@@ -132,10 +129,7 @@ impl Default for SignalState {
         SignalState {
             actions: [SigAction::default(); 65],
             mask: 0,
-            altstack: StackT {
-                flags: SS_DISABLE,
-                ..Default::default()
-            },
+            altstack: StackT { flags: SS_DISABLE, ..Default::default() },
         }
     }
 }
@@ -146,10 +140,7 @@ const UNBLOCKABLE: u64 = (1 << (9 - 1)) | (1 << (19 - 1));
 impl SignalState {
     /// The disposition of `sig`.
     pub fn action(&self, sig: Signal) -> SigAction {
-        self.actions
-            .get(sig.0 as usize)
-            .copied()
-            .unwrap_or_default()
+        self.actions.get(sig.0 as usize).copied().unwrap_or_default()
     }
 
     /// Changes the disposition of `sig`; returns the old one.
@@ -190,20 +181,12 @@ impl SignalState {
                 return Err(Errno::EINVAL);
             }
             if s.flags & SS_DISABLE != 0 {
-                self.altstack = StackT {
-                    flags: SS_DISABLE,
-                    ..Default::default()
-                };
+                self.altstack = StackT { flags: SS_DISABLE, ..Default::default() };
             } else {
                 if s.size < MINSIGSTKSZ {
                     return Err(Errno::ENOMEM);
                 }
-                self.altstack = StackT {
-                    sp: s.sp,
-                    flags: 0,
-                    _pad: 0,
-                    size: s.size,
-                };
+                self.altstack = StackT { sp: s.sp, flags: 0, _pad: 0, size: s.size };
             }
         }
         Ok(old)
@@ -216,10 +199,7 @@ impl SignalState {
                 *a = SigAction::default();
             }
         }
-        self.altstack = StackT {
-            flags: SS_DISABLE,
-            ..Default::default()
-        };
+        self.altstack = StackT { flags: SS_DISABLE, ..Default::default() };
     }
 }
 
@@ -230,16 +210,7 @@ mod tests {
     #[test]
     fn kill_and_stop_cannot_be_caught_or_blocked() {
         let mut s = SignalState::default();
-        assert_eq!(
-            s.set_action(
-                9,
-                Some(SigAction {
-                    handler: 0x1000,
-                    ..Default::default()
-                })
-            ),
-            Err(Errno::EINVAL)
-        );
+        assert_eq!(s.set_action(9, Some(SigAction { handler: 0x1000, ..Default::default() })), Err(Errno::EINVAL));
         assert_eq!(s.set_action(0, None), Err(Errno::EINVAL));
         assert_eq!(s.set_action(65, None), Err(Errno::EINVAL));
         s.change_mask(2, Some(u64::MAX)).unwrap();

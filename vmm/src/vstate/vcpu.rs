@@ -12,9 +12,7 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 pub enum VcpuError {
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
-    #[error(
-        "KVM could not enter the guest (hardware entry failure reason {reason:#x}, cpu {cpu})"
-    )]
+    #[error("KVM could not enter the guest (hardware entry failure reason {reason:#x}, cpu {cpu})")]
     FailEntry { reason: u64, cpu: u32 },
     #[error("KVM internal error (the host's KVM could not emulate an instruction) at rip {rip:#x}, cs {cs:#x}")]
     Internal { rip: u64, cs: u16 },
@@ -89,12 +87,7 @@ pub trait ExitHandler {
     type Done;
 
     /// A write to an I/O port. `data` is a copy; `vcpu` may be used freely.
-    fn io_out(
-        &mut self,
-        vcpu: &mut Vcpu,
-        port: u16,
-        data: &[u8],
-    ) -> Result<Flow<Self::Done>, VcpuError>;
+    fn io_out(&mut self, vcpu: &mut Vcpu, port: u16, data: &[u8]) -> Result<Flow<Self::Done>, VcpuError>;
 
     /// A read of an I/O port: fill `data`.
     fn io_in(&mut self, _port: u16, data: &mut [u8]) {
@@ -107,15 +100,8 @@ pub trait ExitHandler {
     }
 
     /// A write to unbacked guest physical memory.
-    fn mmio_write(
-        &mut self,
-        _vcpu: &mut Vcpu,
-        addr: u64,
-        _data: &[u8],
-    ) -> Result<Flow<Self::Done>, VcpuError> {
-        Err(VcpuError::Unexpected(format!(
-            "write to unbacked guest physical address {addr:#x}"
-        )))
+    fn mmio_write(&mut self, _vcpu: &mut Vcpu, addr: u64, _data: &[u8]) -> Result<Flow<Self::Done>, VcpuError> {
+        Err(VcpuError::Unexpected(format!("write to unbacked guest physical address {addr:#x}")))
     }
 
     /// The guest executed `hlt`.
@@ -127,9 +113,7 @@ pub trait ExitHandler {
     /// Triple fault or reset.
     fn shutdown(&mut self, vcpu: &mut Vcpu) -> Result<Flow<Self::Done>, VcpuError> {
         let rip = vcpu.regs().rip;
-        Err(VcpuError::GuestKernel(format!(
-            "triple fault (shutdown) near rip {rip:#x}"
-        )))
+        Err(VcpuError::GuestKernel(format!("triple fault (shutdown) near rip {rip:#x}")))
     }
 
     /// KVM_RUN was interrupted by a signal (or immediate_exit was set).
@@ -139,16 +123,8 @@ pub trait ExitHandler {
 }
 
 enum Event {
-    Out {
-        port: u16,
-        len: usize,
-        data: [u8; 8],
-    },
-    MmioWrite {
-        addr: u64,
-        len: usize,
-        data: [u8; 8],
-    },
+    Out { port: u16, len: usize, data: [u8; 8] },
+    MmioWrite { addr: u64, len: usize, data: [u8; 8] },
     Hlt,
     Shutdown,
     Interrupted,

@@ -2,9 +2,7 @@
 
 use kvm_bindings::kvm_segment;
 
-use super::layout::{
-    direct_map, GDT_GPA, IDT_GPA, IST_STACK_TOP_GPA, KERNEL_STACK_TOP_GPA, TSS_GPA,
-};
+use super::layout::{direct_map, GDT_GPA, IDT_GPA, IST_STACK_TOP_GPA, KERNEL_STACK_TOP_GPA, TSS_GPA};
 use crate::memory::GuestMemory;
 
 /// Kernel code segment selector.
@@ -68,8 +66,7 @@ pub fn tss_segment() -> kvm_segment {
 }
 
 fn code_data_descriptor(seg: &kvm_segment) -> u64 {
-    let access =
-        (seg.present as u64) << 7 | (seg.dpl as u64) << 5 | (seg.s as u64) << 4 | seg.type_ as u64;
+    let access = (seg.present as u64) << 7 | (seg.dpl as u64) << 5 | (seg.s as u64) << 4 | seg.type_ as u64;
     let flags = (seg.g as u64) << 3 | (seg.db as u64) << 2 | (seg.l as u64) << 1;
     0xffff | (access << 40) | (0xf << 48) | (flags << 52)
 }
@@ -83,22 +80,10 @@ pub fn write_tables(
 ) -> Option<()> {
     // GDT
     mem.write_u64(GDT_GPA, 0)?;
-    mem.write_u64(
-        GDT_GPA + KERNEL_CS as u64,
-        code_data_descriptor(&segment(KERNEL_CS, true)),
-    )?;
-    mem.write_u64(
-        GDT_GPA + KERNEL_DS as u64,
-        code_data_descriptor(&segment(KERNEL_DS, false)),
-    )?;
-    mem.write_u64(
-        GDT_GPA + (USER_DS & !3) as u64,
-        code_data_descriptor(&segment(USER_DS, false)),
-    )?;
-    mem.write_u64(
-        GDT_GPA + (USER_CS & !3) as u64,
-        code_data_descriptor(&segment(USER_CS, true)),
-    )?;
+    mem.write_u64(GDT_GPA + KERNEL_CS as u64, code_data_descriptor(&segment(KERNEL_CS, true)))?;
+    mem.write_u64(GDT_GPA + KERNEL_DS as u64, code_data_descriptor(&segment(KERNEL_DS, false)))?;
+    mem.write_u64(GDT_GPA + (USER_DS & !3) as u64, code_data_descriptor(&segment(USER_DS, false)))?;
+    mem.write_u64(GDT_GPA + (USER_CS & !3) as u64, code_data_descriptor(&segment(USER_CS, true)))?;
     let base = direct_map(TSS_GPA);
     let limit = TSS_LIMIT as u64;
     let low = (limit & 0xffff)
@@ -123,11 +108,8 @@ pub fn write_tables(
     mem.zero(IDT_GPA, 4096)?;
     for (v, &handler) in exception_stubs.iter().enumerate() {
         let ist: u64 = if v == 2 || v == 8 || v == 18 { 1 } else { 0 };
-        let low = (handler & 0xffff)
-            | (KERNEL_CS as u64) << 16
-            | ist << 32
-            | 0x8e << 40
-            | ((handler >> 16) & 0xffff) << 48;
+        let low =
+            (handler & 0xffff) | (KERNEL_CS as u64) << 16 | ist << 32 | 0x8e << 40 | ((handler >> 16) & 0xffff) << 48;
         mem.write_u64(IDT_GPA + v as u64 * 16, low)?;
         mem.write_u64(IDT_GPA + v as u64 * 16 + 8, handler >> 32)?;
     }
@@ -140,21 +122,9 @@ mod tests {
 
     #[test]
     fn descriptors_match_the_usual_encodings() {
-        assert_eq!(
-            code_data_descriptor(&segment(KERNEL_CS, true)),
-            0x00af_9b00_0000_ffff
-        );
-        assert_eq!(
-            code_data_descriptor(&segment(KERNEL_DS, false)),
-            0x00cf_9300_0000_ffff
-        );
-        assert_eq!(
-            code_data_descriptor(&segment(USER_CS, true)),
-            0x00af_fb00_0000_ffff
-        );
-        assert_eq!(
-            code_data_descriptor(&segment(USER_DS, false)),
-            0x00cf_f300_0000_ffff
-        );
+        assert_eq!(code_data_descriptor(&segment(KERNEL_CS, true)), 0x00af_9b00_0000_ffff);
+        assert_eq!(code_data_descriptor(&segment(KERNEL_DS, false)), 0x00cf_9300_0000_ffff);
+        assert_eq!(code_data_descriptor(&segment(USER_CS, true)), 0x00af_fb00_0000_ffff);
+        assert_eq!(code_data_descriptor(&segment(USER_DS, false)), 0x00cf_f300_0000_ffff);
     }
 }

@@ -94,22 +94,14 @@ impl PageTables {
     /// The leaf entry mapping `va`, or 0.
     #[inline]
     pub fn leaf(&self, mem: &GuestMemory, va: u64) -> u64 {
-        self.entry_gpa(mem, va, 1)
-            .and_then(|g| mem.read_u64(g))
-            .unwrap_or(0)
+        self.entry_gpa(mem, va, 1).and_then(|g| mem.read_u64(g)).unwrap_or(0)
     }
 
     /// Guest physical address of the entry for `va` at `level`, creating the
     /// tables above it. New intermediate entries allow everything (even in
     /// the kernel half, which holds the user-executable syscall entry); the
     /// leaf decides. Returns `None` when guest memory is exhausted.
-    pub fn entry_gpa_alloc(
-        &self,
-        mem: &GuestMemory,
-        frames: &mut FrameAllocator,
-        va: u64,
-        level: u32,
-    ) -> Option<u64> {
+    pub fn entry_gpa_alloc(&self, mem: &GuestMemory, frames: &mut FrameAllocator, va: u64, level: u32) -> Option<u64> {
         let mut table = self.root;
         let mut l = 4;
         loop {
@@ -135,19 +127,9 @@ impl PageTables {
 
     /// Maps the 4 KiB page at `va` to frame `gpa` with `flags`. Only for a
     /// `va` that is not mapped now (see the module comment).
-    pub fn map_new(
-        &self,
-        mem: &GuestMemory,
-        frames: &mut FrameAllocator,
-        va: u64,
-        gpa: u64,
-        flags: u64,
-    ) -> Option<()> {
+    pub fn map_new(&self, mem: &GuestMemory, frames: &mut FrameAllocator, va: u64, gpa: u64, flags: u64) -> Option<()> {
         let e = self.entry_gpa_alloc(mem, frames, va, 1)?;
-        debug_assert!(
-            mem.read_u64(e)? & pte::PRESENT == 0,
-            "map_new over a present entry at {va:#x}"
-        );
+        debug_assert!(mem.read_u64(e)? & pte::PRESENT == 0, "map_new over a present entry at {va:#x}");
         mem.write_u64(e, gpa | flags)
     }
 
@@ -186,17 +168,12 @@ mod tests {
         let pt = PageTables::new(&mem, &mut frames).unwrap();
         let va = 0x7fff_1234_5000;
         assert_eq!(pt.leaf(&mem, va), 0);
-        pt.map_new(&mem, &mut frames, va, 0x20_0000, pte::PRESENT | pte::USER)
-            .unwrap();
+        pt.map_new(&mem, &mut frames, va, 0x20_0000, pte::PRESENT | pte::USER).unwrap();
         assert_eq!(pt.leaf(&mem, va), 0x20_0000 | pte::PRESENT | pte::USER);
         assert_eq!(pt.leaf(&mem, va + 4096), 0);
         // root + PDPT + PD + PT
         assert_eq!(frames.in_use(), 4);
-        assert!(
-            is_canonical(va)
-                && !is_canonical(0x8000_0000_0000)
-                && is_canonical(0xffff_8000_0000_0000)
-        );
+        assert!(is_canonical(va) && !is_canonical(0x8000_0000_0000) && is_canonical(0xffff_8000_0000_0000));
     }
 
     #[test]
@@ -205,8 +182,7 @@ mod tests {
         let mut frames = FrameAllocator::new(4 << 20, 8 << 20);
         let pt = PageTables::new(&mem, &mut frames).unwrap();
         // A PML4 entry pointing far outside guest memory.
-        mem.write_u64(pt.root(), 0x7_0000_0000_0000 | pte::PRESENT)
-            .unwrap();
+        mem.write_u64(pt.root(), 0x7_0000_0000_0000 | pte::PRESENT).unwrap();
         assert_eq!(pt.leaf(&mem, 0x1000), 0);
         assert!(pt.entry_gpa_alloc(&mem, &mut frames, 0x1000, 1).is_none());
     }

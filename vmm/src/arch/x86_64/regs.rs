@@ -1,8 +1,6 @@
 //! vCPU register state: long mode, system-call MSRs, extended state.
 
-use kvm_bindings::{
-    kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcrs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
-};
+use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcrs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
 
 use super::gdt::{segment, tss_segment, GDT_LIMIT, KERNEL_CS, KERNEL_DS, USER_CS, USER_DS};
@@ -79,9 +77,7 @@ pub enum RegsError {
 
 /// The vCPU's CPUID: what KVM supports. Returns the XCR0 mask to enable.
 pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd) -> Result<u64, RegsError> {
-    let cpuid: CpuId = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(RegsError::GetCpuid)?;
+    let cpuid: CpuId = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(RegsError::GetCpuid)?;
     let mut xcr0 = 0x3;
     for e in cpuid.as_slice() {
         if e.function == 0xd && e.index == 0 {
@@ -118,10 +114,7 @@ pub fn setup_long_mode(vcpu: &VcpuFd, cr3: u64, lstar: u64, xcr0: u64) -> Result
         msr(MSR_STAR, (0x10u64 << 48) | ((KERNEL_CS as u64) << 32)),
         msr(MSR_LSTAR, lstar),
         // As Linux: clear TF, DF, IF, IOPL, NT, AC on entry.
-        msr(
-            MSR_SFMASK,
-            rflags::TF | rflags::DF | rflags::IF | rflags::IOPL | rflags::NT | rflags::AC,
-        ),
+        msr(MSR_SFMASK, rflags::TF | rflags::DF | rflags::IF | rflags::IOPL | rflags::NT | rflags::AC),
         msr(MSR_PAT, 0x0007_0406_0007_0406),
     ];
     let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::PartialMsrs(0))?;
@@ -130,10 +123,7 @@ pub fn setup_long_mode(vcpu: &VcpuFd, cr3: u64, lstar: u64, xcr0: u64) -> Result
         return Err(RegsError::PartialMsrs(n));
     }
     if xcr0 > 0x3 {
-        let mut xcrs = kvm_xcrs {
-            nr_xcrs: 1,
-            ..Default::default()
-        };
+        let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
         xcrs.xcrs[0].xcr = 0;
         xcrs.xcrs[0].value = xcr0;
         vcpu.set_xcrs(&xcrs).map_err(RegsError::SetXcrs)?;
@@ -142,21 +132,12 @@ pub fn setup_long_mode(vcpu: &VcpuFd, cr3: u64, lstar: u64, xcr0: u64) -> Result
 }
 
 fn msr(index: u32, data: u64) -> kvm_msr_entry {
-    kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    }
+    kvm_msr_entry { index, data, ..Default::default() }
 }
 
 /// Initial general registers: CPL0 at `rip` with `rsp`.
 pub fn setup_regs(vcpu: &VcpuFd, rip: u64, rsp: u64) -> Result<(), RegsError> {
-    let regs = kvm_regs {
-        rip,
-        rsp,
-        rflags: rflags::FIXED,
-        ..Default::default()
-    };
+    let regs = kvm_regs { rip, rsp, rflags: rflags::FIXED, ..Default::default() };
     vcpu.set_regs(&regs).map_err(RegsError::SetRegs)
 }
 

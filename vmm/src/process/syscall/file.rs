@@ -72,11 +72,7 @@ impl Process {
 
     /// Installs a host descriptor as the lowest free program descriptor.
     fn install(&mut self, fd: OwnedFd, st: &libc::stat, cloexec: bool) -> SysResult {
-        self.fds.insert(
-            OpenFile::new(fd, FileKind::from_mode(st.st_mode)),
-            cloexec,
-            0,
-        )
+        self.fds.insert(OpenFile::new(fd, FileKind::from_mode(st.st_mode)), cloexec, 0)
     }
 
     /// Looks `path` up (relative to `dirfd`), honouring AT_EMPTY_PATH.
@@ -101,16 +97,8 @@ impl Process {
             return Ok((None, st, raw));
         }
         let base = self.base_dir(dirfd, &path)?;
-        let follow = if follow_default {
-            flags & AT_SYMLINK_NOFOLLOW == 0
-        } else {
-            flags & AT_SYMLINK_FOLLOW != 0
-        };
-        let path = if path == SELF_EXE {
-            self.exe.clone()
-        } else {
-            path
-        };
+        let follow = if follow_default { flags & AT_SYMLINK_NOFOLLOW == 0 } else { flags & AT_SYMLINK_FOLLOW != 0 };
+        let path = if path == SELF_EXE { self.exe.clone() } else { path };
         let (fd, st) = self.sandbox.lookup(&base, &path, follow)?;
         let raw = fd.as_raw_fd();
         Ok((Some(fd), st, raw))
@@ -122,10 +110,7 @@ impl Process {
             && self.signals.action(Signal::SIGPIPE).handler == SIG_DFL
             && self.signals.mask & (1 << 12) == 0
         {
-            return Sys::Kill(
-                Signal::SIGPIPE,
-                "write to a pipe or socket with no reader".into(),
-            );
+            return Sys::Kill(Signal::SIGPIPE, "write to a pipe or socket with no reader".into());
         }
         r.into()
     }
@@ -144,20 +129,13 @@ impl Process {
         let out = r.and_then(|_| {
             let mut total: u64 = 0;
             for i in 0..n {
-                let base =
-                    u64::from_le_bytes(bytes[i * 16..i * 16 + 8].try_into().expect("8 bytes"));
-                let len =
-                    u64::from_le_bytes(bytes[i * 16 + 8..i * 16 + 16].try_into().expect("8 bytes"));
-                total = total
-                    .checked_add(len)
-                    .filter(|&t| t <= i64::MAX as u64)
-                    .ok_or(Errno::EINVAL)?;
+                let base = u64::from_le_bytes(bytes[i * 16..i * 16 + 8].try_into().expect("8 bytes"));
+                let len = u64::from_le_bytes(bytes[i * 16 + 8..i * 16 + 16].try_into().expect("8 bytes"));
+                total = total.checked_add(len).filter(|&t| t <= i64::MAX as u64).ok_or(Errno::EINVAL)?;
                 if len == 0 {
                     continue;
                 }
-                let covered = self
-                    .mm
-                    .user_iov(base, len.min(MAX_RW), into_guest, &mut self.iov)?;
+                let covered = self.mm.user_iov(base, len.min(MAX_RW), into_guest, &mut self.iov)?;
                 if covered < len {
                     break;
                 }
@@ -174,14 +152,7 @@ fn zeroed<T: super::super::mm::Pod>() -> T {
 }
 
 /// read/write and their positioned forms; `into_guest` for reads.
-fn rw(
-    p: &mut Process,
-    fd: u64,
-    buf: u64,
-    count: u64,
-    into_guest: bool,
-    off: Option<i64>,
-) -> SysResult {
+fn rw(p: &mut Process, fd: u64, buf: u64, count: u64, into_guest: bool, off: Option<i64>) -> SysResult {
     let raw = p.fds.file(fd_arg(fd))?.raw();
     if let Some(o) = off {
         if o < 0 {
@@ -266,19 +237,9 @@ fn do_open(p: &mut Process, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> S
         return Err(Errno::EINVAL);
     }
     let base = p.base_dir(dirfd, &path)?;
-    let path = if path == SELF_EXE {
-        p.exe.clone()
-    } else {
-        path
-    };
-    let mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-        mode & 0o7777 & !p.umask
-    } else {
-        0
-    };
-    let (fd, st) = p
-        .sandbox
-        .open(&base, &path, flags & !libc::O_CLOEXEC, mode)?;
+    let path = if path == SELF_EXE { p.exe.clone() } else { path };
+    let mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode & 0o7777 & !p.umask } else { 0 };
+    let (fd, st) = p.sandbox.open(&base, &path, flags & !libc::O_CLOEXEC, mode)?;
     p.install(fd, &st, flags & libc::O_CLOEXEC != 0)
 }
 
@@ -291,13 +252,7 @@ pub fn openat(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn creat(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    do_open(
-        p,
-        AT_FDCWD,
-        a[0],
-        libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
-        a[1] as u32,
-    )
+    do_open(p, AT_FDCWD, a[0], libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC, a[1] as u32)
 }
 
 pub fn close(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -345,13 +300,7 @@ pub fn statx(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let mut sx: libc::statx = zeroed();
     // SAFETY: raw is an open descriptor, "" with AT_EMPTY_PATH names it; sx is a valid out-parameter.
     check(unsafe {
-        libc::statx(
-            raw,
-            c"".as_ptr(),
-            (AT_EMPTY_PATH | (flags & AT_STATX_SYNC_TYPE)) as i32,
-            a[3] as u32,
-            &mut sx,
-        )
+        libc::statx(raw, c"".as_ptr(), (AT_EMPTY_PATH | (flags & AT_STATX_SYNC_TYPE)) as i32, a[3] as u32, &mut sx)
     } as i64)?;
     p.mm.write_val(a[4], &sx).map(|_| 0)
 }
@@ -368,8 +317,7 @@ pub fn getdents64(p: &mut Process, a: &[u64; 6]) -> SysResult {
     Mm::range_ok(a[1], count as u64)?;
     p.bounce.resize(count, 0);
     // SAFETY: bounce has `count` writable bytes.
-    let n =
-        check(unsafe { libc::syscall(libc::SYS_getdents64, raw, p.bounce.as_mut_ptr(), count) })?;
+    let n = check(unsafe { libc::syscall(libc::SYS_getdents64, raw, p.bounce.as_mut_ptr(), count) })?;
     let data = std::mem::take(&mut p.bounce);
     let r = p.mm.write_user(a[1], &data[..n as usize]);
     p.bounce = data;
@@ -392,9 +340,8 @@ fn readlink_at(p: &mut Process, dirfd: i32, pathva: u64, buf: u64, size: u64) ->
         }
         let mut t = vec![0u8; PATH_MAX];
         // SAFETY: fd is an O_PATH descriptor of the link; t has PATH_MAX bytes.
-        let n = check(unsafe {
-            libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), t.as_mut_ptr().cast(), t.len())
-        } as i64)?;
+        let n =
+            check(unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), t.as_mut_ptr().cast(), t.len()) } as i64)?;
         t.truncate(n as usize);
         t
     };
@@ -484,8 +431,7 @@ pub fn fcntl(p: &mut Process, a: &[u64; 6]) -> SysResult {
             if min >= p.fds.limit {
                 return Err(Errno::EINVAL);
             }
-            p.fds
-                .insert(entry.file, a[1] as i32 == libc::F_DUPFD_CLOEXEC, min)
+            p.fds.insert(entry.file, a[1] as i32 == libc::F_DUPFD_CLOEXEC, min)
         }
         libc::F_GETFD => Ok(entry.cloexec as u64),
         libc::F_SETFD => p.fds.set_cloexec(fd, a[2] & 1 != 0).map(|_| 0),
@@ -557,12 +503,8 @@ fn do_pipe(p: &mut Process, va: u64, flags: i32) -> SysResult {
     Mm::range_ok(va, 8)?;
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid 2-element out-parameter.
-    check(unsafe {
-        libc::pipe2(
-            fds.as_mut_ptr(),
-            libc::O_CLOEXEC | (flags & (libc::O_NONBLOCK | libc::O_DIRECT)),
-        )
-    } as i64)?;
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | (flags & (libc::O_NONBLOCK | libc::O_DIRECT))) }
+        as i64)?;
     // SAFETY: both descriptors were just created and are owned by nobody else.
     let (r, w) = unsafe {
         (
@@ -640,12 +582,7 @@ pub fn ioctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
     }
 }
 
-fn entry_at(
-    p: &mut Process,
-    dirfd: i32,
-    pathva: u64,
-    op: EntryOp,
-) -> SysResult<(OwnedFd, CString)> {
+fn entry_at(p: &mut Process, dirfd: i32, pathva: u64, op: EntryOp) -> SysResult<(OwnedFd, CString)> {
     let path = p.path_arg(pathva)?;
     let base = p.base_dir(dirfd, &path)?;
     p.sandbox.parent(&base, &path, op)
@@ -655,11 +592,7 @@ fn unlink_at(p: &mut Process, dirfd: i32, pathva: u64, flags: u64) -> SysResult 
     if flags & !AT_REMOVEDIR != 0 {
         return Err(Errno::EINVAL);
     }
-    let op = if flags & AT_REMOVEDIR != 0 {
-        EntryOp::RemoveDir
-    } else {
-        EntryOp::Unlink
-    };
+    let op = if flags & AT_REMOVEDIR != 0 { EntryOp::RemoveDir } else { EntryOp::Unlink };
     let (dir, name) = entry_at(p, dirfd, pathva, op)?;
     // SAFETY: dir is an open directory; name a valid C string.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags as i32) } as i64)
@@ -748,15 +681,7 @@ fn link_at(p: &mut Process, od: i32, ov: u64, nd: i32, nv: u64, flags: u64) -> S
     let (_fd, _, raw) = p.lookup_at(od, ov, flags, false)?;
     // SAFETY: raw is an open O_PATH descriptor named by "" with AT_EMPTY_PATH;
     // dir is open and name a valid C string.
-    check(unsafe {
-        libc::linkat(
-            raw,
-            c"".as_ptr(),
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            AT_EMPTY_PATH as i32,
-        )
-    } as i64)
+    check(unsafe { libc::linkat(raw, c"".as_ptr(), dir.as_raw_fd(), name.as_ptr(), AT_EMPTY_PATH as i32) } as i64)
 }
 
 pub fn link(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -768,12 +693,7 @@ pub fn linkat(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 /// Looks a path up for a call that modifies the inode.
-fn modify_target(
-    p: &mut Process,
-    dirfd: i32,
-    pathva: u64,
-    flags: u64,
-) -> SysResult<(Option<OwnedFd>, i32)> {
+fn modify_target(p: &mut Process, dirfd: i32, pathva: u64, flags: u64) -> SysResult<(Option<OwnedFd>, i32)> {
     let (fd, _st, raw) = p.lookup_at(dirfd, pathva, flags, true)?;
     if !p.sandbox.writable() {
         return Err(Errno::EROFS);
@@ -822,11 +742,7 @@ pub fn ftruncate(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn utimensat(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let times: Option<[libc::timespec; 2]> = if a[2] == 0 {
-        None
-    } else {
-        Some(p.mm.read_val(a[2])?)
-    };
+    let times: Option<[libc::timespec; 2]> = if a[2] == 0 { None } else { Some(p.mm.read_val(a[2])?) };
     let tp = times.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
     if a[1] == 0 {
         // futimens on dirfd.

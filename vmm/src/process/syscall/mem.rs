@@ -4,9 +4,7 @@ use std::rc::Rc;
 
 use super::super::errno::{Errno, SysResult};
 use super::super::fd::FileKind;
-use super::super::mm::{
-    page_down, page_up, Backing, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE,
-};
+use super::super::mm::{page_down, page_up, Backing, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE};
 use super::super::Process;
 use crate::arch::x86_64::layout::{USER_END, USER_MIN};
 use crate::memory::PAGE_SIZE;
@@ -80,8 +78,7 @@ pub fn brk(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 pub fn mmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let (addr, len, prot, flags, fd, off) = (a[0], a[1], a[2], a[3], a[4] as u32 as u64, a[5]);
-    if len == 0 || flags & !MAP_KNOWN != 0 || prot & !PROT_KNOWN != 0 || off & (PAGE_SIZE - 1) != 0
-    {
+    if len == 0 || flags & !MAP_KNOWN != 0 || prot & !PROT_KNOWN != 0 || off & (PAGE_SIZE - 1) != 0 {
         return Err(Errno::EINVAL);
     }
     let shared = match flags & MAP_TYPE {
@@ -124,10 +121,7 @@ pub fn mmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
                 return Err(Errno::EOVERFLOW);
             }
             let dup = f.owned().try_clone().map_err(|e| Errno::from_io(&e))?;
-            Backing::File {
-                fd: Rc::new(dup),
-                offset: off,
-            }
+            Backing::File { fd: Rc::new(dup), offset: off }
         }
     };
     let mm = &mut p.mm;
@@ -136,11 +130,7 @@ pub fn mmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
             return Err(Errno::EINVAL);
         }
         if addr < USER_MIN || addr.checked_add(len).is_none_or(|e| e > USER_END) {
-            return Err(if flags & MAP_FIXED != 0 {
-                Errno::EPERM
-            } else {
-                Errno::ENOMEM
-            });
+            return Err(if flags & MAP_FIXED != 0 { Errno::EPERM } else { Errno::ENOMEM });
         }
         if flags & MAP_FIXED == 0 && !mm.is_free(addr, addr + len) {
             return Err(Errno::EEXIST);
@@ -148,17 +138,9 @@ pub fn mmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
         mm.unmap(addr, addr + len);
         addr
     } else {
-        mm.unmapped_area(len, addr, flags & MAP_32BIT != 0)
-            .ok_or(Errno::ENOMEM)?
+        mm.unmapped_area(len, addr, flags & MAP_32BIT != 0).ok_or(Errno::ENOMEM)?
     };
-    mm.insert(Vma {
-        start,
-        end: start + len,
-        prot,
-        shared,
-        backing,
-        kind: VmaKind::Mapping,
-    });
+    mm.insert(Vma { start, end: start + len, prot, shared, backing, kind: VmaKind::Mapping });
     if flags & MAP_POPULATE != 0 && prot != 0 {
         // Best effort, as Linux: failure leaves pages to fault in.
         let _ = mm.populate_range(start, start + len);
@@ -170,10 +152,7 @@ fn check_range(addr: u64, len: u64) -> SysResult<u64> {
     if addr & (PAGE_SIZE - 1) != 0 {
         return Err(Errno::EINVAL);
     }
-    let end = addr
-        .checked_add(page_up(len))
-        .filter(|&e| e <= USER_END && page_up(len) >= len)
-        .ok_or(Errno::EINVAL)?;
+    let end = addr.checked_add(page_up(len)).filter(|&e| e <= USER_END && page_up(len) >= len).ok_or(Errno::EINVAL)?;
     Ok(end)
 }
 
@@ -190,13 +169,8 @@ pub fn mprotect(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if a[2] & !PROT_KNOWN != 0 {
         return Err(Errno::EINVAL);
     }
-    let end = check_range(a[0], a[1]).map_err(|_| {
-        if a[0] & (PAGE_SIZE - 1) != 0 {
-            Errno::EINVAL
-        } else {
-            Errno::ENOMEM
-        }
-    })?;
+    let end =
+        check_range(a[0], a[1]).map_err(|_| if a[0] & (PAGE_SIZE - 1) != 0 { Errno::EINVAL } else { Errno::ENOMEM })?;
     if end == a[0] {
         return Ok(0);
     }
@@ -205,19 +179,14 @@ pub fn mprotect(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 pub fn mremap(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let (old, old_len, new_len, flags, new_addr) = (a[0], page_up(a[1]), page_up(a[2]), a[3], a[4]);
-    if flags & !(MREMAP_MAYMOVE | MREMAP_FIXED) != 0
-        || (flags & MREMAP_FIXED != 0 && flags & MREMAP_MAYMOVE == 0)
-    {
+    if flags & !(MREMAP_MAYMOVE | MREMAP_FIXED) != 0 || (flags & MREMAP_FIXED != 0 && flags & MREMAP_MAYMOVE == 0) {
         return Err(Errno::EINVAL);
     }
     if old & (PAGE_SIZE - 1) != 0 || new_len == 0 || old_len == 0 {
         return Err(Errno::EINVAL);
     }
     let mm = &mut p.mm;
-    let old_end = old
-        .checked_add(old_len)
-        .filter(|&e| e <= USER_END)
-        .ok_or(Errno::EFAULT)?;
+    let old_end = old.checked_add(old_len).filter(|&e| e <= USER_END).ok_or(Errno::EFAULT)?;
     let v = mm.find(old).ok_or(Errno::EFAULT)?;
     if v.end < old_end {
         return Err(Errno::EFAULT);
@@ -310,11 +279,7 @@ pub fn mincore(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 pub fn mlock(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let start = page_down(a[0]);
-    let end = a[0]
-        .checked_add(a[1])
-        .map(page_up)
-        .filter(|&e| e <= USER_END)
-        .ok_or(Errno::ENOMEM)?;
+    let end = a[0].checked_add(a[1]).map(page_up).filter(|&e| e <= USER_END).ok_or(Errno::ENOMEM)?;
     if !p.mm.is_fully_mapped(start, end) {
         return Err(Errno::ENOMEM);
     }

@@ -237,14 +237,8 @@ pub static TABLE: [Option<Entry>; names::COUNT] = build();
 pub fn dispatch(p: &mut Process, nr: u64, args: &[u64; 6]) -> Sys {
     p.current_nr = Some(nr);
     match TABLE.get(nr as usize).copied().flatten() {
-        Some(Entry {
-            handler: Handler::Plain(f),
-            ..
-        }) => f(p, args).into(),
-        Some(Entry {
-            handler: Handler::Full(f),
-            ..
-        }) => f(p, args),
+        Some(Entry { handler: Handler::Plain(f), .. }) => f(p, args).into(),
+        Some(Entry { handler: Handler::Full(f), .. }) => f(p, args),
         None => {
             p.unsupported(nr);
             Sys::from(Err::<u64, _>(Errno::ENOSYS))
@@ -260,14 +254,8 @@ pub fn markdown_table() -> String {
             continue;
         };
         match entry {
-            Some(e) => out.push_str(&format!(
-                "| {nr} | `{name}` | {} | {} |\n",
-                e.handling.describe(),
-                e.note
-            )),
-            None => out.push_str(&format!(
-                "| {nr} | `{name}` | unsupported | ENOSYS, logged once |\n"
-            )),
+            Some(e) => out.push_str(&format!("| {nr} | `{name}` | {} | {} |\n", e.handling.describe(), e.note)),
+            None => out.push_str(&format!("| {nr} | `{name}` | unsupported | ENOSYS, logged once |\n")),
         }
     }
     out
@@ -277,18 +265,13 @@ pub fn markdown_table() -> String {
 pub fn trace(nr: u64, a: &[u64; 6], outcome: &Sys) {
     let name = names::name(nr).unwrap_or("unknown");
     let result = match outcome {
-        Sys::Ret(v) if (*v as i64) < 0 && (*v as i64) > -4096 => format!(
-            "-{} ({})",
-            -(*v as i64),
-            std::io::Error::from_raw_os_error(-(*v as i64) as i32)
-        ),
+        Sys::Ret(v) if (*v as i64) < 0 && (*v as i64) > -4096 => {
+            format!("-{} ({})", -(*v as i64), std::io::Error::from_raw_os_error(-(*v as i64) as i32))
+        }
         Sys::Ret(v) => format!("{v:#x}"),
         Sys::Exit(c) => format!("exit {c}"),
         Sys::Kill(s, why) => format!("killed by {} ({why})", s.name()),
         Sys::Exec(_) => "0 (new program)".into(),
     };
-    eprintln!(
-        "dmvx: {name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {result}",
-        a[0], a[1], a[2], a[3], a[4], a[5]
-    );
+    eprintln!("dmvx: {name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {result}", a[0], a[1], a[2], a[3], a[4], a[5]);
 }

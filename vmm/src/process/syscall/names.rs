@@ -11,10 +11,7 @@ pub fn name(nr: u64) -> Option<&'static str> {
 
 /// The number of the system call called `name`.
 pub fn number(name: &str) -> Option<u64> {
-    NAMES
-        .iter()
-        .position(|n| *n == Some(name))
-        .map(|i| i as u64)
+    NAMES.iter().position(|n| *n == Some(name)).map(|i| i as u64)
 }
 
 static NAMES: [Option<&str>; COUNT] = [

@@ -56,10 +56,7 @@ fn valid_clock(c: u64) -> SysResult<libc::clockid_t> {
 
 pub fn clock_gettime(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let c = valid_clock(a[0])?;
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-parameter.
     check(unsafe { libc::clock_gettime(c, &mut ts) } as i64)?;
     p.mm.write_val(a[1], &ts).map(|_| 0)
@@ -67,10 +64,7 @@ pub fn clock_gettime(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 pub fn clock_getres(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let c = valid_clock(a[0])?;
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-parameter.
     check(unsafe { libc::clock_getres(c, &mut ts) } as i64)?;
     if a[1] != 0 {
@@ -81,19 +75,10 @@ pub fn clock_getres(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 pub fn gettimeofday(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if a[0] != 0 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: ts is a valid out-parameter.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-        p.mm.write_val(
-            a[0],
-            &libc::timeval {
-                tv_sec: ts.tv_sec,
-                tv_usec: ts.tv_nsec / 1000,
-            },
-        )?;
+        p.mm.write_val(a[0], &libc::timeval { tv_sec: ts.tv_sec, tv_usec: ts.tv_nsec / 1000 })?;
     }
     if a[1] != 0 {
         p.mm.write_val(a[1], &[0i32; 2])?;
@@ -102,10 +87,7 @@ pub fn gettimeofday(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn time(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     if a[0] != 0 {
@@ -114,21 +96,12 @@ pub fn time(p: &mut Process, a: &[u64; 6]) -> SysResult {
     Ok(ts.tv_sec as u64)
 }
 
-fn sleep(
-    p: &mut Process,
-    clock: libc::clockid_t,
-    flags: i32,
-    req_va: u64,
-    rem_va: u64,
-) -> SysResult {
+fn sleep(p: &mut Process, clock: libc::clockid_t, flags: i32, req_va: u64, rem_va: u64) -> SysResult {
     let req: libc::timespec = p.mm.read_val(req_va)?;
     if req.tv_sec < 0 || !(0..1_000_000_000).contains(&req.tv_nsec) {
         return Err(Errno::EINVAL);
     }
-    let mut rem = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut rem = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: req and rem are valid timespecs.
     let r = unsafe { libc::clock_nanosleep(clock, flags, &req, &mut rem) };
     if r != 0 {
@@ -169,11 +142,7 @@ pub fn getrandom(p: &mut Process, a: &[u64; 6]) -> SysResult {
     for i in 0..p.iov.len {
         let v = p.iov.iov[i];
         // SAFETY: v points into guest memory (bounds-checked by user_iov).
-        let n =
-            check(
-                unsafe { libc::getrandom(v.iov_base, v.iov_len, (a[2] & !GRND_RANDOM) as u32) }
-                    as i64,
-            )?;
+        let n = check(unsafe { libc::getrandom(v.iov_base, v.iov_len, (a[2] & !GRND_RANDOM) as u32) } as i64)?;
         total += n;
         if (n as usize) < v.iov_len {
             break;
@@ -276,10 +245,7 @@ const INF: u64 = u64::MAX;
 
 impl Default for Limits {
     fn default() -> Self {
-        let l = |c: u64, m: u64| libc::rlimit64 {
-            rlim_cur: c,
-            rlim_max: m,
-        };
+        let l = |c: u64, m: u64| libc::rlimit64 { rlim_cur: c, rlim_max: m };
         Limits([
             l(INF, INF),         // CPU
             l(INF, INF),         // FSIZE
@@ -323,11 +289,7 @@ pub fn prlimit64(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if a[0] as u32 != 0 && a[0] as u32 != p.ids.pid {
         return Err(Errno::ESRCH);
     }
-    let new = if a[2] != 0 {
-        Some(p.mm.read_val::<libc::rlimit64>(a[2])?)
-    } else {
-        None
-    };
+    let new = if a[2] != 0 { Some(p.mm.read_val::<libc::rlimit64>(a[2])?) } else { None };
     let old = limit(p, a[1], new)?;
     if a[3] != 0 {
         p.mm.write_val(a[3], &old)?;
@@ -347,10 +309,7 @@ pub fn setrlimit(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 pub fn getrusage(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let who = a[0] as i32;
-    if !matches!(
-        who,
-        libc::RUSAGE_SELF | libc::RUSAGE_CHILDREN | libc::RUSAGE_THREAD
-    ) {
+    if !matches!(who, libc::RUSAGE_SELF | libc::RUSAGE_CHILDREN | libc::RUSAGE_THREAD) {
         return Err(Errno::EINVAL);
     }
     let mut ru = [0u8; std::mem::size_of::<libc::rusage>()];
@@ -515,11 +474,7 @@ pub fn futex(p: &mut Process, a: &[u64; 6]) -> SysResult {
             };
             // SAFETY: ts is a valid timespec; no remainder wanted.
             let r = unsafe { libc::clock_nanosleep(clock, flags, &ts, std::ptr::null_mut()) };
-            Err(if r == libc::EINTR {
-                Errno::EINTR
-            } else {
-                Errno::ETIMEDOUT
-            })
+            Err(if r == libc::EINTR { Errno::EINTR } else { Errno::ETIMEDOUT })
         }
         FUTEX_WAKE | FUTEX_WAKE_BITSET | FUTEX_REQUEUE => {
             p.mm.read_val::<u32>(uaddr)?;
@@ -566,11 +521,7 @@ pub fn futex(p: &mut Process, a: &[u64; 6]) -> SysResult {
             if cur & 0x3fff_ffff == p.ids.pid {
                 return Err(Errno::EDEADLK);
             }
-            Err(if op == FUTEX_TRYLOCK_PI {
-                Errno::EAGAIN
-            } else {
-                Errno::EDEADLK
-            })
+            Err(if op == FUTEX_TRYLOCK_PI { Errno::EAGAIN } else { Errno::EDEADLK })
         }
         FUTEX_UNLOCK_PI => {
             let cur: u32 = p.mm.read_val(uaddr)?;
@@ -601,11 +552,7 @@ pub fn rt_sigaction(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if a[3] != 8 {
         return Err(Errno::EINVAL);
     }
-    let new = if a[1] != 0 {
-        Some(p.mm.read_val::<SigAction>(a[1])?)
-    } else {
-        None
-    };
+    let new = if a[1] != 0 { Some(p.mm.read_val::<SigAction>(a[1])?) } else { None };
     let old = p.signals.set_action(a[0], new)?;
     if a[2] != 0 {
         p.mm.write_val(a[2], &old)?;
@@ -617,11 +564,7 @@ pub fn rt_sigprocmask(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if a[3] != 8 {
         return Err(Errno::EINVAL);
     }
-    let set = if a[1] != 0 {
-        Some(p.mm.read_val::<u64>(a[1])?)
-    } else {
-        None
-    };
+    let set = if a[1] != 0 { Some(p.mm.read_val::<u64>(a[1])?) } else { None };
     let old = p.signals.change_mask(a[0], set)?;
     if a[2] != 0 {
         p.mm.write_val(a[2], &old)?;
@@ -630,11 +573,7 @@ pub fn rt_sigprocmask(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn sigaltstack(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let new = if a[0] != 0 {
-        Some(p.mm.read_val::<StackT>(a[0])?)
-    } else {
-        None
-    };
+    let new = if a[0] != 0 { Some(p.mm.read_val::<StackT>(a[0])?) } else { None };
     let old = p.signals.set_altstack(new)?;
     if a[1] != 0 {
         p.mm.write_val(a[1], &old)?;
@@ -714,13 +653,7 @@ fn string_array(p: &mut Process, va: u64) -> SysResult<Vec<Vec<u8>>> {
         if ptr == 0 {
             break;
         }
-        let s = p.mm.read_cstr(ptr, 128 * 1024).map_err(|e| {
-            if e == Errno::ENAMETOOLONG {
-                Errno::E2BIG
-            } else {
-                e
-            }
-        })?;
+        let s = p.mm.read_cstr(ptr, 128 * 1024).map_err(|e| if e == Errno::ENAMETOOLONG { Errno::E2BIG } else { e })?;
         total += s.len() + 1 + 8;
         if total > 2 << 20 {
             return Err(Errno::E2BIG);
@@ -734,23 +667,15 @@ fn do_execve(p: &mut Process, path: Vec<u8>, argv_va: u64, envp_va: u64) -> Sys 
     let r = (|| -> Result<Box<kvm_bindings::kvm_regs>, Errno> {
         let argv = string_array(p, argv_va)?;
         let envp = string_array(p, envp_va)?;
-        let path = if path == b"/proc/self/exe" {
-            p.exe.clone()
-        } else {
-            path
-        };
+        let path = if path == b"/proc/self/exe" { p.exe.clone() } else { path };
         let cwd = p.cwd.clone();
-        let prepared =
-            exec::prepare(&p.sandbox, &cwd, &path, argv, &envp).map_err(|e| e.errno())?;
+        let prepared = exec::prepare(&p.sandbox, &cwd, &path, argv, &envp).map_err(|e| e.errno())?;
         // Point of no return: the old image goes.
         p.mm.unmap(USER_MIN, USER_END);
         p.fds.close_on_exec();
         p.signals.reset_on_exec();
         p.name = super::super::comm_name(&path);
-        let creds = Creds {
-            uid: p.ids.uid,
-            gid: p.ids.gid,
-        };
+        let creds = Creds { uid: p.ids.uid, gid: p.ids.gid };
         match exec::load(&mut p.mm, prepared, &envp, &creds, random16()) {
             Ok(loaded) => {
                 p.exe = loaded.exe;
@@ -764,9 +689,7 @@ fn do_execve(p: &mut Process, path: Vec<u8>, argv_va: u64, envp_va: u64) -> Sys 
     })();
     match r {
         Ok(regs) => Sys::Exec(regs),
-        Err(_) if p.fatal.is_some() => {
-            Sys::Kill(Signal::SIGKILL, p.fatal.take().unwrap_or_default())
-        }
+        Err(_) if p.fatal.is_some() => Sys::Kill(Signal::SIGKILL, p.fatal.take().unwrap_or_default()),
         Err(e) => Err::<u64, _>(e).into(),
     }
 }
