@@ -1,0 +1,539 @@
+//! A follower's end: connects to the leader, receives batches and control
+//! messages in order, and sends acknowledgements promptly.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+use super::{heartbeat_interval, lock, millis, read_sealed, runtime, write_timeout, LinkError, PeerFailure, Pool};
+use crate::config::{ClusterConfig, Role};
+use crate::crypto::{Opener, Sealer};
+use crate::handshake::{self, HandshakeError, HandshakeInfo};
+use crate::wire::{self, Control, Decoded, Message, MAX_CONTROL_PAYLOAD};
+
+/// One entry from the leader: its sequence number and its bytes (a slice of
+/// the receive buffer, valid until the next call on the follower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub seq: u64,
+    pub data: &'a [u8],
+}
+
+/// What the leader sent next, in the leader's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    Entry(Entry<'a>),
+    Control(Control),
+}
+
+struct RecvBatch {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    remaining: u64,
+}
+
+enum Inbound {
+    Batch(RecvBatch, u64),
+    Control(Control),
+    Failed(LinkError),
+}
+
+struct AckSlot {
+    pending: Mutex<Option<(u64, [u8; 32])>>,
+    notify: Notify,
+}
+
+enum Cmd {
+    Control(Vec<u8>),
+    Close,
+}
+
+struct Shared {
+    failed: AtomicBool,
+    failure: Mutex<Option<LinkError>>,
+    inbound: Mutex<Option<std_mpsc::Sender<Inbound>>>,
+    acks: AckSlot,
+}
+
+impl Shared {
+    fn fail(&self, e: LinkError) {
+        {
+            let mut f = lock(&self.failure);
+            if f.is_some() {
+                return;
+            }
+            *f = Some(e.clone());
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        if let Some(tx) = lock(&self.inbound).as_ref() {
+            let _ = tx.send(Inbound::Failed(e));
+        }
+        // Wake the writer so it stops.
+        self.acks.notify.notify_one();
+    }
+}
+
+/// A follower's end of its link to the leader.
+pub struct Follower {
+    id: u8,
+    leader_id: u8,
+    inbound: std_mpsc::Receiver<Inbound>,
+    current: Option<RecvBatch>,
+    queued: VecDeque<RecvBatch>,
+    /// Control messages with the number of entries the leader sent before each.
+    controls: VecDeque<(u64, Control)>,
+    /// Entries taken from the I/O thread so far.
+    received: u64,
+    next_seq: u64,
+    failure: Option<LinkError>,
+    shared: Arc<Shared>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    pool: Arc<Pool>,
+    io: Option<thread::JoinHandle<()>>,
+}
+
+impl Follower {
+    /// Connects to the leader of `cfg` as follower `my_id` (retrying until
+    /// `cfg.timeout`, since the leader may start later) and authenticates.
+    pub fn connect(cfg: &ClusterConfig, my_id: u8, info: &HandshakeInfo) -> Result<Follower, LinkError> {
+        let cfg = &cfg.clone().validate().map_err(|e| LinkError::Config(e.to_string()))?;
+        let me = cfg.variant(my_id).map_err(|e| LinkError::Config(e.to_string()))?;
+        if me.role != Role::Follower {
+            return Err(LinkError::NotAFollower(my_id));
+        }
+        let (in_tx, in_rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared {
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            inbound: Mutex::new(Some(in_tx.clone())),
+            acks: AckSlot { pending: Mutex::new(None), notify: Notify::new() },
+        });
+        let pool = Arc::new(Pool::new(cfg.batch_bytes + 256));
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+        let io = {
+            let cfg = cfg.clone();
+            let info = *info;
+            let shared = shared.clone();
+            let pool = pool.clone();
+            thread::Builder::new()
+                .name(format!("dmvx-sync-follower-{my_id}"))
+                .spawn(move || {
+                    let rt = match runtime() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(LinkError::Spawn(e.to_string())));
+                            return;
+                        }
+                    };
+                    rt.block_on(follower_io(cfg, my_id, info, shared, pool, in_tx, cmd_rx, ready_tx));
+                })
+                .map_err(|e| LinkError::Spawn(e.to_string()))?
+        };
+        let result = ready_rx.recv().unwrap_or(Err(LinkError::IoThreadGone));
+        if let Err(e) = result {
+            let _ = io.join();
+            return Err(e);
+        }
+        Ok(Follower {
+            id: my_id,
+            leader_id: cfg.leader().id,
+            inbound: in_rx,
+            current: None,
+            queued: VecDeque::new(),
+            controls: VecDeque::new(),
+            received: 0,
+            next_seq: 1,
+            failure: None,
+            shared,
+            cmd: cmd_tx,
+            pool,
+            io: Some(io),
+        })
+    }
+
+    /// This follower's variant id.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// The seq of the last entry handed out (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The next entry, in sequence order; blocks while the link is alive.
+    /// A leader silent for the timeout (not even heartbeats) or a broken
+    /// link is an error. If the leader sent a control message before the
+    /// next entry, returns [`LinkError::ControlPending`]: take it with
+    /// [`Follower::next_incoming`] or [`Follower::try_recv_control`], then go on.
+    pub fn next_entry(&mut self) -> Result<Entry<'_>, LinkError> {
+        if self.fill(None)? {
+            self.take_entry()
+        } else {
+            Err(LinkError::ControlPending)
+        }
+    }
+
+    /// Like [`Follower::next_entry`], but gives up after `timeout` with `None`.
+    pub fn next_entry_timeout(&mut self, timeout: Duration) -> Result<Option<Entry<'_>>, LinkError> {
+        if self.fill(Some(Instant::now() + timeout))? {
+            return self.take_entry().map(Some);
+        }
+        if self.control_due() {
+            Err(LinkError::ControlPending)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The next entry or control message, strictly in the leader's order.
+    pub fn next_incoming(&mut self) -> Result<Incoming<'_>, LinkError> {
+        if self.fill(None)? {
+            return self.take_entry().map(Incoming::Entry);
+        }
+        match self.controls.pop_front() {
+            Some((_, c)) => Ok(Incoming::Control(c)),
+            None => Err(LinkError::IoThreadGone),
+        }
+    }
+
+    /// Acknowledges entry `seq` with the engine's `digest` there. Sent at
+    /// once by the I/O thread; acknowledgements made faster than it sends
+    /// them are coalesced (the latest wins).
+    pub fn ack(&mut self, seq: u64, digest: [u8; 32]) -> Result<(), LinkError> {
+        if seq >= self.next_seq {
+            return Err(LinkError::AckAhead { seq, received: self.next_seq - 1 });
+        }
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(self.sticky_failure());
+        }
+        {
+            let mut p = lock(&self.shared.acks.pending);
+            if p.is_none_or(|(s, _)| s <= seq) {
+                *p = Some((seq, digest));
+            }
+        }
+        self.shared.acks.notify.notify_one();
+        Ok(())
+    }
+
+    /// Sends a control message to the leader.
+    pub fn send_control(&mut self, control: &Control) -> Result<(), LinkError> {
+        if control.payload_len() > MAX_CONTROL_PAYLOAD {
+            return Err(LinkError::ControlTooLarge { len: control.payload_len(), max: MAX_CONTROL_PAYLOAD });
+        }
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(self.sticky_failure());
+        }
+        self.cmd.send(Cmd::Control(Message::Control(control.clone()).encode())).map_err(|_| LinkError::IoThreadGone)
+    }
+
+    /// A control message from the leader, if one has arrived (possibly ahead
+    /// of entries not yet taken; use [`Follower::next_incoming`] for strict order).
+    pub fn try_recv_control(&mut self) -> Option<Control> {
+        loop {
+            if let Some((_, c)) = self.controls.pop_front() {
+                return Some(c);
+            }
+            match self.inbound.try_recv() {
+                Ok(item) => self.accept(item),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The link's failure, if it failed.
+    pub fn check(&self) -> Result<(), LinkError> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            Err(self.sticky_failure())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Says goodbye to the leader and stops the I/O thread.
+    pub fn close(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(io) = self.io.take() {
+            let _ = self.cmd.send(Cmd::Close);
+            let _ = io.join();
+        }
+    }
+
+    fn sticky_failure(&self) -> LinkError {
+        lock(&self.shared.failure).clone().unwrap_or(LinkError::IoThreadGone)
+    }
+
+    fn control_due(&self) -> bool {
+        self.controls.front().is_some_and(|(before, _)| *before < self.next_seq)
+    }
+
+    fn accept(&mut self, item: Inbound) {
+        match item {
+            Inbound::Batch(b, count) => {
+                self.received += count;
+                self.queued.push_back(b);
+            }
+            Inbound::Control(c) => self.controls.push_back((self.received, c)),
+            Inbound::Failed(e) => {
+                if self.failure.is_none() {
+                    self.failure = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Makes an entry ready in `current` (true), or stops at a due control
+    /// message or the deadline (false).
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, LinkError> {
+        loop {
+            if self.control_due() {
+                return Ok(false);
+            }
+            if self.current.as_ref().is_some_and(|c| c.remaining > 0) {
+                return Ok(true);
+            }
+            if let Some(done) = self.current.take() {
+                self.pool.put(done.buf);
+            }
+            if let Some(b) = self.queued.pop_front() {
+                self.current = Some(b);
+                continue;
+            }
+            if let Some(e) = &self.failure {
+                return Err(e.clone());
+            }
+            let item = match deadline {
+                None => self.inbound.recv().ok(),
+                Some(d) => match self.inbound.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                    Ok(item) => Some(item),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => return Ok(false),
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            match item {
+                Some(item) => self.accept(item),
+                None => self.failure = Some(self.sticky_failure()),
+            }
+        }
+    }
+
+    fn take_entry(&mut self) -> Result<Entry<'_>, LinkError> {
+        let cur = self.current.as_mut().ok_or(LinkError::IoThreadGone)?;
+        let body = cur.buf.get(..cur.end).unwrap_or_default();
+        // The I/O thread checked the whole batch, so this cannot fail; stay
+        // defensive anyway.
+        let data = wire::next_entry(body, &mut cur.pos).ok_or(LinkError::Peer {
+            variant: self.leader_id,
+            failure: PeerFailure::Malformed("batch entry out of bounds".into()),
+        })?;
+        cur.remaining -= 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(Entry { seq, data })
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn follower_io(
+    cfg: ClusterConfig,
+    my_id: u8,
+    info: HandshakeInfo,
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    in_tx: std_mpsc::Sender<Inbound>,
+    cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    ready: std_mpsc::SyncSender<Result<(), LinkError>>,
+) {
+    let leader = cfg.leader().clone();
+    let deadline = tokio::time::Instant::now() + cfg.timeout;
+    let connect_err = |reason: String| LinkError::Connect {
+        address: leader.address.clone(),
+        timeout_ms: millis(cfg.timeout),
+        reason,
+    };
+    let mut stream = loop {
+        match tokio::time::timeout_at(deadline, TcpStream::connect(&leader.address)).await {
+            Ok(Ok(s)) => break s,
+            Ok(Err(e)) => {
+                let retry = tokio::time::Instant::now() + Duration::from_millis(50);
+                if retry >= deadline {
+                    let _ = ready.send(Err(connect_err(e.to_string())));
+                    return;
+                }
+                tokio::time::sleep_until(retry).await;
+            }
+            Err(_) => {
+                let _ = ready.send(Err(connect_err("timed out".into())));
+                return;
+            }
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let peer = format!("leader (variant {}) at {}", leader.id, leader.address);
+    let session = match tokio::time::timeout(cfg.timeout, handshake::client(&mut stream, &cfg, my_id, &info)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(error)) => {
+            let _ = ready.send(Err(LinkError::Handshake { peer, error }));
+            return;
+        }
+        Err(_) => {
+            let _ = ready.send(Err(LinkError::Handshake { peer, error: HandshakeError::Timeout(millis(cfg.timeout)) }));
+            return;
+        }
+    };
+    let (rd, wr) = stream.into_split();
+    let reader = tokio::spawn(reader(leader.id, rd, session.opener, shared.clone(), pool, in_tx, cfg.timeout));
+    if ready.send(Ok(())).is_err() {
+        return;
+    }
+    writer(leader.id, wr, session.sealer, shared.clone(), cmd_rx, cfg.timeout).await;
+    reader.abort();
+    // No more inbound items after this: the receiver sees a disconnect.
+    lock(&shared.inbound).take();
+}
+
+async fn reader(
+    leader_id: u8,
+    rd: OwnedReadHalf,
+    mut opener: Opener,
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    tx: std_mpsc::Sender<Inbound>,
+    timeout: Duration,
+) {
+    let fail = |failure: PeerFailure| shared.fail(LinkError::Peer { variant: leader_id, failure });
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let mut expected = 1u64;
+    let mut buf = pool.get();
+    loop {
+        let n = match read_sealed(&mut rd, &mut buf, &mut opener, timeout).await {
+            Ok(n) => n,
+            Err(f) => return fail(f),
+        };
+        let plain = buf.get(..n).unwrap_or_default();
+        let item = match wire::decode(plain) {
+            Err(e) => return fail(PeerFailure::Malformed(e.to_string())),
+            Ok(Decoded::Batch(view)) => {
+                if view.first_seq != expected {
+                    return fail(PeerFailure::Protocol(format!(
+                        "batch starts at seq {}, expected {expected}",
+                        view.first_seq
+                    )));
+                }
+                expected += view.count;
+                let (count, pos) = (view.count, view.body_offset);
+                let full = std::mem::replace(&mut buf, pool.get());
+                let batch = RecvBatch { buf: full, pos, end: n, remaining: count };
+                Inbound::Batch(batch, count)
+            }
+            Ok(Decoded::Other(Message::Control(Control::Heartbeat))) => continue,
+            Ok(Decoded::Other(Message::Control(c))) => Inbound::Control(c),
+            Ok(Decoded::Other(Message::Bye)) => return fail(PeerFailure::Closed),
+            Ok(Decoded::Other(Message::Ack { .. })) => {
+                return fail(PeerFailure::Protocol("the leader sent an acknowledgement".into()))
+            }
+            Ok(Decoded::Other(Message::Batch { .. })) => {
+                return fail(PeerFailure::Malformed("unexpected batch encoding".into()))
+            }
+        };
+        if tx.send(item).is_err() {
+            return;
+        }
+    }
+}
+
+async fn writer(
+    leader_id: u8,
+    mut wr: OwnedWriteHalf,
+    mut sealer: Sealer,
+    shared: Arc<Shared>,
+    mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    timeout: Duration,
+) {
+    let heartbeat = Message::Control(Control::Heartbeat).encode();
+    let bye = Message::Bye.encode();
+    let idle = heartbeat_interval(timeout);
+    let mut out = Vec::with_capacity(4096);
+    let mut plain = Vec::with_capacity(64);
+    loop {
+        let mut closing = false;
+        let mut beat = false;
+        let mut first = None;
+        tokio::select! {
+            biased;
+            _ = shared.acks.notify.notified() => {}
+            c = cmd_rx.recv() => first = Some(c),
+            _ = tokio::time::sleep(idle) => beat = true,
+        }
+        if shared.failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut sealed = Ok(());
+        // Acknowledgements first: the leader may be waiting on them.
+        if let Some((seq, digest)) = lock(&shared.acks.pending).take() {
+            plain.clear();
+            Message::Ack { seq, digest }.encode_into(&mut plain);
+            sealed = sealed.and(sealer.seal_into(&plain, &mut out));
+        }
+        let mut next = first;
+        loop {
+            match next {
+                Some(Some(Cmd::Control(bytes))) => {
+                    sealed = sealed.and(sealer.seal_into(&bytes, &mut out));
+                }
+                Some(Some(Cmd::Close)) | Some(None) => {
+                    closing = true;
+                    break;
+                }
+                None => {}
+            }
+            next = match cmd_rx.try_recv() {
+                Ok(c) => Some(Some(c)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+            };
+        }
+        if beat && out.is_empty() {
+            sealed = sealed.and(sealer.seal_into(&heartbeat, &mut out));
+        }
+        if closing {
+            sealed = sealed.and(sealer.seal_into(&bye, &mut out));
+        }
+        if let Err(e) = sealed {
+            shared.fail(LinkError::Peer { variant: leader_id, failure: PeerFailure::Protocol(e.to_string()) });
+            return;
+        }
+        if !out.is_empty() {
+            if let Err(f) = write_timeout(&mut wr, &out, timeout).await {
+                if !closing {
+                    shared.fail(LinkError::Peer { variant: leader_id, failure: f });
+                }
+                return;
+            }
+            out.clear();
+        }
+        if closing {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The link at work on real loopback TCP: streaming, acknowledgements,
+//! back-pressure, silence, controls, shutdown.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dmvx_sync::link::{Entry, Incoming};
+use dmvx_sync::{Control, Follower, Leader, LinkError, PeerFailure};
+use sha2::{Digest as _, Sha256};
+
+fn chain(prev: &[u8; 32], entry: &Entry<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(entry.seq.to_le_bytes());
+    h.update(entry.data);
+    h.finalize().into()
+}
+
+#[test]
+fn stream_of_100k_random_entries_arrives_in_order_with_acks() {
+    const N: u64 = 100_000;
+    const MAX: usize = 1000;
+    let cfg = cluster(3, 10_000);
+    let info = info(&cfg);
+    let followers: Vec<_> = [1u8, 2]
+        .into_iter()
+        .map(|id| {
+            let cfg = cfg.clone();
+            thread::spawn(move || {
+                let mut f = Follower::connect(&cfg, id, &info).unwrap();
+                let mut want = Vec::new();
+                let mut digest = [0u8; 32];
+                for seq in 1..=N {
+                    let e = f.next_entry().unwrap();
+                    assert_eq!(e.seq, seq);
+                    entry_for(seq, MAX, &mut want);
+                    assert_eq!(e.data, &want[..], "entry {seq} differs");
+                    digest = chain(&digest, &e);
+                    if seq % 64 == 0 || seq == N {
+                        f.ack(seq, digest).unwrap();
+                    }
+                }
+                // The leader's goodbye follows the last entry.
+                let end = f.next_entry().unwrap_err();
+                assert_eq!(end, LinkError::Peer { variant: 0, failure: PeerFailure::Closed });
+                digest
+            })
+        })
+        .collect();
+    let mut leader = start(&cfg, &info).unwrap();
+    let mut buf = Vec::new();
+    let mut digest = [0u8; 32];
+    for seq in 1..=N {
+        entry_for(seq, MAX, &mut buf);
+        assert_eq!(leader.push(&buf).unwrap(), seq);
+        digest = chain(&digest, &Entry { seq, data: &buf });
+    }
+    leader.wait_acked(N, Duration::from_secs(10)).unwrap();
+    assert_eq!(leader.acked(), N);
+    for id in [1, 2] {
+        let a = leader.ack_of(id).unwrap();
+        assert_eq!((a.variant, a.seq), (id, N));
+        assert_eq!(a.digest, digest, "follower {id}'s digest differs");
+    }
+    assert_eq!(leader.acks().count(), 2);
+    leader.close().unwrap();
+    for f in followers {
+        assert_eq!(f.join().unwrap(), digest);
+    }
+}
+
+#[test]
+fn back_pressure_blocks_the_leader_until_the_follower_acks_again() {
+    let mut cfg = cluster(2, 5_000);
+    cfg.max_lag = 100;
+    cfg.batch_bytes = 64;
+    let info = info(&cfg);
+    let stalled = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let (cfg, stalled) = (cfg.clone(), stalled.clone());
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+            for seq in 1..=1000u64 {
+                let e = f.next_entry().unwrap();
+                assert_eq!(e.seq, seq);
+                f.ack(seq, [0; 32]).unwrap();
+                if seq == 50 {
+                    stalled.store(true, Ordering::SeqCst);
+                    thread::sleep(Duration::from_millis(800));
+                    stalled.store(false, Ordering::SeqCst);
+                }
+            }
+            f
+        })
+    };
+    let mut leader = start(&cfg, &info).unwrap();
+    let mut blocked_at = None;
+    for seq in 1..=1000u64 {
+        let t = Instant::now();
+        leader.push(&seq.to_le_bytes()).unwrap();
+        if t.elapsed() > Duration::from_millis(300) {
+            blocked_at.get_or_insert(seq);
+            // It may only go on once the follower resumed acknowledging.
+            assert!(!stalled.load(Ordering::SeqCst));
+            assert!(leader.acked() >= seq - 100);
+        }
+    }
+    // 50 acknowledged + max_lag 100: the 151st push is the first to block.
+    assert_eq!(blocked_at, Some(151));
+    leader.wait_acked(1000, Duration::from_secs(5)).unwrap();
+    drop(follower.join().unwrap());
+}
+
+#[test]
+fn a_follower_that_does_not_ack_makes_wait_acked_fail_naming_it() {
+    let cfg = cluster(3, 5_000);
+    let info = info(&cfg);
+    let done = Arc::new(AtomicBool::new(false));
+    let spawn = |id: u8, acks: bool| {
+        let (cfg, done) = (cfg.clone(), done.clone());
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, id, &info).unwrap();
+            for _ in 0..10 {
+                let seq = f.next_entry().unwrap().seq;
+                if acks {
+                    f.ack(seq, [1; 32]).unwrap();
+                }
+            }
+            while !done.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let (f1, f2) = (spawn(1, true), spawn(2, false));
+    let mut leader = start(&cfg, &info).unwrap();
+    for i in 0..10u8 {
+        leader.push(&[i]).unwrap();
+    }
+    let t = Instant::now();
+    let err = leader.wait_acked(10, Duration::from_millis(700)).unwrap_err();
+    let waited = t.elapsed();
+    assert_eq!(err, LinkError::AckTimeout { seq: 10, silent: vec![2], timeout_ms: 700 });
+    assert!(err.to_string().contains("follower(s) 2 did not acknowledge seq 10"));
+    assert!(waited >= Duration::from_millis(700) && waited < Duration::from_millis(1500));
+    assert_eq!(leader.ack_of(1).unwrap().seq, 10);
+    assert_eq!(leader.ack_of(2).unwrap().seq, 0);
+    done.store(true, Ordering::SeqCst);
+    f1.join().unwrap();
+    f2.join().unwrap();
+}
+
+#[test]
+fn a_follower_that_stops_answering_is_detected_by_heartbeat_timeout() {
+    let cfg = cluster(2, 600);
+    let info = info(&cfg);
+    let leader_addr = cfg.leader().address.parse().unwrap();
+    // After the handshake the proxy stops forwarding follower → leader.
+    let px = proxy(
+        leader_addr,
+        pass(),
+        Box::new(|idx, f| {
+            if idx >= 2 {
+                thread::sleep(Duration::from_secs(5));
+            }
+            vec![Act::Send(f)]
+        }),
+    );
+    let fcfg = via(&cfg, px.addr);
+    let follower = thread::spawn(move || Follower::connect(&fcfg, 1, &info).unwrap());
+    let leader = start(&cfg, &info).unwrap();
+    let t = Instant::now();
+    let err = loop {
+        if let Err(e) = leader.check() {
+            break e;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "silence not detected");
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(err, LinkError::Peer { variant: 1, failure: PeerFailure::Silent(600) });
+    assert!(t.elapsed() < Duration::from_millis(1200));
+    assert!(err.to_string().contains("variant 1: silent for 600 ms"));
+    drop(leader);
+    drop(follower.join().unwrap());
+}
+
+#[test]
+fn idle_links_stay_up_on_heartbeats() {
+    let cfg = cluster(2, 300);
+    let info = info(&cfg);
+    let follower = {
+        let cfg = cfg.clone();
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+            // Nothing for 4 timeouts, then an entry.
+            let e = f.next_entry().unwrap();
+            assert_eq!((e.seq, e.data), (1, &b"late"[..]));
+            f.ack(1, [0; 32]).unwrap();
+            f
+        })
+    };
+    let mut leader = start(&cfg, &info).unwrap();
+    thread::sleep(Duration::from_millis(1200));
+    leader.check().unwrap();
+    leader.push(b"late").unwrap();
+    leader.wait_acked(1, Duration::from_secs(2)).unwrap();
+    drop(follower.join().unwrap());
+}
+
+#[test]
+fn controls_flow_both_ways_in_order_with_entries() {
+    let cfg = cluster(2, 5_000);
+    let info = info(&cfg);
+    let follower = {
+        let cfg = cfg.clone();
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+            let mut seen = Vec::new();
+            loop {
+                match f.next_incoming() {
+                    Ok(Incoming::Entry(e)) => seen.push(format!("entry {}", e.seq)),
+                    Ok(Incoming::Control(c)) => {
+                        let stop = matches!(c, Control::Shutdown { .. });
+                        seen.push(format!("{c:?}"));
+                        if stop {
+                            break;
+                        }
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            f.send_control(&Control::Divergence { seq: 2, report: b"variant 1 saw write(1, \"x\")".to_vec() }).unwrap();
+            // next_entry refuses to skip a pending control message.
+            let err = f.next_entry().unwrap_err();
+            assert_eq!(err, LinkError::ControlPending);
+            assert_eq!(f.try_recv_control(), Some(Control::Custom { kind: 9, payload: vec![1] }));
+            assert_eq!(f.next_entry().unwrap().seq, 3);
+            (seen, f)
+        })
+    };
+    let mut leader = start(&cfg, &info).unwrap();
+    leader.push(b"one").unwrap();
+    leader.push(b"two").unwrap();
+    leader.send_control(&Control::Shutdown { status: 3 }).unwrap();
+    leader.send_control_to(1, &Control::Custom { kind: 9, payload: vec![1] }).unwrap();
+    leader.push(b"three").unwrap();
+    leader.flush().unwrap();
+    let (from, c) = leader.recv_control_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(from, 1);
+    assert!(matches!(c, Control::Divergence { seq: 2, .. }));
+    assert_eq!(leader.try_recv_control(), None);
+    assert_eq!(leader.recv_control_timeout(Duration::from_millis(50)), Ok(None));
+    assert_eq!(leader.send_control_to(7, &Control::Heartbeat), Err(LinkError::NotAFollower(7)));
+    let (seen, f) = follower.join().unwrap();
+    assert_eq!(seen, ["entry 1", "entry 2", "Shutdown { status: 3 }"]);
+    // The follower closes: the leader learns it.
+    f.close();
+    let err = leader.recv_control_timeout(Duration::from_secs(5)).unwrap_err();
+    assert_eq!(err, LinkError::Peer { variant: 1, failure: PeerFailure::Closed });
+    assert_eq!(leader.push(b"x").unwrap_err(), err);
+}
+
+#[test]
+fn follower_may_start_before_the_leader() {
+    // Nothing listens on the leader's port until Leader::start binds it.
+    let mut cfg = dmvx_sync::ClusterConfig::local(2, free_port(), key(0x42)).unwrap();
+    cfg.timeout = Duration::from_millis(3_000);
+    let info = info(&cfg);
+    let follower = {
+        let cfg = cfg.clone();
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+            let e = f.next_entry().unwrap();
+            assert_eq!(e.data, b"hi");
+            f.ack(1, [0; 32]).unwrap();
+            f
+        })
+    };
+    thread::sleep(Duration::from_millis(400));
+    let mut leader = Leader::start(&cfg, &info).unwrap();
+    leader.push(b"hi").unwrap();
+    leader.wait_acked(1, Duration::from_secs(3)).unwrap();
+    drop(follower.join().unwrap());
+}
+
+#[test]
+fn a_missing_follower_is_named() {
+    let cfg = cluster(3, 500);
+    let info = info(&cfg);
+    let f1 = {
+        let cfg = cfg.clone();
+        thread::spawn(move || Follower::connect(&cfg, 1, &info))
+    };
+    let err = start(&cfg, &info).err().unwrap();
+    assert!(matches!(&err, LinkError::MissingFollowers { missing, .. } if missing == &[2]), "{err}");
+    assert!(err.to_string().starts_with("follower(s) 2 did not join within 500 ms"));
+    // Follower 1 joined, then lost its leader.
+    let mut f1 = f1.join().unwrap().unwrap();
+    let err = f1.next_entry().unwrap_err();
+    assert!(matches!(err, LinkError::Peer { variant: 0, .. }), "{err}");
+}
+
+#[test]
+fn no_leader_means_a_clear_connect_error() {
+    let mut cfg = dmvx_sync::ClusterConfig::local(2, free_port(), key(0x42)).unwrap();
+    cfg.timeout = Duration::from_millis(300);
+    let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
+    assert!(matches!(err, LinkError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains("cannot reach the leader at 127.0.0.1:"));
+    assert_eq!(Follower::connect(&cfg, 0, &info(&cfg)).err().unwrap(), LinkError::NotAFollower(0));
+}
+
+#[test]
+fn an_edited_invalid_config_is_refused() {
+    let mut cfg = cluster(2, 300);
+    cfg.variants[1].role = dmvx_sync::Role::Leader;
+    let err = start(&cfg, &info(&cfg)).err().unwrap();
+    assert!(matches!(err, LinkError::Config(_)), "{err}");
+    cfg.variants.clear();
+    let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
+    assert_eq!(err.to_string(), "invalid cluster configuration: the cluster file lists no [[variant]]");
+}
+
+#[test]
+fn api_misuse_is_an_error() {
+    let cfg = cluster(2, 3_000);
+    let info = info(&cfg);
+    let follower = {
+        let cfg = cfg.clone();
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+            assert_eq!(f.ack(1, [0; 32]), Err(LinkError::AckAhead { seq: 1, received: 0 }));
+            let e = f.next_entry().unwrap();
+            assert_eq!(e.data.len(), 0);
+            assert_eq!(f.next_entry_timeout(Duration::from_millis(50)).unwrap(), None);
+            f.ack(1, [0; 32]).unwrap();
+            f
+        })
+    };
+    let mut leader = start(&cfg, &info).unwrap();
+    assert_eq!(leader.wait_acked(1, Duration::from_millis(1)), Err(LinkError::NotPushed { seq: 1, last: 0 }));
+    let big = vec![0u8; dmvx_sync::wire::MAX_ENTRY + 1];
+    assert!(matches!(leader.push(&big), Err(LinkError::EntryTooLarge { .. })));
+    leader.push(b"").unwrap();
+    leader.wait_acked(1, Duration::from_secs(3)).unwrap();
+    drop(follower.join().unwrap());
+}
+
+#[test]
+fn large_entries_cross_in_their_own_batches() {
+    let cfg = cluster(2, 5_000);
+    let info = info(&cfg);
+    let sizes = [0usize, 8191, 8192, 8193, 100_000, 3 << 20, 1, dmvx_sync::wire::MAX_ENTRY, 2];
+    let follower = {
+        let cfg = cfg.clone();
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+            for (i, size) in sizes.iter().enumerate() {
+                let e = f.next_entry().unwrap();
+                assert_eq!(e.data.len(), *size);
+                assert!(e.data.iter().all(|b| *b == i as u8));
+                let seq = e.seq;
+                f.ack(seq, [0; 32]).unwrap();
+            }
+            f
+        })
+    };
+    let mut leader = start(&cfg, &info).unwrap();
+    for (i, size) in sizes.iter().enumerate() {
+        leader.push(&vec![i as u8; *size]).unwrap();
+    }
+    leader.wait_acked(sizes.len() as u64, Duration::from_secs(5)).unwrap();
+    drop(follower.join().unwrap());
+}
