@@ -1,5 +1,8 @@
-//! dmvx-sync: the MVX engine's cluster configuration and transport.
+//! dmvx-sync: the MVX engine, independent of KVM.
 //!
+//! * [`policy`]: lockstep/relaxed/unchecked and replicated/local, per call class.
+//! * [`record`]: event records (normalised calls) and the entries the leader ships.
+//! * [`report`]: divergence reports and the forensic log.
 //! * [`config`]: the cluster file (TOML) and its checks.
 //! * [`wire`]: the messages and their encoding.
 //! * [`frame`]: length-delimited frames with a hard size limit.
@@ -16,6 +19,9 @@ pub mod crypto;
 pub mod frame;
 pub mod handshake;
 pub mod link;
+pub mod policy;
+pub mod record;
+pub mod report;
 pub mod wire;
 
 pub use config::{ClusterConfig, ClusterKey, ConfigError, Digest, Role};

@@ -1,0 +1,181 @@
+//! Divergence reports: what was different, where, under which policy, and
+//! the last events of every variant (the forensic log).
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use crate::record::{decode, Event};
+
+/// How many recent events each variant keeps for a report.
+pub const FORENSIC_EVENTS: usize = 64;
+
+/// One past event in the forensic log.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoggedEvent {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: Event,
+    pub ret: i64,
+}
+
+/// A ring of a variant's last events (raw records; decoded only for a report).
+#[derive(Clone, Debug, Default)]
+pub struct ForensicLog {
+    ring: VecDeque<(u64, Vec<u8>, i64)>,
+}
+
+impl ForensicLog {
+    /// Remembers event `seq` (its record and return value).
+    pub fn push(&mut self, seq: u64, record: &[u8], ret: i64) {
+        if self.ring.len() == FORENSIC_EVENTS {
+            if let Some((_, mut buf, _)) = self.ring.pop_front() {
+                buf.clear();
+                buf.extend_from_slice(record);
+                self.ring.push_back((seq, buf, ret));
+                return;
+            }
+        }
+        self.ring.push_back((seq, record.to_vec(), ret));
+    }
+
+    /// The events, oldest first, decoded.
+    pub fn events(&self, name_of: impl Fn(u64) -> Option<&'static str> + Copy) -> Vec<LoggedEvent> {
+        self.ring
+            .iter()
+            .filter_map(|(seq, r, ret)| {
+                decode(r, name_of).ok().map(|event| LoggedEvent { seq: *seq, event, ret: *ret })
+            })
+            .collect()
+    }
+}
+
+/// What diverged.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Different events (call, arguments, data, exit, fault) at one sequence number.
+    Records,
+    /// The same call returned different results where each variant ran it locally.
+    Result,
+    /// A variant stopped answering.
+    Silent,
+    /// A variant ended (exit or fault) where others did not.
+    Ended,
+}
+
+/// The report written when variants diverge.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub kind: Kind,
+    /// Human-readable one-line summary.
+    pub message: String,
+    /// Sequence number of the event that diverged.
+    pub seq: u64,
+    /// The variant that disagreed with the leader.
+    pub variant: u32,
+    /// The variant that detected it.
+    pub detected_by: u32,
+    /// The policy that applied: class, check, input.
+    pub policy: PolicyUsed,
+    /// The leader's event and the other variant's.
+    pub leader: Option<Event>,
+    pub other: Option<Event>,
+    /// Whether the leader's event had taken effect already (relaxed calls).
+    pub took_effect: bool,
+    /// The last events of each variant.
+    pub forensic: Vec<VariantLog>,
+}
+
+/// The rule a diverging call fell under.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PolicyUsed {
+    pub class: String,
+    pub check: String,
+    pub input: String,
+}
+
+/// One variant's recent events.
+#[derive(Clone, Debug, Serialize)]
+pub struct VariantLog {
+    pub variant: u32,
+    pub events: Vec<LoggedEvent>,
+}
+
+impl Report {
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// Parses a report back (for tests and tools).
+    pub fn parse(json: &str) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+}
+
+/// Renders an event in one line, for the human-readable message.
+pub fn describe(e: &Option<Event>) -> String {
+    match e {
+        None => "nothing".into(),
+        Some(Event::Exit { status }) => format!("exit({status})"),
+        Some(Event::Killed { signal }) => format!("death by signal {signal}"),
+        Some(Event::Call { name, args, .. }) => {
+            let a: Vec<String> = args
+                .iter()
+                .map(|a| match a {
+                    crate::record::Arg::Int(v) => format!("{v:#x}"),
+                    crate::record::Arg::Fd(v) => format!("fd {v}"),
+                    crate::record::Arg::Str(s) => format!("{s:?}"),
+                    crate::record::Arg::Bytes(h) => format!("<{} bytes>", h.len() / 2),
+                    crate::record::Arg::Digest { sha256, len } => format!("<{len} bytes, sha256 {}…>", &sha256[..12]),
+                })
+                .collect();
+            format!("{name}({})", a.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Class;
+    use crate::record::RecordBuf;
+
+    #[test]
+    fn forensic_log_keeps_the_last_events() {
+        let mut log = ForensicLog::default();
+        let mut r = RecordBuf::new();
+        for i in 0..200u64 {
+            r.call(39, Class::Process).int(i);
+            log.push(i, r.as_bytes(), 2);
+        }
+        let ev = log.events(|_| Some("getpid"));
+        assert_eq!(ev.len(), FORENSIC_EVENTS);
+        assert_eq!(ev[0].seq, 200 - FORENSIC_EVENTS as u64);
+        assert_eq!(ev.last().unwrap().seq, 199);
+    }
+
+    #[test]
+    fn reports_serialise() {
+        let mut a = RecordBuf::new();
+        a.call(1, Class::Output).fd(1).digest_of(b"a");
+        let leader = decode(a.as_bytes(), |_| Some("write")).ok();
+        let r = Report {
+            kind: Kind::Records,
+            message: format!("variant 1 made {} where the leader made {}", describe(&None), describe(&leader)),
+            seq: 7,
+            variant: 1,
+            detected_by: 1,
+            policy: PolicyUsed { class: "output".into(), check: "lockstep".into(), input: "replicated".into() },
+            leader,
+            other: None,
+            took_effect: false,
+            forensic: vec![],
+        };
+        let v = Report::parse(&r.to_json()).unwrap();
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["leader"]["name"], "write");
+        assert_eq!(v["kind"], "records");
+    }
+}
