@@ -12,6 +12,14 @@ pub struct Args {
     pub env: Vec<String>,
     pub cwd: String,
     pub variant: u32,
+    /// Join the cluster described by this file as variant `variant`.
+    pub cluster: Option<PathBuf>,
+    /// Run this many variants here (the embedded local cluster).
+    pub variants: u32,
+    /// Policy of a local cluster: `strict`, `dmvx` or a TOML file.
+    pub policy: Option<String>,
+    /// Where divergence reports are written.
+    pub report_dir: PathBuf,
     pub stats: bool,
     pub trace: bool,
     /// Linux mode: initrd, kernel command line, time limit.
@@ -76,7 +84,15 @@ options:
   --read-only        make --rootfs read-only
   --env K=V          add K=V to the program's environment (repeatable)
   --cwd DIR          working directory inside the root (default /)
-  --variant ID       variant id: selects a disjoint address-space layout (0-15)
+  --variants N       run N variants of the program on this machine (N VMM
+                     processes joined over loopback TCP, the same protocol
+                     as across hosts); only the leader's outputs leave
+  --policy P         policy of --variants: strict, dmvx (default) or a TOML
+                     file with a [policy] table (see docs/policy.md)
+  --cluster FILE     join the cluster described by FILE as variant --variant
+  --variant ID       this variant's id in the cluster; also selects its
+                     disjoint address-space layout (0-15)
+  --report-dir DIR   where divergence reports are written (default .)
   --stats            print exit, system call and timing statistics at the end
   --trace            print every system call and its result (strace-like)
   --syscall-table    print what dmvx does with each system call (markdown)
@@ -97,6 +113,7 @@ PROGRAM without a slash is looked up in /usr/local/sbin:/usr/local/bin:
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin plus --env.
 
 exit status, process mode: the program's, or 128+N if signal N killed it;
+121 if the variants diverged (a report is written to --report-dir);
 125 if the VMM itself failed, 126 if the program cannot be executed, 127 if
 it is not found, 2 for a usage error.
 exit status, Linux mode: 0 the guest powered off (ACPI S5, e.g. poweroff -f),
@@ -130,6 +147,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
         env: Vec::new(),
         cwd: "/".into(),
         variant: 0,
+        cluster: None,
+        variants: 1,
+        policy: None,
+        report_dir: PathBuf::from("."),
         stats: false,
         trace: false,
         initrd: None,
@@ -172,6 +193,19 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
                         ))
                     })?;
             }
+            "--cluster" => a.cluster = Some(PathBuf::from(value("--cluster")?)),
+            "--variants" => {
+                let v = value("--variants")?;
+                a.variants = v
+                    .parse()
+                    .ok()
+                    .filter(|n: &u32| (1..=crate::process::layout::MAX_VARIANTS).contains(n))
+                    .ok_or_else(|| {
+                        UsageError(format!("--variants must be 1-{}, got '{v}'", crate::process::layout::MAX_VARIANTS))
+                    })?;
+            }
+            "--policy" => a.policy = Some(value("--policy")?),
+            "--report-dir" => a.report_dir = PathBuf::from(value("--report-dir")?),
             "--initrd" => a.initrd = Some(PathBuf::from(value("--initrd")?)),
             "--cmdline" => a.cmdline = Some(value("--cmdline")?),
             "--timeout" => {

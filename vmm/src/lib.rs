@@ -20,5 +20,6 @@ pub mod elf;
 pub mod kernel;
 pub mod linux;
 pub mod memory;
+pub mod mvx;
 pub mod process;
 pub mod vstate;

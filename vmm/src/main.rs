@@ -55,6 +55,19 @@ fn main() -> ExitCode {
         Command::Linux => return run_linux(&args),
         Command::Run { program, args } => (program.clone(), args.clone()),
     };
+    if args.variants > 1 && args.cluster.is_none() {
+        return run_variants(&args);
+    }
+    let cluster = match &args.cluster {
+        None => None,
+        Some(path) => match dmvx_sync::ClusterConfig::load(path) {
+            Ok(cfg) => Some(process::ClusterJoin { cfg, id: args.variant as u8, report_dir: args.report_dir.clone() }),
+            Err(e) => {
+                eprintln!("dmvx-vmm: error: cluster file {}: {e}", path.display());
+                return ExitCode::from(EXIT_VMM);
+            }
+        },
+    };
     let kernel = match &args.kernel {
         Some(path) => GuestKernel::from_file(path),
         None => GuestKernel::embedded(),
@@ -88,6 +101,7 @@ fn main() -> ExitCode {
         stats: args.stats,
         trace: args.trace,
         launched_ns: std::env::var("DMVX_LAUNCH_NS").ok().and_then(|s| s.parse().ok()),
+        cluster,
     };
     match process::run(config) {
         Ok(Outcome::Exited(status)) => ExitCode::from((status & 0xff) as u8),
@@ -97,6 +111,13 @@ fn main() -> ExitCode {
             }
             ExitCode::from(o.status() as u8)
         }
+        Ok(o @ Outcome::Diverged(_)) => {
+            if let Outcome::Diverged(msg) = &o {
+                eprintln!("dmvx: variants diverged, every variant stopped: {msg}");
+            }
+            ExitCode::from(o.status() as u8)
+        }
+        Ok(o @ Outcome::Ended(_)) => ExitCode::from(o.status() as u8),
         Err(e) => {
             eprintln!("dmvx-vmm: error: {e}");
             ExitCode::from(match &e {
@@ -126,6 +147,32 @@ fn run_linux(args: &cli::Args) -> ExitCode {
             eprintln!("dmvx-vmm: {exit}");
             ExitCode::from(exit.status())
         }
+        Err(e) => {
+            eprintln!("dmvx-vmm: error: {e}");
+            ExitCode::from(EXIT_VMM)
+        }
+    }
+}
+
+/// `--variants N`: N variants here, joined over loopback.
+fn run_variants(args: &cli::Args) -> ExitCode {
+    // Pass every argument on except --variants and --policy (and their values).
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    let mut it = std::env::args_os().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--" {
+            rest.push(a);
+            rest.extend(it.by_ref());
+            break;
+        }
+        if a == "--variants" || a == "--policy" {
+            it.next();
+            continue;
+        }
+        rest.push(a);
+    }
+    match dmvx_vmm::mvx::launch::run_local(args.variants, args.policy.as_deref(), &rest) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("dmvx-vmm: error: {e}");
             ExitCode::from(EXIT_VMM)

@@ -208,9 +208,12 @@ impl Follower {
 
     /// Acknowledges entry `seq` with the engine's `digest` there. Sent at
     /// once by the I/O thread; acknowledgements made faster than it sends
-    /// them are coalesced (the latest wins).
+    /// them are coalesced (the latest wins). The entry after the last one
+    /// received may be acknowledged too: "this variant reached its next
+    /// event, with this digest", which a leader waits for before a lockstep
+    /// event takes effect (and before it sends that entry).
     pub fn ack(&mut self, seq: u64, digest: [u8; 32]) -> Result<(), LinkError> {
-        if seq >= self.next_seq {
+        if seq > self.next_seq {
             return Err(LinkError::AckAhead { seq, received: self.next_seq - 1 });
         }
         if self.shared.failed.load(Ordering::Relaxed) {

@@ -290,9 +290,13 @@ impl Leader {
     }
 
     /// Flushes, then blocks until every follower acknowledged `seq` or
-    /// later. On timeout the error names the followers that did not.
+    /// later. `seq` may be the next entry, not pushed yet: followers that
+    /// reached it acknowledge it ahead (lockstep). On timeout the error
+    /// names the followers that did not. A control message from a follower
+    /// ends the wait early with [`LinkError::ControlPending`]: take it with
+    /// `try_recv_control`.
     pub fn wait_acked(&mut self, seq: u64, timeout: Duration) -> Result<(), LinkError> {
-        if seq >= self.next_seq {
+        if seq > self.next_seq {
             return Err(LinkError::NotPushed { seq, last: self.next_seq - 1 });
         }
         self.flush()?;
@@ -318,7 +322,14 @@ impl Leader {
                     timeout_ms: millis(timeout),
                 });
             }
-            shared.signal.wait_until(deadline, || done() || shared.failed.load(Ordering::SeqCst));
+            if !lock(&shared.controls).is_empty() {
+                // A follower said something (a divergence report, say): the
+                // engine must hear it before waiting on.
+                return Err(LinkError::ControlPending);
+            }
+            shared.signal.wait_until(deadline, || {
+                done() || shared.failed.load(Ordering::SeqCst) || !lock(&shared.controls).is_empty()
+            });
         }
     }
 
@@ -709,7 +720,8 @@ async fn reader(slot: usize, shared: Arc<Shared>, rd: OwnedReadHalf, mut opener:
                         PeerFailure::Protocol(format!("acknowledgement went back from seq {prev} to {seq}")),
                     );
                 }
-                if seq > sent {
+                // One ahead: the follower reached the next event (lockstep).
+                if seq > sent + 1 {
                     return shared.fail(
                         slot,
                         PeerFailure::Protocol(format!("acknowledged seq {seq}, but only {sent} entries were sent")),

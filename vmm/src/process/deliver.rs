@@ -50,9 +50,16 @@ extern "C" fn on_host_signal(sig: libc::c_int) {
 pub struct SignalGuard;
 
 impl SignalGuard {
-    pub fn install(vcpu: &mut Vcpu) -> SignalGuard {
+    /// A follower ignores its host's signals (the leader's are replicated);
+    /// everyone else catches them for the program.
+    pub fn install(vcpu: &mut Vcpu, ignore: bool) -> SignalGuard {
         IMMEDIATE_EXIT.store(vcpu.immediate_exit_ptr(), Ordering::SeqCst);
         for sig in FORWARDED {
+            if ignore {
+                // SAFETY: installing SIG_IGN has no preconditions.
+                unsafe { libc::signal(sig, libc::SIG_IGN) };
+                continue;
+            }
             // SAFETY: a zeroed sigaction is valid; the handler only touches
             // atomics and a volatile byte (async-signal-safe). No SA_RESTART:
             // blocking host calls must return EINTR so the VMM can act.
@@ -89,12 +96,17 @@ pub fn xsave_size() -> usize {
 }
 
 impl Process {
-    /// Moves signals the VMM caught into the program's pending set.
+    /// Moves signals the VMM caught into the program's pending set. A
+    /// follower ignores its host's signals: it takes the leader's.
     pub(crate) fn collect_host_signals(&mut self) {
         let caught = HOST_PENDING.swap(0, Ordering::SeqCst);
+        if self.mvx.as_ref().is_some_and(|m| !m.is_leader()) {
+            return;
+        }
         for sig in FORWARDED {
             if caught & bit(sig) != 0 {
                 self.signals.raise(Signal(sig), SigInfo { code: SI_USER, ..Default::default() });
+                self.host_raised |= bit(sig);
             }
         }
     }
@@ -110,6 +122,19 @@ impl Process {
             self.signals.mask = m & !UNBLOCKABLE;
         }
         self.collect_host_signals();
+        // The leader may hold outputs a client is waiting for: look first
+        // whether anything is ready at once; if not, send them out before
+        // blocking.
+        if timeout_ms != 0 && self.mvx.as_ref().is_some_and(|m| m.is_leader() && m.outputs.pending()) {
+            let r = f(0);
+            if r != 0 {
+                return if r > 0 { Ok(r as u64) } else { Err(Errno::last()) };
+            }
+            if let Err(stop) = self.settle_before_blocking() {
+                self.stop_requested = Some(stop);
+                return Err(Errno::EINTR);
+            }
+        }
         loop {
             if self.signals.has_deliverable() {
                 return Err(Errno::EINTR);
@@ -130,6 +155,10 @@ impl Process {
     /// Waits until a signal the program will receive arrives (pause,
     /// sigsuspend, a futex nobody can wake). Returns EINTR.
     pub(crate) fn wait_for_signal(&mut self, mask: Option<u64>) -> Errno {
+        if let Err(stop) = self.settle_before_blocking() {
+            self.stop_requested = Some(stop);
+            return Errno::EINTR;
+        }
         match self.blocking(mask, -1, |_| {
             // SAFETY: pause has no preconditions; it returns on a signal.
             unsafe { libc::pause() as i64 }
@@ -153,7 +182,11 @@ impl Process {
     /// Delivers the next deliverable signal, if any, on top of `ctx`.
     /// Returns the registers to resume with, or the reason the program dies.
     pub(crate) fn deliver_pending(&mut self, vcpu: &mut Vcpu, mut ctx: kvm_regs) -> Result<kvm_regs, (Signal, String)> {
-        self.collect_host_signals();
+        if self.mvx.is_none() {
+            // Under MVX the leader collects them after a call, so every
+            // variant delivers them at the same point.
+            self.collect_host_signals();
+        }
         let mut delivered = false;
         while let Some((sig, info)) = self.signals.take_deliverable() {
             let act = self.signals.action(sig);

@@ -68,3 +68,29 @@ pub fn check(ret: i64) -> SysResult {
         Ok(ret as u64)
     }
 }
+
+/// A result as a value or a negated errno (the form host operations are
+/// recorded and replayed in).
+#[inline]
+pub fn to_neg(r: SysResult) -> i64 {
+    match r {
+        Ok(v) => v as i64,
+        Err(e) => -(e.0 as i64),
+    }
+}
+
+/// The inverse of [`to_neg`].
+#[inline]
+pub fn from_neg(r: i64) -> SysResult {
+    if r < 0 {
+        Err(Errno((-r) as i32))
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// A libc return value (-1 and errno on failure) as a value or a negated errno.
+#[inline]
+pub fn neg(ret: i64) -> i64 {
+    to_neg(check(ret))
+}

@@ -5,7 +5,7 @@
 //! back them. Duplicates share one open file (one host descriptor), which is
 //! closed when the last of them is.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -54,33 +54,51 @@ pub enum Extra {
     Unix(RefCell<Option<Vec<u8>>>),
 }
 
-/// An open file: one host descriptor.
+/// An open file: one host descriptor, or none for a *remote* file of a
+/// follower variant (one that exists only on the leader, whose operations
+/// the follower replays from the leader's results).
 #[derive(Debug)]
 pub struct OpenFile {
-    fd: OwnedFd,
+    fd: Option<OwnedFd>,
     pub kind: FileKind,
     pub extra: Extra,
+    /// Operations on it are the leader's and replicated to followers
+    /// (sockets, the standard descriptors, files being written, ...).
+    pub remote: bool,
+    /// Set when output held for it could not be delivered later (the errno).
+    pub broken: Cell<i32>,
 }
 
 impl OpenFile {
     pub fn new(fd: OwnedFd, kind: FileKind) -> Rc<Self> {
-        Rc::new(OpenFile { fd, kind, extra: Extra::None })
+        Rc::new(OpenFile { fd: Some(fd), kind, extra: Extra::None, remote: false, broken: Cell::new(0) })
     }
 
     /// An open file with VMM-side state.
     pub fn with_extra(fd: OwnedFd, kind: FileKind, extra: Extra) -> Rc<Self> {
-        Rc::new(OpenFile { fd, kind, extra })
+        Rc::new(OpenFile { fd: Some(fd), kind, extra, remote: false, broken: Cell::new(0) })
     }
 
-    /// The host descriptor.
+    /// A file with a host descriptor or none (a follower's remote file).
+    pub fn make(fd: Option<OwnedFd>, kind: FileKind, extra: Extra, remote: bool) -> Rc<Self> {
+        Rc::new(OpenFile { fd, kind, extra, remote, broken: Cell::new(0) })
+    }
+
+    /// The host descriptor (-1 for a follower's remote file, which the VMM
+    /// never passes to the host: its operations are replayed).
     #[inline]
     pub fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
     }
 
-    /// The owned host descriptor.
-    pub fn owned(&self) -> &OwnedFd {
-        &self.fd
+    /// A duplicate of the host descriptor, if any.
+    fn fd_clone(&self) -> Option<OwnedFd> {
+        self.fd.as_ref().and_then(|f| f.try_clone().ok())
+    }
+
+    /// The owned host descriptor, if any.
+    pub fn owned(&self) -> Option<&OwnedFd> {
+        self.fd.as_ref()
     }
 }
 
@@ -171,6 +189,16 @@ impl FdTable {
         for s in &mut self.slots {
             if s.as_ref().is_some_and(|e| e.cloexec) {
                 *s = None;
+            }
+        }
+    }
+
+    /// Marks descriptors as remote: their operations are the leader's.
+    pub fn mark_remote(&mut self, fds: &[u64]) {
+        for &fd in fds {
+            if let Some(Some(e)) = self.slots.get_mut(fd as usize) {
+                let f = &e.file;
+                e.file = OpenFile::make(f.fd_clone(), f.kind, Extra::None, true);
             }
         }
     }

@@ -693,6 +693,11 @@ impl HostIov {
         true
     }
 
+    /// Appends a VMM buffer (valid until the list is used).
+    pub fn push_host(&mut self, p: *mut u8, n: usize) -> bool {
+        self.push(p, n)
+    }
+
     /// Empties the list.
     #[inline]
     pub fn clear(&mut self) {

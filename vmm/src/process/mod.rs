@@ -17,6 +17,7 @@ pub mod fd;
 pub mod fs;
 pub mod layout;
 pub mod mm;
+pub mod monitor;
 pub mod signal;
 pub mod syscall;
 
@@ -75,6 +76,15 @@ pub struct Config {
     /// CLOCK_MONOTONIC nanoseconds at which the caller launched the VMM,
     /// for the launch-to-first-instruction figure.
     pub launched_ns: Option<u64>,
+    /// Run as this variant of a cluster.
+    pub cluster: Option<ClusterJoin>,
+}
+
+/// Membership in a cluster of variants.
+pub struct ClusterJoin {
+    pub cfg: dmvx_sync::ClusterConfig,
+    pub id: u8,
+    pub report_dir: PathBuf,
 }
 
 /// How the program ended.
@@ -84,6 +94,10 @@ pub enum Outcome {
     Exited(i32),
     /// Killed by a signal, with a one-line reason.
     Killed { signal: Signal, reason: String },
+    /// Stopped because the variants diverged (the report is written).
+    Diverged(String),
+    /// A follower stopped because the leader ended the run.
+    Ended(i32),
 }
 
 impl Outcome {
@@ -92,6 +106,8 @@ impl Outcome {
         match self {
             Outcome::Exited(s) => *s & 0xff,
             Outcome::Killed { signal, .. } => 128 + signal.0,
+            Outcome::Diverged(_) => crate::mvx::EXIT_DIVERGENCE as i32,
+            Outcome::Ended(s) => *s & 0xff,
         }
     }
 }
@@ -113,6 +129,8 @@ pub enum ProcessError {
     Vcpu(#[from] VcpuError),
     #[error("cannot set up the program's standard descriptors: {0}")]
     Stdio(std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Counters printed with --stats.
@@ -182,6 +200,14 @@ pub struct Process {
     xcr0: u64,
     /// The program's stack pointer at the current system call.
     entry_rsp: u64,
+    /// Multi-variant execution: the link to the other variants, if any.
+    mvx: Option<Box<crate::mvx::Mvx>>,
+    /// Leader: signals caught from the host since the last call (replicated).
+    host_raised: u64,
+    /// The system call being handled.
+    cur_nr: Option<u64>,
+    /// The monitor must stop the run once the current call returns.
+    stop_requested: Option<crate::mvx::Stop>,
 }
 
 /// The VMM's resident set size in bytes (VmRSS), 0 if unknown.
@@ -293,8 +319,19 @@ pub fn run(config: Config) -> Result<Outcome, ProcessError> {
         xsave_size: deliver::xsave_size(),
         xcr0,
         entry_rsp: 0,
+        mvx: None,
+        host_raised: 0,
+        cur_nr: None,
+        stop_requested: None,
     };
-    let guard = deliver::SignalGuard::install(&mut vcpu);
+    if let Some(join) = config.cluster {
+        p.mvx = Some(Box::new(connect_cluster(join, &p.exe, &p.sandbox)?));
+        // The standard descriptors are the leader's: followers replay
+        // their input and never write their output.
+        p.fds.mark_remote(&[0, 1, 2]);
+    }
+    let follower = p.mvx.as_ref().is_some_and(|m| !m.is_leader());
+    let guard = deliver::SignalGuard::install(&mut vcpu, follower);
     let outcome = vcpu::run(&mut vcpu, &mut p);
     drop(guard);
     let outcome = outcome?;
@@ -302,6 +339,46 @@ pub fn run(config: Config) -> Result<Outcome, ProcessError> {
         p.print_stats();
     }
     Ok(outcome)
+}
+
+/// Joins the cluster: checks the program against the cluster file's digest,
+/// compiles the policy, and connects (leader: waits for every follower).
+fn connect_cluster(join: ClusterJoin, exe: &[u8], sandbox: &Sandbox) -> Result<crate::mvx::Mvx, ProcessError> {
+    use dmvx_sync::{Digest, Follower, HandshakeInfo, Leader};
+    let err = |s: String| ProcessError::Cluster(s);
+    let cfg = join.cfg;
+    let policy =
+        dmvx_sync::policy::Policy::from_toml(&cfg.policy, syscall::names::number).map_err(|e| err(e.to_string()))?;
+    let (fd, _) = sandbox
+        .open(b"/", exe, libc::O_RDONLY, 0)
+        .map_err(|e| err(format!("cannot read the program to digest it: errno {}", e.0)))?;
+    let bytes = std::fs::read(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
+        .map_err(|e| err(format!("cannot read the program to digest it: {e}")))?;
+    let program = Digest::of(&bytes);
+    if let Some(want) = cfg.digests.program {
+        if want != program {
+            return Err(err(format!(
+                "the program {} has digest {program}, the cluster file says {want}",
+                String::from_utf8_lossy(exe)
+            )));
+        }
+    }
+    let info = HandshakeInfo {
+        policy: Digest(policy.digest(syscall::names::name)),
+        image: cfg.digests.image,
+        program: Some(program),
+    };
+    let me = cfg.variant(join.id).map_err(|e| err(e.to_string()))?.clone();
+    let timeout = cfg.timeout;
+    let link = match me.role {
+        dmvx_sync::Role::Leader => {
+            crate::mvx::Link::Leader(Leader::start(&cfg, &info).map_err(|e| err(e.to_string()))?)
+        }
+        dmvx_sync::Role::Follower => {
+            crate::mvx::Link::Follower(Follower::connect(&cfg, join.id, &info).map_err(|e| err(e.to_string()))?)
+        }
+    };
+    Ok(crate::mvx::Mvx::new(join.id, link, policy, timeout, join.report_dir))
 }
 
 fn exec_open_error(path: &str, e: Errno) -> ProcessError {
@@ -485,9 +562,30 @@ impl Process {
         ctx.rflags = r.r11;
         self.entry_rsp = r.rsp;
         let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+        self.cur_nr = Some(r.rax);
+        if self.mvx.is_some() {
+            if let Err(stop) = self.monitor_begin(r.rax, &args) {
+                return Ok(self.stopped(stop));
+            }
+        }
         let sys = syscall::dispatch(self, r.rax, &args);
         if self.trace {
             syscall::trace(r.rax, &args, &sys);
+        }
+        if let Some(stop) = self.stop_requested.take() {
+            return Ok(self.stopped(stop));
+        }
+        if self.mvx.is_some() {
+            let ret = match &sys {
+                syscall::Sys::Ret(v) => Some(*v as i64),
+                syscall::Sys::Exec(_) | syscall::Sys::Restore(_) => Some(0),
+                syscall::Sys::Exit(_) | syscall::Sys::Kill(..) => None,
+            };
+            if let Some(ret) = ret {
+                if let Err(stop) = self.monitor_end(ret) {
+                    return Ok(self.stopped(stop));
+                }
+            }
         }
         match sys {
             syscall::Sys::Ret(v) => {
@@ -506,7 +604,16 @@ impl Process {
                 self.gs_base = 0;
                 self.resume(vcpu, *regs)
             }
-            syscall::Sys::Exit(code) => Ok(Flow::Done(Outcome::Exited(code))),
+            syscall::Sys::Exit(code) => {
+                if self.mvx.is_some() {
+                    // exit_group is a call like others; the exit itself is
+                    // the final event.
+                    if let Err(stop) = self.monitor_end(0).and_then(|_| self.monitor_final(Some(code), None)) {
+                        return Ok(self.stopped(stop));
+                    }
+                }
+                Ok(Flow::Done(Outcome::Exited(code)))
+            }
             syscall::Sys::Kill(sig, reason) => Ok(self.kill(sig, reason)),
         }
     }
@@ -621,6 +728,11 @@ impl Process {
 
     /// Ends the program as killed by `sig`.
     fn kill(&mut self, sig: Signal, reason: String) -> Flow<Outcome> {
+        if self.mvx.is_some() {
+            if let Err(stop) = self.monitor_final(None, Some(sig.0)) {
+                return self.stopped(stop);
+            }
+        }
         Flow::Done(Outcome::Killed { signal: sig, reason })
     }
 
@@ -696,6 +808,10 @@ impl ExitHandler for Process {
     /// on its way to an exit; delivery waits for it.
     fn interrupted(&mut self, vcpu: &mut Vcpu) -> Result<Flow<Outcome>, VcpuError> {
         vcpu.set_immediate_exit(false);
+        if self.mvx.is_some() {
+            // Variants take signals at the same point: after a call.
+            return Ok(Flow::Continue);
+        }
         self.collect_host_signals();
         if self.signals.pending == 0 || cpl(vcpu.sregs()) != 3 {
             return Ok(Flow::Continue);
@@ -723,4 +839,166 @@ impl Process {
         }
         Err(VcpuError::GuestKernel(format!("write to unknown port {port:#x} at rip {rip:#x}")))
     }
+}
+
+impl Process {
+    /// The outcome when the monitor stops the run.
+    fn stopped(&mut self, stop: crate::mvx::Stop) -> Flow<Outcome> {
+        use crate::mvx::Stop;
+        Flow::Done(match stop {
+            Stop::Divergence(msg) => Outcome::Diverged(msg),
+            Stop::Shutdown(status) => Outcome::Ended(status),
+            Stop::Link(why) => Outcome::Diverged(format!("the link to the other variants failed: {why}")),
+        })
+    }
+
+    /// How a host operation on a `remote` resource runs for the current call.
+    #[inline]
+    pub(crate) fn op_mode(&self, remote: bool) -> crate::mvx::OpMode {
+        match &self.mvx {
+            None => crate::mvx::OpMode::Direct,
+            Some(m) => m.mode_for(remote),
+        }
+    }
+
+    /// Records a host operation's results for the followers (leader).
+    pub(crate) fn record_op(&mut self, ret: i64, outs: &mut [crate::mvx::Out<'_>]) {
+        if let Some(m) = self.mvx.as_mut() {
+            m.record(ret, outs);
+        }
+    }
+
+    /// Replays the leader's results of the next host operation (follower).
+    pub(crate) fn replay_op(&mut self, outs: &mut [crate::mvx::Out<'_>]) -> i64 {
+        match self.mvx.as_mut() {
+            Some(m) => m.replay(outs),
+            None => -(libc::EIO as i64),
+        }
+    }
+
+    /// Runs host work `f`, which fills `buf` and yields a value, or replays
+    /// the leader's (value and bytes) instead; the leader records them.
+    pub(crate) fn host_call(
+        &mut self,
+        remote: bool,
+        buf: &mut [u8],
+        f: impl FnOnce(&mut Process, &mut [u8]) -> errno::SysResult,
+    ) -> errno::SysResult {
+        use crate::mvx::{OpMode, Out};
+        let mode = self.op_mode(remote);
+        if mode == OpMode::Replay {
+            return errno::from_neg(self.replay_op(&mut [Out::Buf(buf)]));
+        }
+        let r = errno::to_neg(f(self, buf));
+        if mode == OpMode::Record {
+            self.record_op(r, &mut [Out::Buf(buf)]);
+        }
+        errno::from_neg(r)
+    }
+
+    /// Runs host work `f` that fills the guest memory in `self.iov` (as many
+    /// bytes as it returns), or replays the leader's bytes into it.
+    pub(crate) fn host_call_iov(
+        &mut self,
+        remote: bool,
+        f: impl FnOnce(&mut Process) -> errno::SysResult,
+    ) -> errno::SysResult {
+        use crate::mvx::{OpMode, Out};
+        let mode = self.op_mode(remote);
+        if mode == OpMode::Replay {
+            let Some(m) = self.mvx.as_mut() else { return Err(Errno::EIO) };
+            return errno::from_neg(m.replay(&mut [Out::Iov(&self.iov)]));
+        }
+        let r = errno::to_neg(f(self));
+        if mode == OpMode::Record {
+            if let Some(m) = self.mvx.as_mut() {
+                m.record(r, &mut [Out::Iov(&self.iov)]);
+            }
+        }
+        errno::from_neg(r)
+    }
+
+    /// Like `host_call_iov`, with a VMM buffer `buf` filled as well (a
+    /// received message's address, say).
+    pub(crate) fn host_call_iov_buf(
+        &mut self,
+        remote: bool,
+        buf: &mut [u8],
+        f: impl FnOnce(&mut Process, &mut [u8]) -> errno::SysResult,
+    ) -> errno::SysResult {
+        use crate::mvx::{OpMode, Out};
+        let mode = self.op_mode(remote);
+        if mode == OpMode::Replay {
+            let Some(m) = self.mvx.as_mut() else { return Err(Errno::EIO) };
+            return errno::from_neg(m.replay(&mut [Out::Iov(&self.iov), Out::Buf(buf)]));
+        }
+        let r = errno::to_neg(f(self, buf));
+        if mode == OpMode::Record {
+            if let Some(m) = self.mvx.as_mut() {
+                m.record(r, &mut [Out::Iov(&self.iov), Out::Buf(buf)]);
+            }
+        }
+        errno::from_neg(r)
+    }
+
+    /// Installs a descriptor a host operation returned (`owned`: the host
+    /// descriptor, absent when the operation was replayed). Under MVX such
+    /// descriptors (sockets, epoll, ...) are remote: the leader's.
+    pub(crate) fn adopt(
+        &mut self,
+        owned: Option<OwnedFd>,
+        kind: FileKind,
+        extra: fd::Extra,
+        cloexec: bool,
+    ) -> errno::SysResult {
+        let remote = self.mvx.is_some();
+        self.fds.insert(OpenFile::make(owned, kind, extra, remote), cloexec, 0)
+    }
+
+    /// Leader: holds the output in `self.iov` for `file` until every
+    /// follower agreed on it (output commit); the call reports it written.
+    pub(crate) fn hold_output(&mut self, file: &std::rc::Rc<OpenFile>, offset: Option<i64>) -> errno::SysResult {
+        let Some(m) = self.mvx.as_mut() else { return Err(Errno::EIO) };
+        let broken = file.broken.get();
+        let r = if broken != 0 {
+            Err(Errno(broken))
+        } else {
+            let mut data = m.outputs.buffer();
+            for v in &self.iov.iov[..self.iov.len] {
+                // SAFETY: the iovecs point into guest memory (bounds-checked
+                // by Mm::user_iov) and the guest is stopped.
+                data.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
+            }
+            let n = data.len() as u64;
+            m.outputs.hold(m.seq, file.clone(), data, offset);
+            Ok(n)
+        };
+        m.record(errno::to_neg(r), &mut []);
+        r
+    }
+
+    /// Whether a lockstep output of the leader is held instead of performed.
+    pub(crate) fn holds_outputs(&self, file: &OpenFile) -> bool {
+        self.mvx.as_ref().is_some_and(|m| {
+            m.is_leader() && m.deferred_outputs && file.remote && m.class == dmvx_sync::policy::Class::Output
+        })
+    }
+}
+
+/// Runs `$body` (a host call yielding a value or a negated errno) unless
+/// the leader's results are replayed instead; records them on the leader.
+#[macro_export]
+macro_rules! host_op {
+    ($p:expr, $remote:expr, [$($out:expr),* $(,)?], $body:expr) => {{
+        let mode = $p.op_mode($remote);
+        if mode == $crate::mvx::OpMode::Replay {
+            $p.replay_op(&mut [$($out),*])
+        } else {
+            let r: i64 = $body;
+            if mode == $crate::mvx::OpMode::Record {
+                $p.record_op(r, &mut [$($out),*]);
+            }
+            r
+        }
+    }};
 }

@@ -8,12 +8,13 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::super::errno::{check, Errno, SysResult};
-use super::super::fd::{FileKind, OpenFile};
+use super::super::fd::{Extra, FileKind, OpenFile};
 use super::super::fs::{EntryOp, PATH_MAX};
-use super::super::mm::Mm;
+use super::super::mm::{Mm, Pod};
 use super::super::signal::{Signal, SIG_DFL};
 use super::super::Process;
 use super::Sys;
+use crate::mvx::OpMode;
 
 /// Linux caps one read or write at this many bytes.
 pub(crate) const MAX_RW: u64 = 0x7fff_f000;
@@ -49,7 +50,22 @@ fn proc_fd_path(fd: &OwnedFd) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a formatted number")
 }
 
+/// Size of `struct stat` on x86-64.
+const STAT_SIZE: usize = std::mem::size_of::<libc::stat>();
+
+fn stat_of(b: &[u8; STAT_SIZE]) -> libc::stat {
+    let mut s: libc::stat = zeroed();
+    s.as_bytes_mut().copy_from_slice(b);
+    s
+}
+
 impl Process {
+    /// Whether `dirfd` is a remote descriptor (operations relative to it
+    /// are the leader's).
+    fn dirfd_remote(&self, dirfd: i32) -> bool {
+        dirfd != AT_FDCWD && self.fds.file(fd_arg(dirfd as u64)).is_ok_and(|f| f.remote)
+    }
+
     /// A path argument (NUL-terminated, at most PATH_MAX).
     pub(crate) fn path_arg(&mut self, va: u64) -> SysResult<Vec<u8>> {
         self.mm.read_cstr(va, PATH_MAX - 1)
@@ -68,11 +84,6 @@ impl Process {
             return Err(Errno::ENOTDIR);
         }
         Ok(self.sandbox.guest_path(f.raw()))
-    }
-
-    /// Installs a host descriptor as the lowest free program descriptor.
-    fn install(&mut self, fd: OwnedFd, st: &libc::stat, cloexec: bool) -> SysResult {
-        self.fds.insert(OpenFile::new(fd, FileKind::from_mode(st.st_mode)), cloexec, 0)
     }
 
     /// Looks `path` up (relative to `dirfd`), honouring AT_EMPTY_PATH.
@@ -153,7 +164,7 @@ fn zeroed<T: super::super::mm::Pod>() -> T {
 
 /// read/write and their positioned forms; `into_guest` for reads.
 fn rw(p: &mut Process, fd: u64, buf: u64, count: u64, into_guest: bool, off: Option<i64>) -> SysResult {
-    let raw = p.fds.file(fd_arg(fd))?.raw();
+    let file = p.fds.file(fd_arg(fd))?.clone();
     if let Some(o) = off {
         if o < 0 {
             return Err(Errno::EINVAL);
@@ -165,11 +176,26 @@ fn rw(p: &mut Process, fd: u64, buf: u64, count: u64, into_guest: bool, off: Opt
     } else {
         Mm::range_ok(buf, 0)?;
     }
-    host_rw(p, raw, into_guest, off)
+    transfer(p, &file, into_guest, off)
 }
 
-/// Moves data between host descriptor `raw` and the guest memory in
-/// `p.iov`: into the guest (a read) when `into_guest`.
+/// Moves data between `file` and the guest memory in `p.iov`: into the
+/// guest (a read) when `into_guest`. Replicated and held as the call's
+/// policy says.
+fn transfer(p: &mut Process, file: &std::rc::Rc<OpenFile>, into_guest: bool, off: Option<i64>) -> SysResult {
+    if !into_guest && p.holds_outputs(file) {
+        return p.hold_output(file, off);
+    }
+    let raw = file.raw();
+    p.host_call_iov(file.remote, |p| {
+        if into_guest && !p.settle_if_blocking(raw, false) {
+            return Err(Errno::EINTR);
+        }
+        host_rw(p, raw, into_guest, off)
+    })
+}
+
+/// The host half of `transfer`.
 fn host_rw(p: &mut Process, raw: i32, into_guest: bool, off: Option<i64>) -> SysResult {
     let (iov, n) = p.iov.as_raw();
     // SAFETY: every iovec points into guest memory (built by Mm::user_iov,
@@ -204,12 +230,12 @@ pub fn pwrite64(p: &mut Process, a: &[u64; 6]) -> Sys {
 }
 
 fn rwv(p: &mut Process, a: &[u64; 6], into_guest: bool, off: Option<i64>) -> SysResult {
-    let raw = p.fds.file(fd_arg(a[0]))?.raw();
+    let file = p.fds.file(fd_arg(a[0]))?.clone();
     if off.is_some_and(|o| o < 0) {
         return Err(Errno::EINVAL);
     }
     p.gather(a[1], a[2], into_guest)?;
-    host_rw(p, raw, into_guest, off)
+    transfer(p, &file, into_guest, off)
 }
 
 pub fn readv(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -236,11 +262,22 @@ fn do_open(p: &mut Process, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> S
         // Would make the host send SIGIO to the VMM.
         return Err(Errno::EINVAL);
     }
-    let base = p.base_dir(dirfd, &path)?;
-    let path = if path == SELF_EXE { p.exe.clone() } else { path };
     let mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode & 0o7777 & !p.umask } else { 0 };
-    let (fd, st) = p.sandbox.open(&base, &path, flags & !libc::O_CLOEXEC, mode)?;
-    p.install(fd, &st, flags & libc::O_CLOEXEC != 0)
+    // Files opened for writing (or under mutable paths) are the leader's.
+    let remote = p.op_mode(false) != OpMode::Direct;
+    let mut owned: Option<OwnedFd> = None;
+    let mut st = [0u8; STAT_SIZE];
+    p.host_call(false, &mut st, |p, out| {
+        let base = p.base_dir(dirfd, &path)?;
+        let path = if path == SELF_EXE { p.exe.clone() } else { path.clone() };
+        let (fd, s) = p.sandbox.open(&base, &path, flags & !libc::O_CLOEXEC, mode)?;
+        out.copy_from_slice(s.as_bytes());
+        let raw = fd.as_raw_fd();
+        owned = Some(fd);
+        Ok(raw as u64)
+    })?;
+    let kind = FileKind::from_mode(stat_of(&st).st_mode);
+    p.fds.insert(OpenFile::make(owned, kind, Extra::None, remote), flags & libc::O_CLOEXEC != 0, 0)
 }
 
 pub fn open(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -259,24 +296,31 @@ pub fn close(p: &mut Process, a: &[u64; 6]) -> SysResult {
     p.fds.close(fd_arg(a[0])).map(|_| 0)
 }
 
-fn put_stat(p: &mut Process, st: &libc::stat, buf: u64) -> SysResult {
-    p.mm.write_val(buf, st).map(|_| 0)
-}
-
 pub fn fstat(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let raw = p.fds.file(fd_arg(a[0]))?.raw();
-    let mut st: libc::stat = zeroed();
-    // SAFETY: raw is open; st is a valid out-parameter.
-    check(unsafe { libc::fstat(raw, &mut st) } as i64)?;
-    put_stat(p, &st, a[1])
+    let f = p.fds.file(fd_arg(a[0]))?.clone();
+    let mut st = [0u8; STAT_SIZE];
+    p.host_call(f.remote, &mut st, |_, out| {
+        let mut s: libc::stat = zeroed();
+        // SAFETY: raw is open; s is a valid out-parameter.
+        check(unsafe { libc::fstat(f.raw(), &mut s) } as i64)?;
+        out.copy_from_slice(s.as_bytes());
+        Ok(0)
+    })?;
+    p.mm.write_user(a[1], &st).map(|_| 0)
 }
 
 fn stat_at(p: &mut Process, dirfd: i32, pathva: u64, buf: u64, flags: u64) -> SysResult {
     if flags & !(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT) != 0 {
         return Err(Errno::EINVAL);
     }
-    let (_fd, st, _) = p.lookup_at(dirfd, pathva, flags, true)?;
-    put_stat(p, &st, buf)
+    let remote = p.dirfd_remote(dirfd);
+    let mut st = [0u8; STAT_SIZE];
+    p.host_call(remote, &mut st, |p, out| {
+        let (_fd, s, _) = p.lookup_at(dirfd, pathva, flags, true)?;
+        out.copy_from_slice(s.as_bytes());
+        Ok(0)
+    })?;
+    p.mm.write_user(buf, &st).map(|_| 0)
 }
 
 pub fn stat(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -296,32 +340,40 @@ pub fn statx(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if flags & !(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT | AT_STATX_SYNC_TYPE) != 0 {
         return Err(Errno::EINVAL);
     }
-    let (_fd, _, raw) = p.lookup_at(dirfd_arg(a[0]), a[1], flags, true)?;
-    let mut sx: libc::statx = zeroed();
-    // SAFETY: raw is an open descriptor, "" with AT_EMPTY_PATH names it; sx is a valid out-parameter.
-    check(unsafe {
-        libc::statx(raw, c"".as_ptr(), (AT_EMPTY_PATH | (flags & AT_STATX_SYNC_TYPE)) as i32, a[3] as u32, &mut sx)
-    } as i64)?;
-    p.mm.write_val(a[4], &sx).map(|_| 0)
+    let dirfd = dirfd_arg(a[0]);
+    let remote = p.dirfd_remote(dirfd);
+    let mut out = [0u8; std::mem::size_of::<libc::statx>()];
+    p.host_call(remote, &mut out, |p, out| {
+        let (_fd, _, raw) = p.lookup_at(dirfd, a[1], flags, true)?;
+        let mut sx: libc::statx = zeroed();
+        // SAFETY: raw is an open descriptor, "" with AT_EMPTY_PATH names it; sx is a valid out-parameter.
+        check(unsafe {
+            libc::statx(raw, c"".as_ptr(), (AT_EMPTY_PATH | (flags & AT_STATX_SYNC_TYPE)) as i32, a[3] as u32, &mut sx)
+        } as i64)?;
+        out.copy_from_slice(sx.as_bytes());
+        Ok(0)
+    })?;
+    p.mm.write_user(a[4], &out).map(|_| 0)
 }
 
 pub fn lseek(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let raw = p.fds.file(fd_arg(a[0]))?.raw();
-    // SAFETY: plain call on an open descriptor.
-    check(unsafe { libc::lseek(raw, a[1] as i64, a[2] as i32) })
+    let f = p.fds.file(fd_arg(a[0]))?.clone();
+    p.host_call(f.remote, &mut [], |_, _| {
+        // SAFETY: plain call on an open descriptor.
+        check(unsafe { libc::lseek(f.raw(), a[1] as i64, a[2] as i32) })
+    })
 }
 
 pub fn getdents64(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let raw = p.fds.file(fd_arg(a[0]))?.raw();
+    let f = p.fds.file(fd_arg(a[0]))?.clone();
     let count = (a[2] as u32 as usize).min(1 << 16);
     Mm::range_ok(a[1], count as u64)?;
-    p.bounce.resize(count, 0);
-    // SAFETY: bounce has `count` writable bytes.
-    let n = check(unsafe { libc::syscall(libc::SYS_getdents64, raw, p.bounce.as_mut_ptr(), count) })?;
-    let data = std::mem::take(&mut p.bounce);
-    let r = p.mm.write_user(a[1], &data[..n as usize]);
-    p.bounce = data;
-    r.map(|_| n)
+    let mut data = vec![0u8; count];
+    let n = p.host_call(f.remote, &mut data, |_, out| {
+        // SAFETY: out has `count` writable bytes.
+        check(unsafe { libc::syscall(libc::SYS_getdents64, f.raw(), out.as_mut_ptr(), count) })
+    })?;
+    p.mm.write_user(a[1], &data[..(n as usize).min(count)]).map(|_| n)
 }
 
 fn readlink_at(p: &mut Process, dirfd: i32, pathva: u64, buf: u64, size: u64) -> SysResult {
@@ -330,23 +382,23 @@ fn readlink_at(p: &mut Process, dirfd: i32, pathva: u64, buf: u64, size: u64) ->
         return Err(Errno::EINVAL);
     }
     let path = p.path_arg(pathva)?;
-    let target = if path == SELF_EXE {
-        p.exe.clone()
-    } else {
+    let mut t = vec![0u8; PATH_MAX];
+    let n = p.host_call(false, &mut t, |p, out| {
+        if path == SELF_EXE {
+            let e = &p.exe;
+            out[..e.len()].copy_from_slice(e);
+            return Ok(e.len() as u64);
+        }
         let base = p.base_dir(dirfd, &path)?;
         let (fd, st) = p.sandbox.lookup(&base, &path, false)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
             return Err(Errno::EINVAL);
         }
-        let mut t = vec![0u8; PATH_MAX];
-        // SAFETY: fd is an O_PATH descriptor of the link; t has PATH_MAX bytes.
-        let n =
-            check(unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), t.as_mut_ptr().cast(), t.len()) } as i64)?;
-        t.truncate(n as usize);
-        t
-    };
-    let n = target.len().min(size as usize);
-    p.mm.write_user(buf, &target[..n])?;
+        // SAFETY: fd is an O_PATH descriptor of the link; out has PATH_MAX bytes.
+        check(unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), out.as_mut_ptr().cast(), out.len()) } as i64)
+    })? as usize;
+    let n = n.min(size as usize).min(PATH_MAX);
+    p.mm.write_user(buf, &t[..n])?;
     Ok(n as u64)
 }
 
@@ -362,19 +414,22 @@ fn access_at(p: &mut Process, dirfd: i32, pathva: u64, mode: u64, flags: u64) ->
     if mode & !7 != 0 || flags & !(AT_SYMLINK_NOFOLLOW | AT_EACCESS | AT_EMPTY_PATH) != 0 {
         return Err(Errno::EINVAL);
     }
-    let (_fd, st, raw) = p.lookup_at(dirfd, pathva, flags, true)?;
-    if mode & 2 != 0 && !p.sandbox.writable() && st.st_mode & libc::S_IFMT != libc::S_IFCHR {
-        return Err(Errno::EROFS);
-    }
-    // SAFETY: raw is open; "" with AT_EMPTY_PATH names it.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_faccessat2,
-            raw,
-            c"".as_ptr(),
-            mode as i32,
-            (AT_EMPTY_PATH | (flags & AT_EACCESS)) as i32,
-        )
+    let remote = p.dirfd_remote(dirfd);
+    p.host_call(remote, &mut [], |p, _| {
+        let (_fd, st, raw) = p.lookup_at(dirfd, pathva, flags, true)?;
+        if mode & 2 != 0 && !p.sandbox.writable() && st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+            return Err(Errno::EROFS);
+        }
+        // SAFETY: raw is open; "" with AT_EMPTY_PATH names it.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_faccessat2,
+                raw,
+                c"".as_ptr(),
+                mode as i32,
+                (AT_EMPTY_PATH | (flags & AT_EACCESS)) as i32,
+            )
+        })
     })
 }
 
@@ -424,7 +479,8 @@ pub fn fchdir(p: &mut Process, a: &[u64; 6]) -> SysResult {
 pub fn fcntl(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let fd = fd_arg(a[0]);
     let entry = p.fds.get(fd)?.clone();
-    let raw = entry.file.raw();
+    let f = entry.file.clone();
+    let raw = f.raw();
     match a[1] as i32 {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
             let min = a[2] as u32 as usize;
@@ -435,17 +491,19 @@ pub fn fcntl(p: &mut Process, a: &[u64; 6]) -> SysResult {
         }
         libc::F_GETFD => Ok(entry.cloexec as u64),
         libc::F_SETFD => p.fds.set_cloexec(fd, a[2] & 1 != 0).map(|_| 0),
-        libc::F_GETFL => {
+        libc::F_GETFL => p.host_call(f.remote, &mut [], |_, _| {
             // SAFETY: plain call on an open descriptor.
             let fl = check(unsafe { libc::fcntl(raw, libc::F_GETFL) } as i64)?;
             Ok(fl & !(libc::O_CLOEXEC as u64))
-        }
+        }),
         libc::F_SETFL => {
             if a[2] as i32 & libc::O_ASYNC != 0 {
                 return Err(Errno::EINVAL);
             }
-            // SAFETY: plain call on an open descriptor.
-            check(unsafe { libc::fcntl(raw, libc::F_SETFL, a[2] as i32) } as i64)
+            p.host_call(f.remote, &mut [], |_, _| {
+                // SAFETY: plain call on an open descriptor.
+                check(unsafe { libc::fcntl(raw, libc::F_SETFL, a[2] as i32) } as i64)
+            })
         }
         cmd @ (libc::F_GETLK
         | libc::F_SETLK
@@ -455,17 +513,19 @@ pub fn fcntl(p: &mut Process, a: &[u64; 6]) -> SysResult {
         | libc::F_OFD_SETLKW) => {
             let mut fl = [0u8; std::mem::size_of::<libc::flock>()];
             p.mm.read_user(a[2], &mut fl)?;
-            // SAFETY: fl is a flock-sized buffer the kernel reads and writes.
-            check(unsafe { libc::fcntl(raw, cmd, fl.as_mut_ptr()) } as i64)?;
+            p.host_call(f.remote, &mut fl, |_, fl| {
+                // SAFETY: fl is a flock-sized buffer the kernel reads and writes.
+                check(unsafe { libc::fcntl(raw, cmd, fl.as_mut_ptr()) } as i64)
+            })?;
             if matches!(cmd, libc::F_GETLK | libc::F_OFD_GETLK) {
                 p.mm.write_user(a[2], &fl)?;
             }
             Ok(0)
         }
-        cmd @ (libc::F_GETPIPE_SZ | libc::F_SETPIPE_SZ) => {
+        cmd @ (libc::F_GETPIPE_SZ | libc::F_SETPIPE_SZ) => p.host_call(f.remote, &mut [], |_, _| {
             // SAFETY: plain call on an open descriptor.
             check(unsafe { libc::fcntl(raw, cmd, a[2] as i32) } as i64)
-        }
+        }),
         _ => Err(Errno::EINVAL),
     }
 }
@@ -539,42 +599,55 @@ pub fn pipe2(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 pub fn ioctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let fd = fd_arg(a[0]);
-    let raw = p.fds.file(fd)?.raw();
+    let f = p.fds.file(fd)?.clone();
+    let raw = f.raw();
     let req = a[1] as u32 as u64;
     match req {
         libc::TCGETS => {
-            let mut t: libc::termios = zeroed();
-            // SAFETY: t is a valid out-parameter for TCGETS.
-            check(unsafe { libc::ioctl(raw, libc::TCGETS, &mut t) } as i64)?;
-            p.mm.write_val(a[2], &t).map(|_| 0)
+            let mut t = [0u8; std::mem::size_of::<libc::termios>()];
+            p.host_call(f.remote, &mut t, |_, t| {
+                // SAFETY: t is a termios-sized out-parameter for TCGETS.
+                check(unsafe { libc::ioctl(raw, libc::TCGETS, t.as_mut_ptr()) } as i64)
+            })?;
+            p.mm.write_user(a[2], &t).map(|_| 0)
         }
         libc::TCSETS | libc::TCSETSW | libc::TCSETSF => {
             let t: libc::termios = p.mm.read_val(a[2])?;
-            // SAFETY: t is a valid termios for the TCSETS family.
-            check(unsafe { libc::ioctl(raw, req, &t) } as i64)
+            p.host_call(f.remote, &mut [], |_, _| {
+                // SAFETY: t is a valid termios for the TCSETS family.
+                check(unsafe { libc::ioctl(raw, req, &t) } as i64)
+            })
         }
         libc::TIOCGWINSZ => {
-            let mut w: libc::winsize = zeroed();
-            // SAFETY: w is a valid out-parameter for TIOCGWINSZ.
-            check(unsafe { libc::ioctl(raw, libc::TIOCGWINSZ, &mut w) } as i64)?;
-            p.mm.write_val(a[2], &w).map(|_| 0)
+            let mut w = [0u8; std::mem::size_of::<libc::winsize>()];
+            p.host_call(f.remote, &mut w, |_, w| {
+                // SAFETY: w is a winsize-sized out-parameter for TIOCGWINSZ.
+                check(unsafe { libc::ioctl(raw, libc::TIOCGWINSZ, w.as_mut_ptr()) } as i64)
+            })?;
+            p.mm.write_user(a[2], &w).map(|_| 0)
         }
         libc::TIOCGPGRP => {
-            let mut t: libc::termios = zeroed();
-            // SAFETY: probing whether raw is a terminal.
-            check(unsafe { libc::ioctl(raw, libc::TCGETS, &mut t) } as i64)?;
+            p.host_call(f.remote, &mut [], |_, _| {
+                let mut t: libc::termios = zeroed();
+                // SAFETY: probing whether raw is a terminal.
+                check(unsafe { libc::ioctl(raw, libc::TCGETS, &mut t) } as i64)
+            })?;
             p.mm.write_val(a[2], &(p.ids.pid as i32)).map(|_| 0)
         }
         libc::FIONREAD => {
-            let mut n: i32 = 0;
-            // SAFETY: n is a valid out-parameter.
-            check(unsafe { libc::ioctl(raw, libc::FIONREAD, &mut n) } as i64)?;
-            p.mm.write_val(a[2], &n).map(|_| 0)
+            let mut n = [0u8; 4];
+            p.host_call(f.remote, &mut n, |_, n| {
+                // SAFETY: n is an int-sized out-parameter.
+                check(unsafe { libc::ioctl(raw, libc::FIONREAD, n.as_mut_ptr()) } as i64)
+            })?;
+            p.mm.write_user(a[2], &n).map(|_| 0)
         }
         libc::FIONBIO => {
             let on: i32 = p.mm.read_val(a[2])?;
-            // SAFETY: on is a valid in-parameter.
-            check(unsafe { libc::ioctl(raw, libc::FIONBIO, &on) } as i64)
+            p.host_call(f.remote, &mut [], |_, _| {
+                // SAFETY: on is a valid in-parameter.
+                check(unsafe { libc::ioctl(raw, libc::FIONBIO, &on) } as i64)
+            })
         }
         libc::FIOCLEX => p.fds.set_cloexec(fd, true).map(|_| 0),
         libc::FIONCLEX => p.fds.set_cloexec(fd, false).map(|_| 0),
@@ -588,7 +661,12 @@ fn entry_at(p: &mut Process, dirfd: i32, pathva: u64, op: EntryOp) -> SysResult<
     p.sandbox.parent(&base, &path, op)
 }
 
+/// Creates or modifies a directory entry: the leader's, under the policy.
 fn unlink_at(p: &mut Process, dirfd: i32, pathva: u64, flags: u64) -> SysResult {
+    p.host_call(false, &mut [], |p, _| unlink_at_host(p, dirfd, pathva, flags))
+}
+
+fn unlink_at_host(p: &mut Process, dirfd: i32, pathva: u64, flags: u64) -> SysResult {
     if flags & !AT_REMOVEDIR != 0 {
         return Err(Errno::EINVAL);
     }
@@ -610,7 +688,12 @@ pub fn rmdir(p: &mut Process, a: &[u64; 6]) -> SysResult {
     unlink_at(p, AT_FDCWD, a[0], AT_REMOVEDIR)
 }
 
+/// Creates or modifies a directory entry: the leader's, under the policy.
 fn mkdir_at(p: &mut Process, dirfd: i32, pathva: u64, mode: u64) -> SysResult {
+    p.host_call(false, &mut [], |p, _| mkdir_at_host(p, dirfd, pathva, mode))
+}
+
+fn mkdir_at_host(p: &mut Process, dirfd: i32, pathva: u64, mode: u64) -> SysResult {
     let (dir, name) = entry_at(p, dirfd, pathva, EntryOp::Create)?;
     let mode = mode as u32 & 0o7777 & !p.umask;
     // SAFETY: dir is an open directory; name a valid C string.
@@ -625,7 +708,12 @@ pub fn mkdirat(p: &mut Process, a: &[u64; 6]) -> SysResult {
     mkdir_at(p, dirfd_arg(a[0]), a[1], a[2])
 }
 
+/// Creates or modifies a directory entry: the leader's, under the policy.
 fn rename_at(p: &mut Process, od: i32, ov: u64, nd: i32, nv: u64, flags: u64) -> SysResult {
+    p.host_call(false, &mut [], |p, _| rename_at_host(p, od, ov, nd, nv, flags))
+}
+
+fn rename_at_host(p: &mut Process, od: i32, ov: u64, nd: i32, nv: u64, flags: u64) -> SysResult {
     const RENAME_NOREPLACE: u64 = 1;
     const RENAME_EXCHANGE: u64 = 2;
     if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
@@ -658,7 +746,12 @@ pub fn renameat2(p: &mut Process, a: &[u64; 6]) -> SysResult {
     rename_at(p, dirfd_arg(a[0]), a[1], dirfd_arg(a[2]), a[3], a[4])
 }
 
+/// Creates or modifies a directory entry: the leader's, under the policy.
 fn symlink_at(p: &mut Process, target: u64, dirfd: i32, pathva: u64) -> SysResult {
+    p.host_call(false, &mut [], |p, _| symlink_at_host(p, target, dirfd, pathva))
+}
+
+fn symlink_at_host(p: &mut Process, target: u64, dirfd: i32, pathva: u64) -> SysResult {
     let t = cstr(&p.path_arg(target)?)?;
     let (dir, name) = entry_at(p, dirfd, pathva, EntryOp::Create)?;
     // SAFETY: dir is open; both strings are valid C strings.
@@ -673,7 +766,12 @@ pub fn symlinkat(p: &mut Process, a: &[u64; 6]) -> SysResult {
     symlink_at(p, a[0], dirfd_arg(a[1]), a[2])
 }
 
+/// Creates or modifies a directory entry: the leader's, under the policy.
 fn link_at(p: &mut Process, od: i32, ov: u64, nd: i32, nv: u64, flags: u64) -> SysResult {
+    p.host_call(false, &mut [], |p, _| link_at_host(p, od, ov, nd, nv, flags))
+}
+
+fn link_at_host(p: &mut Process, od: i32, ov: u64, nd: i32, nv: u64, flags: u64) -> SysResult {
     if flags & !(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH) != 0 {
         return Err(Errno::EINVAL);
     }
@@ -701,7 +799,12 @@ fn modify_target(p: &mut Process, dirfd: i32, pathva: u64, flags: u64) -> SysRes
     Ok((fd, raw))
 }
 
+/// Creates or modifies a directory entry: the leader's, under the policy.
 fn chmod_at(p: &mut Process, dirfd: i32, pathva: u64, mode: u64, flags: u64) -> SysResult {
+    p.host_call(false, &mut [], |p, _| chmod_at_host(p, dirfd, pathva, mode, flags))
+}
+
+fn chmod_at_host(p: &mut Process, dirfd: i32, pathva: u64, mode: u64, flags: u64) -> SysResult {
     if flags & !AT_SYMLINK_NOFOLLOW != 0 {
         return Err(Errno::EINVAL);
     }
@@ -720,6 +823,11 @@ pub fn fchmodat(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn fchmod(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let remote = p.fds.file(fd_arg(a[0]))?.remote;
+    p.host_call(remote, &mut [], |p, _| fchmod_host(p, a))
+}
+
+fn fchmod_host(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let raw = p.fds.file(fd_arg(a[0]))?.raw();
     if !p.sandbox.writable() {
         return Err(Errno::EROFS);
@@ -729,6 +837,11 @@ pub fn fchmod(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn truncate(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let remote = false;
+    p.host_call(remote, &mut [], |p, _| truncate_host(p, a))
+}
+
+fn truncate_host(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let (fd, _) = modify_target(p, AT_FDCWD, a[0], 0)?;
     let fd = fd.ok_or(Errno::EBADF)?;
     // SAFETY: the path names the VMM's own descriptor.
@@ -736,12 +849,23 @@ pub fn truncate(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn ftruncate(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let remote = p.fds.file(fd_arg(a[0]))?.remote;
+    p.host_call(remote, &mut [], |p, _| ftruncate_host(p, a))
+}
+
+fn ftruncate_host(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let raw = p.fds.file(fd_arg(a[0]))?.raw();
     // SAFETY: plain call on an open descriptor.
     check(unsafe { libc::ftruncate(raw, a[1] as i64) } as i64)
 }
 
 pub fn utimensat(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    // A null path is futimens on the descriptor.
+    let remote = a[1] == 0 && p.dirfd_remote(dirfd_arg(a[0]));
+    p.host_call(remote, &mut [], |p, _| utimensat_host(p, a))
+}
+
+fn utimensat_host(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let times: Option<[libc::timespec; 2]> = if a[2] == 0 { None } else { Some(p.mm.read_val(a[2])?) };
     let tp = times.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
     if a[1] == 0 {
@@ -760,6 +884,11 @@ pub fn utimensat(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn fsync(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let remote = p.fds.file(fd_arg(a[0]))?.remote;
+    p.host_call(remote, &mut [], |p, _| fsync_host(p, a))
+}
+
+fn fsync_host(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let raw = p.fds.file(fd_arg(a[0]))?.raw();
     // SAFETY: plain call on an open descriptor.
     check(unsafe { libc::fsync(raw) } as i64)
@@ -770,19 +899,27 @@ pub fn sync(_p: &mut Process, _a: &[u64; 6]) -> SysResult {
 }
 
 pub fn statfs(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let (_fd, _, raw) = p.lookup_at(AT_FDCWD, a[0], 0, true)?;
+    let mut out = [0u8; std::mem::size_of::<libc::statfs>()];
+    p.host_call(false, &mut out, |p, out| {
+        let (_fd, _, raw) = p.lookup_at(AT_FDCWD, a[0], 0, true)?;
+        host_statfs(raw, out)
+    })?;
+    p.mm.write_user(a[1], &out).map(|_| 0)
+}
+
+fn host_statfs(raw: i32, out: &mut [u8]) -> SysResult {
     let mut s: libc::statfs = zeroed();
     // SAFETY: raw is open; s is a valid out-parameter.
     check(unsafe { libc::fstatfs(raw, &mut s) } as i64)?;
-    p.mm.write_val(a[1], &s).map(|_| 0)
+    out.copy_from_slice(s.as_bytes());
+    Ok(0)
 }
 
 pub fn fstatfs(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let raw = p.fds.file(fd_arg(a[0]))?.raw();
-    let mut s: libc::statfs = zeroed();
-    // SAFETY: raw is open; s is a valid out-parameter.
-    check(unsafe { libc::fstatfs(raw, &mut s) } as i64)?;
-    p.mm.write_val(a[1], &s).map(|_| 0)
+    let f = p.fds.file(fd_arg(a[0]))?.clone();
+    let mut out = [0u8; std::mem::size_of::<libc::statfs>()];
+    p.host_call(f.remote, &mut out, |_, out| host_statfs(f.raw(), out))?;
+    p.mm.write_user(a[1], &out).map(|_| 0)
 }
 
 pub fn fadvise64(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -791,23 +928,64 @@ pub fn fadvise64(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn flock(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let remote = p.fds.file(fd_arg(a[0]))?.remote;
+    p.host_call(remote, &mut [], |p, _| flock_host(p, a))
+}
+
+fn flock_host(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let raw = p.fds.file(fd_arg(a[0]))?.raw();
     // SAFETY: plain call on an open descriptor.
     check(unsafe { libc::flock(raw, a[1] as i32) } as i64)
 }
 
+/// sendfile: from a local file to anything. Under output commit the data
+/// is read and held like a write; followers replay the count and move
+/// their own file position (or offset) as Linux would.
 pub fn sendfile(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let out = p.fds.file(fd_arg(a[0]))?.raw();
-    let inp = p.fds.file(fd_arg(a[1]))?.raw();
+    let out = p.fds.file(fd_arg(a[0]))?.clone();
+    let inp = p.fds.file(fd_arg(a[1]))?.clone();
     let count = a[3].min(MAX_RW) as usize;
-    if a[2] == 0 {
-        // SAFETY: both descriptors are open; a null offset uses the file position.
-        return check(unsafe { libc::sendfile(out, inp, std::ptr::null_mut(), count) } as i64);
+    let mut off: Option<i64> = if a[2] == 0 { None } else { Some(p.mm.read_val(a[2])?) };
+    let n = if p.holds_outputs(&out) {
+        // Read what sendfile would send, then hold it.
+        let mut data = vec![0u8; count.min(1 << 20)];
+        // SAFETY: data is a valid buffer of data.len() bytes; inp is open.
+        let got = check(unsafe {
+            match off {
+                Some(o) => libc::pread(inp.raw(), data.as_mut_ptr().cast(), data.len(), o),
+                None => libc::read(inp.raw(), data.as_mut_ptr().cast(), data.len()),
+            }
+        } as i64)?;
+        data.truncate(got as usize);
+        let base = data.as_mut_ptr();
+        p.iov.clear();
+        p.iov.push_host(base, got as usize);
+        let r = p.hold_output(&out, None);
+        drop(data);
+        r?
+    } else {
+        let mode = p.op_mode(out.remote);
+        let n = p.host_call(out.remote, &mut [], |_, _| {
+            let ptr = off.as_mut().map_or(std::ptr::null_mut(), |o| o as *mut i64);
+            // SAFETY: both descriptors are open; ptr is null or a valid offset.
+            check(unsafe { libc::sendfile(out.raw(), inp.raw(), ptr, count) } as i64)
+        })?;
+        if mode == OpMode::Replay {
+            // The leader moved its input position; move ours alike.
+            match off.as_mut() {
+                Some(o) => *o += n as i64,
+                // SAFETY: plain call on an open descriptor.
+                None => unsafe {
+                    libc::lseek(inp.raw(), n as i64, libc::SEEK_CUR);
+                },
+            }
+        }
+        n
+    };
+    if let Some(o) = off {
+        let o = if p.holds_outputs(&out) { o + n as i64 } else { o };
+        p.mm.write_val(a[2], &o)?;
     }
-    let mut off: i64 = p.mm.read_val(a[2])?;
-    // SAFETY: both descriptors are open; off is a valid in/out parameter.
-    let n = check(unsafe { libc::sendfile(out, inp, &mut off, count) } as i64)?;
-    p.mm.write_val(a[2], &off)?;
     Ok(n)
 }
 
@@ -817,7 +995,12 @@ pub fn umask(p: &mut Process, a: &[u64; 6]) -> SysResult {
     Ok(old as u64)
 }
 
+/// Creates or modifies a directory entry: the leader's, under the policy.
 fn chown_at(p: &mut Process, dirfd: i32, pathva: u64, uid: u64, gid: u64, flags: u64) -> SysResult {
+    p.host_call(false, &mut [], |p, _| chown_at_host(p, dirfd, pathva, uid, gid, flags))
+}
+
+fn chown_at_host(p: &mut Process, dirfd: i32, pathva: u64, uid: u64, gid: u64, flags: u64) -> SysResult {
     if flags & !(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH) != 0 {
         return Err(Errno::EINVAL);
     }
@@ -839,6 +1022,11 @@ pub fn fchownat(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn fchown(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    let remote = p.fds.file(fd_arg(a[0]))?.remote;
+    p.host_call(remote, &mut [], |p, _| fchown_host(p, a))
+}
+
+fn fchown_host(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let raw = p.fds.file(fd_arg(a[0]))?.raw();
     if !p.sandbox.writable() {
         return Err(Errno::EROFS);

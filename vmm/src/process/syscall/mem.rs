@@ -120,7 +120,9 @@ pub fn mmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
             if off.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
                 return Err(Errno::EOVERFLOW);
             }
-            let dup = f.owned().try_clone().map_err(|e| Errno::from_io(&e))?;
+            // A remote file (replicated from the leader) has no contents here.
+            let own = f.owned().ok_or(Errno::ENODEV)?;
+            let dup = own.try_clone().map_err(|e| Errno::from_io(&e))?;
             Backing::File { fd: Rc::new(dup), offset: off }
         }
     };

@@ -175,13 +175,18 @@ pub fn socket(p: &mut Process, a: &[u64; 6]) -> SysResult {
         p.refuse(format!("socket type {base} protocol {proto} (allowed: stream and datagram)"));
         return Err(Errno(libc::EPROTONOSUPPORT));
     }
-    // SAFETY: plain call; the result is checked.
-    let fd =
-        check(unsafe { libc::socket(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto) } as i64)?;
-    // SAFETY: a fresh descriptor owned by nobody else.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut owned = None;
+    p.host_call(true, &mut [], |_, _| {
+        // SAFETY: plain call; the result is checked.
+        let fd = check(
+            unsafe { libc::socket(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto) } as i64
+        )?;
+        // SAFETY: a fresh descriptor owned by nobody else.
+        owned = Some(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        Ok(fd)
+    })?;
     let extra = if domain == libc::AF_UNIX { Extra::Unix(Default::default()) } else { Extra::None };
-    p.fds.insert(OpenFile::with_extra(owned, FileKind::Socket, extra), ty & libc::SOCK_CLOEXEC != 0, 0)
+    p.adopt(owned, FileKind::Socket, extra, ty & libc::SOCK_CLOEXEC != 0)
 }
 
 pub fn socketpair(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -192,17 +197,24 @@ pub fn socketpair(p: &mut Process, a: &[u64; 6]) -> SysResult {
         return Err(Errno::EAFNOSUPPORT);
     }
     Mm::range_ok(a[3], 8)?;
-    let mut sv = [0i32; 2];
-    // SAFETY: sv is a valid 2-element out-parameter.
-    check(unsafe {
-        libc::socketpair(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto, sv.as_mut_ptr())
-    } as i64)?;
-    // SAFETY: both are fresh descriptors owned by nobody else.
-    let (x, y) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    let mut pair: Option<(OwnedFd, OwnedFd)> = None;
+    p.host_call(true, &mut [], |_, _| {
+        let mut sv = [0i32; 2];
+        // SAFETY: sv is a valid 2-element out-parameter.
+        check(unsafe {
+            libc::socketpair(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto, sv.as_mut_ptr())
+        } as i64)?;
+        // SAFETY: both are fresh descriptors owned by nobody else.
+        pair = Some(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) });
+        Ok(0)
+    })?;
+    let (x, y) = match pair {
+        Some((x, y)) => (Some(x), Some(y)),
+        None => (None, None),
+    };
     let cloexec = ty & libc::SOCK_CLOEXEC != 0;
-    let fx = p.fds.insert(OpenFile::with_extra(x, FileKind::Socket, Extra::Unix(Default::default())), cloexec, 0)?;
-    let fy = match p.fds.insert(OpenFile::with_extra(y, FileKind::Socket, Extra::Unix(Default::default())), cloexec, 0)
-    {
+    let fx = p.adopt(x, FileKind::Socket, Extra::Unix(Default::default()), cloexec)?;
+    let fy = match p.adopt(y, FileKind::Socket, Extra::Unix(Default::default()), cloexec) {
         Ok(f) => f,
         Err(e) => {
             let _ = p.fds.close(fx);
@@ -219,22 +231,28 @@ pub fn socketpair(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 pub fn bind(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let f = p.socket_file(a[0])?;
-    let addr = p.read_addr(&f, a[1], a[2], true)?;
-    // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
-    check(unsafe { libc::bind(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
+    p.host_call(true, &mut [], |p, _| {
+        let addr = p.read_addr(&f, a[1], a[2], true)?;
+        // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
+        check(unsafe { libc::bind(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
+    })
 }
 
 pub fn connect(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let f = p.socket_file(a[0])?;
-    let addr = p.read_addr(&f, a[1], a[2], false)?;
-    // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
-    check(unsafe { libc::connect(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
+    p.host_call(true, &mut [], |p, _| {
+        let addr = p.read_addr(&f, a[1], a[2], false)?;
+        // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
+        check(unsafe { libc::connect(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
+    })
 }
 
 pub fn listen(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let f = p.socket_file(a[0])?;
-    // SAFETY: plain call on an open socket.
-    check(unsafe { libc::listen(f.raw(), a[1] as i32) } as i64)
+    p.host_call(true, &mut [], |_, _| {
+        // SAFETY: plain call on an open socket.
+        check(unsafe { libc::listen(f.raw(), a[1] as i32) } as i64)
+    })
 }
 
 fn do_accept(p: &mut Process, fd: u64, addr_va: u64, len_va: u64, flags: u64) -> SysResult {
@@ -249,26 +267,35 @@ fn do_accept(p: &mut Process, fd: u64, addr_va: u64, len_va: u64, flags: u64) ->
             return Err(Errno::EINVAL);
         }
     }
-    let mut buf = [0u8; ADDR_MAX];
-    let mut len = ADDR_MAX as libc::socklen_t;
-    // SAFETY: buf/len are a valid sockaddr buffer and its size.
-    let nfd = check(unsafe {
-        libc::accept4(
-            f.raw(),
-            buf.as_mut_ptr().cast(),
-            &mut len,
-            libc::SOCK_CLOEXEC | (flags as i32 & libc::SOCK_NONBLOCK),
-        )
-    } as i64)?;
-    // SAFETY: a fresh descriptor owned by nobody else.
-    let owned = unsafe { OwnedFd::from_raw_fd(nfd as i32) };
+    // The peer address, then its length.
+    let mut out = [0u8; ADDR_MAX + 4];
+    let mut owned = None;
+    p.host_call(true, &mut out, |p, out| {
+        let mut len = ADDR_MAX as libc::socklen_t;
+        if !p.settle_if_blocking(f.raw(), false) {
+            return Err(Errno::EINTR);
+        }
+        let nfd = p.blocking(None, -1, |_| {
+            // SAFETY: out/len are a valid sockaddr buffer and its size.
+            let r = unsafe {
+                libc::accept4(
+                    f.raw(),
+                    out.as_mut_ptr().cast(),
+                    &mut len,
+                    libc::SOCK_CLOEXEC | (flags as i32 & libc::SOCK_NONBLOCK),
+                )
+            };
+            r as i64
+        })?;
+        out[ADDR_MAX..].copy_from_slice(&len.to_le_bytes());
+        // SAFETY: a fresh descriptor owned by nobody else.
+        owned = Some(unsafe { OwnedFd::from_raw_fd(nfd as i32) });
+        Ok(nfd)
+    })?;
     let extra = if matches!(f.extra, Extra::Unix(_)) { Extra::Unix(Default::default()) } else { Extra::None };
-    let vfd = p.fds.insert(
-        OpenFile::with_extra(owned, FileKind::Socket, extra),
-        flags as i32 & libc::SOCK_CLOEXEC != 0,
-        0,
-    )?;
-    if let Err(e) = p.write_addr(&buf[..(len as usize).min(ADDR_MAX)], addr_va, len_va) {
+    let vfd = p.adopt(owned, FileKind::Socket, extra, flags as i32 & libc::SOCK_CLOEXEC != 0)?;
+    let len = u32::from_le_bytes(out[ADDR_MAX..].try_into().expect("4 bytes")) as usize;
+    if let Err(e) = p.write_addr(&out[..len.min(ADDR_MAX)], addr_va, len_va) {
         let _ = p.fds.close(vfd);
         return Err(e);
     }
@@ -300,8 +327,15 @@ fn name_of(p: &mut Process, a: &[u64; 6], peer: bool) -> SysResult {
             }
         }
     }
-    let addr = sockaddr_of(f.raw(), peer)?;
-    p.write_addr(&addr, a[1], a[2])?;
+    let mut out = [0u8; ADDR_MAX + 4];
+    p.host_call(true, &mut out, |_, out| {
+        let addr = sockaddr_of(f.raw(), peer)?;
+        out[..addr.len()].copy_from_slice(&addr);
+        out[ADDR_MAX..].copy_from_slice(&(addr.len() as u32).to_le_bytes());
+        Ok(0)
+    })?;
+    let len = u32::from_le_bytes(out[ADDR_MAX..].try_into().expect("4 bytes")) as usize;
+    p.write_addr(&out[..len.min(ADDR_MAX)], a[1], a[2])?;
     Ok(0)
 }
 
@@ -374,8 +408,10 @@ pub fn setsockopt(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let len = (a[4] as u32).min(size as u32);
     let mut v = [0u8; 256];
     p.mm.read_user(a[3], &mut v[..len as usize])?;
-    // SAFETY: v holds len valid bytes.
-    check(unsafe { libc::setsockopt(f.raw(), level, name, v.as_ptr().cast(), len) } as i64)
+    p.host_call(true, &mut [], |_, _| {
+        // SAFETY: v holds len valid bytes.
+        check(unsafe { libc::setsockopt(f.raw(), level, name, v.as_ptr().cast(), len) } as i64)
+    })
 }
 
 pub fn getsockopt(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -386,19 +422,32 @@ pub fn getsockopt(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if cap as i32 <= -1 {
         return Err(Errno::EINVAL);
     }
-    let mut v = [0u8; 256];
-    let mut len = (cap as usize).min(v.len()) as libc::socklen_t;
-    // SAFETY: v has len writable bytes; len is an in/out parameter.
-    check(unsafe { libc::getsockopt(f.raw(), level, name, v.as_mut_ptr().cast(), &mut len) } as i64)?;
-    p.mm.write_user(a[3], &v[..len as usize])?;
+    // The value, then its length.
+    let mut out = [0u8; 256 + 4];
+    p.host_call(true, &mut out, |_, out| {
+        let mut len = (cap as usize).min(256) as libc::socklen_t;
+        // SAFETY: out has len writable bytes; len is an in/out parameter.
+        check(unsafe { libc::getsockopt(f.raw(), level, name, out.as_mut_ptr().cast(), &mut len) } as i64)?;
+        out[256..].copy_from_slice(&len.to_le_bytes());
+        Ok(0)
+    })?;
+    let len = u32::from_le_bytes(out[256..].try_into().expect("4 bytes")).min(256);
+    p.mm.write_user(a[3], &out[..len as usize])?;
     p.mm.write_val(a[4], &len)?;
     Ok(0)
 }
 
 pub fn shutdown(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let f = p.socket_file(a[0])?;
-    // SAFETY: plain call on an open socket.
-    check(unsafe { libc::shutdown(f.raw(), a[1] as i32) } as i64)
+    // What is held for the socket must go out before it is shut.
+    if let Err(stop) = p.settle_file(&f) {
+        p.stop_requested = Some(stop);
+        return Err(Errno::EINTR);
+    }
+    p.host_call(true, &mut [], |_, _| {
+        // SAFETY: plain call on an open socket.
+        check(unsafe { libc::shutdown(f.raw(), a[1] as i32) } as i64)
+    })
 }
 
 /// sendmsg over host iovecs in `p.iov`, with an optional destination.
@@ -415,6 +464,15 @@ fn host_send(p: &mut Process, raw: i32, addr: Option<&SockAddr>, flags: u64) -> 
     // SAFETY: msg points at valid iovecs over guest memory (bounds-checked)
     // and an optional address buffer, all alive for the call.
     check(unsafe { libc::sendmsg(raw, &msg, (flags | MSG_NOSIGNAL) as i32) } as i64)
+}
+
+/// Sends what `p.iov` holds: held by the leader under output commit,
+/// replayed by followers, performed otherwise.
+fn send(p: &mut Process, f: &Rc<OpenFile>, addr: Option<&SockAddr>, flags: u64) -> SysResult {
+    if addr.is_none() && p.holds_outputs(f) {
+        return p.hold_output(f, None);
+    }
+    p.host_call(true, &mut [], |p, _| host_send(p, f.raw(), addr, flags))
 }
 
 /// recvmsg into host iovecs in `p.iov`; returns (bytes, address, flags).
@@ -451,7 +509,7 @@ pub fn sendto(p: &mut Process, a: &[u64; 6]) -> Sys {
         if a[2] > 0 {
             p.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), false, &mut p.iov)?;
         }
-        host_send(p, f.raw(), addr.as_ref(), flags)
+        send(p, &f, addr.as_ref(), flags)
     })();
     if flags & MSG_NOSIGNAL != 0 {
         return r.into();
@@ -470,12 +528,27 @@ pub fn recvfrom(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if a[2] > 0 {
         p.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), true, &mut p.iov)?;
     }
-    let (n, name, _) = host_recv(p, f.raw(), flags)?;
-    if a[4] != 0 && !name.is_empty() {
-        p.write_addr(&name, a[4], a[5])?;
+    let mut name = [0u8; ADDR_MAX + 8];
+    let n = p.host_call_iov_buf(true, &mut name, |p, out| recv_into(p, f.raw(), flags, out))?;
+    let nlen = u32::from_le_bytes(name[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
+    if a[4] != 0 && nlen > 0 {
+        p.write_addr(&name[..nlen.min(ADDR_MAX)], a[4], a[5])?;
     } else if a[4] != 0 {
         p.mm.write_val(a[5], &0u32)?;
     }
+    Ok(n)
+}
+
+/// A blocking-aware recvmsg into `p.iov`; `out` gets the address, its
+/// length and the message flags.
+fn recv_into(p: &mut Process, raw: i32, flags: u64, out: &mut [u8]) -> SysResult {
+    if !p.settle_if_blocking(raw, flags & MSG_DONTWAIT != 0) {
+        return Err(Errno::EINTR);
+    }
+    let (n, name, mflags) = host_recv(p, raw, flags)?;
+    out[..name.len()].copy_from_slice(&name);
+    out[ADDR_MAX..ADDR_MAX + 4].copy_from_slice(&(name.len() as u32).to_le_bytes());
+    out[ADDR_MAX + 4..ADDR_MAX + 8].copy_from_slice(&(mflags as u32).to_le_bytes());
     Ok(n)
 }
 
@@ -513,7 +586,7 @@ pub fn sendmsg(p: &mut Process, a: &[u64; 6]) -> Sys {
             return Err(Errno(libc::EMSGSIZE));
         }
         p.gather(m.iov, m.iovlen, false)?;
-        host_send(p, f.raw(), addr.as_ref(), flags)
+        send(p, &f, addr.as_ref(), flags)
     })();
     if flags & MSG_NOSIGNAL != 0 {
         return r.into();
@@ -533,7 +606,11 @@ pub fn recvmsg(p: &mut Process, a: &[u64; 6]) -> SysResult {
         return Err(Errno(libc::EMSGSIZE));
     }
     p.gather(m.iov, m.iovlen, true)?;
-    let (n, mut name, mflags) = host_recv(p, f.raw(), flags)?;
+    let mut out = [0u8; ADDR_MAX + 8];
+    let n = p.host_call_iov_buf(true, &mut out, |p, out| recv_into(p, f.raw(), flags, out))?;
+    let nlen = u32::from_le_bytes(out[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
+    let mflags = u32::from_le_bytes(out[ADDR_MAX + 4..].try_into().expect("4 bytes")) as u64;
+    let mut name = out[..nlen.min(ADDR_MAX)].to_vec();
     if m.name != 0 {
         p.unix_addr_for_guest(&mut name);
         let k = name.len().min(m.namelen as usize);

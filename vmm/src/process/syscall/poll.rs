@@ -5,7 +5,7 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use super::super::errno::{check, Errno, SysResult};
-use super::super::fd::{Extra, FileKind, OpenFile};
+use super::super::fd::{Extra, FileKind};
 use super::super::Process;
 
 #[inline]
@@ -32,19 +32,32 @@ const EPOLL_EVENTS: u32 = (libc::EPOLLIN
 const EPOLL_BATCH: usize = 512;
 const EP_MAX_EVENTS: u64 = (i32::MAX as u64) / 12;
 
-fn install(p: &mut Process, fd: i64, kind: FileKind, extra: Extra, cloexec: bool) -> SysResult {
+/// Installs a descriptor a host operation may have returned.
+fn install(p: &mut Process, fd: Option<i64>, kind: FileKind, extra: Extra, cloexec: bool) -> SysResult {
     // SAFETY: fd is a fresh descriptor owned by nobody else.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    p.fds.insert(OpenFile::with_extra(owned, kind, extra), cloexec, 0)
+    let owned = fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    p.adopt(owned, kind, extra, cloexec)
+}
+
+/// Creates a descriptor on the host with `make` (or replays the leader's).
+fn create(p: &mut Process, kind: FileKind, extra: Extra, cloexec: bool, make: impl FnOnce() -> i64) -> SysResult {
+    let mut fd = None;
+    p.host_call(true, &mut [], |_, _| {
+        let r = check(make())?;
+        fd = Some(r as i64);
+        Ok(r)
+    })?;
+    install(p, fd, kind, extra, cloexec)
 }
 
 fn do_epoll_create(p: &mut Process, flags: u64) -> SysResult {
     if flags & !(libc::EPOLL_CLOEXEC as u64) != 0 {
         return Err(Errno::EINVAL);
     }
-    // SAFETY: plain call; result checked.
-    let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as i64)?;
-    install(p, fd as i64, FileKind::Epoll, Extra::Epoll(Default::default()), flags != 0)
+    create(p, FileKind::Epoll, Extra::Epoll(Default::default()), flags != 0, || {
+        // SAFETY: plain call; result checked by `create`.
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) as i64 }
+    })
 }
 
 pub fn epoll_create(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -77,8 +90,10 @@ pub fn epoll_ctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
         data = u64::from_le_bytes(raw[4..].try_into().expect("8 bytes"));
         ev.events = events & EPOLL_EVENTS;
     }
-    // SAFETY: both descriptors are open; ev is a valid epoll_event.
-    check(unsafe { libc::epoll_ctl(ep.raw(), op, target.raw(), &mut ev) } as i64)?;
+    p.host_call(true, &mut [], |_, _| {
+        // SAFETY: both descriptors are open; ev is a valid epoll_event.
+        check(unsafe { libc::epoll_ctl(ep.raw(), op, target.raw(), &mut ev) } as i64)
+    })?;
     let mut m = map.borrow_mut();
     match op {
         libc::EPOLL_CTL_DEL => {
@@ -111,18 +126,29 @@ fn epoll_wait_common(
     };
     super::super::mm::Mm::range_ok(events_va, max as u64 * 12)?;
     let want = (max as usize).min(EPOLL_BATCH);
-    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
-    let n = p.blocking(mask, timeout_ms as i64, |t| {
-        // SAFETY: evs has `want` writable entries; the descriptor is open.
-        unsafe { libc::epoll_wait(ep.raw(), evs.as_mut_ptr(), want as i32, t as i32) as i64 }
+    // The ready (descriptor, events) pairs: the same in every variant, each
+    // of which puts its own epoll_data on them.
+    let mut ready = [0u8; EPOLL_BATCH * 8];
+    let n = p.host_call(true, &mut ready, |p, ready| {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
+        let n = p.blocking(mask, timeout_ms as i64, |t| {
+            // SAFETY: evs has `want` writable entries; the descriptor is open.
+            unsafe { libc::epoll_wait(ep.raw(), evs.as_mut_ptr(), want as i32, t as i32) as i64 }
+        })? as usize;
+        for (i, e) in evs[..n].iter().enumerate() {
+            let (vfd, events) = (e.u64 as u32, e.events);
+            ready[i * 8..i * 8 + 4].copy_from_slice(&vfd.to_le_bytes());
+            ready[i * 8 + 4..i * 8 + 8].copy_from_slice(&events.to_le_bytes());
+        }
+        Ok(n as u64)
     })? as usize;
     let m = map.borrow();
     let mut out = [0u8; EPOLL_BATCH * 12];
     let mut k = 0;
-    for e in &evs[..n] {
-        let vfd = e.u64 as u32;
+    for i in 0..n.min(EPOLL_BATCH) {
+        let vfd = u32::from_le_bytes(ready[i * 8..i * 8 + 4].try_into().expect("4 bytes"));
+        let events = u32::from_le_bytes(ready[i * 8 + 4..i * 8 + 8].try_into().expect("4 bytes"));
         let Some(&data) = m.get(&vfd) else { continue };
-        let events = e.events;
         out[k * 12..k * 12 + 4].copy_from_slice(&events.to_le_bytes());
         out[k * 12 + 4..k * 12 + 12].copy_from_slice(&data.to_le_bytes());
         k += 1;
@@ -186,9 +212,17 @@ fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: O
         };
         pfds.push(libc::pollfd { fd: host, events, revents: 0 });
     }
-    let ready = p.blocking(mask, timeout_ms, |t| {
-        // SAFETY: pfds has n valid entries.
-        unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, t as i32) as i64 }
+    // What the host reported: one revents per entry.
+    let mut revents = vec![0u8; n * 2];
+    let ready = p.host_call(true, &mut revents, |p, out| {
+        let r = p.blocking(mask, timeout_ms, |t| {
+            // SAFETY: pfds has n valid entries.
+            unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, t as i32) as i64 }
+        })?;
+        for (i, pf) in pfds.iter().enumerate() {
+            out[i * 2..i * 2 + 2].copy_from_slice(&pf.revents.to_le_bytes());
+        }
+        Ok(r)
     })?;
     let mut count = ready;
     for i in 0..n {
@@ -196,7 +230,7 @@ fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: O
             count += 1;
             libc::POLLNVAL
         } else {
-            pfds[i].revents
+            i16::from_le_bytes([revents[i * 2], revents[i * 2 + 1]])
         };
         raw[i * 8 + 6..i * 8 + 8].copy_from_slice(&rev.to_le_bytes());
     }
@@ -260,14 +294,21 @@ fn select_common(p: &mut Process, nfds: u64, sets: [u64; 3], timeout_ms: i64, ma
         pfds.push(libc::pollfd { fd: host, events, revents: 0 });
         which.push(fd);
     }
-    p.blocking(mask, timeout_ms, |t| {
-        // SAFETY: pfds has pfds.len() valid entries.
-        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, t as i32) as i64 }
+    let mut revents = vec![0u8; pfds.len() * 2];
+    p.host_call(true, &mut revents, |p, out| {
+        let r = p.blocking(mask, timeout_ms, |t| {
+            // SAFETY: pfds has pfds.len() valid entries.
+            unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, t as i32) as i64 }
+        })?;
+        for (i, pf) in pfds.iter().enumerate() {
+            out[i * 2..i * 2 + 2].copy_from_slice(&pf.revents.to_le_bytes());
+        }
+        Ok(r)
     })?;
     let mut out = [[0u64; 16]; 3];
     let mut count = 0;
-    for (pf, &fd) in pfds.iter().zip(&which) {
-        let rev = pf.revents;
+    for (i, &fd) in which.iter().enumerate() {
+        let rev = i16::from_le_bytes([revents[i * 2], revents[i * 2 + 1]]);
         let set = |s: usize, on: bool, out: &mut [[u64; 16]; 3], count: &mut u64| {
             if on && bits[s][fd / 64] & (1 << (fd % 64)) != 0 {
                 out[s][fd / 64] |= 1 << (fd % 64);
@@ -322,11 +363,13 @@ fn do_eventfd(p: &mut Process, init: u64, flags: u64) -> SysResult {
     if flags & !allowed != 0 {
         return Err(Errno::EINVAL);
     }
-    // SAFETY: plain call; result checked.
-    let fd = check(unsafe {
-        libc::eventfd(init as u32, libc::EFD_CLOEXEC | (flags as i32 & (libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE)))
-    } as i64)?;
-    install(p, fd as i64, FileKind::EventFd, Extra::None, flags as i32 & libc::EFD_CLOEXEC != 0)
+    create(p, FileKind::EventFd, Extra::None, flags as i32 & libc::EFD_CLOEXEC != 0, || {
+        // SAFETY: plain call; result checked by `create`.
+        unsafe {
+            libc::eventfd(init as u32, libc::EFD_CLOEXEC | (flags as i32 & (libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE)))
+                as i64
+        }
+    })
 }
 
 pub fn eventfd(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -345,9 +388,10 @@ pub fn timerfd_create(p: &mut Process, a: &[u64; 6]) -> SysResult {
     {
         return Err(Errno::EINVAL);
     }
-    // SAFETY: plain call; result checked.
-    let fd = check(unsafe { libc::timerfd_create(clock, libc::TFD_CLOEXEC | (flags & libc::TFD_NONBLOCK)) } as i64)?;
-    install(p, fd as i64, FileKind::TimerFd, Extra::None, flags & libc::TFD_CLOEXEC != 0)
+    create(p, FileKind::TimerFd, Extra::None, flags & libc::TFD_CLOEXEC != 0, || {
+        // SAFETY: plain call; result checked by `create`.
+        unsafe { libc::timerfd_create(clock, libc::TFD_CLOEXEC | (flags & libc::TFD_NONBLOCK)) as i64 }
+    })
 }
 
 fn timer_file(p: &Process, fd: u64) -> SysResult<i32> {
@@ -361,25 +405,29 @@ fn timer_file(p: &Process, fd: u64) -> SysResult<i32> {
 pub fn timerfd_settime(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let raw = timer_file(p, a[0])?;
     let new: libc::itimerspec = p.mm.read_val(a[2])?;
-    let mut old = libc::itimerspec {
-        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-        it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-    };
-    // SAFETY: new and old are valid itimerspecs; raw is an open timerfd.
-    check(unsafe { libc::timerfd_settime(raw, a[1] as i32 & (libc::TFD_TIMER_ABSTIME | 2), &new, &mut old) } as i64)?;
+    let mut old = [0u8; 32];
+    p.host_call(true, &mut old, |_, out| {
+        let mut o: libc::itimerspec = super::super::mm::Pod::zeroed();
+        // SAFETY: new and o are valid itimerspecs; raw is an open timerfd.
+        check(unsafe { libc::timerfd_settime(raw, a[1] as i32 & (libc::TFD_TIMER_ABSTIME | 2), &new, &mut o) } as i64)?;
+        out.copy_from_slice(super::super::mm::Pod::as_bytes(&o));
+        Ok(0)
+    })?;
     if a[3] != 0 {
-        p.mm.write_val(a[3], &old)?;
+        p.mm.write_user(a[3], &old)?;
     }
     Ok(0)
 }
 
 pub fn timerfd_gettime(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let raw = timer_file(p, a[0])?;
-    let mut cur = libc::itimerspec {
-        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-        it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-    };
-    // SAFETY: cur is a valid out-parameter; raw is an open timerfd.
-    check(unsafe { libc::timerfd_gettime(raw, &mut cur) } as i64)?;
-    p.mm.write_val(a[1], &cur).map(|_| 0)
+    let mut cur = [0u8; 32];
+    p.host_call(true, &mut cur, |_, out| {
+        let mut c: libc::itimerspec = super::super::mm::Pod::zeroed();
+        // SAFETY: c is a valid out-parameter; raw is an open timerfd.
+        check(unsafe { libc::timerfd_gettime(raw, &mut c) } as i64)?;
+        out.copy_from_slice(super::super::mm::Pod::as_bytes(&c));
+        Ok(0)
+    })?;
+    p.mm.write_user(a[1], &cur).map(|_| 0)
 }

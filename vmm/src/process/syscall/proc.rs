@@ -56,29 +56,44 @@ fn valid_clock(c: u64) -> SysResult<libc::clockid_t> {
 
 pub fn clock_gettime(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let c = valid_clock(a[0])?;
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-parameter.
-    check(unsafe { libc::clock_gettime(c, &mut ts) } as i64)?;
-    p.mm.write_val(a[1], &ts).map(|_| 0)
+    let mut ts = [0u8; 16];
+    p.host_call(false, &mut ts, |_, out| {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: t is a valid out-parameter.
+        check(unsafe { libc::clock_gettime(c, &mut t) } as i64)?;
+        out.copy_from_slice(t.as_bytes());
+        Ok(0)
+    })?;
+    p.mm.write_user(a[1], &ts).map(|_| 0)
 }
 
 pub fn clock_getres(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let c = valid_clock(a[0])?;
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-parameter.
-    check(unsafe { libc::clock_getres(c, &mut ts) } as i64)?;
+    let mut ts = [0u8; 16];
+    p.host_call(false, &mut ts, |_, out| {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: t is a valid out-parameter.
+        check(unsafe { libc::clock_getres(c, &mut t) } as i64)?;
+        out.copy_from_slice(t.as_bytes());
+        Ok(0)
+    })?;
     if a[1] != 0 {
-        p.mm.write_val(a[1], &ts)?;
+        p.mm.write_user(a[1], &ts)?;
     }
     Ok(0)
 }
 
 pub fn gettimeofday(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    if a[0] != 0 {
+    let mut tv = [0u8; 16];
+    p.host_call(false, &mut tv, |_, out| {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: ts is a valid out-parameter.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-        p.mm.write_val(a[0], &libc::timeval { tv_sec: ts.tv_sec, tv_usec: ts.tv_nsec / 1000 })?;
+        out.copy_from_slice(libc::timeval { tv_sec: ts.tv_sec, tv_usec: ts.tv_nsec / 1000 }.as_bytes());
+        Ok(0)
+    })?;
+    if a[0] != 0 {
+        p.mm.write_user(a[0], &tv)?;
     }
     if a[1] != 0 {
         p.mm.write_val(a[1], &[0i32; 2])?;
@@ -87,13 +102,16 @@ pub fn gettimeofday(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn time(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    let now = p.host_call(false, &mut [], |_, _| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid out-parameter.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+        Ok(ts.tv_sec as u64)
+    })?;
     if a[0] != 0 {
-        p.mm.write_val(a[0], &{ ts.tv_sec })?;
+        p.mm.write_val(a[0], &(now as i64))?;
     }
-    Ok(ts.tv_sec as u64)
+    Ok(now)
 }
 
 fn sleep(p: &mut Process, clock: libc::clockid_t, flags: i32, req_va: u64, rem_va: u64) -> SysResult {
@@ -101,16 +119,26 @@ fn sleep(p: &mut Process, clock: libc::clockid_t, flags: i32, req_va: u64, rem_v
     if req.tv_sec < 0 || !(0..1_000_000_000).contains(&req.tv_nsec) {
         return Err(Errno::EINVAL);
     }
-    let mut rem = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: req and rem are valid timespecs.
-    let r = unsafe { libc::clock_nanosleep(clock, flags, &req, &mut rem) };
-    if r != 0 {
-        if r == libc::EINTR && rem_va != 0 && flags & libc::TIMER_ABSTIME == 0 {
-            p.mm.write_val(rem_va, &rem)?;
+    let mut rem = [0u8; 16];
+    let r = p.host_call(false, &mut rem, |p, out| {
+        if let Err(stop) = p.settle_before_blocking() {
+            p.stop_requested = Some(stop);
+            return Err(Errno::EINTR);
         }
-        return Err(Errno(r));
+        let mut left = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: req and left are valid timespecs.
+        let r = unsafe { libc::clock_nanosleep(clock, flags, &req, &mut left) };
+        out.copy_from_slice(left.as_bytes());
+        if r != 0 {
+            p.collect_host_signals();
+            return Err(Errno(r));
+        }
+        Ok(0)
+    });
+    if r == Err(Errno::EINTR) && rem_va != 0 && flags & libc::TIMER_ABSTIME == 0 {
+        p.mm.write_user(rem_va, &rem)?;
     }
-    Ok(0)
+    r
 }
 
 pub fn nanosleep(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -138,17 +166,19 @@ pub fn getrandom(p: &mut Process, a: &[u64; 6]) -> SysResult {
         return Ok(0);
     }
     p.mm.user_iov(a[0], len, true, &mut p.iov)?;
-    let mut total = 0u64;
-    for i in 0..p.iov.len {
-        let v = p.iov.iov[i];
-        // SAFETY: v points into guest memory (bounds-checked by user_iov).
-        let n = check(unsafe { libc::getrandom(v.iov_base, v.iov_len, (a[2] & !GRND_RANDOM) as u32) } as i64)?;
-        total += n;
-        if (n as usize) < v.iov_len {
-            break;
+    p.host_call_iov(false, |p| {
+        let mut total = 0u64;
+        for i in 0..p.iov.len {
+            let v = p.iov.iov[i];
+            // SAFETY: v points into guest memory (bounds-checked by user_iov).
+            let n = check(unsafe { libc::getrandom(v.iov_base, v.iov_len, (a[2] & !GRND_RANDOM) as u32) } as i64)?;
+            total += n;
+            if (n as usize) < v.iov_len {
+                break;
+            }
         }
-    }
-    Ok(total)
+        Ok(total)
+    })
 }
 
 // ---- identity ----
@@ -313,31 +343,41 @@ pub fn getrusage(p: &mut Process, a: &[u64; 6]) -> SysResult {
         return Err(Errno::EINVAL);
     }
     let mut ru = [0u8; std::mem::size_of::<libc::rusage>()];
-    if who != libc::RUSAGE_CHILDREN {
-        // SAFETY: ru is a rusage-sized out-parameter.
-        check(unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr().cast()) } as i64)?;
-    }
+    p.host_call(false, &mut ru, |_, out| {
+        if who != libc::RUSAGE_CHILDREN {
+            // SAFETY: out is a rusage-sized out-parameter.
+            check(unsafe { libc::getrusage(libc::RUSAGE_SELF, out.as_mut_ptr().cast()) } as i64)?;
+        }
+        Ok(0)
+    })?;
     p.mm.write_user(a[1], &ru).map(|_| 0)
 }
 
 pub fn times(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let mut t = [0i64; 4];
-    // SAFETY: t is a tms-sized out-parameter (four clock_t).
-    let r = unsafe { libc::times(t.as_mut_ptr().cast()) };
+    let mut t = [0u8; 32];
+    let r = p.host_call(false, &mut t, |_, out| {
+        // SAFETY: out is a tms-sized out-parameter (four clock_t).
+        Ok(unsafe { libc::times(out.as_mut_ptr().cast()) } as u64)
+    })?;
     if a[0] != 0 {
-        p.mm.write_val(a[0], &t)?;
+        p.mm.write_user(a[0], &t)?;
     }
-    Ok(r as u64)
+    Ok(r)
 }
 
 pub fn sysinfo(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let mut s: libc::sysinfo = Pod::zeroed();
-    s.uptime = p.started.elapsed().as_secs() as i64;
-    s.totalram = p.mm.mem.size();
-    s.freeram = p.mm.frames.available() * 4096;
-    s.procs = 1;
-    s.mem_unit = 1;
-    p.mm.write_val(a[0], &s).map(|_| 0)
+    let mut out = [0u8; std::mem::size_of::<libc::sysinfo>()];
+    p.host_call(false, &mut out, |p, out| {
+        let mut s: libc::sysinfo = Pod::zeroed();
+        s.uptime = p.started.elapsed().as_secs() as i64;
+        s.totalram = p.mm.mem.size();
+        s.freeram = p.mm.frames.available() * 4096;
+        s.procs = 1;
+        s.mem_unit = 1;
+        out.copy_from_slice(s.as_bytes());
+        Ok(0)
+    })?;
+    p.mm.write_user(a[0], &out).map(|_| 0)
 }
 
 pub fn sched_getaffinity(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -460,7 +500,7 @@ pub fn futex(p: &mut Process, a: &[u64; 6]) -> SysResult {
             }
             if a[3] == 0 {
                 // Nobody else can wake it: only a signal ends this wait.
-                return Err(p.wait_for_signal(None));
+                return p.host_call(false, &mut [], |p, _| Err(p.wait_for_signal(None)));
             }
             let ts: libc::timespec = p.mm.read_val(a[3])?;
             if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
@@ -570,12 +610,18 @@ pub fn rt_sigreturn(p: &mut Process, _a: &[u64; 6]) -> Sys {
 }
 
 pub fn pause(p: &mut Process, _a: &[u64; 6]) -> SysResult {
-    Err(p.wait_for_signal(None))
+    p.host_call(false, &mut [], |p, _| Err(p.wait_for_signal(None)))
 }
 
 pub fn rt_sigsuspend(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let mask = p.sigmask_arg(a[0], a[1])?.ok_or(Errno::EFAULT)?;
-    Err(p.wait_for_signal(Some(mask)))
+    let r = p.host_call(false, &mut [], |p, _| Err(p.wait_for_signal(Some(mask))));
+    if p.op_mode(false) == crate::mvx::OpMode::Replay {
+        // Replayed: the mask the leader waited with applies to the delivery.
+        p.saved_mask = Some(p.signals.mask);
+        p.signals.mask = mask & !super::super::signal::UNBLOCKABLE;
+    }
+    r
 }
 
 pub fn rt_sigpending(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -588,9 +634,11 @@ pub fn rt_sigpending(p: &mut Process, a: &[u64; 6]) -> SysResult {
 }
 
 /// alarm: the VMM's own real-time timer, whose SIGALRM it passes on.
-pub fn alarm(_p: &mut Process, a: &[u64; 6]) -> SysResult {
-    // SAFETY: alarm has no memory arguments.
-    Ok(unsafe { libc::alarm(a[0] as u32) } as u64)
+pub fn alarm(p: &mut Process, a: &[u64; 6]) -> SysResult {
+    p.host_call(false, &mut [], |_, _| {
+        // SAFETY: alarm has no memory arguments.
+        Ok(unsafe { libc::alarm(a[0] as u32) } as u64)
+    })
 }
 
 pub fn setitimer(p: &mut Process, a: &[u64; 6]) -> SysResult {
@@ -598,11 +646,16 @@ pub fn setitimer(p: &mut Process, a: &[u64; 6]) -> SysResult {
         return Err(Errno::EINVAL);
     }
     let new: libc::itimerval = if a[1] == 0 { Pod::zeroed() } else { p.mm.read_val(a[1])? };
-    let mut old: libc::itimerval = Pod::zeroed();
-    // SAFETY: new/old are valid itimervals.
-    check(unsafe { libc::setitimer(libc::ITIMER_REAL, &new, &mut old) } as i64)?;
+    let mut old = [0u8; 32];
+    p.host_call(false, &mut old, |_, out| {
+        let mut o: libc::itimerval = Pod::zeroed();
+        // SAFETY: new/o are valid itimervals.
+        check(unsafe { libc::setitimer(libc::ITIMER_REAL, &new, &mut o) } as i64)?;
+        out.copy_from_slice(o.as_bytes());
+        Ok(0)
+    })?;
     if a[2] != 0 {
-        p.mm.write_val(a[2], &old)?;
+        p.mm.write_user(a[2], &old)?;
     }
     Ok(0)
 }
@@ -611,10 +664,15 @@ pub fn getitimer(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if a[0] as i32 != libc::ITIMER_REAL {
         return Err(Errno::EINVAL);
     }
-    let mut cur: libc::itimerval = Pod::zeroed();
-    // SAFETY: cur is a valid out-parameter.
-    check(unsafe { libc::getitimer(libc::ITIMER_REAL, &mut cur) } as i64)?;
-    p.mm.write_val(a[1], &cur).map(|_| 0)
+    let mut cur = [0u8; 32];
+    p.host_call(false, &mut cur, |_, out| {
+        let mut c: libc::itimerval = Pod::zeroed();
+        // SAFETY: c is a valid out-parameter.
+        check(unsafe { libc::getitimer(libc::ITIMER_REAL, &mut c) } as i64)?;
+        out.copy_from_slice(c.as_bytes());
+        Ok(0)
+    })?;
+    p.mm.write_user(a[1], &cur).map(|_| 0)
 }
 
 pub fn sigaltstack(p: &mut Process, a: &[u64; 6]) -> SysResult {

@@ -1,0 +1,258 @@
+//! The VMM's side of multi-variant execution: the link to the other
+//! variants, recording (leader) and replaying (followers) the host
+//! operations of replicated calls, holding outputs until every variant
+//! agreed on them, and divergence reports.
+//!
+//! Which calls are replicated or checked in lockstep is decided per call by
+//! `process::monitor` from the policy; this module carries it out.
+
+pub mod commit;
+pub mod launch;
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dmvx_sync::link::{Follower, Leader, LinkError};
+use dmvx_sync::policy::{Class, Policy, Rule};
+use dmvx_sync::record::{EntryBuf, EntryView, RecordBuf, SignalEvent};
+use dmvx_sync::report::ForensicLog;
+
+use crate::process::mm::HostIov;
+
+/// Exit status of a run stopped because variants diverged.
+pub const EXIT_DIVERGENCE: u8 = 121;
+
+/// This variant's end of the cluster.
+pub enum Link {
+    Leader(Leader),
+    Follower(Follower),
+}
+
+/// How the host operations of the current call are carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpMode {
+    /// Performed here, not recorded (local inputs, single variant).
+    Direct,
+    /// Performed here and recorded for the followers (leader, replicated).
+    Record,
+    /// Not performed: the leader's recorded results are replayed.
+    Replay,
+}
+
+/// A buffer a host operation fills.
+pub enum Out<'a> {
+    /// Guest memory; the operation's return value says how much it filled.
+    Iov(&'a HostIov),
+    /// A VMM buffer, recorded whole.
+    Buf(&'a mut [u8]),
+}
+
+/// Why the run must stop.
+#[derive(Debug)]
+pub enum Stop {
+    /// Variants diverged; the report is written.
+    Divergence(String),
+    /// The leader ended the run with this status.
+    Shutdown(i32),
+    /// The link failed.
+    Link(String),
+}
+
+/// Multi-variant state of one VMM.
+pub struct Mvx {
+    pub id: u8,
+    pub link: Link,
+    pub policy: Policy,
+    /// Outputs are held until acknowledged, instead of stalling the call.
+    pub deferred_outputs: bool,
+    pub timeout: Duration,
+    /// Sequence number of the current (or last) event.
+    pub seq: u64,
+    pub rec: RecordBuf,
+    pub entry: EntryBuf,
+    /// The current call.
+    pub class: Class,
+    pub rule: Rule,
+    pub mode: OpMode,
+    /// Follower: the leader's entry for the current call, and how many of
+    /// its operations were replayed.
+    pub leader_entry: Vec<u8>,
+    pub ops_replayed: usize,
+    /// Follower: the last sequence number acknowledged.
+    pub acked: u64,
+    pub log: ForensicLog,
+    pub report_dir: PathBuf,
+    pub outputs: commit::Outputs,
+    /// Leader: signals delivered after the current call.
+    pub signals_after: Vec<SignalEvent>,
+    /// Set when the replay ran out of recorded operations (divergence).
+    pub replay_broken: Option<String>,
+    /// Bytes of replicated file contents this variant sent or received.
+    pub replicated_file_bytes: u64,
+}
+
+impl Mvx {
+    pub fn new(id: u8, link: Link, policy: Policy, timeout: Duration, report_dir: PathBuf) -> Mvx {
+        let deferred_outputs = policy.preset == dmvx_sync::policy::Preset::Dmvx;
+        Mvx {
+            id,
+            link,
+            policy,
+            deferred_outputs,
+            timeout,
+            seq: 0,
+            rec: RecordBuf::new(),
+            entry: EntryBuf::new(),
+            class: Class::Other,
+            rule: Rule { check: dmvx_sync::policy::Check::Relaxed, input: dmvx_sync::policy::Input::Local },
+            mode: OpMode::Direct,
+            leader_entry: Vec::with_capacity(4096),
+            ops_replayed: 0,
+            acked: 0,
+            log: ForensicLog::default(),
+            report_dir,
+            outputs: commit::Outputs::default(),
+            signals_after: Vec::new(),
+            replay_broken: None,
+            replicated_file_bytes: 0,
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        matches!(self.link, Link::Leader(_))
+    }
+
+    /// The leader's link (call only on the leader).
+    pub fn leader(&mut self) -> &mut Leader {
+        match &mut self.link {
+            Link::Leader(l) => l,
+            Link::Follower(_) => unreachable!("leader link used on a follower"),
+        }
+    }
+
+    /// The follower's link (call only on a follower).
+    pub fn follower(&mut self) -> &mut Follower {
+        match &mut self.link {
+            Link::Follower(f) => f,
+            Link::Leader(_) => unreachable!("follower link used on the leader"),
+        }
+    }
+
+    /// The mode for an operation of the current call on a resource that is
+    /// `remote` (exists only on the leader) or not.
+    #[inline]
+    pub fn mode_for(&self, remote: bool) -> OpMode {
+        match self.mode {
+            OpMode::Direct if remote => {
+                if self.is_leader() {
+                    OpMode::Record
+                } else {
+                    OpMode::Replay
+                }
+            }
+            m => m,
+        }
+    }
+
+    /// Records the results of a host operation: its return value (or
+    /// negated errno) and the bytes it produced in `outs`.
+    pub fn record(&mut self, ret: i64, outs: &mut [Out<'_>]) {
+        let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(outs.len());
+        for o in outs.iter() {
+            bufs.push(match o {
+                Out::Iov(iov) => gather(iov, ret.max(0) as usize),
+                Out::Buf(b) => b.to_vec(),
+            });
+        }
+        if self.class == Class::FileRead {
+            self.replicated_file_bytes += ret.max(0) as u64;
+        }
+        let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+        self.entry.op(ret, &refs);
+    }
+
+    /// Replays the leader's next host operation into `outs`; returns its
+    /// return value.
+    pub fn replay(&mut self, outs: &mut [Out<'_>]) -> i64 {
+        let view = match EntryView::decode(&self.leader_entry) {
+            Ok(v) => v,
+            Err(e) => {
+                self.replay_broken = Some(format!("undecodable entry from the leader: {e}"));
+                return -(libc::EIO as i64);
+            }
+        };
+        let Some(op) = view.ops.get(self.ops_replayed) else {
+            self.replay_broken =
+                Some(format!("this variant made more host operations than the leader ({})", view.ops.len()));
+            return -(libc::EIO as i64);
+        };
+        self.ops_replayed += 1;
+        for (o, data) in outs.iter_mut().zip(op.bufs()) {
+            match o {
+                Out::Iov(iov) => scatter(iov, data),
+                Out::Buf(b) => {
+                    let n = b.len().min(data.len());
+                    b[..n].copy_from_slice(&data[..n]);
+                }
+            }
+        }
+        if self.class == Class::FileRead {
+            self.replicated_file_bytes += op.ret.max(0) as u64;
+        }
+        op.ret
+    }
+
+    /// The leader's return value of the current call (follower).
+    pub fn leader_ret(&self) -> Option<i64> {
+        EntryView::decode(&self.leader_entry).ok().map(|v| v.ret)
+    }
+
+    /// Wraps a link error.
+    pub fn link_stop(e: LinkError) -> Stop {
+        Stop::Link(e.to_string())
+    }
+}
+
+/// The first `n` bytes behind a host iovec list.
+fn gather(iov: &HostIov, mut n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    for v in &iov.iov[..iov.len] {
+        if n == 0 {
+            break;
+        }
+        let k = v.iov_len.min(n);
+        // SAFETY: the iovecs point into guest memory, bounds-checked when
+        // built by Mm::user_iov, and the guest is stopped.
+        out.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, k) });
+        n -= k;
+    }
+    out
+}
+
+/// Writes `data` across a host iovec list.
+fn scatter(iov: &HostIov, mut data: &[u8]) {
+    for v in &iov.iov[..iov.len] {
+        if data.is_empty() {
+            break;
+        }
+        let k = v.iov_len.min(data.len());
+        // SAFETY: as in `gather`; the destination is writable guest memory
+        // (Mm::user_iov checked write permission for this direction).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base as *mut u8, k) };
+        data = &data[k..];
+    }
+}
+
+/// `ret`, or the negated errno of the failed libc call that produced it.
+#[inline]
+pub fn neg_errno(ret: i64) -> i64 {
+    if ret < 0 {
+        -(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) as i64)
+    } else {
+        ret
+    }
+}
+
+/// A host descriptor usable by the VMM itself (for output release).
+pub type HostFd = RawFd;
