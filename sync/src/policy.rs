@@ -25,6 +25,17 @@ pub enum Check {
     Unchecked,
 }
 
+impl Check {
+    /// The name used in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Lockstep => "lockstep",
+            Check::Relaxed => "relaxed",
+            Check::Unchecked => "unchecked",
+        }
+    }
+}
+
 /// Where a call's results come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -35,6 +46,16 @@ pub enum Input {
     Local,
 }
 
+impl Input {
+    /// The name used in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Input::Replicated => "replicated",
+            Input::Local => "local",
+        }
+    }
+}
+
 /// What to do with one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
@@ -43,11 +64,11 @@ pub struct Rule {
 }
 
 macro_rules! classes {
-    ($($(#[$m:meta])* $v:ident = $name:literal,)*) => {
+    ($($v:ident = $name:literal: $desc:literal,)*) => {
         /// What a concrete call does, as far as monitoring is concerned.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u8)]
-        pub enum Class { $($(#[$m])* $v,)* }
+        pub enum Class { $(#[doc = $desc] $v,)* }
 
         impl Class {
             /// Every class, in order.
@@ -56,6 +77,11 @@ macro_rules! classes {
             /// The name used in policy files.
             pub fn name(self) -> &'static str {
                 match self { $(Class::$v => $name,)* }
+            }
+
+            /// What the class holds.
+            pub fn description(self) -> &'static str {
+                match self { $(Class::$v => $desc,)* }
             }
 
             /// The class called `name`.
@@ -67,40 +93,23 @@ macro_rules! classes {
 }
 
 classes! {
-    /// Code execution: execve, mmap/mprotect with PROT_EXEC.
-    Exec = "exec",
-    /// Other memory management: brk, mmap, munmap, mprotect, madvise.
-    Memory = "memory",
-    /// Opening an image file or directory for reading.
-    FileOpen = "file_open",
-    /// Reading the contents of an image file.
-    FileRead = "file_read",
-    /// File metadata: stat family, directory listings, readlink, access.
-    FileMeta = "file_meta",
-    /// Creating or modifying files: open for writing, unlink, rename, mkdir, chmod, ...
-    FileModify = "file_modify",
-    /// Output that leaves the variant: socket sends, terminal output, file writes.
-    Output = "output",
-    /// Socket creation, bind, connect, listen.
-    SocketSetup = "socket_setup",
-    /// Network and other replicated-descriptor input: accept, recv, read of a socket or pipe.
-    NetInput = "net_input",
-    /// Readiness: epoll, poll, select.
-    Wait = "wait",
-    /// Descriptor state on replicated descriptors: close, fcntl, socket options, epoll_ctl, ...
-    FdState = "fd_state",
-    /// Clocks.
-    Time = "time",
-    /// Randomness: getrandom, random devices.
-    Random = "random",
-    /// Process state answered by the VMM: ids, uname, limits, signal dispositions, ...
-    Process = "process",
-    /// Sleeping and waiting for signals (cut short by signals the leader gets).
-    Sleep = "sleep",
-    /// Program exit.
-    Exit = "exit",
-    /// Anything else.
-    Other = "other",
+    Exec = "exec": "Code execution: execve, mmap/mprotect with PROT_EXEC.",
+    Memory = "memory": "Other memory management: brk, mmap, munmap, mprotect, madvise.",
+    FileOpen = "file_open": "Opening an image file or directory for reading.",
+    FileRead = "file_read": "Reading the contents of an image file.",
+    FileMeta = "file_meta": "File metadata: stat family, directory listings, readlink, access.",
+    FileModify = "file_modify": "Creating or modifying files: open for writing, unlink, rename, mkdir, chmod, ...",
+    Output = "output": "Output that leaves the variant: socket sends, terminal output, file writes.",
+    SocketSetup = "socket_setup": "Socket creation, bind, connect, listen.",
+    NetInput = "net_input": "Network and other replicated-descriptor input: accept, recv, read of a socket or pipe.",
+    Wait = "wait": "Readiness: epoll, poll, select.",
+    FdState = "fd_state": "Descriptor state on replicated descriptors: close, fcntl, socket options, epoll_ctl, ...",
+    Time = "time": "Clocks.",
+    Random = "random": "Randomness: getrandom, random devices.",
+    Process = "process": "Process state answered by the VMM: ids, uname, limits, signal dispositions, ...",
+    Sleep = "sleep": "Sleeping and waiting for signals (cut short by signals the leader gets).",
+    Exit = "exit": "Program exit.",
+    Other = "other": "Anything else.",
 }
 
 /// Named presets.
@@ -287,10 +296,28 @@ impl Policy {
         let mut s = String::from("| class | check | input |\n|---|---|---|\n");
         for &c in Class::ALL {
             let r = self.classes[c as usize];
-            s.push_str(&format!("| `{}` | {:?} | {:?} |\n", c.name(), r.check, r.input).to_lowercase());
+            s.push_str(&format!("| `{}` | {} | {} |\n", c.name(), r.check.name(), r.input.name()));
         }
         s
     }
+}
+
+/// Both presets side by side, for documentation.
+pub fn presets_markdown() -> String {
+    let mut s = String::from("| class | what it holds | `strict` | `dmvx` (default) |\n|---|---|---|---|\n");
+    for &c in Class::ALL {
+        let (a, b) = (Preset::Strict.rule(c), Preset::Dmvx.rule(c));
+        s.push_str(&format!(
+            "| `{}` | {} | {}, {} | {}, {} |\n",
+            c.name(),
+            c.description(),
+            a.check.name(),
+            a.input.name(),
+            b.check.name(),
+            b.input.name()
+        ));
+    }
+    s
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! Both are a compact little-endian binary encoding, written into reusable
 //! buffers without allocating on the hot path; decoding checks every length.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::policy::Class;
@@ -136,7 +136,7 @@ pub fn record_digest(record: &[u8]) -> [u8; 32] {
 }
 
 /// An argument of a decoded record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arg {
     Int(u64),
@@ -147,7 +147,7 @@ pub enum Arg {
 }
 
 /// A decoded record, for reports.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Event {
     Call { nr: u16, name: String, class: String, args: Vec<Arg> },

@@ -62,6 +62,9 @@ pub enum Kind {
     Silent,
     /// A variant ended (exit or fault) where others did not.
     Ended,
+    /// The authenticated link to a variant failed: lost, closed, or a
+    /// frame that was forged, tampered with or broke the protocol.
+    Link,
 }
 
 /// The report written when variants diverge.

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, Notify};
 use super::{heartbeat_interval, lock, millis, read_sealed, runtime, write_timeout, LinkError, PeerFailure, Pool};
 use crate::config::{ClusterConfig, Role};
 use crate::crypto::{Opener, Sealer};
+use crate::frame::FrameError;
 use crate::handshake::{self, HandshakeError, HandshakeInfo};
 use crate::wire::{self, Control, Decoded, Message, MAX_CONTROL_PAYLOAD};
 
@@ -373,34 +374,40 @@ async fn follower_io(
         timeout_ms: millis(cfg.timeout),
         reason,
     };
-    let mut stream = loop {
-        match tokio::time::timeout_at(deadline, TcpStream::connect(&leader.address)).await {
-            Ok(Ok(s)) => break s,
-            Ok(Err(e)) => {
-                let retry = tokio::time::Instant::now() + Duration::from_millis(50);
-                if retry >= deadline {
-                    let _ = ready.send(Err(connect_err(e.to_string())));
-                    return;
+    let peer = format!("leader (variant {}) at {}", leader.id, leader.address);
+    // A connection the leader's side closes before answering (the leader
+    // not yet listening behind a proxy or relay) is retried like a refused
+    // one, until the cluster timeout.
+    let (stream, session) = loop {
+        let retry_or = |fail: LinkError| {
+            let retry = tokio::time::Instant::now() + Duration::from_millis(50);
+            (retry < deadline).then_some(retry).ok_or(fail)
+        };
+        let outcome = match tokio::time::timeout_at(deadline, TcpStream::connect(&leader.address)).await {
+            Err(_) => Err(connect_err("timed out".into())),
+            Ok(Err(e)) => retry_or(connect_err(e.to_string())),
+            Ok(Ok(mut s)) => {
+                let _ = s.set_nodelay(true);
+                match tokio::time::timeout_at(deadline, handshake::client(&mut s, &cfg, my_id, &info)).await {
+                    Ok(Ok(session)) => break (s, session),
+                    Ok(Err(
+                        error @ (HandshakeError::Frame(FrameError::Closed | FrameError::Io(_))
+                        | HandshakeError::Send(_)),
+                    )) => retry_or(LinkError::Handshake { peer: peer.clone(), error }),
+                    Ok(Err(error)) => Err(LinkError::Handshake { peer: peer.clone(), error }),
+                    Err(_) => Err(LinkError::Handshake {
+                        peer: peer.clone(),
+                        error: HandshakeError::Timeout(millis(cfg.timeout)),
+                    }),
                 }
-                tokio::time::sleep_until(retry).await;
             }
-            Err(_) => {
-                let _ = ready.send(Err(connect_err("timed out".into())));
+        };
+        match outcome {
+            Ok(retry) => tokio::time::sleep_until(retry).await,
+            Err(e) => {
+                let _ = ready.send(Err(e));
                 return;
             }
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let peer = format!("leader (variant {}) at {}", leader.id, leader.address);
-    let session = match tokio::time::timeout(cfg.timeout, handshake::client(&mut stream, &cfg, my_id, &info)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(error)) => {
-            let _ = ready.send(Err(LinkError::Handshake { peer, error }));
-            return;
-        }
-        Err(_) => {
-            let _ = ready.send(Err(LinkError::Handshake { peer, error: HandshakeError::Timeout(millis(cfg.timeout)) }));
-            return;
         }
     };
     let (rd, wr) = stream.into_split();
