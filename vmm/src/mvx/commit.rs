@@ -16,6 +16,9 @@ pub const HOLD_LIMIT: usize = 4 << 20;
 
 struct Held {
     seq: u64,
+    /// Digest of the call's record: a follower's acknowledgement of `seq`
+    /// releases the output only if it carries the same digest.
+    digest: [u8; 32],
     file: Rc<OpenFile>,
     data: Vec<u8>,
     sent: usize,
@@ -49,10 +52,22 @@ impl Outputs {
     }
 
     /// Holds `data` for `file` (at `offset` for positioned writes) until
-    /// event `seq` is acknowledged by every follower.
-    pub fn hold(&mut self, seq: u64, file: Rc<OpenFile>, data: Vec<u8>, offset: Option<i64>) {
+    /// event `seq` (whose record has `digest`) is acknowledged by every
+    /// follower.
+    pub fn hold(&mut self, seq: u64, digest: [u8; 32], file: Rc<OpenFile>, data: Vec<u8>, offset: Option<i64>) {
         self.bytes += data.len();
-        self.queue.push_back(Held { seq, file, data, sent: 0, offset });
+        self.queue.push_back(Held { seq, digest, file, data, sent: 0, offset });
+    }
+
+    /// How far an acknowledgement of event `seq` with record `digest`
+    /// shows agreement: a follower acknowledges the call it reached before
+    /// it compares; if that is a held output with another record, it
+    /// agreed only on what came before.
+    pub fn agreement(&self, seq: u64, digest: &[u8; 32]) -> u64 {
+        match self.queue.iter().find(|h| h.seq == seq) {
+            Some(h) if h.digest != *digest => seq - 1,
+            _ => seq,
+        }
     }
 
     /// Whether anything is held.
@@ -137,6 +152,18 @@ impl Outputs {
         }
         self.released += r.bytes as u64;
         r
+    }
+
+    /// Sequence number of the newest output held from before event
+    /// `before` (0 if none).
+    pub fn newest_before(&self, before: u64) -> u64 {
+        self.queue.iter().rev().find(|h| h.seq < before).map_or(0, |h| h.seq)
+    }
+
+    /// Releases what every variant agreed on (up to `agreed`) of the
+    /// outputs made before event `before`, waiting for slow descriptors.
+    pub fn release_before(&mut self, agreed: u64, before: u64) -> Released {
+        self.release(agreed.min(before.saturating_sub(1)), true)
     }
 
     /// Drops everything held (divergence: nothing of it may leave).

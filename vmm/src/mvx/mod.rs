@@ -55,8 +55,16 @@ pub enum Stop {
     Divergence(String),
     /// The leader ended the run with this status.
     Shutdown(i32),
-    /// The link failed.
-    Link(String),
+    /// The link failed (`peer`: the variant it failed with, if known;
+    /// `silent`: that variant stopped answering).
+    Link { why: String, peer: Option<u8>, silent: bool },
+}
+
+impl Stop {
+    /// A link failure found by the engine (a bad entry, say).
+    pub fn link(why: String) -> Stop {
+        Stop::Link { why, peer: None, silent: false }
+    }
 }
 
 /// Multi-variant state of one VMM.
@@ -126,6 +134,14 @@ impl Mvx {
     /// The leader's link (call only on the leader).
     pub fn leader(&mut self) -> &mut Leader {
         match &mut self.link {
+            Link::Leader(l) => l,
+            Link::Follower(_) => unreachable!("leader link used on a follower"),
+        }
+    }
+
+    /// The leader's link, shared (call only on the leader).
+    pub fn leader_ref(&self) -> &Leader {
+        match &self.link {
             Link::Leader(l) => l,
             Link::Follower(_) => unreachable!("leader link used on a follower"),
         }
@@ -210,7 +226,16 @@ impl Mvx {
 
     /// Wraps a link error.
     pub fn link_stop(e: LinkError) -> Stop {
-        Stop::Link(e.to_string())
+        use dmvx_sync::link::PeerFailure;
+        let (peer, silent) = match &e {
+            LinkError::Peer { variant, failure } => {
+                (Some(*variant), matches!(failure, PeerFailure::Silent(_) | PeerFailure::Stuck(_)))
+            }
+            LinkError::AckTimeout { silent, .. } => (silent.first().copied(), true),
+            LinkError::LagTimeout { lagging, .. } => (lagging.first().copied(), true),
+            _ => (None, false),
+        };
+        Stop::Link { why: e.to_string(), peer, silent }
     }
 }
 

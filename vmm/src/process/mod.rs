@@ -763,6 +763,16 @@ impl Process {
             guest / 1024,
             rss.saturating_sub(guest) / 1024
         );
+        if let Some(m) = &self.mvx {
+            eprintln!(
+                "dmvx stats: variant {} ({}), {} events, {} replicated file bytes, {} bytes of held output released",
+                m.id,
+                if m.is_leader() { "leader" } else { "follower" },
+                m.seq,
+                m.replicated_file_bytes,
+                m.outputs.released
+            );
+        }
         if let Some(ns) = s.first_exit_ns {
             eprintln!("dmvx stats: launch to first guest instruction {:.3} ms", ns as f64 / 1e6);
         }
@@ -848,7 +858,10 @@ impl Process {
         Flow::Done(match stop {
             Stop::Divergence(msg) => Outcome::Diverged(msg),
             Stop::Shutdown(status) => Outcome::Ended(status),
-            Stop::Link(why) => Outcome::Diverged(format!("the link to the other variants failed: {why}")),
+            Stop::Link { why, peer, silent } => {
+                self.link_failed(&why, peer, silent);
+                Outcome::Diverged(format!("the link to the other variants failed: {why}"))
+            }
         })
     }
 
@@ -970,7 +983,8 @@ impl Process {
                 data.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
             }
             let n = data.len() as u64;
-            m.outputs.hold(m.seq, file.clone(), data, offset);
+            let digest = dmvx_sync::record::record_digest(m.rec.as_bytes());
+            m.outputs.hold(m.seq, digest, file.clone(), data, offset);
             Ok(n)
         };
         m.record(errno::to_neg(r), &mut []);

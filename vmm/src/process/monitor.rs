@@ -31,8 +31,13 @@ const AT_FDCWD: i32 = -100;
 const UNREADABLE: u64 = u64::MAX - 1;
 /// Followers acknowledge at least this often (back-pressure).
 const ACK_EVERY: u64 = 64;
-/// Custom control: a follower's forensic log for the leader's report.
-const CTRL_FORENSIC: u32 = 1;
+/// Custom control from a follower: "I reached event N with this digest" (a
+/// held output, which it acknowledges only once verified against the
+/// leader's entry; if the leader is waiting at N instead, this tells it).
+const CTRL_REACHED: u32 = 1;
+/// How long a follower waits for the leader's entry of a held output
+/// before telling the leader it reached it.
+const REACHED_AFTER: Duration = Duration::from_millis(20);
 
 /// Whether open flags create a file (so the mode argument counts).
 fn creates(flags: u64) -> bool {
@@ -354,8 +359,11 @@ impl Process {
                 self.rec_path(rec, a[0]);
                 // Only the arguments each call has (the rest are stale registers).
                 match nr as i64 {
-                    SYS_access | SYS_mkdir | SYS_chmod | SYS_truncate | SYS_readlink => {
+                    SYS_access | SYS_mkdir | SYS_chmod | SYS_truncate => {
                         rec.int(a[1]);
+                    }
+                    SYS_readlink => {
+                        rec.int(a[2]);
                     }
                     SYS_chown | SYS_lchown => {
                         rec.int(a[1]).int(a[2]);
@@ -595,15 +603,26 @@ impl Process {
             m.entry.start(&rec);
             return Ok(());
         }
-        if lockstep {
-            // Tell the leader at once: it may be waiting for us.
+        // A lockstep call the leader waits for: tell it at once that we
+        // reached it, with our record's digest (the leader compares). A held
+        // output the leader does not wait for: it is acknowledged only once
+        // verified here (the acknowledgement releases it).
+        let held = m.deferred_outputs && m.class == Class::Output;
+        if lockstep && !held {
             let digest = record_digest(m.rec.as_bytes());
             m.follower().ack(seq, digest).map_err(Mvx::link_stop)?;
             m.acked = seq;
         }
-        self.fetch_leader_entry(m, seq)?;
+        if held && !self.fetch_leader_entry_within(m, seq, REACHED_AFTER)? {
+            let mut payload = seq.to_le_bytes().to_vec();
+            payload.extend_from_slice(&record_digest(m.rec.as_bytes()));
+            m.follower().send_control(&Control::Custom { kind: CTRL_REACHED, payload }).map_err(Mvx::link_stop)?;
+            self.fetch_leader_entry(m, seq)?;
+        } else if !held {
+            self.fetch_leader_entry(m, seq)?;
+        }
         let view = EntryView::decode(&m.leader_entry)
-            .map_err(|e| Stop::Link(format!("undecodable entry {seq} from the leader: {e}")))?;
+            .map_err(|e| Stop::link(format!("undecodable entry {seq} from the leader: {e}")))?;
         if view.record != m.rec.as_bytes() {
             let leader = view.record.to_vec();
             let mine = m.rec.as_bytes().to_vec();
@@ -628,18 +647,34 @@ impl Process {
                     let mine = m.rec.as_bytes().to_vec();
                     return Err(self.diverge(m, Kind::Silent, seq, Some(&mine), None, who, false));
                 }
-                Err(e) => return Err(Mvx::link_stop(e)),
+                Err(e) => {
+                    self.take_controls_leader(m)?;
+                    return Err(Mvx::link_stop(e));
+                }
             }
         }
         let bad: Vec<u8> = m.leader().acks().filter(|a| a.seq == seq && a.digest != want).map(|a| a.variant).collect();
         if let Some(&v) = bad.first() {
-            // Its own report (with its record) follows as a control message.
+            // Only the digest differs so far; the follower answers our
+            // report with what it made there.
             let mine = m.rec.as_bytes().to_vec();
-            std::thread::sleep(Duration::from_millis(50));
-            let _ = self.take_controls_leader(m);
             return Err(self.diverge(m, Kind::Records, seq, Some(&mine), None, v, false));
         }
         Ok(())
+    }
+
+    /// Follower: the leader's entry `seq` into `m.leader_entry`, if it
+    /// arrives within `wait`.
+    fn fetch_leader_entry_within(&mut self, m: &mut Mvx, seq: u64, wait: Duration) -> Result<bool, Stop> {
+        let full = m.timeout;
+        m.timeout = wait;
+        let r = self.fetch_leader_entry(m, seq);
+        m.timeout = full;
+        match r {
+            Ok(()) => Ok(true),
+            Err(Stop::Divergence(_)) if m.replay_broken.take().is_some() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Follower: the leader's entry `seq` into `m.leader_entry`.
@@ -650,7 +685,7 @@ impl Process {
             let got = match link.next_entry_timeout(timeout) {
                 Ok(Some(e)) => {
                     if e.seq != seq {
-                        return Err(Stop::Link(format!("entry {} from the leader where {seq} was due", e.seq)));
+                        return Err(Stop::link(format!("entry {} from the leader where {seq} was due", e.seq)));
                     }
                     m.leader_entry.clear();
                     m.leader_entry.extend_from_slice(e.data);
@@ -668,6 +703,11 @@ impl Process {
             };
             match got {
                 Some(()) => return Ok(()),
+                None if timeout < Duration::from_secs(1) => {
+                    // A short wait ran out (fetch_leader_entry_within).
+                    m.replay_broken = Some("waiting".into());
+                    return Err(Stop::Divergence(String::new()));
+                }
                 None => {
                     let mine = m.rec.as_bytes().to_vec();
                     return Err(self.diverge(m, Kind::Silent, seq, None, Some(&mine), 0, false));
@@ -681,11 +721,32 @@ impl Process {
             Control::Shutdown { status } => Some(Stop::Shutdown(status)),
             Control::Divergence { seq, report } => {
                 let text = String::from_utf8_lossy(&report).into_owned();
-                let msg = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v["message"].as_str().map(String::from))
-                    .unwrap_or_else(|| format!("divergence at event {seq}"));
-                self.write_report_file(m, &text);
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"message": text}));
+                // The leader found it at our current event: tell it what we made there.
+                if seq == m.seq && v["variant"].as_u64() == Some(m.id as u64) && v["other"].is_null() {
+                    let name_of = |nr| names::name(nr);
+                    let mine = decode(m.rec.as_bytes(), name_of).ok();
+                    let leader: Option<dmvx_sync::record::Event> = serde_json::from_value(v["leader"].clone()).ok();
+                    v["message"] = serde_json::Value::String(format!(
+                        "variant {} made {} at event {seq} where the leader made {}",
+                        m.id,
+                        describe(&mine),
+                        describe(&leader)
+                    ));
+                    v["other"] = serde_json::to_value(mine).unwrap_or_default();
+                    if let Some(arr) = v["forensic"].as_array_mut() {
+                        arr.push(
+                            serde_json::to_value(VariantLog { variant: m.id as u32, events: m.log.events(name_of) })
+                                .unwrap_or_default(),
+                        );
+                    }
+                    let reply = serde_json::to_vec_pretty(&v).unwrap_or_default();
+                    let _ = m.follower().send_control(&Control::Divergence { seq, report: reply });
+                }
+                let msg =
+                    v["message"].as_str().map(String::from).unwrap_or_else(|| format!("divergence at event {seq}"));
+                self.write_report_file(m, &serde_json::to_string_pretty(&v).unwrap_or(text));
                 Some(Stop::Divergence(msg))
             }
             _ => None,
@@ -699,6 +760,18 @@ impl Process {
         }
         loop {
             let Some((from, c)) = m.leader().try_recv_control() else { return Ok(()) };
+            if let Control::Custom { kind: CTRL_REACHED, payload } = &c {
+                // A follower reached event `seq` with a held output; if the
+                // leader is at a different event there, that is a divergence.
+                if payload.len() == 40 {
+                    let seq = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                    if seq == m.seq && payload[8..] != record_digest(m.rec.as_bytes()) {
+                        let mine = m.rec.as_bytes().to_vec();
+                        return Err(self.diverge(m, Kind::Records, seq, Some(&mine), None, from, false));
+                    }
+                }
+                continue;
+            }
             if let Control::Divergence { seq, report } = c {
                 // The follower found it: add the leader's view and stop all.
                 let mut v: serde_json::Value =
@@ -710,6 +783,9 @@ impl Process {
                     arr.push(my_log);
                 }
                 let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+                // The reporting follower checked every event before `seq`.
+                let (agreed, _) = self.agreed_before(m, seq, from, true);
+                m.outputs.release_before(agreed, seq);
                 let discarded = m.outputs.discard();
                 self.write_report_file(m, &text);
                 let _ = m.leader().send_control(&Control::Divergence { seq, report: text.into_bytes() });
@@ -721,13 +797,52 @@ impl Process {
         }
     }
 
+    /// Leader, on a divergence at `seq` in variant `diverging`: how far
+    /// every variant agreed. If `diverging` reached `seq` (it reported a
+    /// different record there), it agreed on everything before; if it fell
+    /// silent, only on what it acknowledged. The other followers may lag:
+    /// the output held before `seq` waits (up to the cluster timeout) until
+    /// each acknowledged it or reported a divergence of its own. Also
+    /// returns a report `diverging` sent meanwhile.
+    fn agreed_before(&mut self, m: &mut Mvx, seq: u64, diverging: u8, reached: bool) -> (u64, Option<Vec<u8>>) {
+        let need = m.outputs.newest_before(seq);
+        let deadline = std::time::Instant::now() + m.timeout;
+        // Followers that reported a divergence: they agreed up to there.
+        let mut reported: Vec<(u8, u64)> = Vec::new();
+        let mut own = None;
+        loop {
+            let mut frozen = u64::MAX;
+            let mut others = u64::MAX;
+            for a in m.leader_ref().acks() {
+                let upto = m.outputs.agreement(a.seq, &a.digest);
+                match reported.iter().find(|r| r.0 == a.variant) {
+                    _ if a.variant == diverging && reached => {}
+                    _ if a.variant == diverging => frozen = upto,
+                    Some(r) => frozen = frozen.min(r.1.saturating_sub(1)),
+                    None => others = others.min(upto),
+                }
+            }
+            let agreed = frozen.min(others).min(seq.saturating_sub(1));
+            let hopeless = frozen < need;
+            if agreed >= need || hopeless || std::time::Instant::now() >= deadline || m.leader().check().is_err() {
+                return (agreed, own);
+            }
+            match m.leader().try_recv_control() {
+                Some((from, Control::Divergence { report, .. })) if from == diverging => own = Some(report),
+                Some((from, Control::Divergence { seq: at, .. })) => reported.push((from, at)),
+                Some(_) => {}
+                None => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
+
     /// Leader: sends out held outputs that every follower acknowledged;
     /// with `all`, waits until everything held is acknowledged first.
     pub(crate) fn release_outputs(&mut self, m: &mut Mvx, all: bool) -> Result<(), Stop> {
         if !m.outputs.pending() || !m.is_leader() {
             return Ok(());
         }
-        let mut acked = m.leader().acked();
+        let mut acked = agreed(m);
         if (all || m.outputs.full()) && acked < m.outputs.newest() {
             let want = m.outputs.newest();
             loop {
@@ -739,10 +854,13 @@ impl Process {
                         let who = silent.first().copied().unwrap_or(0);
                         return Err(self.diverge(m, Kind::Silent, want, None, None, who, false));
                     }
-                    Err(e) => return Err(Mvx::link_stop(e)),
+                    Err(e) => {
+                        self.take_controls_leader(m)?;
+                        return Err(Mvx::link_stop(e));
+                    }
                 }
             }
-            acked = m.leader().acked();
+            acked = agreed(m);
         }
         m.outputs.release(acked, all);
         Ok(())
@@ -775,7 +893,7 @@ impl Process {
             let link = m.leader();
             let pushed = link.push(&entry).map_err(Mvx::link_stop)?;
             if pushed != seq {
-                return Err(Stop::Link(format!("the link numbered event {seq} as {pushed}")));
+                return Err(Stop::link(format!("the link numbered event {seq} as {pushed}")));
             }
             if lockstep {
                 link.flush().map_err(Mvx::link_stop)?;
@@ -787,7 +905,7 @@ impl Process {
             let leader = EntryView::decode(&m.leader_entry).map(|v| v.record.to_vec()).ok();
             return Err(self.diverge(m, Kind::Records, seq, leader.as_deref(), Some(&mine), m.id, true));
         }
-        let view = EntryView::decode(&m.leader_entry).map_err(|e| Stop::Link(e.to_string()))?;
+        let view = EntryView::decode(&m.leader_entry).map_err(|e| Stop::link(e.to_string()))?;
         let (leader_ret, signals) = (view.ret, view.signals.clone());
         let leader_rec = view.record.to_vec();
         // Addresses differ by design (diversified layouts): the return
@@ -848,7 +966,7 @@ impl Process {
         let d = record_digest(m.rec.as_bytes());
         m.follower().ack(seq, d).map_err(Mvx::link_stop)?;
         self.fetch_leader_entry(m, seq)?;
-        let view = EntryView::decode(&m.leader_entry).map_err(|e| Stop::Link(e.to_string()))?;
+        let view = EntryView::decode(&m.leader_entry).map_err(|e| Stop::link(e.to_string()))?;
         if view.record != m.rec.as_bytes() {
             let leader = view.record.to_vec();
             let mine = m.rec.as_bytes().to_vec();
@@ -885,6 +1003,9 @@ impl Process {
         took_effect: bool,
     ) -> Stop {
         let name_of = |nr| names::name(nr);
+        // A silent follower checked only what it acknowledged; any other
+        // reached `seq`, having agreed on everything before.
+        let reached = !matches!(kind, Kind::Silent);
         let le = leader.and_then(|r| decode(r, name_of).ok());
         let oe = other.and_then(|r| decode(r, name_of).ok());
         let who = if m.is_leader() { format!("variant {variant}") } else { format!("variant {}", m.id) };
@@ -914,20 +1035,105 @@ impl Process {
             took_effect,
             forensic: vec![VariantLog { variant: m.id as u32, events: m.log.events(name_of) }],
         };
-        let json = report.to_json();
-        let discarded = m.outputs.discard();
-        self.write_report_file(m, &json);
+        let mut json = report.to_json();
+        // Output every variant agreed on before the divergence may go out;
+        // nothing from the diverging event on.
+        let mut answer = None;
         if m.is_leader() {
-            let _ = m.leader().send_control(&Control::Divergence { seq, report: json.into_bytes() });
-            let _ = m.leader().flush();
-        } else {
-            let _ = m.follower().send_control(&Control::Divergence { seq, report: json.into_bytes() });
+            let (agreed, own) = self.agreed_before(m, seq, variant, reached);
+            m.outputs.release_before(agreed, seq);
+            answer = own;
         }
+        let discarded = m.outputs.discard();
+        if m.is_leader() {
+            let _ = m.leader().send_control(&Control::Divergence { seq, report: json.clone().into_bytes() });
+            let _ = m.leader().flush();
+            if report.other.is_none() {
+                // The other variant answers with what it made there.
+                let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                while std::time::Instant::now() < deadline {
+                    let got = answer.take().map(|r| (variant, Control::Divergence { seq, report: r }));
+                    if let Some((from, Control::Divergence { report: r, .. })) =
+                        got.or_else(|| m.leader().try_recv_control())
+                    {
+                        if from == variant {
+                            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r) {
+                                let message = format!(
+                                    "variant {variant} made {} at event {seq} where the leader made {}",
+                                    describe(&serde_json::from_value(v["other"].clone()).ok()),
+                                    describe(&report.leader)
+                                );
+                                let mut v = v;
+                                v["message"] = serde_json::Value::String(message);
+                                json = serde_json::to_string_pretty(&v).unwrap_or(json);
+                            }
+                            break;
+                        }
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        } else {
+            let _ = m.follower().send_control(&Control::Divergence { seq, report: json.clone().into_bytes() });
+            // Give the leader time to read it before the link closes.
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < deadline {
+                match m.follower().try_recv_control() {
+                    Some(Control::Shutdown { .. }) | Some(Control::Divergence { .. }) => break,
+                    _ if m.follower().check().is_err() => break,
+                    _ => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }
+        self.write_report_file(m, &json);
         if discarded > 0 {
             eprintln!("dmvx: {discarded} bytes of held output discarded: they never left this host");
         }
-        let _ = CTRL_FORENSIC;
+        let message = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(String::from))
+            .unwrap_or(message);
         Stop::Divergence(message)
+    }
+
+    /// The link failed: what every follower agreed on may still go out,
+    /// nothing else; the report says which variant and why.
+    pub(crate) fn link_failed(&mut self, why: &str, peer: Option<u8>, silent: bool) {
+        let Some(mut m) = self.mvx.take() else { return };
+        let seq = m.seq;
+        if m.is_leader() {
+            let acked = agreed(&m);
+            m.outputs.release_before(acked, seq + 1);
+        }
+        let discarded = m.outputs.discard();
+        let name_of = |nr| names::name(nr);
+        let variant = peer.unwrap_or(if m.is_leader() { m.id } else { 0 });
+        let report = Report {
+            kind: if silent { Kind::Silent } else { Kind::Link },
+            message: if silent {
+                format!("variant {variant} stopped answering at event {seq}: {why}")
+            } else {
+                format!("the link to variant {variant} failed at event {seq}: {why}")
+            },
+            seq,
+            variant: variant as u32,
+            detected_by: m.id as u32,
+            policy: PolicyUsed {
+                class: m.class.name().into(),
+                check: format!("{:?}", m.rule.check).to_lowercase(),
+                input: format!("{:?}", m.rule.input).to_lowercase(),
+            },
+            leader: None,
+            other: None,
+            took_effect: false,
+            forensic: vec![VariantLog { variant: m.id as u32, events: m.log.events(name_of) }],
+        };
+        self.write_report_file(&m, &report.to_json());
+        if discarded > 0 {
+            eprintln!("dmvx: {discarded} bytes of held output discarded: they never left this host");
+        }
+        self.mvx = Some(m);
     }
 
     fn write_report_file(&self, m: &Mvx, json: &str) {
@@ -981,4 +1187,14 @@ impl Process {
         self.mvx = Some(m);
         r
     }
+}
+
+/// Leader: the event up to which every follower's acknowledgement shows
+/// agreement with the held outputs.
+fn agreed(m: &Mvx) -> u64 {
+    let mut acks = m.leader_ref().acks().peekable();
+    if acks.peek().is_none() {
+        return m.leader_ref().acked();
+    }
+    acks.map(|a| m.outputs.agreement(a.seq, &a.digest)).min().unwrap_or(0)
 }
