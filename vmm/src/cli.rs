@@ -41,6 +41,8 @@ pub enum Command {
     Linux,
     /// Print the syscall table as markdown.
     SyscallTable,
+    /// Print the policy presets as markdown.
+    PolicyTable,
     /// Time N bare exits of a guest at CPL 0 or 3.
     BenchExitLoop {
         n: u64,
@@ -96,6 +98,7 @@ options:
   --stats            print exit, system call and timing statistics at the end
   --trace            print every system call and its result (strace-like)
   --syscall-table    print what dmvx does with each system call (markdown)
+  --policy-table     print the call classes and the presets' rules (markdown)
   --bench-exit-loop N
                      time N exits of a guest that only exits (the floor of
                      the syscall path); --bench-cpl 0|3 picks its privilege
@@ -160,6 +163,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
     };
     let mut rest: Vec<String> = Vec::new();
     let mut table = false;
+    let mut policy_table = false;
     let mut bench: Option<u64> = None;
     let mut bench_cpl = 3u8;
     while let Some(arg) = it.next() {
@@ -219,6 +223,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             "--stats" => a.stats = true,
             "--trace" => a.trace = true,
             "--syscall-table" => table = true,
+            "--policy-table" => policy_table = true,
             "--bench-exit-loop" => {
                 let v = value("--bench-exit-loop")?;
                 bench = Some(
@@ -250,6 +255,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
         Command::BenchExitLoop { n, cpl: bench_cpl }
     } else if table {
         Command::SyscallTable
+    } else if policy_table {
+        Command::PolicyTable
     } else if let Some((program, args)) = rest.split_first() {
         let linux_only =
             [("--initrd", a.initrd.is_some()), ("--cmdline", a.cmdline.is_some()), ("--timeout", a.timeout.is_some())];

@@ -17,6 +17,7 @@ pub mod arch;
 pub mod bench;
 pub mod cli;
 pub mod elf;
+pub mod image;
 pub mod kernel;
 pub mod linux;
 pub mod memory;

@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             print!("{}", process::syscall::markdown_table());
             return ExitCode::SUCCESS;
         }
+        Command::PolicyTable => {
+            print!("{}", dmvx_sync::policy::presets_markdown());
+            return ExitCode::SUCCESS;
+        }
         Command::BenchExitLoop { n, cpl } => {
             return match dmvx_vmm::bench::exit_loop(*n, *cpl) {
                 Ok(ns) => {
@@ -61,7 +65,20 @@ fn main() -> ExitCode {
     let cluster = match &args.cluster {
         None => None,
         Some(path) => match dmvx_sync::ClusterConfig::load(path) {
-            Ok(cfg) => Some(process::ClusterJoin { cfg, id: args.variant as u8, report_dir: args.report_dir.clone() }),
+            Ok(cfg) => {
+                // Local reads of image files are sound only on identical images.
+                if let Some(want) = cfg.digests.image {
+                    let checked = match &args.rootfs {
+                        None => Err(dmvx_vmm::image::ImageError::NoRootfs),
+                        Some(root) => dmvx_vmm::image::verify(root, want),
+                    };
+                    if let Err(e) = checked {
+                        eprintln!("dmvx-vmm: error: {e}");
+                        return ExitCode::from(EXIT_VMM);
+                    }
+                }
+                Some(process::ClusterJoin { cfg, id: args.variant as u8, report_dir: args.report_dir.clone() })
+            }
             Err(e) => {
                 eprintln!("dmvx-vmm: error: cluster file {}: {e}", path.display());
                 return ExitCode::from(EXIT_VMM);
