@@ -249,6 +249,8 @@ pub fn free_port() -> u16 {
 pub struct Server {
     child: std::process::Child,
     what: String,
+    port: u16,
+    spec: Option<ServerSpec>,
 }
 
 impl Server {
@@ -258,7 +260,7 @@ impl Server {
         let what = format!("{cmd:?}");
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-        let mut server = Server { child, what };
+        let mut server = Server { child, what, port, spec: None };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(st) = server.child.try_wait().unwrap() {
@@ -269,6 +271,12 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         server
+    }
+
+    /// Keeps `spec` (and the files it wrote) as long as the server.
+    pub fn holding(mut self, spec: ServerSpec) -> Server {
+        self.spec = Some(spec);
+        self
     }
 
     /// The process id.
@@ -291,6 +299,8 @@ impl Server {
     /// Sends SIGTERM, as an operator would, and waits; returns the exit
     /// status (128+N for signal N), stdout and stderr.
     pub fn stop(mut self) -> (i32, String, String) {
+        // lighttpd exits 1 when clients are still connected at SIGTERM.
+        wait_connections_closed(&[], self.port);
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -305,6 +315,25 @@ impl Server {
         let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
         let (out, err) = self.output();
         (code, out, err)
+    }
+}
+
+/// Waits (up to 20 s) until nothing is connected to local TCP `port`
+/// (the server closed every connection clients left), with `ss` run
+/// through `prefix` (e.g. `ip netns exec NS`; empty: here).
+pub fn wait_connections_closed(prefix: &[&str], port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let filter = format!("( sport = :{port} )");
+    let mut args: Vec<&str> = prefix.to_vec();
+    args.extend(["ss", "-Htn", "state", "established", "state", "close-wait", &filter]);
+    loop {
+        let o = Command::new(args[0]).args(&args[1..]).output().expect("run ss (iproute2)");
+        let open = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() && open.trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the server on port {port} never closed its connections:\n{open}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -332,17 +361,66 @@ impl Response {
 
 /// GETs http://`host`:`port``path` with the real curl.
 pub fn http_get(host: &str, port: u16, path: &str) -> Response {
-    let dir = TempDir::new("curl");
-    let (h, b) = (dir.join("headers"), dir.join("body"));
-    let url = format!("http://{host}:{port}{path}");
-    let o = run("curl", &["-sS", "--max-time", "30", "-D", h.to_str().unwrap(), "-o", b.to_str().unwrap(), &url], b"");
-    assert_eq!(status(&o), 0, "curl {url}: {}", stderr(&o));
-    let head = std::fs::read_to_string(&h).unwrap_or_default();
-    let mut lines = head.lines();
-    let code = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let headers =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    Response { code, headers, body: std::fs::read(&b).unwrap_or_default() }
+    http_get_via(&[], host, port, path)
+}
+
+/// How to start one of the image servers (lighttpd, nginx) on `port`.
+pub struct ServerSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// A configuration written into the image, removed on drop.
+    written: Option<PathBuf>,
+}
+
+impl Drop for ServerSpec {
+    fn drop(&mut self) {
+        if let Some(p) = &self.written {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl ServerSpec {
+    /// `pkg` from its root filesystem `root`, listening on 127.0.0.1:`port`.
+    pub fn new(pkg: &str, root: &Path, port: u16) -> ServerSpec {
+        match pkg {
+            "lighttpd" => ServerSpec {
+                argv: ["/usr/sbin/lighttpd", "-D", "-f", "/etc/lighttpd/lighttpd-env.conf"].map(String::from).to_vec(),
+                env: vec![("DMVX_HTTP_ADDR".into(), "127.0.0.1".into()), ("DMVX_HTTP_PORT".into(), port.to_string())],
+                written: None,
+            },
+            "nginx" => {
+                // The image's configuration listens on 8080; for another
+                // port, the documented override: a copy with another
+                // `listen`, in the writable /run.
+                let (conf, written) = if port == 8080 {
+                    ("/etc/nginx/nginx.conf".to_string(), None)
+                } else {
+                    let text = std::fs::read_to_string(root.join("etc/nginx/nginx.conf")).unwrap();
+                    let name = format!("run/nginx-{port}.conf");
+                    let text = text.replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
+                    std::fs::write(root.join(&name), text).unwrap();
+                    (format!("/{name}"), Some(root.join(&name)))
+                };
+                ServerSpec {
+                    argv: ["/usr/sbin/nginx", "-c", &conf, "-g", "daemon off; master_process off;"]
+                        .map(String::from)
+                        .to_vec(),
+                    env: vec![],
+                    written,
+                }
+            }
+            _ => panic!("no server spec for {pkg}"),
+        }
+    }
+
+    /// The `dmvx-vmm` arguments that run it: `--env K=V ... -- ARGV`.
+    pub fn vmm_args(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.env.iter().flat_map(|(k, val)| ["--env".into(), format!("{k}={val}")]).collect();
+        v.push("--".into());
+        v.extend(self.argv.iter().cloned());
+        v
+    }
 }
 
 /// What wrk reported.
@@ -377,4 +455,135 @@ pub fn wrk(host: &str, port: u16, path: &str, conns: u32, secs: u32) -> WrkRepor
         }
     }
     r
+}
+
+/// Test hosts: network namespaces joined by veth to a bridge in the first
+/// one (the leader's host), with `delay_us` added each way between the
+/// leader's host and every other: by `tc netem` where the kernel has it,
+/// otherwise by a delaying TCP relay (dmvx-netdelay) in front of the leader.
+pub struct TestHosts {
+    pub names: Vec<String>,
+    /// Each host's address on the bridge.
+    pub addrs: Vec<String>,
+    /// How the delay was added.
+    pub netem: bool,
+    relays: Vec<std::process::Child>,
+}
+
+/// Whether this kernel has the netem qdisc.
+pub fn netem_available() -> bool {
+    let ns = format!("dmvxprobe{}", std::process::id());
+    let ok = Command::new("ip").args(["netns", "add", &ns]).status().is_ok_and(|s| s.success())
+        && Command::new("tc")
+            .args(["-n", &ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "100us"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    ok
+}
+
+fn sh(args: &[&str]) {
+    let o = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+impl TestHosts {
+    /// `n` hosts named after `tag`.
+    pub fn new(tag: &str, n: usize, delay_us: u32) -> TestHosts {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = format!("{}{}", std::process::id() % 100_000, k);
+        let names: Vec<String> = (0..n).map(|i| format!("dmvx-{tag}-{id}-{i}")).collect();
+        let addrs: Vec<String> = (0..n).map(|i| format!("10.233.0.{}", i + 1)).collect();
+        let netem = netem_available();
+        let hosts = TestHosts { names, addrs, netem, relays: Vec::new() };
+        let h0 = hosts.names[0].clone();
+        for n in &hosts.names {
+            sh(&["ip", "netns", "add", n]);
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "-n", &h0, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", &h0, "addr", "add", "10.233.0.1/24", "dev", "br0"]);
+        sh(&["ip", "-n", &h0, "link", "set", "br0", "up"]);
+        for i in 1..n {
+            let (a, b) = (format!("dv{id}a{i}"), format!("dv{id}b{i}"));
+            let hi = hosts.names[i].clone();
+            sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+            sh(&["ip", "link", "set", &a, "netns", &h0]);
+            sh(&["ip", "link", "set", &b, "netns", &hi]);
+            sh(&["ip", "-n", &h0, "link", "set", &a, "master", "br0", "up"]);
+            sh(&["ip", "-n", &hi, "addr", "add", &format!("{}/24", hosts.addrs[i]), "dev", &b]);
+            sh(&["ip", "-n", &hi, "link", "set", &b, "up"]);
+            if netem && delay_us > 0 {
+                let d = format!("{delay_us}us");
+                sh(&["tc", "-n", &hi, "qdisc", "add", "dev", &b, "root", "netem", "delay", &d]);
+                sh(&["tc", "-n", &h0, "qdisc", "add", "dev", &a, "root", "netem", "delay", &d]);
+            }
+        }
+        hosts
+    }
+
+    /// `cmd` run in host `i`.
+    pub fn command(&self, i: usize, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.names[i], program]);
+        c
+    }
+
+    /// The address variant `i` reaches the leader's `port` at: directly
+    /// with netem, else through a delaying relay started in host `i`.
+    pub fn leader_address(&mut self, i: usize, port: u16, delay_us: u32) -> String {
+        let direct = format!("{}:{port}", self.addrs[0]);
+        if i == 0 || self.netem || delay_us == 0 {
+            return direct;
+        }
+        let local = format!("127.0.0.1:{}", port + 100 + i as u16);
+        let relay = target_dir().join("dmvx-netdelay");
+        assert!(relay.exists(), "{} is missing: build it first (cargo build --workspace)", relay.display());
+        let mut cmd = self.command(i, relay.to_str().expect("utf-8 path"));
+        cmd.args([local.as_str(), direct.as_str(), &delay_us.to_string()]).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("start dmvx-netdelay");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+            .expect("relay ready");
+        self.relays.push(child);
+        local
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for r in &mut self.relays {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// GETs a URL with curl run through `prefix` (e.g. `ip netns exec NS`;
+/// empty: directly).
+pub fn http_get_via(prefix: &[&str], host: &str, port: u16, path: &str) -> Response {
+    let dir = TempDir::new("curl");
+    let (h, b) = (dir.join("headers"), dir.join("body"));
+    let url = format!("http://{host}:{port}{path}");
+    let (program, mut args) = match prefix.split_first() {
+        Some((p, rest)) => (*p, rest.to_vec()),
+        None => ("curl", vec![]),
+    };
+    if !prefix.is_empty() {
+        args.push("curl");
+    }
+    args.extend(["-sS", "--max-time", "30", "-D", h.to_str().unwrap(), "-o", b.to_str().unwrap(), &url]);
+    let o = Command::new(program).args(&args).output().expect("run curl");
+    assert!(o.status.success(), "curl {url}: {}", String::from_utf8_lossy(&o.stderr));
+    let head = std::fs::read_to_string(&h).unwrap_or_default();
+    let mut lines = head.lines();
+    let code = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    Response { code, headers, body: std::fs::read(&b).unwrap_or_default() }
 }

@@ -6,40 +6,7 @@ use std::process::Command;
 
 use dmvx::*;
 
-/// How to start a server from its root filesystem on `port`.
-struct Spec {
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-fn spec(pkg: &'static str, root: &Path, port: u16) -> Spec {
-    match pkg {
-        "lighttpd" => Spec {
-            argv: ["/usr/sbin/lighttpd", "-D", "-f", "/etc/lighttpd/lighttpd-env.conf"].map(String::from).to_vec(),
-            env: vec![("DMVX_HTTP_ADDR".into(), "127.0.0.1".into()), ("DMVX_HTTP_PORT".into(), port.to_string())],
-        },
-        "nginx" => {
-            // The documented override: a copy of nginx.conf with another
-            // `listen`, in the writable /run.
-            let conf = std::fs::read_to_string(root.join("etc/nginx/nginx.conf")).unwrap();
-            let name = format!("run/nginx-{port}.conf");
-            std::fs::write(
-                root.join(&name),
-                conf.replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};")),
-            )
-            .unwrap();
-            Spec {
-                argv: ["/usr/sbin/nginx", "-c", &format!("/{name}"), "-g", "daemon off; master_process off;"]
-                    .map(String::from)
-                    .to_vec(),
-                env: vec![],
-            }
-        }
-        _ => unreachable!(),
-    }
-}
-
-fn native(root: &Path, s: &Spec, port: u16) -> Server {
+fn native(root: &Path, s: &ServerSpec, port: u16) -> Server {
     let mut cmd = Command::new("chroot");
     cmd.arg(root).args(&s.argv).env_clear().env("PATH", GUEST_PATH);
     for (k, v) in &s.env {
@@ -48,20 +15,16 @@ fn native(root: &Path, s: &Spec, port: u16) -> Server {
     Server::start(cmd, port)
 }
 
-fn in_dmvx(root: &Path, s: &Spec, port: u16) -> Server {
+fn in_dmvx(root: &Path, s: &ServerSpec, port: u16) -> Server {
     let mut cmd = Command::new(vmm());
-    cmd.arg("--rootfs").arg(root);
-    for (k, v) in &s.env {
-        cmd.arg("--env").arg(format!("{k}={v}"));
-    }
-    cmd.arg("--").args(&s.argv);
+    cmd.arg("--rootfs").arg(root).args(s.vmm_args());
     Server::start(cmd, port)
 }
 
 fn serves_like_native(pkg: &'static str) {
     let root = rootfs(pkg);
     let (pn, pv) = (free_port(), free_port());
-    let (sn, sv) = (spec(pkg, &root, pn), spec(pkg, &root, pv));
+    let (sn, sv) = (ServerSpec::new(pkg, &root, pn), ServerSpec::new(pkg, &root, pv));
     let nat = native(&root, &sn, pn);
     let vm = in_dmvx(&root, &sv, pv);
     for path in ["/4k.bin", "/index.html", "/1m.bin", "/missing", "/"] {
@@ -89,10 +52,6 @@ fn serves_like_native(pkg: &'static str) {
     );
     assert!(!vm_err.contains("unsupported system call"), "{pkg} hit unsupported calls:\n{vm_err}");
     assert!(!vm_err.contains("dmvx: refused"), "{pkg} hit refusals:\n{vm_err}");
-    if pkg == "nginx" {
-        let _ = std::fs::remove_file(root.join(format!("run/nginx-{pn}.conf")));
-        let _ = std::fs::remove_file(root.join(format!("run/nginx-{pv}.conf")));
-    }
     shout(&format!("{pkg} in dmvx: {:.0} requests/s under wrk -t1 -c10 -d10s, 0 errors", load.requests_per_sec));
 }
 

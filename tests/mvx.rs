@@ -1,0 +1,408 @@
+//! Multi-variant execution: N variants of real programs in N microVMs, one
+//! VMM process each, joined over TCP. They must agree on everything a single
+//! variant does; a variant that acts differently must be stopped before the
+//! difference leaves the host, with a report that names the call and the
+//! variant.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use dmvx::*;
+
+fn divergent() -> String {
+    build_c("tests/programs/divergent.c", &["-static"]).to_string_lossy().into_owned()
+}
+
+/// The report files in `dir`, parsed.
+fn reports(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("dmvx-divergence-") {
+            out.push(serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+/// The leader's report (variant 0), which holds both sides.
+fn leader_report(dir: &Path) -> serde_json::Value {
+    let path = dir.join("dmvx-divergence-variant0.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("no leader report {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn busybox_in_two_and_three_variants_does_what_one_does() {
+    require_kvm!();
+    let bb = busybox();
+    let stdin: Vec<u8> = (0..3000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let cases: [&[&str]; 4] = [
+        &["sha256sum", "/etc/passwd", "/bin/busybox"],
+        &["ls", "-la", "/etc/apt"],
+        &["echo", "two", "variants"],
+        &["wc"],
+    ];
+    for args in cases {
+        let mut one = vec!["--", bb];
+        one.extend_from_slice(args);
+        let single = run_vmm(&one, &stdin);
+        assert_eq!(status(&single), 0, "{}", stderr(&single));
+        for n in ["2", "3"] {
+            let d = TempDir::new("bb-mvx");
+            let mut a = vec!["--variants", n, "--report-dir", d.path().to_str().unwrap(), "--", bb];
+            a.extend_from_slice(args);
+            let multi = run_vmm(&a, &stdin);
+            assert_eq!(status(&multi), 0, "{n} variants of {args:?}: {}", stderr(&multi));
+            assert_eq!(stdout(&multi), stdout(&single), "{n} variants of {args:?}");
+            assert!(reports(d.path()).is_empty(), "a divergence report for {args:?}");
+        }
+    }
+}
+
+/// Starts a server from the rootfs of `pkg` on `port` with extra VMM options.
+fn server(pkg: &str, root: &Path, port: u16, vmm_opts: &[&str]) -> Server {
+    let mut cmd = Command::new(vmm());
+    let spec = ServerSpec::new(pkg, root, port);
+    cmd.args(vmm_opts).arg("--rootfs").arg(root).args(spec.vmm_args());
+    Server::start(cmd, port).holding(spec)
+}
+
+const PATHS: [&str; 5] = ["/4k.bin", "/index.html", "/1m.bin", "/missing", "/"];
+
+fn same_responses(pkg: &str, reference: u16, port: u16) {
+    for path in PATHS {
+        let a = http_get("127.0.0.1", reference, path);
+        let b = http_get("127.0.0.1", port, path);
+        assert_eq!(b.code, a.code, "{pkg} {path}: status");
+        assert!(b.body == a.body, "{pkg} {path}: body differs ({} vs {} bytes)", b.body.len(), a.body.len());
+        for h in ["Content-Type", "Content-Length", "ETag", "Last-Modified", "Server"] {
+            assert_eq!(b.header(h), a.header(h), "{pkg} {path}: header {h}");
+        }
+    }
+}
+
+fn serves_in_variants(pkg: &str) {
+    let root = rootfs(pkg);
+    let reference = free_port();
+    let single = server(pkg, &root, reference, &[]);
+    for n in ["2", "3"] {
+        let dir = TempDir::new("srv-mvx");
+        let port = free_port();
+        let multi = server(pkg, &root, port, &["--variants", n, "--report-dir", dir.path().to_str().unwrap()]);
+        same_responses(pkg, reference, port);
+        let load = wrk("127.0.0.1", port, "/4k.bin", 10, 10);
+        assert!(load.requests > 500, "{pkg} x{n}: only {} requests:\n{}", load.requests, load.raw);
+        assert_eq!(load.socket_errors, 0, "{pkg} x{n}: socket errors:\n{}", load.raw);
+        assert_eq!(load.non_2xx, 0, "{pkg} x{n}: non-2xx:\n{}", load.raw);
+        same_responses(pkg, reference, port);
+        let (code, _, err) = multi.stop();
+        assert_eq!(code, 0, "{pkg} x{n} after SIGTERM:\n{err}");
+        assert!(!err.contains("diverged"), "{pkg} x{n}:\n{err}");
+        assert!(reports(dir.path()).is_empty(), "{pkg} x{n} wrote a divergence report");
+        shout(&format!("{pkg} in {n} variants: {:.0} requests/s, 0 errors, 0 divergences", load.requests_per_sec));
+    }
+    let _ = single.stop();
+}
+
+#[test]
+fn lighttpd_in_two_and_three_variants() {
+    require_kvm!();
+    require_root!();
+    serves_in_variants("lighttpd");
+}
+
+#[test]
+fn nginx_in_two_and_three_variants() {
+    require_kvm!();
+    require_root!();
+    serves_in_variants("nginx");
+}
+
+fn diverge_with(mode: &str, expect_call: &str) -> (TempDir, serde_json::Value) {
+    let root = TempDir::new("dv-root");
+    install_exe(Path::new(&divergent()), &root.join("bin/divergent"));
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    let reports = TempDir::new("dv-reports");
+    let o = run_vmm(
+        &[
+            "--variants",
+            "2",
+            "--report-dir",
+            reports.path().to_str().unwrap(),
+            "--rootfs",
+            root.path().to_str().unwrap(),
+            "--",
+            "/bin/divergent",
+            mode,
+            "/data",
+        ],
+        b"",
+    );
+    assert_eq!(status(&o), 121, "{mode}: {}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("variants diverged"), "{}", stderr(&o));
+    // What all variants agreed on got out; nothing after.
+    assert_eq!(stdout(&o), "ready\n", "{mode}");
+    assert!(!root.join("data/extra").exists(), "{mode}: the extra file was created");
+    let r = leader_report(reports.path());
+    assert_eq!(r["variant"], 1, "{r:#}");
+    assert_eq!(r["kind"], "records", "{r:#}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.contains(expect_call) && msg.contains("variant 1"), "{msg}");
+    assert!(r["forensic"].as_array().unwrap().len() >= 2, "both variants' recent events: {r:#}");
+    drop(root);
+    (reports, r)
+}
+
+#[test]
+fn an_extra_open_in_the_leader_is_stopped_before_it_takes_effect() {
+    require_kvm!();
+    let (_d, r) = diverge_with("open-leader", "openat");
+    assert_eq!(r["leader"]["name"], "openat", "{r:#}");
+    assert_eq!(r["other"]["name"], "write", "{r:#}");
+    assert_eq!(r["policy"]["check"], "lockstep");
+}
+
+#[test]
+fn an_extra_open_in_a_follower_is_stopped() {
+    require_kvm!();
+    let (_d, r) = diverge_with("open-follower", "openat");
+    assert_eq!(r["other"]["name"], "openat", "{r:#}");
+    assert_eq!(r["leader"]["name"], "write", "{r:#}");
+}
+
+#[test]
+fn output_that_depends_on_an_address_is_stopped() {
+    require_kvm!();
+    let d = TempDir::new("addr");
+    let o =
+        run_vmm(&["--variants", "3", "--report-dir", d.path().to_str().unwrap(), "--", &divergent(), "address"], b"");
+    assert_eq!(status(&o), 121, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ready\n", "the address must not be printed");
+    let r = leader_report(d.path());
+    assert_eq!(r["leader"]["name"], "write");
+    assert_eq!(r["other"]["name"], "write");
+    assert_ne!(r["leader"]["args"][1], r["other"]["args"][1], "the written data differs: {r:#}");
+}
+
+#[test]
+fn a_different_byte_on_a_socket_never_reaches_the_client() {
+    require_kvm!();
+    let d = TempDir::new("sock");
+    let port = free_port();
+    let mut child = Command::new(vmm())
+        .args(["--variants", "2", "--report-dir", d.path().to_str().unwrap(), "--", &divergent(), "socket"])
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the server ended early");
+    }
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"request\n").unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(got.is_empty(), "the client received {:?}", String::from_utf8_lossy(&got));
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(121));
+    let r = leader_report(d.path());
+    assert_eq!(r["leader"]["name"], "write", "{r:#}");
+    assert_eq!(r["variant"], 1);
+}
+
+fn replicated_file_bytes(err: &str) -> u64 {
+    err.lines()
+        .find(|l| l.contains("(leader)") && l.contains("replicated file bytes"))
+        .and_then(|l| l.split(", ").find(|p| p.ends_with("replicated file bytes")))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no leader statistics in:\n{err}"))
+}
+
+#[test]
+fn strict_replicates_file_reads_and_dmvx_reads_locally() {
+    require_kvm!();
+    let bb = busybox();
+    let size = std::fs::metadata(bb).unwrap().len();
+    for (policy, expect_all) in [("strict", true), ("dmvx", false)] {
+        let o = run_vmm(&["--variants", "2", "--policy", policy, "--stats", "--", &divergent(), "read", bb], b"");
+        assert_eq!(status(&o), 0, "{}", stderr(&o));
+        assert!(stdout(&o).contains(&format!("read {size} bytes")), "{}", stdout(&o));
+        let shipped = replicated_file_bytes(&stderr(&o));
+        if expect_all {
+            assert!(shipped >= size, "strict shipped {shipped} of {size} bytes");
+        } else {
+            assert_eq!(shipped, 0, "dmvx shipped file contents");
+        }
+    }
+}
+
+/// A cluster file for `n` variants on loopback with a short timeout.
+fn cluster_file(dir: &Path, n: u32, timeout_ms: u32) -> std::path::PathBuf {
+    let key: String = (0..32).map(|i| format!("{:02x}", (i * 37 + 11) as u8)).collect();
+    let base = free_port();
+    let mut s = format!(
+        "[cluster]\nname = \"test\"\nkey = \"{key}\"\ntimeout_ms = {timeout_ms}\n\n[policy]\npreset = \"dmvx\"\n\n"
+    );
+    for i in 0..n {
+        let role = if i == 0 { "leader" } else { "follower" };
+        s.push_str(&format!(
+            "[[variant]]\nid = {i}\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n\n",
+            base + i as u16
+        ));
+    }
+    let p = dir.join("cluster.toml");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// Runs the socket program in two variants, does `to_follower` to the
+/// follower once the leader listens, sends a request; checks that nothing
+/// of the reply left and returns the leader's report.
+fn lose_the_follower(to_follower: i32) -> serde_json::Value {
+    let d = TempDir::new("silent");
+    let file = cluster_file(d.path(), 2, 2000);
+    let port = free_port().to_string();
+    let prog = divergent();
+    let spawn = |id: &str, out: Stdio| {
+        Command::new(vmm())
+            .args(["--cluster", file.to_str().unwrap(), "--variant", id, "--report-dir", d.path().to_str().unwrap()])
+            .args(["--", &prog, "socket", &port])
+            .stdout(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut follower = spawn("1", Stdio::null());
+    let mut leader = spawn("0", Stdio::piped());
+    let mut out = BufReader::new(leader.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the leader ended early");
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(follower.id() as i32, to_follower) };
+    let mut c = TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"request\n").unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(got.is_empty(), "output left without the follower's agreement: {:?}", String::from_utf8_lossy(&got));
+    let mut err = String::new();
+    let _ = leader.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(leader.wait().unwrap().code(), Some(121), "{err}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(d.join("dmvx-divergence-variant0.json").exists(), "no report: {err}");
+    leader_report(d.path())
+}
+
+#[test]
+fn a_follower_that_stops_answering_stops_the_run_before_output_leaves() {
+    require_kvm!();
+    let r = lose_the_follower(libc::SIGSTOP);
+    assert_eq!(r["kind"], "silent", "{r:#}");
+    assert_eq!(r["variant"], 1);
+    assert!(r["message"].as_str().unwrap().contains("stopped answering"), "{r:#}");
+}
+
+#[test]
+fn a_follower_that_dies_stops_the_run_before_output_leaves() {
+    require_kvm!();
+    let r = lose_the_follower(libc::SIGKILL);
+    assert_eq!(r["kind"], "link", "{r:#}");
+    assert_eq!(r["variant"], 1);
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.contains("the link to variant 1 failed"), "{r:#}");
+}
+
+#[test]
+fn a_cluster_with_a_wrong_key_or_program_is_refused() {
+    require_kvm!();
+    let d = TempDir::new("badkey");
+    let file = cluster_file(d.path(), 2, 2000);
+    let other = d.join("other.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let key_line = text.lines().find(|l| l.starts_with("key = ")).unwrap().to_string();
+    std::fs::write(&other, text.replace(&key_line, &format!("key = \"{}\"", "ab".repeat(32)))).unwrap();
+    let bb = busybox();
+    let leader = Command::new(vmm())
+        .args(["--cluster", file.to_str().unwrap(), "--variant", "0", "--", bb, "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let follower = run_vmm(&["--cluster", other.to_str().unwrap(), "--variant", "1", "--", bb, "true"], b"");
+    let lo = leader.wait_with_output().unwrap();
+    assert_eq!(status(&follower), 125, "{}", stderr(&follower));
+    assert_eq!(status(&lo), 125, "{}", stderr(&lo));
+    let both = format!("{}{}", stderr(&follower), stderr(&lo));
+    assert!(both.contains("key") || both.contains("authentic"), "{both}");
+    // Different programs: the handshake compares their digests.
+    let leader = Command::new(vmm())
+        .args(["--cluster", file.to_str().unwrap(), "--variant", "0", "--", bb, "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let follower =
+        run_vmm(&["--cluster", file.to_str().unwrap(), "--variant", "1", "--", &divergent(), "read", bb], b"");
+    let lo = leader.wait_with_output().unwrap();
+    assert_eq!(status(&follower), 125, "{}", stderr(&follower));
+    let both = format!("{}{}", stderr(&follower), stderr(&lo));
+    assert!(both.contains("program"), "{both}");
+}
+
+#[test]
+fn a_variant_whose_image_differs_from_the_cluster_digest_is_refused() {
+    require_kvm!();
+    require_root!();
+    let root = rootfs("lighttpd");
+    let digest = std::fs::read_to_string(root.with_extension("manifest.sha256")).unwrap();
+    let digest = format!("sha256:{}", digest.split_whitespace().next().unwrap());
+    let d = TempDir::new("image");
+    let file = cluster_file(d.path(), 1, 2000);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("[policy]", &format!("[digests]\nimage = \"{digest}\"\n\n[policy]"))).unwrap();
+    let args = |r: &Path| -> Vec<String> {
+        ["--cluster", file.to_str().unwrap(), "--variant", "0", "--rootfs", r.to_str().unwrap(), "--read-only"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--", "/usr/sbin/lighttpd", "-v"].map(String::from))
+            .collect()
+    };
+    let run = |r: &Path| {
+        let a = args(r);
+        run_vmm(&a.iter().map(String::as_str).collect::<Vec<_>>(), b"")
+    };
+    // The image as built: verified, and the program runs.
+    let ok = run(&root);
+    assert_eq!(status(&ok), 0, "{}", stderr(&ok));
+    assert!(stdout(&ok).contains("lighttpd/"), "{}", stdout(&ok));
+    // A copy with one byte of the configuration changed is refused, by name.
+    let copy = d.join("rootfs");
+    let cp = Command::new("cp").arg("-a").arg(&root).arg(&copy).status().unwrap();
+    assert!(cp.success());
+    std::fs::copy(root.with_extension("manifest"), copy.with_extension("manifest")).unwrap();
+    let conf = copy.join("etc/lighttpd/lighttpd-env.conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&conf, bytes).unwrap();
+    let bad = run(&copy);
+    assert_eq!(status(&bad), 125, "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("/etc/lighttpd/lighttpd-env.conf changed"), "{}", stderr(&bad));
+    assert!(stdout(&bad).is_empty());
+    // A manifest that is not the one the cluster names is refused too.
+    std::fs::write(copy.with_extension("manifest"), b"# dmvx-rootfs-manifest v1: forged\n").unwrap();
+    let forged = run(&copy);
+    assert_eq!(status(&forged), 125, "{}", stderr(&forged));
+    assert!(stderr(&forged).contains("the cluster file says"), "{}", stderr(&forged));
+}
