@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The dmvx demo on this machine: sets up what it needs (Debian packages,
-# a release build), then runs real Debian programs in dmvx microVMs.
+# The dmvx demo on this machine: sets up what it needs (Debian packages, a
+# release build, the lighttpd image), then runs real Debian programs as two
+# variants, each in its own KVM microVM, joined by the authenticated link,
+# and shows a divergence being stopped.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 need=()
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
+for t in curl wrk python3 readelf; do
+    command -v "$t" >/dev/null || need+=("$([ "$t" = readelf ] && echo binutils || echo "$t")")
+done
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
     else
         echo "demo: please install: ${need[*]}" >&2
         exit 1
@@ -19,11 +24,63 @@ if ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then
     echo "demo: /dev/kvm is missing or not accessible; dmvx needs KVM" >&2
     exit 1
 fi
+if [ "$(id -u)" != 0 ]; then
+    echo "demo: run as root (building the Debian image needs it)" >&2
+    exit 1
+fi
 cargo build --release --workspace --locked -q
 vmm="$root/target/release/dmvx-vmm"
-echo "== Debian's busybox in dmvx microVMs (every system call trapped to the VMM):"
-"$vmm" -- /bin/busybox uname -a
-"$vmm" -- /bin/busybox ls -la /etc/apt
-"$vmm" --stats -- /bin/busybox sha256sum /etc/os-release
-echo "== the same sandbox refuses writes to the host (read-only root by default):"
-"$vmm" -- /bin/busybox touch /etc/dmvx-was-here || echo "(refused, as it should be)"
+work="$(mktemp -d /tmp/dmvx-demo.XXXXXX)"
+server=""
+cleanup() {
+    [ -n "$server" ] && kill "$server" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== 1. Debian's busybox as 2 variants (every system call trapped, compared, the output released once):"
+"$vmm" --variants 2 --stats -- /bin/busybox sha256sum /etc/os-release
+echo "   natively:"
+/bin/busybox sha256sum /etc/os-release
+
+echo
+echo "== 2. lighttpd from Debian packages as 2 variants; only the leader's answers reach the client"
+images/build-rootfs.sh lighttpd >/dev/null
+image=images/out/rootfs-lighttpd
+port=18080
+"$vmm" --variants 2 --report-dir "$work" --rootfs "$image" \
+    --env DMVX_HTTP_ADDR=127.0.0.1 --env DMVX_HTTP_PORT=$port \
+    -- /usr/sbin/lighttpd -D -f /etc/lighttpd/lighttpd-env.conf 2>"$work/server.err" &
+server=$!
+for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+    sleep 0.1
+done
+curl -s -D - -o "$work/4k.bin" "http://127.0.0.1:$port/4k.bin" | sed 's/^/   /'
+cmp "$work/4k.bin" "$image/srv/www/4k.bin" && echo "   body identical to the image's /srv/www/4k.bin"
+echo "   wrk -t1 -c10 -d5s:"
+wrk -t1 -c10 -d5s "http://127.0.0.1:$port/4k.bin" | sed 's/^/   /'
+# Let the server close wrk's connections before stopping it.
+for _ in $(seq 100); do
+    [ -z "$(ss -Htn state established "( sport = :$port )")" ] && break
+    sleep 0.1
+done
+kill -TERM "$server"
+status=0
+wait "$server" || status=$?
+server=""
+echo "   SIGTERM: both variants stopped, status $status, $(ls "$work"/dmvx-divergence-* 2>/dev/null | wc -l) divergence reports"
+
+echo
+echo "== 3. A program that prints an address (as a leak or an exploit would) diverges:"
+gcc -O2 -static -o "$work/divergent" tests/programs/divergent.c
+status=0
+"$vmm" --variants 2 --report-dir "$work" -- "$work/divergent" address || status=$?
+echo "   exit status $status (121: the variants diverged); the address never left the VMM."
+python3 - "$work"/dmvx-divergence-variant0.json <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("   report: kind=%s seq=%s variant=%s policy=%s/%s" % (
+    r["kind"], r["seq"], r["variant"], r["policy"]["class"], r["policy"]["check"]))
+print("   " + r["message"])
+PY
