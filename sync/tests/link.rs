@@ -377,3 +377,82 @@ fn large_entries_cross_in_their_own_batches() {
     leader.wait_acked(sizes.len() as u64, Duration::from_secs(5)).unwrap();
     drop(follower.join().unwrap());
 }
+
+#[test]
+fn an_unflushed_batch_goes_out_after_the_batch_delay_and_deferred_acks_when_the_follower_waits() {
+    let cfg = cluster(2, 5_000);
+    let info = info(&cfg);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let follower = {
+        let cfg = cfg.clone();
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+            // Entry 1 was never flushed: it arrives because entry 2 was
+            // pushed after the batch delay.
+            let e = f.next_entry_timeout(Duration::from_secs(2)).unwrap().expect("entry 1 within 2 s");
+            assert_eq!((e.seq, e.data), (1, &[1u8][..]));
+            f.ack_soon(1, [7; 32]).unwrap();
+            tx.send(()).unwrap();
+            // Waiting for entry 3 sends the deferred acknowledgement of 1.
+            let e = f.next_entry_timeout(Duration::from_secs(3)).unwrap().expect("entry 3");
+            assert_eq!(e.seq, 2);
+            let e = f.next_entry_timeout(Duration::from_secs(3)).unwrap().expect("entry 3");
+            assert_eq!(e.seq, 3);
+        })
+    };
+    let mut leader = start(&cfg, &info).unwrap();
+    leader.push(&[1]).unwrap();
+    thread::sleep(dmvx_sync::link::BATCH_DELAY * 5);
+    leader.push(&[2]).unwrap();
+    rx.recv_timeout(Duration::from_secs(3)).expect("the follower got entry 1 without a flush");
+    // The follower keeps its acknowledgement back only until it waits.
+    let t = Instant::now();
+    while leader.ack_of(1).unwrap().seq < 1 {
+        assert!(t.elapsed() < Duration::from_secs(2), "the deferred acknowledgement never came");
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(leader.ack_of(1).unwrap().digest, [7; 32]);
+    leader.push(&[3]).unwrap();
+    leader.flush().unwrap();
+    follower.join().unwrap();
+}
+
+#[test]
+fn the_wake_descriptor_becomes_readable_on_an_acknowledgement_only_while_armed() {
+    let cfg = cluster(2, 5_000);
+    let info = info(&cfg);
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<u64>();
+    let follower = {
+        let cfg = cfg.clone();
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+            for seq in go_rx {
+                assert_eq!(f.next_entry().unwrap().seq, seq);
+                f.ack(seq, [1; 32]).unwrap();
+            }
+        })
+    };
+    let mut leader = start(&cfg, &info).unwrap();
+    // Whether a byte arrives on (a duplicate of) the wake descriptor.
+    let rings = |l: &Leader, ms: u64| {
+        let s = std::os::unix::net::UnixStream::from(l.wake_fd().try_clone_to_owned().unwrap());
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(ms))).unwrap();
+        std::io::Read::read(&mut &s, &mut [0u8; 1]).is_ok()
+    };
+    // Not armed: an acknowledgement does not ring.
+    leader.push(&[1]).unwrap();
+    leader.flush().unwrap();
+    go_tx.send(1).unwrap();
+    leader.wait_acked(1, Duration::from_secs(3)).unwrap();
+    assert!(!rings(&leader, 100), "rang while disarmed");
+    // Armed: it does.
+    leader.arm_wake();
+    leader.push(&[2]).unwrap();
+    leader.flush().unwrap();
+    go_tx.send(2).unwrap();
+    assert!(rings(&leader, 3000), "no wake-up for the acknowledgement");
+    leader.disarm_wake();
+    drop(go_tx);
+    follower.join().unwrap();
+}

@@ -2,7 +2,10 @@
 //! batches to all of them and collects their acknowledgements.
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -22,6 +25,9 @@ use crate::crypto::{Opener, Sealer};
 use crate::handshake::{self, HandshakeError, HandshakeInfo, Session};
 use crate::wire::{self, BatchBuilder, Control, Decoded, Message, BATCH_HEADROOM, MAX_CONTROL_PAYLOAD, MAX_ENTRY};
 
+/// How long an entry may wait in a batch that is neither full nor flushed.
+pub const BATCH_DELAY: Duration = Duration::from_micros(200);
+
 /// A follower's latest acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckState {
@@ -37,9 +43,34 @@ struct Slot {
     failure: Mutex<Option<PeerFailure>>,
 }
 
+/// A descriptor the engine can poll together with its own: readable after
+/// something happened on the link while armed.
+struct Wake {
+    armed: AtomicBool,
+    tx: UnixStream,
+    rx: UnixStream,
+}
+
+impl Wake {
+    fn new() -> std::io::Result<Wake> {
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Wake { armed: AtomicBool::new(false), tx, rx })
+    }
+
+    fn ring(&self) {
+        if self.armed.load(Ordering::SeqCst) {
+            // Full means a wake-up is pending already.
+            let _ = (&self.tx).write(&[1]);
+        }
+    }
+}
+
 struct Shared {
     slots: Vec<Slot>,
     signal: Signal,
+    wake: Wake,
     failed: AtomicBool,
     first_failure: Mutex<Option<LinkError>>,
     /// Highest seq handed to the I/O thread.
@@ -65,7 +96,12 @@ impl Shared {
         }
         drop(first);
         self.failed.store(true, Ordering::SeqCst);
+        self.notify();
+    }
+
+    fn notify(&self) {
         self.signal.notify();
+        self.wake.ring();
     }
 
     fn slot_failed(&self, slot: usize) -> bool {
@@ -128,6 +164,8 @@ pub struct Leader {
     /// A lower bound of the slowest follower's acknowledged seq.
     floor: u64,
     batch_bytes: usize,
+    /// When the first entry of the pending batch was pushed.
+    batch_started: Instant,
     max_lag: u64,
     timeout: Duration,
     local_addr: SocketAddr,
@@ -168,6 +206,7 @@ impl Leader {
                 })
                 .collect(),
             signal: Signal::new(),
+            wake: Wake::new().map_err(|e| LinkError::Spawn(format!("cannot create the wake-up socket pair: {e}")))?,
             failed: AtomicBool::new(false),
             first_failure: Mutex::new(None),
             sent: AtomicU64::new(0),
@@ -209,6 +248,7 @@ impl Leader {
             next_seq: 1,
             floor: 0,
             batch_bytes: cfg.batch_bytes,
+            batch_started: Instant::now(),
             max_lag: cfg.max_lag,
             timeout: cfg.timeout,
             local_addr,
@@ -239,9 +279,17 @@ impl Leader {
         if !self.batch.is_empty() && self.batch.body_len() + entry.len() + 10 > self.batch_bytes {
             self.send_batch()?;
         }
+        let first = self.batch.is_empty();
         self.batch.push(entry);
         self.next_seq += 1;
-        if self.batch.body_len() >= self.batch_bytes {
+        // A batch goes out when full, when flushed (the engine is about to
+        // wait), or once its first entry is BATCH_DELAY old: followers get
+        // entries promptly while the program runs without waiting.
+        let now = Instant::now();
+        if first {
+            self.batch_started = now;
+        }
+        if self.batch.body_len() >= self.batch_bytes || now.duration_since(self.batch_started) >= BATCH_DELAY {
             self.send_batch()?;
         }
         Ok(seq)
@@ -274,6 +322,27 @@ impl Leader {
     /// Follower `variant`'s latest acknowledgement.
     pub fn ack_of(&self, variant: u8) -> Option<AckState> {
         self.shared.slots.iter().find(|s| s.id == variant).map(|s| *lock(&s.latest))
+    }
+
+    /// A descriptor that becomes readable when, while armed, a follower
+    /// acknowledges, sends a control message or fails: the engine polls it
+    /// together with the program's descriptors, to release held output
+    /// while the program waits.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.shared.wake.rx.as_fd()
+    }
+
+    /// Arms the wake descriptor. Look at the link's state after arming:
+    /// anything that happens later makes the descriptor readable.
+    pub fn arm_wake(&self) {
+        self.shared.wake.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Disarms the wake descriptor and empties it.
+    pub fn disarm_wake(&self) {
+        self.shared.wake.armed.store(false, Ordering::SeqCst);
+        let mut buf = [0u8; 64];
+        while matches!((&self.shared.wake.rx).read(&mut buf), Ok(n) if n > 0) {}
     }
 
     /// The followers' variant ids.
@@ -729,12 +798,12 @@ async fn reader(slot: usize, shared: Arc<Shared>, rd: OwnedReadHalf, mut opener:
                 }
                 *lock(&s.latest) = AckState { variant: s.id, seq, digest };
                 s.acked.store(seq, Ordering::SeqCst);
-                shared.signal.notify();
+                shared.notify();
             }
             Message::Control(Control::Heartbeat) => {}
             Message::Control(c) => {
                 lock(&shared.controls).push_back((s.id, c));
-                shared.signal.notify();
+                shared.notify();
             }
             Message::Bye => return shared.fail(slot, PeerFailure::Closed),
             Message::Batch { .. } => return shared.fail(slot, PeerFailure::Protocol("a follower sent a batch".into())),

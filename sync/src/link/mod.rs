@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-pub use follower::{Entry, Follower, Incoming};
-pub use leader::{AckState, Leader};
+pub use follower::{Entry, Follower, Incoming, ACK_DELAY};
+pub use leader::{AckState, Leader, BATCH_DELAY};
 
 use crate::crypto::{CryptoError, Opener};
 use crate::frame::{read_frame, FrameError};

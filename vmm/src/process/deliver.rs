@@ -115,13 +115,36 @@ impl Process {
     /// the program's signal mask replaced by `mask` meanwhile. A signal the
     /// program will receive ends the wait with EINTR; other interruptions
     /// resume it.
-    pub(crate) fn blocking(&mut self, mask: Option<u64>, timeout_ms: i64, mut f: impl FnMut(i64) -> i64) -> SysResult {
+    pub(crate) fn blocking(&mut self, mask: Option<u64>, timeout_ms: i64, f: impl FnMut(i64) -> i64) -> SysResult {
+        self.blocking_on(mask, timeout_ms, None, f)
+    }
+
+    /// [`Self::blocking`] for a call that waits until host descriptor
+    /// `wake.0` reports `wake.1` (an epoll descriptor is readable when
+    /// events are ready): the leader then waits for that descriptor and
+    /// its followers' acknowledgements at once, releasing held output as
+    /// they come, instead of waiting for every acknowledgement first. The
+    /// program handles new clients while the followers verify what it sent.
+    pub(crate) fn blocking_on(
+        &mut self,
+        mask: Option<u64>,
+        timeout_ms: i64,
+        wake: Option<(i32, i16)>,
+        mut f: impl FnMut(i64) -> i64,
+    ) -> SysResult {
         let start = Instant::now();
         if let Some(m) = mask {
             self.saved_mask = Some(self.signals.mask);
             self.signals.mask = m & !UNBLOCKABLE;
         }
         self.collect_host_signals();
+        let left = |start: Instant| {
+            if timeout_ms < 0 {
+                -1
+            } else {
+                (timeout_ms - start.elapsed().as_millis() as i64).max(0)
+            }
+        };
         // The leader may hold outputs a client is waiting for: look first
         // whether anything is ready at once; if not, send them out before
         // blocking.
@@ -130,17 +153,54 @@ impl Process {
             if r != 0 {
                 return if r > 0 { Ok(r as u64) } else { Err(Errno::last()) };
             }
-            if let Err(stop) = self.settle_before_blocking() {
-                self.stop_requested = Some(stop);
-                return Err(Errno::EINTR);
+            match wake {
+                None => {
+                    if let Err(stop) = self.settle_before_blocking() {
+                        self.stop_requested = Some(stop);
+                        return Err(Errno::EINTR);
+                    }
+                }
+                Some((fd, events)) => loop {
+                    if self.signals.has_deliverable() {
+                        return Err(Errno::EINTR);
+                    }
+                    let link = match self.release_while_waiting() {
+                        Ok(Some(link)) => link,
+                        Ok(None) => break,
+                        Err(stop) => {
+                            self.stop_requested = Some(stop);
+                            return Err(Errno::EINTR);
+                        }
+                    };
+                    let mut pfd = [
+                        libc::pollfd { fd, events, revents: 0 },
+                        libc::pollfd { fd: link, events: libc::POLLIN, revents: 0 },
+                    ];
+                    let t = left(start);
+                    // SAFETY: two valid pollfds.
+                    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, t as i32) };
+                    self.disarm_link_wake();
+                    if n < 0 {
+                        if Errno::last() == Errno::EINTR {
+                            self.collect_host_signals();
+                            continue;
+                        }
+                        break;
+                    }
+                    if pfd[0].revents != 0 || n == 0 {
+                        let r = f(0);
+                        if r != 0 || n == 0 {
+                            return if r >= 0 { Ok(r as u64) } else { Err(Errno::last()) };
+                        }
+                    }
+                },
             }
         }
         loop {
             if self.signals.has_deliverable() {
                 return Err(Errno::EINTR);
             }
-            let left = if timeout_ms < 0 { -1 } else { (timeout_ms - start.elapsed().as_millis() as i64).max(0) };
-            let r = f(left);
+            let r = f(left(start));
             if r >= 0 {
                 return Ok(r as u64);
             }

@@ -888,15 +888,13 @@ impl Process {
                 }
             }
             self.host_raised = 0;
-            let entry = m.entry.finish(ret, &sigs).to_vec();
-            let lockstep = m.rule.check == Check::Lockstep;
-            let link = m.leader();
-            let pushed = link.push(&entry).map_err(Mvx::link_stop)?;
+            // No flush here: the batch goes out when full, when this side
+            // waits, or after the link's batch delay.
+            let Mvx { entry, link, .. } = &mut *m;
+            let crate::mvx::Link::Leader(link) = link else { unreachable!("leader link on a leader") };
+            let pushed = link.push(entry.finish(ret, &sigs)).map_err(Mvx::link_stop)?;
             if pushed != seq {
                 return Err(Stop::link(format!("the link numbered event {seq} as {pushed}")));
-            }
-            if lockstep {
-                link.flush().map_err(Mvx::link_stop)?;
             }
             return Ok(());
         }
@@ -922,7 +920,7 @@ impl Process {
         }
         if seq - m.acked >= ACK_EVERY || m.rule.check == Check::Lockstep {
             let d = record_digest(m.rec.as_bytes());
-            m.follower().ack(seq, d).map_err(Mvx::link_stop)?;
+            m.follower().ack_soon(seq, d).map_err(Mvx::link_stop)?;
             m.acked = seq;
         }
         Ok(())
@@ -1171,6 +1169,33 @@ impl Process {
                 self.stop_requested = Some(stop);
                 false
             }
+        }
+    }
+
+    /// Leader, while the program waits: takes control messages, releases
+    /// what was acknowledged, and arms the link's wake descriptor. Returns
+    /// that descriptor to poll, or None when nothing is held any more.
+    pub(crate) fn release_while_waiting(&mut self) -> Result<Option<i32>, Stop> {
+        let Some(mut m) = self.mvx.take() else { return Ok(None) };
+        m.leader().arm_wake();
+        let r = (|| {
+            self.take_controls_leader(&mut m)?;
+            m.leader().check().map_err(Mvx::link_stop)?;
+            let _ = m.leader().flush();
+            self.release_outputs(&mut m, false)?;
+            Ok(m.outputs.pending().then(|| std::os::fd::AsRawFd::as_raw_fd(&m.leader_ref().wake_fd())))
+        })();
+        if !matches!(r, Ok(Some(_))) {
+            m.leader().disarm_wake();
+        }
+        self.mvx = Some(m);
+        r
+    }
+
+    /// Leader: after a wait on the link's wake descriptor.
+    pub(crate) fn disarm_link_wake(&mut self) {
+        if let Some(m) = self.mvx.as_mut() {
+            m.leader().disarm_wake();
         }
     }
 

@@ -131,7 +131,7 @@ fn epoll_wait_common(
     let mut ready = [0u8; EPOLL_BATCH * 8];
     let n = p.host_call(true, &mut ready, |p, ready| {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
-        let n = p.blocking(mask, timeout_ms as i64, |t| {
+        let n = p.blocking_on(mask, timeout_ms as i64, Some((ep.raw(), libc::POLLIN)), |t| {
             // SAFETY: evs has `want` writable entries; the descriptor is open.
             unsafe { libc::epoll_wait(ep.raw(), evs.as_mut_ptr(), want as i32, t as i32) as i64 }
         })? as usize;
