@@ -138,6 +138,9 @@ impl Process {
             self.signals.mask = m & !UNBLOCKABLE;
         }
         self.collect_host_signals();
+        if timeout_ms != 0 {
+            self.flush_link();
+        }
         let left = |start: Instant| {
             if timeout_ms < 0 {
                 -1

@@ -1155,7 +1155,7 @@ impl Process {
     /// descriptor), send out what is held; a failure stops the run after
     /// the call (the call itself reports EINTR).
     pub(crate) fn settle_if_blocking(&mut self, raw: i32, dontwait: bool) -> bool {
-        if dontwait || !self.mvx.as_ref().is_some_and(|m| m.is_leader() && m.outputs.pending()) {
+        if dontwait || !self.mvx.as_ref().is_some_and(|m| m.is_leader()) {
             return true;
         }
         // SAFETY: plain call on an open descriptor.
@@ -1192,6 +1192,13 @@ impl Process {
         r
     }
 
+    /// Leader: sends the pending batch, before the program may block.
+    pub(crate) fn flush_link(&mut self) {
+        if let Some(m) = self.mvx.as_mut().filter(|m| m.is_leader()) {
+            let _ = m.leader().flush();
+        }
+    }
+
     /// Leader: after a wait on the link's wake descriptor.
     pub(crate) fn disarm_link_wake(&mut self) {
         if let Some(m) = self.mvx.as_mut() {
@@ -1203,9 +1210,14 @@ impl Process {
     /// first, or a client waits for an answer that waits for us.
     pub(crate) fn settle_before_blocking(&mut self) -> Result<(), Stop> {
         let Some(mut m) = self.mvx.take() else { return Ok(()) };
-        let r = if m.is_leader() && m.outputs.pending() {
+        let r = if m.is_leader() {
+            // Followers must not wait for entries while the leader sleeps.
             let _ = m.leader().flush();
-            self.release_outputs(&mut m, true)
+            if m.outputs.pending() {
+                self.release_outputs(&mut m, true)
+            } else {
+                Ok(())
+            }
         } else {
             Ok(())
         };
