@@ -230,3 +230,143 @@ fn bad_inputs_that_need_a_vm_are_refused_with_reasons() {
         &["command line is 3000 bytes", "at most 2047"],
     );
 }
+
+/// A cluster file for two Linux-mode variants on loopback.
+fn linux_cluster(dir: &std::path::Path) -> PathBuf {
+    let key: String = (0..32).map(|i| format!("{:02x}", (i * 29 + 3) as u8)).collect();
+    let (a, b) = (free_port(), free_port());
+    let text = format!(
+        "[cluster]\nname = \"linux\"\nkey = \"{key}\"\ntimeout_ms = 5000\n\n\
+         [[variant]]\nid = 0\naddress = \"127.0.0.1:{a}\"\nrole = \"leader\"\n\n\
+         [[variant]]\nid = 1\naddress = \"127.0.0.1:{b}\"\nrole = \"follower\"\n"
+    );
+    let p = dir.join("cluster.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn variants_of_a_kernel_agree_on_their_console() {
+    require_kvm!();
+    let stub = pvh_stub();
+    let d = TempDir::new("linux-mvx");
+    for (cmdline, code) in [("poweroff", POWER_OFF), ("reset", RESET), ("triple-fault", TRIPLE_FAULT)] {
+        let o = run_vmm(
+            &["--variants", "2", "--report-dir", d.path().to_str().unwrap(), "--kernel", path_str(&stub)]
+                .into_iter()
+                .chain(["--cmdline", cmdline])
+                .collect::<Vec<_>>(),
+            b"",
+        );
+        assert_eq!(status(&o), code, "{cmdline}: {}", stderr(&o));
+        // The leader's console, once; the follower's was compared, not shown.
+        assert_eq!(stdout(&o), format!("dmvx-pvh-stub: {cmdline}\n"), "{cmdline}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("diverged"), "{cmdline}: {}", stderr(&o));
+    }
+    assert!(std::fs::read_dir(d.path()).unwrap().next().is_none(), "a divergence report was written");
+}
+
+#[test]
+fn a_variant_booted_with_another_command_line_diverges() {
+    require_kvm!();
+    let stub = pvh_stub();
+    let d = TempDir::new("linux-mvx-diverge");
+    let file = linux_cluster(d.path());
+    let start = |id: &str, cmdline: &str| {
+        std::process::Command::new(vmm())
+            .args(["--cluster", file.to_str().unwrap(), "--variant", id, "--report-dir"])
+            .arg(d.path())
+            .args(["--kernel", path_str(&stub), "--cmdline", cmdline, "--timeout", "20"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The follower's guest hangs after printing its command line: the
+    // difference must stop it (not the --timeout).
+    let follower = start("1", "hang");
+    let leader = start("0", "poweroff");
+    let t = Instant::now();
+    let (lo, fo) = (leader.wait_with_output().unwrap(), follower.wait_with_output().unwrap());
+    let (lerr, ferr) = (String::from_utf8_lossy(&lo.stderr), String::from_utf8_lossy(&fo.stderr));
+    assert_eq!(fo.status.code(), Some(121), "follower: {ferr}");
+    assert_eq!(lo.status.code(), Some(121), "leader: {lerr}");
+    assert!(t.elapsed() < Duration::from_secs(15), "the hanging variant was not stopped by the divergence");
+    assert!(fo.stdout.is_empty(), "a follower's console reached stdout");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("dmvx-divergence-variant1.json")).unwrap()).unwrap();
+    let msg = report["message"].as_str().unwrap();
+    // "dmvx-pvh-stub: " is 15 bytes: the command lines differ right after.
+    assert!(msg.contains("at byte 15"), "{report:#}");
+    assert!(msg.contains("poweroff") && msg.contains("hang"), "{report:#}");
+    assert_eq!(report["variant"], 1);
+    assert_eq!(report["leader"]["event"], "serial");
+    assert!(d.join("dmvx-divergence-variant0.json").exists(), "the leader wrote no report: {lerr}");
+}
+
+/// The default command line of Linux mode (`dmvx-vmm --help`).
+fn default_cmdline() -> String {
+    let o = run_vmm(&["--help"], b"");
+    let help = stdout(&o);
+    let start = help.find("(default:").expect("--cmdline default in --help");
+    let rest = &help[start..];
+    let q = rest.find('"').unwrap() + 1;
+    rest[q..q + rest[q..].find('"').unwrap()].to_string()
+}
+
+#[test]
+fn debian_kernel_in_two_variants_agrees_and_another_command_line_diverges() {
+    require_kvm!();
+    let dir = linux_images();
+    let (kernel, initrd) = (dir.join("vmlinux"), dir.join("initramfs.cpio.gz"));
+    let limit = BOOT_LIMIT_SECS.to_string();
+    let d = TempDir::new("linux-mvx-debian");
+    let base = ["--kernel", path_str(&kernel), "--initrd", path_str(&initrd), "--timeout", &limit];
+    // Two variants of the same boot: their consoles agree to the end,
+    // whichever end this host's KVM allows.
+    let t = Instant::now();
+    let mut args = vec!["--variants", "2", "--report-dir", d.path().to_str().unwrap()];
+    args.extend(base);
+    let o = run_vmm(&args, b"");
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(
+        [POWER_OFF, KVM_STOPPED].contains(&status(&o)),
+        "status {}: {err}\n--- console tail:\n{}",
+        status(&o),
+        &out[out.len().saturating_sub(2000)..]
+    );
+    assert_eq!(out.matches("Linux version 6.").count(), 1, "the leader's console, once: {err}");
+    assert!(out.contains("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable"), "{err}");
+    assert!(std::fs::read_dir(d.path()).unwrap().next().is_none(), "a divergence report was written: {err}");
+    shout(&format!(
+        "Debian's kernel in 2 variants: consoles agreed over {} bytes to status {} in {:.1}s",
+        out.len(),
+        status(&o),
+        t.elapsed().as_secs_f64()
+    ));
+    // One variant booted with another command line: stopped at the line
+    // where the kernel prints it.
+    let file = linux_cluster(d.path());
+    let other = format!("{} dmvx.variant=1", default_cmdline());
+    let spawn = |id: &str, extra: &[&str]| {
+        std::process::Command::new(vmm())
+            .args(["--cluster", file.to_str().unwrap(), "--variant", id, "--report-dir"])
+            .arg(d.path())
+            .args(base)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let follower = spawn("1", &["--cmdline", &other]);
+    let leader = spawn("0", &[]);
+    let (lo, fo) = (leader.wait_with_output().unwrap(), follower.wait_with_output().unwrap());
+    let ferr = String::from_utf8_lossy(&fo.stderr).into_owned();
+    assert_eq!(fo.status.code(), Some(121), "{ferr}");
+    assert_eq!(lo.status.code(), Some(121), "{}", String::from_utf8_lossy(&lo.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("dmvx-divergence-variant1.json")).unwrap()).unwrap();
+    let msg = report["message"].as_str().unwrap();
+    assert!(msg.contains("Command line:") && msg.contains("no-kvmclock dmvx.variant=1"), "{report:#}");
+}

@@ -150,9 +150,23 @@ pub enum Arg {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Event {
-    Call { nr: u16, name: String, class: String, args: Vec<Arg> },
-    Exit { status: i32 },
-    Killed { signal: i32 },
+    Call {
+        nr: u16,
+        name: String,
+        class: String,
+        args: Vec<Arg>,
+    },
+    Exit {
+        status: i32,
+    },
+    Killed {
+        signal: i32,
+    },
+    /// Console output (Linux mode) from byte `offset` on.
+    Serial {
+        offset: u64,
+        text: String,
+    },
 }
 
 /// A malformed record or entry (from the network: never trusted).

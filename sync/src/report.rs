@@ -123,6 +123,7 @@ pub fn describe(e: &Option<Event>) -> String {
         None => "nothing".into(),
         Some(Event::Exit { status }) => format!("exit({status})"),
         Some(Event::Killed { signal }) => format!("death by signal {signal}"),
+        Some(Event::Serial { offset, text }) => format!("console output {text:?} at byte {offset}"),
         Some(Event::Call { name, args, .. }) => {
             let a: Vec<String> = args
                 .iter()

@@ -58,9 +58,11 @@ pub enum Command {
 pub struct UsageError(pub String);
 
 /// The kernel command line of Linux mode when `--cmdline` is not given.
+/// The console must be the same in every variant of a boot: no timestamps,
+/// and no kvm-clock, which prints the (timing-dependent) offset it starts at.
 macro_rules! default_cmdline {
     () => {
-        "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1 printk.time=0 pci=off"
+        "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1 printk.time=0 pci=off no-kvmclock"
     };
 }
 pub const DEFAULT_CMDLINE: &str = default_cmdline!();

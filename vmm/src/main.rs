@@ -151,6 +151,9 @@ fn main() -> ExitCode {
 
 /// Linux mode: boot the kernel, report how the guest ended.
 fn run_linux(args: &cli::Args) -> ExitCode {
+    if args.variants > 1 && args.cluster.is_none() {
+        return run_variants(args);
+    }
     let config = linux::Config {
         kernel: args.kernel.clone().expect("Linux mode has a --kernel"),
         initrd: args.initrd.clone(),
@@ -158,11 +161,30 @@ fn run_linux(args: &cli::Args) -> ExitCode {
         memory: args.memory,
         timeout: args.timeout,
         sink: Box::new(StdoutSink),
+        sink_stop: None,
+        monitor: None,
     };
-    match linux::run(config) {
-        Ok(exit) => {
+    let result = match &args.cluster {
+        None => linux::run(config).map(linux::mvx::Outcome::Agreed),
+        Some(path) => match dmvx_sync::ClusterConfig::load(path) {
+            Ok(cfg) => {
+                let join = linux::mvx::Join { cfg, id: args.variant as u8, report_dir: args.report_dir.clone() };
+                linux::mvx::run(config, join)
+            }
+            Err(e) => {
+                eprintln!("dmvx-vmm: error: cluster file {}: {e}", path.display());
+                return ExitCode::from(EXIT_VMM);
+            }
+        },
+    };
+    match result {
+        Ok(linux::mvx::Outcome::Agreed(exit)) => {
             eprintln!("dmvx-vmm: {exit}");
             ExitCode::from(exit.status())
+        }
+        Ok(linux::mvx::Outcome::Diverged(msg)) => {
+            eprintln!("dmvx: variants diverged, every variant stopped: {msg}");
+            ExitCode::from(dmvx_vmm::mvx::EXIT_DIVERGENCE)
         }
         Err(e) => {
             eprintln!("dmvx-vmm: error: {e}");

@@ -84,6 +84,8 @@ pub enum GuestStop {
     TripleFault { rip: u64 },
     /// The run loop was told to stop (the time limit).
     Stopped,
+    /// The serial sink stopped the guest (the variants diverged).
+    SinkStopped,
 }
 
 /// Routes a Linux guest's exits to the devices.
@@ -95,12 +97,19 @@ pub struct LinuxDevices {
     pm1_control: u16,
     /// Set by the watchdog; checked when KVM_RUN is interrupted.
     stop: Latch,
+    /// Set by the serial sink; checked after each serial write.
+    sink_stop: Option<Latch>,
 }
 
 impl LinuxDevices {
     /// COM1 wired to `sink` with its interrupt on IRQ 4, the i8042, and
     /// the ACPI PM1 registers. `stop` is the watchdog's stop request.
-    pub fn new(vm: &VmFd, sink: Box<dyn SerialSink>, stop: Latch) -> Result<Self, DeviceError> {
+    pub fn new(
+        vm: &VmFd,
+        sink: Box<dyn SerialSink>,
+        stop: Latch,
+        sink_stop: Option<Latch>,
+    ) -> Result<Self, DeviceError> {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(&irq, COM1_IRQ).map_err(DeviceError::Irqfd)?;
         let reset = Latch::default();
@@ -110,6 +119,7 @@ impl LinuxDevices {
             reset,
             pm1_control: acpi::PM1_SCI_EN,
             stop,
+            sink_stop,
         })
     }
 
@@ -135,6 +145,9 @@ impl ExitHandler for LinuxDevices {
             // Output errors (stdout closed) are kept by the sink and
             // reported at the end; the guest goes on.
             let _ = self.serial.write(off, value);
+            if self.sink_stop.as_ref().is_some_and(Latch::is_set) {
+                return Ok(Flow::Done(GuestStop::SinkStopped));
+            }
         } else if port == I8042_DATA || port == I8042_COMMAND {
             let _ = self.i8042.write((port - I8042_DATA) as u8, value);
             if self.reset.is_set() {

@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod devices;
+pub mod mvx;
 pub mod serial;
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ use serial::SerialSink;
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// How long a stopped vCPU may take to leave KVM_RUN after the time limit.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How often a monitor (multi-variant Linux mode) looks at the cluster.
+pub const MONITOR_PERIOD: Duration = Duration::from_millis(20);
 
 /// Exit statuses of Linux mode.
 pub mod status {
@@ -44,6 +47,7 @@ pub mod status {
     pub const TRIPLE_FAULT: u8 = 11;
     pub const TIMEOUT: u8 = 12;
     pub const KVM_STOPPED: u8 = 13;
+    pub const DIVERGED: u8 = crate::mvx::EXIT_DIVERGENCE;
 }
 
 /// What to boot.
@@ -54,6 +58,11 @@ pub struct Config {
     pub memory: u64,
     pub timeout: Option<Duration>,
     pub sink: Box<dyn SerialSink>,
+    /// Raised by the sink to stop the guest (the variants diverged).
+    pub sink_stop: Option<Latch>,
+    /// Run every [`MONITOR_PERIOD`] while the guest runs; true stops it
+    /// (the variants diverged).
+    pub monitor: Option<Box<dyn FnMut() -> bool>>,
 }
 
 /// How the guest ended.
@@ -71,6 +80,8 @@ pub enum LinuxExit {
     /// guest (KVM_EXIT_INTERNAL_ERROR: nested KVM on these hosts stops
     /// Linux at its first emulated int3).
     KvmStopped { rip: u64 },
+    /// The console sink stopped the guest: the variants diverged.
+    Diverged,
 }
 
 impl LinuxExit {
@@ -82,6 +93,7 @@ impl LinuxExit {
             LinuxExit::TripleFault { .. } => status::TRIPLE_FAULT,
             LinuxExit::Timeout { .. } => status::TIMEOUT,
             LinuxExit::KvmStopped { .. } => status::KVM_STOPPED,
+            LinuxExit::Diverged => status::DIVERGED,
         }
     }
 }
@@ -101,6 +113,7 @@ impl std::fmt::Display for LinuxExit {
                 }
                 Ok(())
             }
+            LinuxExit::Diverged => write!(f, "the variants diverged; the guest was stopped"),
             LinuxExit::KvmStopped { rip } => write!(
                 f,
                 "the host's KVM could not emulate an instruction of the guest at rip {rip:#x} and stopped it (KVM_EXIT_INTERNAL_ERROR; nested KVM cannot run unmodified Linux to the end)"
@@ -136,6 +149,8 @@ pub enum LinuxError {
     Vcpu(#[from] VcpuError),
     #[error("the vCPU thread died")]
     VcpuThread,
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -208,7 +223,7 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
         KernelKind::PvhElf => linux_boot::setup_pvh(vcpu.fd(), kernel.entry)?,
     }
     let stop = Latch::default();
-    let mut devices = LinuxDevices::new(&vm.fd, config.sink, stop.clone())?;
+    let mut devices = LinuxDevices::new(&vm.fd, config.sink, stop.clone(), config.sink_stop)?;
 
     register_signal_handler(SIGRTMIN(), kick_handler).map_err(LinuxError::Signal)?;
     let (tx, rx) = mpsc::channel::<VcpuResult>();
@@ -222,39 +237,56 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
         .map_err(LinuxError::Thread)?;
 
     let started = Instant::now();
-    let result = match config.timeout {
-        None => rx.recv().ok(),
-        Some(limit) => match rx.recv_timeout(limit.saturating_sub(started.elapsed())) {
-            Ok(r) => Some(r),
-            Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Ask the vCPU to stop, kicking it out of KVM_RUN until it does.
-                stop.set();
-                let give_up = Instant::now() + STOP_GRACE;
-                let mut got = None;
-                while Instant::now() < give_up {
-                    let _ = thread.kill(SIGRTMIN());
-                    match rx.recv_timeout(Duration::from_millis(20)) {
-                        Ok(r) => {
-                            got = Some(r);
-                            break;
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
+    let deadline = config.timeout.map(|t| started + t);
+    let mut monitor = config.monitor;
+    let mut diverged;
+    let result = loop {
+        // With a monitor, wake up every MONITOR_PERIOD to run it.
+        let mut wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if monitor.is_some() {
+            wait = Some(wait.map_or(MONITOR_PERIOD, |w| w.min(MONITOR_PERIOD)));
+        }
+        let got = match wait {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(w) => rx.recv_timeout(w),
+        };
+        match got {
+            Ok(r) => break Some(r),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        diverged = !timed_out && monitor.as_mut().is_some_and(|m| m());
+        if !timed_out && !diverged {
+            continue;
+        }
+        // Ask the vCPU to stop, kicking it out of KVM_RUN until it does.
+        stop.set();
+        let give_up = Instant::now() + STOP_GRACE;
+        let mut got = None;
+        while Instant::now() < give_up {
+            let _ = thread.kill(SIGRTMIN());
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(r) => {
+                    got = Some(r);
+                    break;
                 }
-                match got {
-                    Some((Ok(GuestStop::Stopped), _)) => return Ok(LinuxExit::Timeout { limit, stuck: false }),
-                    Some(r) => Some(r),
-                    None => {
-                        // The vCPU thread may still use guest memory: keep
-                        // the VM mapped until the process exits.
-                        std::mem::forget(vm);
-                        return Ok(LinuxExit::Timeout { limit, stuck: true });
-                    }
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-        },
+        }
+        let limit = config.timeout.unwrap_or_default();
+        match got {
+            Some((Ok(GuestStop::Stopped), _)) if diverged => return Ok(LinuxExit::Diverged),
+            Some((Ok(GuestStop::Stopped), _)) => return Ok(LinuxExit::Timeout { limit, stuck: false }),
+            Some(r) => break Some(r),
+            None => {
+                // The vCPU thread may still use guest memory: keep the VM
+                // mapped until the process exits.
+                std::mem::forget(vm);
+                return Ok(if diverged { LinuxExit::Diverged } else { LinuxExit::Timeout { limit, stuck: true } });
+            }
+        }
     };
     let Some((result, output)) = result else {
         return Err(LinuxError::VcpuThread);
@@ -268,6 +300,7 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
         Ok(GuestStop::Reset) => Ok(LinuxExit::Reset),
         Ok(GuestStop::TripleFault { rip }) => Ok(LinuxExit::TripleFault { rip }),
         Ok(GuestStop::Stopped) => Ok(LinuxExit::Timeout { limit: config.timeout.unwrap_or_default(), stuck: false }),
+        Ok(GuestStop::SinkStopped) => Ok(LinuxExit::Diverged),
         Err(VcpuError::Internal { rip, .. }) => Ok(LinuxExit::KvmStopped { rip }),
         Err(e) => Err(e.into()),
     }
