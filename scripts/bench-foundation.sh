@@ -16,7 +16,7 @@ cargo build --release --workspace --locked -q
 vmm="$root/target/release/dmvx-vmm"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-gcc -O2 -static -o "$work/getppid_loop" scripts/bench/getppid_loop.c
+gcc -O2 -static -o "$work/percall" scripts/bench/percall.c
 gcc -O2 -o "$work/launch" scripts/bench/launch.c
 bb=/bin/busybox
 
@@ -26,8 +26,8 @@ now_ns() { date +%s%N; }
 
 floor3=$(for i in $(seq $reps); do "$vmm" --bench-exit-loop "$n" --bench-cpl 3; done | median)
 floor0=$(for i in $(seq $reps); do "$vmm" --bench-exit-loop "$n" --bench-cpl 0; done | median)
-trapped=$(for i in $(seq $reps); do "$vmm" -- "$work/getppid_loop" "$n"; done | median)
-native=$(for i in $(seq $reps); do "$work/getppid_loop" 1000000; done | median)
+trapped=$(for i in $(seq $reps); do "$vmm" -- "$work/percall" getppid "$n"; done | median)
+native=$(for i in $(seq $reps); do "$work/percall" getppid 1000000; done | median)
 launch=$(for i in $(seq 21); do "$work/launch" "$vmm" --stats -- "$bb" true 2>&1 | sed -n 's/.*first guest instruction \([0-9.]*\) ms/\1/p'; done | median)
 runs=30
 t0=$(now_ns); for i in $(seq $runs); do "$vmm" -- "$bb" true; done; t1=$(now_ns)
