@@ -67,21 +67,56 @@ pub struct OpenFile {
     pub remote: bool,
     /// Set when output held for it could not be delivered later (the errno).
     pub broken: Cell<i32>,
+    /// Whether the host descriptor is non-blocking, once looked up (the
+    /// guest's F_SETFL and FIONBIO forget it).
+    nonblock: Cell<Option<bool>>,
 }
 
 impl OpenFile {
     pub fn new(fd: OwnedFd, kind: FileKind) -> Rc<Self> {
-        Rc::new(OpenFile { fd: Some(fd), kind, extra: Extra::None, remote: false, broken: Cell::new(0) })
+        Rc::new(OpenFile {
+            fd: Some(fd),
+            kind,
+            extra: Extra::None,
+            remote: false,
+            broken: Cell::new(0),
+            nonblock: Cell::new(None),
+        })
     }
 
     /// An open file with VMM-side state.
     pub fn with_extra(fd: OwnedFd, kind: FileKind, extra: Extra) -> Rc<Self> {
-        Rc::new(OpenFile { fd: Some(fd), kind, extra, remote: false, broken: Cell::new(0) })
+        Rc::new(OpenFile { fd: Some(fd), kind, extra, remote: false, broken: Cell::new(0), nonblock: Cell::new(None) })
+    }
+
+    /// Whether a read or accept on it can wait on the host: never for
+    /// regular files and directories, else unless it is non-blocking
+    /// (looked up once with F_GETFL, then remembered).
+    pub fn may_block(&self) -> bool {
+        if matches!(self.kind, FileKind::Regular | FileKind::Directory) {
+            return false;
+        }
+        let nonblock = match self.nonblock.get() {
+            Some(v) => v,
+            None => {
+                // SAFETY: plain call on a descriptor this file owns.
+                let fl = unsafe { libc::fcntl(self.raw(), libc::F_GETFL) };
+                let v = fl >= 0 && fl & libc::O_NONBLOCK != 0;
+                self.nonblock.set(Some(v));
+                v
+            }
+        };
+        !nonblock
+    }
+
+    /// The guest changed the status flags: look them up again next time.
+    pub fn forget_flags(&self) {
+        self.nonblock.set(None);
     }
 
     /// A file with a host descriptor or none (a follower's remote file).
     pub fn make(fd: Option<OwnedFd>, kind: FileKind, extra: Extra, remote: bool) -> Rc<Self> {
-        Rc::new(OpenFile { fd, kind, extra, remote, broken: Cell::new(0) })
+        Rc::new(OpenFile { fd, kind, extra, remote, broken: Cell::new(0), nonblock: Cell::new(None) })
     }
 
     /// The host descriptor (-1 for a follower's remote file, which the VMM

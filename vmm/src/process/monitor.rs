@@ -1151,16 +1151,11 @@ impl Process {
         Ok(())
     }
 
-    /// Leader: before a host call that may block on `raw` (a blocking
+    /// Leader: before a host call that may block on `file` (a blocking
     /// descriptor), send out what is held; a failure stops the run after
     /// the call (the call itself reports EINTR).
-    pub(crate) fn settle_if_blocking(&mut self, raw: i32, dontwait: bool) -> bool {
-        if dontwait || !self.mvx.as_ref().is_some_and(|m| m.is_leader()) {
-            return true;
-        }
-        // SAFETY: plain call on an open descriptor.
-        let fl = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-        if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+    pub(crate) fn settle_if_blocking(&mut self, file: &super::fd::OpenFile, dontwait: bool) -> bool {
+        if dontwait || !self.mvx.as_ref().is_some_and(|m| m.is_leader()) || !file.may_block() {
             return true;
         }
         match self.settle_before_blocking() {

@@ -188,7 +188,7 @@ fn transfer(p: &mut Process, file: &std::rc::Rc<OpenFile>, into_guest: bool, off
     }
     let raw = file.raw();
     p.host_call_iov(file.remote, |p| {
-        if into_guest && !p.settle_if_blocking(raw, false) {
+        if into_guest && !p.settle_if_blocking(file, false) {
             return Err(Errno::EINTR);
         }
         host_rw(p, raw, into_guest, off)
@@ -500,6 +500,7 @@ pub fn fcntl(p: &mut Process, a: &[u64; 6]) -> SysResult {
             if a[2] as i32 & libc::O_ASYNC != 0 {
                 return Err(Errno::EINVAL);
             }
+            f.forget_flags();
             p.host_call(f.remote, &mut [], |_, _| {
                 // SAFETY: plain call on an open descriptor.
                 check(unsafe { libc::fcntl(raw, libc::F_SETFL, a[2] as i32) } as i64)
@@ -644,6 +645,7 @@ pub fn ioctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
         }
         libc::FIONBIO => {
             let on: i32 = p.mm.read_val(a[2])?;
+            f.forget_flags();
             p.host_call(f.remote, &mut [], |_, _| {
                 // SAFETY: on is a valid in-parameter.
                 check(unsafe { libc::ioctl(raw, libc::FIONBIO, &on) } as i64)

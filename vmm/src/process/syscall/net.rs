@@ -272,7 +272,7 @@ fn do_accept(p: &mut Process, fd: u64, addr_va: u64, len_va: u64, flags: u64) ->
     let mut owned = None;
     p.host_call(true, &mut out, |p, out| {
         let mut len = ADDR_MAX as libc::socklen_t;
-        if !p.settle_if_blocking(f.raw(), false) {
+        if !p.settle_if_blocking(&f, false) {
             return Err(Errno::EINTR);
         }
         let nfd = p.blocking(None, -1, |_| {
@@ -529,7 +529,7 @@ pub fn recvfrom(p: &mut Process, a: &[u64; 6]) -> SysResult {
         p.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), true, &mut p.iov)?;
     }
     let mut name = [0u8; ADDR_MAX + 8];
-    let n = p.host_call_iov_buf(true, &mut name, |p, out| recv_into(p, f.raw(), flags, out))?;
+    let n = p.host_call_iov_buf(true, &mut name, |p, out| recv_into(p, &f, flags, out))?;
     let nlen = u32::from_le_bytes(name[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
     if a[4] != 0 && nlen > 0 {
         p.write_addr(&name[..nlen.min(ADDR_MAX)], a[4], a[5])?;
@@ -541,8 +541,9 @@ pub fn recvfrom(p: &mut Process, a: &[u64; 6]) -> SysResult {
 
 /// A blocking-aware recvmsg into `p.iov`; `out` gets the address, its
 /// length and the message flags.
-fn recv_into(p: &mut Process, raw: i32, flags: u64, out: &mut [u8]) -> SysResult {
-    if !p.settle_if_blocking(raw, flags & MSG_DONTWAIT != 0) {
+fn recv_into(p: &mut Process, f: &OpenFile, flags: u64, out: &mut [u8]) -> SysResult {
+    let raw = f.raw();
+    if !p.settle_if_blocking(f, flags & MSG_DONTWAIT != 0) {
         return Err(Errno::EINTR);
     }
     let (n, name, mflags) = host_recv(p, raw, flags)?;
@@ -607,7 +608,7 @@ pub fn recvmsg(p: &mut Process, a: &[u64; 6]) -> SysResult {
     }
     p.gather(m.iov, m.iovlen, true)?;
     let mut out = [0u8; ADDR_MAX + 8];
-    let n = p.host_call_iov_buf(true, &mut out, |p, out| recv_into(p, f.raw(), flags, out))?;
+    let n = p.host_call_iov_buf(true, &mut out, |p, out| recv_into(p, &f, flags, out))?;
     let nlen = u32::from_le_bytes(out[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
     let mflags = u32::from_le_bytes(out[ADDR_MAX + 4..].try_into().expect("4 bytes")) as u64;
     let mut name = out[..nlen.min(ADDR_MAX)].to_vec();
