@@ -456,3 +456,49 @@ fn the_wake_descriptor_becomes_readable_on_an_acknowledgement_only_while_armed()
     drop(go_tx);
     follower.join().unwrap();
 }
+
+#[test]
+fn a_follower_that_reads_late_gets_everything_in_order_after_the_socket_filled() {
+    // The leader writes from its own thread until the socket is full; the
+    // rest waits for the I/O thread, and later entries and a control
+    // message must queue behind it, not overtake it.
+    const N: u64 = 600;
+    const SIZE: usize = 64 * 1024;
+    let mut cfg = cluster(2, 10_000);
+    cfg.max_lag = u64::MAX / 2;
+    let info = info(&cfg);
+    let follower = {
+        let cfg = cfg.clone();
+        thread::spawn(move || {
+            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+            thread::sleep(Duration::from_millis(500));
+            for seq in 1..=N {
+                if seq == N / 2 + 1 {
+                    match f.next_incoming().unwrap() {
+                        Incoming::Control(c) => assert_eq!(c, Control::Custom { kind: 3, payload: vec![3] }),
+                        other => panic!("expected the control message before entry {seq}, got {other:?}"),
+                    }
+                }
+                let e = f.next_entry().unwrap();
+                assert_eq!(e.seq, seq);
+                assert_eq!(e.data.len(), SIZE);
+                assert!(e.data.iter().all(|b| *b == seq as u8), "entry {seq} corrupted");
+            }
+            f.ack(N, [0; 32]).unwrap();
+            f
+        })
+    };
+    let mut leader = start(&cfg, &info).unwrap();
+    let t = Instant::now();
+    for seq in 1..=N {
+        leader.push(&vec![seq as u8; SIZE]).unwrap();
+        if seq == N / 2 {
+            leader.send_control(&Control::Custom { kind: 3, payload: vec![3] }).unwrap();
+        }
+    }
+    // 37.5 MiB cannot fit in the socket buffers: the leader did not block
+    // on the late reader, the I/O thread holds the rest.
+    assert!(t.elapsed() < Duration::from_millis(450), "pushing blocked on the follower: {:?}", t.elapsed());
+    leader.wait_acked(N, Duration::from_secs(20)).unwrap();
+    drop(follower.join().unwrap());
+}

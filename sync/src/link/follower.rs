@@ -3,18 +3,18 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::BufReader;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
-use super::{heartbeat_interval, lock, millis, read_sealed, runtime, write_timeout, LinkError, PeerFailure, Pool};
+use super::{lock, millis, read_sealed, runtime, tx_writer, LinkError, PeerFailure, Pool, Tx};
 use crate::config::{ClusterConfig, Role};
-use crate::crypto::{Opener, Sealer};
+use crate::crypto::Opener;
 use crate::frame::FrameError;
 use crate::handshake::{self, HandshakeError, HandshakeInfo};
 use crate::wire::{self, Control, Decoded, Message, MAX_CONTROL_PAYLOAD};
@@ -47,21 +47,12 @@ enum Inbound {
     Failed(LinkError),
 }
 
-struct AckSlot {
-    pending: Mutex<Option<(u64, [u8; 32])>>,
-    notify: Notify,
-}
-
-enum Cmd {
-    Control(Vec<u8>),
-    Close,
-}
-
 struct Shared {
     failed: AtomicBool,
     failure: Mutex<Option<LinkError>>,
     inbound: Mutex<Option<std_mpsc::Sender<Inbound>>>,
-    acks: AckSlot,
+    /// The sending side, set once connected.
+    tx: OnceLock<Arc<Tx>>,
 }
 
 impl Shared {
@@ -77,8 +68,9 @@ impl Shared {
         if let Some(tx) = lock(&self.inbound).as_ref() {
             let _ = tx.send(Inbound::Failed(e));
         }
-        // Wake the writer so it stops.
-        self.acks.notify.notify_one();
+        if let Some(tx) = self.tx.get() {
+            tx.finish();
+        }
     }
 }
 
@@ -96,11 +88,17 @@ pub struct Follower {
     next_seq: u64,
     failure: Option<LinkError>,
     shared: Arc<Shared>,
-    cmd: mpsc::UnboundedSender<Cmd>,
+    /// Asks the I/O thread to say goodbye and stop.
+    bye: mpsc::UnboundedSender<()>,
     pool: Arc<Pool>,
     io: Option<thread::JoinHandle<()>>,
-    /// When an acknowledgement made with `ack_soon` is waiting to be sent.
+    /// An acknowledgement made with `ack_soon`, not sent yet, and since when.
+    deferred: Option<(u64, [u8; 32])>,
     deferred_since: Option<Instant>,
+    /// The highest seq acknowledged on the wire (they never go back).
+    acked: u64,
+    /// Scratch space for encoding acknowledgements.
+    plain: Vec<u8>,
 }
 
 /// How long `ack_soon` may keep an acknowledgement back.
@@ -120,10 +118,10 @@ impl Follower {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             inbound: Mutex::new(Some(in_tx.clone())),
-            acks: AckSlot { pending: Mutex::new(None), notify: Notify::new() },
+            tx: OnceLock::new(),
         });
         let pool = Arc::new(Pool::new(cfg.batch_bytes + 256));
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (bye_tx, bye_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
         let io = {
             let cfg = cfg.clone();
@@ -140,7 +138,7 @@ impl Follower {
                             return;
                         }
                     };
-                    rt.block_on(follower_io(cfg, my_id, info, shared, pool, in_tx, cmd_rx, ready_tx));
+                    rt.block_on(follower_io(cfg, my_id, info, shared, pool, in_tx, bye_rx, ready_tx));
                 })
                 .map_err(|e| LinkError::Spawn(e.to_string()))?
         };
@@ -160,10 +158,13 @@ impl Follower {
             next_seq: 1,
             failure: None,
             shared,
-            cmd: cmd_tx,
+            bye: bye_tx,
             pool,
             io: Some(io),
+            deferred: None,
             deferred_since: None,
+            acked: 0,
+            plain: Vec::with_capacity(64),
         })
     }
 
@@ -213,41 +214,61 @@ impl Follower {
         }
     }
 
-    /// Acknowledges entry `seq` with the engine's `digest` there. Sent at
-    /// once by the I/O thread; acknowledgements made faster than it sends
-    /// them are coalesced (the latest wins). The entry after the last one
+    /// Acknowledges entry `seq` with the engine's `digest` there, at once
+    /// (from the caller's thread). An acknowledgement older than one sent
+    /// already is dropped: they never go back. The entry after the last one
     /// received may be acknowledged too: "this variant reached its next
     /// event, with this digest", which a leader waits for before a lockstep
     /// event takes effect (and before it sends that entry).
     pub fn ack(&mut self, seq: u64, digest: [u8; 32]) -> Result<(), LinkError> {
-        self.set_ack(seq, digest)?;
-        self.shared.acks.notify.notify_one();
+        self.check_ack(seq)?;
+        self.deferred = None;
         self.deferred_since = None;
+        self.send_ack(seq, digest);
         Ok(())
     }
 
-    /// Makes (`seq`, `digest`) the acknowledgement the I/O thread sends next.
-    fn set_ack(&mut self, seq: u64, digest: [u8; 32]) -> Result<(), LinkError> {
+    fn check_ack(&self, seq: u64) -> Result<(), LinkError> {
         if seq > self.next_seq {
             return Err(LinkError::AckAhead { seq, received: self.next_seq - 1 });
         }
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(self.sticky_failure());
         }
-        let mut p = lock(&self.shared.acks.pending);
-        if p.is_none_or(|(s, _)| s <= seq) {
-            *p = Some((seq, digest));
-        }
         Ok(())
     }
 
-    /// Acknowledges entry `seq` like [`Follower::ack`], but lets the I/O
-    /// thread send it only when this side is about to wait for the leader
-    /// or after [`ACK_DELAY`], whichever comes first: while the engine runs
+    fn send_ack(&mut self, seq: u64, digest: [u8; 32]) {
+        if seq < self.acked {
+            return;
+        }
+        self.acked = seq;
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        Message::Ack { seq, digest }.encode_into(&mut plain);
+        self.send(&plain);
+        self.plain = plain;
+    }
+
+    /// Sends one message from this thread; a failure is the link's.
+    fn send(&self, plain: &[u8]) {
+        if let Some(tx) = self.shared.tx.get() {
+            if let Err(failure) = tx.send(plain) {
+                self.shared.fail(LinkError::Peer { variant: self.leader_id, failure });
+            }
+        }
+    }
+
+    /// Acknowledges entry `seq` like [`Follower::ack`], but sends it only
+    /// when this side is about to wait for the leader, or with a later
+    /// acknowledgement [`ACK_DELAY`] after this one, whichever comes first: while the engine runs
     /// ahead, one frame acknowledges many entries (fewer wake-ups on both
     /// sides) at a bounded cost in latency.
     pub fn ack_soon(&mut self, seq: u64, digest: [u8; 32]) -> Result<(), LinkError> {
-        self.set_ack(seq, digest)?;
+        self.check_ack(seq)?;
+        if self.deferred.is_none_or(|(s, _)| s <= seq) {
+            self.deferred = Some((seq, digest));
+        }
         match self.deferred_since {
             None => self.deferred_since = Some(Instant::now()),
             Some(t) if t.elapsed() >= ACK_DELAY => self.send_deferred(),
@@ -257,8 +278,9 @@ impl Follower {
     }
 
     fn send_deferred(&mut self) {
-        if self.deferred_since.take().is_some() {
-            self.shared.acks.notify.notify_one();
+        self.deferred_since = None;
+        if let Some((seq, digest)) = self.deferred.take() {
+            self.send_ack(seq, digest);
         }
     }
 
@@ -272,7 +294,8 @@ impl Follower {
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(self.sticky_failure());
         }
-        self.cmd.send(Cmd::Control(Message::Control(control.clone()).encode())).map_err(|_| LinkError::IoThreadGone)
+        self.send(&Message::Control(control.clone()).encode());
+        Ok(())
     }
 
     /// A control message from the leader, if one has arrived (possibly ahead
@@ -305,7 +328,7 @@ impl Follower {
 
     fn stop(&mut self) {
         if let Some(io) = self.io.take() {
-            let _ = self.cmd.send(Cmd::Close);
+            let _ = self.bye.send(());
             let _ = io.join();
         }
     }
@@ -408,7 +431,7 @@ async fn follower_io(
     shared: Arc<Shared>,
     pool: Arc<Pool>,
     in_tx: std_mpsc::Sender<Inbound>,
-    cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    mut bye_rx: mpsc::UnboundedReceiver<()>,
     ready: std_mpsc::SyncSender<Result<(), LinkError>>,
 ) {
     let leader = cfg.leader().clone();
@@ -454,12 +477,25 @@ async fn follower_io(
             }
         }
     };
-    let (rd, wr) = stream.into_split();
+    let tx = match Tx::new(&stream, session.sealer) {
+        Ok(tx) => Arc::new(tx),
+        Err(e) => {
+            let _ = ready.send(Err(LinkError::Spawn(format!("cannot duplicate the leader's socket: {e}"))));
+            return;
+        }
+    };
+    let _ = shared.tx.set(tx.clone());
+    let (rd, mut wr) = stream.into_split();
     let reader = tokio::spawn(reader(leader.id, rd, session.opener, shared.clone(), pool, in_tx, cfg.timeout));
     if ready.send(Ok(())).is_err() {
         return;
     }
-    writer(leader.id, wr, session.sealer, shared.clone(), cmd_rx, cfg.timeout).await;
+    let heartbeat = Message::Control(Control::Heartbeat).encode();
+    let goodbye = Message::Bye.encode();
+    if let Err(failure) = tx_writer(&tx, &mut wr, &heartbeat, &goodbye, &mut bye_rx, cfg.timeout).await {
+        shared.fail(LinkError::Peer { variant: leader.id, failure });
+    }
+    tx.finish();
     reader.abort();
     // No more inbound items after this: the receiver sees a disconnect.
     lock(&shared.inbound).take();
@@ -510,83 +546,6 @@ async fn reader(
             }
         };
         if tx.send(item).is_err() {
-            return;
-        }
-    }
-}
-
-async fn writer(
-    leader_id: u8,
-    mut wr: OwnedWriteHalf,
-    mut sealer: Sealer,
-    shared: Arc<Shared>,
-    mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
-    timeout: Duration,
-) {
-    let heartbeat = Message::Control(Control::Heartbeat).encode();
-    let bye = Message::Bye.encode();
-    let idle = heartbeat_interval(timeout);
-    let mut out = Vec::with_capacity(4096);
-    let mut plain = Vec::with_capacity(64);
-    loop {
-        let mut closing = false;
-        let mut beat = false;
-        let mut first = None;
-        tokio::select! {
-            biased;
-            _ = shared.acks.notify.notified() => {}
-            c = cmd_rx.recv() => first = Some(c),
-            _ = tokio::time::sleep(idle) => beat = true,
-        }
-        if shared.failed.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut sealed = Ok(());
-        // Acknowledgements first: the leader may be waiting on them.
-        if let Some((seq, digest)) = lock(&shared.acks.pending).take() {
-            plain.clear();
-            Message::Ack { seq, digest }.encode_into(&mut plain);
-            sealed = sealed.and(sealer.seal_into(&plain, &mut out));
-        }
-        let mut next = first;
-        loop {
-            match next {
-                Some(Some(Cmd::Control(bytes))) => {
-                    sealed = sealed.and(sealer.seal_into(&bytes, &mut out));
-                }
-                Some(Some(Cmd::Close)) | Some(None) => {
-                    closing = true;
-                    break;
-                }
-                None => {}
-            }
-            next = match cmd_rx.try_recv() {
-                Ok(c) => Some(Some(c)),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
-            };
-        }
-        if beat && out.is_empty() {
-            sealed = sealed.and(sealer.seal_into(&heartbeat, &mut out));
-        }
-        if closing {
-            sealed = sealed.and(sealer.seal_into(&bye, &mut out));
-        }
-        if let Err(e) = sealed {
-            shared.fail(LinkError::Peer { variant: leader_id, failure: PeerFailure::Protocol(e.to_string()) });
-            return;
-        }
-        if !out.is_empty() {
-            if let Err(f) = write_timeout(&mut wr, &out, timeout).await {
-                if !closing {
-                    shared.fail(LinkError::Peer { variant: leader_id, failure: f });
-                }
-                return;
-            }
-            out.clear();
-        }
-        if closing {
-            let _ = wr.shutdown().await;
             return;
         }
     }

@@ -7,21 +7,19 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{
-    heartbeat_interval, lock, millis, read_sealed, runtime, write_timeout, LinkError, PeerFailure, Pool, Signal,
-};
+use super::{lock, millis, read_sealed, runtime, tx_writer, LinkError, PeerFailure, Pool, Signal, Tx};
 use crate::config::{ClusterConfig, MAX_VARIANTS};
-use crate::crypto::{Opener, Sealer};
+use crate::crypto::Opener;
 use crate::handshake::{self, HandshakeError, HandshakeInfo, Session};
 use crate::wire::{self, BatchBuilder, Control, Decoded, Message, BATCH_HEADROOM, MAX_CONTROL_PAYLOAD, MAX_ENTRY};
 
@@ -73,9 +71,11 @@ struct Shared {
     wake: Wake,
     failed: AtomicBool,
     first_failure: Mutex<Option<LinkError>>,
-    /// Highest seq handed to the I/O thread.
+    /// Highest seq sent to the followers.
     sent: AtomicU64,
     controls: Mutex<VecDeque<(u8, Control)>>,
+    /// Each follower's sending side, by slot; set once every follower joined.
+    txs: OnceLock<Vec<Arc<Tx>>>,
 }
 
 impl Shared {
@@ -95,17 +95,31 @@ impl Shared {
             *first = Some(LinkError::Peer { variant: s.id, failure });
         }
         drop(first);
+        if let Some(tx) = self.txs.get().and_then(|t| t.get(slot)) {
+            tx.finish();
+        }
         self.failed.store(true, Ordering::SeqCst);
         self.notify();
+    }
+
+    /// Sends one message to every follower (or to `to` only), from the
+    /// caller's thread.
+    fn send(&self, to: Option<u8>, plain: &[u8]) {
+        let Some(txs) = self.txs.get() else {
+            return;
+        };
+        for (slot, (s, tx)) in self.slots.iter().zip(txs).enumerate() {
+            if to.is_none_or(|t| t == s.id) {
+                if let Err(f) = tx.send(plain) {
+                    self.fail(slot, f);
+                }
+            }
+        }
     }
 
     fn notify(&self) {
         self.signal.notify();
         self.wake.ring();
-    }
-
-    fn slot_failed(&self, slot: usize) -> bool {
-        self.slots.get(slot).is_some_and(|s| lock(&s.failure).is_some())
     }
 
     fn failure(&self) -> Option<LinkError> {
@@ -120,43 +134,11 @@ impl Shared {
     }
 }
 
-/// Plaintext of one message, shared by the writers of all followers; the
-/// buffer returns to the pool when the last writer is done with it.
-struct Plain {
-    buf: Vec<u8>,
-    start: usize,
-    pool: Option<Arc<Pool>>,
-}
-
-impl Plain {
-    fn bytes(&self) -> &[u8] {
-        self.buf.get(self.start..).unwrap_or_default()
-    }
-}
-
-impl Drop for Plain {
-    fn drop(&mut self) {
-        if let Some(pool) = &self.pool {
-            pool.put(std::mem::take(&mut self.buf));
-        }
-    }
-}
-
-enum Cmd {
-    Send { to: Option<u8>, msg: Plain },
-    Close,
-}
-
-enum Out {
-    Plain(Arc<Plain>),
-    Heartbeat,
-    Bye,
-}
-
 /// The leader's end of the cluster's links.
 pub struct Leader {
     shared: Arc<Shared>,
-    cmd: mpsc::UnboundedSender<Cmd>,
+    /// Asks the I/O thread to say goodbye to every follower and stop.
+    close: mpsc::UnboundedSender<()>,
     io: Option<thread::JoinHandle<()>>,
     pool: Arc<Pool>,
     batch: BatchBuilder,
@@ -211,9 +193,10 @@ impl Leader {
             first_failure: Mutex::new(None),
             sent: AtomicU64::new(0),
             controls: Mutex::new(VecDeque::new()),
+            txs: OnceLock::new(),
         });
         let pool = Arc::new(Pool::new(cfg.batch_bytes + BATCH_HEADROOM + 64));
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (close_tx, close_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let io = {
             let cfg = cfg.clone();
@@ -229,7 +212,7 @@ impl Leader {
                             return;
                         }
                     };
-                    rt.block_on(leader_io(cfg, info, listener, shared, cmd_rx, ready_tx));
+                    rt.block_on(leader_io(cfg, info, listener, shared, close_rx, ready_tx));
                 })
                 .map_err(|e| LinkError::Spawn(e.to_string()))?
         };
@@ -241,7 +224,7 @@ impl Leader {
         let batch = BatchBuilder::with_buffer(pool.get(), 1);
         Ok(Leader {
             shared,
-            cmd: cmd_tx,
+            close: close_tx,
             io: Some(io),
             pool,
             batch,
@@ -421,8 +404,8 @@ impl Leader {
             return Err(LinkError::ControlTooLarge { len: control.payload_len(), max: MAX_CONTROL_PAYLOAD });
         }
         self.flush()?;
-        let buf = Message::Control(control.clone()).encode();
-        self.cmd.send(Cmd::Send { to, msg: Plain { buf, start: 0, pool: None } }).map_err(|_| LinkError::IoThreadGone)
+        self.shared.send(to, &Message::Control(control.clone()).encode());
+        Ok(())
     }
 
     /// A control message from a follower, if one is waiting: (variant, message).
@@ -460,7 +443,7 @@ impl Leader {
 
     fn stop(&mut self) {
         if let Some(io) = self.io.take() {
-            let _ = self.cmd.send(Cmd::Close);
+            let _ = self.close.send(());
             let _ = io.join();
         }
     }
@@ -477,9 +460,9 @@ impl Leader {
         let batch = std::mem::replace(&mut self.batch, next);
         self.shared.sent.store(self.next_seq - 1, Ordering::SeqCst);
         let (buf, start) = batch.finish();
-        self.cmd
-            .send(Cmd::Send { to: None, msg: Plain { buf, start, pool: Some(self.pool.clone()) } })
-            .map_err(|_| LinkError::IoThreadGone)
+        self.shared.send(None, buf.get(start..).unwrap_or_default());
+        self.pool.put(buf);
+        Ok(())
     }
 
     /// Blocks until the slowest follower acknowledged `seq - max_lag`.
@@ -544,7 +527,7 @@ async fn leader_io(
     info: HandshakeInfo,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
-    mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    mut close_rx: mpsc::UnboundedReceiver<()>,
     ready: std::sync::mpsc::SyncSender<Result<(), LinkError>>,
 ) {
     let listener = match TcpListener::from_std(listener) {
@@ -565,39 +548,45 @@ async fn leader_io(
 
     let mut writers = Vec::new();
     let mut readers = Vec::new();
-    let mut outs = Vec::new();
+    let mut byes = Vec::new();
+    let mut txs: Vec<Option<Arc<Tx>>> = shared.slots.iter().map(|_| None).collect();
     for (id, stream, session) in joined {
         let Some(slot) = shared.slots.iter().position(|s| s.id == id) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let tx = match Tx::new(&stream, session.sealer) {
+            Ok(tx) => Arc::new(tx),
+            Err(e) => {
+                let _ = ready.send(Err(LinkError::Spawn(format!("cannot duplicate the socket of variant {id}: {e}"))));
+                return;
+            }
+        };
         let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        outs.push((id, tx));
-        writers.push(tokio::spawn(writer(slot, shared.clone(), wr, session.sealer, rx, cfg.timeout)));
+        let (bye_tx, bye_rx) = mpsc::unbounded_channel();
+        byes.push(bye_tx);
+        if let Some(t) = txs.get_mut(slot) {
+            *t = Some(tx.clone());
+        }
+        writers.push(tokio::spawn(writer(slot, shared.clone(), tx, wr, bye_rx, cfg.timeout)));
         readers.push(tokio::spawn(reader(slot, shared.clone(), rd, session.opener, cfg.timeout)));
     }
+    // accept_all returned every follower of the configuration.
+    let Some(txs) = txs.into_iter().collect::<Option<Vec<_>>>() else {
+        let _ = ready.send(Err(LinkError::Spawn("a follower's connection is missing".into())));
+        return;
+    };
+    let _ = shared.txs.set(txs);
     if ready.send(Ok(())).is_err() {
         return;
     }
 
-    while let Some(cmd) = cmd_rx.recv().await {
-        match cmd {
-            Cmd::Send { to, msg } => {
-                let msg = Arc::new(msg);
-                for (id, tx) in &outs {
-                    if to.is_none_or(|t| t == *id) {
-                        let _ = tx.send(Out::Plain(msg.clone()));
-                    }
-                }
-            }
-            Cmd::Close => break,
-        }
+    // Runs until the engine closes the link (or drops it).
+    let _ = close_rx.recv().await;
+    for bye in &byes {
+        let _ = bye.send(());
     }
-    for (_, tx) in &outs {
-        let _ = tx.send(Out::Bye);
-    }
-    drop(outs);
+    drop(byes);
     let _ = tokio::time::timeout(cfg.timeout, async {
         for w in writers {
             let _ = w.await;
@@ -703,63 +692,17 @@ async fn accept_all(
 async fn writer(
     slot: usize,
     shared: Arc<Shared>,
+    tx: Arc<Tx>,
     mut wr: OwnedWriteHalf,
-    mut sealer: Sealer,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    mut bye: mpsc::UnboundedReceiver<()>,
     timeout: Duration,
 ) {
     let heartbeat = Message::Control(Control::Heartbeat).encode();
-    let bye = Message::Bye.encode();
-    let idle = heartbeat_interval(timeout);
-    let mut out = Vec::with_capacity(64 * 1024);
-    loop {
-        let first = tokio::select! {
-            biased;
-            m = rx.recv() => m,
-            _ = tokio::time::sleep(idle) => Some(Out::Heartbeat),
-        };
-        if shared.slot_failed(slot) {
-            return;
-        }
-        let mut closing = false;
-        let mut next = first;
-        loop {
-            let sealed = match next {
-                Some(Out::Plain(p)) => sealer.seal_into(p.bytes(), &mut out),
-                Some(Out::Heartbeat) => sealer.seal_into(&heartbeat, &mut out),
-                Some(Out::Bye) | None => {
-                    closing = true;
-                    break;
-                }
-            };
-            if let Err(e) = sealed {
-                shared.fail(slot, PeerFailure::Protocol(e.to_string()));
-                return;
-            }
-            if out.len() >= 256 * 1024 {
-                break;
-            }
-            next = match rx.try_recv() {
-                Ok(o) => Some(o),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-            };
-        }
-        if closing {
-            let _ = sealer.seal_into(&bye, &mut out);
-        }
-        if let Err(f) = write_timeout(&mut wr, &out, timeout).await {
-            if !closing {
-                shared.fail(slot, f);
-            }
-            return;
-        }
-        out.clear();
-        if closing {
-            let _ = wr.shutdown().await;
-            return;
-        }
+    let goodbye = Message::Bye.encode();
+    if let Err(f) = tx_writer(&tx, &mut wr, &heartbeat, &goodbye, &mut bye, timeout).await {
+        shared.fail(slot, f);
     }
+    tx.finish();
 }
 
 async fn reader(slot: usize, shared: Arc<Shared>, rd: OwnedReadHalf, mut opener: Opener, timeout: Duration) {

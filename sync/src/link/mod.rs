@@ -3,24 +3,29 @@
 //! synchronous API for the VMM's vCPU thread.
 //!
 //! Hot paths: [`Leader::push`] copies the entry into the current batch buffer
-//! (no allocation, no system call) and only hands the batch to the I/O
-//! thread when it reaches `batch_bytes`; [`Follower::next_entry`] returns a
-//! slice of the decrypted frame. Batch buffers are recycled through a pool.
-//! Sealing, opening, heartbeats and socket I/O all happen on the I/O thread.
+//! (no allocation, no system call); a full or flushed batch is sealed and
+//! written to each follower by the caller's thread itself, as are a
+//! follower's acknowledgements, so the hot path wakes no other thread.
+//! [`Follower::next_entry`] returns a slice of the decrypted frame. The I/O
+//! thread reads and opens what arrives, sends heartbeats, and finishes
+//! writes the socket did not take at once. Batch buffers are recycled
+//! through a pool.
 
 mod follower;
 mod leader;
 
+use std::io::Write;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
 pub use follower::{Entry, Follower, Incoming, ACK_DELAY};
 pub use leader::{AckState, Leader, BATCH_DELAY};
 
-use crate::crypto::{CryptoError, Opener};
+use crate::crypto::{CryptoError, Opener, Sealer};
 use crate::frame::{read_frame, FrameError};
 use crate::handshake::HandshakeError;
 use crate::wire::MAX_FRAME;
@@ -204,19 +209,185 @@ pub(crate) async fn read_sealed<R: AsyncRead + Unpin>(
     })
 }
 
-/// Writes `bytes`, failing if the peer does not take them within `timeout`.
-pub(crate) async fn write_timeout<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    bytes: &[u8],
-    timeout: Duration,
-) -> Result<(), PeerFailure> {
-    match tokio::time::timeout(timeout, wr.write_all(bytes)).await {
-        Err(_) => Err(PeerFailure::Stuck(millis(timeout))),
-        Ok(Err(e)) => Err(PeerFailure::Disconnected(e.to_string())),
-        Ok(Ok(())) => Ok(()),
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()
+}
+
+/// The sending side of one connection, shared by the engine's thread and
+/// the I/O thread. The engine seals and writes its frames itself (no
+/// hand-off, no wake-up of the I/O thread on the hot path); whatever the
+/// socket does not take at once stays in `out` for the I/O thread's writer
+/// task, which also sends heartbeats and the goodbye. One lock keeps the
+/// sealing order (the nonce counter) and the byte order the same.
+pub(crate) struct Tx {
+    /// A duplicate of the I/O thread's socket, written directly; non-blocking.
+    sock: std::net::TcpStream,
+    state: Mutex<TxState>,
+    /// Asks the writer task to take over a backlog.
+    kick: tokio::sync::Notify,
+}
+
+pub(crate) struct TxState {
+    sealer: Sealer,
+    /// Sealed bytes not written yet, from `pos`.
+    out: Vec<u8>,
+    pos: usize,
+    /// The writer task owns the backlog: it waits for the socket to drain.
+    backlogged: bool,
+    /// Nothing more is sent (the link failed or said goodbye).
+    done: bool,
+    last_send: Instant,
+}
+
+impl TxState {
+    /// Seals `plain` after what is pending; false once sending is done.
+    fn seal(&mut self, plain: &[u8]) -> Result<bool, PeerFailure> {
+        if self.done {
+            return Ok(false);
+        }
+        self.sealer.seal_into(plain, &mut self.out).map_err(|e| PeerFailure::Protocol(e.to_string()))?;
+        self.last_send = Instant::now();
+        Ok(true)
+    }
+
+    /// Writes what is pending; returns whether bytes remain.
+    fn write_some(&mut self, mut write: impl FnMut(&[u8]) -> std::io::Result<usize>) -> std::io::Result<bool> {
+        while self.pos < self.out.len() {
+            match write(self.out.get(self.pos..).unwrap_or_default()) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.pos += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.pos > self.out.len() / 2 {
+                        self.out.drain(..self.pos);
+                        self.pos = 0;
+                    }
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.pos = 0;
+        Ok(false)
     }
 }
 
-pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()
+impl Tx {
+    /// `stream` is the connection before it is split for tokio.
+    pub(crate) fn new(stream: &tokio::net::TcpStream, sealer: Sealer) -> std::io::Result<Tx> {
+        let sock = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
+        sock.set_nonblocking(true)?;
+        Ok(Tx {
+            sock,
+            state: Mutex::new(TxState {
+                sealer,
+                out: Vec::with_capacity(64 * 1024),
+                pos: 0,
+                backlogged: false,
+                done: false,
+                last_send: Instant::now(),
+            }),
+            kick: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Seals `plain` and sends it now if the socket takes it; otherwise the
+    /// writer task sends the rest when it can.
+    pub(crate) fn send(&self, plain: &[u8]) -> Result<(), PeerFailure> {
+        let mut st = lock(&self.state);
+        if !st.seal(plain)? || st.backlogged {
+            return Ok(());
+        }
+        match st.write_some(|b| (&self.sock).write(b)) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                st.backlogged = true;
+                drop(st);
+                self.kick.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                st.done = true;
+                Err(PeerFailure::Disconnected(e.to_string()))
+            }
+        }
+    }
+
+    /// Stops all sending (the writer task is gone).
+    pub(crate) fn finish(&self) {
+        lock(&self.state).done = true;
+    }
+}
+
+/// What the writer task is asked to do when it wakes.
+pub(crate) enum WriterWake {
+    Kick,
+    Heartbeat,
+    Bye,
+}
+
+/// The I/O thread's half of a [`Tx`]: drains backlogs (failing if the peer
+/// takes nothing for `timeout`), sends a heartbeat after `heartbeat_interval`
+/// of silence, and the goodbye on `bye`. Returns the failure, if any.
+pub(crate) async fn tx_writer(
+    tx: &Tx,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    heartbeat: &[u8],
+    bye_msg: &[u8],
+    bye: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    timeout: Duration,
+) -> Result<(), PeerFailure> {
+    let idle = heartbeat_interval(timeout);
+    loop {
+        let last = lock(&tx.state).last_send;
+        let wake = tokio::select! {
+            biased;
+            _ = bye.recv() => WriterWake::Bye,
+            _ = tx.kick.notified() => WriterWake::Kick,
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(last + idle)) => WriterWake::Heartbeat,
+        };
+        let plain = match wake {
+            WriterWake::Kick => None,
+            WriterWake::Heartbeat if lock(&tx.state).last_send + idle <= Instant::now() => Some(heartbeat),
+            WriterWake::Heartbeat => None,
+            WriterWake::Bye => Some(bye_msg),
+        };
+        if let Some(plain) = plain {
+            let mut st = lock(&tx.state);
+            if !st.seal(plain)? {
+                return Ok(());
+            }
+            st.backlogged = true;
+        }
+        // Drain: the engine appends meanwhile, but does not write while
+        // the backlog is the writer's.
+        loop {
+            let pending = {
+                let mut st = lock(&tx.state);
+                if !st.backlogged {
+                    break;
+                }
+                let pending = st.write_some(|b| wr.try_write(b)).map_err(|e| {
+                    st.done = true;
+                    PeerFailure::Disconnected(e.to_string())
+                })?;
+                st.backlogged = pending;
+                pending
+            };
+            if !pending {
+                break;
+            }
+            match tokio::time::timeout(timeout, wr.writable()).await {
+                Err(_) => return Err(PeerFailure::Stuck(millis(timeout))),
+                Ok(Err(e)) => return Err(PeerFailure::Disconnected(e.to_string())),
+                Ok(Ok(())) => {}
+            }
+        }
+        if matches!(wake, WriterWake::Bye) {
+            tx.finish();
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
+    }
 }

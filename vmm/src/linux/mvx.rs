@@ -32,7 +32,7 @@ const POLICY: &[u8] = b"dmvx linux mode: serial console relaxed, end of run lock
 /// One variant's side of the link.
 enum Side {
     Leader(Leader),
-    Follower(Follower),
+    Follower(Box<Follower>),
 }
 
 /// The state the console sink (on the vCPU thread) and the end of the run share.
@@ -370,9 +370,9 @@ pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
     let timeout = join.cfg.timeout;
     let side = match me.role {
         Role::Leader => Side::Leader(Leader::start(&join.cfg, &info).map_err(|e| cluster_err(e.to_string()))?),
-        Role::Follower => {
-            Side::Follower(Follower::connect(&join.cfg, join.id, &info).map_err(|e| cluster_err(e.to_string()))?)
-        }
+        Role::Follower => Side::Follower(Box::new(
+            Follower::connect(&join.cfg, join.id, &info).map_err(|e| cluster_err(e.to_string()))?,
+        )),
     };
     let state = Arc::new(Mutex::new(State {
         side,

@@ -26,7 +26,7 @@ pub const EXIT_DIVERGENCE: u8 = 121;
 /// This variant's end of the cluster.
 pub enum Link {
     Leader(Leader),
-    Follower(Follower),
+    Follower(Box<Follower>),
 }
 
 /// How the host operations of the current call are carried out.

@@ -374,9 +374,9 @@ fn connect_cluster(join: ClusterJoin, exe: &[u8], sandbox: &Sandbox) -> Result<c
         dmvx_sync::Role::Leader => {
             crate::mvx::Link::Leader(Leader::start(&cfg, &info).map_err(|e| err(e.to_string()))?)
         }
-        dmvx_sync::Role::Follower => {
-            crate::mvx::Link::Follower(Follower::connect(&cfg, join.id, &info).map_err(|e| err(e.to_string()))?)
-        }
+        dmvx_sync::Role::Follower => crate::mvx::Link::Follower(Box::new(
+            Follower::connect(&cfg, join.id, &info).map_err(|e| err(e.to_string()))?,
+        )),
     };
     Ok(crate::mvx::Mvx::new(join.id, link, policy, timeout, join.report_dir))
 }
