@@ -356,11 +356,51 @@ impl<'a> OpView<'a> {
     }
 }
 
+/// The host operations of an entry, checked by [`EntryView::decode`] and
+/// read in place (decoding allocates nothing: it runs for every call).
+#[derive(Clone, Copy, Debug)]
+pub struct Ops<'a> {
+    bytes: &'a [u8],
+    count: u16,
+}
+
+impl<'a> Ops<'a> {
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Operation `i`, in the leader's order.
+    pub fn get(&self, i: usize) -> Option<OpView<'a>> {
+        self.iter().nth(i)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = OpView<'a>> + 'a {
+        let mut r = Reader::new(self.bytes, "ops");
+        let b = self.bytes;
+        (0..self.count).map_while(move |_| Self::next(&mut r, b).ok())
+    }
+
+    fn next(r: &mut Reader<'a>, b: &'a [u8]) -> Result<OpView<'a>, DecodeError> {
+        let ret = r.i64()?;
+        let count = r.u8()?;
+        let start = r.at;
+        for _ in 0..count {
+            let len = r.u32()? as usize;
+            r.take(len)?;
+        }
+        Ok(OpView { ret, bufs: b.get(start..r.at).unwrap_or_default(), count })
+    }
+}
+
 /// A decoded entry (borrowing the received bytes).
 #[derive(Clone, Debug)]
 pub struct EntryView<'a> {
     pub record: &'a [u8],
-    pub ops: Vec<OpView<'a>>,
+    pub ops: Ops<'a>,
     pub ret: i64,
     pub signals: Vec<SignalEvent>,
 }
@@ -371,18 +411,12 @@ impl<'a> EntryView<'a> {
         let mut r = Reader::new(b, "entry");
         let rl = r.u16()? as usize;
         let record = r.take(rl)?;
-        let n = r.u16()?;
-        let mut ops = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let ret = r.i64()?;
-            let count = r.u8()?;
-            let start = r.at;
-            for _ in 0..count {
-                let len = r.u32()? as usize;
-                r.take(len)?;
-            }
-            ops.push(OpView { ret, bufs: &b[start..r.at], count });
+        let count = r.u16()?;
+        let ops_start = r.at;
+        for _ in 0..count {
+            Ops::next(&mut r, b)?;
         }
+        let ops = Ops { bytes: b.get(ops_start..r.at).unwrap_or_default(), count };
         let ret = r.i64()?;
         let ns = r.u8()?;
         let mut signals = Vec::with_capacity(ns as usize);
@@ -436,8 +470,9 @@ mod tests {
         let v = EntryView::decode(&bytes).unwrap();
         assert_eq!(v.record, r.as_bytes());
         assert_eq!(v.ops.len(), 2);
-        assert_eq!(v.ops[0].bufs().collect::<Vec<_>>(), vec![&b"hello"[..], &b""[..]]);
-        assert_eq!(v.ops[1].ret, -11);
+        assert_eq!(v.ops.get(0).unwrap().bufs().collect::<Vec<_>>(), vec![&b"hello"[..], &b""[..]]);
+        assert_eq!(v.ops.get(1).unwrap().ret, -11);
+        assert!(v.ops.get(2).is_none());
         assert_eq!(v.ret, 5);
         assert_eq!(v.signals[0].sig, 15);
     }

@@ -406,7 +406,7 @@ impl Follower {
         let body = cur.buf.get(..cur.end).unwrap_or_default();
         // The I/O thread checked the whole batch, so this cannot fail; stay
         // defensive anyway.
-        let data = wire::next_entry(body, &mut cur.pos).ok_or(LinkError::Peer {
+        let data = wire::next_entry(body, &mut cur.pos).ok_or_else(|| LinkError::Peer {
             variant: self.leader_id,
             failure: PeerFailure::Malformed("batch entry out of bounds".into()),
         })?;

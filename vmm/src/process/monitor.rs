@@ -599,8 +599,8 @@ impl Process {
                 m.leader().flush().map_err(Mvx::link_stop)?;
                 self.await_followers(m, seq)?;
             }
-            let rec = m.rec.as_bytes().to_vec();
-            m.entry.start(&rec);
+            let Mvx { rec, entry, .. } = &mut *m;
+            entry.start(rec.as_bytes());
             return Ok(());
         }
         // A lockstep call the leader waits for: tell it at once that we
@@ -904,17 +904,18 @@ impl Process {
             return Err(self.diverge(m, Kind::Records, seq, leader.as_deref(), Some(&mine), m.id, true));
         }
         let view = EntryView::decode(&m.leader_entry).map_err(|e| Stop::link(e.to_string()))?;
-        let (leader_ret, signals) = (view.ret, view.signals.clone());
-        let leader_rec = view.record.to_vec();
+        // Nothing is copied out of the entry unless needed (hot path).
+        let leader_ret = view.ret;
         // Addresses differ by design (diversified layouts): the return
         // values of brk, mmap and mremap are not compared.
         let address =
             matches!(self.cur_nr, Some(n) if [libc::SYS_brk, libc::SYS_mmap, libc::SYS_mremap].contains(&(n as i64)));
         if m.mode == OpMode::Direct && leader_ret != ret && m.rule.check != Check::Unchecked && !address {
+            let leader_rec = view.record.to_vec();
             let mine = m.rec.as_bytes().to_vec();
             return Err(self.diverge(m, Kind::Result, seq, Some(&leader_rec), Some(&mine), m.id, true));
         }
-        for s in &signals {
+        for s in &view.signals {
             self.signals
                 .raise(Signal(s.sig), super::signal::SigInfo { code: s.code, addr: s.addr, ..Default::default() });
         }
