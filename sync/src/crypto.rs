@@ -1,10 +1,13 @@
 //! Key schedule, handshake proofs and sealed frames.
 //!
-//! * transcript hash `th = SHA-256("dmvx/1 transcript" || len32(hello_f) ||
+//! * transcript hash `th = SHA-256("dmvx/2 transcript" || len32(hello_f) ||
 //!   hello_f || len32(hello_l) || hello_l)` over the exact bytes of the
 //!   follower's hello frame payload and of the leader's hello core.
-//! * `prk = HKDF-Extract(salt = th, ikm = cluster key)`; from it, with
-//!   HKDF-Expand and distinct labels, two proof keys and two traffic keys.
+//! * `prk = HKDF-Extract(salt = th, ikm = cluster key || dh)`, where `dh` is
+//!   the X25519 secret of the two ephemeral shares in the hellos; from it,
+//!   with HKDF-Expand and distinct labels, two proof keys and two traffic
+//!   keys. The cluster key authenticates, the ephemeral secret makes the
+//!   traffic keys unrecoverable from a recording once both sides dropped it.
 //! * proofs: `HMAC-SHA256(proof key, th || extra)`.
 //! * sealed frame: `len (4 bytes, big-endian) || ChaCha20-Poly1305(key,
 //!   nonce = 0u32 || counter u64 big-endian, aad = len, plaintext)`; one key
@@ -24,11 +27,11 @@ use crate::wire::TAG_LEN;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const LABEL_TRANSCRIPT: &[u8] = b"dmvx/1 transcript";
-const LABEL_LEADER_PROOF: &[u8] = b"dmvx/1 leader proof";
-const LABEL_FOLLOWER_PROOF: &[u8] = b"dmvx/1 follower proof";
-const LABEL_L2F: &[u8] = b"dmvx/1 traffic leader->follower";
-const LABEL_F2L: &[u8] = b"dmvx/1 traffic follower->leader";
+const LABEL_TRANSCRIPT: &[u8] = b"dmvx/2 transcript";
+const LABEL_LEADER_PROOF: &[u8] = b"dmvx/2 leader proof";
+const LABEL_FOLLOWER_PROOF: &[u8] = b"dmvx/2 follower proof";
+const LABEL_L2F: &[u8] = b"dmvx/2 traffic leader->follower";
+const LABEL_F2L: &[u8] = b"dmvx/2 traffic follower->leader";
 
 /// A sealed frame could not be made or opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +55,8 @@ pub fn transcript(hello_f: &[u8], hello_l: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Keys derived from the cluster key and one handshake's transcript.
+/// Keys derived from the cluster key, one handshake's ephemeral secret and
+/// its transcript.
 pub struct Schedule {
     th: [u8; 32],
     leader_proof: [u8; 32],
@@ -71,8 +75,12 @@ impl Drop for Schedule {
 }
 
 impl Schedule {
-    pub fn new(key: &ClusterKey, th: [u8; 32]) -> Self {
-        let hk = Hkdf::<Sha256>::new(Some(&th), key.as_bytes());
+    pub fn new(key: &ClusterKey, dh: &[u8; 32], th: [u8; 32]) -> Self {
+        let mut ikm = [0u8; 64];
+        ikm[..32].copy_from_slice(key.as_bytes());
+        ikm[32..].copy_from_slice(dh);
+        let hk = Hkdf::<Sha256>::new(Some(&th), &ikm);
+        ikm.zeroize();
         let expand = |label: &[u8]| {
             let mut out = [0u8; 32];
             // 32 bytes is far below HKDF-SHA256's limit of 255 * 32.
@@ -198,7 +206,7 @@ mod tests {
     fn pair() -> (Schedule, Schedule) {
         let key = ClusterKey::from_bytes([7; 32]);
         let th = transcript(b"hello f", b"hello l");
-        (Schedule::new(&key, th), Schedule::new(&key, th))
+        (Schedule::new(&key, &[9; 32], th), Schedule::new(&key, &[9; 32], th))
     }
 
     fn split(frame: &[u8]) -> ([u8; 4], Vec<u8>) {
@@ -256,9 +264,36 @@ mod tests {
         assert!(l.verify_follower_proof(b"ok", &f.follower_proof(b"ok")));
         assert!(!l.verify_follower_proof(b"no", &f.follower_proof(b"ok")));
         assert_ne!(l.leader_proof(), l.follower_proof(b""));
-        let other = Schedule::new(&ClusterKey::from_bytes([8; 32]), transcript(b"hello f", b"hello l"));
+        let th = transcript(b"hello f", b"hello l");
+        let other = Schedule::new(&ClusterKey::from_bytes([8; 32]), &[9; 32], th);
         assert!(!other.verify_leader_proof(&l.leader_proof()));
-        let other_th = Schedule::new(&ClusterKey::from_bytes([7; 32]), transcript(b"hello f", b"hello L"));
+        let other_th = Schedule::new(&ClusterKey::from_bytes([7; 32]), &[9; 32], transcript(b"hello f", b"hello L"));
         assert!(!other_th.verify_leader_proof(&l.leader_proof()));
+    }
+
+    #[test]
+    fn traffic_keys_need_the_ephemeral_secret_not_just_the_cluster_key() {
+        // Someone who recorded a session and later learns the cluster key
+        // has the transcript but not the Diffie-Hellman secret.
+        let key = ClusterKey::from_bytes([7; 32]);
+        let th = transcript(b"hello f", b"hello l");
+        let real = Schedule::new(&key, &[9; 32], th);
+        let (mut seal, _) = real.leader_keys();
+        let mut frame = Vec::new();
+        seal.seal_into(b"a recorded request", &mut frame).unwrap();
+        for guess in [[0u8; 32], [8; 32], [9 ^ 1; 32]] {
+            let (_, mut open) = Schedule::new(&key, &guess, th).follower_keys();
+            let (h, mut p) = split(&frame);
+            assert_eq!(open.open_in_place(h, &mut p), Err(CryptoError::Auth));
+        }
+        // A v1-style derivation from the cluster key alone fails too.
+        let hk = Hkdf::<Sha256>::new(Some(&th), key.as_bytes());
+        let mut k = [0u8; 32];
+        hk.expand(LABEL_L2F, &mut k).unwrap();
+        let (h, mut p) = split(&frame);
+        assert_eq!(Opener::new(&k).open_in_place(h, &mut p), Err(CryptoError::Auth));
+        let (_, mut open) = Schedule::new(&key, &[9; 32], th).follower_keys();
+        let (h, mut p) = split(&frame);
+        assert!(open.open_in_place(h, &mut p).is_ok());
     }
 }

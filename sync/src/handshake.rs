@@ -7,9 +7,9 @@
 //! ```text
 //! follower                                             leader
 //!   ClientHello{cluster, follower id, leader id,
-//!               nonce_f (32 random bytes), digests_f} ->
+//!               nonce_f (32 random bytes), share_f, digests_f} ->
 //!                                   checks version, cluster name, ids
-//!                <- ServerHello{core{leader id, nonce_l, digests_l},
+//!                <- ServerHello{core{leader id, nonce_l, share_l, digests_l},
 //!                               proof_l = HMAC(k_lp, th)}
 //!   checks proof_l (else: wrong key),
 //!   compares digests -> verdict
@@ -22,7 +22,12 @@
 //! `th` is the transcript hash over the exact ClientHello payload and the
 //! encoded ServerHello core ([`crate::crypto`]), so the proofs bind the
 //! protocol version, the cluster name, both variant ids, both nonces and all
-//! digests. Either side may answer `Reject(reason)` instead of its next
+//! digests. `share_f` and `share_l` are ephemeral X25519 public keys, new
+//! for every handshake; the keys derive from the cluster key *and* their
+//! Diffie-Hellman secret ([`crate::crypto`]), so traffic recorded today
+//! stays sealed even if the cluster key leaks later (forward secrecy). A
+//! share of low order (no contribution to the secret) is refused.
+//! Either side may answer `Reject(reason)` instead of its next
 //! message; the side that detects a problem names it in its own error, the
 //! other reports "the peer refused the handshake: <reason>". After Accept
 //! both sides switch to sealed frames with the traffic keys.
@@ -33,6 +38,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{ClusterConfig, Digest};
+use x25519_dalek::{EphemeralSecret, PublicKey, SharedSecret};
+
 use crate::crypto::{transcript, Opener, Schedule, Sealer};
 use crate::frame::{put_plain_frame, read_frame, FrameError};
 use crate::wire::{MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION};
@@ -163,6 +170,7 @@ impl HandshakeError {
 struct ServerCore {
     leader_id: u8,
     nonce: [u8; 32],
+    share: [u8; 32],
     info: HandshakeInfo,
 }
 
@@ -174,9 +182,22 @@ enum Verdict {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum HandshakeMsg {
-    ClientHello { cluster: String, follower_id: u8, leader_id: u8, nonce: [u8; 32], info: HandshakeInfo },
-    ServerHello { core: ServerCore, proof: [u8; 32] },
-    ClientFinish { verdict: Verdict, proof: [u8; 32] },
+    ClientHello {
+        cluster: String,
+        follower_id: u8,
+        leader_id: u8,
+        nonce: [u8; 32],
+        share: [u8; 32],
+        info: HandshakeInfo,
+    },
+    ServerHello {
+        core: ServerCore,
+        proof: [u8; 32],
+    },
+    ClientFinish {
+        verdict: Verdict,
+        proof: [u8; 32],
+    },
     Accept,
     Reject(RejectReason),
 }
@@ -235,6 +256,16 @@ fn random_nonce() -> Result<[u8; 32], HandshakeError> {
     let mut n = [0u8; 32];
     getrandom::fill(&mut n).map_err(|e| HandshakeError::Send(format!("no randomness: {e}")))?;
     Ok(n)
+}
+
+/// The Diffie-Hellman secret with the peer's `share`; refuses a share of
+/// low order, which would make the secret known to anyone.
+fn agree(mine: EphemeralSecret, share: [u8; 32]) -> Result<SharedSecret, HandshakeError> {
+    let dh = mine.diffie_hellman(&PublicKey::from(share));
+    if !dh.was_contributory() {
+        return Err(HandshakeError::Malformed("the peer's key share is not a valid X25519 public key".into()));
+    }
+    Ok(dh)
 }
 
 fn compare(ours: &HandshakeInfo, theirs: &HandshakeInfo) -> Result<(), HandshakeError> {
@@ -306,7 +337,7 @@ where
 {
     let leader_id = cfg.leader().id;
     let hello_f = recv(s).await?;
-    let HandshakeMsg::ClientHello { cluster, follower_id, leader_id: their_leader, nonce: _, info: their_info } =
+    let HandshakeMsg::ClientHello { cluster, follower_id, leader_id: their_leader, nonce: _, share, info: their_info } =
         decode(&hello_f)?
     else {
         return Err(HandshakeError::Malformed("expected a ClientHello".into()));
@@ -321,9 +352,11 @@ where
     if !cfg.followers().any(|v| v.id == follower_id) {
         return Err(HandshakeError::UnknownVariant { id: follower_id });
     }
-    let core = ServerCore { leader_id, nonce: random_nonce()?, info: *info };
+    let mine = EphemeralSecret::random();
+    let core = ServerCore { leader_id, nonce: random_nonce()?, share: PublicKey::from(&mine).to_bytes(), info: *info };
+    let dh = agree(mine, share)?;
     let core_bytes = postcard::to_allocvec(&core).unwrap_or_default();
-    let sched = Schedule::new(&cfg.key, transcript(&hello_f, &core_bytes));
+    let sched = Schedule::new(&cfg.key, dh.as_bytes(), transcript(&hello_f, &core_bytes));
     let server_hello = HandshakeMsg::ServerHello { proof: sched.leader_proof(), core };
     send(s, &encode(&server_hello)).await?;
 
@@ -387,11 +420,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let leader_id = cfg.leader().id;
+    let mine = EphemeralSecret::random();
     let hello_f = encode(&HandshakeMsg::ClientHello {
         cluster: cfg.name.clone(),
         follower_id: my_id,
         leader_id,
         nonce: random_nonce()?,
+        share: PublicKey::from(&mine).to_bytes(),
         info: *info,
     });
     send(s, &hello_f).await?;
@@ -402,8 +437,9 @@ where
         HandshakeMsg::Reject(reason) => return Err(HandshakeError::Rejected(reason)),
         _ => return Err(HandshakeError::Malformed("expected a ServerHello".into())),
     };
+    let dh = agree(mine, core.share)?;
     let core_bytes = postcard::to_allocvec(&core).unwrap_or_default();
-    let sched = Schedule::new(&cfg.key, transcript(&hello_f, &core_bytes));
+    let sched = Schedule::new(&cfg.key, dh.as_bytes(), transcript(&hello_f, &core_bytes));
     if !sched.verify_leader_proof(&proof) {
         return Err(HandshakeError::WrongKey);
     }
@@ -430,5 +466,40 @@ where
         }
         HandshakeMsg::Reject(reason) => Err(HandshakeError::Rejected(reason)),
         _ => Err(HandshakeError::Malformed("expected Accept or Reject".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterConfig, ClusterKey};
+
+    #[tokio::test]
+    async fn a_key_share_of_low_order_is_refused() {
+        let cfg = ClusterConfig::local(2, 7000, ClusterKey::from_bytes([3; 32])).unwrap();
+        let info = HandshakeInfo::from_config(&cfg);
+        for share in [[0u8; 32], {
+            let mut one = [0u8; 32];
+            one[0] = 1;
+            one
+        }] {
+            let (mut a, mut b) = tokio::io::duplex(4096);
+            let hello = encode(&HandshakeMsg::ClientHello {
+                cluster: cfg.name.clone(),
+                follower_id: 1,
+                leader_id: 0,
+                nonce: [5; 32],
+                share,
+                info,
+            });
+            send(&mut b, &hello).await.unwrap();
+            let failure = server(&mut a, &cfg, &info, |_| true).await.err().expect("refused");
+            assert!(
+                matches!(&failure.error, HandshakeError::Malformed(m) if m.contains("key share")),
+                "{:?}",
+                failure.error
+            );
+            assert!(!failure.authenticated);
+        }
     }
 }

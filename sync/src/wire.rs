@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the whole protocol (handshake and messages). Peers with
 /// different versions refuse each other in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame payload (ciphertext plus tag) accepted after the handshake.
 pub const MAX_FRAME: usize = 8 << 20;

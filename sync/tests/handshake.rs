@@ -9,6 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
+use dmvx_sync::wire::PROTOCOL_VERSION;
 use dmvx_sync::{
     ClusterConfig, Digest, Follower, HandshakeError, HandshakeInfo, Leader, LinkError, RejectReason, Role,
 };
@@ -147,15 +148,21 @@ fn another_protocol_version_is_refused_by_the_leader() {
             Err(_) => thread::sleep(Duration::from_millis(20)),
         }
     };
-    let payload = b"DMVX\x00\x02whatever version 2 says";
+    // An older peer (version 1 had no ephemeral key exchange).
+    let old = PROTOCOL_VERSION - 1;
+    let mut payload = b"DMVX".to_vec();
+    payload.extend_from_slice(&old.to_be_bytes());
+    payload.extend_from_slice(b"whatever the old version says");
     s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
-    s.write_all(payload).unwrap();
+    s.write_all(&payload).unwrap();
     // The leader answers with a refusal in its own version, then closes.
     let mut reply = Vec::new();
     s.read_to_end(&mut reply).unwrap();
-    assert_eq!(&reply[4..10], b"DMVX\x00\x01");
+    assert_eq!(&reply[4..8], b"DMVX");
+    assert_eq!(reply[8..10], PROTOCOL_VERSION.to_be_bytes());
     let text = leader.join().unwrap().err().unwrap().to_string();
-    assert!(text.contains("protocol version mismatch: ours is 1, the peer's is 2"), "{text}");
+    let want = format!("protocol version mismatch: ours is {PROTOCOL_VERSION}, the peer's is {old}");
+    assert!(text.contains(&want), "{text}");
 }
 
 #[test]
@@ -169,7 +176,8 @@ fn another_protocol_version_is_refused_by_the_follower() {
         s.read_exact(&mut len).unwrap();
         let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
         s.read_exact(&mut hello).unwrap();
-        assert_eq!(&hello[..6], b"DMVX\x00\x01");
+        assert_eq!(&hello[..4], b"DMVX");
+        assert_eq!(hello[4..6], PROTOCOL_VERSION.to_be_bytes());
         let payload = b"DMVX\x00\x07from the future";
         s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
         s.write_all(payload).unwrap();
@@ -177,7 +185,7 @@ fn another_protocol_version_is_refused_by_the_follower() {
         let _ = s.read_to_end(&mut rest);
     });
     let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
-    assert_eq!(handshake_error(err), HandshakeError::VersionMismatch { ours: 1, theirs: 7 });
+    assert_eq!(handshake_error(err), HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 7 });
     fake.join().unwrap();
 }
 
