@@ -188,14 +188,12 @@ fn output_that_depends_on_an_address_is_stopped() {
     assert_ne!(r["leader"]["args"][1], r["other"]["args"][1], "the written data differs: {r:#}");
 }
 
-#[test]
-fn a_different_byte_on_a_socket_never_reaches_the_client() {
-    require_kvm!();
-    let d = TempDir::new("sock");
-    let port = free_port();
+/// Starts `divergent ARGS` in 2 variants (reports into `dir`) and waits
+/// until it says it is listening.
+fn listening(dir: &Path, args: &[&str]) -> std::process::Child {
     let mut child = Command::new(vmm())
-        .args(["--variants", "2", "--report-dir", d.path().to_str().unwrap(), "--", &divergent(), "socket"])
-        .arg(port.to_string())
+        .args(["--variants", "2", "--report-dir", dir.to_str().unwrap(), "--", &divergent()])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -204,8 +202,17 @@ fn a_different_byte_on_a_socket_never_reaches_the_client() {
     let mut line = String::new();
     while !line.contains("listening") {
         line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the server ended early");
+        assert!(out.read_line(&mut line).unwrap() > 0, "{args:?}: the server ended early");
     }
+    child
+}
+
+#[test]
+fn a_different_byte_on_a_socket_never_reaches_the_client() {
+    require_kvm!();
+    let d = TempDir::new("sock");
+    let port = free_port();
+    let mut child = listening(d.path(), &["socket", &port.to_string()]);
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     c.write_all(b"request\n").unwrap();
@@ -217,6 +224,37 @@ fn a_different_byte_on_a_socket_never_reaches_the_client() {
     let r = leader_report(d.path());
     assert_eq!(r["leader"]["name"], "write", "{r:#}");
     assert_eq!(r["variant"], 1);
+}
+
+#[test]
+fn poll_and_select_servers_get_their_held_replies_out_while_they_wait() {
+    // The leader holds each reply until the follower agreed; the server is
+    // meanwhile blocked in poll or select, and the reply must still leave
+    // (the leader waits for the program's descriptors and the link at once).
+    require_kvm!();
+    for how in ["poll", "select"] {
+        let d = TempDir::new("echo");
+        let port = free_port();
+        let mut child = listening(d.path(), &["echo", how, &port.to_string()]);
+        let connect = || {
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            BufReader::new(c)
+        };
+        let mut clients = [connect(), connect()];
+        for i in 0..5 {
+            let c = &mut clients[i % 2];
+            let msg = format!("message {i} via {how}\n");
+            c.get_mut().write_all(msg.as_bytes()).unwrap();
+            let mut echo = String::new();
+            c.read_line(&mut echo).unwrap_or_else(|e| panic!("{how}: no echo of message {i}: {e}"));
+            assert_eq!(echo, msg, "{how}");
+        }
+        clients[0].get_mut().write_all(b"quit\n").unwrap();
+        let st = child.wait().unwrap();
+        assert_eq!(st.code(), Some(0), "{how}");
+        assert!(reports(d.path()).is_empty(), "{how}: a divergence was reported");
+    }
 }
 
 fn replicated_file_bytes(err: &str) -> u64 {

@@ -5,6 +5,8 @@
  *   socket                            a TCP server whose reply differs in one variant
  *   address                           prints the address of a local variable
  *   read FILE                         reads FILE and prints its size (agrees everywhere)
+ *   echo poll|select PORT             a TCP echo server driven by poll or select, up to
+ *                                     8 clients; "quit" ends it (agrees everywhere)
  * Before the divergent step every variant prints "ready". */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -14,8 +16,57 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+/* Waits with poll or select for the listener and the clients in fds[1..n]. */
+static int wait_ready(int use_select, int *fds, int n, int *ready) {
+    if (use_select) {
+        fd_set r;
+        FD_ZERO(&r);
+        int max = 0;
+        for (int i = 0; i < n; i++) {
+            FD_SET(fds[i], &r);
+            if (fds[i] > max) max = fds[i];
+        }
+        if (select(max + 1, &r, NULL, NULL, NULL) <= 0) return -1;
+        for (int i = 0; i < n; i++) ready[i] = FD_ISSET(fds[i], &r);
+        return 0;
+    }
+    struct pollfd p[9];
+    for (int i = 0; i < n; i++) p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
+    if (poll(p, n, -1) <= 0) return -1;
+    for (int i = 0; i < n; i++) ready[i] = p[i].revents != 0;
+    return 0;
+}
+
+static int echo_server(int use_select, int port) {
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    if (bind(ls, (void *)&a, sizeof a) || listen(ls, 8)) return 3;
+    printf("listening\n");
+    int fds[9] = { ls }, ready[9], n = 1;
+    for (;;) {
+        if (wait_ready(use_select, fds, n, ready)) return 6;
+        for (int i = n - 1; i >= 1; i--) {
+            if (!ready[i]) continue;
+            char buf[256];
+            ssize_t got = read(fds[i], buf, sizeof buf);
+            if (got <= 0) {
+                close(fds[i]);
+                fds[i] = fds[--n];
+                continue;
+            }
+            if (got >= 4 && !memcmp(buf, "quit", 4)) return 0;
+            if (write(fds[i], buf, got) != got) return 7;
+        }
+        if (ready[0] && n < 9) fds[n++] = accept(ls, NULL, NULL);
+    }
+}
 
 static int is_leader(void) {
     int x;
@@ -60,6 +111,7 @@ int main(int argc, char **argv) {
         printf("%p\n", (void *)&x);
         return 0;
     }
+    if (!strcmp(mode, "echo") && argc > 3) return echo_server(!strcmp(argv[2], "select"), atoi(argv[3]));
     if (!strcmp(mode, "read")) {
         int fd = open(argv[2], O_RDONLY);
         if (fd < 0) return 5;

@@ -3,6 +3,8 @@
 //! building Linux's x86-64 signal frame on the program's stack, restoring it
 //! in `rt_sigreturn`, and interruptible host waits.
 
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -119,17 +121,16 @@ impl Process {
         self.blocking_on(mask, timeout_ms, None, f)
     }
 
-    /// [`Self::blocking`] for a call that waits until host descriptor
-    /// `wake.0` reports `wake.1` (an epoll descriptor is readable when
-    /// events are ready): the leader then waits for that descriptor and
-    /// its followers' acknowledgements at once, releasing held output as
-    /// they come, instead of waiting for every acknowledgement first. The
+    /// [`Self::blocking`] for a call whose readiness `wake` describes (an
+    /// epoll descriptor, or a poll/select set): the leader then waits for it
+    /// and its followers' acknowledgements at once, releasing held output
+    /// as they come, instead of waiting for every acknowledgement first. The
     /// program handles new clients while the followers verify what it sent.
     pub(crate) fn blocking_on(
         &mut self,
         mask: Option<u64>,
         timeout_ms: i64,
-        wake: Option<(i32, i16)>,
+        wake: Option<WakeOn<'_>>,
         mut f: impl FnMut(i64) -> i64,
     ) -> SysResult {
         let start = Instant::now();
@@ -156,6 +157,16 @@ impl Process {
             if r != 0 {
                 return if r > 0 { Ok(r as u64) } else { Err(Errno::last()) };
             }
+            // A poll set is watched through a temporary epoll descriptor.
+            let set_fd;
+            let wake = match wake {
+                None => None,
+                Some(WakeOn::Fd(fd, events)) => Some((fd, events)),
+                Some(WakeOn::Set(set)) => {
+                    set_fd = epoll_of(&set.borrow());
+                    set_fd.as_ref().map(|e| (e.as_raw_fd(), libc::POLLIN))
+                }
+            };
             match wake {
                 None => {
                     if let Err(stop) = self.settle_before_blocking() {
@@ -437,6 +448,41 @@ pub fn restartable(nr: u64) -> bool {
             | libc::SYS_openat
             | libc::SYS_futex
     )
+}
+
+/// What a blocking call waits for, so that the leader can wait for it and
+/// for its followers' acknowledgements at once.
+pub(crate) enum WakeOn<'a> {
+    /// A descriptor that reports these poll events when the call is ready
+    /// (an epoll descriptor: POLLIN).
+    Fd(i32, i16),
+    /// The host pollfd set of a poll or select.
+    Set(&'a RefCell<Vec<libc::pollfd>>),
+}
+
+/// An epoll descriptor ready when any of `set` is (level-triggered, the same
+/// events: poll and epoll share their bit values). None if a descriptor
+/// cannot be watched by epoll; the caller then waits the simple way.
+fn epoll_of(set: &[libc::pollfd]) -> Option<OwnedFd> {
+    // SAFETY: no pointer arguments.
+    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is a new descriptor that nothing else owns.
+    let ep = unsafe { OwnedFd::from_raw_fd(raw) };
+    for p in set.iter().filter(|p| p.fd >= 0) {
+        // A descriptor listed twice waits for the union of its events.
+        let events = set.iter().filter(|q| q.fd == p.fd).fold(0i16, |a, q| a | q.events);
+        let mut ev = libc::epoll_event { events: u32::from(events as u16), u64: 0 };
+        // SAFETY: `ev` is a valid epoll_event for the call's duration.
+        if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, p.fd, &mut ev) } < 0
+            && Errno::last() != Errno::EEXIST
+        {
+            return None;
+        }
+    }
+    Some(ep)
 }
 
 #[cfg(test)]

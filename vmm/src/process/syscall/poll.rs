@@ -2,8 +2,10 @@
 //! to be waited on (eventfd, timerfd). All run on the host; the program's
 //! descriptor numbers and epoll data are translated both ways.
 
+use std::cell::RefCell;
 use std::os::fd::{FromRawFd, OwnedFd};
 
+use super::super::deliver::WakeOn;
 use super::super::errno::{check, Errno, SysResult};
 use super::super::fd::{Extra, FileKind};
 use super::super::Process;
@@ -131,7 +133,7 @@ fn epoll_wait_common(
     let mut ready = [0u8; EPOLL_BATCH * 8];
     let n = p.host_call(true, &mut ready, |p, ready| {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
-        let n = p.blocking_on(mask, timeout_ms as i64, Some((ep.raw(), libc::POLLIN)), |t| {
+        let n = p.blocking_on(mask, timeout_ms as i64, Some(WakeOn::Fd(ep.raw(), libc::POLLIN)), |t| {
             // SAFETY: evs has `want` writable entries; the descriptor is open.
             unsafe { libc::epoll_wait(ep.raw(), evs.as_mut_ptr(), want as i32, t as i32) as i64 }
         })? as usize;
@@ -214,12 +216,14 @@ fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: O
     }
     // What the host reported: one revents per entry.
     let mut revents = vec![0u8; n * 2];
+    let pfds = RefCell::new(pfds);
     let ready = p.host_call(true, &mut revents, |p, out| {
-        let r = p.blocking(mask, timeout_ms, |t| {
+        let r = p.blocking_on(mask, timeout_ms, Some(WakeOn::Set(&pfds)), |t| {
+            let mut pfds = pfds.borrow_mut();
             // SAFETY: pfds has n valid entries.
             unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, t as i32) as i64 }
         })?;
-        for (i, pf) in pfds.iter().enumerate() {
+        for (i, pf) in pfds.borrow().iter().enumerate() {
             out[i * 2..i * 2 + 2].copy_from_slice(&pf.revents.to_le_bytes());
         }
         Ok(r)
@@ -295,12 +299,14 @@ fn select_common(p: &mut Process, nfds: u64, sets: [u64; 3], timeout_ms: i64, ma
         which.push(fd);
     }
     let mut revents = vec![0u8; pfds.len() * 2];
+    let pfds = RefCell::new(pfds);
     p.host_call(true, &mut revents, |p, out| {
-        let r = p.blocking(mask, timeout_ms, |t| {
+        let r = p.blocking_on(mask, timeout_ms, Some(WakeOn::Set(&pfds)), |t| {
+            let mut pfds = pfds.borrow_mut();
             // SAFETY: pfds has pfds.len() valid entries.
             unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, t as i32) as i64 }
         })?;
-        for (i, pf) in pfds.iter().enumerate() {
+        for (i, pf) in pfds.borrow().iter().enumerate() {
             out[i * 2..i * 2 + 2].copy_from_slice(&pf.revents.to_le_bytes());
         }
         Ok(r)
