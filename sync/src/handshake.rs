@@ -474,6 +474,39 @@ mod tests {
     use super::*;
     use crate::config::{ClusterConfig, ClusterKey};
 
+    #[test]
+    fn any_bytes_from_a_stranger_decode_to_a_message_or_an_error() {
+        let mut x = 0x243f_6a88_85a3_08d3u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = encode(&HandshakeMsg::ServerHello {
+            core: ServerCore {
+                leader_id: 0,
+                nonce: [1; 32],
+                share: [2; 32],
+                info: HandshakeInfo { policy: Digest([3; 32]), image: None, program: None },
+            },
+            proof: [4; 32],
+        });
+        for i in 0..100_000 {
+            let mut b = if i % 2 == 0 { valid.clone() } else { encode(&HandshakeMsg::Accept) };
+            match next() % 3 {
+                0 => b.truncate((next() as usize) % (b.len() + 1)),
+                1 => b.extend((0..next() % 64).map(|_| next() as u8)),
+                _ => {
+                    let at = (next() as usize) % b.len();
+                    b[at] ^= 1 << (next() % 8);
+                }
+            }
+            let _ = decode(&b);
+        }
+        assert!(decode(&valid).is_ok());
+    }
+
     #[tokio::test]
     async fn a_key_share_of_low_order_is_refused() {
         let cfg = ClusterConfig::local(2, 7000, ClusterKey::from_bytes([3; 32])).unwrap();
