@@ -188,6 +188,31 @@ fn timespec_ms(ts: &libc::timespec) -> SysResult<i64> {
     Ok((ts.tv_sec.saturating_mul(1000)).saturating_add((ts.tv_nsec + 999_999) / 1_000_000).min(i32::MAX as i64))
 }
 
+/// Polls the host descriptors `pfds` (the leader; followers replay its
+/// result): the number ready and each entry's revents.
+fn poll_host(
+    p: &mut Process,
+    pfds: Vec<libc::pollfd>,
+    timeout_ms: i64,
+    mask: Option<u64>,
+) -> SysResult<(u64, Vec<i16>)> {
+    let n = pfds.len();
+    let mut revents = vec![0u8; n * 2];
+    let pfds = RefCell::new(pfds);
+    let ready = p.host_call(true, &mut revents, |p, out| {
+        let r = p.blocking_on(mask, timeout_ms, Some(WakeOn::Set(&pfds)), |t| {
+            let mut pfds = pfds.borrow_mut();
+            // SAFETY: pfds has n valid entries.
+            unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, t as i32) as i64 }
+        })?;
+        for (i, pf) in pfds.borrow().iter().enumerate() {
+            out[i * 2..i * 2 + 2].copy_from_slice(&pf.revents.to_le_bytes());
+        }
+        Ok(r)
+    })?;
+    Ok((ready, revents.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()))
+}
+
 /// poll over the program's pollfd array; `timeout_ms` < 0 waits forever.
 fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: Option<u64>) -> SysResult {
     if nfds > p.fds.limit as u64 {
@@ -214,27 +239,13 @@ fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: O
         };
         pfds.push(libc::pollfd { fd: host, events, revents: 0 });
     }
-    // What the host reported: one revents per entry.
-    let mut revents = vec![0u8; n * 2];
-    let pfds = RefCell::new(pfds);
-    let ready = p.host_call(true, &mut revents, |p, out| {
-        let r = p.blocking_on(mask, timeout_ms, Some(WakeOn::Set(&pfds)), |t| {
-            let mut pfds = pfds.borrow_mut();
-            // SAFETY: pfds has n valid entries.
-            unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, t as i32) as i64 }
-        })?;
-        for (i, pf) in pfds.borrow().iter().enumerate() {
-            out[i * 2..i * 2 + 2].copy_from_slice(&pf.revents.to_le_bytes());
-        }
-        Ok(r)
-    })?;
-    let mut count = ready;
+    let (mut count, revents) = poll_host(p, pfds, timeout_ms, mask)?;
     for i in 0..n {
         let rev = if invalid[i] {
             count += 1;
             libc::POLLNVAL
         } else {
-            i16::from_le_bytes([revents[i * 2], revents[i * 2 + 1]])
+            revents[i]
         };
         raw[i * 8 + 6..i * 8 + 8].copy_from_slice(&rev.to_le_bytes());
     }
@@ -298,23 +309,11 @@ fn select_common(p: &mut Process, nfds: u64, sets: [u64; 3], timeout_ms: i64, ma
         pfds.push(libc::pollfd { fd: host, events, revents: 0 });
         which.push(fd);
     }
-    let mut revents = vec![0u8; pfds.len() * 2];
-    let pfds = RefCell::new(pfds);
-    p.host_call(true, &mut revents, |p, out| {
-        let r = p.blocking_on(mask, timeout_ms, Some(WakeOn::Set(&pfds)), |t| {
-            let mut pfds = pfds.borrow_mut();
-            // SAFETY: pfds has pfds.len() valid entries.
-            unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, t as i32) as i64 }
-        })?;
-        for (i, pf) in pfds.borrow().iter().enumerate() {
-            out[i * 2..i * 2 + 2].copy_from_slice(&pf.revents.to_le_bytes());
-        }
-        Ok(r)
-    })?;
+    let (_, revents) = poll_host(p, pfds, timeout_ms, mask)?;
     let mut out = [[0u64; 16]; 3];
     let mut count = 0;
     for (i, &fd) in which.iter().enumerate() {
-        let rev = i16::from_le_bytes([revents[i * 2], revents[i * 2 + 1]]);
+        let rev = revents[i];
         let set = |s: usize, on: bool, out: &mut [[u64; 16]; 3], count: &mut u64| {
             if on && bits[s][fd / 64] & (1 << (fd % 64)) != 0 {
                 out[s][fd / 64] |= 1 << (fd % 64);
