@@ -12,7 +12,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::{lock, millis, read_sealed, runtime, tx_writer, LinkError, PeerFailure, Pool, Tx};
+use super::{lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Tx};
 use crate::config::{ClusterConfig, Role};
 use crate::crypto::Opener;
 use crate::frame::FrameError;
@@ -92,9 +92,9 @@ pub struct Follower {
     bye: mpsc::UnboundedSender<()>,
     pool: Arc<Pool>,
     io: Option<thread::JoinHandle<()>>,
-    /// An acknowledgement made with `ack_soon`, not sent yet, and since when.
-    deferred: Option<(u64, [u8; 32])>,
-    deferred_since: Option<Instant>,
+    /// An acknowledgement made with `ack_soon` and not sent yet (seq,
+    /// digest), and when the first one still unsent was made.
+    deferred: Option<(u64, [u8; 32], Instant)>,
     /// The highest seq acknowledged on the wire (they never go back).
     acked: u64,
     /// Scratch space for encoding acknowledgements.
@@ -122,31 +122,15 @@ impl Follower {
         });
         let pool = Arc::new(Pool::new(cfg.batch_bytes + 256));
         let (bye_tx, bye_rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
         let io = {
             let cfg = cfg.clone();
             let info = *info;
             let shared = shared.clone();
             let pool = pool.clone();
-            thread::Builder::new()
-                .name(format!("dmvx-sync-follower-{my_id}"))
-                .spawn(move || {
-                    let rt = match runtime() {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(LinkError::Spawn(e.to_string())));
-                            return;
-                        }
-                    };
-                    rt.block_on(follower_io(cfg, my_id, info, shared, pool, in_tx, bye_rx, ready_tx));
-                })
-                .map_err(|e| LinkError::Spawn(e.to_string()))?
+            start_io(format!("dmvx-sync-follower-{my_id}"), move |ready| {
+                follower_io(cfg, my_id, info, shared, pool, in_tx, bye_rx, ready)
+            })?
         };
-        let result = ready_rx.recv().unwrap_or(Err(LinkError::IoThreadGone));
-        if let Err(e) = result {
-            let _ = io.join();
-            return Err(e);
-        }
         Ok(Follower {
             id: my_id,
             leader_id: cfg.leader().id,
@@ -162,7 +146,6 @@ impl Follower {
             pool,
             io: Some(io),
             deferred: None,
-            deferred_since: None,
             acked: 0,
             plain: Vec::with_capacity(64),
         })
@@ -223,7 +206,6 @@ impl Follower {
     pub fn ack(&mut self, seq: u64, digest: [u8; 32]) -> Result<(), LinkError> {
         self.check_ack(seq)?;
         self.deferred = None;
-        self.deferred_since = None;
         self.send_ack(seq, digest);
         Ok(())
     }
@@ -261,25 +243,27 @@ impl Follower {
 
     /// Acknowledges entry `seq` like [`Follower::ack`], but sends it only
     /// when this side is about to wait for the leader, or with a later
-    /// acknowledgement [`ACK_DELAY`] after this one, whichever comes first: while the engine runs
-    /// ahead, one frame acknowledges many entries (fewer wake-ups on both
-    /// sides) at a bounded cost in latency.
+    /// `ack_soon` made [`ACK_DELAY`] or more after the first unsent one,
+    /// whichever comes first: while the engine runs ahead, one frame
+    /// acknowledges many entries (fewer wake-ups on both sides) at a bounded
+    /// cost in latency.
     pub fn ack_soon(&mut self, seq: u64, digest: [u8; 32]) -> Result<(), LinkError> {
         self.check_ack(seq)?;
-        if self.deferred.is_none_or(|(s, _)| s <= seq) {
-            self.deferred = Some((seq, digest));
-        }
-        match self.deferred_since {
-            None => self.deferred_since = Some(Instant::now()),
-            Some(t) if t.elapsed() >= ACK_DELAY => self.send_deferred(),
-            Some(_) => {}
+        match self.deferred {
+            None => self.deferred = Some((seq, digest, Instant::now())),
+            Some((s, d, since)) => {
+                let (seq, digest) = if s <= seq { (seq, digest) } else { (s, d) };
+                self.deferred = Some((seq, digest, since));
+                if since.elapsed() >= ACK_DELAY {
+                    self.send_deferred();
+                }
+            }
         }
         Ok(())
     }
 
     fn send_deferred(&mut self) {
-        self.deferred_since = None;
-        if let Some((seq, digest)) = self.deferred.take() {
+        if let Some((seq, digest, _)) = self.deferred.take() {
             self.send_ack(seq, digest);
         }
     }
@@ -376,7 +360,7 @@ impl Follower {
             if let Some(e) = &self.failure {
                 return Err(e.clone());
             }
-            if self.deferred_since.is_some() {
+            if self.deferred.is_some() {
                 // About to wait: what was acknowledged goes out first.
                 match self.inbound.try_recv() {
                     Ok(item) => {
@@ -490,9 +474,7 @@ async fn follower_io(
     if ready.send(Ok(())).is_err() {
         return;
     }
-    let heartbeat = Message::Control(Control::Heartbeat).encode();
-    let goodbye = Message::Bye.encode();
-    if let Err(failure) = tx_writer(&tx, &mut wr, &heartbeat, &goodbye, &mut bye_rx, cfg.timeout).await {
+    if let Err(failure) = tx_writer(&tx, &mut wr, &mut bye_rx, cfg.timeout).await {
         shared.fail(LinkError::Peer { variant: leader.id, failure });
     }
     tx.finish();

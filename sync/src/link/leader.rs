@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{lock, millis, read_sealed, runtime, tx_writer, LinkError, PeerFailure, Pool, Signal, Tx};
+use super::{lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Signal, Tx};
 use crate::config::{ClusterConfig, MAX_VARIANTS};
 use crate::crypto::Opener;
 use crate::handshake::{self, HandshakeError, HandshakeInfo, Session};
@@ -197,30 +197,12 @@ impl Leader {
         });
         let pool = Arc::new(Pool::new(cfg.batch_bytes + BATCH_HEADROOM + 64));
         let (close_tx, close_rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let io = {
             let cfg = cfg.clone();
             let info = *info;
             let shared = shared.clone();
-            thread::Builder::new()
-                .name("dmvx-sync-leader".into())
-                .spawn(move || {
-                    let rt = match runtime() {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(LinkError::Spawn(e.to_string())));
-                            return;
-                        }
-                    };
-                    rt.block_on(leader_io(cfg, info, listener, shared, close_rx, ready_tx));
-                })
-                .map_err(|e| LinkError::Spawn(e.to_string()))?
+            start_io("dmvx-sync-leader".into(), move |ready| leader_io(cfg, info, listener, shared, close_rx, ready))?
         };
-        let result = ready_rx.recv().unwrap_or(Err(LinkError::IoThreadGone));
-        if let Err(e) = result {
-            let _ = io.join();
-            return Err(e);
-        }
         let batch = BatchBuilder::with_buffer(pool.get(), 1);
         Ok(Leader {
             shared,
@@ -697,9 +679,7 @@ async fn writer(
     mut bye: mpsc::UnboundedReceiver<()>,
     timeout: Duration,
 ) {
-    let heartbeat = Message::Control(Control::Heartbeat).encode();
-    let goodbye = Message::Bye.encode();
-    if let Err(f) = tx_writer(&tx, &mut wr, &heartbeat, &goodbye, &mut bye, timeout).await {
+    if let Err(f) = tx_writer(&tx, &mut wr, &mut bye, timeout).await {
         shared.fail(slot, f);
     }
     tx.finish();

@@ -28,7 +28,7 @@ pub use leader::{AckState, Leader, BATCH_DELAY};
 use crate::crypto::{CryptoError, Opener, Sealer};
 use crate::frame::{read_frame, FrameError};
 use crate::handshake::HandshakeError;
-use crate::wire::MAX_FRAME;
+use crate::wire::{Control, Message, MAX_FRAME};
 
 /// How a peer failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -209,8 +209,33 @@ pub(crate) async fn read_sealed<R: AsyncRead + Unpin>(
     })
 }
 
-pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()
+/// Starts the link's I/O thread `name`, running `io(ready)` on a
+/// single-threaded tokio runtime, and waits until `io` reports on `ready`
+/// that the link is up (or why not).
+pub(crate) fn start_io<F, Fut>(name: String, io: F) -> Result<std::thread::JoinHandle<()>, LinkError>
+where
+    F: FnOnce(std::sync::mpsc::SyncSender<Result<(), LinkError>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(LinkError::Spawn(e.to_string())));
+                    return;
+                }
+            };
+            rt.block_on(io(ready_tx));
+        })
+        .map_err(|e| LinkError::Spawn(e.to_string()))?;
+    if let Err(e) = ready_rx.recv().unwrap_or(Err(LinkError::IoThreadGone)) {
+        let _ = thread.join();
+        return Err(e);
+    }
+    Ok(thread)
 }
 
 /// The sending side of one connection, shared by the engine's thread and
@@ -321,7 +346,7 @@ impl Tx {
 }
 
 /// What the writer task is asked to do when it wakes.
-pub(crate) enum WriterWake {
+enum WriterWake {
     Kick,
     Heartbeat,
     Bye,
@@ -333,11 +358,11 @@ pub(crate) enum WriterWake {
 pub(crate) async fn tx_writer(
     tx: &Tx,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    heartbeat: &[u8],
-    bye_msg: &[u8],
     bye: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
     timeout: Duration,
 ) -> Result<(), PeerFailure> {
+    let heartbeat = Message::Control(Control::Heartbeat).encode();
+    let goodbye = Message::Bye.encode();
     let idle = heartbeat_interval(timeout);
     loop {
         let last = lock(&tx.state).last_send;
@@ -349,9 +374,9 @@ pub(crate) async fn tx_writer(
         };
         let plain = match wake {
             WriterWake::Kick => None,
-            WriterWake::Heartbeat if lock(&tx.state).last_send + idle <= Instant::now() => Some(heartbeat),
+            WriterWake::Heartbeat if lock(&tx.state).last_send + idle <= Instant::now() => Some(&heartbeat),
             WriterWake::Heartbeat => None,
-            WriterWake::Bye => Some(bye_msg),
+            WriterWake::Bye => Some(&goodbye),
         };
         if let Some(plain) = plain {
             let mut st = lock(&tx.state);
