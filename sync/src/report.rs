@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
+use crate::policy::{Class, Rule};
 use crate::record::{decode, Event};
 
 /// How many recent events each variant keeps for a report.
@@ -96,6 +97,13 @@ pub struct PolicyUsed {
     pub class: String,
     pub check: String,
     pub input: String,
+}
+
+impl PolicyUsed {
+    /// The rule of `class`, by the names policy files use.
+    pub fn of(class: Class, rule: Rule) -> Self {
+        PolicyUsed { class: class.name().into(), check: rule.check.name().into(), input: rule.input.name().into() }
+    }
 }
 
 /// One variant's recent events.
