@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use common::*;
 use dmvx_sync::record::{EntryBuf, EntryView};
-use dmvx_sync::Follower;
 
 struct Counting;
 
@@ -73,9 +72,7 @@ fn leader_push_flush_and_follower_take_ack_allocate_nothing_once_warm() {
     let cfg = cluster(2, 10_000);
     let info = info(&cfg);
     let follower = {
-        let cfg = cfg.clone();
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+        spawn_follower(&cfg, 1, move |f| {
             let mut during = 0;
             for seq in 1..=N {
                 let before = allocs();
@@ -89,7 +86,7 @@ fn leader_push_flush_and_follower_take_ack_allocate_nothing_once_warm() {
                     during += allocs() - before;
                 }
             }
-            (f, during)
+            during
         })
     };
     let mut leader = start(&cfg, &info).unwrap();

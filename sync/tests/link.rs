@@ -30,9 +30,7 @@ fn stream_of_100k_random_entries_arrives_in_order_with_acks() {
     let followers: Vec<_> = [1u8, 2]
         .into_iter()
         .map(|id| {
-            let cfg = cfg.clone();
-            thread::spawn(move || {
-                let mut f = Follower::connect(&cfg, id, &info).unwrap();
+            spawn_follower(&cfg, id, move |f| {
                 let mut want = Vec::new();
                 let mut digest = [0u8; 32];
                 for seq in 1..=N {
@@ -70,7 +68,7 @@ fn stream_of_100k_random_entries_arrives_in_order_with_acks() {
     assert_eq!(leader.acks().count(), 2);
     leader.close().unwrap();
     for f in followers {
-        assert_eq!(f.join().unwrap(), digest);
+        assert_eq!(f.join().unwrap().1, digest);
     }
 }
 
@@ -82,9 +80,8 @@ fn back_pressure_blocks_the_leader_until_the_follower_acks_again() {
     let info = info(&cfg);
     let stalled = Arc::new(AtomicBool::new(false));
     let follower = {
-        let (cfg, stalled) = (cfg.clone(), stalled.clone());
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+        let stalled = stalled.clone();
+        spawn_follower(&cfg, 1, move |f| {
             for seq in 1..=1000u64 {
                 let e = f.next_entry().unwrap();
                 assert_eq!(e.seq, seq);
@@ -95,7 +92,6 @@ fn back_pressure_blocks_the_leader_until_the_follower_acks_again() {
                     stalled.store(false, Ordering::SeqCst);
                 }
             }
-            f
         })
     };
     let mut leader = start(&cfg, &info).unwrap();
@@ -122,9 +118,8 @@ fn a_follower_that_does_not_ack_makes_wait_acked_fail_naming_it() {
     let info = info(&cfg);
     let done = Arc::new(AtomicBool::new(false));
     let spawn = |id: u8, acks: bool| {
-        let (cfg, done) = (cfg.clone(), done.clone());
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, id, &info).unwrap();
+        let done = done.clone();
+        spawn_follower(&cfg, id, move |f| {
             for _ in 0..10 {
                 let seq = f.next_entry().unwrap().seq;
                 if acks {
@@ -192,17 +187,12 @@ fn a_follower_that_stops_answering_is_detected_by_heartbeat_timeout() {
 fn idle_links_stay_up_on_heartbeats() {
     let cfg = cluster(2, 300);
     let info = info(&cfg);
-    let follower = {
-        let cfg = cfg.clone();
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
-            // Nothing for 4 timeouts, then an entry.
-            let e = f.next_entry().unwrap();
-            assert_eq!((e.seq, e.data), (1, &b"late"[..]));
-            f.ack(1, [0; 32]).unwrap();
-            f
-        })
-    };
+    let follower = spawn_follower(&cfg, 1, move |f| {
+        // Nothing for 4 timeouts, then an entry.
+        let e = f.next_entry().unwrap();
+        assert_eq!((e.seq, e.data), (1, &b"late"[..]));
+        f.ack(1, [0; 32]).unwrap();
+    });
     let mut leader = start(&cfg, &info).unwrap();
     thread::sleep(Duration::from_millis(1200));
     leader.check().unwrap();
@@ -215,33 +205,29 @@ fn idle_links_stay_up_on_heartbeats() {
 fn controls_flow_both_ways_in_order_with_entries() {
     let cfg = cluster(2, 5_000);
     let info = info(&cfg);
-    let follower = {
-        let cfg = cfg.clone();
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
-            let mut seen = Vec::new();
-            loop {
-                match f.next_incoming() {
-                    Ok(Incoming::Entry(e)) => seen.push(format!("entry {}", e.seq)),
-                    Ok(Incoming::Control(c)) => {
-                        let stop = matches!(c, Control::Shutdown { .. });
-                        seen.push(format!("{c:?}"));
-                        if stop {
-                            break;
-                        }
+    let follower = spawn_follower(&cfg, 1, move |f| {
+        let mut seen = Vec::new();
+        loop {
+            match f.next_incoming() {
+                Ok(Incoming::Entry(e)) => seen.push(format!("entry {}", e.seq)),
+                Ok(Incoming::Control(c)) => {
+                    let stop = matches!(c, Control::Shutdown { .. });
+                    seen.push(format!("{c:?}"));
+                    if stop {
+                        break;
                     }
-                    Err(e) => panic!("{e}"),
                 }
+                Err(e) => panic!("{e}"),
             }
-            f.send_control(&Control::Divergence { seq: 2, report: b"variant 1 saw write(1, \"x\")".to_vec() }).unwrap();
-            // next_entry refuses to skip a pending control message.
-            let err = f.next_entry().unwrap_err();
-            assert_eq!(err, LinkError::ControlPending);
-            assert_eq!(f.try_recv_control(), Some(Control::Custom { kind: 9, payload: vec![1] }));
-            assert_eq!(f.next_entry().unwrap().seq, 3);
-            (seen, f)
-        })
-    };
+        }
+        f.send_control(&Control::Divergence { seq: 2, report: b"variant 1 saw write(1, \"x\")".to_vec() }).unwrap();
+        // next_entry refuses to skip a pending control message.
+        let err = f.next_entry().unwrap_err();
+        assert_eq!(err, LinkError::ControlPending);
+        assert_eq!(f.try_recv_control(), Some(Control::Custom { kind: 9, payload: vec![1] }));
+        assert_eq!(f.next_entry().unwrap().seq, 3);
+        seen
+    });
     let mut leader = start(&cfg, &info).unwrap();
     leader.push(b"one").unwrap();
     leader.push(b"two").unwrap();
@@ -255,7 +241,7 @@ fn controls_flow_both_ways_in_order_with_entries() {
     assert_eq!(leader.try_recv_control(), None);
     assert_eq!(leader.recv_control_timeout(Duration::from_millis(50)), Ok(None));
     assert_eq!(leader.send_control_to(7, &Control::Heartbeat), Err(LinkError::NotAFollower(7)));
-    let (seen, f) = follower.join().unwrap();
+    let (f, seen) = follower.join().unwrap();
     assert_eq!(seen, ["entry 1", "entry 2", "Shutdown { status: 3 }"]);
     // The follower closes: the leader learns it.
     f.close();
@@ -270,16 +256,11 @@ fn follower_may_start_before_the_leader() {
     let mut cfg = dmvx_sync::ClusterConfig::local(2, free_port(), key(0x42)).unwrap();
     cfg.timeout = Duration::from_millis(3_000);
     let info = info(&cfg);
-    let follower = {
-        let cfg = cfg.clone();
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
-            let e = f.next_entry().unwrap();
-            assert_eq!(e.data, b"hi");
-            f.ack(1, [0; 32]).unwrap();
-            f
-        })
-    };
+    let follower = spawn_follower(&cfg, 1, move |f| {
+        let e = f.next_entry().unwrap();
+        assert_eq!(e.data, b"hi");
+        f.ack(1, [0; 32]).unwrap();
+    });
     thread::sleep(Duration::from_millis(400));
     let mut leader = Leader::start(&cfg, &info).unwrap();
     leader.push(b"hi").unwrap();
@@ -329,19 +310,14 @@ fn an_edited_invalid_config_is_refused() {
 fn api_misuse_is_an_error() {
     let cfg = cluster(2, 3_000);
     let info = info(&cfg);
-    let follower = {
-        let cfg = cfg.clone();
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
-            // The next event may be acknowledged ahead; the one after may not.
-            assert_eq!(f.ack(2, [0; 32]), Err(LinkError::AckAhead { seq: 2, received: 0 }));
-            let e = f.next_entry().unwrap();
-            assert_eq!(e.data.len(), 0);
-            assert_eq!(f.next_entry_timeout(Duration::from_millis(50)).unwrap(), None);
-            f.ack(1, [0; 32]).unwrap();
-            f
-        })
-    };
+    let follower = spawn_follower(&cfg, 1, move |f| {
+        // The next event may be acknowledged ahead; the one after may not.
+        assert_eq!(f.ack(2, [0; 32]), Err(LinkError::AckAhead { seq: 2, received: 0 }));
+        let e = f.next_entry().unwrap();
+        assert_eq!(e.data.len(), 0);
+        assert_eq!(f.next_entry_timeout(Duration::from_millis(50)).unwrap(), None);
+        f.ack(1, [0; 32]).unwrap();
+    });
     let mut leader = start(&cfg, &info).unwrap();
     assert_eq!(leader.wait_acked(2, Duration::from_millis(1)), Err(LinkError::NotPushed { seq: 2, last: 0 }));
     let big = vec![0u8; dmvx_sync::wire::MAX_ENTRY + 1];
@@ -356,20 +332,15 @@ fn large_entries_cross_in_their_own_batches() {
     let cfg = cluster(2, 5_000);
     let info = info(&cfg);
     let sizes = [0usize, 8191, 8192, 8193, 100_000, 3 << 20, 1, dmvx_sync::wire::MAX_ENTRY, 2];
-    let follower = {
-        let cfg = cfg.clone();
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
-            for (i, size) in sizes.iter().enumerate() {
-                let e = f.next_entry().unwrap();
-                assert_eq!(e.data.len(), *size);
-                assert!(e.data.iter().all(|b| *b == i as u8));
-                let seq = e.seq;
-                f.ack(seq, [0; 32]).unwrap();
-            }
-            f
-        })
-    };
+    let follower = spawn_follower(&cfg, 1, move |f| {
+        for (i, size) in sizes.iter().enumerate() {
+            let e = f.next_entry().unwrap();
+            assert_eq!(e.data.len(), *size);
+            assert!(e.data.iter().all(|b| *b == i as u8));
+            let seq = e.seq;
+            f.ack(seq, [0; 32]).unwrap();
+        }
+    });
     let mut leader = start(&cfg, &info).unwrap();
     for (i, size) in sizes.iter().enumerate() {
         leader.push(&vec![i as u8; *size]).unwrap();
@@ -384,9 +355,7 @@ fn an_unflushed_batch_goes_out_after_the_batch_delay_and_deferred_acks_when_the_
     let info = info(&cfg);
     let (tx, rx) = std::sync::mpsc::channel();
     let follower = {
-        let cfg = cfg.clone();
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+        spawn_follower(&cfg, 1, move |f| {
             // Entry 1 was never flushed: it arrives because entry 2 was
             // pushed after the batch delay.
             let e = f.next_entry_timeout(Duration::from_secs(2)).unwrap().expect("entry 1 within 2 s");
@@ -423,9 +392,7 @@ fn the_wake_descriptor_becomes_readable_on_an_acknowledgement_only_while_armed()
     let info = info(&cfg);
     let (go_tx, go_rx) = std::sync::mpsc::channel::<u64>();
     let follower = {
-        let cfg = cfg.clone();
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
+        spawn_follower(&cfg, 1, move |f| {
             for seq in go_rx {
                 assert_eq!(f.next_entry().unwrap().seq, seq);
                 f.ack(seq, [1; 32]).unwrap();
@@ -467,27 +434,22 @@ fn a_follower_that_reads_late_gets_everything_in_order_after_the_socket_filled()
     let mut cfg = cluster(2, 10_000);
     cfg.max_lag = u64::MAX / 2;
     let info = info(&cfg);
-    let follower = {
-        let cfg = cfg.clone();
-        thread::spawn(move || {
-            let mut f = Follower::connect(&cfg, 1, &info).unwrap();
-            thread::sleep(Duration::from_millis(500));
-            for seq in 1..=N {
-                if seq == N / 2 + 1 {
-                    match f.next_incoming().unwrap() {
-                        Incoming::Control(c) => assert_eq!(c, Control::Custom { kind: 3, payload: vec![3] }),
-                        other => panic!("expected the control message before entry {seq}, got {other:?}"),
-                    }
+    let follower = spawn_follower(&cfg, 1, move |f| {
+        thread::sleep(Duration::from_millis(500));
+        for seq in 1..=N {
+            if seq == N / 2 + 1 {
+                match f.next_incoming().unwrap() {
+                    Incoming::Control(c) => assert_eq!(c, Control::Custom { kind: 3, payload: vec![3] }),
+                    other => panic!("expected the control message before entry {seq}, got {other:?}"),
                 }
-                let e = f.next_entry().unwrap();
-                assert_eq!(e.seq, seq);
-                assert_eq!(e.data.len(), SIZE);
-                assert!(e.data.iter().all(|b| *b == seq as u8), "entry {seq} corrupted");
             }
-            f.ack(N, [0; 32]).unwrap();
-            f
-        })
-    };
+            let e = f.next_entry().unwrap();
+            assert_eq!(e.seq, seq);
+            assert_eq!(e.data.len(), SIZE);
+            assert!(e.data.iter().all(|b| *b == seq as u8), "entry {seq} corrupted");
+        }
+        f.ack(N, [0; 32]).unwrap();
+    });
     let mut leader = start(&cfg, &info).unwrap();
     let t = Instant::now();
     for seq in 1..=N {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
-use dmvx_sync::{ClusterConfig, ClusterKey, HandshakeInfo, Leader, LinkError};
+use dmvx_sync::{ClusterConfig, ClusterKey, Follower, HandshakeInfo, Leader, LinkError};
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -51,6 +51,22 @@ pub fn start(cfg: &ClusterConfig, info: &HandshakeInfo) -> Result<Leader, LinkEr
 
 pub fn info(cfg: &ClusterConfig) -> HandshakeInfo {
     HandshakeInfo::from_config(cfg)
+}
+
+/// Connects follower `id` of `cfg` in a thread of its own and runs `body`
+/// on it; the handle yields the follower (still connected, for the test to
+/// drop when it is done) and what `body` returned.
+pub fn spawn_follower<T: Send + 'static>(
+    cfg: &ClusterConfig,
+    id: u8,
+    body: impl FnOnce(&mut Follower) -> T + Send + 'static,
+) -> thread::JoinHandle<(Follower, T)> {
+    let cfg = cfg.clone();
+    thread::spawn(move || {
+        let mut f = Follower::connect(&cfg, id, &info(&cfg)).unwrap();
+        let out = body(&mut f);
+        (f, out)
+    })
 }
 
 /// The same cluster, but followers reach the leader at `addr`.
