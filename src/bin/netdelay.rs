@@ -158,7 +158,6 @@ fn relay(a: TcpStream, b: TcpStream, delay: Duration) -> std::io::Result<()> {
                 dirs[i].read_from(socks[i], delay, &mut buf)?;
             }
         }
-        fds.iter_mut().for_each(|f| f.revents = 0);
     }
 }
 
