@@ -280,7 +280,7 @@ pub fn decode(record: &[u8], name_of: impl Fn(u64) -> Option<&'static str>) -> R
 }
 
 /// A signal the leader delivered right after a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SignalEvent {
     pub sig: i32,
     pub code: i32,

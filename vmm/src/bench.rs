@@ -9,7 +9,7 @@ use crate::arch::x86_64::layout::{direct_map, DIRECT_MAP_BASE, FRAMES_START, KER
 use crate::arch::x86_64::paging::{pte, PageTables};
 use crate::arch::x86_64::regs::{self, USER_CS_SEL, USER_SS_SEL};
 use crate::memory::FrameAllocator;
-use crate::process::ProcessError;
+
 use crate::vstate::vcpu::{self, ExitHandler, Flow, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -28,11 +28,24 @@ impl ExitHandler for Counter {
     }
 }
 
+/// Why the exit-loop benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("guest memory of {0} MiB is too small for the benchmark")]
+    MemoryTooSmall(u64),
+}
+
 /// Runs `n` exits at privilege `cpl` (0 or 3); returns nanoseconds per exit.
-pub fn exit_loop(n: u64, cpl: u8) -> Result<f64, ProcessError> {
+pub fn exit_loop(n: u64, cpl: u8) -> Result<f64, BenchError> {
     let vm = Vm::new(MIN_MEMORY, MIN_MEMORY)?;
     let mem = vm.mem.clone();
-    let oom = || ProcessError::MemoryTooSmall(MIN_MEMORY >> 20);
+    let oom = || BenchError::MemoryTooSmall(MIN_MEMORY >> 20);
     let mut frames = FrameAllocator::new(FRAMES_START, mem.size());
     let pt = PageTables::new(&mem, &mut frames).ok_or_else(oom)?;
     pt.map_huge(

@@ -192,10 +192,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             "--variant" => {
                 let v = value("--variant")?;
                 a.variant =
-                    v.parse().ok().filter(|&n: &u32| n < crate::process::layout::MAX_VARIANTS).ok_or_else(|| {
+                    v.parse().ok().filter(|&n: &u32| n < crate::kernel::layout::MAX_VARIANTS).ok_or_else(|| {
                         UsageError(format!(
                             "--variant must be 0-{}, got '{v}'",
-                            crate::process::layout::MAX_VARIANTS - 1
+                            crate::kernel::layout::MAX_VARIANTS - 1
                         ))
                     })?;
             }
@@ -205,9 +205,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
                 a.variants = v
                     .parse()
                     .ok()
-                    .filter(|n: &u32| (1..=crate::process::layout::MAX_VARIANTS).contains(n))
+                    .filter(|n: &u32| (1..=crate::kernel::layout::MAX_VARIANTS).contains(n))
                     .ok_or_else(|| {
-                        UsageError(format!("--variants must be 1-{}, got '{v}'", crate::process::layout::MAX_VARIANTS))
+                        UsageError(format!("--variants must be 1-{}, got '{v}'", crate::kernel::layout::MAX_VARIANTS))
                     })?;
             }
             "--policy" => a.policy = Some(value("--policy")?),

@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use dmvx_vmm::cli::{self, Command, USAGE};
-use dmvx_vmm::kernel::GuestKernel;
+use dmvx_vmm::guest_kernel::GuestKernel;
+use dmvx_vmm::kernel::errno::Errno;
+use dmvx_vmm::kernel::exec::ExecError;
+use dmvx_vmm::kernel::{self, KernelError, Outcome};
 use dmvx_vmm::linux::{self, serial::StdoutSink};
-use dmvx_vmm::process::errno::Errno;
-use dmvx_vmm::process::exec::ExecError;
-use dmvx_vmm::process::{self, Outcome, ProcessError};
 
 /// The VMM itself failed.
 const EXIT_VMM: u8 = 125;
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::SyscallTable => {
-            print!("{}", process::syscall::markdown_table());
+            print!("{}", kernel::syscall::markdown_table());
             return ExitCode::SUCCESS;
         }
         Command::PolicyTable => {
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(EXIT_VMM);
                     }
                 }
-                Some(process::ClusterJoin { cfg, id: args.variant as u8, report_dir: args.report_dir.clone() })
+                Some(kernel::ClusterJoin { cfg, id: args.variant as u8, report_dir: args.report_dir.clone() })
             }
             Err(e) => {
                 eprintln!("dmvx-vmm: error: cluster file {}: {e}", path.display());
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     let mut argv = vec![program.clone()];
     argv.extend(rest);
     let writable = args.rootfs.is_some() && !args.read_only;
-    let config = process::Config {
+    let config = kernel::Config {
         kernel,
         memory: args.memory,
         root: args.rootfs.clone().unwrap_or_else(|| "/".into()),
@@ -120,7 +120,7 @@ fn main() -> ExitCode {
         launched_ns: std::env::var("DMVX_LAUNCH_NS").ok().and_then(|s| s.parse().ok()),
         cluster,
     };
-    match process::run(config) {
+    match kernel::run(config) {
         Ok(Outcome::Exited(status)) => ExitCode::from((status & 0xff) as u8),
         Ok(o @ Outcome::Killed { .. }) => {
             if let Outcome::Killed { signal, reason } = &o {
@@ -138,7 +138,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("dmvx-vmm: error: {e}");
             ExitCode::from(match &e {
-                ProcessError::Exec(x) => match x.errno() {
+                KernelError::Exec(x) => match x.errno() {
                     Errno::ENOENT => EXIT_NOTFOUND,
                     _ if matches!(x, ExecError::OutOfMemory { .. }) => EXIT_VMM,
                     _ => EXIT_NOEXEC,
@@ -184,7 +184,7 @@ fn run_linux(args: &cli::Args) -> ExitCode {
         }
         Ok(linux::mvx::Outcome::Diverged(msg)) => {
             eprintln!("dmvx: variants diverged, every variant stopped: {msg}");
-            ExitCode::from(dmvx_vmm::mvx::EXIT_DIVERGENCE)
+            ExitCode::from(dmvx_vmm::monitor::EXIT_DIVERGENCE)
         }
         Err(e) => {
             eprintln!("dmvx-vmm: error: {e}");
@@ -210,7 +210,7 @@ fn run_variants(args: &cli::Args) -> ExitCode {
         }
         rest.push(a);
     }
-    match dmvx_vmm::mvx::launch::run_local(args.variants, args.policy.as_deref(), &rest) {
+    match dmvx_vmm::monitor::launch::run_local(args.variants, args.policy.as_deref(), &rest) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("dmvx-vmm: error: {e}");

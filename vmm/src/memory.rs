@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
 
 /// Size of a page.
 pub const PAGE_SIZE: u64 = 4096;
@@ -22,11 +22,14 @@ pub enum MemoryError {
     Alloc { size: u64, source: vm_memory::mmap::FromRangesError },
 }
 
-/// The guest's physical memory.
+/// The guest's physical memory. Cheap to clone (the mapping is shared) and
+/// `Send + Sync`: reads and writes are bounds-checked volatile copies through
+/// vm-memory, since a running vCPU may change guest memory at any time.
 #[derive(Clone)]
 pub struct GuestMemory {
     mmap: Arc<GuestMemoryMmap>,
-    host: *mut u8,
+    /// Host address of guest physical address 0 (the one region).
+    base: usize,
     size: u64,
 }
 
@@ -37,7 +40,7 @@ impl std::fmt::Debug for GuestMemory {
 }
 
 impl GuestMemory {
-    /// Allocates `size` bytes (lazily backed; untouched pages cost nothing).
+    /// `size` bytes (a multiple of 2 MiB, at least `min`) of zeroed memory.
     pub fn new(size: u64, min: u64) -> Result<Self, MemoryError> {
         if size < min {
             return Err(MemoryError::TooSmall { size, min });
@@ -48,11 +51,11 @@ impl GuestMemory {
         let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
             .map_err(|source| MemoryError::Alloc { size, source })?;
         let region = mmap.iter().next().expect("one region was requested");
-        let host = region.as_ptr();
-        Ok(GuestMemory { mmap: Arc::new(mmap), host, size })
+        let base = region.as_ptr() as usize;
+        Ok(GuestMemory { mmap: Arc::new(mmap), base, size })
     }
 
-    /// The vm-memory view, for KVM memory slots and rust-vmm loaders.
+    /// The vm-memory view, for loaders that write through it.
     pub fn mmap(&self) -> &GuestMemoryMmap {
         &self.mmap
     }
@@ -62,9 +65,9 @@ impl GuestMemory {
         self.size
     }
 
-    /// Host address of the first byte.
+    /// Host address of the region, for KVM's memory slot.
     pub fn host_base(&self) -> u64 {
-        self.host as u64
+        self.base as u64
     }
 
     /// Whether `[gpa, gpa + len)` lies inside guest memory.
@@ -73,79 +76,72 @@ impl GuestMemory {
         gpa.checked_add(len).is_some_and(|end| end <= self.size)
     }
 
-    /// Host pointer to `[gpa, gpa + len)`, or `None` if out of range.
-    ///
-    /// The pointer stays valid for the life of this `GuestMemory`. The guest
-    /// may write the memory whenever its vCPU runs, so callers must not hold
-    /// Rust references derived from it across a `KVM_RUN`.
+    /// Host pointer to `[gpa, gpa + len)`, if inside guest memory. Only for
+    /// handing guest buffers to a host system call (iovecs); the VMM's own
+    /// accesses use the copies below.
     #[inline]
     pub fn host_ptr(&self, gpa: u64, len: u64) -> Option<*mut u8> {
-        if self.contains(gpa, len) {
-            // SAFETY: gpa + len <= size, so the offset stays inside the mapping.
-            Some(unsafe { self.host.add(gpa as usize) })
-        } else {
-            None
-        }
+        // The sum stays inside the mapping because of the check.
+        self.contains(gpa, len).then(|| (self.base + gpa as usize) as *mut u8)
     }
 
-    /// Bytes of guest memory resident in host RAM now (mincore).
+    /// Bytes of guest memory the host has backed with pages (for --stats).
     pub fn resident_bytes(&self) -> u64 {
         let pages = self.size.div_ceil(PAGE_SIZE) as usize;
         let mut vec = vec![0u8; pages];
-        // SAFETY: host..host+size is this mapping; vec has one byte per page.
-        let r = unsafe { libc::mincore(self.host.cast(), self.size as usize, vec.as_mut_ptr()) };
+        // SAFETY: the range is the whole mapping; vec has one byte per page.
+        let r = unsafe { libc::mincore(self.base as *mut libc::c_void, self.size as usize, vec.as_mut_ptr()) };
         if r != 0 {
             return 0;
         }
         vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * PAGE_SIZE
     }
 
-    /// Reads a little-endian u64 at an 8-byte aligned `gpa`.
+    /// Reads a little-endian u64.
     #[inline]
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let p = self.host_ptr(gpa, 8)?;
-        // SAFETY: in bounds (checked by host_ptr); unaligned read is allowed.
-        Some(unsafe { (p as *const u64).read_unaligned() })
+        self.mmap.read_obj::<u64>(GuestAddress(gpa)).ok()
     }
 
-    /// Writes a little-endian u64 at `gpa`.
+    /// Writes a little-endian u64.
     #[inline]
     pub fn write_u64(&self, gpa: u64, value: u64) -> Option<()> {
-        let p = self.host_ptr(gpa, 8)?;
-        // SAFETY: in bounds (checked by host_ptr); unaligned write is allowed.
-        unsafe { (p as *mut u64).write_unaligned(value) };
-        Some(())
+        self.mmap.write_obj(value, GuestAddress(gpa)).ok()
     }
 
-    /// Copies `data` to `gpa`.
+    /// Copies `data` into guest memory at `gpa`.
     pub fn write(&self, gpa: u64, data: &[u8]) -> Option<()> {
-        let p = self.host_ptr(gpa, data.len() as u64)?;
-        // SAFETY: destination in bounds (checked); source is a distinct Rust slice.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-        Some(())
+        if !self.contains(gpa, data.len() as u64) {
+            return None;
+        }
+        self.mmap.write_slice(data, GuestAddress(gpa)).ok()
     }
 
-    /// Copies from `gpa` into `buf`.
+    /// Copies guest memory at `gpa` into `buf`.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Option<()> {
-        let p = self.host_ptr(gpa, buf.len() as u64)?;
-        // SAFETY: source in bounds (checked); destination is a distinct Rust slice.
-        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
-        Some(())
+        if !self.contains(gpa, buf.len() as u64) {
+            return None;
+        }
+        self.mmap.read_slice(buf, GuestAddress(gpa)).ok()
     }
 
-    /// Fills `[gpa, gpa + len)` with zeroes.
+    /// Zeroes `[gpa, gpa + len)`.
     pub fn zero(&self, gpa: u64, len: u64) -> Option<()> {
-        let p = self.host_ptr(gpa, len)?;
-        // SAFETY: range in bounds (checked).
-        unsafe { std::ptr::write_bytes(p, 0, len as usize) };
+        if !self.contains(gpa, len) {
+            return None;
+        }
+        static ZEROES: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+        let mut at = gpa;
+        while at < gpa + len {
+            let n = (gpa + len - at).min(PAGE_SIZE);
+            self.mmap.write_slice(&ZEROES[..n as usize], GuestAddress(at)).ok()?;
+            at += n;
+        }
         Some(())
     }
 }
 
-/// Allocator of 4 KiB guest page frames from `[start, end)`.
-///
-/// Frames never handed out are zero (the region is fresh anonymous memory);
-/// recycled frames are zeroed when they are handed out again.
+/// Hands out and takes back the guest frames of page tables and program pages.
 #[derive(Debug)]
 pub struct FrameAllocator {
     next: u64,

@@ -320,7 +320,7 @@ mod tests {
         assert!(e.to_string().contains("truncated bzImage"), "{e}");
         let e = detect(p, b"root:x:0:0:root:/root:/bin/bash\n").unwrap_err();
         assert!(e.to_string().contains("not a Linux kernel"), "{e}");
-        let e = detect(p, crate::kernel::EMBEDDED).unwrap_err();
+        let e = detect(p, crate::guest_kernel::EMBEDDED).unwrap_err();
         assert!(e.to_string().contains("process mode needs a PROGRAM"), "{e}");
     }
 

@@ -47,7 +47,7 @@ pub mod status {
     pub const TRIPLE_FAULT: u8 = 11;
     pub const TIMEOUT: u8 = 12;
     pub const KVM_STOPPED: u8 = 13;
-    pub const DIVERGED: u8 = crate::mvx::EXIT_DIVERGENCE;
+    pub const DIVERGED: u8 = crate::monitor::EXIT_DIVERGENCE;
 }
 
 /// What to boot.

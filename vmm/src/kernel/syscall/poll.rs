@@ -5,10 +5,10 @@
 use std::cell::RefCell;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use super::super::deliver::WakeOn;
 use super::super::errno::{check, Errno, SysResult};
-use super::super::fd::{Extra, FileKind};
-use super::super::Process;
+use super::super::file::{lock, Extra, FileKind};
+use super::super::wait::WakeOn;
+use super::super::Kernel;
 
 #[inline]
 fn fd_arg(a: u64) -> u64 {
@@ -35,48 +35,48 @@ const EPOLL_BATCH: usize = 512;
 const EP_MAX_EVENTS: u64 = (i32::MAX as u64) / 12;
 
 /// Installs a descriptor a host operation may have returned.
-fn install(p: &mut Process, fd: Option<i64>, kind: FileKind, extra: Extra, cloexec: bool) -> SysResult {
+fn install(k: &mut Kernel, fd: Option<i64>, kind: FileKind, extra: Extra, cloexec: bool) -> SysResult {
     // SAFETY: fd is a fresh descriptor owned by nobody else.
     let owned = fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    p.adopt(owned, kind, extra, cloexec)
+    k.adopt(owned, kind, extra, cloexec)
 }
 
 /// Creates a descriptor on the host with `make` (or replays the leader's).
-fn create(p: &mut Process, kind: FileKind, extra: Extra, cloexec: bool, make: impl FnOnce() -> i64) -> SysResult {
+fn create(k: &mut Kernel, kind: FileKind, extra: Extra, cloexec: bool, make: impl FnOnce() -> i64) -> SysResult {
     let mut fd = None;
-    p.host_call(true, &mut [], |_, _| {
+    k.host_call(true, &mut [], |_, _| {
         let r = check(make())?;
         fd = Some(r as i64);
         Ok(r)
     })?;
-    install(p, fd, kind, extra, cloexec)
+    install(k, fd, kind, extra, cloexec)
 }
 
-fn do_epoll_create(p: &mut Process, flags: u64) -> SysResult {
+fn do_epoll_create(k: &mut Kernel, flags: u64) -> SysResult {
     if flags & !(libc::EPOLL_CLOEXEC as u64) != 0 {
         return Err(Errno::EINVAL);
     }
-    create(p, FileKind::Epoll, Extra::Epoll(Default::default()), flags != 0, || {
+    create(k, FileKind::Epoll, Extra::Epoll(Default::default()), flags != 0, || {
         // SAFETY: plain call; result checked by `create`.
         unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) as i64 }
     })
 }
 
-pub fn epoll_create(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn epoll_create(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if a[0] as i32 <= 0 {
         return Err(Errno::EINVAL);
     }
-    do_epoll_create(p, 0)
+    do_epoll_create(k, 0)
 }
 
-pub fn epoll_create1(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    do_epoll_create(p, a[0] as u32 as u64)
+pub fn epoll_create1(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    do_epoll_create(k, a[0] as u32 as u64)
 }
 
-pub fn epoll_ctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn epoll_ctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let (epfd, op, fd) = (fd_arg(a[0]), a[1] as i32, fd_arg(a[2]));
-    let ep = p.fds.file(epfd)?.clone();
-    let target = p.fds.file(fd)?.clone();
+    let ep = k.fds().file(epfd)?.clone();
+    let target = k.fds().file(fd)?.clone();
     let Extra::Epoll(map) = &ep.extra else {
         return Err(Errno::EINVAL);
     };
@@ -87,16 +87,16 @@ pub fn epoll_ctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let mut data = 0u64;
     if op != libc::EPOLL_CTL_DEL {
         let mut raw = [0u8; 12];
-        p.mm.read_user(a[3], &mut raw)?;
+        k.mm.read_user(a[3], &mut raw)?;
         let events = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes"));
         data = u64::from_le_bytes(raw[4..].try_into().expect("8 bytes"));
         ev.events = events & EPOLL_EVENTS;
     }
-    p.host_call(true, &mut [], |_, _| {
+    k.host_call(true, &mut [], |_, _| {
         // SAFETY: both descriptors are open; ev is a valid epoll_event.
         check(unsafe { libc::epoll_ctl(ep.raw(), op, target.raw(), &mut ev) } as i64)
     })?;
-    let mut m = map.borrow_mut();
+    let mut m = lock(map);
     match op {
         libc::EPOLL_CTL_DEL => {
             m.remove(&(fd as u32));
@@ -111,7 +111,7 @@ pub fn epoll_ctl(p: &mut Process, a: &[u64; 6]) -> SysResult {
 /// Waits on epoll `epfd` and writes the program's events; `mask` replaces
 /// the signal mask during the wait.
 fn epoll_wait_common(
-    p: &mut Process,
+    k: &mut Kernel,
     epfd: u64,
     events_va: u64,
     max: u64,
@@ -122,7 +122,7 @@ fn epoll_wait_common(
     if max <= 0 || max as u64 > EP_MAX_EVENTS {
         return Err(Errno::EINVAL);
     }
-    let ep = p.fds.file(fd_arg(epfd))?.clone();
+    let ep = k.fds().file(fd_arg(epfd))?.clone();
     let Extra::Epoll(map) = &ep.extra else {
         return Err(Errno::EINVAL);
     };
@@ -131,9 +131,9 @@ fn epoll_wait_common(
     // The ready (descriptor, events) pairs: the same in every variant, each
     // of which puts its own epoll_data on them.
     let mut ready = [0u8; EPOLL_BATCH * 8];
-    let n = p.host_call(true, &mut ready, |p, ready| {
+    let n = k.host_call(true, &mut ready, |k, ready| {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
-        let n = p.blocking_on(mask, timeout_ms as i64, Some(WakeOn::Fd(ep.raw(), libc::POLLIN)), |t| {
+        let n = k.blocking_on(mask, timeout_ms as i64, Some(WakeOn::Fd(ep.raw(), libc::POLLIN)), |t| {
             // SAFETY: evs has `want` writable entries; the descriptor is open.
             unsafe { libc::epoll_wait(ep.raw(), evs.as_mut_ptr(), want as i32, t as i32) as i64 }
         })? as usize;
@@ -144,40 +144,40 @@ fn epoll_wait_common(
         }
         Ok(n as u64)
     })? as usize;
-    let m = map.borrow();
+    let m = lock(map);
     let mut out = [0u8; EPOLL_BATCH * 12];
-    let mut k = 0;
+    let mut got = 0;
     for i in 0..n.min(EPOLL_BATCH) {
         let vfd = u32::from_le_bytes(ready[i * 8..i * 8 + 4].try_into().expect("4 bytes"));
         let events = u32::from_le_bytes(ready[i * 8 + 4..i * 8 + 8].try_into().expect("4 bytes"));
         let Some(&data) = m.get(&vfd) else { continue };
-        out[k * 12..k * 12 + 4].copy_from_slice(&events.to_le_bytes());
-        out[k * 12 + 4..k * 12 + 12].copy_from_slice(&data.to_le_bytes());
-        k += 1;
+        out[got * 12..got * 12 + 4].copy_from_slice(&events.to_le_bytes());
+        out[got * 12 + 4..got * 12 + 12].copy_from_slice(&data.to_le_bytes());
+        got += 1;
     }
     drop(m);
-    p.mm.write_user(events_va, &out[..k * 12])?;
-    Ok(k as u64)
+    k.mm.write_user(events_va, &out[..got * 12])?;
+    Ok(got as u64)
 }
 
-pub fn epoll_wait(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    epoll_wait_common(p, a[0], a[1], a[2], a[3] as i32, None)
+pub fn epoll_wait(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    epoll_wait_common(k, a[0], a[1], a[2], a[3] as i32, None)
 }
 
-pub fn epoll_pwait(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let mask = p.sigmask_arg(a[4], a[5])?;
-    epoll_wait_common(p, a[0], a[1], a[2], a[3] as i32, mask)
+pub fn epoll_pwait(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let mask = k.sigmask_arg(a[4], a[5])?;
+    epoll_wait_common(k, a[0], a[1], a[2], a[3] as i32, mask)
 }
 
-pub fn epoll_pwait2(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn epoll_pwait2(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let timeout = if a[3] == 0 {
         -1
     } else {
-        let ts: libc::timespec = p.mm.read_val(a[3])?;
+        let ts: libc::timespec = k.mm.read_val(a[3])?;
         timespec_ms(&ts)?
     };
-    let mask = p.sigmask_arg(a[4], a[5])?;
-    epoll_wait_common(p, a[0], a[1], a[2], timeout as i32, mask)
+    let mask = k.sigmask_arg(a[4], a[5])?;
+    epoll_wait_common(k, a[0], a[1], a[2], timeout as i32, mask)
 }
 
 /// Milliseconds of a timeout, rounded up; EINVAL if malformed.
@@ -191,7 +191,7 @@ fn timespec_ms(ts: &libc::timespec) -> SysResult<i64> {
 /// Polls the host descriptors `pfds` (the leader; followers replay its
 /// result): the number ready and each entry's revents.
 fn poll_host(
-    p: &mut Process,
+    k: &mut Kernel,
     pfds: Vec<libc::pollfd>,
     timeout_ms: i64,
     mask: Option<u64>,
@@ -199,8 +199,8 @@ fn poll_host(
     let n = pfds.len();
     let mut revents = vec![0u8; n * 2];
     let pfds = RefCell::new(pfds);
-    let ready = p.host_call(true, &mut revents, |p, out| {
-        let r = p.blocking_on(mask, timeout_ms, Some(WakeOn::Set(&pfds)), |t| {
+    let ready = k.host_call(true, &mut revents, |k, out| {
+        let r = k.blocking_on(mask, timeout_ms, Some(WakeOn::Set(&pfds)), |t| {
             let mut pfds = pfds.borrow_mut();
             // SAFETY: pfds has n valid entries.
             unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, t as i32) as i64 }
@@ -214,13 +214,13 @@ fn poll_host(
 }
 
 /// poll over the program's pollfd array; `timeout_ms` < 0 waits forever.
-fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: Option<u64>) -> SysResult {
-    if nfds > p.fds.limit as u64 {
+fn poll_common(k: &mut Kernel, fds_va: u64, nfds: u64, timeout_ms: i64, mask: Option<u64>) -> SysResult {
+    if nfds > k.fds().limit as u64 {
         return Err(Errno::EINVAL);
     }
     let n = nfds as usize;
     let mut raw = vec![0u8; n * 8];
-    p.mm.read_user(fds_va, &mut raw)?;
+    k.mm.read_user(fds_va, &mut raw)?;
     let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(n);
     let mut invalid = vec![false; n];
     for i in 0..n {
@@ -229,7 +229,7 @@ fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: O
         let host = if fd < 0 {
             -1
         } else {
-            match p.fds.file(fd as u64) {
+            match k.fds().file(fd as u64) {
                 Ok(f) => f.raw(),
                 Err(_) => {
                     invalid[i] = true;
@@ -239,7 +239,7 @@ fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: O
         };
         pfds.push(libc::pollfd { fd: host, events, revents: 0 });
     }
-    let (mut count, revents) = poll_host(p, pfds, timeout_ms, mask)?;
+    let (mut count, revents) = poll_host(k, pfds, timeout_ms, mask)?;
     for i in 0..n {
         let rev = if invalid[i] {
             count += 1;
@@ -249,27 +249,27 @@ fn poll_common(p: &mut Process, fds_va: u64, nfds: u64, timeout_ms: i64, mask: O
         };
         raw[i * 8 + 6..i * 8 + 8].copy_from_slice(&rev.to_le_bytes());
     }
-    p.mm.write_user(fds_va, &raw)?;
+    k.mm.write_user(fds_va, &raw)?;
     Ok(count)
 }
 
-pub fn poll(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    poll_common(p, a[0], a[1], a[2] as i32 as i64, None)
+pub fn poll(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    poll_common(k, a[0], a[1], a[2] as i32 as i64, None)
 }
 
-pub fn ppoll(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn ppoll(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let timeout = if a[2] == 0 {
         -1
     } else {
-        let ts: libc::timespec = p.mm.read_val(a[2])?;
+        let ts: libc::timespec = k.mm.read_val(a[2])?;
         timespec_ms(&ts)?
     };
-    let mask = p.sigmask_arg(a[3], a[4])?;
-    poll_common(p, a[0], a[1], timeout, mask)
+    let mask = k.sigmask_arg(a[3], a[4])?;
+    poll_common(k, a[0], a[1], timeout, mask)
 }
 
 /// select/pselect6 through poll: the program's fd_sets become a pollfd list.
-fn select_common(p: &mut Process, nfds: u64, sets: [u64; 3], timeout_ms: i64, mask: Option<u64>) -> SysResult {
+fn select_common(k: &mut Kernel, nfds: u64, sets: [u64; 3], timeout_ms: i64, mask: Option<u64>) -> SysResult {
     let nfds = nfds as u32 as i32;
     if nfds < 0 {
         return Err(Errno::EINVAL);
@@ -281,7 +281,7 @@ fn select_common(p: &mut Process, nfds: u64, sets: [u64; 3], timeout_ms: i64, ma
     for (s, &va) in sets.iter().enumerate() {
         if va != 0 && words > 0 {
             let mut raw = vec![0u8; words * 8];
-            p.mm.read_user(va, &mut raw)?;
+            k.mm.read_user(va, &mut raw)?;
             for w in 0..words {
                 bits[s][w] = u64::from_le_bytes(raw[w * 8..w * 8 + 8].try_into().expect("8 bytes"));
             }
@@ -295,7 +295,7 @@ fn select_common(p: &mut Process, nfds: u64, sets: [u64; 3], timeout_ms: i64, ma
         if !(r || w || x) {
             continue;
         }
-        let host = p.fds.file(fd as u64)?.raw();
+        let host = k.fds().file(fd as u64)?.raw();
         let mut events = 0;
         if r {
             events |= libc::POLLIN;
@@ -309,7 +309,7 @@ fn select_common(p: &mut Process, nfds: u64, sets: [u64; 3], timeout_ms: i64, ma
         pfds.push(libc::pollfd { fd: host, events, revents: 0 });
         which.push(fd);
     }
-    let (_, revents) = poll_host(p, pfds, timeout_ms, mask)?;
+    let (_, revents) = poll_host(k, pfds, timeout_ms, mask)?;
     let mut out = [[0u64; 16]; 3];
     let mut count = 0;
     for (i, &fd) in which.iter().enumerate() {
@@ -327,48 +327,48 @@ fn select_common(p: &mut Process, nfds: u64, sets: [u64; 3], timeout_ms: i64, ma
     for (s, &va) in sets.iter().enumerate() {
         if va != 0 && words > 0 {
             let raw: Vec<u8> = out[s][..words].iter().flat_map(|w| w.to_le_bytes()).collect();
-            p.mm.write_user(va, &raw)?;
+            k.mm.write_user(va, &raw)?;
         }
     }
     Ok(count)
 }
 
-pub fn select(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn select(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let timeout = if a[4] == 0 {
         -1
     } else {
-        let tv: libc::timeval = p.mm.read_val(a[4])?;
+        let tv: libc::timeval = k.mm.read_val(a[4])?;
         if tv.tv_sec < 0 || !(0..1_000_000).contains(&tv.tv_usec) {
             return Err(Errno::EINVAL);
         }
         (tv.tv_sec.saturating_mul(1000) + (tv.tv_usec + 999) / 1000).min(i32::MAX as i64)
     };
-    select_common(p, a[0], [a[1], a[2], a[3]], timeout, None)
+    select_common(k, a[0], [a[1], a[2], a[3]], timeout, None)
 }
 
-pub fn pselect6(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn pselect6(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let timeout = if a[4] == 0 {
         -1
     } else {
-        let ts: libc::timespec = p.mm.read_val(a[4])?;
+        let ts: libc::timespec = k.mm.read_val(a[4])?;
         timespec_ms(&ts)?
     };
     // The sixth argument points at { const sigset_t *ss; size_t ss_len; }.
     let mask = if a[5] == 0 {
         None
     } else {
-        let pair: [u64; 2] = p.mm.read_val(a[5])?;
-        p.sigmask_arg(pair[0], pair[1])?
+        let pair: [u64; 2] = k.mm.read_val(a[5])?;
+        k.sigmask_arg(pair[0], pair[1])?
     };
-    select_common(p, a[0], [a[1], a[2], a[3]], timeout, mask)
+    select_common(k, a[0], [a[1], a[2], a[3]], timeout, mask)
 }
 
-fn do_eventfd(p: &mut Process, init: u64, flags: u64) -> SysResult {
+fn do_eventfd(k: &mut Kernel, init: u64, flags: u64) -> SysResult {
     let allowed = (libc::EFD_CLOEXEC | libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE) as u64;
     if flags & !allowed != 0 {
         return Err(Errno::EINVAL);
     }
-    create(p, FileKind::EventFd, Extra::None, flags as i32 & libc::EFD_CLOEXEC != 0, || {
+    create(k, FileKind::EventFd, Extra::None, flags as i32 & libc::EFD_CLOEXEC != 0, || {
         // SAFETY: plain call; result checked by `create`.
         unsafe {
             libc::eventfd(init as u32, libc::EFD_CLOEXEC | (flags as i32 & (libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE)))
@@ -377,15 +377,15 @@ fn do_eventfd(p: &mut Process, init: u64, flags: u64) -> SysResult {
     })
 }
 
-pub fn eventfd(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    do_eventfd(p, a[0], 0)
+pub fn eventfd(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    do_eventfd(k, a[0], 0)
 }
 
-pub fn eventfd2(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    do_eventfd(p, a[0], a[1])
+pub fn eventfd2(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    do_eventfd(k, a[0], a[1])
 }
 
-pub fn timerfd_create(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn timerfd_create(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let clock = a[0] as i32;
     let flags = a[1] as i32;
     if !matches!(clock, libc::CLOCK_REALTIME | libc::CLOCK_MONOTONIC | libc::CLOCK_BOOTTIME)
@@ -393,25 +393,25 @@ pub fn timerfd_create(p: &mut Process, a: &[u64; 6]) -> SysResult {
     {
         return Err(Errno::EINVAL);
     }
-    create(p, FileKind::TimerFd, Extra::None, flags & libc::TFD_CLOEXEC != 0, || {
+    create(k, FileKind::TimerFd, Extra::None, flags & libc::TFD_CLOEXEC != 0, || {
         // SAFETY: plain call; result checked by `create`.
         unsafe { libc::timerfd_create(clock, libc::TFD_CLOEXEC | (flags & libc::TFD_NONBLOCK)) as i64 }
     })
 }
 
-fn timer_file(p: &Process, fd: u64) -> SysResult<i32> {
-    let f = p.fds.file(fd_arg(fd))?;
+fn timer_file(k: &Kernel, fd: u64) -> SysResult<i32> {
+    let f = k.fds().file(fd_arg(fd))?.clone();
     if f.kind != FileKind::TimerFd {
         return Err(Errno::EINVAL);
     }
     Ok(f.raw())
 }
 
-pub fn timerfd_settime(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let raw = timer_file(p, a[0])?;
-    let new: libc::itimerspec = p.mm.read_val(a[2])?;
+pub fn timerfd_settime(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let raw = timer_file(k, a[0])?;
+    let new: libc::itimerspec = k.mm.read_val(a[2])?;
     let mut old = [0u8; 32];
-    p.host_call(true, &mut old, |_, out| {
+    k.host_call(true, &mut old, |_, out| {
         let mut o: libc::itimerspec = super::super::mm::Pod::zeroed();
         // SAFETY: new and o are valid itimerspecs; raw is an open timerfd.
         check(unsafe { libc::timerfd_settime(raw, a[1] as i32 & (libc::TFD_TIMER_ABSTIME | 2), &new, &mut o) } as i64)?;
@@ -419,20 +419,20 @@ pub fn timerfd_settime(p: &mut Process, a: &[u64; 6]) -> SysResult {
         Ok(0)
     })?;
     if a[3] != 0 {
-        p.mm.write_user(a[3], &old)?;
+        k.mm.write_user(a[3], &old)?;
     }
     Ok(0)
 }
 
-pub fn timerfd_gettime(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let raw = timer_file(p, a[0])?;
+pub fn timerfd_gettime(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let raw = timer_file(k, a[0])?;
     let mut cur = [0u8; 32];
-    p.host_call(true, &mut cur, |_, out| {
+    k.host_call(true, &mut cur, |_, out| {
         let mut c: libc::itimerspec = super::super::mm::Pod::zeroed();
         // SAFETY: c is a valid out-parameter; raw is an open timerfd.
         check(unsafe { libc::timerfd_gettime(raw, &mut c) } as i64)?;
         out.copy_from_slice(super::super::mm::Pod::as_bytes(&c));
         Ok(0)
     })?;
-    p.mm.write_user(a[1], &cur).map(|_| 0)
+    k.mm.write_user(a[1], &cur).map(|_| 0)
 }

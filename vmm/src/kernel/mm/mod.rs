@@ -16,14 +16,14 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use dmvx_abi::KopsOp;
 
-use super::errno::{Errno, SysResult};
-use super::layout::Layout;
 use crate::arch::x86_64::layout::{direct_map, USER_END, USER_MIN};
 use crate::arch::x86_64::paging::{pte, PageTables};
+use crate::kernel::errno::{Errno, SysResult};
+use crate::kernel::layout::Layout;
 use crate::memory::{FrameAllocator, GuestMemory, PAGE_SIZE};
 
 pub const PROT_READ: u32 = 1;
@@ -53,7 +53,7 @@ pub enum Backing {
     Anon,
     /// The file's contents from `offset` (the file offset of the VMA's
     /// start); zero beyond its end.
-    File { fd: Rc<OwnedFd>, offset: u64 },
+    File { fd: Arc<OwnedFd>, offset: u64 },
 }
 
 /// What a mapping is, for reports.
@@ -703,6 +703,30 @@ impl HostIov {
     pub fn clear(&mut self) {
         self.len = 0;
         self.total = 0;
+    }
+
+    /// The bytes behind the list, segment by segment.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        self.iov[..self.len].iter().map(|v| {
+            // SAFETY: every segment was built by `Mm::user_iov` (guest memory,
+            // bounds-checked) or `push_host` (a live VMM buffer), and the
+            // guest does not run while the VMM handles its call.
+            unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }
+        })
+    }
+
+    /// Copies `data` into the list's segments, in order (as far as it goes).
+    pub fn fill_from(&self, mut data: &[u8]) {
+        for v in &self.iov[..self.len] {
+            if data.is_empty() {
+                break;
+            }
+            let k = v.iov_len.min(data.len());
+            // SAFETY: as in `slices`; the segments of a list built for writing
+            // are writable guest memory (Mm::user_iov checked the mapping).
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base as *mut u8, k) };
+            data = &data[k..];
+        }
     }
 
     /// Pointer and count for readv/writev.

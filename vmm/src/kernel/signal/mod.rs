@@ -1,5 +1,8 @@
 //! Signals: numbers, names, the program's recorded dispositions and mask.
 
+pub mod frame;
+pub mod host;
+
 use super::errno::{Errno, SysResult};
 
 /// A signal number.
@@ -97,7 +100,7 @@ pub struct SigAction {
 }
 
 // SAFETY: repr(C) struct of integers.
-unsafe impl super::mm::Pod for SigAction {}
+unsafe impl crate::kernel::mm::Pod for SigAction {}
 
 /// The kernel's `stack_t`.
 #[repr(C)]
@@ -110,7 +113,7 @@ pub struct StackT {
 }
 
 // SAFETY: repr(C) struct of integers.
-unsafe impl super::mm::Pod for StackT {}
+unsafe impl crate::kernel::mm::Pod for StackT {}
 
 pub const SS_ONSTACK: i32 = 1;
 pub const SS_DISABLE: i32 = 2;
@@ -138,10 +141,21 @@ pub struct SigInfo {
 pub const SI_USER: i32 = 0;
 pub const SI_TKILL: i32 = -6;
 
-/// Dispositions, mask, pending set and alternate stack.
+/// Signal dispositions: shared by the tasks of a thread group.
 #[derive(Debug, Clone)]
-pub struct SignalState {
+pub struct SigHand {
     actions: [SigAction; 65],
+}
+
+impl Default for SigHand {
+    fn default() -> Self {
+        SigHand { actions: [SigAction::default(); 65] }
+    }
+}
+
+/// A task's signal mask, pending set and alternate stack.
+#[derive(Debug, Clone)]
+pub struct SigState {
     pub mask: u64,
     pub altstack: StackT,
     /// Pending signals (bit n-1 for signal n) and what siginfo says.
@@ -149,10 +163,9 @@ pub struct SignalState {
     info: [SigInfo; 65],
 }
 
-impl Default for SignalState {
+impl Default for SigState {
     fn default() -> Self {
-        SignalState {
-            actions: [SigAction::default(); 65],
+        SigState {
             mask: 0,
             altstack: StackT { flags: SS_DISABLE, ..Default::default() },
             pending: 0,
@@ -170,7 +183,7 @@ pub fn bit(n: i32) -> u64 {
     1u64 << (n - 1)
 }
 
-impl SignalState {
+impl SigHand {
     /// The disposition of `sig`.
     pub fn action(&self, sig: Signal) -> SigAction {
         self.actions.get(sig.0 as usize).copied().unwrap_or_default()
@@ -192,6 +205,32 @@ impl SignalState {
         Ok(old)
     }
 
+    /// Whether `sig` is ignored (explicitly, or by default).
+    pub fn ignored(&self, sig: Signal) -> bool {
+        let a = self.action(sig);
+        sig != Signal::SIGKILL
+            && sig != Signal::SIGSTOP
+            && (a.handler == SIG_IGN || (a.handler == SIG_DFL && sig.default_ignored()))
+    }
+
+    /// Resets the disposition of `sig` to the default (SA_RESETHAND).
+    pub fn reset(&mut self, sig: Signal) {
+        if let Some(a) = self.actions.get_mut(sig.0 as usize) {
+            *a = SigAction::default();
+        }
+    }
+
+    /// Resets handled signals to the default at execve (ignored stay ignored).
+    pub fn reset_on_exec(&mut self) {
+        for a in self.actions.iter_mut() {
+            if a.handler != SIG_IGN {
+                *a = SigAction::default();
+            }
+        }
+    }
+}
+
+impl SigState {
     /// rt_sigprocmask.
     pub fn change_mask(&mut self, how: u64, set: Option<u64>) -> SysResult<u64> {
         let old = self.mask;
@@ -233,14 +272,6 @@ impl SignalState {
         }
     }
 
-    /// Whether `sig` is ignored (explicitly, or by default).
-    pub fn ignored(&self, sig: Signal) -> bool {
-        let a = self.action(sig);
-        sig != Signal::SIGKILL
-            && sig != Signal::SIGSTOP
-            && (a.handler == SIG_IGN || (a.handler == SIG_DFL && sig.default_ignored()))
-    }
-
     /// The next pending signal the mask lets through, removed from the
     /// pending set, with its siginfo.
     pub fn take_deliverable(&mut self) -> Option<(Signal, SigInfo)> {
@@ -258,20 +289,8 @@ impl SignalState {
         self.pending & !(self.mask & !UNBLOCKABLE) != 0
     }
 
-    /// Resets the disposition of `sig` to the default (SA_RESETHAND).
-    pub fn reset(&mut self, sig: Signal) {
-        if let Some(a) = self.actions.get_mut(sig.0 as usize) {
-            *a = SigAction::default();
-        }
-    }
-
-    /// Resets handled signals to the default at execve (ignored stay ignored).
+    /// At execve: the alternate stack is gone.
     pub fn reset_on_exec(&mut self) {
-        for a in self.actions.iter_mut() {
-            if a.handler != SIG_IGN {
-                *a = SigAction::default();
-            }
-        }
         self.altstack = StackT { flags: SS_DISABLE, ..Default::default() };
     }
 }
@@ -282,10 +301,11 @@ mod tests {
 
     #[test]
     fn kill_and_stop_cannot_be_caught_or_blocked() {
-        let mut s = SignalState::default();
-        assert_eq!(s.set_action(9, Some(SigAction { handler: 0x1000, ..Default::default() })), Err(Errno::EINVAL));
-        assert_eq!(s.set_action(0, None), Err(Errno::EINVAL));
-        assert_eq!(s.set_action(65, None), Err(Errno::EINVAL));
+        let mut h = SigHand::default();
+        assert_eq!(h.set_action(9, Some(SigAction { handler: 0x1000, ..Default::default() })), Err(Errno::EINVAL));
+        assert_eq!(h.set_action(0, None), Err(Errno::EINVAL));
+        assert_eq!(h.set_action(65, None), Err(Errno::EINVAL));
+        let mut s = SigState::default();
         s.change_mask(2, Some(u64::MAX)).unwrap();
         assert_eq!(s.mask & UNBLOCKABLE, 0);
         assert_eq!(Signal::SIGSEGV.name(), "SIGSEGV");

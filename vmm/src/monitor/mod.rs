@@ -1,16 +1,25 @@
-//! The VMM's side of multi-variant execution: the link to the other
-//! variants, recording (leader) and replaying (followers) the host
-//! operations of replicated calls, holding outputs until every variant
-//! agreed on them, and divergence reports.
+//! The MVX monitor: the layer between system-call dispatch and execution
+//! when a run is part of a cluster of variants.
 //!
-//! Which calls are replicated or checked in lockstep is decided per call by
-//! `process::monitor` from the policy; this module carries it out.
+//! For each call the kernel asks `spec` (driven by the call's row in the
+//! syscall table) for its class and normalised record, and hands them to the
+//! monitor, which decides from the policy: checked in lockstep before it
+//! takes effect, relaxed, or unchecked; its inputs replicated from the
+//! leader or local. The engine (`engine`) runs the leader/follower protocol
+//! over the link; the kernel's host operations are recorded (leader) or
+//! replayed (followers) through `record` and `replay`; outputs are held
+//! until every variant agreed on them (`commit`).
 
 pub mod commit;
+mod engine;
+pub mod join;
 pub mod launch;
+pub mod records;
+pub mod spec;
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dmvx_sync::link::{Follower, Leader, LinkError};
@@ -18,7 +27,9 @@ use dmvx_sync::policy::{Class, Policy, Rule};
 use dmvx_sync::record::{EntryBuf, EntryView, RecordBuf, SignalEvent};
 use dmvx_sync::report::ForensicLog;
 
-use crate::process::mm::HostIov;
+use crate::kernel::file::OpenFile;
+use crate::kernel::mm::HostIov;
+pub use join::JoinError;
 
 /// Exit status of a run stopped because variants diverged.
 pub const EXIT_DIVERGENCE: u8 = 121;
@@ -67,8 +78,8 @@ impl Stop {
     }
 }
 
-/// Multi-variant state of one VMM.
-pub struct Mvx {
+/// Multi-variant state of one VMM: one event stream.
+pub struct Monitor {
     pub id: u8,
     pub link: Link,
     pub policy: Policy,
@@ -79,7 +90,8 @@ pub struct Mvx {
     pub seq: u64,
     pub rec: RecordBuf,
     pub entry: EntryBuf,
-    /// The current call.
+    /// The current call, its class and the policy's rule for it.
+    pub nr: u64,
     pub class: Class,
     pub rule: Rule,
     pub mode: OpMode,
@@ -100,16 +112,17 @@ pub struct Mvx {
     pub replicated_file_bytes: u64,
 }
 
-impl Mvx {
-    pub fn new(id: u8, link: Link, policy: Policy, timeout: Duration, report_dir: PathBuf) -> Mvx {
+impl Monitor {
+    pub fn new(id: u8, link: Link, policy: Policy, timeout: Duration, report_dir: PathBuf) -> Monitor {
         let deferred_outputs = policy.preset == dmvx_sync::policy::Preset::Dmvx;
-        Mvx {
+        Monitor {
             id,
             link,
             policy,
             deferred_outputs,
             timeout,
             seq: 0,
+            nr: 0,
             rec: RecordBuf::new(),
             entry: EntryBuf::new(),
             class: Class::Other,
@@ -129,6 +142,18 @@ impl Mvx {
 
     pub fn is_leader(&self) -> bool {
         matches!(self.link, Link::Leader(_))
+    }
+
+    /// One line for --stats.
+    pub fn summary(&self) -> String {
+        format!(
+            "variant {} ({}), {} events, {} replicated file bytes, {} bytes of held output released",
+            self.id,
+            if self.is_leader() { "leader" } else { "follower" },
+            self.seq,
+            self.replicated_file_bytes,
+            self.outputs.released
+        )
     }
 
     /// The leader's link (call only on the leader).
@@ -219,6 +244,25 @@ impl Mvx {
         op.ret
     }
 
+    /// Leader: holds the output in `iov` for `file` until every follower
+    /// agreed on it (output commit); returns its length.
+    pub fn hold(&mut self, iov: &HostIov, file: Arc<OpenFile>, offset: Option<i64>) -> u64 {
+        let mut data = self.outputs.buffer();
+        for s in iov.slices() {
+            data.extend_from_slice(s);
+        }
+        let n = data.len() as u64;
+        let digest = dmvx_sync::record::record_digest(self.rec.as_bytes());
+        self.outputs.hold(self.seq, digest, file, data, offset);
+        n
+    }
+
+    /// Whether the current call's output to a file (`remote` or not) is
+    /// held instead of performed (leader, lockstep outputs).
+    pub fn holds_outputs_for(&self, remote: bool) -> bool {
+        self.is_leader() && self.deferred_outputs && remote && self.class == Class::Output
+    }
+
     /// The leader's return value of the current call (follower).
     pub fn leader_ret(&self) -> Option<i64> {
         EntryView::decode(&self.leader_entry).ok().map(|v| v.ret)
@@ -242,31 +286,20 @@ impl Mvx {
 /// The first `n` bytes behind a host iovec list.
 fn gather(iov: &HostIov, mut n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n);
-    for v in &iov.iov[..iov.len] {
+    for s in iov.slices() {
         if n == 0 {
             break;
         }
-        let k = v.iov_len.min(n);
-        // SAFETY: the iovecs point into guest memory, bounds-checked when
-        // built by Mm::user_iov, and the guest is stopped.
-        out.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, k) });
+        let k = s.len().min(n);
+        out.extend_from_slice(&s[..k]);
         n -= k;
     }
     out
 }
 
 /// Writes `data` across a host iovec list.
-fn scatter(iov: &HostIov, mut data: &[u8]) {
-    for v in &iov.iov[..iov.len] {
-        if data.is_empty() {
-            break;
-        }
-        let k = v.iov_len.min(data.len());
-        // SAFETY: as in `gather`; the destination is writable guest memory
-        // (Mm::user_iov checked write permission for this direction).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base as *mut u8, k) };
-        data = &data[k..];
-    }
+fn scatter(iov: &HostIov, data: &[u8]) {
+    iov.fill_from(data);
 }
 
 /// `ret`, or the negated errno of the failed libc call that produced it.

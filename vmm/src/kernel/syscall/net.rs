@@ -7,13 +7,13 @@
 //! are refused with a log line.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::super::errno::{check, Errno, SysResult};
-use super::super::fd::{Extra, FileKind, OpenFile};
-use super::super::fs::EntryOp;
+use super::super::file::{lock, Extra, FileKind, OpenFile};
 use super::super::mm::Mm;
-use super::super::Process;
+use super::super::sandbox::EntryOp;
+use super::super::Kernel;
 use super::Sys;
 
 /// Largest socket address (sockaddr_storage).
@@ -47,21 +47,19 @@ struct SockAddr {
     _hold: Option<OwnedFd>,
 }
 
-impl Process {
+impl Kernel {
     /// The socket behind `fd`, or ENOTSOCK/EBADF.
-    fn socket_file(&self, fd: u64) -> SysResult<Rc<OpenFile>> {
-        let f = self.fds.file(fd_arg(fd))?;
+    fn socket_file(&self, fd: u64) -> SysResult<Arc<OpenFile>> {
+        let f = self.fds().file(fd_arg(fd))?.clone();
         if f.kind != FileKind::Socket {
             return Err(Errno::ENOTSOCK);
         }
-        Ok(f.clone())
+        Ok(f)
     }
 
     /// Logs a refused socket feature once per distinct message.
     fn refuse(&mut self, what: String) {
-        if self.refusals_logged.insert(what.clone()) {
-            eprintln!("dmvx: refused {what}");
-        }
+        self.log_once(format!("refused {what}"));
     }
 
     /// Reads a socket address of `len` bytes at `va`; Unix paths are
@@ -84,7 +82,7 @@ impl Process {
             );
             return Err(Errno::EPERM);
         }
-        let cwd = self.cwd.clone();
+        let cwd = self.cwd();
         let host_path = if binding {
             let (dir, name) = self.sandbox.parent(&cwd, &path, EntryOp::Create)?;
             let p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
@@ -106,8 +104,8 @@ impl Process {
         a.buf[2..2 + host_path.len()].copy_from_slice(&host_path);
         a.len = (2 + host_path.len() + 1) as u32;
         if binding {
-            if let Extra::Unix(p) = &file.extra {
-                *p.borrow_mut() = Some(path);
+            if let Extra::Unix(bound) = &file.extra {
+                *lock(bound) = Some(path);
             }
         }
         Ok(a)
@@ -162,21 +160,21 @@ fn sockaddr_of(raw: i32, peer: bool) -> SysResult<Vec<u8>> {
     Ok(buf[..(len as usize).min(ADDR_MAX)].to_vec())
 }
 
-pub fn socket(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn socket(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let (domain, ty, proto) = (a[0] as i32, a[1] as i32, a[2] as i32);
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
     if !matches!(domain, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
-        p.refuse(format!("socket family {domain} (allowed: AF_INET, AF_INET6, AF_UNIX)"));
+        k.refuse(format!("socket family {domain} (allowed: AF_INET, AF_INET6, AF_UNIX)"));
         return Err(Errno::EAFNOSUPPORT);
     }
     if !matches!(base, libc::SOCK_STREAM | libc::SOCK_DGRAM)
         || (domain != libc::AF_UNIX && !matches!(proto, 0 | libc::IPPROTO_TCP | libc::IPPROTO_UDP))
     {
-        p.refuse(format!("socket type {base} protocol {proto} (allowed: stream and datagram)"));
+        k.refuse(format!("socket type {base} protocol {proto} (allowed: stream and datagram)"));
         return Err(Errno(libc::EPROTONOSUPPORT));
     }
     let mut owned = None;
-    p.host_call(true, &mut [], |_, _| {
+    k.host_call(true, &mut [], |_, _| {
         // SAFETY: plain call; the result is checked.
         let fd = check(
             unsafe { libc::socket(domain, base | (ty & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, proto) } as i64
@@ -186,19 +184,19 @@ pub fn socket(p: &mut Process, a: &[u64; 6]) -> SysResult {
         Ok(fd)
     })?;
     let extra = if domain == libc::AF_UNIX { Extra::Unix(Default::default()) } else { Extra::None };
-    p.adopt(owned, FileKind::Socket, extra, ty & libc::SOCK_CLOEXEC != 0)
+    k.adopt(owned, FileKind::Socket, extra, ty & libc::SOCK_CLOEXEC != 0)
 }
 
-pub fn socketpair(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn socketpair(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let (domain, ty, proto) = (a[0] as i32, a[1] as i32, a[2] as i32);
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
     if domain != libc::AF_UNIX || !matches!(base, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) {
-        p.refuse(format!("socketpair family {domain} type {base}"));
+        k.refuse(format!("socketpair family {domain} type {base}"));
         return Err(Errno::EAFNOSUPPORT);
     }
     Mm::range_ok(a[3], 8)?;
     let mut pair: Option<(OwnedFd, OwnedFd)> = None;
-    p.host_call(true, &mut [], |_, _| {
+    k.host_call(true, &mut [], |_, _| {
         let mut sv = [0i32; 2];
         // SAFETY: sv is a valid 2-element out-parameter.
         check(unsafe {
@@ -213,56 +211,56 @@ pub fn socketpair(p: &mut Process, a: &[u64; 6]) -> SysResult {
         None => (None, None),
     };
     let cloexec = ty & libc::SOCK_CLOEXEC != 0;
-    let fx = p.adopt(x, FileKind::Socket, Extra::Unix(Default::default()), cloexec)?;
-    let fy = match p.adopt(y, FileKind::Socket, Extra::Unix(Default::default()), cloexec) {
+    let fx = k.adopt(x, FileKind::Socket, Extra::Unix(Default::default()), cloexec)?;
+    let fy = match k.adopt(y, FileKind::Socket, Extra::Unix(Default::default()), cloexec) {
         Ok(f) => f,
         Err(e) => {
-            let _ = p.fds.close(fx);
+            let _ = k.fds().close(fx);
             return Err(e);
         }
     };
-    if let Err(e) = p.mm.write_val(a[3], &[fx as i32, fy as i32]) {
-        let _ = p.fds.close(fx);
-        let _ = p.fds.close(fy);
+    if let Err(e) = k.mm.write_val(a[3], &[fx as i32, fy as i32]) {
+        let _ = k.fds().close(fx);
+        let _ = k.fds().close(fy);
         return Err(e);
     }
     Ok(0)
 }
 
-pub fn bind(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let f = p.socket_file(a[0])?;
-    p.host_call(true, &mut [], |p, _| {
-        let addr = p.read_addr(&f, a[1], a[2], true)?;
+pub fn bind(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.socket_file(a[0])?;
+    k.host_call(true, &mut [], |k, _| {
+        let addr = k.read_addr(&f, a[1], a[2], true)?;
         // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
         check(unsafe { libc::bind(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
     })
 }
 
-pub fn connect(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let f = p.socket_file(a[0])?;
-    p.host_call(true, &mut [], |p, _| {
-        let addr = p.read_addr(&f, a[1], a[2], false)?;
+pub fn connect(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.socket_file(a[0])?;
+    k.host_call(true, &mut [], |k, _| {
+        let addr = k.read_addr(&f, a[1], a[2], false)?;
         // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
         check(unsafe { libc::connect(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
     })
 }
 
-pub fn listen(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let f = p.socket_file(a[0])?;
-    p.host_call(true, &mut [], |_, _| {
+pub fn listen(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.socket_file(a[0])?;
+    k.host_call(true, &mut [], |_, _| {
         // SAFETY: plain call on an open socket.
         check(unsafe { libc::listen(f.raw(), a[1] as i32) } as i64)
     })
 }
 
-fn do_accept(p: &mut Process, fd: u64, addr_va: u64, len_va: u64, flags: u64) -> SysResult {
+fn do_accept(k: &mut Kernel, fd: u64, addr_va: u64, len_va: u64, flags: u64) -> SysResult {
     if flags & !((libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64) != 0 {
         return Err(Errno::EINVAL);
     }
-    let f = p.socket_file(fd)?;
+    let f = k.socket_file(fd)?;
     if addr_va != 0 {
         Mm::range_ok(len_va, 4)?;
-        let cap: u32 = p.mm.read_val(len_va)?;
+        let cap: u32 = k.mm.read_val(len_va)?;
         if cap as i32 <= -1 {
             return Err(Errno::EINVAL);
         }
@@ -270,12 +268,12 @@ fn do_accept(p: &mut Process, fd: u64, addr_va: u64, len_va: u64, flags: u64) ->
     // The peer address, then its length.
     let mut out = [0u8; ADDR_MAX + 4];
     let mut owned = None;
-    p.host_call(true, &mut out, |p, out| {
+    k.host_call(true, &mut out, |k, out| {
         let mut len = ADDR_MAX as libc::socklen_t;
-        if !p.settle_if_blocking(&f, false) {
+        if !k.settle_if_blocking(&f, false) {
             return Err(Errno::EINTR);
         }
-        let nfd = p.blocking(None, -1, |_| {
+        let nfd = k.blocking(None, -1, |_| {
             // SAFETY: out/len are a valid sockaddr buffer and its size.
             let r = unsafe {
                 libc::accept4(
@@ -293,58 +291,58 @@ fn do_accept(p: &mut Process, fd: u64, addr_va: u64, len_va: u64, flags: u64) ->
         Ok(nfd)
     })?;
     let extra = if matches!(f.extra, Extra::Unix(_)) { Extra::Unix(Default::default()) } else { Extra::None };
-    let vfd = p.adopt(owned, FileKind::Socket, extra, flags as i32 & libc::SOCK_CLOEXEC != 0)?;
+    let vfd = k.adopt(owned, FileKind::Socket, extra, flags as i32 & libc::SOCK_CLOEXEC != 0)?;
     let len = u32::from_le_bytes(out[ADDR_MAX..].try_into().expect("4 bytes")) as usize;
-    if let Err(e) = p.write_addr(&out[..len.min(ADDR_MAX)], addr_va, len_va) {
-        let _ = p.fds.close(vfd);
+    if let Err(e) = k.write_addr(&out[..len.min(ADDR_MAX)], addr_va, len_va) {
+        let _ = k.fds().close(vfd);
         return Err(e);
     }
     Ok(vfd)
 }
 
-pub fn accept(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    do_accept(p, a[0], a[1], a[2], 0)
+pub fn accept(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    do_accept(k, a[0], a[1], a[2], 0)
 }
 
-pub fn accept4(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    do_accept(p, a[0], a[1], a[2], a[3])
+pub fn accept4(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    do_accept(k, a[0], a[1], a[2], a[3])
 }
 
-fn name_of(p: &mut Process, a: &[u64; 6], peer: bool) -> SysResult {
-    let f = p.socket_file(a[0])?;
+fn name_of(k: &mut Kernel, a: &[u64; 6], peer: bool) -> SysResult {
+    let f = k.socket_file(a[0])?;
     Mm::range_ok(a[2], 4)?;
     if !peer {
         if let Extra::Unix(bound) = &f.extra {
-            if let Some(path) = bound.borrow().clone() {
+            if let Some(path) = lock(bound).clone() {
                 let mut addr = (libc::AF_UNIX as u16).to_le_bytes().to_vec();
                 addr.extend_from_slice(&path);
                 addr.push(0);
-                let cap: u32 = p.mm.read_val(a[2])?;
+                let cap: u32 = k.mm.read_val(a[2])?;
                 let n = addr.len().min(cap as usize);
-                p.mm.write_user(a[1], &addr[..n])?;
-                p.mm.write_val(a[2], &(addr.len() as u32))?;
+                k.mm.write_user(a[1], &addr[..n])?;
+                k.mm.write_val(a[2], &(addr.len() as u32))?;
                 return Ok(0);
             }
         }
     }
     let mut out = [0u8; ADDR_MAX + 4];
-    p.host_call(true, &mut out, |_, out| {
+    k.host_call(true, &mut out, |_, out| {
         let addr = sockaddr_of(f.raw(), peer)?;
         out[..addr.len()].copy_from_slice(&addr);
         out[ADDR_MAX..].copy_from_slice(&(addr.len() as u32).to_le_bytes());
         Ok(0)
     })?;
     let len = u32::from_le_bytes(out[ADDR_MAX..].try_into().expect("4 bytes")) as usize;
-    p.write_addr(&out[..len.min(ADDR_MAX)], a[1], a[2])?;
+    k.write_addr(&out[..len.min(ADDR_MAX)], a[1], a[2])?;
     Ok(0)
 }
 
-pub fn getsockname(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    name_of(p, a, false)
+pub fn getsockname(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    name_of(k, a, false)
 }
 
-pub fn getpeername(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    name_of(p, a, true)
+pub fn getpeername(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    name_of(k, a, true)
 }
 
 /// Socket options the program may set or read: (level, option, settable,
@@ -387,44 +385,44 @@ const OPTIONS: &[(i32, i32, bool, usize)] = &[
 ];
 
 /// The size Linux reads for an allowed option, or ENOPROTOOPT (logged).
-fn option_size(p: &mut Process, level: i32, name: i32, set: bool) -> SysResult<usize> {
+fn option_size(k: &mut Kernel, level: i32, name: i32, set: bool) -> SysResult<usize> {
     match OPTIONS.iter().find(|o| o.0 == level && o.1 == name) {
         Some(o) if o.2 || !set => Ok(o.3),
         _ => {
-            p.refuse(format!("socket option level {level} name {name} ({})", if set { "set" } else { "get" }));
+            k.refuse(format!("socket option level {level} name {name} ({})", if set { "set" } else { "get" }));
             Err(Errno(libc::ENOPROTOOPT))
         }
     }
 }
 
-pub fn setsockopt(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let f = p.socket_file(a[0])?;
+pub fn setsockopt(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.socket_file(a[0])?;
     let (level, name) = (a[1] as i32, a[2] as i32);
-    let size = option_size(p, level, name, true)?;
+    let size = option_size(k, level, name, true)?;
     if (a[4] as u32 as i32) < 0 {
         return Err(Errno::EINVAL);
     }
     // Like Linux, read only as much as the option holds.
     let len = (a[4] as u32).min(size as u32);
     let mut v = [0u8; 256];
-    p.mm.read_user(a[3], &mut v[..len as usize])?;
-    p.host_call(true, &mut [], |_, _| {
+    k.mm.read_user(a[3], &mut v[..len as usize])?;
+    k.host_call(true, &mut [], |_, _| {
         // SAFETY: v holds len valid bytes.
         check(unsafe { libc::setsockopt(f.raw(), level, name, v.as_ptr().cast(), len) } as i64)
     })
 }
 
-pub fn getsockopt(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let f = p.socket_file(a[0])?;
+pub fn getsockopt(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.socket_file(a[0])?;
     let (level, name) = (a[1] as i32, a[2] as i32);
-    option_size(p, level, name, false)?;
-    let cap: u32 = p.mm.read_val(a[4])?;
+    option_size(k, level, name, false)?;
+    let cap: u32 = k.mm.read_val(a[4])?;
     if cap as i32 <= -1 {
         return Err(Errno::EINVAL);
     }
     // The value, then its length.
     let mut out = [0u8; 256 + 4];
-    p.host_call(true, &mut out, |_, out| {
+    k.host_call(true, &mut out, |_, out| {
         let mut len = (cap as usize).min(256) as libc::socklen_t;
         // SAFETY: out has len writable bytes; len is an in/out parameter.
         check(unsafe { libc::getsockopt(f.raw(), level, name, out.as_mut_ptr().cast(), &mut len) } as i64)?;
@@ -432,27 +430,27 @@ pub fn getsockopt(p: &mut Process, a: &[u64; 6]) -> SysResult {
         Ok(0)
     })?;
     let len = u32::from_le_bytes(out[256..].try_into().expect("4 bytes")).min(256);
-    p.mm.write_user(a[3], &out[..len as usize])?;
-    p.mm.write_val(a[4], &len)?;
+    k.mm.write_user(a[3], &out[..len as usize])?;
+    k.mm.write_val(a[4], &len)?;
     Ok(0)
 }
 
-pub fn shutdown(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let f = p.socket_file(a[0])?;
+pub fn shutdown(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.socket_file(a[0])?;
     // What is held for the socket must go out before it is shut.
-    if let Err(stop) = p.settle_file(&f) {
-        p.stop_requested = Some(stop);
+    if let Err(stop) = k.settle_file(&f) {
+        k.stop = Some(stop);
         return Err(Errno::EINTR);
     }
-    p.host_call(true, &mut [], |_, _| {
+    k.host_call(true, &mut [], |_, _| {
         // SAFETY: plain call on an open socket.
         check(unsafe { libc::shutdown(f.raw(), a[1] as i32) } as i64)
     })
 }
 
-/// sendmsg over host iovecs in `p.iov`, with an optional destination.
-fn host_send(p: &mut Process, raw: i32, addr: Option<&SockAddr>, flags: u64) -> SysResult {
-    let (iov, n) = p.iov.as_raw();
+/// sendmsg over host iovecs in `k.iov`, with an optional destination.
+fn host_send(k: &mut Kernel, raw: i32, addr: Option<&SockAddr>, flags: u64) -> SysResult {
+    let (iov, n) = k.iov.as_raw();
     // SAFETY: msghdr is plain data; all-zero is a valid starting value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov as *mut libc::iovec;
@@ -466,18 +464,18 @@ fn host_send(p: &mut Process, raw: i32, addr: Option<&SockAddr>, flags: u64) -> 
     check(unsafe { libc::sendmsg(raw, &msg, (flags | MSG_NOSIGNAL) as i32) } as i64)
 }
 
-/// Sends what `p.iov` holds: held by the leader under output commit,
+/// Sends what `k.iov` holds: held by the leader under output commit,
 /// replayed by followers, performed otherwise.
-fn send(p: &mut Process, f: &Rc<OpenFile>, addr: Option<&SockAddr>, flags: u64) -> SysResult {
-    if addr.is_none() && p.holds_outputs(f) {
-        return p.hold_output(f, None);
+fn send(k: &mut Kernel, f: &Arc<OpenFile>, addr: Option<&SockAddr>, flags: u64) -> SysResult {
+    if addr.is_none() && k.holds_outputs(f) {
+        return k.hold_output(f, None);
     }
-    p.host_call(true, &mut [], |p, _| host_send(p, f.raw(), addr, flags))
+    k.host_call(true, &mut [], |k, _| host_send(k, f.raw(), addr, flags))
 }
 
-/// recvmsg into host iovecs in `p.iov`; returns (bytes, address, flags).
-fn host_recv(p: &mut Process, raw: i32, flags: u64) -> SysResult<(u64, Vec<u8>, u64)> {
-    let (iov, n) = p.iov.as_raw();
+/// recvmsg into host iovecs in `k.iov`; returns (bytes, address, flags).
+fn host_recv(k: &mut Kernel, raw: i32, flags: u64) -> SysResult<(u64, Vec<u8>, u64)> {
+    let (iov, n) = k.iov.as_raw();
     let mut name = [0u8; ADDR_MAX];
     // SAFETY: msghdr is plain data; all-zero is a valid starting value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -491,62 +489,62 @@ fn host_recv(p: &mut Process, raw: i32, flags: u64) -> SysResult<(u64, Vec<u8>, 
     Ok((r, name[..nlen].to_vec(), msg.msg_flags as u64))
 }
 
-fn check_flags(p: &mut Process, flags: u64, allowed: u64, what: &str) -> SysResult<()> {
+fn check_flags(k: &mut Kernel, flags: u64, allowed: u64, what: &str) -> SysResult<()> {
     if flags & !allowed != 0 {
-        p.refuse(format!("{what} flags {:#x}", flags & !allowed));
+        k.refuse(format!("{what} flags {:#x}", flags & !allowed));
         return Err(Errno::EOPNOTSUPP);
     }
     Ok(())
 }
 
-pub fn sendto(p: &mut Process, a: &[u64; 6]) -> Sys {
+pub fn sendto(k: &mut Kernel, a: &[u64; 6]) -> Sys {
     let flags = a[3];
     let r = (|| {
-        let f = p.socket_file(a[0])?;
-        check_flags(p, flags, SEND_FLAGS, "send")?;
-        let addr = if a[4] != 0 { Some(p.read_addr(&f, a[4], a[5], false)?) } else { None };
-        p.iov.clear();
+        let f = k.socket_file(a[0])?;
+        check_flags(k, flags, SEND_FLAGS, "send")?;
+        let addr = if a[4] != 0 { Some(k.read_addr(&f, a[4], a[5], false)?) } else { None };
+        k.iov.clear();
         if a[2] > 0 {
-            p.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), false, &mut p.iov)?;
+            k.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), false, &mut k.iov)?;
         }
-        send(p, &f, addr.as_ref(), flags)
+        send(k, &f, addr.as_ref(), flags)
     })();
     if flags & MSG_NOSIGNAL != 0 {
         return r.into();
     }
-    p.sigpipe(r)
+    k.sigpipe(r)
 }
 
-pub fn recvfrom(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let f = p.socket_file(a[0])?;
+pub fn recvfrom(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.socket_file(a[0])?;
     let flags = a[3];
-    check_flags(p, flags, RECV_FLAGS, "recv")?;
+    check_flags(k, flags, RECV_FLAGS, "recv")?;
     if a[4] != 0 {
         Mm::range_ok(a[5], 4)?;
     }
-    p.iov.clear();
+    k.iov.clear();
     if a[2] > 0 {
-        p.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), true, &mut p.iov)?;
+        k.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), true, &mut k.iov)?;
     }
     let mut name = [0u8; ADDR_MAX + 8];
-    let n = p.host_call_iov_buf(true, &mut name, |p, out| recv_into(p, &f, flags, out))?;
+    let n = k.host_call_iov(true, Some(&mut name), |k, out| recv_into(k, &f, flags, out))?;
     let nlen = u32::from_le_bytes(name[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
     if a[4] != 0 && nlen > 0 {
-        p.write_addr(&name[..nlen.min(ADDR_MAX)], a[4], a[5])?;
+        k.write_addr(&name[..nlen.min(ADDR_MAX)], a[4], a[5])?;
     } else if a[4] != 0 {
-        p.mm.write_val(a[5], &0u32)?;
+        k.mm.write_val(a[5], &0u32)?;
     }
     Ok(n)
 }
 
-/// A blocking-aware recvmsg into `p.iov`; `out` gets the address, its
+/// A blocking-aware recvmsg into `k.iov`; `out` gets the address, its
 /// length and the message flags.
-fn recv_into(p: &mut Process, f: &OpenFile, flags: u64, out: &mut [u8]) -> SysResult {
+fn recv_into(k: &mut Kernel, f: &OpenFile, flags: u64, out: &mut [u8]) -> SysResult {
     let raw = f.raw();
-    if !p.settle_if_blocking(f, flags & MSG_DONTWAIT != 0) {
+    if !k.settle_if_blocking(f, flags & MSG_DONTWAIT != 0) {
         return Err(Errno::EINTR);
     }
-    let (n, name, mflags) = host_recv(p, raw, flags)?;
+    let (n, name, mflags) = host_recv(k, raw, flags)?;
     out[..name.len()].copy_from_slice(&name);
     out[ADDR_MAX..ADDR_MAX + 4].copy_from_slice(&(name.len() as u32).to_le_bytes());
     out[ADDR_MAX + 4..ADDR_MAX + 8].copy_from_slice(&(mflags as u32).to_le_bytes());
@@ -571,51 +569,51 @@ struct MsgHdr {
 // SAFETY: repr(C) struct of integers.
 unsafe impl super::super::mm::Pod for MsgHdr {}
 
-pub fn sendmsg(p: &mut Process, a: &[u64; 6]) -> Sys {
+pub fn sendmsg(k: &mut Kernel, a: &[u64; 6]) -> Sys {
     let flags = a[2];
     let r = (|| {
-        let f = p.socket_file(a[0])?;
-        check_flags(p, flags, SEND_FLAGS, "sendmsg")?;
-        let m: MsgHdr = p.mm.read_val(a[1])?;
+        let f = k.socket_file(a[0])?;
+        check_flags(k, flags, SEND_FLAGS, "sendmsg")?;
+        let m: MsgHdr = k.mm.read_val(a[1])?;
         if m.controllen != 0 {
-            p.refuse("ancillary data in sendmsg (no descriptor or credential passing)".into());
+            k.refuse("ancillary data in sendmsg (no descriptor or credential passing)".into());
             return Err(Errno::EPERM);
         }
         let addr =
-            if m.name != 0 && m.namelen != 0 { Some(p.read_addr(&f, m.name, m.namelen as u64, false)?) } else { None };
+            if m.name != 0 && m.namelen != 0 { Some(k.read_addr(&f, m.name, m.namelen as u64, false)?) } else { None };
         if m.iovlen > 1024 {
             return Err(Errno(libc::EMSGSIZE));
         }
-        p.gather(m.iov, m.iovlen, false)?;
-        send(p, &f, addr.as_ref(), flags)
+        k.gather(m.iov, m.iovlen, false)?;
+        send(k, &f, addr.as_ref(), flags)
     })();
     if flags & MSG_NOSIGNAL != 0 {
         return r.into();
     }
-    p.sigpipe(r)
+    k.sigpipe(r)
 }
 
-pub fn recvmsg(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let f = p.socket_file(a[0])?;
+pub fn recvmsg(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.socket_file(a[0])?;
     let flags = a[2];
-    check_flags(p, flags, RECV_FLAGS, "recvmsg")?;
-    let mut m: MsgHdr = p.mm.read_val(a[1])?;
+    check_flags(k, flags, RECV_FLAGS, "recvmsg")?;
+    let mut m: MsgHdr = k.mm.read_val(a[1])?;
     if m.namelen as i32 <= -1 {
         return Err(Errno::EINVAL);
     }
     if m.iovlen > 1024 {
         return Err(Errno(libc::EMSGSIZE));
     }
-    p.gather(m.iov, m.iovlen, true)?;
+    k.gather(m.iov, m.iovlen, true)?;
     let mut out = [0u8; ADDR_MAX + 8];
-    let n = p.host_call_iov_buf(true, &mut out, |p, out| recv_into(p, &f, flags, out))?;
+    let n = k.host_call_iov(true, Some(&mut out), |k, out| recv_into(k, &f, flags, out))?;
     let nlen = u32::from_le_bytes(out[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
     let mflags = u32::from_le_bytes(out[ADDR_MAX + 4..].try_into().expect("4 bytes")) as u64;
     let mut name = out[..nlen.min(ADDR_MAX)].to_vec();
     if m.name != 0 {
-        p.unix_addr_for_guest(&mut name);
-        let k = name.len().min(m.namelen as usize);
-        p.mm.write_user(m.name, &name[..k])?;
+        k.unix_addr_for_guest(&mut name);
+        let len = name.len().min(m.namelen as usize);
+        k.mm.write_user(m.name, &name[..len])?;
         m.namelen = name.len() as u32;
     } else {
         m.namelen = 0;
@@ -623,7 +621,7 @@ pub fn recvmsg(p: &mut Process, a: &[u64; 6]) -> SysResult {
     // No ancillary data is ever passed to the program.
     m.flags = (mflags & !MSG_CTRUNC) as i32;
     m.controllen = 0;
-    p.mm.write_val(a[1], &m)?;
+    k.mm.write_val(a[1], &m)?;
     Ok(n)
 }
 

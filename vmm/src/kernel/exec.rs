@@ -3,14 +3,15 @@
 //! Linux initial stack (argc, argv, envp, auxv).
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kvm_bindings::kvm_regs;
 
+use super::creds::Creds;
 use super::errno::{Errno, SysResult};
-use super::fs::Sandbox;
 use super::layout::{Layout, STACK_SIZE};
 use super::mm::{page_down, page_up, Backing, Mm, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE};
+use super::sandbox::Sandbox;
 use crate::arch::x86_64::layout::{USER_END, USER_MIN};
 use crate::arch::x86_64::regs::rflags;
 use crate::elf::{
@@ -83,7 +84,7 @@ fn describe(e: Errno) -> String {
 /// An opened, checked ELF file.
 struct ElfImage {
     path: String,
-    fd: Rc<OwnedFd>,
+    fd: Arc<OwnedFd>,
     header: ElfHeader,
     phdrs: Vec<ProgramHeader>,
 }
@@ -94,22 +95,6 @@ pub struct Loaded {
     pub regs: kvm_regs,
     /// Guest path of the executable (for /proc/self/exe).
     pub exe: Vec<u8>,
-}
-
-/// Process identity that goes into the auxiliary vector.
-pub struct Creds {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// Everything the loader needs from the process.
-pub struct ExecRequest<'a> {
-    pub path: &'a [u8],
-    pub argv: Vec<Vec<u8>>,
-    pub envp: Vec<Vec<u8>>,
-    pub cwd: &'a [u8],
-    pub creds: Creds,
-    pub random: [u8; 16],
 }
 
 fn pread_exact(fd: &OwnedFd, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
@@ -183,7 +168,7 @@ fn read_elf(fd: OwnedFd, size: u64, path: String, head: &[u8]) -> Result<ElfImag
             });
         }
     }
-    Ok(ElfImage { path, fd: Rc::new(fd), header, phdrs })
+    Ok(ElfImage { path, fd: Arc::new(fd), header, phdrs })
 }
 
 impl ElfImage {
@@ -451,9 +436,9 @@ pub fn load(mm: &mut Mm, p: Prepared, envp: &[Vec<u8>], creds: &Creds, random: [
         (AT_FLAGS, 0),
         (AT_ENTRY, bias + main.header.entry),
         (AT_UID, creds.uid as u64),
-        (AT_EUID, creds.uid as u64),
+        (AT_EUID, creds.euid as u64),
         (AT_GID, creds.gid as u64),
-        (AT_EGID, creds.gid as u64),
+        (AT_EGID, creds.egid as u64),
         (AT_SECURE, 0),
         (AT_HWCAP, hwcap),
         (AT_HWCAP2, 0),

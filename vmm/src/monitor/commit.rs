@@ -6,9 +6,9 @@
 //! discards what is held: nothing of it ever reaches the outside world.
 
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::sync::Arc;
 
-use crate::process::fd::OpenFile;
+use crate::kernel::file::OpenFile;
 
 /// Held bytes above which the leader waits for acknowledgements before
 /// holding more (bounded memory, bounded latency).
@@ -19,7 +19,7 @@ struct Held {
     /// Digest of the call's record: a follower's acknowledgement of `seq`
     /// releases the output only if it carries the same digest.
     digest: [u8; 32],
-    file: Rc<OpenFile>,
+    file: Arc<OpenFile>,
     data: Vec<u8>,
     sent: usize,
     offset: Option<i64>,
@@ -54,7 +54,7 @@ impl Outputs {
     /// Holds `data` for `file` (at `offset` for positioned writes) until
     /// event `seq` (whose record has `digest`) is acknowledged by every
     /// follower.
-    pub fn hold(&mut self, seq: u64, digest: [u8; 32], file: Rc<OpenFile>, data: Vec<u8>, offset: Option<i64>) {
+    pub fn hold(&mut self, seq: u64, digest: [u8; 32], file: Arc<OpenFile>, data: Vec<u8>, offset: Option<i64>) {
         self.bytes += data.len();
         self.queue.push_back(Held { seq, digest, file, data, sent: 0, offset });
     }
@@ -92,8 +92,8 @@ impl Outputs {
     }
 
     /// Whether anything is held for `file`.
-    pub fn holds(&self, file: &Rc<OpenFile>) -> bool {
-        self.queue.iter().any(|h| Rc::ptr_eq(&h.file, file))
+    pub fn holds(&self, file: &Arc<OpenFile>) -> bool {
+        self.queue.iter().any(|h| Arc::ptr_eq(&h.file, file))
     }
 
     /// Writes out, in order, everything acknowledged up to `acked`. With
@@ -108,11 +108,11 @@ impl Outputs {
             while h.sent < h.data.len() {
                 let rest = &h.data[h.sent..];
                 // SAFETY: `rest` is a valid buffer; `raw` is the leader's
-                // host descriptor, kept open by the Rc held here.
+                // host descriptor, kept open by the Arc held here.
                 let n = unsafe {
                     match h.offset {
                         Some(off) => libc::pwrite(raw, rest.as_ptr().cast(), rest.len(), off + h.sent as i64),
-                        None if h.file.kind == crate::process::fd::FileKind::Socket => {
+                        None if h.file.kind == crate::kernel::file::FileKind::Socket => {
                             libc::send(raw, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL)
                         }
                         None => libc::write(raw, rest.as_ptr().cast(), rest.len()),
@@ -141,7 +141,7 @@ impl Outputs {
                 }
                 // The peer is gone (EPIPE, ECONNRESET) or it stalled: the
                 // rest of this output cannot be delivered.
-                h.file.broken.set(if n == 0 { libc::EPIPE } else { e });
+                h.file.set_broken(if n == 0 { libc::EPIPE } else { e });
                 break;
             }
             let done = self.queue.pop_front().expect("front exists");

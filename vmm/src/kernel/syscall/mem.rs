@@ -1,11 +1,11 @@
 //! Memory system calls: the VMM edits the program's mappings and page tables.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::super::errno::{Errno, SysResult};
-use super::super::fd::FileKind;
+use super::super::file::FileKind;
 use super::super::mm::{page_down, page_up, Backing, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE};
-use super::super::Process;
+use super::super::Kernel;
 use crate::arch::x86_64::layout::{USER_END, USER_MIN};
 use crate::memory::PAGE_SIZE;
 
@@ -46,8 +46,8 @@ const PROT_KNOWN: u64 = (PROT_READ | PROT_WRITE | PROT_EXEC) as u64 | PROT_GROWS
 const MREMAP_MAYMOVE: u64 = 1;
 const MREMAP_FIXED: u64 = 2;
 
-pub fn brk(p: &mut Process, a: &[u64; 6]) -> SysResult {
-    let mm = &mut p.mm;
+pub fn brk(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let mm = &mut k.mm;
     let want = a[0];
     if want < mm.brk_start || want >= USER_END {
         return Ok(mm.brk);
@@ -76,7 +76,7 @@ pub fn brk(p: &mut Process, a: &[u64; 6]) -> SysResult {
     Ok(want)
 }
 
-pub fn mmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn mmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let (addr, len, prot, flags, fd, off) = (a[0], a[1], a[2], a[3], a[4] as u32 as u64, a[5]);
     if len == 0 || flags & !MAP_KNOWN != 0 || prot & !PROT_KNOWN != 0 || off & (PAGE_SIZE - 1) != 0 {
         return Err(Errno::EINVAL);
@@ -97,7 +97,7 @@ pub fn mmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
     let backing = if flags & MAP_ANONYMOUS != 0 {
         Backing::Anon
     } else {
-        let f = p.fds.file(fd)?.clone();
+        let f = k.fds().file(fd)?.clone();
         // SAFETY: plain call on an open descriptor.
         let fl = unsafe { libc::fcntl(f.raw(), libc::F_GETFL) };
         if fl < 0 || fl & libc::O_ACCMODE == libc::O_WRONLY || fl & libc::O_PATH != 0 {
@@ -123,10 +123,10 @@ pub fn mmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
             // A remote file (replicated from the leader) has no contents here.
             let own = f.owned().ok_or(Errno::ENODEV)?;
             let dup = own.try_clone().map_err(|e| Errno::from_io(&e))?;
-            Backing::File { fd: Rc::new(dup), offset: off }
+            Backing::File { fd: Arc::new(dup), offset: off }
         }
     };
-    let mm = &mut p.mm;
+    let mm = &mut k.mm;
     let start = if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
         if addr & (PAGE_SIZE - 1) != 0 {
             return Err(Errno::EINVAL);
@@ -158,16 +158,16 @@ fn check_range(addr: u64, len: u64) -> SysResult<u64> {
     Ok(end)
 }
 
-pub fn munmap(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn munmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if a[1] == 0 {
         return Err(Errno::EINVAL);
     }
     let end = check_range(a[0], a[1])?;
-    p.mm.unmap(a[0], end);
+    k.mm.unmap(a[0], end);
     Ok(0)
 }
 
-pub fn mprotect(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn mprotect(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if a[2] & !PROT_KNOWN != 0 {
         return Err(Errno::EINVAL);
     }
@@ -176,10 +176,10 @@ pub fn mprotect(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if end == a[0] {
         return Ok(0);
     }
-    p.mm.protect(a[0], end, (a[2] & 7) as u32).map(|_| 0)
+    k.mm.protect(a[0], end, (a[2] & 7) as u32).map(|_| 0)
 }
 
-pub fn mremap(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn mremap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let (old, old_len, new_len, flags, new_addr) = (a[0], page_up(a[1]), page_up(a[2]), a[3], a[4]);
     if flags & !(MREMAP_MAYMOVE | MREMAP_FIXED) != 0 || (flags & MREMAP_FIXED != 0 && flags & MREMAP_MAYMOVE == 0) {
         return Err(Errno::EINVAL);
@@ -187,7 +187,7 @@ pub fn mremap(p: &mut Process, a: &[u64; 6]) -> SysResult {
     if old & (PAGE_SIZE - 1) != 0 || new_len == 0 || old_len == 0 {
         return Err(Errno::EINVAL);
     }
-    let mm = &mut p.mm;
+    let mm = &mut k.mm;
     let old_end = old.checked_add(old_len).filter(|&e| e <= USER_END).ok_or(Errno::EFAULT)?;
     let v = mm.find(old).ok_or(Errno::EFAULT)?;
     if v.end < old_end {
@@ -230,7 +230,7 @@ pub fn mremap(p: &mut Process, a: &[u64; 6]) -> SysResult {
     Ok(to)
 }
 
-pub fn madvise(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn madvise(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     const MADV_DONTNEED: u64 = 4;
     const MADV_FREE: u64 = 8;
     const MADV_REMOVE: u64 = 9;
@@ -240,15 +240,15 @@ pub fn madvise(p: &mut Process, a: &[u64; 6]) -> SysResult {
     }
     match a[2] {
         MADV_DONTNEED | MADV_FREE => {
-            if !p.mm.is_fully_mapped(a[0], end) {
+            if !k.mm.is_fully_mapped(a[0], end) {
                 return Err(Errno::ENOMEM);
             }
-            p.mm.discard(a[0], end);
+            k.mm.discard(a[0], end);
             Ok(0)
         }
         MADV_REMOVE => Err(Errno::EINVAL),
         0..=3 | 10..=25 | 100..=101 => {
-            if !p.mm.is_fully_mapped(a[0], end) {
+            if !k.mm.is_fully_mapped(a[0], end) {
                 return Err(Errno::ENOMEM);
             }
             Ok(0)
@@ -257,37 +257,37 @@ pub fn madvise(p: &mut Process, a: &[u64; 6]) -> SysResult {
     }
 }
 
-pub fn msync(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn msync(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let end = check_range(a[0], a[1])?;
-    if !p.mm.is_fully_mapped(a[0], end) {
+    if !k.mm.is_fully_mapped(a[0], end) {
         return Err(Errno::ENOMEM);
     }
     Ok(0)
 }
 
-pub fn mincore(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn mincore(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let end = check_range(a[0], a[1])?;
-    if !p.mm.is_fully_mapped(a[0], end) {
+    if !k.mm.is_fully_mapped(a[0], end) {
         return Err(Errno::ENOMEM);
     }
     let pages = ((end - a[0]) / PAGE_SIZE) as usize;
     let mut v = Vec::with_capacity(pages);
     for i in 0..pages as u64 {
-        let e = p.mm.page_tables().leaf(&p.mm.mem, a[0] + i * PAGE_SIZE);
+        let e = k.mm.page_tables().leaf(&k.mm.mem, a[0] + i * PAGE_SIZE);
         v.push((e & crate::arch::x86_64::paging::pte::ADDR_MASK != 0) as u8);
     }
-    p.mm.write_user(a[2], &v).map(|_| 0)
+    k.mm.write_user(a[2], &v).map(|_| 0)
 }
 
-pub fn mlock(p: &mut Process, a: &[u64; 6]) -> SysResult {
+pub fn mlock(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let start = page_down(a[0]);
     let end = a[0].checked_add(a[1]).map(page_up).filter(|&e| e <= USER_END).ok_or(Errno::ENOMEM)?;
-    if !p.mm.is_fully_mapped(start, end) {
+    if !k.mm.is_fully_mapped(start, end) {
         return Err(Errno::ENOMEM);
     }
     Ok(0)
 }
 
-pub fn mlockall(_p: &mut Process, _a: &[u64; 6]) -> SysResult {
+pub fn mlockall(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
     Ok(0)
 }

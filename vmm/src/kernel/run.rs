@@ -1,0 +1,275 @@
+//! The kernel's run loop: the program runs until it traps; the kernel
+//! handles the trap and says where the program continues.
+
+use kvm_bindings::kvm_regs;
+
+use super::mm::{Access, Fault};
+use super::signal::{self, SigInfo, Signal};
+use super::syscall::{self, Sys};
+use super::{Kernel, KernelError, Outcome};
+use crate::arch::x86_64::paging::is_canonical;
+use crate::arch::x86_64::{pf, vector};
+use crate::monitor::{spec, Stop};
+use crate::platform::{syscall_args, Platform, Trap, UserRegs, SYSCALL_INSN_LEN};
+
+/// What the kernel does after a trap.
+enum Next {
+    /// The program continues with these registers.
+    Resume(UserRegs),
+    /// The run is over.
+    Done(Outcome),
+}
+
+impl Kernel {
+    /// Runs the program until it ends.
+    pub(crate) fn run_loop(&mut self, plat: &mut Platform) -> Result<Outcome, KernelError> {
+        loop {
+            let (trap, ctx) = plat.run(&mut self.mm)?;
+            let next = match trap {
+                Trap::Syscall => self.on_syscall(ctx),
+                Trap::Exception { vector, error, cr2 } => self.on_exception(ctx, vector, error, cr2),
+                Trap::Forbidden { port } => Next::Done(self.kill(
+                    Signal::SIGSEGV,
+                    format!("general protection fault: port I/O to {port:#x} at rip {:#x}", ctx.rip),
+                )),
+                Trap::Interrupted => self.on_interrupt(ctx),
+            };
+            match next {
+                Next::Resume(ctx) => {
+                    if let Some(outcome) = self.resume(plat, ctx)? {
+                        return Ok(outcome);
+                    }
+                }
+                Next::Done(outcome) => return Ok(outcome),
+            }
+        }
+    }
+
+    /// Prepares the program's return: segment bases and FPU state a call
+    /// changed, a pending signal's handler frame. Some(outcome) if the
+    /// program cannot continue.
+    fn resume(&mut self, plat: &mut Platform, ctx: UserRegs) -> Result<Option<Outcome>, KernelError> {
+        if !is_canonical(ctx.rip) || !is_canonical(ctx.rsp) {
+            return Ok(Some(self.kill(
+                Signal::SIGSEGV,
+                format!("general protection fault: non-canonical rip {:#x} or rsp {:#x}", ctx.rip, ctx.rsp),
+            )));
+        }
+        if std::mem::take(&mut self.task.bases_dirty) {
+            plat.set_segment_bases(self.task.fs_base, self.task.gs_base);
+        }
+        if let Some(x) = self.task.pending_fpu.take() {
+            if plat.set_fpu(&x).is_err() {
+                return Ok(Some(self.kill(Signal::SIGSEGV, "rt_sigreturn with corrupt FPU state".into())));
+            }
+        }
+        let ctx = match self.deliver_pending(plat, ctx) {
+            Ok(c) => c,
+            Err((sig, why)) => return Ok(Some(self.kill(sig, why))),
+        };
+        plat.resume(&mut self.mm, ctx);
+        Ok(None)
+    }
+
+    fn on_syscall(&mut self, mut ctx: UserRegs) -> Next {
+        self.stats.syscalls += 1;
+        let nr = ctx.rax;
+        let args = syscall_args(&ctx);
+        self.task.entry_rsp = ctx.rsp;
+        self.task.nr = Some(nr);
+        if self.monitor.is_some() {
+            if let Err(stop) = self.monitor_begin(nr, &args) {
+                return Next::Done(self.stopped(stop));
+            }
+        }
+        let sys = syscall::dispatch(self, nr, &args);
+        if self.diag.trace {
+            syscall::trace(nr, &args, &sys);
+        }
+        if let Some(stop) = self.stop.take() {
+            return Next::Done(self.stopped(stop));
+        }
+        if self.monitor.is_some() {
+            let ret = match &sys {
+                Sys::Ret(v) => Some(*v as i64),
+                Sys::Exec(_) | Sys::Restore(_) => Some(0),
+                Sys::Exit(_) | Sys::Kill(..) => None,
+            };
+            if let Some(ret) = ret {
+                if let Err(stop) = self.monitor_end(ret) {
+                    return Next::Done(self.stopped(stop));
+                }
+            }
+        }
+        match sys {
+            Sys::Ret(v) => {
+                ctx.rax = v;
+                if v as i64 == -(libc::EINTR as i64) && signal::frame::restartable(nr) && self.restart_after_handler() {
+                    // Back to the `syscall` instruction once the handler returns.
+                    ctx.rip = ctx.rip.wrapping_sub(SYSCALL_INSN_LEN);
+                    ctx.rax = nr;
+                }
+                Next::Resume(ctx)
+            }
+            Sys::Restore(regs) => Next::Resume(*regs),
+            Sys::Exec(regs) => {
+                self.task.fs_base = 0;
+                self.task.gs_base = 0;
+                self.task.bases_dirty = true;
+                Next::Resume(*regs)
+            }
+            Sys::Exit(code) => {
+                if let Some(m) = self.monitor.as_mut() {
+                    // exit_group is a call like others; the exit itself is
+                    // the final event.
+                    if let Err(stop) = m.end(0, 0, &mut |_| {}).and_then(|_| m.finish(Some(code), None)) {
+                        return Next::Done(self.stopped(stop));
+                    }
+                }
+                Next::Done(Outcome::Exited(code))
+            }
+            Sys::Kill(sig, reason) => Next::Done(self.kill(sig, reason)),
+        }
+    }
+
+    /// The monitor's view of call `nr` before it runs: its class and record.
+    fn monitor_begin(&mut self, nr: u64, args: &[u64; 6]) -> Result<(), Stop> {
+        let entry = syscall::entry(nr);
+        let mut c = spec::classify(self, entry.map(|e| e.class), args);
+        let Some(m) = self.monitor.as_mut() else { return Ok(()) };
+        if c.open_path.take().is_some_and(|p| m.policy.is_mutable(&p)) {
+            c.class = dmvx_sync::policy::Class::FileModify;
+            c.remote = true;
+        }
+        let mut rec = std::mem::take(&mut m.rec);
+        spec::build_record(self, &mut rec, nr, c.class, entry.map_or(&[], |e| e.record), args);
+        let Some(m) = self.monitor.as_mut() else { return Ok(()) };
+        m.rec = rec;
+        m.begin(nr, c.class, c.remote)
+    }
+
+    /// The monitor's view after the call, with the leader's caught signals
+    /// going out and the followers raising them.
+    fn monitor_end(&mut self, ret: i64) -> Result<(), Stop> {
+        let caught = if self.is_leader() {
+            self.collect_host_signals();
+            std::mem::take(&mut self.host_raised)
+        } else {
+            0
+        };
+        let Some(m) = self.monitor.as_mut() else { return Ok(()) };
+        let sig = &mut self.task.sig;
+        m.end(ret, caught, &mut |s| {
+            sig.raise(Signal(s.sig), SigInfo { code: s.code, addr: s.addr, ..Default::default() })
+        })
+    }
+
+    /// Whether the signal about to be delivered has a handler with
+    /// SA_RESTART (so an interrupted call restarts after it).
+    fn restart_after_handler(&mut self) -> bool {
+        self.collect_host_signals();
+        let ready = self.task.sig.pending & !(self.task.sig.mask & !signal::UNBLOCKABLE);
+        if ready == 0 {
+            return false;
+        }
+        let sig = Signal(ready.trailing_zeros() as i32 + 1);
+        let act = self.tg().sighand.action(sig);
+        act.handler > signal::SIG_IGN && act.flags & signal::SA_RESTART != 0
+    }
+
+    fn on_exception(&mut self, ctx: kvm_regs, vec: u8, err: u64, cr2: u64) -> Next {
+        let rip = ctx.rip;
+        if vec == vector::PAGE_FAULT {
+            self.stats.page_faults += 1;
+            let access = if err & pf::FETCH != 0 {
+                Access::Exec
+            } else if err & pf::WRITE != 0 {
+                Access::Write
+            } else {
+                Access::Read
+            };
+            return match self.mm.fault(cr2, access) {
+                Ok(()) => Next::Resume(ctx),
+                Err(Fault::OutOfMemory) => Next::Done(self.kill(
+                    Signal::SIGKILL,
+                    format!("out of guest memory at address {cr2:#x}, rip {rip:#x} (raise --memory)"),
+                )),
+                Err(f) => {
+                    let what = match access {
+                        Access::Read => "read",
+                        Access::Write => "write",
+                        Access::Exec => "instruction fetch",
+                    };
+                    let why = if f == Fault::Unmapped { "no mapping" } else { "not permitted by the mapping" };
+                    let info =
+                        SigInfo { code: if f == Fault::Unmapped { 1 } else { 2 }, addr: cr2, trapno: vec as u64, err };
+                    let reason = format!("page fault: {what} at address {cr2:#x} ({why}), rip {rip:#x}");
+                    self.fault_signal(ctx, Signal::SIGSEGV, info, reason)
+                }
+            };
+        }
+        let sig = match vec {
+            vector::DIVIDE_ERROR | vector::X87_FP | vector::SIMD_FP => Signal::SIGFPE,
+            vector::INVALID_OPCODE => Signal::SIGILL,
+            vector::DEBUG | vector::BREAKPOINT => Signal::SIGTRAP,
+            vector::ALIGNMENT_CHECK => Signal::SIGBUS,
+            _ => Signal::SIGSEGV,
+        };
+        let code = match vec {
+            vector::DIVIDE_ERROR => 1,    // FPE_INTDIV
+            vector::INVALID_OPCODE => 2,  // ILL_ILLOPN
+            vector::BREAKPOINT => 1,      // TRAP_BRKPT
+            vector::ALIGNMENT_CHECK => 1, // BUS_ADRALN
+            _ => 0x80,                    // SI_KERNEL
+        };
+        let info = SigInfo { code, addr: if code == 0x80 { 0 } else { rip }, trapno: vec as u64, err };
+        let reason = format!("{} at rip {rip:#x} (error code {err:#x})", vector::name(vec));
+        self.fault_signal(ctx, sig, info, reason)
+    }
+
+    /// A fault of the program: delivered to its handler if it has one that
+    /// is not blocked (as Linux forces), otherwise it kills the program.
+    fn fault_signal(&mut self, ctx: kvm_regs, sig: Signal, info: SigInfo, reason: String) -> Next {
+        let act = self.tg().sighand.action(sig);
+        let blocked = self.task.sig.mask & signal::bit(sig.0) != 0;
+        if act.handler <= signal::SIG_IGN || blocked {
+            return Next::Done(self.kill(sig, reason));
+        }
+        self.task.sig.raise(sig, info);
+        Next::Resume(ctx)
+    }
+
+    /// A host signal kicked the vCPU while program code ran: alone, deliver
+    /// there; in a cluster, variants take signals at the same point (after
+    /// a call), so the program just continues.
+    fn on_interrupt(&mut self, ctx: kvm_regs) -> Next {
+        if self.monitor.is_none() {
+            self.collect_host_signals();
+        }
+        Next::Resume(ctx)
+    }
+
+    /// Ends the program as killed by `sig`.
+    pub(crate) fn kill(&mut self, sig: Signal, reason: String) -> Outcome {
+        if let Some(m) = self.monitor.as_mut() {
+            if let Err(stop) = m.finish(None, Some(sig.0)) {
+                return self.stopped(stop);
+            }
+        }
+        Outcome::Killed { signal: sig, reason }
+    }
+
+    /// The outcome when the monitor stops the run.
+    pub(crate) fn stopped(&mut self, stop: Stop) -> Outcome {
+        match stop {
+            Stop::Divergence(msg) => Outcome::Diverged(msg),
+            Stop::Shutdown(status) => Outcome::Ended(status),
+            Stop::Link { why, peer, silent } => {
+                if let Some(m) = self.monitor.as_mut() {
+                    m.link_failed(&why, peer, silent);
+                }
+                Outcome::Diverged(format!("the link to the other variants failed: {why}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Building the kernel of a new run: the VM, the address space with the
+//! program loaded, the first task and its thread group, and, in a cluster,
+//! the monitor.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::creds::Creds;
+use super::errno::Errno;
+use super::exec::{self, ExecError};
+use super::fd_table::FdTable;
+use super::file::{lock, FileKind, OpenFile};
+use super::fs_context::FsContext;
+use super::layout::Layout;
+use super::mm::{HostIov, Mm};
+use super::sandbox::Sandbox;
+use super::signal::frame::xsave_size;
+use super::signal::host::SignalGuard;
+use super::task::Task;
+use super::thread_group::ThreadGroup;
+use super::{syscall, Config, Diagnostics, Kernel, KernelError, Outcome, Stats};
+use crate::monitor;
+use crate::platform::Platform;
+
+/// The virtual process id of the program (the same in every variant).
+pub const VIRTUAL_PID: u32 = 2;
+/// Its parent's (the init process dmvx stands for).
+pub const VIRTUAL_PPID: u32 = 1;
+
+/// Runs a program to completion.
+pub fn run(config: Config) -> Result<Outcome, KernelError> {
+    let (mut plat, memory) = Platform::new(config.memory, &config.kernel, config.launched_ns)?;
+    let sandbox = Arc::new(Sandbox::new(&config.root, config.writable)?);
+    let mut mm = Mm::new(memory.mem, memory.frames, memory.pt, Layout::for_variant(config.variant));
+    let cwd = {
+        let (fd, st) =
+            sandbox.lookup(b"/", config.cwd.as_bytes(), true).map_err(|e| exec_open_error(&config.cwd, e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(exec_open_error(&config.cwd, Errno::ENOTDIR));
+        }
+        sandbox.guest_path(fd.as_raw_fd())
+    };
+    // SAFETY: getuid and getgid have no preconditions and cannot fail.
+    let creds = Creds::new(unsafe { libc::getuid() }, unsafe { libc::getgid() });
+    let argv: Vec<Vec<u8>> = config.argv.iter().map(|s| s.clone().into_bytes()).collect();
+    let envp: Vec<Vec<u8>> = config.env.iter().map(|s| s.clone().into_bytes()).collect();
+    let program = find_program(&sandbox, &cwd, &config.program);
+    let prepared = exec::prepare(&sandbox, &cwd, &program, argv, &envp)?;
+    let loaded = exec::load(&mut mm, prepared, &envp, &creds, random16())?;
+    plat.start(&loaded.regs)?;
+
+    let tg = Arc::new(ThreadGroup::new(VIRTUAL_PID, VIRTUAL_PPID, creds, loaded.exe, comm_name(&program)));
+    let files = Arc::new(Mutex::new(stdio_table()?));
+    let fs = Arc::new(Mutex::new(FsContext { cwd, umask: 0o022 }));
+    let task = Task::new(VIRTUAL_PID, tg, files, fs);
+    let monitor = match config.cluster {
+        Some(join) => {
+            let exe = lock(&task.tg.state).exe.clone();
+            let m = monitor::join::join(join, &exe, &sandbox)?;
+            Kernel::stdio_remote(&mut lock(&task.files));
+            Some(Box::new(m))
+        }
+        None => None,
+    };
+    let follower = monitor.as_ref().is_some_and(|m| !m.is_leader());
+    let mut k = Kernel {
+        mm,
+        task,
+        sandbox,
+        monitor,
+        iov: HostIov::default(),
+        bounce: Vec::new(),
+        stop: None,
+        fatal: None,
+        host_raised: 0,
+        xsave_size: xsave_size(),
+        xcr0: plat.xcr0(),
+        stats: Stats::default(),
+        diag: Diagnostics {
+            show_stats: config.stats,
+            trace: config.trace,
+            started: Instant::now(),
+            unsupported_seen: [0; syscall::names::COUNT.div_ceil(64)],
+            refusals_logged: Default::default(),
+        },
+    };
+    let guard = SignalGuard::install(plat.kick_target(), follower);
+    let outcome = k.run_loop(&mut plat);
+    drop(guard);
+    let outcome = outcome?;
+    if k.diag.show_stats {
+        k.print_stats(plat.stats());
+    }
+    Ok(outcome)
+}
+
+fn exec_open_error(path: &str, e: Errno) -> KernelError {
+    KernelError::Exec(ExecError::Open {
+        path: path.into(),
+        reason: std::io::Error::from_raw_os_error(e.0).to_string(),
+        errno: e,
+    })
+}
+
+/// A program name without a slash is looked up in the usual PATH inside the root.
+fn find_program(sb: &Sandbox, cwd: &[u8], program: &str) -> Vec<u8> {
+    if program.contains('/') {
+        return program.as_bytes().to_vec();
+    }
+    for dir in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let candidate = format!("{dir}/{program}");
+        if sb.lookup(cwd, candidate.as_bytes(), true).is_ok_and(|(_, st)| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+            return candidate.into_bytes();
+        }
+    }
+    program.as_bytes().to_vec()
+}
+
+/// The command name of a program path (its last component, 15 bytes at most).
+pub(crate) fn comm_name(path: &[u8]) -> [u8; 16] {
+    let base = path.rsplit(|&c| c == b'/').next().unwrap_or(path);
+    let mut n = [0u8; 16];
+    let len = base.len().min(15);
+    n[..len].copy_from_slice(&base[..len]);
+    n
+}
+
+/// 16 random bytes from the host (AT_RANDOM).
+pub(crate) fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    // SAFETY: b is a valid 16-byte buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 16, 0) };
+    debug_assert_eq!(n, 16);
+    b
+}
+
+/// The program's standard descriptors: duplicates of the VMM's, so the
+/// program closing them never closes the VMM's own.
+fn stdio_table() -> Result<FdTable, KernelError> {
+    let mut t = FdTable::new(1024);
+    for fd in 0..3 {
+        // SAFETY: F_DUPFD_CLOEXEC on a standard descriptor; result checked.
+        let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if d < 0 {
+            // A closed standard descriptor: give the program /dev/null.
+            let null =
+                std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(KernelError::Stdio)?;
+            t.insert_at(fd as u64, OpenFile::new(OwnedFd::from(null), FileKind::CharDevice), false)
+                .expect("slot 0..3 is valid");
+            continue;
+        }
+        // SAFETY: d is a fresh descriptor owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(d) };
+        // SAFETY: stat is plain data; all zeroes is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: d is open; st is a valid out-parameter.
+        unsafe { libc::fstat(d, &mut st) };
+        t.insert_at(fd as u64, OpenFile::new(owned, FileKind::from_mode(st.st_mode)), false)
+            .expect("slot 0..3 is valid");
+    }
+    Ok(t)
+}

@@ -1,0 +1,362 @@
+//! The program's system calls.
+//!
+//! `TABLE` is the single place that says what dmvx does with each call:
+//! handled by the VMM editing page tables, executed on the host inside the
+//! sandbox, answered from the VMM's own state, or refused; its class for the
+//! MVX policy and how the monitor records it. Dispatch and the monitor go
+//! through it, and the documentation's syscall table is generated from it
+//! (`dmvx-vmm --syscall-table`), so none of them can disagree.
+
+pub mod file;
+pub mod mem;
+pub mod names;
+pub mod net;
+pub mod poll;
+pub mod proc;
+
+use dmvx_sync::policy::Class::{self, *};
+use kvm_bindings::kvm_regs;
+
+use super::errno::{Errno, SysResult};
+use super::signal::Signal;
+use super::Kernel;
+use crate::monitor::records;
+use crate::monitor::spec::Field::*;
+use crate::monitor::spec::{ClassRule, Field, Flags, Len};
+
+/// What a system call asks of the exit loop.
+pub enum Sys {
+    /// Return this value (a negated errno for errors) to the program.
+    Ret(u64),
+    /// The program exits with this status.
+    Exit(i32),
+    /// The program is killed by a signal.
+    Kill(Signal, String),
+    /// The program image was replaced: continue with these registers.
+    Exec(Box<kvm_regs>),
+    /// Continue with these registers (rt_sigreturn).
+    Restore(Box<kvm_regs>),
+}
+
+impl From<SysResult> for Sys {
+    #[inline]
+    fn from(r: SysResult) -> Sys {
+        match r {
+            Ok(v) => Sys::Ret(v),
+            Err(e) => Sys::Ret((-(e.0 as i64)) as u64),
+        }
+    }
+}
+
+/// How dmvx handles a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handling {
+    /// The VMM edits the guest page tables.
+    Memory,
+    /// Executed on the host on the program's behalf, inside the sandbox.
+    Host,
+    /// Answered by the VMM from its own (virtual) state.
+    Virtual,
+    /// Refused with the error in the note, without a log line.
+    Refused,
+}
+
+impl Handling {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Handling::Memory => "VMM (page tables)",
+            Handling::Host => "host (sandboxed)",
+            Handling::Virtual => "VMM (virtual)",
+            Handling::Refused => "refused",
+        }
+    }
+}
+
+/// A handler.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    /// Returns a value or an errno.
+    Plain(fn(&mut Kernel, &[u64; 6]) -> SysResult),
+    /// May end the program or replace it.
+    Full(fn(&mut Kernel, &[u64; 6]) -> Sys),
+}
+
+/// One row of the table: everything dmvx knows about a call.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    pub handler: Handler,
+    pub handling: Handling,
+    pub note: &'static str,
+    /// Its class for the MVX policy.
+    pub class: ClassRule,
+    /// How its record is built (after the call number and class).
+    pub record: &'static [Field],
+}
+
+macro_rules! table {
+    ($($nr:ident => $kind:ident $handling:ident $f:path, $class:expr, [$($field:expr),* $(,)?], $note:expr;)*) => {
+        const fn build() -> [Option<Entry>; names::COUNT] {
+            let mut t: [Option<Entry>; names::COUNT] = [None; names::COUNT];
+            $( t[libc::$nr as usize] = Some(Entry {
+                handler: Handler::$kind($f),
+                handling: Handling::$handling,
+                note: $note,
+                class: $class,
+                record: &[$($field),*],
+            }); )*
+            t
+        }
+    };
+}
+
+const fn is(c: Class) -> ClassRule {
+    ClassRule::Is(c)
+}
+
+const fn remote(c: Class) -> ClassRule {
+    ClassRule::Remote(c)
+}
+
+const fn on_fd(fd: u8, remote: Class, local: Class) -> ClassRule {
+    ClassRule::OnFd { fd, remote, local }
+}
+
+/// creat(path, mode) is open(path, O_CREAT | O_WRONLY | O_TRUNC, mode).
+const CREAT_FLAGS: u64 = (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64;
+
+#[rustfmt::skip]
+table! {
+    // Memory: the VMM edits the page tables.
+    SYS_brk => Plain Memory mem::brk, is(Memory), [], "";
+    SYS_mmap => Plain Memory mem::mmap, ClassRule::ProtExec { prot: 2 }, [Custom(records::mmap)], "anonymous and file-backed private mappings; shared writable file mappings are refused (ENODEV)";
+    SYS_munmap => Plain Memory mem::munmap, is(Memory), [Int(1)], "";
+    SYS_mprotect => Plain Memory mem::mprotect, ClassRule::ProtExec { prot: 2 }, [Int(1), Int(2)], "";
+    SYS_mremap => Plain Memory mem::mremap, is(Memory), [Int(1), Int(2), Int(3)], "MREMAP_DONTUNMAP is refused (EINVAL)";
+    SYS_madvise => Plain Memory mem::madvise, is(Memory), [Int(1), Int(2)], "DONTNEED/FREE drop pages; the rest are hints";
+    SYS_msync => Plain Memory mem::msync, is(Memory), [Int(1), Int(2)], "private mappings: nothing to write back";
+    SYS_mincore => Plain Memory mem::mincore, is(Memory), [], "";
+    SYS_mlock => Plain Memory mem::mlock, is(Memory), [Int(1)], "guest pages never leave memory";
+    SYS_munlock => Plain Memory mem::mlock, is(Memory), [Int(1)], "";
+    SYS_mlockall => Plain Memory mem::mlockall, is(Memory), [], "";
+    SYS_munlockall => Plain Memory mem::mlockall, is(Memory), [], "";
+    // Files, inside the sandbox.
+    SYS_read => Plain Host file::read, on_fd(0, NetInput, FileRead), [Fd(0), Int(2)], "";
+    SYS_write => Full Host file::write, on_fd(0, Output, Other), [Fd(0), Digest { ptr: 1, len: 2 }], "EPIPE raises SIGPIPE";
+    SYS_readv => Plain Host file::readv, on_fd(0, NetInput, FileRead), [Fd(0), Int(2)], "";
+    SYS_writev => Full Host file::writev, on_fd(0, Output, Other), [Fd(0), DigestIov { ptr: 1, cnt: 2 }], "";
+    SYS_pread64 => Plain Host file::pread64, on_fd(0, NetInput, FileRead), [Fd(0), Int(2), Int(3)], "";
+    SYS_pwrite64 => Full Host file::pwrite64, on_fd(0, Output, Other), [Fd(0), Digest { ptr: 1, len: 2 }, Int(3)], "";
+    SYS_preadv => Plain Host file::preadv, on_fd(0, NetInput, FileRead), [Fd(0), Int(2)], "";
+    SYS_pwritev => Full Host file::pwritev, on_fd(0, Output, Other), [Fd(0), DigestIov { ptr: 1, cnt: 2 }], "";
+    SYS_open => Plain Host file::open, ClassRule::Open { flags: Flags::Arg(1), dirfd: None, path: 0 }, [Path(0), Int(1), CreateMode { flags: 1, mode: 2 }], "paths resolve inside the root";
+    SYS_openat => Plain Host file::openat, ClassRule::Open { flags: Flags::Arg(2), dirfd: Some(0), path: 1 }, [DirFd(0), Path(1), Int(2), CreateMode { flags: 2, mode: 3 }], "paths resolve inside the root";
+    SYS_creat => Plain Host file::creat, ClassRule::Open { flags: Flags::Const(CREAT_FLAGS), dirfd: None, path: 0 }, [Path(0), Int(1)], "";
+    SYS_close => Plain Host file::close, is(Process), [Fd(0)], "";
+    SYS_stat => Plain Host file::stat, is(FileMeta), [Path(0)], "";
+    SYS_lstat => Plain Host file::lstat, is(FileMeta), [Path(0)], "";
+    SYS_fstat => Plain Host file::fstat, is(FileMeta), [Fd(0)], "";
+    SYS_newfstatat => Plain Host file::newfstatat, is(FileMeta), [DirFd(0), PathIf(1), Int(3)], "";
+    SYS_statx => Plain Host file::statx, is(FileMeta), [DirFd(0), PathIf(1), Int(2), Int(3)], "";
+    SYS_lseek => Plain Host file::lseek, on_fd(0, FdState, FileRead), [Fd(0), Int(1), Int(2)], "";
+    SYS_getdents64 => Plain Host file::getdents64, is(FileMeta), [Fd(0), Int(2)], "";
+    SYS_readlink => Plain Host file::readlink, is(FileMeta), [Path(0), Int(2)], "/proc/self/exe is the program";
+    SYS_readlinkat => Plain Host file::readlinkat, is(FileMeta), [DirFd(0), PathIf(1), Int(3)], "/proc/self/exe is the program";
+    SYS_access => Plain Host file::access, is(FileMeta), [Path(0), Int(1)], "";
+    SYS_faccessat => Plain Host file::faccessat, is(FileMeta), [DirFd(0), PathIf(1), Int(2)], "";
+    SYS_faccessat2 => Plain Host file::faccessat2, is(FileMeta), [DirFd(0), PathIf(1), Int(2), Int(3)], "";
+    SYS_getcwd => Plain Virtual file::getcwd, is(Process), [], "";
+    SYS_chdir => Plain Host file::chdir, is(Process), [Path(0)], "";
+    SYS_fchdir => Plain Host file::fchdir, is(Process), [Fd(0)], "";
+    SYS_fcntl => Plain Host file::fcntl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "O_ASYNC, F_SETOWN, F_SETSIG, leases and notifications are refused";
+    SYS_dup => Plain Virtual file::dup, is(Process), [Fd(0)], "";
+    SYS_dup2 => Plain Virtual file::dup2, is(Process), [Fd(0), Fd(1), Const(0)], "";
+    SYS_dup3 => Plain Virtual file::dup3, is(Process), [Fd(0), Fd(1), Int(2)], "";
+    SYS_pipe => Plain Host file::pipe, is(Process), [], "";
+    SYS_pipe2 => Plain Host file::pipe2, is(Process), [Int(1)], "";
+    SYS_ioctl => Plain Host file::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX; others ENOTTY";
+    SYS_unlink => Plain Host file::unlink, is(FileModify), [Path(0)], "EROFS in a read-only root";
+    SYS_unlinkat => Plain Host file::unlinkat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
+    SYS_rmdir => Plain Host file::rmdir, is(FileModify), [Path(0)], "EROFS in a read-only root";
+    SYS_mkdir => Plain Host file::mkdir, is(FileModify), [Path(0), Int(1)], "EROFS in a read-only root";
+    SYS_mkdirat => Plain Host file::mkdirat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
+    SYS_rename => Plain Host file::rename, is(FileModify), [Path(0), Path(1)], "EROFS in a read-only root";
+    SYS_renameat => Plain Host file::renameat, is(FileModify), [DirFd(0), Path(1), DirFd(2), Path(3), Const(0)], "EROFS in a read-only root";
+    SYS_renameat2 => Plain Host file::renameat2, is(FileModify), [DirFd(0), Path(1), DirFd(2), Path(3), Int(4)], "EROFS in a read-only root";
+    SYS_symlink => Plain Host file::symlink, is(FileModify), [Path(0), Path(1)], "EROFS in a read-only root";
+    SYS_symlinkat => Plain Host file::symlinkat, is(FileModify), [Path(0), DirFd(1), Path(2)], "EROFS in a read-only root";
+    SYS_link => Plain Host file::link, is(FileModify), [Path(0), Path(1)], "EROFS in a read-only root";
+    SYS_linkat => Plain Host file::linkat, is(FileModify), [DirFd(0), Path(1), DirFd(2), Path(3), Int(4)], "EROFS in a read-only root";
+    SYS_chmod => Plain Host file::chmod, is(FileModify), [Path(0), Int(1)], "EROFS in a read-only root";
+    SYS_fchmod => Plain Host file::fchmod, on_fd(0, FdState, Other), [Fd(0), Int(1)], "";
+    SYS_chown => Plain Host file::chown, is(FileModify), [Path(0), Int(1), Int(2)], "EROFS in a read-only root";
+    SYS_lchown => Plain Host file::lchown, is(FileModify), [Path(0), Int(1), Int(2)], "EROFS in a read-only root";
+    SYS_fchownat => Plain Host file::fchownat, is(FileModify), [DirFd(0), PathIf(1), Int(2), Int(3), Int(4)], "EROFS in a read-only root";
+    SYS_fchown => Plain Host file::fchown, on_fd(0, FdState, Other), [Fd(0), Int(1), Int(2)], "EROFS in a read-only root";
+    SYS_fchmodat => Plain Host file::fchmodat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
+    SYS_truncate => Plain Host file::truncate, is(FileModify), [Path(0), Int(1)], "EROFS in a read-only root";
+    SYS_ftruncate => Plain Host file::ftruncate, on_fd(0, FdState, Other), [Fd(0), Int(1)], "";
+    SYS_utimensat => Plain Host file::utimensat, is(FileModify), [DirFd(0), PathIf(1), BytesIf { ptr: 2, len: Len::Const(32) }, Int(3)], "EROFS in a read-only root";
+    SYS_fsync => Plain Host file::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
+    SYS_fdatasync => Plain Host file::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
+    SYS_sync => Plain Virtual file::sync, is(Other), [], "";
+    SYS_statfs => Plain Host file::statfs, is(FileMeta), [Path(0)], "";
+    SYS_fstatfs => Plain Host file::fstatfs, is(FileMeta), [Fd(0)], "";
+    SYS_fadvise64 => Plain Virtual file::fadvise64, is(Other), [], "a hint";
+    SYS_flock => Plain Host file::flock, on_fd(0, FdState, Other), [Fd(0), Int(1)], "";
+    SYS_sendfile => Plain Host file::sendfile, on_fd(0, Output, Other), [Fd(0), Fd(1), Int(3)], "";
+    SYS_umask => Plain Virtual file::umask, is(Process), [Int(0)], "";
+    SYS_chroot => Plain Refused proc::eperm, is(Other), [], "EPERM";
+    SYS_mknod => Plain Refused proc::eperm, is(Other), [], "EPERM";
+    SYS_mknodat => Plain Refused proc::eperm, is(Other), [], "EPERM";
+    // Networking, on the host.
+    SYS_socket => Plain Host net::socket, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_INET, AF_INET6, AF_UNIX; stream and datagram";
+    SYS_socketpair => Plain Host net::socketpair, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_UNIX";
+    SYS_bind => Plain Host net::bind, remote(SocketSetup), [Fd(0), SockAddr { ptr: 1, len: 2 }], "Unix paths resolve inside the root; abstract names refused";
+    SYS_listen => Plain Host net::listen, remote(SocketSetup), [Fd(0), Int(1)], "";
+    SYS_accept => Plain Host net::accept, remote(NetInput), [Fd(0), Const(0)], "";
+    SYS_accept4 => Plain Host net::accept4, remote(NetInput), [Fd(0), Int(3)], "";
+    SYS_connect => Plain Host net::connect, remote(SocketSetup), [Fd(0), SockAddr { ptr: 1, len: 2 }], "Unix paths resolve inside the root; abstract names refused";
+    SYS_getsockname => Plain Host net::getsockname, remote(FdState), [], "";
+    SYS_getpeername => Plain Host net::getpeername, remote(FdState), [], "";
+    SYS_setsockopt => Plain Host net::setsockopt, remote(FdState), [Fd(0), Int(1), Int(2), Bytes { ptr: 3, len: Len::ArgMax(4, 256) }], "an allow-list; others ENOPROTOOPT, logged";
+    SYS_getsockopt => Plain Host net::getsockopt, remote(FdState), [Fd(0), Int(1), Int(2)], "an allow-list; others ENOPROTOOPT, logged";
+    SYS_shutdown => Plain Host net::shutdown, remote(FdState), [Fd(0), Int(1)], "";
+    SYS_sendto => Full Host net::sendto, on_fd(0, Output, Other), [Fd(0), Digest { ptr: 1, len: 2 }, Int(3), SockAddrIf { ptr: 4, len: 5 }], "EPIPE raises SIGPIPE unless MSG_NOSIGNAL";
+    SYS_recvfrom => Plain Host net::recvfrom, remote(NetInput), [Fd(0), Int(2), Int(3)], "";
+    SYS_sendmsg => Full Host net::sendmsg, on_fd(0, Output, Other), [Fd(0), Int(2), Custom(records::sendmsg)], "no ancillary data (descriptor passing refused)";
+    SYS_recvmsg => Plain Host net::recvmsg, remote(NetInput), [Fd(0), Int(2)], "no ancillary data is passed";
+    SYS_epoll_create => Plain Host poll::epoll_create, remote(FdState), [], "";
+    SYS_epoll_create1 => Plain Host poll::epoll_create1, remote(FdState), [Int(0)], "";
+    SYS_epoll_ctl => Plain Host poll::epoll_ctl, remote(FdState), [Fd(0), Int(1), Fd(2), Custom(records::epoll_ctl)], "the program's epoll_data stays in the VMM";
+    SYS_epoll_wait => Plain Host poll::epoll_wait, remote(Wait), [Fd(0), Int(2), Int(3)], "";
+    SYS_epoll_pwait => Plain Host poll::epoll_pwait, remote(Wait), [Fd(0), Int(2), Int(3)], "";
+    SYS_epoll_pwait2 => Plain Host poll::epoll_pwait2, remote(Wait), [Fd(0), Int(2), Int(3)], "";
+    SYS_poll => Plain Host poll::poll, remote(Wait), [Custom(records::poll)], "";
+    SYS_ppoll => Plain Host poll::ppoll, remote(Wait), [Custom(records::poll)], "";
+    SYS_select => Plain Host poll::select, remote(Wait), [Custom(records::select)], "descriptors below 1024";
+    SYS_pselect6 => Plain Host poll::pselect6, remote(Wait), [Custom(records::select)], "descriptors below 1024";
+    SYS_eventfd => Plain Host poll::eventfd, remote(FdState), [], "";
+    SYS_eventfd2 => Plain Host poll::eventfd2, remote(FdState), [Int(1)], "";
+    SYS_timerfd_create => Plain Host poll::timerfd_create, remote(FdState), [], "";
+    SYS_timerfd_settime => Plain Host poll::timerfd_settime, remote(FdState), [], "";
+    SYS_timerfd_gettime => Plain Host poll::timerfd_gettime, remote(FdState), [], "";
+    // Time and randomness.
+    SYS_clock_gettime => Plain Host proc::clock_gettime, is(Time), [Int(0)], "";
+    SYS_clock_getres => Plain Host proc::clock_getres, is(Time), [Int(0)], "";
+    SYS_gettimeofday => Plain Host proc::gettimeofday, is(Time), [], "";
+    SYS_time => Plain Host proc::time, is(Time), [], "";
+    SYS_nanosleep => Plain Host proc::nanosleep, is(Sleep), [Bytes { ptr: 0, len: Len::Const(16) }], "";
+    SYS_clock_nanosleep => Plain Host proc::clock_nanosleep, is(Sleep), [Int(0), Int(1), Bytes { ptr: 2, len: Len::Const(16) }], "";
+    SYS_getrandom => Plain Host proc::getrandom, is(Random), [Int(1)], "";
+    // Process identity and limits.
+    SYS_uname => Plain Virtual proc::uname, is(Process), [], "a fixed identity, the same in every variant";
+    SYS_getpid => Plain Virtual proc::getpid, is(Process), [], "";
+    SYS_gettid => Plain Virtual proc::getpid, is(Process), [], "";
+    SYS_getppid => Plain Virtual proc::getppid, is(Process), [], "";
+    SYS_getuid => Plain Virtual proc::getuid, is(Process), [], "";
+    SYS_geteuid => Plain Virtual proc::getuid, is(Process), [], "";
+    SYS_getgid => Plain Virtual proc::getgid, is(Process), [], "";
+    SYS_getegid => Plain Virtual proc::getgid, is(Process), [], "";
+    SYS_getresuid => Plain Virtual proc::getresuid, is(Process), [], "";
+    SYS_getresgid => Plain Virtual proc::getresgid, is(Process), [], "";
+    SYS_getgroups => Plain Virtual proc::getgroups, is(Process), [], "";
+    SYS_getpgrp => Plain Virtual proc::getpid, is(Process), [], "";
+    SYS_getpgid => Plain Virtual proc::getpgid, is(Process), [], "";
+    SYS_getsid => Plain Virtual proc::getpgid, is(Process), [], "";
+    SYS_setpgid => Plain Virtual proc::setpgid, is(Process), [], "";
+    SYS_setsid => Plain Virtual proc::setsid, is(Process), [], "";
+    SYS_prlimit64 => Plain Virtual proc::prlimit64, is(Process), [Int(1), BytesIf { ptr: 2, len: Len::Const(16) }], "";
+    SYS_getrlimit => Plain Virtual proc::getrlimit, is(Process), [], "";
+    SYS_setrlimit => Plain Virtual proc::setrlimit, is(Process), [], "";
+    SYS_getrusage => Plain Host proc::getrusage, is(Time), [], "";
+    SYS_times => Plain Host proc::times, is(Time), [], "";
+    SYS_sysinfo => Plain Virtual proc::sysinfo, is(Time), [], "";
+    SYS_sched_yield => Plain Virtual proc::zero, is(Process), [], "";
+    SYS_sched_getaffinity => Plain Virtual proc::sched_getaffinity, is(Process), [], "one CPU";
+    SYS_sched_setaffinity => Plain Virtual proc::zero, is(Process), [], "";
+    SYS_getcpu => Plain Virtual proc::getcpu, is(Process), [], "";
+    SYS_prctl => Plain Virtual proc::prctl, is(Process), [Int(0)], "";
+    SYS_arch_prctl => Plain Virtual proc::arch_prctl, is(Process), [Int(0)], "FS and GS base";
+    SYS_set_tid_address => Plain Virtual proc::set_tid_address, is(Process), [], "";
+    SYS_set_robust_list => Plain Virtual proc::set_robust_list, is(Process), [], "";
+    SYS_get_robust_list => Plain Virtual proc::get_robust_list, is(Process), [], "";
+    SYS_futex => Plain Virtual proc::futex, ClassRule::Futex, [Int(1), Int(2)], "single-thread semantics";
+    SYS_rseq => Plain Refused proc::enosys, is(Other), [], "ENOSYS (glibc does without)";
+    // Signals.
+    SYS_rt_sigaction => Plain Virtual proc::rt_sigaction, is(Process), [Custom(records::rt_sigaction)], "";
+    SYS_rt_sigprocmask => Plain Virtual proc::rt_sigprocmask, is(Process), [Custom(records::rt_sigprocmask)], "";
+    SYS_sigaltstack => Plain Virtual proc::sigaltstack, is(Process), [], "";
+    SYS_rt_sigreturn => Full Virtual proc::rt_sigreturn, is(Process), [], "restores the frame the VMM built";
+    SYS_rt_sigsuspend => Plain Virtual proc::rt_sigsuspend, is(Sleep), [], "";
+    SYS_rt_sigpending => Plain Virtual proc::rt_sigpending, is(Process), [], "";
+    SYS_pause => Plain Virtual proc::pause, is(Sleep), [], "";
+    SYS_alarm => Plain Host proc::alarm, is(Time), [Int(0)], "the VMM's real-time timer; SIGALRM is passed on";
+    SYS_setitimer => Plain Host proc::setitimer, is(Time), [], "ITIMER_REAL only";
+    SYS_getitimer => Plain Host proc::getitimer, is(Time), [], "ITIMER_REAL only";
+    SYS_kill => Full Virtual proc::kill, is(Process), [Int(0), Int(1)], "only the program itself";
+    SYS_tkill => Full Virtual proc::tkill, is(Process), [Int(0), Int(1)], "only the program itself";
+    SYS_tgkill => Full Virtual proc::tgkill, is(Process), [Int(0), Int(1), Int(2)], "only the program itself";
+    // Program lifetime.
+    SYS_exit => Full Virtual proc::exit, is(Exit), [Int(0)], "";
+    SYS_exit_group => Full Virtual proc::exit, is(Exit), [Int(0)], "";
+    SYS_execve => Full Memory proc::execve, is(Exec), [Custom(records::execve)], "replaces the program image";
+    SYS_execveat => Full Memory proc::execveat, is(Exec), [Custom(records::execveat)], "replaces the program image";
+    SYS_wait4 => Plain Virtual proc::wait4, is(Process), [], "ECHILD: there are no children";
+    SYS_fork => Plain Refused proc::enosys_logged, is(Other), [], "ENOSYS: one process per VM";
+    SYS_vfork => Plain Refused proc::enosys_logged, is(Other), [], "ENOSYS: one process per VM";
+    SYS_clone => Plain Refused proc::enosys_logged, is(Other), [], "ENOSYS: one process and one thread per VM";
+    SYS_clone3 => Plain Refused proc::enosys_logged, is(Other), [], "ENOSYS: one process and one thread per VM";
+}
+
+/// The table, by call number.
+pub static TABLE: [Option<Entry>; names::COUNT] = build();
+
+/// The row of call `nr`, if dmvx knows it.
+#[inline]
+pub fn entry(nr: u64) -> Option<&'static Entry> {
+    TABLE.get(nr as usize).and_then(|e| e.as_ref())
+}
+
+/// Carries out system call `nr`.
+#[inline]
+pub fn dispatch(k: &mut Kernel, nr: u64, args: &[u64; 6]) -> Sys {
+    match entry(nr) {
+        Some(Entry { handler: Handler::Plain(f), .. }) => f(k, args).into(),
+        Some(Entry { handler: Handler::Full(f), .. }) => f(k, args),
+        None => {
+            k.unsupported(nr);
+            Sys::from(Err::<u64, _>(Errno::ENOSYS))
+        }
+    }
+}
+
+/// The syscall table as markdown: every call dmvx knows, and what it does.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| nr | system call | handling | notes |\n|---:|---|---|---|\n");
+    for (nr, entry) in TABLE.iter().enumerate() {
+        let Some(name) = names::name(nr as u64) else {
+            continue;
+        };
+        match entry {
+            Some(e) => out.push_str(&format!("| {nr} | `{name}` | {} | {} |\n", e.handling.describe(), e.note)),
+            None => out.push_str(&format!("| {nr} | `{name}` | unsupported | ENOSYS, logged once |\n")),
+        }
+    }
+    out
+}
+
+/// Prints one call and its outcome, strace-like, to stderr.
+pub fn trace(nr: u64, a: &[u64; 6], outcome: &Sys) {
+    let name = names::name(nr).unwrap_or("unknown");
+    let result = match outcome {
+        Sys::Ret(v) if (*v as i64) < 0 && (*v as i64) > -4096 => {
+            format!("-{} ({})", -(*v as i64), std::io::Error::from_raw_os_error(-(*v as i64) as i32))
+        }
+        Sys::Ret(v) => format!("{v:#x}"),
+        Sys::Exit(c) => format!("exit {c}"),
+        Sys::Kill(s, why) => format!("killed by {} ({why})", s.name()),
+        Sys::Exec(_) => "0 (new program)".into(),
+        Sys::Restore(r) => format!("{:#x} (restored, rip {:#x})", r.rax, r.rip),
+    };
+    eprintln!("dmvx: {name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {result}", a[0], a[1], a[2], a[3], a[4], a[5]);
+}

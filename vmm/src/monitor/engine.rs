@@ -1,0 +1,652 @@
+//! The monitor's engine: the leader/follower protocol of one event stream.
+//!
+//! Leader: runs the call (waiting first for every follower to reach the same
+//! record if the call is lockstep, or holding its outputs until they did),
+//! records the results of its replicated host operations, and ships the
+//! entry. Follower: compares its own record with the leader's, performs
+//! local calls itself and replays replicated ones, and acknowledges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dmvx_sync::link::LinkError;
+use dmvx_sync::policy::{Check, Class, Input};
+use dmvx_sync::record::{decode, record_digest, EntryView, SignalEvent};
+use dmvx_sync::report::{describe, Kind, PolicyUsed, Report, VariantLog};
+use dmvx_sync::Control;
+
+use super::{Link, Monitor, OpMode, Stop};
+use crate::kernel::file::OpenFile;
+use crate::kernel::syscall::names;
+
+/// Followers acknowledge at least this often (back-pressure).
+const ACK_EVERY: u64 = 64;
+/// Custom control from a follower: "I reached event N with this digest" (a
+/// held output, which it acknowledges only once verified against the
+/// leader's entry; if the leader is waiting at N instead, this tells it).
+const CTRL_REACHED: u32 = 1;
+/// How long a follower waits for the leader's entry of a held output
+/// before telling the leader it reached it.
+const REACHED_AFTER: Duration = Duration::from_millis(20);
+
+impl Monitor {
+    /// Before call `nr` of class `class` runs; its record is in `self.rec`
+    /// (see `spec`). `remote`: it works on a remote resource. Err stops the run.
+    pub(crate) fn begin(&mut self, nr: u64, class: Class, remote: bool) -> Result<(), Stop> {
+        self.nr = nr;
+        self.class = class;
+        self.rule = self.policy.rule(nr, class);
+        self.replay_broken = None;
+        let replicated = self.rule.input == Input::Replicated || remote;
+        self.begin_with(replicated)
+    }
+
+    fn begin_with(&mut self, replicated: bool) -> Result<(), Stop> {
+        self.seq += 1;
+        let seq = self.seq;
+        let lockstep = self.rule.check == Check::Lockstep;
+        if self.is_leader() {
+            self.take_controls_leader()?;
+            self.release_outputs(false)?;
+            self.mode = if replicated { OpMode::Record } else { OpMode::Direct };
+            // A lockstep call whose effect is not an output held back waits
+            // for every follower to reach the same record first.
+            let held = self.deferred_outputs && self.class == Class::Output;
+            if lockstep && !held {
+                self.leader().flush().map_err(Monitor::link_stop)?;
+                self.await_followers(seq)?;
+            }
+            let Monitor { rec, entry, .. } = self;
+            entry.start(rec.as_bytes());
+            return Ok(());
+        }
+        // A lockstep call the leader waits for: tell it at once that we
+        // reached it, with our record's digest (the leader compares). A held
+        // output the leader does not wait for: it is acknowledged only once
+        // verified here (the acknowledgement releases it).
+        let held = self.deferred_outputs && self.class == Class::Output;
+        if lockstep && !held {
+            let digest = record_digest(self.rec.as_bytes());
+            self.follower().ack(seq, digest).map_err(Monitor::link_stop)?;
+            self.acked = seq;
+        }
+        if held && !self.fetch_leader_entry_within(seq, REACHED_AFTER)? {
+            let mut payload = seq.to_le_bytes().to_vec();
+            payload.extend_from_slice(&record_digest(self.rec.as_bytes()));
+            self.follower()
+                .send_control(&Control::Custom { kind: CTRL_REACHED, payload })
+                .map_err(Monitor::link_stop)?;
+            self.fetch_leader_entry(seq)?;
+        } else if !held {
+            self.fetch_leader_entry(seq)?;
+        }
+        let view = EntryView::decode(&self.leader_entry)
+            .map_err(|e| Stop::link(format!("undecodable entry {seq} from the leader: {e}")))?;
+        if view.record != self.rec.as_bytes() {
+            let leader = view.record.to_vec();
+            let mine = self.rec.as_bytes().to_vec();
+            return Err(self.diverge(Kind::Records, seq, Some(&leader), Some(&mine), self.id, false));
+        }
+        self.mode = if replicated { OpMode::Replay } else { OpMode::Direct };
+        self.ops_replayed = 0;
+        Ok(())
+    }
+
+    /// Leader: waits until every follower acknowledged `seq` with this
+    /// call's record.
+    fn await_followers(&mut self, seq: u64) -> Result<(), Stop> {
+        let want = record_digest(self.rec.as_bytes());
+        loop {
+            let timeout = self.timeout;
+            match self.leader().wait_acked(seq, timeout) {
+                Ok(()) => break,
+                Err(LinkError::ControlPending) => self.take_controls_leader()?,
+                Err(LinkError::AckTimeout { silent, .. }) => {
+                    let who = silent.first().copied().unwrap_or(0);
+                    let mine = self.rec.as_bytes().to_vec();
+                    return Err(self.diverge(Kind::Silent, seq, Some(&mine), None, who, false));
+                }
+                Err(e) => {
+                    self.take_controls_leader()?;
+                    return Err(Monitor::link_stop(e));
+                }
+            }
+        }
+        let bad: Vec<u8> =
+            self.leader().acks().filter(|a| a.seq == seq && a.digest != want).map(|a| a.variant).collect();
+        if let Some(&v) = bad.first() {
+            // Only the digest differs so far; the follower answers our
+            // report with what it made there.
+            let mine = self.rec.as_bytes().to_vec();
+            return Err(self.diverge(Kind::Records, seq, Some(&mine), None, v, false));
+        }
+        Ok(())
+    }
+
+    /// Follower: the leader's entry `seq` into `self.leader_entry`, if it
+    /// arrives within `wait`.
+    fn fetch_leader_entry_within(&mut self, seq: u64, wait: Duration) -> Result<bool, Stop> {
+        let full = self.timeout;
+        self.timeout = wait;
+        let r = self.fetch_leader_entry(seq);
+        self.timeout = full;
+        match r {
+            Ok(()) => Ok(true),
+            Err(Stop::Divergence(_)) if self.replay_broken.take().is_some() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Follower: the leader's entry `seq` into `self.leader_entry`.
+    fn fetch_leader_entry(&mut self, seq: u64) -> Result<(), Stop> {
+        loop {
+            let timeout = self.timeout;
+            let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
+            let got = match link.next_entry_timeout(timeout) {
+                Ok(Some(e)) => {
+                    if e.seq != seq {
+                        return Err(Stop::link(format!("entry {} from the leader where {seq} was due", e.seq)));
+                    }
+                    self.leader_entry.clear();
+                    self.leader_entry.extend_from_slice(e.data);
+                    Some(())
+                }
+                Ok(None) => None,
+                Err(LinkError::ControlPending) => {
+                    let c = self.follower().try_recv_control();
+                    if let Some(stop) = self.on_control_follower(c) {
+                        return Err(stop);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(Monitor::link_stop(e)),
+            };
+            match got {
+                Some(()) => return Ok(()),
+                None if timeout < Duration::from_secs(1) => {
+                    // A short wait ran out (fetch_leader_entry_within).
+                    self.replay_broken = Some("waiting".into());
+                    return Err(Stop::Divergence(String::new()));
+                }
+                None => {
+                    let mine = self.rec.as_bytes().to_vec();
+                    return Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false));
+                }
+            }
+        }
+    }
+
+    fn on_control_follower(&mut self, c: Option<Control>) -> Option<Stop> {
+        match c? {
+            Control::Shutdown { status } => Some(Stop::Shutdown(status)),
+            Control::Divergence { seq, report } => {
+                let text = String::from_utf8_lossy(&report).into_owned();
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"message": text}));
+                // The leader found it at our current event: tell it what we made there.
+                if seq == self.seq && v["variant"].as_u64() == Some(self.id as u64) && v["other"].is_null() {
+                    let name_of = |nr| names::name(nr);
+                    let mine = decode(self.rec.as_bytes(), name_of).ok();
+                    let leader: Option<dmvx_sync::record::Event> = serde_json::from_value(v["leader"].clone()).ok();
+                    v["message"] = serde_json::Value::String(format!(
+                        "variant {} made {} at event {seq} where the leader made {}",
+                        self.id,
+                        describe(&mine),
+                        describe(&leader)
+                    ));
+                    v["other"] = serde_json::to_value(mine).unwrap_or_default();
+                    if let Some(arr) = v["forensic"].as_array_mut() {
+                        arr.push(
+                            serde_json::to_value(VariantLog {
+                                variant: self.id as u32,
+                                events: self.log.events(name_of),
+                            })
+                            .unwrap_or_default(),
+                        );
+                    }
+                    let reply = serde_json::to_vec_pretty(&v).unwrap_or_default();
+                    let _ = self.follower().send_control(&Control::Divergence { seq, report: reply });
+                }
+                let msg =
+                    v["message"].as_str().map(String::from).unwrap_or_else(|| format!("divergence at event {seq}"));
+                self.write_report_file(&serde_json::to_string_pretty(&v).unwrap_or(text));
+                Some(Stop::Divergence(msg))
+            }
+            _ => None,
+        }
+    }
+
+    /// Leader: handles control messages from followers (divergence reports).
+    fn take_controls_leader(&mut self) -> Result<(), Stop> {
+        if !self.is_leader() {
+            return Ok(());
+        }
+        loop {
+            let Some((from, c)) = self.leader().try_recv_control() else { return Ok(()) };
+            if let Control::Custom { kind: CTRL_REACHED, payload } = &c {
+                // A follower reached event `seq` with a held output; if the
+                // leader is at a different event there, that is a divergence.
+                if payload.len() == 40 {
+                    let seq = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                    if seq == self.seq && payload[8..] != record_digest(self.rec.as_bytes()) {
+                        let mine = self.rec.as_bytes().to_vec();
+                        return Err(self.diverge(Kind::Records, seq, Some(&mine), None, from, false));
+                    }
+                }
+                continue;
+            }
+            if let Control::Divergence { seq, report } = c {
+                // The follower found it: add the leader's view and stop all.
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&report).unwrap_or_else(|_| serde_json::json!({"message": "divergence"}));
+                let name_of = |nr| names::name(nr);
+                let my_log =
+                    serde_json::to_value(VariantLog { variant: self.id as u32, events: self.log.events(name_of) })
+                        .unwrap_or_default();
+                if let Some(arr) = v["forensic"].as_array_mut() {
+                    arr.push(my_log);
+                }
+                let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+                // The reporting follower checked every event before `seq`.
+                let (agreed, _) = self.agreed_before(seq, from, true);
+                self.outputs.release_before(agreed, seq);
+                let discarded = self.outputs.discard();
+                self.write_report_file(&text);
+                let _ = self.leader().send_control(&Control::Divergence { seq, report: text.into_bytes() });
+                let _ = self.leader().flush();
+                let msg = v["message"].as_str().unwrap_or("divergence").to_string();
+                eprintln!("dmvx: variant {from} diverged at event {seq}; {discarded} bytes of held output discarded");
+                return Err(Stop::Divergence(msg));
+            }
+        }
+    }
+
+    /// Leader, on a divergence at `seq` in variant `diverging`: how far
+    /// every variant agreed. If `diverging` reached `seq` (it reported a
+    /// different record there), it agreed on everything before; if it fell
+    /// silent, only on what it acknowledged. The other followers may lag:
+    /// the output held before `seq` waits (up to the cluster timeout) until
+    /// each acknowledged it or reported a divergence of its own. Also
+    /// returns a report `diverging` sent meanwhile.
+    fn agreed_before(&mut self, seq: u64, diverging: u8, reached: bool) -> (u64, Option<Vec<u8>>) {
+        let need = self.outputs.newest_before(seq);
+        let deadline = std::time::Instant::now() + self.timeout;
+        // Followers that reported a divergence: they agreed up to there.
+        let mut reported: Vec<(u8, u64)> = Vec::new();
+        let mut own = None;
+        loop {
+            let mut frozen = u64::MAX;
+            let mut others = u64::MAX;
+            for a in self.leader_ref().acks() {
+                let upto = self.outputs.agreement(a.seq, &a.digest);
+                match reported.iter().find(|r| r.0 == a.variant) {
+                    _ if a.variant == diverging && reached => {}
+                    _ if a.variant == diverging => frozen = upto,
+                    Some(r) => frozen = frozen.min(r.1.saturating_sub(1)),
+                    None => others = others.min(upto),
+                }
+            }
+            let agreed = frozen.min(others).min(seq.saturating_sub(1));
+            let hopeless = frozen < need;
+            if agreed >= need || hopeless || std::time::Instant::now() >= deadline || self.leader().check().is_err() {
+                return (agreed, own);
+            }
+            match self.leader().try_recv_control() {
+                Some((from, Control::Divergence { report, .. })) if from == diverging => own = Some(report),
+                Some((from, Control::Divergence { seq: at, .. })) => reported.push((from, at)),
+                Some(_) => {}
+                None => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
+
+    /// Leader: sends out held outputs that every follower acknowledged;
+    /// with `all`, waits until everything held is acknowledged first.
+    pub(crate) fn release_outputs(&mut self, all: bool) -> Result<(), Stop> {
+        if !self.outputs.pending() || !self.is_leader() {
+            return Ok(());
+        }
+        let mut acked = agreed(self);
+        if (all || self.outputs.full()) && acked < self.outputs.newest() {
+            let want = self.outputs.newest();
+            loop {
+                let timeout = self.timeout;
+                match self.leader().wait_acked(want, timeout) {
+                    Ok(()) => break,
+                    Err(LinkError::ControlPending) => self.take_controls_leader()?,
+                    Err(LinkError::AckTimeout { silent, .. }) => {
+                        let who = silent.first().copied().unwrap_or(0);
+                        return Err(self.diverge(Kind::Silent, want, None, None, who, false));
+                    }
+                    Err(e) => {
+                        self.take_controls_leader()?;
+                        return Err(Monitor::link_stop(e));
+                    }
+                }
+            }
+            acked = agreed(self);
+        }
+        self.outputs.release(acked, all);
+        Ok(())
+    }
+
+    /// After the call ran (or was replayed) with return value `ret`.
+    /// Leader: `caught` holds the forwarded host signals (bits) that reach
+    /// every variant right after this call. Follower: `raise` receives the
+    /// leader's.
+    pub(crate) fn end(&mut self, ret: i64, caught: u64, raise: &mut dyn FnMut(SignalEvent)) -> Result<(), Stop> {
+        let seq = self.seq;
+        self.log.push(seq, self.rec.as_bytes(), ret);
+        if self.is_leader() {
+            // Signals that reached the leader are delivered to every variant
+            // right after this call.
+            let mut sigs = [SignalEvent::default(); 64];
+            let mut n = 0;
+            for s in 1..=64 {
+                if caught & (1u64 << (s - 1)) != 0 {
+                    sigs[n] = SignalEvent { sig: s, code: 0, addr: 0 };
+                    n += 1;
+                }
+            }
+            let sigs = &sigs[..n];
+            // No flush here: the batch goes out when full, when this side
+            // waits, or after the link's batch delay.
+            let Monitor { entry, link, .. } = self;
+            let Link::Leader(link) = link else { unreachable!("leader link on a leader") };
+            let pushed = link.push(entry.finish(ret, sigs)).map_err(Monitor::link_stop)?;
+            if pushed != seq {
+                return Err(Stop::link(format!("the link numbered event {seq} as {pushed}")));
+            }
+            return Ok(());
+        }
+        if self.replay_broken.take().is_some() {
+            let mine = self.rec.as_bytes().to_vec();
+            let leader = EntryView::decode(&self.leader_entry).map(|v| v.record.to_vec()).ok();
+            return Err(self.diverge(Kind::Records, seq, leader.as_deref(), Some(&mine), self.id, true));
+        }
+        let view = EntryView::decode(&self.leader_entry).map_err(|e| Stop::link(e.to_string()))?;
+        // Nothing is copied out of the entry unless needed (hot path).
+        let leader_ret = view.ret;
+        // Addresses differ by design (diversified layouts): the return
+        // values of brk, mmap and mremap are not compared.
+        let address = [libc::SYS_brk, libc::SYS_mmap, libc::SYS_mremap].contains(&(self.nr as i64));
+        if self.mode == OpMode::Direct && leader_ret != ret && self.rule.check != Check::Unchecked && !address {
+            let leader_rec = view.record.to_vec();
+            let mine = self.rec.as_bytes().to_vec();
+            return Err(self.diverge(Kind::Result, seq, Some(&leader_rec), Some(&mine), self.id, true));
+        }
+        for s in &view.signals {
+            raise(*s);
+        }
+        if seq - self.acked >= ACK_EVERY || self.rule.check == Check::Lockstep {
+            let d = record_digest(self.rec.as_bytes());
+            self.follower().ack_soon(seq, d).map_err(Monitor::link_stop)?;
+            self.acked = seq;
+        }
+        Ok(())
+    }
+
+    /// The program ends with `exit` status or killed by `sig`: the last
+    /// event is checked in lockstep, held outputs go out, the run ends.
+    pub(crate) fn finish(&mut self, exit: Option<i32>, sig: Option<i32>) -> Result<(), Stop> {
+        // exit_group already went through monitor_begin as a call; the
+        // final event is the exit or death itself.
+        match (exit, sig) {
+            (Some(s), _) => self.rec.exit(s),
+            (_, Some(s)) => self.rec.killed(s),
+            _ => self.rec.exit(0),
+        };
+        self.class = Class::Exit;
+        self.rule = self.policy.rule(u64::MAX, Class::Exit);
+        self.seq += 1;
+        let seq = self.seq;
+        if self.is_leader() {
+            let rec = self.rec.as_bytes().to_vec();
+            self.entry.start(&rec);
+            let entry = self.entry.finish(0, &[]).to_vec();
+            self.leader().push(&entry).map_err(Monitor::link_stop)?;
+            self.leader().flush().map_err(Monitor::link_stop)?;
+            self.await_followers(seq)?;
+            self.release_outputs(true)?;
+            self.log.push(seq, self.rec.as_bytes(), 0);
+            let status = exit.unwrap_or(128 + sig.unwrap_or(0));
+            let _ = self.leader().send_control(&Control::Shutdown { status });
+            let _ = self.leader().flush();
+            return Ok(());
+        }
+        let d = record_digest(self.rec.as_bytes());
+        self.follower().ack(seq, d).map_err(Monitor::link_stop)?;
+        self.fetch_leader_entry(seq)?;
+        let view = EntryView::decode(&self.leader_entry).map_err(|e| Stop::link(e.to_string()))?;
+        if view.record != self.rec.as_bytes() {
+            let leader = view.record.to_vec();
+            let mine = self.rec.as_bytes().to_vec();
+            return Err(self.diverge(Kind::Ended, seq, Some(&leader), Some(&mine), self.id, true));
+        }
+        // Stay until the leader ends the run: it still waits for the other
+        // followers, and a closed link would look like a failure to it.
+        let deadline = std::time::Instant::now() + self.timeout;
+        while std::time::Instant::now() < deadline {
+            match self.follower().try_recv_control() {
+                Some(Control::Shutdown { .. }) => break,
+                Some(_) => continue,
+                None => {
+                    if self.follower().check().is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds, writes and sends a divergence report; returns the stop.
+    #[allow(clippy::too_many_arguments)]
+    fn diverge(
+        &mut self,
+        kind: Kind,
+        seq: u64,
+        leader: Option<&[u8]>,
+        other: Option<&[u8]>,
+        variant: u8,
+        took_effect: bool,
+    ) -> Stop {
+        let name_of = |nr| names::name(nr);
+        // A silent follower checked only what it acknowledged; any other
+        // reached `seq`, having agreed on everything before.
+        let reached = !matches!(kind, Kind::Silent);
+        let le = leader.and_then(|r| decode(r, name_of).ok());
+        let oe = other.and_then(|r| decode(r, name_of).ok());
+        let who = if self.is_leader() { format!("variant {variant}") } else { format!("variant {}", self.id) };
+        let message = match kind {
+            Kind::Silent if self.is_leader() => {
+                format!("{who} stopped answering at event {seq} (the leader was at {})", describe(&le))
+            }
+            Kind::Silent => format!("the leader stopped answering at event {seq}"),
+            Kind::Result => {
+                format!("{who} got a different result from {} at event {seq} than the leader", describe(&oe))
+            }
+            _ => format!("{who} made {} at event {seq} where the leader made {}", describe(&oe), describe(&le)),
+        };
+        let report = Report {
+            kind,
+            message: message.clone(),
+            seq,
+            variant: variant as u32,
+            detected_by: self.id as u32,
+            policy: PolicyUsed::of(self.class, self.rule),
+            leader: le,
+            other: oe,
+            took_effect,
+            forensic: vec![VariantLog { variant: self.id as u32, events: self.log.events(name_of) }],
+        };
+        let mut json = report.to_json();
+        // Output every variant agreed on before the divergence may go out;
+        // nothing from the diverging event on.
+        let mut answer = None;
+        if self.is_leader() {
+            let (agreed, own) = self.agreed_before(seq, variant, reached);
+            self.outputs.release_before(agreed, seq);
+            answer = own;
+        }
+        let discarded = self.outputs.discard();
+        if self.is_leader() {
+            let _ = self.leader().send_control(&Control::Divergence { seq, report: json.clone().into_bytes() });
+            let _ = self.leader().flush();
+            if report.other.is_none() {
+                // The other variant answers with what it made there.
+                let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                while std::time::Instant::now() < deadline {
+                    let got = answer.take().map(|r| (variant, Control::Divergence { seq, report: r }));
+                    if let Some((from, Control::Divergence { report: r, .. })) =
+                        got.or_else(|| self.leader().try_recv_control())
+                    {
+                        if from == variant {
+                            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r) {
+                                let message = format!(
+                                    "variant {variant} made {} at event {seq} where the leader made {}",
+                                    describe(&serde_json::from_value(v["other"].clone()).ok()),
+                                    describe(&report.leader)
+                                );
+                                let mut v = v;
+                                v["message"] = serde_json::Value::String(message);
+                                json = serde_json::to_string_pretty(&v).unwrap_or(json);
+                            }
+                            break;
+                        }
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        } else {
+            let _ = self.follower().send_control(&Control::Divergence { seq, report: json.clone().into_bytes() });
+            // Give the leader time to read it before the link closes.
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < deadline {
+                match self.follower().try_recv_control() {
+                    Some(Control::Shutdown { .. }) | Some(Control::Divergence { .. }) => break,
+                    _ if self.follower().check().is_err() => break,
+                    _ => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }
+        self.write_report_file(&json);
+        if discarded > 0 {
+            eprintln!("dmvx: {discarded} bytes of held output discarded: they never left this host");
+        }
+        let message = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(String::from))
+            .unwrap_or(message);
+        Stop::Divergence(message)
+    }
+
+    /// The link failed: what every follower agreed on may still go out,
+    /// nothing else; the report says which variant and why.
+    pub(crate) fn link_failed(&mut self, why: &str, peer: Option<u8>, silent: bool) {
+        let seq = self.seq;
+        if self.is_leader() {
+            let acked = agreed(self);
+            self.outputs.release_before(acked, seq + 1);
+        }
+        let discarded = self.outputs.discard();
+        let name_of = |nr| names::name(nr);
+        let variant = peer.unwrap_or(if self.is_leader() { self.id } else { 0 });
+        let report = Report {
+            kind: if silent { Kind::Silent } else { Kind::Link },
+            message: if silent {
+                format!("variant {variant} stopped answering at event {seq}: {why}")
+            } else {
+                format!("the link to variant {variant} failed at event {seq}: {why}")
+            },
+            seq,
+            variant: variant as u32,
+            detected_by: self.id as u32,
+            policy: PolicyUsed::of(self.class, self.rule),
+            leader: None,
+            other: None,
+            took_effect: false,
+            forensic: vec![VariantLog { variant: self.id as u32, events: self.log.events(name_of) }],
+        };
+        self.write_report_file(&report.to_json());
+        if discarded > 0 {
+            eprintln!("dmvx: {discarded} bytes of held output discarded: they never left this host");
+        }
+    }
+
+    fn write_report_file(&self, json: &str) {
+        let path = self.report_dir.join(format!("dmvx-divergence-variant{}.json", self.id));
+        match std::fs::write(&path, json) {
+            Ok(()) => eprintln!("dmvx: divergence report written to {}", path.display()),
+            Err(e) => eprintln!("dmvx: cannot write the divergence report {}: {e}", path.display()),
+        }
+    }
+
+    /// Leader: before an operation that must come after what is held for
+    /// `f` (shutdown, a blocking read of a reply), send it out.
+    pub(crate) fn settle_file(&mut self, f: &Arc<OpenFile>) -> Result<(), Stop> {
+        if self.is_leader() && self.outputs.holds(f) {
+            return self.settle_before_blocking();
+        }
+        Ok(())
+    }
+
+    /// Leader, while the program waits: takes control messages, releases
+    /// what was acknowledged, and arms the link's wake descriptor. Returns
+    /// that descriptor to poll, or None when nothing is held any more.
+    pub(crate) fn release_while_waiting(&mut self) -> Result<Option<i32>, Stop> {
+        self.leader().arm_wake();
+        let r = (|| {
+            self.take_controls_leader()?;
+            self.leader().check().map_err(Monitor::link_stop)?;
+            let _ = self.leader().flush();
+            self.release_outputs(false)?;
+            Ok(self.outputs.pending().then(|| std::os::fd::AsRawFd::as_raw_fd(&self.leader_ref().wake_fd())))
+        })();
+        if !matches!(r, Ok(Some(_))) {
+            self.leader().disarm_wake();
+        }
+        r
+    }
+
+    /// Leader: sends the pending batch, before the program may block.
+    pub(crate) fn flush_link(&mut self) {
+        if self.is_leader() {
+            let _ = self.leader().flush();
+        }
+    }
+
+    /// Leader: after a wait on the link's wake descriptor.
+    pub(crate) fn disarm_link_wake(&mut self) {
+        if self.is_leader() {
+            self.leader().disarm_wake();
+        }
+    }
+
+    /// Leader, before blocking on the host: everything held must go out
+    /// first, or a client waits for an answer that waits for us.
+    pub(crate) fn settle_before_blocking(&mut self) -> Result<(), Stop> {
+        if !self.is_leader() {
+            return Ok(());
+        }
+        // Followers must not wait for entries while the leader sleeps.
+        let _ = self.leader().flush();
+        if self.outputs.pending() {
+            self.release_outputs(true)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Leader: the event up to which every follower's acknowledgement shows
+/// agreement with the held outputs.
+fn agreed(m: &Monitor) -> u64 {
+    let mut acks = m.leader_ref().acks().peekable();
+    if acks.peek().is_none() {
+        return m.leader_ref().acked();
+    }
+    acks.map(|a| m.outputs.agreement(a.seq, &a.digest)).min().unwrap_or(0)
+}
