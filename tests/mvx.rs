@@ -444,3 +444,27 @@ fn a_variant_whose_image_differs_from_the_cluster_digest_is_refused() {
     assert_eq!(status(&forged), 125, "{}", stderr(&forged));
     assert!(stderr(&forged).contains("the cluster file says"), "{}", stderr(&forged));
 }
+
+/// A directory opened under a mutable path (/tmp) is the leader's; calls
+/// relative to it (openat(fd, "a") as GNU find makes them) must classify the
+/// same on the follower, which has no host descriptor for it.
+#[test]
+fn find_under_a_mutable_directory_agrees_in_two_variants() {
+    require_kvm!();
+    if !Path::new("/usr/bin/find").exists() {
+        shout("SKIPPED find_under_a_mutable_directory_agrees_in_two_variants: no /usr/bin/find");
+        return;
+    }
+    let d = TempDir::new("find-mvx");
+    let tree = d.join("tree");
+    std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
+    std::fs::write(tree.join("a/b/c/f1"), b"1").unwrap();
+    std::fs::write(tree.join("a/f2"), b"2").unwrap();
+    let t = tree.to_str().unwrap();
+    let native = run("/usr/bin/find", &[t], b"");
+    let multi =
+        run_vmm(&["--variants", "2", "--report-dir", d.path().to_str().unwrap(), "--", "/usr/bin/find", t], b"");
+    assert_eq!(status(&multi), 0, "{}", stderr(&multi));
+    assert_eq!(stdout(&multi), stdout(&native));
+    assert!(reports(d.path()).is_empty(), "a divergence was reported: {}", stderr(&multi));
+}

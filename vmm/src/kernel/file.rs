@@ -78,9 +78,9 @@ pub struct OpenFile {
     /// Whether the host descriptor is non-blocking, once looked up (the
     /// guest's F_SETFL and FIONBIO forget it).
     nonblock: AtomicU8,
-    /// A directory's path inside the root as the program named it
-    /// (normalised lexically): the same in every variant, whatever the host
-    /// path, so that relative calls classify alike.
+    /// A directory's canonical path inside the root: the same in every
+    /// variant, whatever the host path or whether the variant holds the host
+    /// descriptor, so that relative calls resolve and classify alike.
     path: Option<Box<[u8]>>,
 }
 
@@ -103,7 +103,7 @@ impl OpenFile {
         })
     }
 
-    /// An open directory named `path` by the program.
+    /// An open directory whose canonical path inside the root is `path`.
     pub fn directory(fd: Option<OwnedFd>, remote: bool, path: &[u8]) -> Arc<Self> {
         Arc::new(OpenFile {
             fd,

@@ -84,7 +84,7 @@ impl Kernel {
         if f.kind != FileKind::Directory {
             return Err(Errno::ENOTDIR);
         }
-        Ok(self.sandbox.guest_path(f.raw()))
+        Ok(f.path().map_or_else(|| self.sandbox.guest_path(f.raw()), <[u8]>::to_vec))
     }
 
     /// Looks `path` up (relative to `dirfd`), honouring AT_EMPTY_PATH.
@@ -278,7 +278,22 @@ fn do_open(k: &mut Kernel, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> Sy
         Ok(raw as u64)
     })?;
     let kind = FileKind::from_mode(stat_of(&st).st_mode);
-    k.fds().insert(OpenFile::make(owned, kind, Extra::None, remote), flags & libc::O_CLOEXEC != 0, 0)
+    let file = if kind == FileKind::Directory {
+        // Its canonical path inside the root, for relative lookups and for
+        // classifying them: a follower without the host descriptor (the
+        // leader's) takes the leader's.
+        let mut name = [0u8; PATH_MAX];
+        let n = k.host_call(false, &mut name, |k, out| {
+            let g = k.sandbox.guest_path(owned.as_ref().map_or(-1, |f| f.as_raw_fd()));
+            let n = g.len().min(out.len());
+            out[..n].copy_from_slice(&g[..n]);
+            Ok(n as u64)
+        })?;
+        OpenFile::directory(owned, remote, &name[..(n as usize).min(PATH_MAX)])
+    } else {
+        OpenFile::make(owned, kind, Extra::None, remote)
+    };
+    k.fds().insert(file, flags & libc::O_CLOEXEC != 0, 0)
 }
 
 pub fn open(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
@@ -464,7 +479,8 @@ pub fn chdir(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(Errno::ENOTDIR);
     }
-    k.fs().cwd = k.sandbox.guest_path(fd.as_raw_fd());
+    let cwd = k.sandbox.guest_path(fd.as_raw_fd());
+    k.fs().cwd = cwd;
     Ok(0)
 }
 
@@ -473,7 +489,8 @@ pub fn fchdir(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if f.kind != FileKind::Directory {
         return Err(Errno::ENOTDIR);
     }
-    k.fs().cwd = k.sandbox.guest_path(f.raw());
+    let cwd = f.path().map_or_else(|| k.sandbox.guest_path(f.raw()), <[u8]>::to_vec);
+    k.fs().cwd = cwd;
     Ok(0)
 }
 
