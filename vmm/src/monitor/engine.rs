@@ -126,54 +126,37 @@ impl Monitor {
     /// Follower: the leader's entry `seq` into `self.leader_entry`, if it
     /// arrives within `wait`.
     fn fetch_leader_entry_within(&mut self, seq: u64, wait: Duration) -> Result<bool, Stop> {
-        let full = self.timeout;
-        self.timeout = wait;
-        let r = self.fetch_leader_entry(seq);
-        self.timeout = full;
-        match r {
-            Ok(()) => Ok(true),
-            Err(Stop::Divergence(_)) if self.replay_broken.take().is_some() => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Follower: the leader's entry `seq` into `self.leader_entry`.
-    fn fetch_leader_entry(&mut self, seq: u64) -> Result<(), Stop> {
         loop {
-            let timeout = self.timeout;
             let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
-            let got = match link.next_entry_timeout(timeout) {
+            match link.next_entry_timeout(wait) {
                 Ok(Some(e)) => {
                     if e.seq != seq {
                         return Err(Stop::link(format!("entry {} from the leader where {seq} was due", e.seq)));
                     }
                     self.leader_entry.clear();
                     self.leader_entry.extend_from_slice(e.data);
-                    Some(())
+                    return Ok(true);
                 }
-                Ok(None) => None,
+                Ok(None) => return Ok(false),
                 Err(LinkError::ControlPending) => {
                     let c = self.follower().try_recv_control();
                     if let Some(stop) = self.on_control_follower(c) {
                         return Err(stop);
                     }
-                    continue;
                 }
                 Err(e) => return Err(Monitor::link_stop(e)),
-            };
-            match got {
-                Some(()) => return Ok(()),
-                None if timeout < Duration::from_secs(1) => {
-                    // A short wait ran out (fetch_leader_entry_within).
-                    self.replay_broken = Some("waiting".into());
-                    return Err(Stop::Divergence(String::new()));
-                }
-                None => {
-                    let mine = self.rec.as_bytes().to_vec();
-                    return Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false));
-                }
             }
         }
+    }
+
+    /// Follower: the leader's entry `seq` into `self.leader_entry`; a
+    /// leader silent for the cluster's timeout is a divergence.
+    fn fetch_leader_entry(&mut self, seq: u64) -> Result<(), Stop> {
+        if self.fetch_leader_entry_within(seq, self.timeout)? {
+            return Ok(());
+        }
+        let mine = self.rec.as_bytes().to_vec();
+        Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false))
     }
 
     fn on_control_follower(&mut self, c: Option<Control>) -> Option<Stop> {

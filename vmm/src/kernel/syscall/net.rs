@@ -505,7 +505,7 @@ pub fn sendto(k: &mut Kernel, a: &[u64; 6]) -> Sys {
         let addr = if a[4] != 0 { Some(k.read_addr(&f, a[4], a[5], false)?) } else { None };
         k.iov.clear();
         if a[2] > 0 {
-            k.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), false, &mut k.iov)?;
+            k.mm.user_iov(a[1], a[2].min(super::common::MAX_RW), false, &mut k.iov)?;
         }
         send(k, &f, addr.as_ref(), flags)
     })();
@@ -524,7 +524,7 @@ pub fn recvfrom(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     }
     k.iov.clear();
     if a[2] > 0 {
-        k.mm.user_iov(a[1], a[2].min(super::file::MAX_RW), true, &mut k.iov)?;
+        k.mm.user_iov(a[1], a[2].min(super::common::MAX_RW), true, &mut k.iov)?;
     }
     let mut name = [0u8; ADDR_MAX + 8];
     let n = k.host_call_iov(true, Some(&mut name), |k, out| recv_into(k, &f, flags, out))?;

@@ -1,0 +1,300 @@
+//! Calls on descriptors: close, dup, fcntl, ioctl, pipes, locks, syncs,
+//! and the metadata calls that act through a descriptor.
+
+use std::os::fd::OwnedFd;
+
+use super::super::errno::{check, Errno, SysResult};
+use super::super::file::{FileKind, OpenFile};
+use super::super::mm::{Mm, Pod};
+use super::super::Kernel;
+use super::common::*;
+use super::path::host_statfs;
+
+/// Size of the kernel's `struct termios` (TCGETS/TCSETS), not glibc's.
+const KERNEL_TERMIOS_SIZE: usize = 36;
+
+pub fn close(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    k.fds().close(fd_arg(a[0])).map(|_| 0)
+}
+
+pub fn fstat(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.fds().file(fd_arg(a[0]))?.clone();
+    let mut st = [0u8; STAT_SIZE];
+    k.host_call(f.remote, &mut st, |_, out| {
+        let mut s: libc::stat = zeroed();
+        // SAFETY: raw is open; s is a valid out-parameter.
+        check(unsafe { libc::fstat(f.raw(), &mut s) } as i64)?;
+        out.copy_from_slice(s.as_bytes());
+        Ok(0)
+    })?;
+    k.mm.write_user(a[1], &st).map(|_| 0)
+}
+
+pub fn fcntl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let fd = fd_arg(a[0]);
+    let entry = k.fds().get(fd)?.clone();
+    let f = entry.file.clone();
+    let raw = f.raw();
+    match a[1] as i32 {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            let min = a[2] as u32 as usize;
+            if min >= k.fds().limit {
+                return Err(Errno::EINVAL);
+            }
+            k.fds().insert(entry.file, a[1] as i32 == libc::F_DUPFD_CLOEXEC, min)
+        }
+        libc::F_GETFD => Ok(entry.cloexec as u64),
+        libc::F_SETFD => k.fds().set_cloexec(fd, a[2] & 1 != 0).map(|_| 0),
+        libc::F_GETFL => k.host_call(f.remote, &mut [], |_, _| {
+            // SAFETY: plain call on an open descriptor.
+            let fl = check(unsafe { libc::fcntl(raw, libc::F_GETFL) } as i64)?;
+            Ok(fl & !(libc::O_CLOEXEC as u64))
+        }),
+        libc::F_SETFL => {
+            if a[2] as i32 & libc::O_ASYNC != 0 {
+                return Err(Errno::EINVAL);
+            }
+            f.forget_flags();
+            k.host_call(f.remote, &mut [], |_, _| {
+                // SAFETY: plain call on an open descriptor.
+                check(unsafe { libc::fcntl(raw, libc::F_SETFL, a[2] as i32) } as i64)
+            })
+        }
+        cmd @ (libc::F_GETLK
+        | libc::F_SETLK
+        | libc::F_SETLKW
+        | libc::F_OFD_GETLK
+        | libc::F_OFD_SETLK
+        | libc::F_OFD_SETLKW) => {
+            let mut fl = [0u8; std::mem::size_of::<libc::flock>()];
+            k.mm.read_user(a[2], &mut fl)?;
+            k.host_call(f.remote, &mut fl, |_, fl| {
+                // SAFETY: fl is a flock-sized buffer the kernel reads and writes.
+                check(unsafe { libc::fcntl(raw, cmd, fl.as_mut_ptr()) } as i64)
+            })?;
+            if matches!(cmd, libc::F_GETLK | libc::F_OFD_GETLK) {
+                k.mm.write_user(a[2], &fl)?;
+            }
+            Ok(0)
+        }
+        cmd @ (libc::F_GETPIPE_SZ | libc::F_SETPIPE_SZ) => k.host_call(f.remote, &mut [], |_, _| {
+            // SAFETY: plain call on an open descriptor.
+            check(unsafe { libc::fcntl(raw, cmd, a[2] as i32) } as i64)
+        }),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+pub fn dup(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.fds().file(fd_arg(a[0]))?.clone();
+    k.fds().insert(f, false, 0)
+}
+
+pub fn dup2(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let (old, new) = (fd_arg(a[0]), fd_arg(a[1]));
+    let f = k.fds().file(old)?.clone();
+    if old == new {
+        return Ok(new);
+    }
+    k.fds().insert_at(new, f, false)
+}
+
+pub fn dup3(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let (old, new) = (fd_arg(a[0]), fd_arg(a[1]));
+    if a[2] as i32 & !libc::O_CLOEXEC != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let f = k.fds().file(old)?.clone();
+    if old == new {
+        return Err(Errno::EINVAL);
+    }
+    k.fds().insert_at(new, f, a[2] as i32 & libc::O_CLOEXEC != 0)
+}
+
+fn do_pipe(k: &mut Kernel, va: u64, flags: i32) -> SysResult {
+    if flags & !(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_DIRECT) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    Mm::range_ok(va, 8)?;
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid 2-element out-parameter.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | (flags & (libc::O_NONBLOCK | libc::O_DIRECT))) }
+        as i64)?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (r, w) = unsafe {
+        (
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[0]),
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]),
+        )
+    };
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    let rfd = k.fds().insert(OpenFile::new(r, FileKind::Pipe), cloexec, 0)?;
+    let wfd = match k.fds().insert(OpenFile::new(w, FileKind::Pipe), cloexec, 0) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = k.fds().close(rfd);
+            return Err(e);
+        }
+    };
+    if let Err(e) = k.mm.write_val(va, &[rfd as i32, wfd as i32]) {
+        let _ = k.fds().close(rfd);
+        let _ = k.fds().close(wfd);
+        return Err(e);
+    }
+    Ok(0)
+}
+
+pub fn pipe(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    do_pipe(k, a[0], 0)
+}
+
+pub fn pipe2(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    do_pipe(k, a[0], a[1] as i32)
+}
+
+pub fn ioctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let fd = fd_arg(a[0]);
+    let f = k.fds().file(fd)?.clone();
+    let raw = f.raw();
+    let req = a[1] as u32 as u64;
+    match req {
+        libc::TCGETS => {
+            // The kernel's struct termios (36 bytes), not glibc's (60).
+            let mut t = [0u8; KERNEL_TERMIOS_SIZE];
+            k.host_call(f.remote, &mut t, |_, t| {
+                let mut host = [0u8; 64];
+                // SAFETY: host is larger than the kernel's termios TCGETS writes.
+                check(unsafe { libc::ioctl(raw, libc::TCGETS, host.as_mut_ptr()) } as i64)?;
+                t.copy_from_slice(&host[..KERNEL_TERMIOS_SIZE]);
+                Ok(0)
+            })?;
+            k.mm.write_user(a[2], &t).map(|_| 0)
+        }
+        libc::TCSETS | libc::TCSETSW | libc::TCSETSF => {
+            let mut host = [0u8; 64];
+            k.mm.read_user(a[2], &mut host[..KERNEL_TERMIOS_SIZE])?;
+            k.host_call(f.remote, &mut [], |_, _| {
+                // SAFETY: host holds a kernel termios the TCSETS family reads.
+                check(unsafe { libc::ioctl(raw, req, host.as_ptr()) } as i64)
+            })
+        }
+        libc::TIOCGWINSZ => {
+            let mut w = [0u8; std::mem::size_of::<libc::winsize>()];
+            k.host_call(f.remote, &mut w, |_, w| {
+                // SAFETY: w is a winsize-sized out-parameter for TIOCGWINSZ.
+                check(unsafe { libc::ioctl(raw, libc::TIOCGWINSZ, w.as_mut_ptr()) } as i64)
+            })?;
+            k.mm.write_user(a[2], &w).map(|_| 0)
+        }
+        libc::TIOCGPGRP => {
+            k.host_call(f.remote, &mut [], |_, _| {
+                let mut t = [0u8; 64];
+                // SAFETY: probing whether raw is a terminal; t is large enough.
+                check(unsafe { libc::ioctl(raw, libc::TCGETS, t.as_mut_ptr()) } as i64)
+            })?;
+            k.mm.write_val(a[2], &(k.task.tg.pid as i32)).map(|_| 0)
+        }
+        libc::FIONREAD => {
+            let mut n = [0u8; 4];
+            k.host_call(f.remote, &mut n, |_, n| {
+                // SAFETY: n is an int-sized out-parameter.
+                check(unsafe { libc::ioctl(raw, libc::FIONREAD, n.as_mut_ptr()) } as i64)
+            })?;
+            k.mm.write_user(a[2], &n).map(|_| 0)
+        }
+        libc::FIONBIO => {
+            let on: i32 = k.mm.read_val(a[2])?;
+            f.forget_flags();
+            k.host_call(f.remote, &mut [], |_, _| {
+                // SAFETY: on is a valid in-parameter.
+                check(unsafe { libc::ioctl(raw, libc::FIONBIO, &on) } as i64)
+            })
+        }
+        libc::FIOCLEX => k.fds().set_cloexec(fd, true).map(|_| 0),
+        libc::FIONCLEX => k.fds().set_cloexec(fd, false).map(|_| 0),
+        _ => Err(Errno::ENOTTY),
+    }
+}
+
+pub fn fchmod(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let remote = k.fds().file(fd_arg(a[0]))?.remote;
+    k.host_call(remote, &mut [], |k, _| fchmod_host(k, a))
+}
+
+fn fchmod_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let raw = k.fds().file(fd_arg(a[0]))?.raw();
+    if !k.sandbox.writable() {
+        return Err(Errno::EROFS);
+    }
+    // SAFETY: plain call on an open descriptor.
+    check(unsafe { libc::fchmod(raw, a[1] as u32 & 0o7777) } as i64)
+}
+
+pub fn ftruncate(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let remote = k.fds().file(fd_arg(a[0]))?.remote;
+    k.host_call(remote, &mut [], |k, _| ftruncate_host(k, a))
+}
+
+fn ftruncate_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let raw = k.fds().file(fd_arg(a[0]))?.raw();
+    // SAFETY: plain call on an open descriptor.
+    check(unsafe { libc::ftruncate(raw, a[1] as i64) } as i64)
+}
+
+pub fn fsync(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let remote = k.fds().file(fd_arg(a[0]))?.remote;
+    k.host_call(remote, &mut [], |k, _| fsync_host(k, a))
+}
+
+fn fsync_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let raw = k.fds().file(fd_arg(a[0]))?.raw();
+    // SAFETY: plain call on an open descriptor.
+    check(unsafe { libc::fsync(raw) } as i64)
+}
+
+pub fn sync(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
+    Ok(0)
+}
+
+pub fn fstatfs(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.fds().file(fd_arg(a[0]))?.clone();
+    let mut out = [0u8; std::mem::size_of::<libc::statfs>()];
+    k.host_call(f.remote, &mut out, |_, out| host_statfs(f.raw(), out))?;
+    k.mm.write_user(a[1], &out).map(|_| 0)
+}
+
+pub fn fadvise64(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    k.fds().file(fd_arg(a[0]))?;
+    Ok(0)
+}
+
+pub fn flock(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let remote = k.fds().file(fd_arg(a[0]))?.remote;
+    k.host_call(remote, &mut [], |k, _| flock_host(k, a))
+}
+
+fn flock_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let raw = k.fds().file(fd_arg(a[0]))?.raw();
+    // SAFETY: plain call on an open descriptor.
+    check(unsafe { libc::flock(raw, a[1] as i32) } as i64)
+}
+
+pub fn umask(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let old = k.fs().umask;
+    k.fs().umask = a[0] as u32 & 0o777;
+    Ok(old as u64)
+}
+
+pub fn fchown(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let remote = k.fds().file(fd_arg(a[0]))?.remote;
+    k.host_call(remote, &mut [], |k, _| fchown_host(k, a))
+}
+
+fn fchown_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let raw = k.fds().file(fd_arg(a[0]))?.raw();
+    if !k.sandbox.writable() {
+        return Err(Errno::EROFS);
+    }
+    // SAFETY: plain call on an open descriptor.
+    check(unsafe { libc::fchown(raw, a[1] as u32, a[2] as u32) } as i64)
+}
