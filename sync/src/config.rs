@@ -1,11 +1,13 @@
-//! The cluster file: which variants exist, where the leader listens, the
-//! pre-shared cluster key, timing and batching parameters, the digests every
-//! variant must agree on, and the (opaque here) policy table.
+//! The cluster file: which variants exist, each variant's public key, where
+//! the leader listens, timing and batching parameters, the digests every
+//! variant must agree on, and the (opaque here) policy table. It holds no
+//! secret: each VMM reads its own private key from a file of its own
+//! ([`crate::keys`]), named by `private_key_file` in its `[[variant]]` or
+//! given to the VMM directly.
 //!
 //! ```toml
 //! [cluster]
 //! name = "demo"
-//! key_file = "cluster.key"   # or key = "<64 hex chars>"; exactly one of the two
 //! timeout_ms = 5000          # optional, default 5000
 //! batch_bytes = 8192         # optional, default 8192
 //! max_lag = 4096             # optional, default 4096
@@ -18,13 +20,17 @@
 //! id = 0
 //! address = "127.0.0.1:7700"
 //! role = "leader"
+//! public_key = "<64 hex>"            # what `dmvx-vmm keygen` printed
+//! private_key_file = "demo-0.key"    # optional; read by variant 0's VMM only
 //! [[variant]]
 //! id = 1
 //! address = "127.0.0.1:7701"
 //! role = "follower"
+//! public_key = "<64 hex>"
 //! ```
 //!
-//! A relative `key_file` is resolved against the directory of the cluster file.
+//! A relative `private_key_file` is resolved against the directory of the
+//! cluster file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -32,7 +38,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use zeroize::Zeroize;
+
+use crate::keys::{KeyError, PublicKey};
 
 /// Variant ids are below this bound (they index small per-variant tables).
 pub const MAX_VARIANTS: u8 = 16;
@@ -55,16 +62,14 @@ pub const DEFAULT_MAX_LAG: u64 = 4096;
 pub enum ConfigError {
     #[error("cannot read cluster file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot read key file {path}: {source}")]
-    ReadKey { path: PathBuf, source: std::io::Error },
     #[error("cluster file is not valid: {0}")]
     Parse(#[from] toml::de::Error),
-    #[error("[cluster] must give exactly one of `key` and `key_file`, not both")]
-    KeyAndKeyFile,
-    #[error("[cluster] gives neither `key` nor `key_file`: the cluster needs a pre-shared key")]
-    NoKey,
-    #[error("cluster key {origin} is not 64 hexadecimal characters (32 bytes): {reason}")]
-    BadKey { origin: String, reason: String },
+    #[error("[cluster] `{0}`: the variants of a cluster no longer share a key (any member could pose as any other); each [[variant]] lists its own `public_key` and each VMM reads its own private key: `dmvx-vmm keygen FILE` writes a key pair")]
+    SharedKey(&'static str),
+    #[error("variant {id}: {source}")]
+    BadPublicKey { id: u8, source: KeyError },
+    #[error("variants {0} and {1} list the same public key: every variant needs a key pair of its own")]
+    DuplicateKey(u8, u8),
     #[error("cluster name must be 1 to {MAX_NAME_LEN} bytes, got {0} bytes")]
     BadName(usize),
     #[error("timeout_ms must be at least 1")]
@@ -91,65 +96,8 @@ pub enum ConfigError {
     UnknownVariant(u8),
     #[error("variant {0} is the leader, not a follower")]
     NotAFollower(u8),
-    #[error("a local cluster needs 1 to {MAX_VARIANTS} variants and ports that fit in 16 bits, got {n} variants from port {base_port}")]
+    #[error("a local cluster needs 1 to {MAX_VARIANTS} variants (one public key each) and ports that fit in 16 bits, got {n} variants from port {base_port}")]
     BadLocal { n: usize, base_port: u16 },
-    #[error("cannot get random bytes from the operating system: {0}")]
-    Random(String),
-}
-
-/// The 32-byte pre-shared cluster key. Its `Debug` output is redacted and it
-/// is wiped from memory when dropped.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClusterKey([u8; 32]);
-
-impl ClusterKey {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        ClusterKey(bytes)
-    }
-
-    /// Parses 64 hexadecimal characters (surrounding whitespace ignored).
-    pub fn from_hex(text: &str) -> Result<Self, ConfigError> {
-        Self::parse_hex(text, "given inline")
-    }
-
-    fn parse_hex(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let text = text.trim();
-        let bad = |reason: String| ConfigError::BadKey { origin: origin.to_string(), reason };
-        if text.len() != 64 {
-            return Err(bad(format!("it has {} characters", text.len())));
-        }
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(text, &mut key).map_err(|e| bad(e.to_string()))?;
-        Ok(ClusterKey(key))
-    }
-
-    /// A fresh random key from the operating system's generator.
-    pub fn generate() -> Result<Self, ConfigError> {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| ConfigError::Random(e.to_string()))?;
-        Ok(ClusterKey(key))
-    }
-
-    /// The key as 64 lowercase hexadecimal characters (for writing a key file).
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl Drop for ClusterKey {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl fmt::Debug for ClusterKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClusterKey(<redacted>)")
-    }
 }
 
 /// A SHA-256 digest, written `sha256:<64 hex>` in files and messages.
@@ -203,6 +151,10 @@ pub struct VariantConfig {
     /// informational (it may later be used as the source address).
     pub address: String,
     pub role: Role,
+    /// The variant's static public key: only its owner may join as this variant.
+    pub public_key: PublicKey,
+    /// Where this variant's VMM finds its private key, if the file says.
+    pub private_key_file: Option<PathBuf>,
 }
 
 /// The `[digests]` table: what every variant must agree on.
@@ -216,7 +168,6 @@ pub struct Digests {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub name: String,
-    pub key: ClusterKey,
     /// A peer silent this long is dead (handshake, acks, heartbeats).
     pub timeout: Duration,
     /// The leader batches entries up to this many bytes.
@@ -246,8 +197,9 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawCluster {
     name: String,
-    key: Option<String>,
-    key_file: Option<PathBuf>,
+    /// Refused with an explanation: the pre-shared key of protocol 2.
+    key: Option<toml::Value>,
+    key_file: Option<toml::Value>,
     timeout_ms: Option<u64>,
     batch_bytes: Option<usize>,
     max_lag: Option<u64>,
@@ -266,11 +218,13 @@ struct RawVariant {
     id: u32,
     address: String,
     role: Role,
+    public_key: String,
+    private_key_file: Option<PathBuf>,
 }
 
 impl ClusterConfig {
-    /// Reads and checks a cluster file. A relative `key_file` is taken
-    /// relative to the file's directory.
+    /// Reads and checks a cluster file. A relative `private_key_file` is
+    /// taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
@@ -279,22 +233,15 @@ impl ClusterConfig {
     }
 
     /// Parses and checks cluster-file text; `base_dir` resolves a relative
-    /// `key_file`.
+    /// `private_key_file`.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
         let raw: RawFile = toml::from_str(text)?;
-        let key = match (raw.cluster.key, raw.cluster.key_file) {
-            (Some(_), Some(_)) => return Err(ConfigError::KeyAndKeyFile),
-            (None, None) => return Err(ConfigError::NoKey),
-            (Some(hex), None) => ClusterKey::parse_hex(&hex, "`key`")?,
-            (None, Some(file)) => {
-                let path = base_dir.join(file);
-                let mut text = std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::ReadKey { path: path.clone(), source })?;
-                let key = ClusterKey::parse_hex(&text, &format!("in {}", path.display()));
-                text.zeroize();
-                key?
-            }
-        };
+        if raw.cluster.key.is_some() {
+            return Err(ConfigError::SharedKey("key"));
+        }
+        if raw.cluster.key_file.is_some() {
+            return Err(ConfigError::SharedKey("key_file"));
+        }
         let digests = Digests {
             image: raw.digests.image.map(|v| Digest::parse("image", &v)).transpose()?,
             program: raw.digests.program.map(|v| Digest::parse("program", &v)).transpose()?,
@@ -304,11 +251,14 @@ impl ClusterConfig {
             if v.id >= u32::from(MAX_VARIANTS) {
                 return Err(ConfigError::IdOutOfRange(v.id));
             }
-            variants.push(VariantConfig { id: v.id as u8, address: v.address, role: v.role });
+            let id = v.id as u8;
+            let public_key = PublicKey::parse_hex(&v.public_key, "`public_key`")
+                .map_err(|source| ConfigError::BadPublicKey { id, source })?;
+            let private_key_file = v.private_key_file.map(|f| base_dir.join(f));
+            variants.push(VariantConfig { id, address: v.address, role: v.role, public_key, private_key_file });
         }
         let cfg = ClusterConfig {
             name: raw.cluster.name,
-            key,
             timeout: Duration::from_millis(raw.cluster.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
             batch_bytes: raw.cluster.batch_bytes.unwrap_or(DEFAULT_BATCH_BYTES),
             max_lag: raw.cluster.max_lag.unwrap_or(DEFAULT_MAX_LAG),
@@ -319,9 +269,11 @@ impl ClusterConfig {
         cfg.validate()
     }
 
-    /// The embedded local default: `n_variants` variants on 127.0.0.1,
-    /// variant `i` at `base_port + i`, variant 0 the leader, default timing.
-    pub fn local(n_variants: usize, base_port: u16, key: ClusterKey) -> Result<Self, ConfigError> {
+    /// The embedded local default: one variant per key on 127.0.0.1,
+    /// variant `i` with `keys[i]` at `base_port + i`, variant 0 the leader,
+    /// default timing.
+    pub fn local(base_port: u16, keys: &[PublicKey]) -> Result<Self, ConfigError> {
+        let n_variants = keys.len();
         let bad = ConfigError::BadLocal { n: n_variants, base_port };
         if n_variants == 0 || n_variants > usize::from(MAX_VARIANTS) {
             return Err(bad);
@@ -329,16 +281,19 @@ impl ClusterConfig {
         if usize::from(base_port) + n_variants - 1 > usize::from(u16::MAX) {
             return Err(bad);
         }
-        let variants = (0..n_variants)
-            .map(|i| VariantConfig {
+        let variants = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| VariantConfig {
                 id: i as u8,
                 address: format!("127.0.0.1:{}", usize::from(base_port) + i),
                 role: if i == 0 { Role::Leader } else { Role::Follower },
+                public_key: *key,
+                private_key_file: None,
             })
             .collect();
         ClusterConfig {
             name: "local".to_string(),
-            key,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             batch_bytes: DEFAULT_BATCH_BYTES,
             max_lag: DEFAULT_MAX_LAG,
@@ -380,6 +335,9 @@ impl ClusterConfig {
                 v.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !ok {
                 return Err(ConfigError::BadAddress { id: v.id, address: v.address.clone() });
+            }
+            if let Some(other) = self.variants.iter().find(|o| o.id < v.id && o.public_key == v.public_key) {
+                return Err(ConfigError::DuplicateKey(other.id, v.id));
             }
         }
         let leaders: Vec<u8> = self.variants.iter().filter(|v| v.role == Role::Leader).map(|v| v.id).collect();

@@ -1,299 +1,235 @@
-//! Key schedule, handshake proofs and sealed frames.
+//! The Noise protocol and its transport messages.
 //!
-//! * transcript hash `th = SHA-256("dmvx/2 transcript" || len32(hello_f) ||
-//!   hello_f || len32(hello_l) || hello_l)` over the exact bytes of the
-//!   follower's hello frame payload and of the leader's hello core.
-//! * `prk = HKDF-Extract(salt = th, ikm = cluster key || dh)`, where `dh` is
-//!   the X25519 secret of the two ephemeral shares in the hellos; from it,
-//!   with HKDF-Expand and distinct labels, two proof keys and two traffic
-//!   keys. The cluster key authenticates, the ephemeral secret makes the
-//!   traffic keys unrecoverable from a recording once both sides dropped it.
-//! * proofs: `HMAC-SHA256(proof key, th || extra)`.
-//! * sealed frame: `len (4 bytes, big-endian) || ChaCha20-Poly1305(key,
-//!   nonce = 0u32 || counter u64 big-endian, aad = len, plaintext)`; one key
-//!   and one counter per direction, the counter starting at 0 and
-//!   incremented per frame, never sent.
+//! The link runs `Noise_XK_25519_ChaChaPoly_SHA256` (the `snow` crate): the
+//! follower initiates and knows the leader's static key from the cluster
+//! file; it sends its own static key, encrypted, in the third message
+//! ([`crate::handshake`]). After the handshake each direction has its own
+//! key and a 64-bit nonce counter, starting at 0 and never sent.
+//!
+//! A Noise transport message holds at most 65535 bytes, so one message of
+//! the link is sent as one or more *chunks*, each a Noise transport message
+//! framed by a 2-byte big-endian length:
+//!
+//! ```text
+//! chunk = len: u16 BE || Noise transport message (ciphertext || 16-byte tag)
+//!         plaintext of a chunk = data (up to 65518 bytes) || flag (1 byte)
+//!         flag: 0 = more chunks of this message follow, 1 = last chunk
+//! ```
+//!
+//! The flag is inside the authenticated plaintext, so message boundaries
+//! cannot be moved: splitting a message, joining two, or cutting one after a
+//! whole chunk fails as surely as a flipped bit. A modified, forged,
+//! replayed, reordered, dropped or injected chunk fails to open (its nonce
+//! is the next counter value, or the tag does not verify).
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
-use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
-use sha2::{Digest as _, Sha256};
-use zeroize::Zeroize;
+use std::sync::Arc;
 
-use crate::config::ClusterKey;
-use crate::frame::LEN_BYTES;
+use snow::{HandshakeState, StatelessTransportState};
+
 use crate::wire::TAG_LEN;
 
-type HmacSha256 = Hmac<Sha256>;
+/// The Noise protocol name.
+pub const NOISE_PARAMS: &str = "Noise_XK_25519_ChaChaPoly_SHA256";
+/// Mixed into the handshake hash: both sides must speak this protocol version.
+pub const PROLOGUE: &[u8] = b"dmvx link, protocol version 3";
+/// Largest Noise message.
+pub const MAX_NOISE_MESSAGE: usize = 65535;
+/// Bytes of the chunk length prefix.
+pub const CHUNK_HEADER: usize = 2;
+/// Most bytes of a message one chunk carries.
+pub const CHUNK_DATA: usize = MAX_NOISE_MESSAGE - TAG_LEN - 1;
+/// Smallest valid chunk: an empty last piece, its flag and the tag.
+pub const MIN_CHUNK: usize = TAG_LEN + 1;
 
-const LABEL_TRANSCRIPT: &[u8] = b"dmvx/2 transcript";
-const LABEL_LEADER_PROOF: &[u8] = b"dmvx/2 leader proof";
-const LABEL_FOLLOWER_PROOF: &[u8] = b"dmvx/2 follower proof";
-const LABEL_L2F: &[u8] = b"dmvx/2 traffic leader->follower";
-const LABEL_F2L: &[u8] = b"dmvx/2 traffic follower->leader";
+const MORE: u8 = 0;
+const LAST: u8 = 1;
 
-/// A sealed frame could not be made or opened.
+/// A message could not be sealed or opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CryptoError {
     #[error("a frame failed authentication: tampered with, replayed, reordered or forged")]
     Auth,
     #[error("frame too short to hold an authentication tag")]
     Short,
-    #[error("the frame counter is exhausted; the link must be re-established")]
+    #[error("an authenticated chunk carries an unknown flag {0}")]
+    BadFlag(u8),
+    #[error("the nonce counter is exhausted; the link must be re-established")]
     Exhausted,
 }
 
-/// Hash of the handshake so far.
-pub fn transcript(hello_f: &[u8], hello_l: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(LABEL_TRANSCRIPT);
-    h.update((hello_f.len() as u32).to_be_bytes());
-    h.update(hello_f);
-    h.update((hello_l.len() as u32).to_be_bytes());
-    h.update(hello_l);
-    h.finalize().into()
+/// The two ends of a finished handshake: (sealer, opener).
+pub fn transport(hs: HandshakeState) -> Result<(Sealer, Opener), snow::Error> {
+    let state = Arc::new(hs.into_stateless_transport_mode()?);
+    Ok((Sealer { state: state.clone(), counter: 0, scratch: Vec::new() }, Opener { state, counter: 0 }))
 }
 
-/// Keys derived from the cluster key, one handshake's ephemeral secret and
-/// its transcript.
-pub struct Schedule {
-    th: [u8; 32],
-    leader_proof: [u8; 32],
-    follower_proof: [u8; 32],
-    l2f: [u8; 32],
-    f2l: [u8; 32],
-}
-
-impl Drop for Schedule {
-    fn drop(&mut self) {
-        self.leader_proof.zeroize();
-        self.follower_proof.zeroize();
-        self.l2f.zeroize();
-        self.f2l.zeroize();
-    }
-}
-
-impl Schedule {
-    pub fn new(key: &ClusterKey, dh: &[u8; 32], th: [u8; 32]) -> Self {
-        let mut ikm = [0u8; 64];
-        ikm[..32].copy_from_slice(key.as_bytes());
-        ikm[32..].copy_from_slice(dh);
-        let hk = Hkdf::<Sha256>::new(Some(&th), &ikm);
-        ikm.zeroize();
-        let expand = |label: &[u8]| {
-            let mut out = [0u8; 32];
-            // 32 bytes is far below HKDF-SHA256's limit of 255 * 32.
-            let _ = hk.expand(label, &mut out);
-            out
-        };
-        Schedule {
-            th,
-            leader_proof: expand(LABEL_LEADER_PROOF),
-            follower_proof: expand(LABEL_FOLLOWER_PROOF),
-            l2f: expand(LABEL_L2F),
-            f2l: expand(LABEL_F2L),
-        }
-    }
-
-    fn mac(key: &[u8; 32], th: &[u8; 32], extra: &[u8]) -> HmacSha256 {
-        // HMAC accepts keys of any length.
-        let mut m = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-        m.update(th);
-        m.update(extra);
-        m
-    }
-
-    /// The leader's proof that it knows the key.
-    pub fn leader_proof(&self) -> [u8; 32] {
-        Self::mac(&self.leader_proof, &self.th, &[]).finalize().into_bytes().into()
-    }
-
-    /// Checks the leader's proof in constant time.
-    pub fn verify_leader_proof(&self, proof: &[u8; 32]) -> bool {
-        Self::mac(&self.leader_proof, &self.th, &[]).verify_slice(proof).is_ok()
-    }
-
-    /// The follower's proof, also binding its verdict bytes.
-    pub fn follower_proof(&self, verdict: &[u8]) -> [u8; 32] {
-        Self::mac(&self.follower_proof, &self.th, verdict).finalize().into_bytes().into()
-    }
-
-    pub fn verify_follower_proof(&self, verdict: &[u8], proof: &[u8; 32]) -> bool {
-        Self::mac(&self.follower_proof, &self.th, verdict).verify_slice(proof).is_ok()
-    }
-
-    /// (sealer, opener) for the leader's end.
-    pub fn leader_keys(&self) -> (Sealer, Opener) {
-        (Sealer::new(&self.l2f), Opener::new(&self.f2l))
-    }
-
-    /// (sealer, opener) for a follower's end.
-    pub fn follower_keys(&self) -> (Sealer, Opener) {
-        (Sealer::new(&self.f2l), Opener::new(&self.l2f))
-    }
-}
-
-fn nonce(counter: u64) -> Nonce {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_be_bytes());
-    Nonce::from(n)
-}
-
-/// Seals frames for one direction.
+/// Seals messages for the sending direction.
 pub struct Sealer {
-    cipher: ChaCha20Poly1305,
+    state: Arc<StatelessTransportState>,
     counter: u64,
+    /// One chunk's plaintext (data and flag); kept to avoid allocating.
+    scratch: Vec<u8>,
 }
 
 impl Sealer {
-    fn new(key: &[u8; 32]) -> Self {
-        Sealer { cipher: ChaCha20Poly1305::new(Key::from_slice(key)), counter: 0 }
+    /// Appends the chunks carrying `plain` to `out`. On failure `out` is as it was.
+    pub fn seal_into(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let start = out.len();
+        let result = self.seal_chunks(plain, out);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
     }
 
-    /// Appends one sealed frame carrying `plain` to `out`.
-    pub fn seal_into(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
-        if self.counter == u64::MAX {
-            return Err(CryptoError::Exhausted);
+    fn seal_chunks(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let mut rest = plain;
+        loop {
+            let (data, tail) = rest.split_at(rest.len().min(CHUNK_DATA));
+            let flag = if tail.is_empty() { LAST } else { MORE };
+            self.scratch.clear();
+            self.scratch.extend_from_slice(data);
+            self.scratch.push(flag);
+            let len = self.scratch.len() + TAG_LEN;
+            // len <= MAX_NOISE_MESSAGE, which fits in 16 bits.
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+            let at = out.len();
+            out.resize(at + len, 0);
+            if self.counter == u64::MAX {
+                return Err(CryptoError::Exhausted);
+            }
+            let dst = out.get_mut(at..).unwrap_or_default();
+            self.state.write_message(self.counter, &self.scratch, dst).map_err(|_| CryptoError::Exhausted)?;
+            self.counter += 1;
+            if flag == LAST {
+                return Ok(());
+            }
+            rest = tail;
         }
-        let len = u32::try_from(plain.len() + TAG_LEN).map_err(|_| CryptoError::Exhausted)?;
-        let header = len.to_be_bytes();
-        out.extend_from_slice(&header);
-        let start = out.len();
-        out.extend_from_slice(plain);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(&nonce(self.counter), &header, &mut out[start..])
-            .map_err(|_| CryptoError::Exhausted)?;
-        out.extend_from_slice(&tag);
-        self.counter += 1;
-        Ok(())
     }
 }
 
-/// Opens frames for one direction, in order.
+/// Opens the chunks of the receiving direction, in order.
 pub struct Opener {
-    cipher: ChaCha20Poly1305,
+    state: Arc<StatelessTransportState>,
     counter: u64,
 }
 
 impl Opener {
-    fn new(key: &[u8; 32]) -> Self {
-        Opener { cipher: ChaCha20Poly1305::new(Key::from_slice(key)), counter: 0 }
-    }
-
-    /// Decrypts `payload` (ciphertext then tag) in place; returns the length
-    /// of the plaintext at its start.
-    pub fn open_in_place(&mut self, header: [u8; LEN_BYTES], payload: &mut [u8]) -> Result<usize, CryptoError> {
+    /// Opens one chunk (its Noise message, without the length prefix) and
+    /// appends its data to `plain`; returns whether it ends its message.
+    /// On failure `plain` is as it was.
+    pub fn open_chunk(&mut self, chunk: &[u8], plain: &mut Vec<u8>) -> Result<bool, CryptoError> {
+        if chunk.len() < MIN_CHUNK {
+            return Err(CryptoError::Short);
+        }
         if self.counter == u64::MAX {
             return Err(CryptoError::Exhausted);
         }
-        let plain_len = payload.len().checked_sub(TAG_LEN).ok_or(CryptoError::Short)?;
-        let (body, tag) = payload.split_at_mut(plain_len);
-        let tag = Tag::clone_from_slice(tag);
-        self.cipher
-            .decrypt_in_place_detached(&nonce(self.counter), &header, body, &tag)
-            .map_err(|_| CryptoError::Auth)?;
+        let at = plain.len();
+        plain.resize(at + chunk.len() - TAG_LEN, 0);
+        let dst = plain.get_mut(at..).unwrap_or_default();
+        if self.state.read_message(self.counter, chunk, dst).is_err() {
+            plain.truncate(at);
+            return Err(CryptoError::Auth);
+        }
         self.counter += 1;
-        Ok(plain_len)
+        match plain.pop() {
+            Some(LAST) => Ok(true),
+            Some(MORE) => Ok(false),
+            other => {
+                plain.truncate(at);
+                Err(CryptoError::BadFlag(other.unwrap_or(0)))
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::PrivateKey;
 
-    fn pair() -> (Schedule, Schedule) {
-        let key = ClusterKey::from_bytes([7; 32]);
-        let th = transcript(b"hello f", b"hello l");
-        (Schedule::new(&key, &[9; 32], th), Schedule::new(&key, &[9; 32], th))
+    /// A finished XK handshake in memory: (initiator's, responder's) ends.
+    fn pair() -> ((Sealer, Opener), (Sealer, Opener)) {
+        let (si, sr) = (PrivateKey::generate().unwrap(), PrivateKey::generate().unwrap());
+        let b = || snow::Builder::new(NOISE_PARAMS.parse().unwrap()).prologue(PROLOGUE).unwrap();
+        let leader = sr.public();
+        let i = b().local_private_key(si.as_bytes()).unwrap();
+        let mut i = i.remote_public_key(leader.as_bytes()).unwrap().build_initiator().unwrap();
+        let mut r = b().local_private_key(sr.as_bytes()).unwrap().build_responder().unwrap();
+        let (mut m, mut p) = ([0u8; 1024], [0u8; 1024]);
+        for turn in 0..3 {
+            let (from, to) = if turn == 1 { (&mut r, &mut i) } else { (&mut i, &mut r) };
+            let n = from.write_message(&[], &mut m).unwrap();
+            to.read_message(&m[..n], &mut p).unwrap();
+        }
+        (transport(i).unwrap(), transport(r).unwrap())
     }
 
-    fn split(frame: &[u8]) -> ([u8; 4], Vec<u8>) {
-        let mut h = [0u8; 4];
-        h.copy_from_slice(&frame[..4]);
-        (h, frame[4..].to_vec())
+    /// Splits sealed bytes into chunks (without their length prefixes).
+    fn chunks(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
+            out.push(bytes[2..2 + len].to_vec());
+            bytes = &bytes[2 + len..];
+        }
+        out
+    }
+
+    fn open_all(o: &mut Opener, chunks: &[Vec<u8>]) -> Result<Vec<u8>, CryptoError> {
+        let mut plain = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let last = o.open_chunk(c, &mut plain)?;
+            assert_eq!(last, i + 1 == chunks.len(), "chunk {i}");
+        }
+        Ok(plain)
     }
 
     #[test]
-    fn seal_open_round_trip_and_order() {
-        let (l, f) = pair();
-        let (mut seal, _) = l.leader_keys();
-        let (_, mut open) = f.follower_keys();
-        let mut a = Vec::new();
-        let mut b = Vec::new();
+    fn messages_of_every_size_round_trip_in_chunks() {
+        let ((mut seal, _), (_, mut open)) = pair();
+        for len in [0, 1, CHUNK_DATA - 1, CHUNK_DATA, CHUNK_DATA + 1, 3 * CHUNK_DATA + 7] {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut out = Vec::new();
+            seal.seal_into(&msg, &mut out).unwrap();
+            let cs = chunks(&out);
+            assert_eq!(cs.len(), len.div_ceil(CHUNK_DATA).max(1), "len {len}");
+            assert!(cs.iter().all(|c| c.len() <= MAX_NOISE_MESSAGE));
+            assert_eq!(open_all(&mut open, &cs).unwrap(), msg, "len {len}");
+        }
+    }
+
+    #[test]
+    fn replay_reorder_tamper_and_moved_boundaries_fail() {
+        let ((mut seal, _), (_, mut open)) = pair();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
         seal.seal_into(b"first", &mut a).unwrap();
-        seal.seal_into(b"second", &mut b).unwrap();
-        // Reordered: the second frame first fails.
-        let (hb, mut pb) = split(&b);
-        assert_eq!(open.open_in_place(hb, &mut pb), Err(CryptoError::Auth));
-        let (ha, mut pa) = split(&a);
-        let n = open.open_in_place(ha, &mut pa).unwrap();
-        assert_eq!(&pa[..n], b"first");
-        // Replayed: the first frame again fails.
-        let (ha, mut pa) = split(&a);
-        assert_eq!(open.open_in_place(ha, &mut pa), Err(CryptoError::Auth));
-        let (hb, mut pb) = split(&b);
-        let n = open.open_in_place(hb, &mut pb).unwrap();
-        assert_eq!(&pb[..n], b"second");
-    }
-
-    #[test]
-    fn tampering_fails() {
-        let (l, f) = pair();
-        let (mut seal, _) = l.leader_keys();
-        let mut a = Vec::new();
-        seal.seal_into(b"payload", &mut a).unwrap();
-        for i in 0..a.len() {
-            let (_, mut open) = f.follower_keys();
-            let mut t = a.clone();
-            t[i] ^= 0x01;
-            let (h, mut p) = split(&t);
-            assert!(open.open_in_place(h, &mut p).is_err(), "flip at {i}");
+        seal.seal_into(&vec![9u8; CHUNK_DATA + 10], &mut b).unwrap();
+        let (a, b) = (chunks(&a), chunks(&b));
+        let mut plain = Vec::new();
+        // Reordered.
+        assert_eq!(open.open_chunk(&b[0], &mut plain), Err(CryptoError::Auth));
+        assert!(plain.is_empty());
+        assert_eq!(open_all(&mut open, &a).unwrap(), b"first");
+        // Replayed.
+        assert_eq!(open.open_chunk(&a[0], &mut plain), Err(CryptoError::Auth));
+        // Flipped bits anywhere.
+        for i in 0..b[1].len() {
+            let mut t = b[1].clone();
+            t[i] ^= 0x20;
+            let mut o = Opener { state: open.state.clone(), counter: open.counter + 1 };
+            assert_eq!(o.open_chunk(&t, &mut plain), Err(CryptoError::Auth), "flip at {i}");
         }
-        // The other direction's key does not open it.
-        let (_, mut wrong) = l.leader_keys();
-        let (h, mut p) = split(&a);
-        assert_eq!(wrong.open_in_place(h, &mut p), Err(CryptoError::Auth));
-    }
-
-    #[test]
-    fn proofs_depend_on_key_and_transcript() {
-        let (l, f) = pair();
-        assert!(f.verify_leader_proof(&l.leader_proof()));
-        assert!(l.verify_follower_proof(b"ok", &f.follower_proof(b"ok")));
-        assert!(!l.verify_follower_proof(b"no", &f.follower_proof(b"ok")));
-        assert_ne!(l.leader_proof(), l.follower_proof(b""));
-        let th = transcript(b"hello f", b"hello l");
-        let other = Schedule::new(&ClusterKey::from_bytes([8; 32]), &[9; 32], th);
-        assert!(!other.verify_leader_proof(&l.leader_proof()));
-        let other_th = Schedule::new(&ClusterKey::from_bytes([7; 32]), &[9; 32], transcript(b"hello f", b"hello L"));
-        assert!(!other_th.verify_leader_proof(&l.leader_proof()));
-    }
-
-    #[test]
-    fn traffic_keys_need_the_ephemeral_secret_not_just_the_cluster_key() {
-        // Someone who recorded a session and later learns the cluster key
-        // has the transcript but not the Diffie-Hellman secret.
-        let key = ClusterKey::from_bytes([7; 32]);
-        let th = transcript(b"hello f", b"hello l");
-        let real = Schedule::new(&key, &[9; 32], th);
-        let (mut seal, _) = real.leader_keys();
-        let mut frame = Vec::new();
-        seal.seal_into(b"a recorded request", &mut frame).unwrap();
-        for guess in [[0u8; 32], [8; 32], [9 ^ 1; 32]] {
-            let (_, mut open) = Schedule::new(&key, &guess, th).follower_keys();
-            let (h, mut p) = split(&frame);
-            assert_eq!(open.open_in_place(h, &mut p), Err(CryptoError::Auth));
-        }
-        // A v1-style derivation from the cluster key alone fails too.
-        let hk = Hkdf::<Sha256>::new(Some(&th), key.as_bytes());
-        let mut k = [0u8; 32];
-        hk.expand(LABEL_L2F, &mut k).unwrap();
-        let (h, mut p) = split(&frame);
-        assert_eq!(Opener::new(&k).open_in_place(h, &mut p), Err(CryptoError::Auth));
-        let (_, mut open) = Schedule::new(&key, &[9; 32], th).follower_keys();
-        let (h, mut p) = split(&frame);
-        assert!(open.open_in_place(h, &mut p).is_ok());
+        // The first chunk of a two-chunk message does not end it: a message
+        // cut after it is incomplete, whatever its length prefix says.
+        assert_eq!(open.open_chunk(&b[0], &mut plain), Ok(false));
+        assert_eq!(open.open_chunk(&b[1], &mut plain), Ok(true));
+        assert_eq!(plain.len(), CHUNK_DATA + 10);
+        // Our own direction's messages do not open with the other key.
+        let ((_, mut mine), _) = pair();
+        assert_eq!(mine.open_chunk(&a[0], &mut plain), Err(CryptoError::Auth));
+        assert_eq!(open.open_chunk(&[0; MIN_CHUNK - 1], &mut plain), Err(CryptoError::Short));
     }
 }

@@ -1,11 +1,13 @@
-//! Length-delimited frames on a byte stream: a 4-byte big-endian length,
-//! then that many bytes of payload. A length of zero or above the maximum is
-//! refused before anything is allocated.
+//! Length-delimited frames on a byte stream: a 2-byte big-endian length,
+//! then that many bytes. Handshake messages are one frame each; after the
+//! handshake every frame is one chunk of a sealed message
+//! ([`crate::crypto`]). A length of zero or above the maximum is refused
+//! before anything is read.
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Bytes of the length prefix.
-pub const LEN_BYTES: usize = 4;
+pub const LEN_BYTES: usize = 2;
 
 /// A frame that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,13 +24,8 @@ pub enum FrameError {
     Io(String),
 }
 
-/// Reads one frame into `buf` (resized to the payload); returns the length
-/// prefix as sent, which sealed frames authenticate.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> Result<[u8; LEN_BYTES], FrameError> {
+/// Reads one frame into `buf` (resized to the payload).
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> Result<(), FrameError> {
     let mut header = [0u8; LEN_BYTES];
     let mut got = 0;
     while got < LEN_BYTES {
@@ -38,7 +35,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let len = u32::from_be_bytes(header) as usize;
+    let len = usize::from(u16::from_be_bytes(header));
     if len == 0 {
         return Err(FrameError::Empty);
     }
@@ -55,11 +52,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    Ok(header)
+    Ok(())
 }
 
-/// Appends a plaintext frame (used only during the handshake).
+/// Appends a plaintext frame (used only during the handshake, whose
+/// messages are far below 64 KiB).
 pub fn put_plain_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
+    let len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(payload.get(..usize::from(len)).unwrap_or(payload));
 }

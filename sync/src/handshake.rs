@@ -1,47 +1,45 @@
-//! The versioned, mutually authenticated handshake.
+//! The handshake: Noise XK between a follower (initiator) and the leader
+//! (responder), each with its own static key listed in the cluster file.
 //!
-//! Every handshake frame is a plaintext frame whose payload is
-//! `"DMVX" || version (u16, big-endian) || postcard(HandshakeMsg)`, so a
-//! version mismatch is detected before anything version-specific is parsed.
+//! Every handshake frame's payload is `"DMVX" || version (u16, big-endian) ||
+//! postcard(HandshakeMsg)`, so a version mismatch is detected before anything
+//! version-specific is parsed. A `HandshakeMsg` is a Noise handshake message
+//! or a refusal.
 //!
 //! ```text
-//! follower                                             leader
-//!   ClientHello{cluster, follower id, leader id,
-//!               nonce_f (32 random bytes), share_f, digests_f} ->
-//!                                   checks version, cluster name, ids
-//!                <- ServerHello{core{leader id, nonce_l, share_l, digests_l},
-//!                               proof_l = HMAC(k_lp, th)}
-//!   checks proof_l (else: wrong key),
-//!   compares digests -> verdict
-//!   ClientFinish{verdict, proof_f = HMAC(k_fp, th || verdict)} ->
-//!                                   checks proof_f (else: wrong key),
-//!                                   compares digests, claims the id
-//!                <- Accept  |  Reject(reason)
+//! follower (knows s_L)                                    leader
+//!   1  -> e, es        Hello{cluster, follower id, leader id, digests_F}
+//!                      leader: opens it (else: not for our key), checks the
+//!                      cluster name, the ids
+//!   2  <- e, ee        Welcome{leader id, digests_L}
+//!                      follower: opens it (else: not the listed leader),
+//!                      checks the leader id, compares digests -> verdict
+//!   3  -> s, se        Finish{verdict}
+//!                      leader: opens it (else: no proof of the key sent),
+//!                      checks s_F is the listed key of the claimed id,
+//!                      compares digests, claims the id
+//!   4  <- sealed       Answer: Accept | Reject(reason)   (first transport message)
 //! ```
 //!
-//! `th` is the transcript hash over the exact ClientHello payload and the
-//! encoded ServerHello core ([`crate::crypto`]), so the proofs bind the
-//! protocol version, the cluster name, both variant ids, both nonces and all
-//! digests. `share_f` and `share_l` are ephemeral X25519 public keys, new
-//! for every handshake; the keys derive from the cluster key *and* their
-//! Diffie-Hellman secret ([`crate::crypto`]), so traffic recorded today
-//! stays sealed even if the cluster key leaks later (forward secrecy). A
-//! share of low order (no contribution to the secret) is refused.
-//! Either side may answer `Reject(reason)` instead of its next
-//! message; the side that detects a problem names it in its own error, the
-//! other reports "the peer refused the handshake: <reason>". After Accept
-//! both sides switch to sealed frames with the traffic keys.
+//! The Noise handshake hash binds the prologue (protocol version) and every
+//! payload; the keys of the session come from ephemeral Diffie-Hellman
+//! secrets as well as the static ones (forward secrecy). Either side may
+//! answer `Reject(reason)` instead of its next message; the side that detects
+//! a problem names it in its own error, the other reports "the peer refused
+//! the handshake: <reason>". A refusal sent before the peer is authenticated
+//! is plaintext, and can only make a handshake fail, which an attacker on the
+//! path can do anyway.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use snow::HandshakeState;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{ClusterConfig, Digest};
-use x25519_dalek::{EphemeralSecret, PublicKey, SharedSecret};
-
-use crate::crypto::{transcript, Opener, Schedule, Sealer};
+use crate::crypto::{self, Opener, Sealer, NOISE_PARAMS, PROLOGUE};
 use crate::frame::{put_plain_frame, read_frame, FrameError};
+use crate::keys::{PrivateKey, PublicKey};
 use crate::wire::{MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION};
 
 const MAGIC: &[u8; 4] = b"DMVX";
@@ -75,12 +73,29 @@ fn show(d: &Option<Digest>) -> String {
 /// Why one side refused the handshake; sent to the other side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectReason {
-    VersionMismatch { version: u16 },
+    VersionMismatch {
+        version: u16,
+    },
     ClusterName,
-    WrongLeader { expected: u8 },
-    UnknownVariant { id: u8 },
-    DuplicateVariant { id: u8 },
-    WrongKey,
+    WrongLeader {
+        expected: u8,
+    },
+    UnknownVariant {
+        id: u8,
+    },
+    DuplicateVariant {
+        id: u8,
+    },
+    /// The leader could not open the first message: sent to another key.
+    NotLeaderKey,
+    /// The follower could not open the second message: no proof of the leader's key.
+    LeaderNotProven,
+    /// The leader could not open the third message.
+    FollowerNotProven,
+    /// The follower's static key is not the one listed for its id.
+    KeyNotListed {
+        id: u8,
+    },
     PolicyDigest,
     ImageDigest,
     ProgramDigest,
@@ -103,12 +118,31 @@ impl fmt::Display for RejectReason {
             RejectReason::DuplicateVariant { id } => {
                 write!(f, "duplicate variant id {id}: variant {id} is already connected")
             }
-            RejectReason::WrongKey => f.write_str("wrong cluster key (our proof of the key did not verify)"),
+            RejectReason::NotLeaderKey => f.write_str(
+                "our first message was not for its key: our cluster file lists another public key for the leader",
+            ),
+            RejectReason::LeaderNotProven => {
+                f.write_str("we did not prove the leader's key that its cluster file lists")
+            }
+            RejectReason::FollowerNotProven => {
+                f.write_str("our last handshake message did not verify (or was tampered with)")
+            }
+            RejectReason::KeyNotListed { id } => {
+                write!(f, "our key is not the one its cluster file lists for variant {id}")
+            }
             RejectReason::PolicyDigest => f.write_str("different policy digest"),
             RejectReason::ImageDigest => f.write_str("different image digest"),
             RejectReason::ProgramDigest => f.write_str("different program digest"),
             RejectReason::Malformed => f.write_str("malformed handshake message"),
         }
+    }
+}
+
+/// Whose key a refused peer presented.
+fn owner_text(owner: &Option<u8>) -> String {
+    match owner {
+        Some(v) => format!("variant {v}'s"),
+        None => "not listed in our cluster file".to_string(),
     }
 }
 
@@ -121,8 +155,14 @@ pub enum HandshakeError {
     VersionMismatch { ours: u16, theirs: u16 },
     #[error("different cluster name: ours is {ours:?}, the peer's is {theirs:?}")]
     ClusterName { ours: String, theirs: String },
-    #[error("wrong cluster key: the peer's proof of the key did not verify (or the handshake was tampered with)")]
-    WrongKey,
+    #[error("the peer's first message is not for our key: its cluster file lists another public key for the leader (or the message was tampered with)")]
+    NotLeaderKey,
+    #[error("the peer did not prove the leader's key that our cluster file lists: an impostor, a wrong public key for the leader, or a tampered handshake")]
+    LeaderNotProven,
+    #[error("the peer did not prove the key it presented: its last handshake message did not verify (tampered with, or replayed from another session)")]
+    FollowerNotProven,
+    #[error("the peer claims to be variant {id}, but its key is {}: only the key listed for variant {id} may join as variant {id}", owner_text(.owner))]
+    KeyNotListed { id: u8, owner: Option<u8> },
     #[error("different policy digest: ours is {ours}, the peer's is {theirs}")]
     PolicyDigest { ours: Digest, theirs: Digest },
     #[error("different image digest: ours is {}, the peer's is {}", show(.ours), show(.theirs))]
@@ -139,6 +179,8 @@ pub enum HandshakeError {
     Rejected(RejectReason),
     #[error("malformed handshake message: {0}")]
     Malformed(String),
+    #[error("cannot set up the Noise handshake: {0}")]
+    Noise(String),
     #[error("{0}")]
     Frame(#[from] FrameError),
     #[error("cannot send: {0}")]
@@ -153,7 +195,10 @@ impl HandshakeError {
         Some(match self {
             HandshakeError::VersionMismatch { .. } => RejectReason::VersionMismatch { version: PROTOCOL_VERSION },
             HandshakeError::ClusterName { .. } => RejectReason::ClusterName,
-            HandshakeError::WrongKey => RejectReason::WrongKey,
+            HandshakeError::NotLeaderKey => RejectReason::NotLeaderKey,
+            HandshakeError::LeaderNotProven => RejectReason::LeaderNotProven,
+            HandshakeError::FollowerNotProven => RejectReason::FollowerNotProven,
+            HandshakeError::KeyNotListed { id, .. } => RejectReason::KeyNotListed { id: *id },
             HandshakeError::PolicyDigest { .. } => RejectReason::PolicyDigest,
             HandshakeError::ImageDigest { .. } => RejectReason::ImageDigest,
             HandshakeError::ProgramDigest { .. } => RejectReason::ProgramDigest,
@@ -164,13 +209,30 @@ impl HandshakeError {
             _ => return None,
         })
     }
+
+    fn is_digest_mismatch(&self) -> bool {
+        matches!(
+            self,
+            HandshakeError::PolicyDigest { .. }
+                | HandshakeError::ImageDigest { .. }
+                | HandshakeError::ProgramDigest { .. }
+        )
+    }
 }
 
+/// Message 1's payload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ServerCore {
+struct Hello {
+    cluster: String,
+    follower_id: u8,
     leader_id: u8,
-    nonce: [u8; 32],
-    share: [u8; 32],
+    info: HandshakeInfo,
+}
+
+/// Message 2's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Welcome {
+    leader_id: u8,
     info: HandshakeInfo,
 }
 
@@ -180,25 +242,18 @@ enum Verdict {
     Disagree(RejectReason),
 }
 
+/// The leader's last word, sealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Answer {
+    Accept,
+    Reject(RejectReason),
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum HandshakeMsg {
-    ClientHello {
-        cluster: String,
-        follower_id: u8,
-        leader_id: u8,
-        nonce: [u8; 32],
-        share: [u8; 32],
-        info: HandshakeInfo,
-    },
-    ServerHello {
-        core: ServerCore,
-        proof: [u8; 32],
-    },
-    ClientFinish {
-        verdict: Verdict,
-        proof: [u8; 32],
-    },
-    Accept,
+    /// A Noise handshake message.
+    Noise(Vec<u8>),
+    /// A refusal, before the peer was authenticated.
     Reject(RejectReason),
 }
 
@@ -232,11 +287,25 @@ fn decode(payload: &[u8]) -> Result<HandshakeMsg, HandshakeError> {
     Ok(msg)
 }
 
-async fn send<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), HandshakeError> {
-    let mut out = Vec::with_capacity(payload.len() + 4);
-    put_plain_frame(&mut out, payload);
-    w.write_all(&out).await.map_err(|e| HandshakeError::Send(e.to_string()))?;
+/// Decodes a payload (of a Noise message or of the sealed answer) in full.
+fn decode_payload<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, HandshakeError> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(HandshakeError::Malformed(format!("{what}: {} trailing bytes", rest.len()))),
+        Err(e) => Err(HandshakeError::Malformed(format!("{what}: {e}"))),
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<(), HandshakeError> {
+    w.write_all(bytes).await.map_err(|e| HandshakeError::Send(e.to_string()))?;
     w.flush().await.map_err(|e| HandshakeError::Send(e.to_string()))
+}
+
+async fn send_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &HandshakeMsg) -> Result<(), HandshakeError> {
+    let payload = encode(msg);
+    let mut out = Vec::with_capacity(payload.len() + 2);
+    put_plain_frame(&mut out, &payload);
+    send(w, &out).await
 }
 
 async fn recv<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, HandshakeError> {
@@ -245,27 +314,58 @@ async fn recv<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, HandshakeError
     Ok(buf)
 }
 
-/// Tells the peer why we refuse, best effort (it may be gone already).
-async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, err: &HandshakeError) {
-    if let Some(reason) = err.reject_reason() {
-        let _ = send(s, &encode(&HandshakeMsg::Reject(reason))).await;
+/// Receives the peer's next Noise message; a refusal is an error.
+async fn recv_noise<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, HandshakeError> {
+    match decode(&recv(r).await?)? {
+        HandshakeMsg::Noise(m) => Ok(m),
+        HandshakeMsg::Reject(reason) => Err(HandshakeError::Rejected(reason)),
     }
 }
 
-fn random_nonce() -> Result<[u8; 32], HandshakeError> {
-    let mut n = [0u8; 32];
-    getrandom::fill(&mut n).map_err(|e| HandshakeError::Send(format!("no randomness: {e}")))?;
-    Ok(n)
+/// Tells the peer why we refuse, best effort (it may be gone already):
+/// sealed once the session keys exist, else in plaintext.
+async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, err: &HandshakeError, sealer: Option<&mut Sealer>) {
+    let Some(reason) = err.reject_reason() else {
+        return;
+    };
+    match sealer {
+        Some(sealer) => {
+            let mut out = Vec::new();
+            let plain = postcard::to_allocvec(&Answer::Reject(reason)).unwrap_or_default();
+            if sealer.seal_into(&plain, &mut out).is_ok() {
+                let _ = send(s, &out).await;
+            }
+        }
+        None => {
+            let _ = send_msg(s, &HandshakeMsg::Reject(reason)).await;
+        }
+    }
 }
 
-/// The Diffie-Hellman secret with the peer's `share`; refuses a share of
-/// low order, which would make the secret known to anyone.
-fn agree(mine: EphemeralSecret, share: [u8; 32]) -> Result<SharedSecret, HandshakeError> {
-    let dh = mine.diffie_hellman(&PublicKey::from(share));
-    if !dh.was_contributory() {
-        return Err(HandshakeError::Malformed("the peer's key share is not a valid X25519 public key".into()));
-    }
-    Ok(dh)
+fn noise(e: snow::Error) -> HandshakeError {
+    HandshakeError::Noise(e.to_string())
+}
+
+fn builder(key: &PrivateKey) -> Result<snow::Builder<'_>, HandshakeError> {
+    let params = NOISE_PARAMS.parse().map_err(noise)?;
+    snow::Builder::new(params).prologue(PROLOGUE).map_err(noise)?.local_private_key(key.as_bytes()).map_err(noise)
+}
+
+/// Writes the next Noise message of `hs` with `payload`.
+fn noise_message<T: Serialize>(hs: &mut HandshakeState, payload: &T) -> Result<HandshakeMsg, HandshakeError> {
+    let plain = postcard::to_allocvec(payload).unwrap_or_default();
+    let mut out = vec![0u8; MAX_HANDSHAKE_FRAME];
+    let n = hs.write_message(&plain, &mut out).map_err(noise)?;
+    out.truncate(n);
+    Ok(HandshakeMsg::Noise(out))
+}
+
+/// Reads a Noise message into its payload; `err` if it does not verify.
+fn open_noise(hs: &mut HandshakeState, msg: &[u8], err: HandshakeError) -> Result<Vec<u8>, HandshakeError> {
+    let mut payload = vec![0u8; MAX_HANDSHAKE_FRAME];
+    let n = hs.read_message(msg, &mut payload).map_err(|_| err)?;
+    payload.truncate(n);
+    Ok(payload)
 }
 
 fn compare(ours: &HandshakeInfo, theirs: &HandshakeInfo) -> Result<(), HandshakeError> {
@@ -292,18 +392,28 @@ pub struct Session {
 pub struct ServerFailure {
     /// The variant id the peer claimed, if it got that far.
     pub claimed: Option<u8>,
-    /// Whether the peer had proved knowledge of the cluster key (a
+    /// Whether the peer had proved the key listed for the id it claims (a
     /// misconfigured member rather than a stranger).
     pub authenticated: bool,
     pub error: HandshakeError,
 }
 
-/// Runs the leader's side on one accepted connection. `claim(id)` is called
-/// once the follower is authenticated and its digests agree; it returns
-/// false if that id is already taken.
+/// What the leader learned of a peer so far.
+#[derive(Default)]
+struct PeerState {
+    claimed: Option<u8>,
+    authenticated: bool,
+    /// The session's sealer, once the Noise handshake finished.
+    sealer: Option<Sealer>,
+}
+
+/// Runs the leader's side on one accepted connection; `key` is the leader's
+/// private key. `claim(id)` is called once the follower is authenticated and
+/// its digests agree; it returns false if that id is already taken.
 pub async fn server<S, F>(
     s: &mut S,
     cfg: &ClusterConfig,
+    key: &PrivateKey,
     info: &HandshakeInfo,
     claim: F,
 ) -> Result<(u8, Session), ServerFailure>
@@ -311,14 +421,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(u8) -> bool,
 {
-    let mut claimed = None;
-    let mut authenticated = false;
-    let result = server_inner(s, cfg, info, claim, &mut claimed, &mut authenticated).await;
-    match result {
+    let mut peer = PeerState::default();
+    match server_inner(s, cfg, key, info, claim, &mut peer).await {
         Ok(ok) => Ok(ok),
         Err(error) => {
-            refuse(s, &error).await;
-            Err(ServerFailure { claimed, authenticated, error })
+            refuse(s, &error, peer.sealer.as_mut()).await;
+            Err(ServerFailure { claimed: peer.claimed, authenticated: peer.authenticated, error })
         }
     }
 }
@@ -326,84 +434,79 @@ where
 async fn server_inner<S, F>(
     s: &mut S,
     cfg: &ClusterConfig,
+    key: &PrivateKey,
     info: &HandshakeInfo,
     claim: F,
-    claimed: &mut Option<u8>,
-    authenticated: &mut bool,
+    peer: &mut PeerState,
 ) -> Result<(u8, Session), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(u8) -> bool,
 {
     let leader_id = cfg.leader().id;
-    let hello_f = recv(s).await?;
-    let HandshakeMsg::ClientHello { cluster, follower_id, leader_id: their_leader, nonce: _, share, info: their_info } =
-        decode(&hello_f)?
-    else {
-        return Err(HandshakeError::Malformed("expected a ClientHello".into()));
+    let mut hs = builder(key)?.build_responder().map_err(noise)?;
+    let m1 = recv_noise(s).await?;
+    let hello: Hello = decode_payload(&open_noise(&mut hs, &m1, HandshakeError::NotLeaderKey)?, "hello")?;
+    peer.claimed = Some(hello.follower_id);
+    if hello.cluster != cfg.name {
+        return Err(HandshakeError::ClusterName { ours: cfg.name.clone(), theirs: hello.cluster });
+    }
+    if hello.leader_id != leader_id {
+        return Err(HandshakeError::WrongLeader { expected: leader_id, got: hello.leader_id });
+    }
+    let Some(listed) = cfg.followers().find(|v| v.id == hello.follower_id).map(|v| v.public_key) else {
+        return Err(HandshakeError::UnknownVariant { id: hello.follower_id });
     };
-    *claimed = Some(follower_id);
-    if cluster != cfg.name {
-        return Err(HandshakeError::ClusterName { ours: cfg.name.clone(), theirs: cluster });
-    }
-    if their_leader != leader_id {
-        return Err(HandshakeError::WrongLeader { expected: leader_id, got: their_leader });
-    }
-    if !cfg.followers().any(|v| v.id == follower_id) {
-        return Err(HandshakeError::UnknownVariant { id: follower_id });
-    }
-    let mine = EphemeralSecret::random();
-    let core = ServerCore { leader_id, nonce: random_nonce()?, share: PublicKey::from(&mine).to_bytes(), info: *info };
-    let dh = agree(mine, share)?;
-    let core_bytes = postcard::to_allocvec(&core).unwrap_or_default();
-    let sched = Schedule::new(&cfg.key, dh.as_bytes(), transcript(&hello_f, &core_bytes));
-    let server_hello = HandshakeMsg::ServerHello { proof: sched.leader_proof(), core };
-    send(s, &encode(&server_hello)).await?;
+    let m2 = noise_message(&mut hs, &Welcome { leader_id, info: *info })?;
+    send_msg(s, &m2).await?;
 
-    let finish = recv(s).await?;
-    let (verdict, proof) = match decode(&finish)? {
-        HandshakeMsg::ClientFinish { verdict, proof } => (verdict, proof),
-        HandshakeMsg::Reject(reason) => return Err(HandshakeError::Rejected(reason)),
-        _ => return Err(HandshakeError::Malformed("expected a ClientFinish".into())),
-    };
-    let verdict_bytes = postcard::to_allocvec(&verdict).unwrap_or_default();
-    if !sched.verify_follower_proof(&verdict_bytes, &proof) {
-        return Err(HandshakeError::WrongKey);
+    let m3 = recv_noise(s).await?;
+    let finish = open_noise(&mut hs, &m3, HandshakeError::FollowerNotProven)?;
+    let presented = hs.get_remote_static().and_then(|k| <[u8; 32]>::try_from(k).ok()).map(PublicKey::from_bytes);
+    let (sealer, opener) = crypto::transport(hs).map_err(noise)?;
+    peer.sealer = Some(sealer);
+    if presented != Some(listed) {
+        let owner = cfg.variants.iter().find(|v| Some(v.public_key) == presented).map(|v| v.id);
+        return Err(HandshakeError::KeyNotListed { id: hello.follower_id, owner });
     }
-    *authenticated = true;
-    compare(info, &their_info)?;
+    let verdict: Verdict = decode_payload(&finish, "finish")?;
+    peer.authenticated = true;
+    compare(info, &hello.info)?;
     if let Verdict::Disagree(reason) = verdict {
         return Err(HandshakeError::Rejected(reason));
     }
-    if !claim(follower_id) {
-        return Err(HandshakeError::DuplicateVariant { id: follower_id });
+    if !claim(hello.follower_id) {
+        return Err(HandshakeError::DuplicateVariant { id: hello.follower_id });
     }
-    send(s, &encode(&HandshakeMsg::Accept)).await?;
-    let (sealer, opener) = sched.leader_keys();
-    Ok((follower_id, Session { sealer, opener }))
+    let Some(mut sealer) = peer.sealer.take() else {
+        return Err(HandshakeError::Noise("the session keys are missing".into()));
+    };
+    let mut out = Vec::new();
+    let accept = postcard::to_allocvec(&Answer::Accept).unwrap_or_default();
+    sealer.seal_into(&accept, &mut out).map_err(|e| HandshakeError::Send(e.to_string()))?;
+    send(s, &out).await?;
+    Ok((hello.follower_id, Session { sealer, opener }))
 }
 
-/// Runs a follower's side on a connection to the leader.
+/// Runs a follower's side on a connection to the leader; `key` is this
+/// follower's private key.
 pub async fn client<S>(
     s: &mut S,
     cfg: &ClusterConfig,
     my_id: u8,
+    key: &PrivateKey,
     info: &HandshakeInfo,
 ) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match client_inner(s, cfg, my_id, info).await {
+    match client_inner(s, cfg, my_id, key, info).await {
         Ok(session) => Ok(session),
         Err(e) => {
-            // A digest mismatch was already sent, with proof, in the verdict.
-            if !matches!(
-                e,
-                HandshakeError::PolicyDigest { .. }
-                    | HandshakeError::ImageDigest { .. }
-                    | HandshakeError::ProgramDigest { .. }
-            ) {
-                refuse(s, &e).await;
+            // A digest mismatch was already sent, authenticated, in the verdict;
+            // a refusal by the leader needs no answer.
+            if !e.is_digest_mismatch() && !matches!(e, HandshakeError::Rejected(_)) {
+                refuse(s, &e, None).await;
             }
             Err(e)
         }
@@ -414,65 +517,55 @@ async fn client_inner<S>(
     s: &mut S,
     cfg: &ClusterConfig,
     my_id: u8,
+    key: &PrivateKey,
     info: &HandshakeInfo,
 ) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let leader_id = cfg.leader().id;
-    let mine = EphemeralSecret::random();
-    let hello_f = encode(&HandshakeMsg::ClientHello {
-        cluster: cfg.name.clone(),
-        follower_id: my_id,
-        leader_id,
-        nonce: random_nonce()?,
-        share: PublicKey::from(&mine).to_bytes(),
-        info: *info,
-    });
-    send(s, &hello_f).await?;
+    let leader = cfg.leader();
+    let mut hs = builder(key)?
+        .remote_public_key(leader.public_key.as_bytes())
+        .map_err(noise)?
+        .build_initiator()
+        .map_err(noise)?;
+    let hello = Hello { cluster: cfg.name.clone(), follower_id: my_id, leader_id: leader.id, info: *info };
+    send_msg(s, &noise_message(&mut hs, &hello)?).await?;
 
-    let reply = recv(s).await?;
-    let (core, proof) = match decode(&reply)? {
-        HandshakeMsg::ServerHello { core, proof } => (core, proof),
-        HandshakeMsg::Reject(reason) => return Err(HandshakeError::Rejected(reason)),
-        _ => return Err(HandshakeError::Malformed("expected a ServerHello".into())),
-    };
-    let dh = agree(mine, core.share)?;
-    let core_bytes = postcard::to_allocvec(&core).unwrap_or_default();
-    let sched = Schedule::new(&cfg.key, dh.as_bytes(), transcript(&hello_f, &core_bytes));
-    if !sched.verify_leader_proof(&proof) {
-        return Err(HandshakeError::WrongKey);
+    let m2 = recv_noise(s).await?;
+    let welcome: Welcome = decode_payload(&open_noise(&mut hs, &m2, HandshakeError::LeaderNotProven)?, "welcome")?;
+    if welcome.leader_id != leader.id {
+        return Err(HandshakeError::WrongLeader { expected: leader.id, got: welcome.leader_id });
     }
-    if core.leader_id != leader_id {
-        return Err(HandshakeError::WrongLeader { expected: leader_id, got: core.leader_id });
-    }
-    let mismatch = compare(info, &core.info).err();
+    let mismatch = compare(info, &welcome.info).err();
     let verdict = match mismatch.as_ref().and_then(|e| e.reject_reason()) {
         Some(reason) => Verdict::Disagree(reason),
         None => Verdict::Agree,
     };
-    let verdict_bytes = postcard::to_allocvec(&verdict).unwrap_or_default();
-    let finish = HandshakeMsg::ClientFinish { proof: sched.follower_proof(&verdict_bytes), verdict };
-    send(s, &encode(&finish)).await?;
+    send_msg(s, &noise_message(&mut hs, &verdict)?).await?;
     if let Some(e) = mismatch {
-        // Already told the leader, with proof, in the verdict.
         return Err(e);
     }
+    let (sealer, mut opener) = crypto::transport(hs).map_err(noise)?;
     let last = recv(s).await?;
-    match decode(&last)? {
-        HandshakeMsg::Accept => {
-            let (sealer, opener) = sched.follower_keys();
-            Ok(Session { sealer, opener })
-        }
-        HandshakeMsg::Reject(reason) => Err(HandshakeError::Rejected(reason)),
-        _ => Err(HandshakeError::Malformed("expected Accept or Reject".into())),
+    // The leader refuses in plaintext if it could not authenticate us.
+    if let Ok(HandshakeMsg::Reject(reason)) = decode(&last) {
+        return Err(HandshakeError::Rejected(reason));
+    }
+    let mut plain = Vec::new();
+    match opener.open_chunk(&last, &mut plain) {
+        Ok(true) => {}
+        _ => return Err(HandshakeError::Malformed("the leader's answer did not open as a sealed message".into())),
+    }
+    match decode_payload(&plain, "answer")? {
+        Answer::Accept => Ok(Session { sealer, opener }),
+        Answer::Reject(reason) => Err(HandshakeError::Rejected(reason)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, ClusterKey};
 
     #[test]
     fn any_bytes_from_a_stranger_decode_to_a_message_or_an_error() {
@@ -483,17 +576,9 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let valid = encode(&HandshakeMsg::ServerHello {
-            core: ServerCore {
-                leader_id: 0,
-                nonce: [1; 32],
-                share: [2; 32],
-                info: HandshakeInfo { policy: Digest([3; 32]), image: None, program: None },
-            },
-            proof: [4; 32],
-        });
+        let valid = encode(&HandshakeMsg::Noise(vec![7; 80]));
         for i in 0..100_000 {
-            let mut b = if i % 2 == 0 { valid.clone() } else { encode(&HandshakeMsg::Accept) };
+            let mut b = if i % 2 == 0 { valid.clone() } else { encode(&HandshakeMsg::Reject(RejectReason::Malformed)) };
             match next() % 3 {
                 0 => b.truncate((next() as usize) % (b.len() + 1)),
                 1 => b.extend((0..next() % 64).map(|_| next() as u8)),
@@ -503,36 +588,10 @@ mod tests {
                 }
             }
             let _ = decode(&b);
+            let _ = decode_payload::<Hello>(&b, "fuzz");
+            let _ = decode_payload::<Welcome>(&b, "fuzz");
+            let _ = decode_payload::<Answer>(&b, "fuzz");
         }
         assert!(decode(&valid).is_ok());
-    }
-
-    #[tokio::test]
-    async fn a_key_share_of_low_order_is_refused() {
-        let cfg = ClusterConfig::local(2, 7000, ClusterKey::from_bytes([3; 32])).unwrap();
-        let info = HandshakeInfo::from_config(&cfg);
-        for share in [[0u8; 32], {
-            let mut one = [0u8; 32];
-            one[0] = 1;
-            one
-        }] {
-            let (mut a, mut b) = tokio::io::duplex(4096);
-            let hello = encode(&HandshakeMsg::ClientHello {
-                cluster: cfg.name.clone(),
-                follower_id: 1,
-                leader_id: 0,
-                nonce: [5; 32],
-                share,
-                info,
-            });
-            send(&mut b, &hello).await.unwrap();
-            let failure = server(&mut a, &cfg, &info, |_| true).await.err().expect("refused");
-            assert!(
-                matches!(&failure.error, HandshakeError::Malformed(m) if m.contains("key share")),
-                "{:?}",
-                failure.error
-            );
-            assert!(!failure.authenticated);
-        }
     }
 }

@@ -13,20 +13,21 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the whole protocol (handshake and messages). Peers with
 /// different versions refuse each other in the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
-/// Largest frame payload (ciphertext plus tag) accepted after the handshake.
-pub const MAX_FRAME: usize = 8 << 20;
+/// Largest message accepted after the handshake (its plaintext, however
+/// many chunks carry it).
+pub const MAX_MESSAGE: usize = 8 << 20;
 /// Largest handshake frame payload.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
-/// Bytes of AEAD tag at the end of every sealed frame.
+/// Bytes of AEAD tag at the end of every Noise transport message.
 pub const TAG_LEN: usize = 16;
 /// Room reserved in front of a batch for its header (tag, first_seq, count).
 pub const BATCH_HEADROOM: usize = 1 + 10 + 10;
 /// Largest single entry (it must fit in one batch, in one frame).
-pub const MAX_ENTRY: usize = MAX_FRAME - TAG_LEN - BATCH_HEADROOM - 10;
+pub const MAX_ENTRY: usize = MAX_MESSAGE - BATCH_HEADROOM - 10;
 /// Largest opaque payload of a control message.
-pub const MAX_CONTROL_PAYLOAD: usize = MAX_FRAME - TAG_LEN - 64;
+pub const MAX_CONTROL_PAYLOAD: usize = MAX_MESSAGE - 64;
 
 /// postcard's tag of [`Message::Batch`].
 const BATCH_TAG: u64 = 0;

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dmvx_sync::{ClusterConfig, Follower};
+use dmvx_sync::ClusterConfig;
 
 /// Starts a leader and `n` followers that acknowledge every `ack_every`-th
 /// entry (and the last), for `total` entries.
@@ -20,7 +20,7 @@ fn run_followers(cfg: &ClusterConfig, total: u64, ack_every: u64) -> Vec<thread:
         .map(|id| {
             let cfg = cfg.clone();
             thread::spawn(move || {
-                let mut f = Follower::connect(&cfg, id, &info).unwrap();
+                let mut f = connect(&cfg, id, &info).unwrap();
                 for seq in 1..=total {
                     let e = f.next_entry().unwrap();
                     debug_assert_eq!(e.seq, seq);

@@ -3,10 +3,14 @@
 use std::path::Path;
 
 use dmvx_sync::config::{ConfigError, DEFAULT_TIMEOUT_MS};
-use dmvx_sync::{ClusterConfig, ClusterKey, Digest, Role};
+use dmvx_sync::{ClusterConfig, Digest, PrivateKey, PublicKey, Role};
 
-const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+/// Variant `id`'s public key, as hex.
+fn pk(id: u8) -> String {
+    PrivateKey::from_bytes([0x30 + id; 32]).public().to_hex()
+}
 
 fn file(cluster_extra: &str, rest: &str) -> String {
     format!(
@@ -18,12 +22,16 @@ name = "demo"
 id = 0
 address = "127.0.0.1:7700"
 role = "leader"
+public_key = "{}"
 [[variant]]
 id = 1
 address = "127.0.0.1:7701"
 role = "follower"
+public_key = "{}"
 {rest}
-"#
+"#,
+        pk(0),
+        pk(1)
     )
 }
 
@@ -35,13 +43,17 @@ fn err(text: &str) -> String {
     parse(text).unwrap_err().to_string()
 }
 
+/// One more `[[variant]]` entry.
+fn extra(id: u32, role: &str) -> String {
+    format!("[[variant]]\nid = {id}\naddress = \"127.0.0.1:1\"\nrole = \"{role}\"\npublic_key = \"{}\"\n", pk(id as u8))
+}
+
 #[test]
 fn the_example_file_parses() {
     let text = format!(
         r#"
 [cluster]
 name = "demo"
-key = "{KEY}"
 timeout_ms = 2500
 batch_bytes = 4096
 max_lag = 77
@@ -56,15 +68,24 @@ write = "lockstep"
 id = 2
 address = "10.0.0.2:7700"
 role = "follower"
+public_key = "{}"
 [[variant]]
 id = 0
 address = "leader.example:7700"
 role = "leader"
-"#
+public_key = "{}"
+private_key_file = "keys/demo-0.key"
+"#,
+        pk(2),
+        pk(0)
     );
-    let cfg = parse(&text).unwrap();
+    let cfg = ClusterConfig::parse(&text, Path::new("/etc/dmvx")).unwrap();
     assert_eq!(cfg.name, "demo");
-    assert_eq!(cfg.key.to_hex(), KEY);
+    assert_eq!(cfg.variant(0).unwrap().public_key.to_hex(), pk(0));
+    assert_eq!(cfg.variant(2).unwrap().public_key.to_hex(), pk(2));
+    // Relative to the cluster file's directory.
+    assert_eq!(cfg.variant(0).unwrap().private_key_file.as_deref(), Some(Path::new("/etc/dmvx/keys/demo-0.key")));
+    assert_eq!(cfg.variant(2).unwrap().private_key_file, None);
     assert_eq!(cfg.timeout.as_millis(), 2500);
     assert_eq!(cfg.batch_bytes, 4096);
     assert_eq!(cfg.max_lag, 77);
@@ -79,13 +100,11 @@ role = "leader"
     assert_eq!(cfg.variants[0].id, 0);
     assert_eq!(cfg.variant(2).unwrap().role, Role::Follower);
     assert!(matches!(cfg.variant(3), Err(ConfigError::UnknownVariant(3))));
-    // The key never shows in debug output.
-    assert!(!format!("{cfg:?}").contains(&KEY[..16]));
 }
 
 #[test]
 fn defaults_apply() {
-    let cfg = parse(&file(&format!("key = \"{KEY}\""), "")).unwrap();
+    let cfg = parse(&file("", "")).unwrap();
     assert_eq!(cfg.timeout.as_millis() as u64, DEFAULT_TIMEOUT_MS);
     assert_eq!(cfg.batch_bytes, 8192);
     assert_eq!(cfg.max_lag, 4096);
@@ -94,66 +113,60 @@ fn defaults_apply() {
 }
 
 #[test]
-fn key_file_is_read_relative_to_the_cluster_file() {
-    let dir = std::env::temp_dir().join(format!("dmvx-sync-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cluster.key"), format!("{KEY}\n")).unwrap();
-    std::fs::write(dir.join("cluster.toml"), file("key_file = \"cluster.key\"", "")).unwrap();
-    let cfg = ClusterConfig::load(&dir.join("cluster.toml")).unwrap();
-    assert_eq!(cfg.key.to_hex(), KEY);
-    std::fs::write(dir.join("short.toml"), file("key_file = \"missing.key\"", "")).unwrap();
-    let e = ClusterConfig::load(&dir.join("short.toml")).unwrap_err().to_string();
-    assert!(e.starts_with("cannot read key file"), "{e}");
-    assert!(e.contains("missing.key"), "{e}");
-    let e = ClusterConfig::load(&dir.join("absent.toml")).unwrap_err().to_string();
+fn a_shared_cluster_key_is_refused_saying_what_replaced_it() {
+    for line in ["key = \"00\"", "key_file = \"cluster.key\""] {
+        let e = err(&file(line, ""));
+        assert!(e.contains("no longer share a key"), "{e}");
+        assert!(e.contains("public_key") && e.contains("dmvx-vmm keygen"), "{e}");
+    }
+    let e = ClusterConfig::load(Path::new("/nonexistent/absent.toml")).unwrap_err().to_string();
     assert!(e.starts_with("cannot read cluster file"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
-fn key_errors() {
-    assert_eq!(
-        err(&file(&format!("key = \"{KEY}\"\nkey_file = \"k\""), "")),
-        "[cluster] must give exactly one of `key` and `key_file`, not both"
-    );
-    assert!(err(&file("", "")).contains("gives neither `key` nor `key_file`"));
-    let e = err(&file("key = \"abcd\"", ""));
-    assert!(e.contains("not 64 hexadecimal characters") && e.contains("it has 4 characters"), "{e}");
-    let bad = "zz".repeat(32);
-    assert!(err(&file(&format!("key = \"{bad}\""), "")).contains("not 64 hexadecimal"));
+fn public_key_errors() {
+    let e = err(&file("", "").replacen(&pk(1), "abcd", 1));
+    assert!(e.starts_with("variant 1: `public_key`: the public key is not 64 hexadecimal"), "{e}");
+    assert!(e.contains("it has 4 characters"), "{e}");
+    let e = err(&file("", "").replacen(&pk(1), &"zz".repeat(32), 1));
+    assert!(e.contains("not 64 hexadecimal"), "{e}");
+    let e = err(&file("", "").replacen(&pk(1), &"00".repeat(32), 1));
+    assert!(e.contains("low order"), "{e}");
+    let e = err(&file("", "").replacen(&pk(1), &pk(0), 1));
+    assert_eq!(e, "variants 0 and 1 list the same public key: every variant needs a key pair of its own");
+    let e = err(&file("", "").replacen(&format!("public_key = \"{}\"", pk(1)), "", 1));
+    assert!(e.contains("missing field `public_key`"), "{e}");
 }
 
 #[test]
 fn variant_errors() {
-    let k = format!("key = \"{KEY}\"");
-    let extra = |id: u32, role: &str| format!("[[variant]]\nid = {id}\naddress = \"127.0.0.1:1\"\nrole = \"{role}\"\n");
-    assert_eq!(err(&file(&k, &extra(1, "follower"))), "variant id 1 is listed more than once");
-    assert_eq!(err(&file(&k, &extra(16, "follower"))), "variant id 16 is out of range: ids must be below 16");
+    let k = "";
+    assert_eq!(err(&file(k, &extra(1, "follower"))), "variant id 1 is listed more than once");
+    assert_eq!(err(&file(k, &extra(16, "follower"))), "variant id 16 is out of range: ids must be below 16");
     assert_eq!(
-        err(&file(&k, &extra(2, "leader"))),
+        err(&file(k, &extra(2, "leader"))),
         "the cluster has 2 leaders (variants [0, 2]): exactly one is allowed"
     );
-    let no_leader =
-        format!("[cluster]\nname = \"x\"\n{k}\n[[variant]]\nid = 1\naddress = \"h:1\"\nrole = \"follower\"\n");
+    let no_leader = format!("[cluster]\nname = \"x\"\n{}", extra(1, "follower"));
     assert!(err(&no_leader).contains("the cluster has no leader"));
-    let none = format!("[cluster]\nname = \"x\"\n{k}\n");
+    let none = "[cluster]\nname = \"x\"\n".to_string();
     assert_eq!(err(&none), "the cluster file lists no [[variant]]");
-    let e = err(&file(&k, &extra(3, "observer")));
+    let e = err(&file(k, &extra(3, "observer")));
     assert!(e.contains("unknown variant") && e.contains("observer"), "{e}");
-    let bad_addr = file(&k, "").replace("127.0.0.1:7701", "no-port");
+    let bad_addr = file(k, "").replace("127.0.0.1:7701", "no-port");
     assert!(err(&bad_addr).contains("variant 1: address \"no-port\" is not of the form host:port"));
 }
 
 #[test]
 fn unknown_fields_are_refused() {
-    let k = format!("key = \"{KEY}\"");
+    let k = "";
     let e = err(&file(&format!("{k}\ntimeout = 5"), ""));
     assert!(e.contains("unknown field `timeout`"), "{e}");
-    let e = err(&file(&k, "[digests]\nkernel = \"sha256:00\""));
+    let e = err(&file(k, "[digests]\nkernel = \"sha256:00\""));
     assert!(e.contains("unknown field `kernel`"), "{e}");
-    let e = err(&(file(&k, "") + "[extras]\nx = 1\n"));
+    let e = err(&(file(k, "") + "[extras]\nx = 1\n"));
     assert!(e.contains("unknown field `extras`"), "{e}");
-    let e = err(&file(&k, "").replace("role = \"leader\"", "role = \"leader\"\nport = 3"));
+    let e = err(&file(k, "").replace("role = \"leader\"", "role = \"leader\"\nport = 3"));
     assert!(e.contains("unknown field `port`"), "{e}");
     // Not TOML at all.
     assert!(err("[cluster").starts_with("cluster file is not valid"));
@@ -161,14 +174,14 @@ fn unknown_fields_are_refused() {
 
 #[test]
 fn value_errors() {
-    let k = format!("key = \"{KEY}\"");
+    let k = "";
     assert_eq!(err(&file(&format!("{k}\ntimeout_ms = 0"), "")), "timeout_ms must be at least 1");
     assert!(err(&file(&format!("{k}\nbatch_bytes = 1"), "")).contains("batch_bytes must be between"));
     assert_eq!(err(&file(&format!("{k}\nmax_lag = 0"), "")), "max_lag must be at least 1");
-    let e = err(&file(&k, "[digests]\nimage = \"md5:abc\""));
+    let e = err(&file(k, "[digests]\nimage = \"md5:abc\""));
     assert!(e.contains("digest `image` = \"md5:abc\" is not of the form"), "{e}");
     let long = "n".repeat(200);
-    let e = err(&file(&k, "").replace("name = \"demo\"", &format!("name = \"{long}\"")));
+    let e = err(&file(k, "").replace("name = \"demo\"", &format!("name = \"{long}\"")));
     assert!(e.contains("cluster name must be 1 to 128 bytes"), "{e}");
     let e = err(&file(&format!("{k}\ntimeout_ms = -1"), ""));
     assert!(e.starts_with("cluster file is not valid"), "{e}");
@@ -176,40 +189,40 @@ fn value_errors() {
 
 #[test]
 fn local_default_cluster() {
-    let key = ClusterKey::generate().unwrap();
-    let cfg = ClusterConfig::local(3, 7700, key.clone()).unwrap();
-    assert_eq!(cfg.key, key);
+    let keys: Vec<PublicKey> = (0..3).map(|_| PrivateKey::generate().unwrap().public()).collect();
+    let cfg = ClusterConfig::local(7700, &keys).unwrap();
     assert_eq!(cfg.variants.len(), 3);
     assert_eq!(cfg.leader().address, "127.0.0.1:7700");
     assert_eq!(cfg.variant(2).unwrap().address, "127.0.0.1:7702");
-    assert!(matches!(ClusterConfig::local(0, 7700, key.clone()), Err(ConfigError::BadLocal { .. })));
-    assert!(ClusterConfig::local(17, 7700, key.clone()).is_err());
-    assert!(ClusterConfig::local(2, u16::MAX, key).is_err());
+    assert_eq!(cfg.variant(2).unwrap().public_key, keys[2]);
+    assert!(matches!(ClusterConfig::local(7700, &[]), Err(ConfigError::BadLocal { .. })));
+    assert!(ClusterConfig::local(7700, &vec![keys[0]; 17]).is_err());
+    assert!(ClusterConfig::local(u16::MAX, &keys[..2]).is_err());
+    assert!(matches!(ClusterConfig::local(7700, &[keys[0], keys[0]]), Err(ConfigError::DuplicateKey(0, 1))));
 }
 
 #[test]
-fn generated_keys_are_random_and_round_trip() {
-    let a = ClusterKey::generate().unwrap();
-    let b = ClusterKey::generate().unwrap();
+fn generated_keys_are_random_and_redacted() {
+    let a = PrivateKey::generate().unwrap();
+    let b = PrivateKey::generate().unwrap();
     assert_ne!(a, b);
-    assert_eq!(ClusterKey::from_hex(&a.to_hex()).unwrap(), a);
-    assert_eq!(format!("{a:?}"), "ClusterKey(<redacted>)");
+    assert_ne!(a.public(), b.public());
+    assert_eq!(PublicKey::parse_hex(&a.public().to_hex(), "x").unwrap(), a.public());
+    assert_eq!(format!("{a:?}"), "PrivateKey(<redacted>)");
 }
 
 #[test]
 fn policy_digest_ignores_order_and_formatting() {
-    let k = format!("key = \"{KEY}\"");
+    let k = "";
     let a = parse(&file(
-        &k,
+        k,
         "[policy]\npreset = \"dmvx\"\nlag = 3\n[policy.calls]\nwrite = \"lockstep\"\nread = \"relaxed\"",
     ))
     .unwrap();
-    let b = parse(&file(
-        &k,
-        "[policy]\nlag   =   3\npreset = 'dmvx'\ncalls = { read = \"relaxed\", write = \"lockstep\" }",
-    ))
-    .unwrap();
-    let c = parse(&file(&k, "[policy]\npreset = \"strict\"\nlag = 3")).unwrap();
+    let b =
+        parse(&file(k, "[policy]\nlag   =   3\npreset = 'dmvx'\ncalls = { read = \"relaxed\", write = \"lockstep\" }"))
+            .unwrap();
+    let c = parse(&file(k, "[policy]\npreset = \"strict\"\nlag = 3")).unwrap();
     assert_eq!(a.policy_digest(), b.policy_digest());
     assert_ne!(a.policy_digest(), c.policy_digest());
     assert!(a.policy_digest().to_string().starts_with("sha256:"));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dmvx_sync::link::{Entry, Incoming};
-use dmvx_sync::{Control, Follower, Leader, LinkError, PeerFailure};
+use dmvx_sync::{Control, Leader, LinkError, PeerFailure};
 use sha2::{Digest as _, Sha256};
 
 fn chain(prev: &[u8; 32], entry: &Entry<'_>) -> [u8; 32] {
@@ -166,7 +166,7 @@ fn a_follower_that_stops_answering_is_detected_by_heartbeat_timeout() {
         }),
     );
     let fcfg = via(&cfg, px.addr);
-    let follower = thread::spawn(move || Follower::connect(&fcfg, 1, &info).unwrap());
+    let follower = thread::spawn(move || connect(&fcfg, 1, &info).unwrap());
     let leader = start(&cfg, &info).unwrap();
     let t = Instant::now();
     let err = loop {
@@ -253,7 +253,7 @@ fn controls_flow_both_ways_in_order_with_entries() {
 #[test]
 fn follower_may_start_before_the_leader() {
     // Nothing listens on the leader's port until Leader::start binds it.
-    let mut cfg = dmvx_sync::ClusterConfig::local(2, free_port(), key(0x42)).unwrap();
+    let mut cfg = dmvx_sync::ClusterConfig::local(free_port(), &public_keys(2)).unwrap();
     cfg.timeout = Duration::from_millis(3_000);
     let info = info(&cfg);
     let follower = spawn_follower(&cfg, 1, move |f| {
@@ -262,7 +262,7 @@ fn follower_may_start_before_the_leader() {
         f.ack(1, [0; 32]).unwrap();
     });
     thread::sleep(Duration::from_millis(400));
-    let mut leader = Leader::start(&cfg, &info).unwrap();
+    let mut leader = Leader::start(&cfg, &private_key(0), &info).unwrap();
     leader.push(b"hi").unwrap();
     leader.wait_acked(1, Duration::from_secs(3)).unwrap();
     drop(follower.join().unwrap());
@@ -274,7 +274,7 @@ fn a_missing_follower_is_named() {
     let info = info(&cfg);
     let f1 = {
         let cfg = cfg.clone();
-        thread::spawn(move || Follower::connect(&cfg, 1, &info))
+        thread::spawn(move || connect(&cfg, 1, &info))
     };
     let err = start(&cfg, &info).err().unwrap();
     assert!(matches!(&err, LinkError::MissingFollowers { missing, .. } if missing == &[2]), "{err}");
@@ -287,12 +287,12 @@ fn a_missing_follower_is_named() {
 
 #[test]
 fn no_leader_means_a_clear_connect_error() {
-    let mut cfg = dmvx_sync::ClusterConfig::local(2, free_port(), key(0x42)).unwrap();
+    let mut cfg = dmvx_sync::ClusterConfig::local(free_port(), &public_keys(2)).unwrap();
     cfg.timeout = Duration::from_millis(300);
-    let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
+    let err = connect(&cfg, 1, &info(&cfg)).err().unwrap();
     assert!(matches!(err, LinkError::Connect { .. }), "{err}");
     assert!(err.to_string().contains("cannot reach the leader at 127.0.0.1:"));
-    assert_eq!(Follower::connect(&cfg, 0, &info(&cfg)).err().unwrap(), LinkError::NotAFollower(0));
+    assert_eq!(connect(&cfg, 0, &info(&cfg)).err().unwrap(), LinkError::NotAFollower(0));
 }
 
 #[test]
@@ -302,7 +302,7 @@ fn an_edited_invalid_config_is_refused() {
     let err = start(&cfg, &info(&cfg)).err().unwrap();
     assert!(matches!(err, LinkError::Config(_)), "{err}");
     cfg.variants.clear();
-    let err = Follower::connect(&cfg, 1, &info(&cfg)).err().unwrap();
+    let err = connect(&cfg, 1, &info(&cfg)).err().unwrap();
     assert_eq!(err.to_string(), "invalid cluster configuration: the cluster file lists no [[variant]]");
 }
 

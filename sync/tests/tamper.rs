@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use dmvx_sync::frame::FrameError;
-use dmvx_sync::{Follower, HandshakeError, LinkError, PeerFailure};
+use dmvx_sync::{HandshakeError, LinkError, PeerFailure, RejectReason};
 
 /// Runs `f` on a thread and fails the test if it takes longer than `secs`.
 fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -27,13 +27,18 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
 /// 1..=10 in one frame and 11..=20 in the next. Returns the entries the
 /// follower got and the error that ended its stream.
 fn leader_to_follower(l2f: Mutator) -> (Vec<u64>, LinkError) {
+    through(l2f, pass())
+}
+
+/// [`leader_to_follower`], with the follower's traffic through `f2l`.
+fn through(l2f: Mutator, f2l: Mutator) -> (Vec<u64>, LinkError) {
     within(15, move || {
         let cfg = cluster(2, 2_000);
         let info = info(&cfg);
-        let px = proxy(cfg.leader().address.parse().unwrap(), l2f, pass());
+        let px = proxy(cfg.leader().address.parse().unwrap(), l2f, f2l);
         let fcfg = via(&cfg, px.addr);
         let follower = thread::spawn(move || {
-            let mut f = Follower::connect(&fcfg, 1, &info).unwrap();
+            let mut f = connect(&fcfg, 1, &info).unwrap();
             let mut seqs = Vec::new();
             loop {
                 match f.next_entry() {
@@ -137,7 +142,7 @@ fn a_dropped_frame_is_detected() {
 fn an_injected_frame_is_detected() {
     let (seqs, err) = leader_to_follower(Box::new(|idx, f| {
         if idx == 3 {
-            let mut forged = vec![0, 0, 0, 40];
+            let mut forged = vec![0, 40];
             forged.extend((0..40u8).map(|i| i.wrapping_mul(37)));
             vec![Act::Send(forged), Act::Send(f)]
         } else {
@@ -194,31 +199,67 @@ fn a_truncated_frame_is_detected() {
 }
 
 #[test]
-fn an_oversized_frame_is_refused_before_reading_it() {
-    let (seqs, err) = leader_to_follower(Box::new(|idx, f| {
-        if idx == 2 {
-            vec![Act::Send(vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3])]
-        } else {
-            vec![Act::Send(f)]
-        }
-    }));
-    assert!(seqs.is_empty());
-    assert_eq!(err, frame_err(FrameError::TooLarge { len: u32::MAX as usize, max: dmvx_sync::wire::MAX_FRAME }));
-}
-
-#[test]
-fn an_empty_frame_is_refused() {
-    let (_, err) =
+fn a_chunk_too_short_for_a_tag_is_refused() {
+    let (seqs, err) =
         leader_to_follower(Box::new(
             |idx, f| {
                 if idx == 2 {
-                    vec![Act::Send(vec![0, 0, 0, 0])]
+                    vec![Act::Send(vec![0, 3, 1, 2, 3])]
                 } else {
                     vec![Act::Send(f)]
                 }
             },
         ));
+    assert!(seqs.is_empty());
+    assert_eq!(err, auth());
+}
+
+#[test]
+fn a_chunk_taken_out_of_a_message_is_detected() {
+    // A batch of 100 KiB travels in two chunks. The proxy drops the second:
+    // the first says "more", so the follower takes no batch from it alone,
+    // and what arrives next (a heartbeat) is not the chunk sealed after it.
+    let err = within(15, || {
+        let cfg = cluster(2, 2_000);
+        let info = info(&cfg);
+        let l2f: Mutator = Box::new(|idx, f| if idx == 3 { vec![] } else { vec![Act::Send(f)] });
+        let px = proxy(cfg.leader().address.parse().unwrap(), l2f, pass());
+        let fcfg = via(&cfg, px.addr);
+        let follower = thread::spawn(move || connect(&fcfg, 1, &info).unwrap().next_entry().map(|e| e.seq));
+        let mut leader = start(&cfg, &info).unwrap();
+        // The proxy may cut the leader off before it is done.
+        let _ = leader.push(&vec![7u8; 100 << 10]).and_then(|_| leader.flush());
+        let got = follower.join().unwrap();
+        drop(leader);
+        got.unwrap_err()
+    });
+    assert_eq!(err, auth());
+}
+
+#[test]
+fn an_empty_frame_is_refused() {
+    let (_, err) =
+        leader_to_follower(Box::new(|idx, f| if idx == 2 { vec![Act::Send(vec![0, 0])] } else { vec![Act::Send(f)] }));
     assert_eq!(err, frame_err(FrameError::Empty));
+}
+
+#[test]
+fn a_connection_cut_between_the_chunks_of_a_message_is_detected() {
+    let err = within(15, || {
+        let cfg = cluster(2, 2_000);
+        let info = info(&cfg);
+        let l2f: Mutator = Box::new(|idx, f| if idx == 3 { vec![Act::Close] } else { vec![Act::Send(f)] });
+        let px = proxy(cfg.leader().address.parse().unwrap(), l2f, pass());
+        let fcfg = via(&cfg, px.addr);
+        let follower = thread::spawn(move || connect(&fcfg, 1, &info).unwrap().next_entry().map(|e| e.seq));
+        let mut leader = start(&cfg, &info).unwrap();
+        // The proxy may cut the leader off before it is done.
+        let _ = leader.push(&vec![7u8; 100 << 10]).and_then(|_| leader.flush());
+        let got = follower.join().unwrap();
+        drop(leader);
+        got.unwrap_err()
+    });
+    assert!(err.to_string().contains("closed in the middle of a message"), "{err}");
 }
 
 #[test]
@@ -243,7 +284,7 @@ fn a_tampered_acknowledgement_is_detected_by_the_leader() {
         let px = proxy(cfg.leader().address.parse().unwrap(), pass(), f2l);
         let fcfg = via(&cfg, px.addr);
         let follower = thread::spawn(move || {
-            let mut f = Follower::connect(&fcfg, 1, &info).unwrap();
+            let mut f = connect(&fcfg, 1, &info).unwrap();
             let seq = f.next_entry().unwrap().seq;
             f.ack(seq, [5; 32]).unwrap();
             // The leader drops the link: the follower learns it.
@@ -259,28 +300,105 @@ fn a_tampered_acknowledgement_is_detected_by_the_leader() {
     assert_eq!(err, LinkError::Peer { variant: 1, failure: PeerFailure::Auth });
 }
 
-#[test]
-fn a_tampered_handshake_is_refused() {
-    let err = within(15, || {
+/// Follower 1 of a 2-variant cluster connects through a proxy that passes
+/// its traffic through `l2f` and `f2l`; returns the follower's error and the
+/// leader's.
+fn handshake_through(l2f: Mutator, f2l: Mutator) -> (LinkError, LinkError) {
+    within(15, move || {
         let cfg = cluster(2, 800);
         let info = info(&cfg);
-        // Flip a bit of the follower's nonce in its hello.
-        let f2l: Mutator = Box::new(|idx, mut f| {
-            if idx == 0 {
-                f[30] ^= 1;
-            }
-            vec![Act::Send(f)]
-        });
-        let px = proxy(cfg.leader().address.parse().unwrap(), pass(), f2l);
+        let px = proxy(cfg.leader().address.parse().unwrap(), l2f, f2l);
         let fcfg = via(&cfg, px.addr);
         let leader = {
             let cfg = cfg.clone();
             thread::spawn(move || start(&cfg, &info))
         };
-        let err = Follower::connect(&fcfg, 1, &info).err().unwrap();
-        assert!(leader.join().unwrap().is_err());
-        err
+        let ferr = connect(&fcfg, 1, &info).err().expect("the follower joined");
+        let lerr = leader.join().unwrap().err().expect("the cluster formed");
+        (ferr, lerr)
+    })
+}
+
+fn flip(at_frame: usize, at_byte: usize) -> Mutator {
+    Box::new(move |idx, mut f| {
+        if idx == at_frame {
+            f[at_byte] ^= 1;
+        }
+        vec![Act::Send(f)]
+    })
+}
+
+#[test]
+fn a_tampered_handshake_is_refused() {
+    // The leader's message: the follower finds no proof of the leader's key.
+    let (ferr, lerr) = handshake_through(flip(0, 30), pass());
+    assert!(matches!(ferr, LinkError::Handshake { error: HandshakeError::LeaderNotProven, .. }), "{ferr}");
+    assert!(ferr.to_string().contains("tampered"), "{ferr}");
+    assert!(lerr.to_string().contains("we did not prove the leader's key"), "{lerr}");
+    // The follower's first message: the leader cannot open it.
+    let (ferr, lerr) = handshake_through(pass(), flip(0, 30));
+    assert!(matches!(ferr, LinkError::Handshake { error: HandshakeError::Rejected(RejectReason::NotLeaderKey), .. }));
+    assert!(lerr.to_string().contains("tampered"), "{lerr}");
+    // The follower's last message, which carries its key.
+    let (ferr, lerr) = handshake_through(pass(), flip(1, 30));
+    assert!(
+        matches!(ferr, LinkError::Handshake { error: HandshakeError::Rejected(RejectReason::FollowerNotProven), .. }),
+        "{ferr}"
+    );
+    assert!(lerr.to_string().contains("did not prove the key it presented"), "{lerr}");
+}
+
+#[test]
+fn a_recorded_session_replayed_to_the_leader_is_refused() {
+    use std::io::{Read, Write};
+    // Record everything follower 1 sends in a real session.
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let rec = recorded.clone();
+    let (seqs, _) = through(
+        pass(),
+        Box::new(move |_, f| {
+            rec.lock().unwrap().push(f.clone());
+            vec![Act::Send(f)]
+        }),
+    );
+    assert_eq!(seqs.len(), 20);
+    let frames = recorded.lock().unwrap().clone();
+    assert!(frames.len() >= 2, "{} frames recorded", frames.len());
+    // Replay it, frame by frame, to a new leader of the same cluster. Its
+    // first message is valid, but the session's keys come from the new
+    // leader's fresh ephemeral key: the replayed third message fails.
+    let err = within(15, move || {
+        // The same names and keys; another port.
+        let cfg = cluster(2, 800);
+        let info = info(&cfg);
+        let leader = {
+            let cfg = cfg.clone();
+            thread::spawn(move || start(&cfg, &info))
+        };
+        let mut s = loop {
+            match std::net::TcpStream::connect(&cfg.leader().address) {
+                Ok(s) => break s,
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let mut answer = [0u8; 2];
+        for (i, f) in frames.iter().enumerate() {
+            if s.write_all(f).is_err() {
+                break;
+            }
+            if i == 0 {
+                // Wait for the new leader's second message, as a peer would.
+                let _ = s.read_exact(&mut answer);
+                let mut rest = vec![0u8; u16::from_be_bytes(answer) as usize];
+                let _ = s.read_exact(&mut rest);
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        leader.join().unwrap().err().expect("the replayed session joined")
     });
-    assert!(matches!(err, LinkError::Handshake { error: HandshakeError::WrongKey, .. }), "{err}");
-    assert!(err.to_string().contains("tampered"), "{err}");
+    let text = err.to_string();
+    assert!(matches!(err, LinkError::MissingFollowers { .. }), "{text}");
+    assert!(text.contains("claiming variant 1"), "{text}");
+    assert!(text.contains("did not prove the key it presented"), "{text}");
 }

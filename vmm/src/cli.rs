@@ -14,6 +14,12 @@ pub struct Args {
     pub variant: u32,
     /// Join the cluster described by this file as variant `variant`.
     pub cluster: Option<PathBuf>,
+    /// ... or by the configuration read from this inherited descriptor.
+    pub cluster_fd: Option<i32>,
+    /// This variant's private key file (else its `private_key_file`).
+    pub private_key: Option<PathBuf>,
+    /// ... or the private key read from this inherited descriptor.
+    pub private_key_fd: Option<i32>,
     /// Run this many variants here (the embedded local cluster).
     pub variants: u32,
     /// Policy of a local cluster: `strict`, `dmvx` or a TOML file.
@@ -48,6 +54,11 @@ pub enum Command {
         n: u64,
         cpl: u8,
     },
+    /// Write a fresh key pair: FILE (private, mode 0600) and FILE.pub.
+    Keygen {
+        path: PathBuf,
+        replace: bool,
+    },
     Help,
     Version,
 }
@@ -72,6 +83,7 @@ pub const USAGE: &str = concat!(
 usage: dmvx-vmm [OPTIONS] [--] PROGRAM [ARGS...]          (process mode)
        dmvx-vmm --kernel LINUX [--initrd FILE] [--cmdline STR]
                 [--memory SIZE] [--timeout SECONDS]        (Linux mode)
+       dmvx-vmm keygen [--force] FILE                     (a variant's key pair)
 
 Process mode runs an unmodified Linux x86-64 program in a KVM microVM whose
 every system call and fault is handled by this VMM. Linux mode (--kernel
@@ -94,6 +106,12 @@ options:
   --policy P         policy of --variants: strict, dmvx (default) or a TOML
                      file with a [policy] table (see docs/policy.md)
   --cluster FILE     join the cluster described by FILE as variant --variant
+  --cluster-fd N     ... or by the configuration read from inherited
+                     descriptor N (closed once read)
+  --private-key FILE this variant's private key (default: the
+                     private_key_file of its [[variant]]); it must be
+                     owned by the VMM's user and mode 0600
+  --private-key-fd N ... or read from inherited descriptor N
   --variant ID       this variant's id in the cluster; also selects its
                      disjoint address-space layout (0-15)
   --report-dir DIR   where divergence reports are written (default .)
@@ -112,6 +130,11 @@ options:
   --timeout SECONDS  Linux mode: stop the guest after this long
   -h, --help         this text
   -V, --version      the version
+
+keygen writes a fresh X25519 key pair for one variant: FILE, the private
+key (mode 0600; an existing FILE is replaced only with --force), and
+FILE.pub; it prints the public_key line for the variant's entry in the
+cluster file. A program named keygen runs as `dmvx-vmm -- keygen`.
 
 PROGRAM without a slash is looked up in /usr/local/sbin:/usr/local/bin:
 /usr/sbin:/usr/bin:/sbin:/bin inside the root. The program's environment is
@@ -141,9 +164,38 @@ pub fn parse_size(s: &str) -> Result<u64, UsageError> {
     num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(bad)
 }
 
+impl Args {
+    /// Whether a cluster configuration was given (file or descriptor).
+    pub fn joins_cluster(&self) -> bool {
+        self.cluster.is_some() || self.cluster_fd.is_some()
+    }
+}
+
+fn parse_fd(name: &str, v: &str) -> Result<i32, UsageError> {
+    v.parse().ok().filter(|&n: &i32| n >= 3).ok_or_else(|| {
+        UsageError(format!("{name} needs a descriptor number of 3 or above (0-2 are the program's), got '{v}'"))
+    })
+}
+
+/// `keygen [--force] FILE`.
+fn parse_keygen(args: impl Iterator<Item = String>, a: Args) -> Result<Args, UsageError> {
+    let mut path = None;
+    let mut replace = false;
+    for arg in args {
+        match arg.as_str() {
+            "--force" => replace = true,
+            s if s.starts_with('-') => return Err(UsageError(format!("keygen: unknown option '{s}' (see --help)"))),
+            _ if path.is_some() => return Err(UsageError("keygen takes one FILE".into())),
+            _ => path = Some(PathBuf::from(arg)),
+        }
+    }
+    let path = path.ok_or_else(|| UsageError("keygen needs a FILE to write the private key to".into()))?;
+    Ok(Args { command: Command::Keygen { path, replace }, ..a })
+}
+
 /// Parses `args` (without argv[0]).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError> {
-    let mut it = args.into_iter();
+    let it = args.into_iter();
     let mut a = Args {
         kernel: None,
         memory: 256 << 20,
@@ -153,6 +205,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
         cwd: "/".into(),
         variant: 0,
         cluster: None,
+        cluster_fd: None,
+        private_key: None,
+        private_key_fd: None,
         variants: 1,
         policy: None,
         report_dir: PathBuf::from("."),
@@ -168,6 +223,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
     let mut policy_table = false;
     let mut bench: Option<u64> = None;
     let mut bench_cpl = 3u8;
+    let mut it = it.peekable();
+    if it.peek().is_some_and(|a| a == "keygen") {
+        return parse_keygen(it.skip(1), a);
+    }
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| UsageError(format!("{name} needs a value")));
         match arg.as_str() {
@@ -200,6 +259,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
                     })?;
             }
             "--cluster" => a.cluster = Some(PathBuf::from(value("--cluster")?)),
+            "--cluster-fd" => a.cluster_fd = Some(parse_fd("--cluster-fd", &value("--cluster-fd")?)?),
+            "--private-key" => a.private_key = Some(PathBuf::from(value("--private-key")?)),
+            "--private-key-fd" => a.private_key_fd = Some(parse_fd("--private-key-fd", &value("--private-key-fd")?)?),
             "--variants" => {
                 let v = value("--variants")?;
                 a.variants = v
@@ -252,6 +314,19 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
                 break;
             }
         }
+    }
+    if a.cluster.is_some() && a.cluster_fd.is_some() {
+        return Err(UsageError("give --cluster FILE or --cluster-fd N, not both".into()));
+    }
+    if a.private_key.is_some() && a.private_key_fd.is_some() {
+        return Err(UsageError("give --private-key FILE or --private-key-fd N, not both".into()));
+    }
+    if a.cluster_fd.is_some() && a.cluster_fd == a.private_key_fd {
+        return Err(UsageError("--cluster-fd and --private-key-fd must be different descriptors".into()));
+    }
+    let key_option = a.private_key.is_some() || a.private_key_fd.is_some();
+    if key_option && !a.joins_cluster() {
+        return Err(UsageError("--private-key and --private-key-fd need --cluster or --cluster-fd".into()));
     }
     a.command = if let Some(n) = bench {
         Command::BenchExitLoop { n, cpl: bench_cpl }
@@ -325,6 +400,26 @@ mod tests {
         assert_eq!(a.timeout, Some(std::time::Duration::from_millis(2500)));
         let b = p(&["--kernel", "k", "--", "/bin/true"]).unwrap();
         assert!(matches!(b.command, Command::Run { .. }));
+    }
+
+    #[test]
+    fn keygen_and_cluster_sources() {
+        assert_eq!(p(&["keygen", "k"]).unwrap().command, Command::Keygen { path: "k".into(), replace: false });
+        assert_eq!(
+            p(&["keygen", "--force", "k"]).unwrap().command,
+            Command::Keygen { path: "k".into(), replace: true }
+        );
+        assert!(p(&["keygen"]).unwrap_err().0.contains("needs a FILE"));
+        assert!(p(&["keygen", "a", "b"]).is_err());
+        // After --, keygen is a program.
+        assert!(matches!(p(&["--", "keygen"]).unwrap().command, Command::Run { .. }));
+        let a = p(&["--cluster-fd", "5", "--private-key-fd", "6", "--variant", "1", "/bin/true"]).unwrap();
+        assert_eq!((a.cluster_fd, a.private_key_fd), (Some(5), Some(6)));
+        assert!(a.joins_cluster());
+        assert!(p(&["--cluster-fd", "1", "/bin/true"]).unwrap_err().0.contains("3 or above"));
+        assert!(p(&["--cluster", "c", "--cluster-fd", "4", "x"]).unwrap_err().0.contains("not both"));
+        assert!(p(&["--cluster-fd", "4", "--private-key-fd", "4", "x"]).unwrap_err().0.contains("different"));
+        assert!(p(&["--private-key", "k", "x"]).unwrap_err().0.contains("need --cluster"));
     }
 
     #[test]

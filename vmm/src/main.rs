@@ -56,34 +56,47 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Keygen { path, replace } => {
+            return match dmvx_vmm::monitor::cluster::keygen(path, *replace) {
+                Ok(public) => {
+                    eprintln!(
+                        "dmvx-vmm: wrote the private key to {} and the public key to {}.pub",
+                        path.display(),
+                        path.display()
+                    );
+                    println!("public_key = \"{public}\"");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dmvx-vmm: error: {e}");
+                    ExitCode::from(EXIT_VMM)
+                }
+            };
+        }
         Command::Linux => return run_linux(&args),
         Command::Run { program, args } => (program.clone(), args.clone()),
     };
-    if args.variants > 1 && args.cluster.is_none() {
+    if args.variants > 1 && !args.joins_cluster() {
         return run_variants(&args);
     }
-    let cluster = match &args.cluster {
-        None => None,
-        Some(path) => match dmvx_sync::ClusterConfig::load(path) {
-            Ok(cfg) => {
-                // Local reads of image files are sound only on identical images.
-                if let Some(want) = cfg.digests.image {
-                    let checked = match &args.rootfs {
-                        None => Err(dmvx_vmm::image::ImageError::NoRootfs),
-                        Some(root) => dmvx_vmm::image::verify(root, want),
-                    };
-                    if let Err(e) = checked {
-                        eprintln!("dmvx-vmm: error: {e}");
-                        return ExitCode::from(EXIT_VMM);
-                    }
+    let cluster = match join_cluster(&args) {
+        Ok(None) => None,
+        Ok(Some(member)) => {
+            // Local reads of image files are sound only on identical images.
+            if let Some(want) = member.cfg.digests.image {
+                let checked = match &args.rootfs {
+                    None => Err(dmvx_vmm::image::ImageError::NoRootfs),
+                    Some(root) => dmvx_vmm::image::verify(root, want),
+                };
+                if let Err(e) = checked {
+                    eprintln!("dmvx-vmm: error: {e}");
+                    return ExitCode::from(EXIT_VMM);
                 }
-                Some(kernel::ClusterJoin { cfg, id: args.variant as u8, report_dir: args.report_dir.clone() })
             }
-            Err(e) => {
-                eprintln!("dmvx-vmm: error: cluster file {}: {e}", path.display());
-                return ExitCode::from(EXIT_VMM);
-            }
-        },
+            let (cfg, key) = (member.cfg, member.key);
+            Some(kernel::ClusterJoin { cfg, key, id: args.variant as u8, report_dir: args.report_dir.clone() })
+        }
+        Err(code) => return code,
     };
     let kernel = match &args.kernel {
         Some(path) => GuestKernel::from_file(path),
@@ -151,7 +164,7 @@ fn main() -> ExitCode {
 
 /// Linux mode: boot the kernel, report how the guest ended.
 fn run_linux(args: &cli::Args) -> ExitCode {
-    if args.variants > 1 && args.cluster.is_none() {
+    if args.variants > 1 && !args.joins_cluster() {
         return run_variants(args);
     }
     let config = linux::Config {
@@ -164,18 +177,16 @@ fn run_linux(args: &cli::Args) -> ExitCode {
         sink_stop: None,
         monitor: None,
     };
-    let result = match &args.cluster {
-        None => linux::run(config).map(linux::mvx::Outcome::Agreed),
-        Some(path) => match dmvx_sync::ClusterConfig::load(path) {
-            Ok(cfg) => {
-                let join = linux::mvx::Join { cfg, id: args.variant as u8, report_dir: args.report_dir.clone() };
-                linux::mvx::run(config, join)
-            }
-            Err(e) => {
-                eprintln!("dmvx-vmm: error: cluster file {}: {e}", path.display());
-                return ExitCode::from(EXIT_VMM);
-            }
-        },
+    let result = match join_cluster(args) {
+        Ok(None) => linux::run(config).map(linux::mvx::Outcome::Agreed),
+        Ok(Some(member)) => {
+            let (cfg, key) = (member.cfg, member.key);
+            linux::mvx::run(
+                config,
+                linux::mvx::Join { cfg, key, id: args.variant as u8, report_dir: args.report_dir.clone() },
+            )
+        }
+        Err(code) => return code,
     };
     match result {
         Ok(linux::mvx::Outcome::Agreed(exit)) => {
@@ -191,6 +202,21 @@ fn run_linux(args: &cli::Args) -> ExitCode {
             ExitCode::from(EXIT_VMM)
         }
     }
+}
+
+/// The cluster configuration and private key, if this VMM joins a cluster;
+/// else the exit status (after saying why).
+fn join_cluster(args: &cli::Args) -> Result<Option<dmvx_vmm::monitor::cluster::Member>, ExitCode> {
+    let sources = dmvx_vmm::monitor::cluster::Sources {
+        file: args.cluster.as_deref(),
+        fd: args.cluster_fd,
+        key_file: args.private_key.as_deref(),
+        key_fd: args.private_key_fd,
+    };
+    dmvx_vmm::monitor::cluster::load(sources, args.variant as u8).map_err(|e| {
+        eprintln!("dmvx-vmm: error: {e}");
+        ExitCode::from(EXIT_VMM)
+    })
 }
 
 /// `--variants N`: N variants here, joined over loopback.

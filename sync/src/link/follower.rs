@@ -12,11 +12,12 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::{lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Tx};
+use super::{check_own_key, lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Tx};
 use crate::config::{ClusterConfig, Role};
 use crate::crypto::Opener;
 use crate::frame::FrameError;
 use crate::handshake::{self, HandshakeError, HandshakeInfo};
+use crate::keys::PrivateKey;
 use crate::wire::{self, Control, Decoded, Message, MAX_CONTROL_PAYLOAD};
 
 /// One entry from the leader: its sequence number and its bytes (a slice of
@@ -105,14 +106,21 @@ pub struct Follower {
 pub const ACK_DELAY: Duration = Duration::from_micros(200);
 
 impl Follower {
-    /// Connects to the leader of `cfg` as follower `my_id` (retrying until
-    /// `cfg.timeout`, since the leader may start later) and authenticates.
-    pub fn connect(cfg: &ClusterConfig, my_id: u8, info: &HandshakeInfo) -> Result<Follower, LinkError> {
+    /// Connects to the leader of `cfg` as follower `my_id`, whose private
+    /// key is `key` (retrying until `cfg.timeout`, since the leader may start
+    /// later), and authenticates.
+    pub fn connect(
+        cfg: &ClusterConfig,
+        my_id: u8,
+        key: &PrivateKey,
+        info: &HandshakeInfo,
+    ) -> Result<Follower, LinkError> {
         let cfg = &cfg.clone().validate().map_err(|e| LinkError::Config(e.to_string()))?;
         let me = cfg.variant(my_id).map_err(|e| LinkError::Config(e.to_string()))?;
         if me.role != Role::Follower {
             return Err(LinkError::NotAFollower(my_id));
         }
+        check_own_key(cfg, my_id, key)?;
         let (in_tx, in_rx) = std_mpsc::channel();
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
@@ -123,12 +131,11 @@ impl Follower {
         let pool = Arc::new(Pool::new(cfg.batch_bytes + 256));
         let (bye_tx, bye_rx) = mpsc::unbounded_channel();
         let io = {
-            let cfg = cfg.clone();
-            let info = *info;
+            let (cfg, key, info) = (cfg.clone(), key.clone(), *info);
             let shared = shared.clone();
             let pool = pool.clone();
             start_io(format!("dmvx-sync-follower-{my_id}"), move |ready| {
-                follower_io(cfg, my_id, info, shared, pool, in_tx, bye_rx, ready)
+                follower_io(cfg, my_id, key, info, shared, pool, in_tx, bye_rx, ready)
             })?
         };
         Ok(Follower {
@@ -411,6 +418,7 @@ impl Drop for Follower {
 async fn follower_io(
     cfg: ClusterConfig,
     my_id: u8,
+    key: PrivateKey,
     info: HandshakeInfo,
     shared: Arc<Shared>,
     pool: Arc<Pool>,
@@ -439,7 +447,7 @@ async fn follower_io(
             Ok(Err(e)) => retry_or(connect_err(e.to_string())),
             Ok(Ok(mut s)) => {
                 let _ = s.set_nodelay(true);
-                match tokio::time::timeout_at(deadline, handshake::client(&mut s, &cfg, my_id, &info)).await {
+                match tokio::time::timeout_at(deadline, handshake::client(&mut s, &cfg, my_id, &key, &info)).await {
                     Ok(Ok(session)) => break (s, session),
                     Ok(Err(
                         error @ (HandshakeError::Frame(FrameError::Closed | FrameError::Io(_))
@@ -496,8 +504,9 @@ async fn reader(
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut expected = 1u64;
     let mut buf = pool.get();
+    let mut chunk = Vec::with_capacity(4096);
     loop {
-        let n = match read_sealed(&mut rd, &mut buf, &mut opener, timeout).await {
+        let n = match read_sealed(&mut rd, &mut chunk, &mut buf, &mut opener, timeout).await {
             Ok(n) => n,
             Err(f) => return fail(f),
         };

@@ -17,10 +17,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Signal, Tx};
+use super::{check_own_key, lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Signal, Tx};
 use crate::config::{ClusterConfig, MAX_VARIANTS};
 use crate::crypto::Opener;
 use crate::handshake::{self, HandshakeError, HandshakeInfo, Session};
+use crate::keys::PrivateKey;
 use crate::wire::{self, BatchBuilder, Control, Decoded, Message, BATCH_HEADROOM, MAX_CONTROL_PAYLOAD, MAX_ENTRY};
 
 /// How long an entry may wait in a batch that is neither full nor flushed.
@@ -156,11 +157,13 @@ pub struct Leader {
 impl Leader {
     /// Listens on the leader's address, accepts and authenticates every
     /// follower of `cfg` (within `cfg.timeout`), and starts the I/O thread.
-    pub fn start(cfg: &ClusterConfig, info: &HandshakeInfo) -> Result<Leader, LinkError> {
+    /// `key` is the leader's private key.
+    pub fn start(cfg: &ClusterConfig, key: &PrivateKey, info: &HandshakeInfo) -> Result<Leader, LinkError> {
+        check_own_key(cfg, cfg.leader().id, key)?;
         let address = &cfg.leader().address;
         let listener = std::net::TcpListener::bind(address)
             .map_err(|e| LinkError::Listen { address: address.clone(), reason: e.to_string() })?;
-        Self::start_on(listener, cfg, info)
+        Self::start_on(listener, cfg, key, info)
     }
 
     /// Like [`Leader::start`], on a listener the caller bound already (for
@@ -168,10 +171,12 @@ impl Leader {
     pub fn start_on(
         listener: std::net::TcpListener,
         cfg: &ClusterConfig,
+        key: &PrivateKey,
         info: &HandshakeInfo,
     ) -> Result<Leader, LinkError> {
         // The fields are public: check what the caller may have edited.
         let cfg = &cfg.clone().validate().map_err(|e| LinkError::Config(e.to_string()))?;
+        check_own_key(cfg, cfg.leader().id, key)?;
         let address = cfg.leader().address.clone();
         let listen_err = |e: std::io::Error| LinkError::Listen { address: address.clone(), reason: e.to_string() };
         listener.set_nonblocking(true).map_err(listen_err)?;
@@ -198,10 +203,11 @@ impl Leader {
         let pool = Arc::new(Pool::new(cfg.batch_bytes + BATCH_HEADROOM + 64));
         let (close_tx, close_rx) = mpsc::unbounded_channel();
         let io = {
-            let cfg = cfg.clone();
-            let info = *info;
+            let (cfg, key, info) = (cfg.clone(), key.clone(), *info);
             let shared = shared.clone();
-            start_io("dmvx-sync-leader".into(), move |ready| leader_io(cfg, info, listener, shared, close_rx, ready))?
+            start_io("dmvx-sync-leader".into(), move |ready| {
+                leader_io(cfg, key, info, listener, shared, close_rx, ready)
+            })?
         };
         let batch = BatchBuilder::with_buffer(pool.get(), 1);
         Ok(Leader {
@@ -506,6 +512,7 @@ type Joined = (u8, TcpStream, Session);
 
 async fn leader_io(
     cfg: ClusterConfig,
+    key: PrivateKey,
     info: HandshakeInfo,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
@@ -519,7 +526,7 @@ async fn leader_io(
             return;
         }
     };
-    let joined = match accept_all(&listener, &cfg, &info).await {
+    let joined = match accept_all(&listener, &cfg, &key, &info).await {
         Ok(j) => j,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -587,6 +594,7 @@ async fn leader_io(
 async fn accept_all(
     listener: &TcpListener,
     cfg: &ClusterConfig,
+    key: &PrivateKey,
     info: &HandshakeInfo,
 ) -> Result<Vec<Joined>, LinkError> {
     let deadline = tokio::time::Instant::now() + cfg.timeout;
@@ -599,8 +607,7 @@ async fn accept_all(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((mut stream, peer)) => {
-                    let cfg = cfg.clone();
-                    let info = *info;
+                    let (cfg, key, info) = (cfg.clone(), key.clone(), *info);
                     let claimed = claimed.clone();
                     tasks.spawn(async move {
                         let claim = |id: u8| {
@@ -615,7 +622,7 @@ async fn accept_all(
                         };
                         let result = tokio::time::timeout(
                             cfg.timeout,
-                            handshake::server(&mut stream, &cfg, &info, claim),
+                            handshake::server(&mut stream, &cfg, &key, &info, claim),
                         )
                         .await;
                         (peer, stream, result)
@@ -688,11 +695,12 @@ async fn writer(
 async fn reader(slot: usize, shared: Arc<Shared>, rd: OwnedReadHalf, mut opener: Opener, timeout: Duration) {
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut buf = Vec::with_capacity(4096);
+    let mut chunk = Vec::with_capacity(4096);
     let Some(s) = shared.slots.get(slot) else {
         return;
     };
     loop {
-        let n = match read_sealed(&mut rd, &mut buf, &mut opener, timeout).await {
+        let n = match read_sealed(&mut rd, &mut chunk, &mut buf, &mut opener, timeout).await {
             Ok(n) => n,
             Err(f) => return shared.fail(slot, f),
         };

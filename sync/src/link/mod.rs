@@ -25,10 +25,12 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 pub use follower::{Entry, Follower, Incoming, ACK_DELAY};
 pub use leader::{AckState, Leader, BATCH_DELAY};
 
-use crate::crypto::{CryptoError, Opener, Sealer};
+use crate::config::ClusterConfig;
+use crate::crypto::{CryptoError, Opener, Sealer, MAX_NOISE_MESSAGE};
 use crate::frame::{read_frame, FrameError};
 use crate::handshake::HandshakeError;
-use crate::wire::{Control, Message, MAX_FRAME};
+use crate::keys::{PrivateKey, PublicKey};
+use crate::wire::{Control, Message, MAX_MESSAGE};
 
 /// How a peer failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +58,10 @@ pub enum PeerFailure {
 pub enum LinkError {
     #[error("invalid cluster configuration: {0}")]
     Config(String),
+    #[error(
+        "variant {id}'s private key belongs to public key {ours}, but the cluster file lists {listed} for variant {id}"
+    )]
+    KeyMismatch { id: u8, ours: PublicKey, listed: PublicKey },
     #[error("cannot listen on {address}: {reason}")]
     Listen { address: String, reason: String },
     #[error("cannot reach the leader at {address} within {timeout_ms} ms: {reason}")]
@@ -187,26 +193,60 @@ impl Pool {
     }
 }
 
-/// Reads and opens one sealed frame into `buf`; returns the plaintext length.
+/// Reads the chunks of one sealed message and opens them into `buf`
+/// (cleared first); `chunk` is scratch space for one chunk's ciphertext.
+/// Returns the plaintext length.
 pub(crate) async fn read_sealed<R: AsyncRead + Unpin>(
     rd: &mut R,
+    chunk: &mut Vec<u8>,
     buf: &mut Vec<u8>,
     opener: &mut Opener,
     timeout: Duration,
 ) -> Result<usize, PeerFailure> {
-    let header = match tokio::time::timeout(timeout, read_frame(rd, buf, MAX_FRAME)).await {
-        Err(_) => return Err(PeerFailure::Silent(millis(timeout))),
-        Ok(Err(FrameError::Closed)) => {
-            return Err(PeerFailure::Disconnected("the connection was closed without a goodbye".into()))
+    buf.clear();
+    let read = async {
+        loop {
+            match read_frame(rd, chunk, MAX_NOISE_MESSAGE).await {
+                Ok(()) => {}
+                Err(FrameError::Closed) if buf.is_empty() => {
+                    return Err(PeerFailure::Disconnected("the connection was closed without a goodbye".into()))
+                }
+                Err(FrameError::Closed) => {
+                    return Err(PeerFailure::Disconnected(format!(
+                        "the connection was closed in the middle of a message (after {} bytes)",
+                        buf.len()
+                    )))
+                }
+                Err(FrameError::Io(e)) => return Err(PeerFailure::Disconnected(e)),
+                Err(e) => return Err(PeerFailure::Frame(e)),
+            }
+            let last = opener.open_chunk(chunk, buf).map_err(|e| match e {
+                CryptoError::Auth | CryptoError::Short => PeerFailure::Auth,
+                CryptoError::BadFlag(_) => PeerFailure::Malformed(e.to_string()),
+                CryptoError::Exhausted => PeerFailure::Protocol(e.to_string()),
+            })?;
+            if buf.len() > MAX_MESSAGE {
+                return Err(PeerFailure::Frame(FrameError::TooLarge { len: buf.len(), max: MAX_MESSAGE }));
+            }
+            if last {
+                return Ok(buf.len());
+            }
         }
-        Ok(Err(FrameError::Io(e))) => return Err(PeerFailure::Disconnected(e)),
-        Ok(Err(e)) => return Err(PeerFailure::Frame(e)),
-        Ok(Ok(header)) => header,
     };
-    opener.open_in_place(header, buf).map_err(|e| match e {
-        CryptoError::Auth | CryptoError::Short => PeerFailure::Auth,
-        CryptoError::Exhausted => PeerFailure::Protocol(e.to_string()),
-    })
+    match tokio::time::timeout(timeout, read).await {
+        Ok(result) => result,
+        Err(_) => Err(PeerFailure::Silent(millis(timeout))),
+    }
+}
+
+/// Checks that `key` is the private half of variant `id`'s listed key.
+pub(crate) fn check_own_key(cfg: &ClusterConfig, id: u8, key: &PrivateKey) -> Result<(), LinkError> {
+    let listed = cfg.variant(id).map_err(|e| LinkError::Config(e.to_string()))?.public_key;
+    let ours = key.public();
+    if ours != listed {
+        return Err(LinkError::KeyMismatch { id, ours, listed });
+    }
+    Ok(())
 }
 
 /// Starts the link's I/O thread `name`, running `io(ready)` on a

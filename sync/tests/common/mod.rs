@@ -9,15 +9,32 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
-use dmvx_sync::{ClusterConfig, ClusterKey, Follower, HandshakeInfo, Leader, LinkError};
+use dmvx_sync::{ClusterConfig, Follower, HandshakeInfo, Leader, LinkError, PrivateKey, PublicKey};
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-pub fn key(byte: u8) -> ClusterKey {
-    ClusterKey::from_bytes([byte; 32])
+/// Variant `id`'s private key in the test clusters (fixed, so that a test
+/// can make a second, differently configured member with the same key).
+pub fn private_key(id: u8) -> PrivateKey {
+    PrivateKey::from_bytes([0x40 + id; 32])
+}
+
+/// The public keys of variants 0..n.
+pub fn public_keys(n: usize) -> Vec<PublicKey> {
+    (0..n as u8).map(|id| private_key(id).public()).collect()
+}
+
+/// A key no test cluster lists.
+pub fn stranger_key() -> PrivateKey {
+    PrivateKey::from_bytes([0x99; 32])
+}
+
+/// Connects as follower `id` of `cfg` with its own key.
+pub fn connect(cfg: &ClusterConfig, id: u8, info: &HandshakeInfo) -> Result<Follower, LinkError> {
+    Follower::connect(cfg, id, &private_key(id), info)
 }
 
 /// Listeners bound for clusters made by [`cluster`], by port: tests start
@@ -30,7 +47,7 @@ pub fn cluster(n: usize, timeout_ms: u64) -> ClusterConfig {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     LISTENERS.lock().unwrap().push((port, listener));
-    let mut cfg = ClusterConfig::local(n, port, key(0x42)).unwrap();
+    let mut cfg = ClusterConfig::local(port, &public_keys(n)).unwrap();
     cfg.timeout = Duration::from_millis(timeout_ms);
     cfg
 }
@@ -38,14 +55,19 @@ pub fn cluster(n: usize, timeout_ms: u64) -> ClusterConfig {
 /// Starts the leader of a cluster made by [`cluster`] on its bound port
 /// (or binds the leader's address if it has none).
 pub fn start(cfg: &ClusterConfig, info: &HandshakeInfo) -> Result<Leader, LinkError> {
+    start_as(cfg, &private_key(cfg.leader().id), info)
+}
+
+/// [`start`] with another private key.
+pub fn start_as(cfg: &ClusterConfig, key: &PrivateKey, info: &HandshakeInfo) -> Result<Leader, LinkError> {
     let addr: SocketAddr = cfg.leader().address.parse().unwrap();
     let listener = {
         let mut all = LISTENERS.lock().unwrap();
         all.iter().position(|(p, _)| *p == addr.port()).map(|i| all.swap_remove(i).1)
     };
     match listener {
-        Some(l) => Leader::start_on(l, cfg, info),
-        None => Leader::start(cfg, info),
+        Some(l) => Leader::start_on(l, cfg, key, info),
+        None => Leader::start(cfg, key, info),
     }
 }
 
@@ -63,7 +85,7 @@ pub fn spawn_follower<T: Send + 'static>(
 ) -> thread::JoinHandle<(Follower, T)> {
     let cfg = cfg.clone();
     thread::spawn(move || {
-        let mut f = Follower::connect(&cfg, id, &info(&cfg)).unwrap();
+        let mut f = connect(&cfg, id, &info(&cfg)).unwrap();
         let out = body(&mut f);
         (f, out)
     })
@@ -120,9 +142,12 @@ pub fn pass() -> Mutator {
 }
 
 /// A proxy for one connection: a follower connects to `addr`, the proxy
-/// connects to `target` (the leader). Frames (4-byte big-endian length and
-/// payload) are passed through `l2f` (leader to follower) and `f2l`. Frame 0
-/// and 1 of each direction are the handshake; sealed frames start at 2.
+/// connects to `target` (the leader). Frames (2-byte big-endian length and
+/// payload: a handshake message or one chunk of a sealed message) are
+/// passed through `l2f` (leader to follower) and `f2l`. Frames 0 and 1 of
+/// each direction are the handshake (leader to follower: Noise message 2
+/// and the sealed answer; follower to leader: Noise messages 1 and 3);
+/// the link's own messages start at 2.
 pub struct Proxy {
     pub addr: SocketAddr,
 }
@@ -152,15 +177,15 @@ pub fn proxy(target: SocketAddr, l2f: Mutator, f2l: Mutator) -> Proxy {
 fn pump(mut from: TcpStream, mut to: TcpStream, mut mutate: Mutator) {
     let mut idx = 0;
     loop {
-        let mut header = [0u8; 4];
+        let mut header = [0u8; 2];
         if from.read_exact(&mut header).is_err() {
             let _ = to.shutdown(Shutdown::Write);
             return;
         }
-        let len = u32::from_be_bytes(header) as usize;
+        let len = u16::from_be_bytes(header) as usize;
         let mut frame = header.to_vec();
-        frame.resize(4 + len.min(64 << 20), 0);
-        if from.read_exact(&mut frame[4..]).is_err() {
+        frame.resize(2 + len, 0);
+        if from.read_exact(&mut frame[2..]).is_err() {
             let _ = to.shutdown(Shutdown::Write);
             return;
         }

@@ -334,6 +334,8 @@ impl State {
 /// A cluster to join in Linux mode.
 pub struct Join {
     pub cfg: ClusterConfig,
+    /// This variant's private key.
+    pub key: dmvx_sync::PrivateKey,
     pub id: u8,
     pub report_dir: PathBuf,
 }
@@ -369,9 +371,11 @@ pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
     let me = join.cfg.variant(join.id).map_err(|e| cluster_err(e.to_string()))?.clone();
     let timeout = join.cfg.timeout;
     let side = match me.role {
-        Role::Leader => Side::Leader(Leader::start(&join.cfg, &info).map_err(|e| cluster_err(e.to_string()))?),
+        Role::Leader => {
+            Side::Leader(Leader::start(&join.cfg, &join.key, &info).map_err(|e| cluster_err(e.to_string()))?)
+        }
         Role::Follower => Side::Follower(Box::new(
-            Follower::connect(&join.cfg, join.id, &info).map_err(|e| cluster_err(e.to_string()))?,
+            Follower::connect(&join.cfg, join.id, &join.key, &info).map_err(|e| cluster_err(e.to_string()))?,
         )),
     };
     let state = Arc::new(Mutex::new(State {

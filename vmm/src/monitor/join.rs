@@ -30,6 +30,8 @@ pub enum JoinError {
 /// This VMM's place in a cluster.
 pub struct Join {
     pub cfg: dmvx_sync::ClusterConfig,
+    /// This variant's private key.
+    pub key: dmvx_sync::PrivateKey,
     pub id: u8,
     pub report_dir: PathBuf,
 }
@@ -57,9 +59,9 @@ pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox) -> Result<Monitor, JoinEr
     let me = cfg.variant(join.id).map_err(JoinError::Config)?.clone();
     let timeout = cfg.timeout;
     let link = match me.role {
-        dmvx_sync::Role::Leader => Link::Leader(Leader::start(&cfg, &info).map_err(JoinError::Link)?),
+        dmvx_sync::Role::Leader => Link::Leader(Leader::start(&cfg, &join.key, &info).map_err(JoinError::Link)?),
         dmvx_sync::Role::Follower => {
-            Link::Follower(Box::new(Follower::connect(&cfg, join.id, &info).map_err(JoinError::Link)?))
+            Link::Follower(Box::new(Follower::connect(&cfg, join.id, &join.key, &info).map_err(JoinError::Link)?))
         }
     };
     Ok(Monitor::new(join.id, link, policy, timeout, join.report_dir))

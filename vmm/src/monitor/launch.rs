@@ -1,18 +1,27 @@
 //! The embedded default: `dmvx-vmm --variants N -- PROGRAM ...` runs N
 //! variants on this machine as N VMM processes joined over loopback TCP,
 //! through exactly the same protocol (and the same authentication) as
-//! variants on different hosts. The launcher writes a cluster file with a
-//! fresh random key, starts the variants, passes its signals to the leader,
-//! and exits with the leader's status, or 121 if the variants diverged.
+//! variants on different hosts. The launcher makes a fresh key pair per
+//! variant, starts the variants, passes its signals to the leader, and
+//! exits with the leader's status, or 121 if the variants diverged.
+//!
+//! Nothing of the cluster is written to a file: each variant reads the
+//! cluster configuration and its own private key from two pipes it
+//! inherits (`--cluster-fd`, `--private-key-fd`) and closes them, before
+//! any variant's guest runs (a guest starts only once every variant joined),
+//! so no guest, of this run or another, finds them on disk, even after a
+//! SIGKILL.
 
 use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use dmvx_sync::ClusterKey;
+use dmvx_sync::{PrivateKey, PublicKey};
 
 use super::EXIT_DIVERGENCE;
 
@@ -21,12 +30,12 @@ use super::EXIT_DIVERGENCE;
 pub enum LaunchError {
     #[error("no {0} consecutive free TCP ports on 127.0.0.1")]
     NoPorts(u32),
-    #[error("cannot generate the cluster key: {0}")]
+    #[error("cannot generate the variants' keys: {0}")]
     Key(String),
     #[error("policy {path}: {why}")]
     Policy { path: String, why: String },
-    #[error("cannot write the cluster file: {0}")]
-    Write(std::io::Error),
+    #[error("cannot make a pipe to pass the cluster configuration: {0}")]
+    Pipe(std::io::Error),
     #[error("cannot start variant {id}: {source}")]
     Spawn { id: u32, source: std::io::Error },
 }
@@ -79,15 +88,15 @@ fn getrandom_bytes(b: &mut [u8]) -> bool {
     unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) == b.len() as isize }
 }
 
-/// The text of a local cluster file.
-pub fn cluster_file(n: u32, base_port: u16, key: &ClusterKey, policy: &str, timeout_ms: u64) -> String {
-    let mut s =
-        format!("[cluster]\nname = \"local\"\nkey = \"{}\"\ntimeout_ms = {timeout_ms}\n\n{policy}\n", key.to_hex());
-    for i in 0..n {
+/// The text of a local cluster configuration: variant `i` listens on
+/// `base_port + i` and has public key `keys[i]`.
+pub fn cluster_file(base_port: u16, keys: &[PublicKey], policy: &str, timeout_ms: u64) -> String {
+    let mut s = format!("[cluster]\nname = \"local\"\ntimeout_ms = {timeout_ms}\n\n{policy}\n");
+    for (i, key) in keys.iter().enumerate() {
         let role = if i == 0 { "leader" } else { "follower" };
         s.push_str(&format!(
-            "[[variant]]\nid = {i}\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n\n",
-            base_port + i as u16
+            "[[variant]]\nid = {i}\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\npublic_key = \"{key}\"\n\n",
+            base_port as usize + i
         ));
     }
     s
@@ -103,46 +112,81 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
-/// A private directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// A pipe whose read end a child inherits: (read end, write end), both
+/// close-on-exec until the child's `pre_exec` clears it on the read end.
+fn pipe() -> Result<(OwnedFd, File), LaunchError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two descriptors for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(LaunchError::Pipe(std::io::Error::last_os_error()));
     }
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    if rd.as_raw_fd() > 2 {
+        return Ok((rd, wr));
+    }
+    // Our standard input or output was closed: keep the read end off 0-2,
+    // which the child's own standard descriptors take.
+    // SAFETY: F_DUPFD_CLOEXEC duplicates an open descriptor we own.
+    let high = unsafe { libc::fcntl(rd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if high < 0 {
+        return Err(LaunchError::Pipe(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fcntl returned a fresh descriptor owned by nobody else.
+    Ok((unsafe { OwnedFd::from_raw_fd(high) }, wr))
 }
 
 /// Runs `n` variants. `args` is this process's command line without the
 /// program name and without `--variants N` / `--policy P`; each variant gets
-/// `--cluster FILE --variant I` in front of it.
+/// `--cluster-fd A --private-key-fd B --variant I` in front of it.
 pub fn run_local(n: u32, policy: Option<&str>, args: &[OsString]) -> Result<u8, LaunchError> {
     let policy = policy_table(policy)?;
-    let key = ClusterKey::generate().map_err(|e| LaunchError::Key(e.to_string()))?;
+    let keys = (0..n).map(|_| PrivateKey::generate()).collect::<Result<Vec<_>, _>>();
+    let keys = keys.map_err(|e| LaunchError::Key(e.to_string()))?;
+    let publics: Vec<PublicKey> = keys.iter().map(PrivateKey::public).collect();
     let base = free_ports(n)?;
-    let mut rnd = [0u8; 8];
-    getrandom_bytes(&mut rnd);
-    let dir = std::env::temp_dir().join(format!("dmvx-cluster-{}-{}", std::process::id(), u64::from_le_bytes(rnd)));
-    std::fs::create_dir(&dir).map_err(LaunchError::Write)?;
-    let scratch = Scratch(dir);
-    std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o700)).map_err(LaunchError::Write)?;
-    let file = scratch.0.join("cluster.toml");
-    std::fs::write(&file, cluster_file(n, base, &key, &policy, 10_000)).map_err(LaunchError::Write)?;
-    run_cluster(n, &file, args)
+    let text = cluster_file(base, &publics, &policy, 10_000);
+    run_cluster(&text, &keys, args)
 }
 
-/// Starts variants 0..n of the cluster in `file` here and waits for them.
-fn run_cluster(n: u32, file: &Path, args: &[OsString]) -> Result<u8, LaunchError> {
+/// Starts one variant per key of the cluster in `text` here and waits for them.
+fn run_cluster(text: &str, keys: &[PrivateKey], args: &[OsString]) -> Result<u8, LaunchError> {
     let exe = std::env::current_exe().map_err(|e| LaunchError::Spawn { id: 0, source: e })?;
     let mut children = Vec::new();
     // Followers first: they wait for the leader, which waits for them.
-    for id in (0..n).rev() {
+    for (id, key) in keys.iter().enumerate().rev() {
+        let id = id as u32;
+        let (cluster_rd, mut cluster_wr) = pipe()?;
+        let (key_rd, mut key_wr) = pipe()?;
+        let inherit = [cluster_rd.as_raw_fd(), key_rd.as_raw_fd()];
         let mut cmd = Command::new(&exe);
-        cmd.arg("--cluster").arg(file).arg("--variant").arg(id.to_string()).args(args);
+        cmd.arg("--cluster-fd").arg(inherit[0].to_string());
+        cmd.arg("--private-key-fd").arg(inherit[1].to_string());
+        cmd.arg("--variant").arg(id.to_string()).args(args);
         if id != 0 {
             // Only the leader's inputs and outputs are real.
             cmd.stdin(Stdio::null()).stdout(Stdio::null());
         }
+        // SAFETY: between fork and exec the closure only calls fcntl, which
+        // is async-signal-safe, on descriptors this process owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().map_err(|source| LaunchError::Spawn { id, source })?;
+        drop((cluster_rd, key_rd));
+        // A variant that died before reading reports its own failure; its
+        // status is collected below like any other.
+        let _ = cluster_wr.write_all(text.as_bytes());
+        drop(cluster_wr);
+        let _ = key.write_file_text(&mut key_wr);
+        drop(key_wr);
         if id == 0 {
             LEADER_PID.store(child.id() as i32, Ordering::SeqCst);
         }
@@ -181,10 +225,12 @@ mod tests {
 
     #[test]
     fn local_cluster_files_parse() {
-        let key = ClusterKey::generate().unwrap();
-        let text = cluster_file(3, 40000, &key, &policy_table(Some("strict")).unwrap(), 5000);
-        let cfg = dmvx_sync::ClusterConfig::parse(&text, Path::new("/")).unwrap();
+        let keys: Vec<PublicKey> = (0..3).map(|_| PrivateKey::generate().unwrap().public()).collect();
+        let text = cluster_file(40000, &keys, &policy_table(Some("strict")).unwrap(), 5000);
+        let cfg = dmvx_sync::ClusterConfig::parse(&text, std::path::Path::new("/")).unwrap();
         assert_eq!(cfg.variants.len(), 3);
+        assert_eq!(cfg.variant(2).unwrap().public_key, keys[2]);
+        assert!(!text.contains("private"), "{text}");
         assert_eq!(cfg.policy.get("preset").and_then(|v| v.as_str()), Some("strict"));
         assert!(policy_table(Some("/nonexistent.toml")).is_err());
     }

@@ -10,6 +10,7 @@
 //! replayed (followers) through `record` and `replay`; outputs are held
 //! until every variant agreed on them (`commit`).
 
+pub mod cluster;
 pub mod commit;
 mod engine;
 pub mod join;
