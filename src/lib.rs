@@ -221,6 +221,58 @@ impl Drop for TempDir {
     }
 }
 
+/// One key pair per variant of a test cluster, written by `dmvx-vmm keygen`
+/// as an operator would.
+pub struct ClusterKeys {
+    /// Variant `i`'s private key file.
+    pub files: Vec<PathBuf>,
+    /// Variant `i`'s public key, as the cluster file lists it.
+    pub public: Vec<String>,
+}
+
+impl ClusterKeys {
+    /// Key pairs for `n` variants in `dir` (`variant-I.key` and `.pub`).
+    pub fn new(dir: &Path, n: usize) -> ClusterKeys {
+        let mut keys = ClusterKeys { files: Vec::new(), public: Vec::new() };
+        for i in 0..n {
+            let file = dir.join(format!("variant-{i}.key"));
+            let o = run_vmm(&["keygen", file.to_str().expect("utf-8 path")], b"");
+            assert_eq!(status(&o), 0, "dmvx-vmm keygen: {}", stderr(&o));
+            let public = std::fs::read_to_string(file.with_extension("key.pub")).expect("keygen wrote FILE.pub");
+            assert!(stdout(&o).contains(public.trim()), "keygen printed another public key: {}", stdout(&o));
+            keys.files.push(file);
+            keys.public.push(public.trim().to_string());
+        }
+        keys
+    }
+
+    /// A cluster file's text: variant `i` at `addresses[i]` (variant 0
+    /// leads) with its key pair, its entry naming its private key file, so
+    /// `--cluster FILE --variant I` is all a variant needs. `tables` (e.g.
+    /// `[policy]`, `[digests]`) follow `[cluster]`.
+    pub fn cluster_text(&self, name: &str, timeout_ms: u32, tables: &str, addresses: &[String]) -> String {
+        let mut s = format!("[cluster]\nname = \"{name}\"\ntimeout_ms = {timeout_ms}\n\n{tables}\n");
+        for (i, address) in addresses.iter().enumerate() {
+            let role = if i == 0 { "leader" } else { "follower" };
+            s.push_str(&format!(
+                "[[variant]]\nid = {i}\naddress = \"{address}\"\nrole = \"{role}\"\npublic_key = \"{}\"\nprivate_key_file = \"{}\"\n\n",
+                self.public[i],
+                self.files[i].display()
+            ));
+        }
+        s
+    }
+
+    /// Writes a cluster file for variants on loopback, at free ports, into
+    /// `dir/cluster.toml`.
+    pub fn local_cluster(&self, dir: &Path, name: &str, timeout_ms: u32, tables: &str) -> PathBuf {
+        let addresses: Vec<String> = self.files.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let p = dir.join("cluster.toml");
+        std::fs::write(&p, self.cluster_text(name, timeout_ms, tables, &addresses)).expect("write the cluster file");
+        p
+    }
+}
+
 /// Copies `src` to `dst`, executable.
 pub fn install_exe(src: &Path, dst: &Path) {
     if let Some(d) = dst.parent() {

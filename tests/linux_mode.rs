@@ -233,16 +233,7 @@ fn bad_inputs_that_need_a_vm_are_refused_with_reasons() {
 
 /// A cluster file for two Linux-mode variants on loopback.
 fn linux_cluster(dir: &std::path::Path) -> PathBuf {
-    let key: String = (0..32).map(|i| format!("{:02x}", (i * 29 + 3) as u8)).collect();
-    let (a, b) = (free_port(), free_port());
-    let text = format!(
-        "[cluster]\nname = \"linux\"\nkey = \"{key}\"\ntimeout_ms = 5000\n\n\
-         [[variant]]\nid = 0\naddress = \"127.0.0.1:{a}\"\nrole = \"leader\"\n\n\
-         [[variant]]\nid = 1\naddress = \"127.0.0.1:{b}\"\nrole = \"follower\"\n"
-    );
-    let p = dir.join("cluster.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    ClusterKeys::new(dir, 2).local_cluster(dir, "linux", 5000, "")
 }
 
 #[test]

@@ -15,19 +15,14 @@ const DELAY_US: u32 = 100;
 const CLUSTER_PORT: u16 = 7700;
 const HTTP_PORT: u16 = 8080;
 
-fn cluster_text(n: usize, leader: &str, hosts: &TestHosts, image: &str) -> String {
-    let key: String = (0..32).map(|i| format!("{:02x}", (i * 53 + 7) as u8)).collect();
-    let mut s =
-        format!("[cluster]\nname = \"hosts\"\nkey = \"{key}\"\ntimeout_ms = 10000\n\n[digests]\nimage = \"{image}\"\n\n[policy]\npreset = \"dmvx\"\n\n");
-    for i in 0..n {
-        let (role, addr) = if i == 0 {
-            ("leader", leader.to_string())
-        } else {
-            ("follower", format!("{}:{CLUSTER_PORT}", hosts.addrs[i]))
-        };
-        s.push_str(&format!("[[variant]]\nid = {i}\naddress = \"{addr}\"\nrole = \"{role}\"\n\n"));
-    }
-    s
+/// Variant `i`'s cluster file: the same keys and tables on every host; only
+/// the leader's address differs (each follower reaches it through its relay).
+fn cluster_text(keys: &ClusterKeys, leader: &str, hosts: &TestHosts, image: &str) -> String {
+    let addresses: Vec<String> = (0..keys.files.len())
+        .map(|i| if i == 0 { leader.to_string() } else { format!("{}:{CLUSTER_PORT}", hosts.addrs[i]) })
+        .collect();
+    let tables = format!("[digests]\nimage = \"{image}\"\n\n[policy]\npreset = \"dmvx\"\n");
+    keys.cluster_text("hosts", 10000, &tables, &addresses)
 }
 
 /// A reference: the same server as a single variant in this namespace.
@@ -63,12 +58,13 @@ fn across_hosts(pkg: &str, n: usize) {
     let image = std::fs::read_to_string(root.with_extension("manifest.sha256")).unwrap();
     let image = format!("sha256:{}", image.split_whitespace().next().unwrap());
     let dir = TempDir::new("hosts");
+    let keys = ClusterKeys::new(dir.path(), n);
     let mut vmms: Vec<Child> = Vec::new();
     for i in (0..n).rev() {
         let leader = hosts.leader_address(i, CLUSTER_PORT, DELAY_US);
         let leader = if i == 0 { format!("{}:{CLUSTER_PORT}", hosts.addrs[0]) } else { leader };
         let file = dir.join(&format!("cluster-{i}.toml"));
-        std::fs::write(&file, cluster_text(n, &leader, &hosts, &image)).unwrap();
+        std::fs::write(&file, cluster_text(&keys, &leader, &hosts, &image)).unwrap();
         let mut cmd = hosts.command(i, vmm().to_str().unwrap());
         cmd.args(["--cluster", file.to_str().unwrap(), "--variant", &i.to_string()])
             .args(["--report-dir", dir.path().to_str().unwrap()])

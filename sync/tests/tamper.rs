@@ -214,15 +214,13 @@ fn a_chunk_too_short_for_a_tag_is_refused() {
     assert_eq!(err, auth());
 }
 
-#[test]
-fn a_chunk_taken_out_of_a_message_is_detected() {
-    // A batch of 100 KiB travels in two chunks. The proxy drops the second:
-    // the first says "more", so the follower takes no batch from it alone,
-    // and what arrives next (a heartbeat) is not the chunk sealed after it.
-    let err = within(15, || {
+/// The leader sends one batch of 100 KiB, which travels in two chunks
+/// (frames 2 and 3 leader to follower) through `l2f`; returns the error
+/// that ends the follower's wait for its entry.
+fn big_batch_through(l2f: Mutator) -> LinkError {
+    within(15, || {
         let cfg = cluster(2, 2_000);
         let info = info(&cfg);
-        let l2f: Mutator = Box::new(|idx, f| if idx == 3 { vec![] } else { vec![Act::Send(f)] });
         let px = proxy(cfg.leader().address.parse().unwrap(), l2f, pass());
         let fcfg = via(&cfg, px.addr);
         let follower = thread::spawn(move || connect(&fcfg, 1, &info).unwrap().next_entry().map(|e| e.seq));
@@ -231,8 +229,15 @@ fn a_chunk_taken_out_of_a_message_is_detected() {
         let _ = leader.push(&vec![7u8; 100 << 10]).and_then(|_| leader.flush());
         let got = follower.join().unwrap();
         drop(leader);
-        got.unwrap_err()
-    });
+        got.expect_err("the follower got the batch")
+    })
+}
+
+#[test]
+fn a_chunk_taken_out_of_a_message_is_detected() {
+    // The first chunk says "more", so the follower takes no batch from it
+    // alone, and what arrives next (a heartbeat) is not the chunk sealed after it.
+    let err = big_batch_through(Box::new(|idx, f| if idx == 3 { vec![] } else { vec![Act::Send(f)] }));
     assert_eq!(err, auth());
 }
 
@@ -245,20 +250,7 @@ fn an_empty_frame_is_refused() {
 
 #[test]
 fn a_connection_cut_between_the_chunks_of_a_message_is_detected() {
-    let err = within(15, || {
-        let cfg = cluster(2, 2_000);
-        let info = info(&cfg);
-        let l2f: Mutator = Box::new(|idx, f| if idx == 3 { vec![Act::Close] } else { vec![Act::Send(f)] });
-        let px = proxy(cfg.leader().address.parse().unwrap(), l2f, pass());
-        let fcfg = via(&cfg, px.addr);
-        let follower = thread::spawn(move || connect(&fcfg, 1, &info).unwrap().next_entry().map(|e| e.seq));
-        let mut leader = start(&cfg, &info).unwrap();
-        // The proxy may cut the leader off before it is done.
-        let _ = leader.push(&vec![7u8; 100 << 10]).and_then(|_| leader.flush());
-        let got = follower.join().unwrap();
-        drop(leader);
-        got.unwrap_err()
-    });
+    let err = big_batch_through(Box::new(|idx, f| if idx == 3 { vec![Act::Close] } else { vec![Act::Send(f)] }));
     assert!(err.to_string().contains("closed in the middle of a message"), "{err}");
 }
 
