@@ -116,15 +116,22 @@ class Cluster:
 
     def __init__(self, hosts, n, policy, vmm_args, work, stdout=subprocess.DEVNULL):
         self.procs = []
-        key = os.urandom(32).hex()
+        # One key pair per variant, as an operator makes them.
+        keys = []
+        for j in range(n):
+            key = os.path.join(work, "variant-%d.key" % j)
+            sh(VMM, "keygen", key)
+            with open(key + ".pub") as f:
+                keys.append((key, f.read().strip()))
         for i in reversed(range(n)):
             leader = "%s:%d" % (hosts.addrs[0], CLUSTER_PORT) if i == 0 else hosts.leader_address(i)
-            text = '[cluster]\nname = "bench"\nkey = "%s"\ntimeout_ms = 20000\n\n' % key
+            text = '[cluster]\nname = "bench"\ntimeout_ms = 20000\n\n'
             text += '[policy]\npreset = "%s"\n\n' % policy
             for j in range(n):
                 role = "leader" if j == 0 else "follower"
                 addr = leader if j == 0 else "%s:%d" % (hosts.addrs[j], CLUSTER_PORT)
-                text += '[[variant]]\nid = %d\naddress = "%s"\nrole = "%s"\n\n' % (j, addr, role)
+                text += '[[variant]]\nid = %d\naddress = "%s"\nrole = "%s"\npublic_key = "%s"\nprivate_key_file = "%s"\n\n' % (
+                    j, addr, role, keys[j][1], keys[j][0])
             path = os.path.join(work, "cluster-%d.toml" % i)
             with open(path, "w") as f:
                 f.write(text)
