@@ -84,3 +84,38 @@ print("   report: kind=%s seq=%s variant=%s policy=%s/%s" % (
     r["kind"], r["seq"], r["variant"], r["policy"]["class"], r["policy"]["check"]))
 print("   " + r["message"])
 PY
+
+echo
+echo "== 4. Two variants started as an operator starts them on two hosts: a key pair each, one cluster file"
+"$vmm" keygen "$work/a.key" 2>/dev/null | sed 's/^/   variant 0: /'
+"$vmm" keygen "$work/b.key" 2>/dev/null | sed 's/^/   variant 1: /'
+cluster() { # leader port, variant 1's public key
+    cat <<TOML
+[cluster]
+name = "demo"
+[[variant]]
+id = 0
+address = "127.0.0.1:$1"
+role = "leader"
+public_key = "$(cat "$work/a.key.pub")"
+private_key_file = "$work/a.key"
+[[variant]]
+id = 1
+address = "127.0.0.1:0"
+role = "follower"
+public_key = "$2"
+private_key_file = "$work/b.key"
+TOML
+}
+cluster 17700 "$(cat "$work/b.key.pub")" >"$work/cluster.toml"
+joined=(/bin/busybox echo "   both variants joined, each with its own key, and agreed")
+"$vmm" --cluster "$work/cluster.toml" --variant 1 --report-dir "$work" -- "${joined[@]}" &
+"$vmm" --cluster "$work/cluster.toml" --variant 0 --report-dir "$work" -- "${joined[@]}"
+wait
+echo "   a follower whose key the leader's file does not list is refused:"
+"$vmm" keygen "$work/c.key" >/dev/null 2>&1
+cluster 17701 "$(cat "$work/b.key.pub")" >"$work/leader.toml"
+cluster 17701 "$(cat "$work/c.key.pub")" | sed "s|$work/b.key|$work/c.key|" >"$work/stranger.toml"
+"$vmm" --cluster "$work/stranger.toml" --variant 1 -- /bin/busybox true 2>&1 | sed 's/^/   stranger: /' &
+"$vmm" --cluster "$work/leader.toml" --variant 0 -- /bin/busybox true 2>&1 | sed 's/^/   leader:   /' || true
+wait
