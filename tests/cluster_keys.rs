@@ -143,6 +143,8 @@ fn a_key_that_is_not_the_listed_one_is_refused_naming_both() {
 /// group of its own; returns the launcher, the snoop's FOUND lines and its
 /// summary line.
 fn snoop_variants(tmp: &Path) -> (std::process::Child, Vec<String>, String) {
+    // strict: what the guest lists is no image file, so every variant takes
+    // the leader's results and they agree whatever the directories hold.
     let mut launcher = Command::new(vmm())
         .args(["--variants", "2", "--policy", "strict", "--", &snoop(), "--sleep"])
         .arg(tmp)
