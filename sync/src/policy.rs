@@ -109,6 +109,8 @@ classes! {
     Process = "process": "Process state answered by the VMM: ids, uname, limits, signal dispositions, ...",
     Sleep = "sleep": "Sleeping and waiting for signals (cut short by signals the leader gets).",
     Exit = "exit": "Program exit.",
+    Spawn = "spawn": "Creating processes: fork, vfork, clone; waiting for them and signalling them.",
+    Ipc = "ipc": "Pipes and socket pairs between the program's own processes.",
     Other = "other": "Anything else.",
 }
 
@@ -155,6 +157,12 @@ impl Preset {
                 // by a signal that reaches the leader only) instead of waiting.
                 Class::Sleep => r(Relaxed, Replicated),
                 Class::Exit => r(Lockstep, Local),
+                // The leader's outcome (the child's pid, which child was
+                // reaped, whether a signal found its target) is replicated.
+                Class::Spawn => r(Lockstep, Replicated),
+                // Which bytes a pipe read returns depends on timing: the
+                // leader's are replicated; the data never leaves the variant.
+                Class::Ipc => r(Relaxed, Replicated),
                 Class::Other => r(Relaxed, Local),
             },
         }

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub struct Args {
     pub kernel: Option<PathBuf>,
     pub memory: u64,
+    /// The most processes the program may have at once.
+    pub max_procs: u32,
     pub rootfs: Option<PathBuf>,
     pub read_only: bool,
     pub env: Vec<String>,
@@ -95,6 +97,8 @@ options:
   --kernel PATH      process mode: the dmvx guest kernel (default: embedded);
                      Linux mode: a Linux bzImage or PVH vmlinux
   --memory SIZE      guest memory, e.g. 256M or 1G (default 256M)
+  --max-procs N      the most processes the program may have at once; a fork
+                     beyond fails with EAGAIN (default 512)
   --rootfs DIR       the program's root directory, writable
                      (default: the host's /, read-only)
   --read-only        make --rootfs read-only
@@ -199,6 +203,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
     let mut a = Args {
         kernel: None,
         memory: 256 << 20,
+        max_procs: crate::kernel::proc_table::DEFAULT_MAX_PROCS,
         rootfs: None,
         read_only: false,
         env: Vec::new(),
@@ -238,6 +243,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             "-V" | "--version" => return Ok(Args { command: Command::Version, ..a }),
             "--kernel" => a.kernel = Some(PathBuf::from(value("--kernel")?)),
             "--memory" => a.memory = parse_size(&value("--memory")?)?,
+            "--max-procs" => {
+                let v = value("--max-procs")?;
+                a.max_procs = v
+                    .parse()
+                    .ok()
+                    .filter(|n: &u32| (1..=65536).contains(n))
+                    .ok_or_else(|| UsageError(format!("--max-procs must be 1-65536, got '{v}'")))?;
+            }
             "--rootfs" => a.rootfs = Some(PathBuf::from(value("--rootfs")?)),
             "--read-only" => a.read_only = true,
             "--env" => {

@@ -12,15 +12,18 @@
 //! (`crate::platform`); the kernel sees traps and registers only.
 
 mod call_view;
+pub mod children;
 pub mod creds;
 pub mod errno;
 pub mod exec;
 pub mod fd_table;
 pub mod file;
+pub mod fork;
 pub mod fs_context;
 mod host_io;
 pub mod layout;
 pub mod mm;
+pub mod proc_table;
 mod run;
 pub mod sandbox;
 mod setup;
@@ -77,6 +80,8 @@ pub struct Config {
     pub launched_ns: Option<u64>,
     /// Run as this variant of a cluster.
     pub cluster: Option<ClusterJoin>,
+    /// The most processes the program may have at once.
+    pub max_procs: u32,
 }
 
 /// Membership in a cluster of variants.
@@ -122,6 +127,12 @@ pub enum KernelError {
     Stdio(std::io::Error),
     #[error(transparent)]
     Cluster(#[from] crate::monitor::JoinError),
+    #[error("cannot create the process table: {0}")]
+    Table(std::io::Error),
+    #[error("cannot create a process on the host: {0}")]
+    Fork(std::io::Error),
+    #[error("cannot create process {pid} as the leader did: {source}")]
+    ForkAsLeader { pid: u32, source: proc_table::TableError },
 }
 
 /// Counters printed with --stats.
@@ -169,6 +180,15 @@ pub struct Kernel {
     pub(crate) xcr0: u64,
     pub(crate) stats: Stats,
     diag: Diagnostics,
+    /// The process table of this variant (shared by all its VMMs).
+    pub(crate) procs: Arc<proc_table::ProcTable>,
+    /// Whether this is the first process (its end ends the run).
+    pub(crate) root: bool,
+    /// A vfork child: its end of the pipe its parent waits on (closed at
+    /// execve or exit).
+    pub(crate) vfork_done: Option<std::os::fd::OwnedFd>,
+    /// Children whose end was signalled to the program already.
+    pub(crate) reported: HashSet<u32>,
 }
 
 impl Kernel {
@@ -193,6 +213,12 @@ impl Kernel {
     /// The current working directory.
     pub(crate) fn cwd(&self) -> Vec<u8> {
         self.fs().cwd.clone()
+    }
+
+    /// Whether the run is part of a cluster and this VMM follows its leader.
+    #[inline]
+    pub(crate) fn is_follower(&self) -> bool {
+        self.monitor.as_ref().is_some_and(|m| !m.is_leader())
     }
 
     /// Whether the run is part of a cluster and this VMM leads it.
@@ -250,6 +276,9 @@ impl Kernel {
         );
         if let Some(m) = &self.monitor {
             eprintln!("dmvx stats: {}", m.summary());
+        }
+        if !self.root {
+            eprintln!("dmvx stats: (process {})", self.task.tg.pid);
         }
         if let Some(ns) = platform.first_exit_ns {
             eprintln!("dmvx stats: launch to first guest instruction {:.3} ms", ns as f64 / 1e6);

@@ -3,10 +3,15 @@
 
 use kvm_bindings::kvm_regs;
 
+use super::fork::Forked;
 use super::mm::{Access, Fault};
+use super::signal::host;
 use super::signal::{self, SigInfo, Signal};
 use super::syscall::{self, Sys};
 use super::{Kernel, KernelError, Outcome};
+
+/// Why a process stops when another of its variant diverged.
+const STOPPED_BY_ANOTHER: &str = "another process of this variant diverged; every process stops";
 use crate::arch::x86_64::paging::is_canonical;
 use crate::arch::x86_64::{pf, vector};
 use crate::monitor::{spec, Stop};
@@ -26,7 +31,7 @@ impl Kernel {
         loop {
             let (trap, ctx) = plat.run(&mut self.mm)?;
             let next = match trap {
-                Trap::Syscall => self.on_syscall(ctx),
+                Trap::Syscall => self.on_syscall(plat, ctx)?,
                 Trap::Exception { vector, error, cr2 } => self.on_exception(ctx, vector, error, cr2),
                 Trap::Forbidden { port } => Next::Done(self.kill(
                     Signal::SIGSEGV,
@@ -71,7 +76,7 @@ impl Kernel {
         Ok(None)
     }
 
-    fn on_syscall(&mut self, mut ctx: UserRegs) -> Next {
+    fn on_syscall(&mut self, plat: &mut Platform, mut ctx: UserRegs) -> Result<Next, KernelError> {
         self.stats.syscalls += 1;
         let nr = ctx.rax;
         let args = syscall_args(&ctx);
@@ -79,29 +84,39 @@ impl Kernel {
         self.task.nr = Some(nr);
         if self.monitor.is_some() {
             if let Err(stop) = self.monitor_begin(nr, &args) {
-                return Next::Done(self.stopped(stop));
+                return Ok(Next::Done(self.stopped(stop)));
             }
         }
-        let sys = syscall::dispatch(self, nr, &args);
+        let mut sys = syscall::dispatch(self, nr, &args);
+        if let Sys::Fork(req) = &sys {
+            match self.fork(plat, req, ctx)? {
+                Forked::Parent(ret) => sys = Sys::Ret(ret as u64),
+                // The child's first event is its next call, on its own stream.
+                Forked::Child(regs) => return Ok(Next::Resume(regs)),
+            }
+        }
         if self.diag.trace {
             syscall::trace(nr, &args, &sys);
         }
+        if self.stop.is_none() && host::stop_noticed() {
+            self.stop = Some(Stop::Divergence(STOPPED_BY_ANOTHER.into()));
+        }
         if let Some(stop) = self.stop.take() {
-            return Next::Done(self.stopped(stop));
+            return Ok(Next::Done(self.stopped(stop)));
         }
         if self.monitor.is_some() {
             let ret = match &sys {
                 Sys::Ret(v) => Some(*v as i64),
                 Sys::Exec(_) | Sys::Restore(_) => Some(0),
-                Sys::Exit(_) | Sys::Kill(..) => None,
+                Sys::Exit(_) | Sys::Kill(..) | Sys::Fork(_) => None,
             };
             if let Some(ret) = ret {
                 if let Err(stop) = self.monitor_end(ret) {
-                    return Next::Done(self.stopped(stop));
+                    return Ok(Next::Done(self.stopped(stop)));
                 }
             }
         }
-        match sys {
+        Ok(match sys {
             Sys::Ret(v) => {
                 ctx.rax = v;
                 if v as i64 == -(libc::EINTR as i64) && signal::frame::restartable(nr) && self.restart_after_handler() {
@@ -123,13 +138,14 @@ impl Kernel {
                     // exit_group is a call like others; the exit itself is
                     // the final event.
                     if let Err(stop) = m.end(0, 0, &mut |_| {}).and_then(|_| m.finish(Some(code), None)) {
-                        return Next::Done(self.stopped(stop));
+                        return Ok(Next::Done(self.stopped(stop)));
                     }
                 }
                 Next::Done(Outcome::Exited(code))
             }
             Sys::Kill(sig, reason) => Next::Done(self.kill(sig, reason)),
-        }
+            Sys::Fork(_) => unreachable!("a fork was carried out above"),
+        })
     }
 
     /// The monitor's view of call `nr` before it runs: its class and record.
@@ -259,16 +275,56 @@ impl Kernel {
         Outcome::Killed { signal: sig, reason }
     }
 
-    /// The outcome when the monitor stops the run.
+    /// The outcome when the monitor stops the run. A divergence anywhere
+    /// stops every process of the variant (and their streams stop the
+    /// other variants').
     pub(crate) fn stopped(&mut self, stop: Stop) -> Outcome {
-        match stop {
+        let outcome = match stop {
             Stop::Divergence(msg) => Outcome::Diverged(msg),
-            Stop::Shutdown(status) => Outcome::Ended(status),
+            Stop::Shutdown(status) => return Outcome::Ended(status),
             Stop::Link { why, peer, silent } => {
                 if let Some(m) = self.monitor.as_mut() {
                     m.link_failed(&why, peer, silent);
                 }
                 Outcome::Diverged(format!("the link to the other variants failed: {why}"))
+            }
+        };
+        self.stop_variant();
+        outcome
+    }
+
+    /// Tells every other process of this variant that the run stops.
+    pub(crate) fn stop_variant(&self) {
+        self.procs.stop_all();
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        for p in self.procs.select(|p| p.state == super::proc_table::State::Alive && p.host_pid > 0 && p.host_pid != me)
+        {
+            let _ = host::send_stop_notice(p.host_pid);
+        }
+    }
+
+    /// The process ended with `outcome`: its zombie goes into the table for
+    /// its parent, its children learn of it (PR_SET_PDEATHSIG), a vfork
+    /// parent resumes. When the first process ends, the run ends: the
+    /// program's remaining processes are killed.
+    pub(crate) fn exit_process(&mut self, outcome: &Outcome) {
+        let status = match outcome {
+            Outcome::Exited(c) => (c & 0xff) << 8,
+            Outcome::Killed { signal, .. } => signal.0 & 0x7f,
+            Outcome::Diverged(_) | Outcome::Ended(_) => libc::SIGKILL,
+        };
+        let (_, orphans) = self.procs.exit(self.task.tg.pid, status);
+        self.send_pdeathsig(&orphans);
+        self.vfork_done = None;
+        if self.root {
+            // SAFETY: getpid has no preconditions.
+            let me = unsafe { libc::getpid() };
+            for p in
+                self.procs.select(|p| p.state == super::proc_table::State::Alive && p.host_pid > 0 && p.host_pid != me)
+            {
+                // SAFETY: kill has no memory preconditions; the pid is a VMM of this run.
+                unsafe { libc::kill(p.host_pid, libc::SIGKILL) };
             }
         }
     }

@@ -23,10 +23,7 @@ use super::{syscall, Config, Diagnostics, Kernel, KernelError, Outcome, Stats};
 use crate::monitor;
 use crate::platform::Platform;
 
-/// The virtual process id of the program (the same in every variant).
-pub const VIRTUAL_PID: u32 = 2;
-/// Its parent's (the init process dmvx stands for).
-pub const VIRTUAL_PPID: u32 = 1;
+use super::proc_table::{ProcTable, FIRST_PID, INIT_PID};
 
 /// Runs a program to completion.
 pub fn run(config: Config) -> Result<Outcome, KernelError> {
@@ -50,14 +47,19 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let loaded = exec::load(&mut mm, prepared, &envp, &creds, random16())?;
     plat.start(&loaded.regs)?;
 
-    let tg = Arc::new(ThreadGroup::new(VIRTUAL_PID, VIRTUAL_PPID, creds, loaded.exe, comm_name(&program)));
+    let procs = Arc::new(ProcTable::new(config.max_procs).map_err(KernelError::Table)?);
+    // Orphaned processes of the program are reparented here (or to the
+    // jail's init) and reaped, never left to the host's init.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let tg = Arc::new(ThreadGroup::new(FIRST_PID, INIT_PID, creds, loaded.exe, comm_name(&program)));
     let files = Arc::new(Mutex::new(stdio_table()?));
     let fs = Arc::new(Mutex::new(FsContext { cwd, umask: 0o022 }));
-    let task = Task::new(VIRTUAL_PID, tg, files, fs);
+    let task = Task::new(FIRST_PID, tg, files, fs);
     let monitor = match config.cluster {
         Some(join) => {
             let exe = lock(&task.tg.state).exe.clone();
-            let m = monitor::join::join(join, &exe, &sandbox)?;
+            let m = monitor::join::join(join, &exe, &sandbox, FIRST_PID)?;
             Kernel::stdio_remote(&mut lock(&task.files));
             Some(Box::new(m))
         }
@@ -84,11 +86,16 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
             unsupported_seen: [0; syscall::names::COUNT.div_ceil(64)],
             refusals_logged: Default::default(),
         },
+        procs,
+        root: true,
+        vfork_done: None,
+        reported: Default::default(),
     };
     let guard = SignalGuard::install(plat.kick_target(), follower);
     let outcome = k.run_loop(&mut plat);
     drop(guard);
     let outcome = outcome?;
+    k.exit_process(&outcome);
     if k.diag.show_stats {
         k.print_stats(plat.stats());
     }

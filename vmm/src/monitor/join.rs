@@ -36,9 +36,67 @@ pub struct Join {
     pub report_dir: PathBuf,
 }
 
+/// What a process's VMM needs to open the event streams of the processes
+/// it creates: one link per process set, authenticated as the first.
+#[derive(Clone)]
+pub struct StreamSpec {
+    pub cfg: dmvx_sync::ClusterConfig,
+    pub id: u8,
+    pub report_dir: PathBuf,
+    pub info: HandshakeInfo,
+    pub policy: dmvx_sync::policy::Policy,
+    /// The process this stream belongs to (its virtual pid; the same in
+    /// every variant).
+    pub pid: u32,
+}
+
+impl StreamSpec {
+    /// The handshake of process `pid`'s stream: the cluster's, bound to the
+    /// pid, so that a connection meant for one process's stream cannot be
+    /// joined to another's.
+    fn info_for(&self, pid: u32) -> HandshakeInfo {
+        let mut bound = self.info.policy.0.to_vec();
+        bound.extend_from_slice(b"dmvx process stream");
+        bound.extend_from_slice(&pid.to_le_bytes());
+        HandshakeInfo { policy: Digest::of(&bound), ..self.info }
+    }
+
+    /// Leader: a listener for the followers of child `pid`'s stream, on the
+    /// leader's address, port chosen by the system.
+    pub fn child_listener(&self) -> Result<std::net::TcpListener, JoinError> {
+        let addr = &self.cfg.leader().address;
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        std::net::TcpListener::bind((host, 0)).map_err(|e| {
+            JoinError::Link(dmvx_sync::link::LinkError::Listen { address: format!("{host}:0"), reason: e.to_string() })
+        })
+    }
+
+    /// The stream of child `pid` (in the child's VMM): the leader accepts
+    /// its followers on `listener`; a follower connects to the leader's
+    /// host at `port`.
+    pub fn child(&self, pid: u32, listener: Option<std::net::TcpListener>, port: u16) -> Result<Monitor, JoinError> {
+        let info = self.info_for(pid);
+        let mut cfg = self.cfg.clone();
+        let link = match listener {
+            Some(l) => Link::Leader(Leader::start_on(l, &cfg, &info).map_err(JoinError::Link)?),
+            None => {
+                for v in cfg.variants.iter_mut().filter(|v| v.role == dmvx_sync::Role::Leader) {
+                    let host = v.address.rsplit_once(':').map_or(v.address.clone(), |(h, _)| h.to_string());
+                    v.address = format!("{host}:{port}");
+                }
+                Link::Follower(Box::new(Follower::connect(&cfg, self.id, &info).map_err(JoinError::Link)?))
+            }
+        };
+        let spec = StreamSpec { pid, ..self.clone() };
+        let timeout = cfg.timeout;
+        Ok(Monitor::new(self.id, link, self.policy.clone(), timeout, self.report_dir.clone(), spec))
+    }
+}
+
 /// Joins the cluster as variant `join.id`, running program `exe` (a path
-/// inside the sandbox).
-pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox) -> Result<Monitor, JoinError> {
+/// inside the sandbox) as process `pid`.
+pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox, pid: u32) -> Result<Monitor, JoinError> {
     let cfg = join.cfg;
     let policy = dmvx_sync::policy::Policy::from_toml(&cfg.policy, names::number).map_err(JoinError::Policy)?;
     let path = String::from_utf8_lossy(exe).into_owned();
@@ -64,5 +122,13 @@ pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox) -> Result<Monitor, JoinEr
             Link::Follower(Box::new(Follower::connect(&cfg, join.id, &join.key, &info).map_err(JoinError::Link)?))
         }
     };
-    Ok(Monitor::new(join.id, link, policy, timeout, join.report_dir))
+    let spec = StreamSpec {
+        cfg: cfg.clone(),
+        id: join.id,
+        report_dir: join.report_dir.clone(),
+        info,
+        policy: policy.clone(),
+        pid,
+    };
+    Ok(Monitor::new(join.id, link, policy, timeout, join.report_dir, spec))
 }

@@ -81,6 +81,8 @@ impl Stop {
 
 /// Multi-variant state of one VMM: one event stream.
 pub struct Monitor {
+    /// How to open the streams of the processes this one creates.
+    pub spec: join::StreamSpec,
     pub id: u8,
     pub link: Link,
     pub policy: Policy,
@@ -114,9 +116,17 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(id: u8, link: Link, policy: Policy, timeout: Duration, report_dir: PathBuf) -> Monitor {
+    pub fn new(
+        id: u8,
+        link: Link,
+        policy: Policy,
+        timeout: Duration,
+        report_dir: PathBuf,
+        spec: join::StreamSpec,
+    ) -> Monitor {
         let deferred_outputs = policy.preset == dmvx_sync::policy::Preset::Dmvx;
         Monitor {
+            spec,
             id,
             link,
             policy,

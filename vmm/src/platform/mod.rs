@@ -51,6 +51,8 @@ pub enum PlatformError {
     GuestKernel(String),
     #[error("cannot load the program's FPU state: {0}")]
     Fpu(kvm_ioctls::Error),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
 }
 
 /// Counters of the platform, printed with --stats.

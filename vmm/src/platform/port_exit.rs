@@ -104,6 +104,27 @@ impl Platform {
         Ok((platform, Memory { mem, frames, pt }))
     }
 
+    /// In a forked VMM: a new VM and vCPU over the inherited memory (the
+    /// parent's cannot be used from another process), with the program's
+    /// page tables, FS and GS bases and FPU state. The next `resume` enters
+    /// the program.
+    pub fn rebuild(&mut self, mm: &Mm, fs: u64, gs: u64, fpu: &kvm_xsave) -> Result<(), PlatformError> {
+        let vm = self.st._vm.for_child().map_err(SetupError::from)?;
+        let vcpu = Vcpu::new(vm.fd.create_vcpu(0).map_err(|e| SetupError::Vm(VmError::CreateVcpu(e)))?);
+        let xcr0 = regs::setup_cpuid(&vm.kvm, vcpu.fd())?;
+        regs::setup_long_mode(vcpu.fd(), mm.page_tables().root(), self.st.header.syscall_entry, xcr0)?;
+        regs::set_segment_bases(vcpu.fd(), fs, gs)?;
+        // SAFETY: as in `set_fpu`: the state came from a vCPU of this host.
+        unsafe { vcpu.fd().set_xsave(fpu) }.map_err(PlatformError::Fpu)?;
+        // The parent's vCPU and VM go (this process's copies of them).
+        self.vcpu = vcpu;
+        self.st._vm = vm;
+        self.st.xcr0 = xcr0;
+        self.st.parked = None;
+        self.st.stats = PlatformStats::default();
+        Ok(())
+    }
+
     /// Starts the program with registers `ctx`: the vCPU enters through
     /// the boot stub, which irets into it.
     pub fn start(&mut self, ctx: &UserRegs) -> Result<(), PlatformError> {

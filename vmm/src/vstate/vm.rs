@@ -62,8 +62,27 @@ impl Vm {
     /// A VM with `mem_size` bytes of memory at guest physical address 0.
     pub fn new(mem_size: u64, min_mem: u64) -> Result<Self, VmError> {
         let kvm = open_kvm()?;
-        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         let mem = GuestMemory::new(mem_size, min_mem)?;
+        Self::over(kvm, mem)
+    }
+
+    /// In a forked VMM: a new VM over the guest memory it inherited (the
+    /// parent's VM cannot be used from another process). /dev/kvm is not
+    /// opened again: the inherited descriptor serves.
+    pub fn for_child(&self) -> Result<Self, VmError> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: F_DUPFD_CLOEXEC of an open descriptor; result checked.
+        let fd = unsafe { libc::fcntl(self.kvm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(VmError::KvmOpen(kvm_ioctls::Error::last()));
+        }
+        // SAFETY: fd is a fresh duplicate of the /dev/kvm descriptor.
+        let kvm = unsafe { Kvm::from_raw_fd(fd) };
+        Self::over(kvm, self.mem.clone())
+    }
+
+    fn over(kvm: Kvm, mem: GuestMemory) -> Result<Self, VmError> {
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,

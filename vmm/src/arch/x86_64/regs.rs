@@ -141,6 +141,15 @@ pub fn setup_regs(vcpu: &VcpuFd, rip: u64, rsp: u64) -> Result<(), RegsError> {
     vcpu.set_regs(&regs).map_err(RegsError::SetRegs)
 }
 
+/// Sets the FS and GS bases through the special registers (before the
+/// vCPU first ran, when the sync area holds nothing yet).
+pub fn set_segment_bases(vcpu: &VcpuFd, fs: u64, gs: u64) -> Result<(), RegsError> {
+    let mut s = vcpu.get_sregs().map_err(RegsError::SetSregs)?;
+    s.fs.base = fs;
+    s.gs.base = gs;
+    vcpu.set_sregs(&s).map_err(RegsError::SetSregs)
+}
+
 /// Current privilege level, from the code segment selector.
 #[inline]
 pub fn cpl(sregs: &kvm_sregs) -> u8 {

@@ -1,5 +1,6 @@
 //! The program's lifetime: exit, waiting for children, execve.
 
+use super::super::children::{Reaped, Which};
 use super::super::errno::{Errno, SysResult};
 use super::super::exec;
 use super::super::setup::{comm_name, random16};
@@ -12,8 +13,112 @@ pub fn exit(_k: &mut Kernel, a: &[u64; 6]) -> Sys {
     Sys::Exit((a[0] & 0xff) as i32)
 }
 
-pub fn wait4(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
-    Err(Errno::ECHILD)
+const WNOHANG: u64 = 1;
+const WUNTRACED: u64 = 2;
+const WEXITED: u64 = 4;
+const WCONTINUED: u64 = 8;
+const WNOWAIT: u64 = 0x0100_0000;
+const WNOTHREAD: u64 = 0x2000_0000;
+const WALL: u64 = 0x4000_0000;
+const WCLONE: u64 = 0x8000_0000;
+const RUSAGE_SIZE: usize = 144;
+
+/// Waits for a child as the leader did: the leader waits and records which
+/// child it reaped; a follower takes that, then reaps its own matching
+/// child (whose stream made sure it ended alike).
+fn wait_common(k: &mut Kernel, which: Which, block: bool, keep: bool) -> SysResult<Option<Reaped>> {
+    let mut out = [0u8; 8];
+    let pid = k.host_call(true, &mut out, |k, out| match k.wait_child(which, block, keep)? {
+        None => Ok(0),
+        Some(r) => {
+            out[..4].copy_from_slice(&r.pid.to_le_bytes());
+            out[4..].copy_from_slice(&r.wait_status.to_le_bytes());
+            Ok(r.pid as u64)
+        }
+    })?;
+    if pid == 0 {
+        return Ok(None);
+    }
+    if k.is_follower() {
+        k.reap_as_leader_did(pid as u32, keep);
+    }
+    Ok(Some(Reaped { pid: pid as u32, wait_status: i32::from_le_bytes(out[4..].try_into().expect("4 bytes")) }))
+}
+
+fn which_of(k: &Kernel, pid: i32) -> Which {
+    match pid {
+        -1 => Which::Any,
+        0 => Which::Group(k.procs.get(k.task.tg.pid).map_or(k.task.tg.pid, |p| p.pgid)),
+        p if p < -1 => Which::Group((-p) as u32),
+        p => Which::Pid(p as u32),
+    }
+}
+
+/// wait4(pid, wstatus, options, rusage).
+pub fn wait4(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let options = a[2];
+    if options & !(WNOHANG | WUNTRACED | WCONTINUED | WNOTHREAD | WALL | WCLONE) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    if a[0] as u32 as i32 == i32::MIN {
+        return Err(Errno::ESRCH);
+    }
+    let which = which_of(k, a[0] as u32 as i32);
+    let Some(r) = wait_common(k, which, options & WNOHANG == 0, false)? else { return Ok(0) };
+    if a[1] != 0 {
+        k.mm.write_val(a[1], &r.wait_status)?;
+    }
+    if a[3] != 0 {
+        k.mm.write_user(a[3], &[0u8; RUSAGE_SIZE])?;
+    }
+    Ok(r.pid as u64)
+}
+
+/// waitid(idtype, id, infop, options, rusage).
+pub fn waitid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    const P_ALL: u64 = 0;
+    const P_PID: u64 = 1;
+    const P_PGID: u64 = 2;
+    let options = a[3];
+    if options & !(WNOHANG | WUNTRACED | WEXITED | WCONTINUED | WNOWAIT | WNOTHREAD | WALL | WCLONE) != 0
+        || options & (WEXITED | WUNTRACED | WCONTINUED) == 0
+    {
+        return Err(Errno::EINVAL);
+    }
+    let which = match a[0] {
+        P_ALL => Which::Any,
+        P_PID if a[1] as i32 > 0 => Which::Pid(a[1] as u32),
+        P_PGID if a[1] as i32 >= 0 => which_of(k, -(a[1] as i32)),
+        _ => return Err(Errno::EINVAL),
+    };
+    if options & WEXITED == 0 {
+        // Stopped and continued children are not tracked: nothing to report.
+        return if options & WNOHANG != 0 { Ok(0) } else { Err(Errno::ECHILD) };
+    }
+    let found = wait_common(k, which, options & WNOHANG == 0, options & WNOWAIT != 0)?;
+    if a[2] != 0 {
+        let mut info = [0u8; 128];
+        if let Some(r) = found {
+            let (code, status) = if r.wait_status & 0x7f == 0 {
+                (1i32, (r.wait_status >> 8) & 0xff) // CLD_EXITED
+            } else if r.wait_status & 0x80 != 0 {
+                (3, r.wait_status & 0x7f) // CLD_DUMPED
+            } else {
+                (2, r.wait_status & 0x7f) // CLD_KILLED
+            };
+            let uid = k.tg().creds.uid;
+            info[0..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
+            info[8..12].copy_from_slice(&code.to_le_bytes());
+            info[16..20].copy_from_slice(&r.pid.to_le_bytes());
+            info[20..24].copy_from_slice(&uid.to_le_bytes());
+            info[24..28].copy_from_slice(&status.to_le_bytes());
+        }
+        k.mm.write_user(a[2], &info)?;
+    }
+    if a[4] != 0 {
+        k.mm.write_user(a[4], &[0u8; RUSAGE_SIZE])?;
+    }
+    Ok(0)
 }
 
 /// Reads a NULL-terminated array of string pointers.

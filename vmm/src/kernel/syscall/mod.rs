@@ -7,6 +7,7 @@
 //! through it, and the documentation's syscall table is generated from it
 //! (`dmvx-vmm --syscall-table`), so none of them can disagree.
 
+pub mod clone;
 mod common;
 pub mod fd;
 pub mod file;
@@ -43,6 +44,8 @@ pub enum Sys {
     Exec(Box<kvm_regs>),
     /// Continue with these registers (rt_sigreturn).
     Restore(Box<kvm_regs>),
+    /// Create a new process (the run loop does: it owns the VM).
+    Fork(Box<clone::ForkRequest>),
 }
 
 impl From<SysResult> for Sys {
@@ -300,19 +303,20 @@ table! {
     SYS_alarm => Plain Host time::alarm, is(Time), [Int(0)], "the VMM's real-time timer; SIGALRM is passed on";
     SYS_setitimer => Plain Host time::setitimer, is(Time), [], "ITIMER_REAL only";
     SYS_getitimer => Plain Host time::getitimer, is(Time), [], "ITIMER_REAL only";
-    SYS_kill => Full Virtual signal::kill, is(Process), [Int(0), Int(1)], "only the program itself";
-    SYS_tkill => Full Virtual signal::tkill, is(Process), [Int(0), Int(1)], "only the program itself";
-    SYS_tgkill => Full Virtual signal::tgkill, is(Process), [Int(0), Int(1), Int(2)], "only the program itself";
+    SYS_kill => Full Virtual signal::kill, is(Spawn), [Int(0), Int(1)], "the program's processes and groups, by virtual pid";
+    SYS_tkill => Full Virtual signal::tkill, is(Spawn), [Int(0), Int(1)], "";
+    SYS_tgkill => Full Virtual signal::tgkill, is(Spawn), [Int(0), Int(1), Int(2)], "";
     // Program lifetime.
     SYS_exit => Full Virtual lifetime::exit, is(Exit), [Int(0)], "";
     SYS_exit_group => Full Virtual lifetime::exit, is(Exit), [Int(0)], "";
     SYS_execve => Full Memory lifetime::execve, is(Exec), [Custom(records::execve)], "replaces the program image";
     SYS_execveat => Full Memory lifetime::execveat, is(Exec), [Custom(records::execveat)], "replaces the program image";
-    SYS_wait4 => Plain Virtual lifetime::wait4, is(Process), [], "ECHILD: there are no children";
-    SYS_fork => Plain Refused proc::enosys_logged, is(Other), [], "ENOSYS: one process per VM";
-    SYS_vfork => Plain Refused proc::enosys_logged, is(Other), [], "ENOSYS: one process per VM";
-    SYS_clone => Plain Refused proc::enosys_logged, is(Other), [], "ENOSYS: one process and one thread per VM";
-    SYS_clone3 => Plain Refused proc::enosys_logged, is(Other), [], "ENOSYS: one process and one thread per VM";
+    SYS_wait4 => Plain Virtual lifetime::wait4, is(Spawn), [Int(0), Int(2)], "the leader's choice of child is replicated; rusage is zero";
+    SYS_waitid => Plain Virtual lifetime::waitid, is(Spawn), [Int(0), Int(1), Int(3)], "exited children (stops are not tracked)";
+    SYS_fork => Full Host clone::fork, is(Spawn), [], "a new VMM process and VM, memory copy-on-write";
+    SYS_vfork => Full Host clone::vfork, is(Spawn), [], "as fork; the parent waits until the child execs or exits";
+    SYS_clone => Full Host clone::clone, is(Spawn), [Int(0)], "new processes (threads: ENOSYS)";
+    SYS_clone3 => Full Host clone::clone3, is(Spawn), [], "new processes (threads: ENOSYS)";
 }
 
 /// The table, by call number.
@@ -364,6 +368,7 @@ pub fn trace(nr: u64, a: &[u64; 6], outcome: &Sys) {
         Sys::Kill(s, why) => format!("killed by {} ({why})", s.name()),
         Sys::Exec(_) => "0 (new program)".into(),
         Sys::Restore(r) => format!("{:#x} (restored, rip {:#x})", r.rax, r.rip),
+        Sys::Fork(_) => "(new process)".into(),
     };
     eprintln!("dmvx: {name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {result}", a[0], a[1], a[2], a[3], a[4], a[5]);
 }

@@ -59,8 +59,9 @@ pub fn getpid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
     Ok(k.task.tg.pid as u64)
 }
 
-pub fn getppid(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
-    Ok(1)
+pub fn getppid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
+    // The parent may have ended since (then it is init's).
+    Ok(k.procs.get(k.task.tg.pid).map_or(k.task.tg.ppid, |p| p.ppid) as u64)
 }
 
 pub fn getuid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {

@@ -1,6 +1,8 @@
 //! Signal dispositions, masks, handler return and signals sent by the program.
 
 use super::super::errno::{Errno, SysResult};
+use super::super::proc_table::{Proc, State, INIT_PID};
+use super::super::signal::host;
 use super::super::signal::{SigAction, SigInfo, Signal, StackT, SI_TKILL, SI_USER};
 use super::super::Kernel;
 use super::Sys;
@@ -80,33 +82,86 @@ fn raise(k: &mut Kernel, sig: u64, code: i32) -> Sys {
     }
     let s = Signal(sig as i32);
     if !k.tg().sighand.ignored(s) {
-        k.task.sig.raise(s, SigInfo { code, ..Default::default() });
+        let from = k.task.tg.pid as u64 | (k.tg().creds.uid as u64) << 32;
+        k.task.sig.raise(s, SigInfo { code, addr: from, ..Default::default() });
     }
     Sys::Ret(0)
 }
 
-fn is_self(k: &Kernel, pid: u64) -> bool {
-    let pid = pid as u32 as i32;
-    pid == 0 || pid == -1 || pid == k.task.tg.pid as i32 || pid == -(k.task.tg.pid as i32)
+/// Sends `sig` to the other processes `targets` (alive or zombies) from
+/// this one. The leader sends; followers take the leader's result, and the
+/// targets' streams deliver the signal at the same point in every variant.
+fn send_to(k: &mut Kernel, targets: &[Proc], sig: u64) -> SysResult {
+    let me = k.task.tg.pid;
+    k.host_call(true, &mut [], |_, _| {
+        for t in targets.iter().filter(|t| t.state == State::Alive && sig != 0) {
+            if let Err(e) = host::send_guest_signal(t.host_pid, sig as i32, me) {
+                // The VMM ended meanwhile: as if it were a zombie already.
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(Errno(e.raw_os_error().unwrap_or(libc::EIO)));
+                }
+            }
+        }
+        Ok(0)
+    })
 }
 
+/// kill: one process, a process group (0: the caller's; -pgid), or every
+/// process (-1) but init and the caller.
 pub fn kill(k: &mut Kernel, a: &[u64; 6]) -> Sys {
-    if !is_self(k, a[0]) {
+    let pid = a[0] as u32 as i32;
+    let sig = a[1];
+    if sig != 0 && !Signal::valid(sig) {
+        return Err::<u64, _>(Errno::EINVAL).into();
+    }
+    let me = k.task.tg.pid;
+    if pid == me as i32 {
+        return raise(k, sig, SI_USER);
+    }
+    let my_pgid = k.procs.get(me).map_or(me, |p| p.pgid);
+    let (targets, includes_me): (Vec<Proc>, bool) = match pid {
+        -1 => (k.procs.select(|p| p.pid != me && p.pid != INIT_PID), false),
+        0 => (k.procs.select(|p| p.pgid == my_pgid && p.pid != me), true),
+        p if p < -1 => {
+            let g = (-p) as u32;
+            (k.procs.select(|q| q.pgid == g && q.pid != me), g == my_pgid)
+        }
+        p => (k.procs.select(|q| q.pid == p as u32), false),
+    };
+    if targets.is_empty() && !includes_me {
         return Err::<u64, _>(Errno::ESRCH).into();
     }
-    raise(k, a[1], SI_USER)
+    if let Err(e) = send_to(k, &targets, sig) {
+        return Err::<u64, _>(e).into();
+    }
+    if includes_me {
+        return raise(k, sig, SI_USER);
+    }
+    Sys::Ret(0)
+}
+
+/// tkill and tgkill: one thread (today every process has one, its pid).
+fn thread_kill(k: &mut Kernel, tgid: Option<u32>, tid: u32, sig: u64) -> Sys {
+    if tid as i32 <= 0 || tgid.is_some_and(|g| g as i32 <= 0) {
+        return Err::<u64, _>(Errno::EINVAL).into();
+    }
+    if sig != 0 && !Signal::valid(sig) {
+        return Err::<u64, _>(Errno::EINVAL).into();
+    }
+    if tid == k.task.tid && tgid.is_none_or(|g| g == k.task.tg.pid) {
+        return raise(k, sig, SI_TKILL);
+    }
+    let targets = k.procs.select(|p| p.pid == tid && tgid.is_none_or(|g| g == p.pid));
+    if targets.is_empty() {
+        return Err::<u64, _>(Errno::ESRCH).into();
+    }
+    send_to(k, &targets, sig).into()
 }
 
 pub fn tkill(k: &mut Kernel, a: &[u64; 6]) -> Sys {
-    if a[0] as u32 != k.task.tg.pid {
-        return Err::<u64, _>(Errno::ESRCH).into();
-    }
-    raise(k, a[1], SI_TKILL)
+    thread_kill(k, None, a[0] as u32, a[1])
 }
 
 pub fn tgkill(k: &mut Kernel, a: &[u64; 6]) -> Sys {
-    if a[0] as u32 != k.task.tg.pid || a[1] as u32 != k.task.tg.pid {
-        return Err::<u64, _>(Errno::ESRCH).into();
-    }
-    raise(k, a[2], SI_TKILL)
+    thread_kill(k, Some(a[0] as u32), a[1] as u32, a[2])
 }
