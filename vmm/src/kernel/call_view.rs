@@ -2,16 +2,15 @@
 //! a call's class and record are made of, the same in every variant.
 
 use super::errno::SysResult;
-use super::file::FileKind;
 use super::mm::HostIov;
 use super::Kernel;
-use crate::monitor::spec::CallView;
+use crate::monitor::spec::{CallView, FdFacts};
 
 const AT_FDCWD: i32 = -100;
 
 impl CallView for Kernel {
-    fn fd_info(&self, fd: u64) -> Option<(FileKind, bool)> {
-        self.fds().file(fd as u32 as u64).ok().map(|f| (f.kind, f.remote))
+    fn fd_info(&self, fd: u64) -> Option<FdFacts> {
+        self.fds().file(fd as u32 as u64).ok().map(|f| FdFacts { kind: f.kind, remote: f.remote, ipc: f.is_ipc() })
     }
 
     fn dir_path(&self, dirfd: i32) -> Option<Vec<u8>> {

@@ -94,6 +94,20 @@ impl FdTable {
         Ok(())
     }
 
+    /// close_range: closes (or, with `cloexec`, marks) `first..=last`.
+    pub fn close_range(&mut self, first: u64, last: u64, cloexec: bool) {
+        let end = (last.min(self.slots.len().saturating_sub(1) as u64) as usize).saturating_add(1);
+        for s in self.slots.iter_mut().take(end).skip(first as usize) {
+            match s {
+                Some(e) if cloexec => e.cloexec = true,
+                _ => *s = None,
+            }
+        }
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
+    }
+
     /// Closes every close-on-exec descriptor (at execve).
     pub fn close_on_exec(&mut self) {
         for s in &mut self.slots {

@@ -78,6 +78,9 @@ pub struct OpenFile {
     /// Whether the host descriptor is non-blocking, once looked up (the
     /// guest's F_SETFL and FIONBIO forget it).
     nonblock: AtomicU8,
+    /// A pipe or socket pair between the program's own processes (made by
+    /// pipe or socketpair): its data never leaves the variant.
+    ipc: bool,
     /// A directory's canonical path inside the root: the same in every
     /// variant, whatever the host path or whether the variant holds the host
     /// descriptor, so that relative calls resolve and classify alike.
@@ -99,8 +102,28 @@ impl OpenFile {
             remote,
             broken: AtomicI32::new(0),
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
+            ipc: false,
             path: None,
         })
+    }
+
+    /// One end of a pipe or socket pair the program made.
+    pub fn ipc(fd: Option<OwnedFd>, kind: FileKind, extra: Extra, remote: bool) -> Arc<Self> {
+        Arc::new(OpenFile {
+            fd,
+            kind,
+            extra,
+            remote,
+            broken: AtomicI32::new(0),
+            nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
+            ipc: true,
+            path: None,
+        })
+    }
+
+    /// Whether it is a pipe or socket pair between the program's processes.
+    pub fn is_ipc(&self) -> bool {
+        self.ipc
     }
 
     /// An open directory whose canonical path inside the root is `path`.
@@ -112,6 +135,7 @@ impl OpenFile {
             remote,
             broken: AtomicI32::new(0),
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
+            ipc: false,
             path: Some(normalize(path).into_boxed_slice()),
         })
     }

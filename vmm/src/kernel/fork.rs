@@ -26,8 +26,10 @@ use crate::platform::{Platform, UserRegs};
 
 /// How a fork went, for the process that continues here.
 pub(crate) enum Forked {
-    /// The parent: the call returns this (the child's pid, or an error).
-    Parent(i64),
+    /// The parent: the call returns this (the child's pid, or an error);
+    /// a vfork parent then waits on `vfork` until the child execs or ends
+    /// (after the call's event went out: the child's stream needs it).
+    Parent(i64, Option<OwnedFd>),
     /// The child, with its registers: its first instruction is the one
     /// after the call.
     Child(UserRegs),
@@ -50,7 +52,7 @@ impl Kernel {
         let pid = if mode == crate::monitor::OpMode::Replay {
             let ret = self.replay_op(&mut [Out::Buf(&mut port)]);
             if ret < 0 {
-                return Ok(Forked::Parent(ret));
+                return Ok(Forked::Parent(ret, None));
             }
             match self.procs.fork(parent, Some(ret as u32), req.exit_signal) {
                 Ok((pid, _)) => pid,
@@ -85,7 +87,7 @@ impl Kernel {
             }
             match r {
                 Ok(pid) => pid,
-                Err(_) => return Ok(Forked::Parent(ret)),
+                Err(_) => return Ok(Forked::Parent(ret, None)),
             }
         };
         let fpu = plat.fpu()?;
@@ -111,11 +113,8 @@ impl Kernel {
             if let Some(va) = req.parent_tid {
                 let _ = self.mm.write_val(va, &pid);
             }
-            if let Some((r, w)) = vfork_pipe {
-                drop(w);
-                wait_closed(&r);
-            }
-            return Ok(Forked::Parent(pid as i64));
+            let wait = vfork_pipe.map(|(r, _)| r);
+            return Ok(Forked::Parent(pid as i64, wait));
         }
         // The child.
         host::after_fork();
@@ -187,7 +186,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), KernelError> {
 
 /// Blocks until the other end of `r` is closed (a vfork child exec'd or
 /// ended).
-fn wait_closed(r: &OwnedFd) {
+pub(crate) fn wait_closed(r: &OwnedFd) {
     let mut b = [0u8; 1];
     loop {
         // SAFETY: b is a valid one-byte buffer; r is open.

@@ -105,6 +105,18 @@ impl Kernel {
         self.fds().insert(OpenFile::make(owned, kind, extra, remote), cloexec, 0)
     }
 
+    /// Like `adopt`, for an end of a pipe or socket pair the program made.
+    pub(crate) fn adopt_ipc(
+        &mut self,
+        owned: Option<OwnedFd>,
+        kind: FileKind,
+        extra: Extra,
+        cloexec: bool,
+    ) -> SysResult {
+        let remote = self.monitor.is_some();
+        self.fds().insert(OpenFile::ipc(owned, kind, extra, remote), cloexec, 0)
+    }
+
     /// Leader: holds the output in `self.iov` for `file` until every
     /// follower agreed on it (output commit); the call reports it written.
     pub(crate) fn hold_output(&mut self, file: &Arc<OpenFile>, offset: Option<i64>) -> SysResult {

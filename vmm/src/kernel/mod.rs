@@ -148,8 +148,6 @@ struct Diagnostics {
     show_stats: bool,
     trace: bool,
     started: Instant,
-    /// Unsupported calls already logged (each once, by name).
-    unsupported_seen: [u64; syscall::names::COUNT.div_ceil(64)],
     /// Refusals already logged (each once).
     refusals_logged: HashSet<String>,
 }
@@ -232,15 +230,10 @@ impl Kernel {
         self.diag.started.elapsed().as_secs()
     }
 
-    /// Logs an unsupported call once, by name.
+    /// Logs an unsupported call once per run, by name.
     pub(crate) fn unsupported(&mut self, nr: u64) {
-        let i = nr as usize;
-        if i < syscall::names::COUNT {
-            let (w, b) = (i / 64, i % 64);
-            if self.diag.unsupported_seen[w] & (1 << b) != 0 {
-                return;
-            }
-            self.diag.unsupported_seen[w] |= 1 << b;
+        if !self.procs.first_log(nr) {
+            return;
         }
         let name = syscall::names::name(nr).unwrap_or("unknown");
         eprintln!("dmvx: unsupported system call {name} ({nr}), returning ENOSYS");

@@ -75,6 +75,9 @@ struct Header {
     /// Set when the run must stop (a divergence in any process): every
     /// VMM of the variant checks it.
     stopped: AtomicU32,
+    /// Unsupported system calls already logged by some process (one bit
+    /// each), so a run logs each once.
+    logged: [std::sync::atomic::AtomicU64; 8],
 }
 
 /// Why a table operation failed.
@@ -394,6 +397,15 @@ impl ProcTable {
     /// Marks the run stopped (a divergence somewhere): every VMM stops.
     pub fn stop_all(&self) {
         self.header().stopped.store(1, Ordering::SeqCst);
+    }
+
+    /// Marks call `nr` as logged; true if no process had logged it before.
+    pub fn first_log(&self, nr: u64) -> bool {
+        let (w, b) = ((nr / 64) as usize, nr % 64);
+        match self.header().logged.get(w) {
+            Some(word) => word.fetch_or(1 << b, Ordering::Relaxed) & (1 << b) == 0,
+            None => true,
+        }
     }
 
     /// Whether the run was stopped.

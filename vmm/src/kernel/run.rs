@@ -88,9 +88,13 @@ impl Kernel {
             }
         }
         let mut sys = syscall::dispatch(self, nr, &args);
+        let mut vfork_wait = None;
         if let Sys::Fork(req) = &sys {
             match self.fork(plat, req, ctx)? {
-                Forked::Parent(ret) => sys = Sys::Ret(ret as u64),
+                Forked::Parent(ret, wait) => {
+                    sys = Sys::Ret(ret as u64);
+                    vfork_wait = wait;
+                }
                 // The child's first event is its next call, on its own stream.
                 Forked::Child(regs) => return Ok(Next::Resume(regs)),
             }
@@ -115,6 +119,15 @@ impl Kernel {
                     return Ok(Next::Done(self.stopped(stop)));
                 }
             }
+        }
+        if let Some(r) = vfork_wait {
+            // The child's stream needs this call's event: send it first.
+            if !self.settle_before_blocking() {
+                if let Some(stop) = self.stop.take() {
+                    return Ok(Next::Done(self.stopped(stop)));
+                }
+            }
+            super::fork::wait_closed(&r);
         }
         Ok(match sys {
             Sys::Ret(v) => {

@@ -19,7 +19,7 @@ use super::signal::frame::xsave_size;
 use super::signal::host::SignalGuard;
 use super::task::Task;
 use super::thread_group::ThreadGroup;
-use super::{syscall, Config, Diagnostics, Kernel, KernelError, Outcome, Stats};
+use super::{Config, Diagnostics, Kernel, KernelError, Outcome, Stats};
 use crate::monitor;
 use crate::platform::Platform;
 
@@ -83,7 +83,6 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
             show_stats: config.stats,
             trace: config.trace,
             started: Instant::now(),
-            unsupported_seen: [0; syscall::names::COUNT.div_ceil(64)],
             refusals_logged: Default::default(),
         },
         procs,

@@ -29,9 +29,8 @@ const HASH_MAX: u64 = 1 << 30;
 /// What the monitor may ask the kernel about the current call: the narrow
 /// interface between the two.
 pub trait CallView {
-    /// The kind of open file behind virtual descriptor `fd`, and whether it is
-    /// remote (the leader's).
-    fn fd_info(&self, fd: u64) -> Option<(FileKind, bool)>;
+    /// What is behind virtual descriptor `fd`.
+    fn fd_info(&self, fd: u64) -> Option<FdFacts>;
     /// The guest path of the directory behind `dirfd` (the working directory
     /// for AT_FDCWD), as the program named it.
     fn dir_path(&self, dirfd: i32) -> Option<Vec<u8>>;
@@ -43,6 +42,16 @@ pub trait CallView {
     fn path_arg(&mut self, va: u64) -> SysResult<Vec<u8>>;
     /// Host iovecs over `len` bytes of program memory at `va` (readable).
     fn user_iov(&mut self, va: u64, len: u64, iov: &mut HostIov) -> SysResult<u64>;
+}
+
+/// What the monitor knows of a descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdFacts {
+    pub kind: FileKind,
+    /// Remote: the leader's (followers replay its operations).
+    pub remote: bool,
+    /// A pipe or socket pair between the program's own processes.
+    pub ipc: bool,
 }
 
 /// How a call is classified.
@@ -136,8 +145,11 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
         ClassRule::Is(c) => simple(c, false),
         ClassRule::Remote(c) => simple(c, true),
         ClassRule::OnFd { fd, remote, local } => match v.fd_info(a[fd as usize]) {
-            Some((_, true)) => simple(remote, true),
-            Some((FileKind::CharDevice, false)) if remote == Class::NetInput => simple(Class::Random, false),
+            // Data between the program's processes: replicated (its timing
+            // decides what a read returns), never held (it stays inside).
+            Some(f) if f.ipc && matches!(remote, Class::NetInput | Class::Output) => simple(Class::Ipc, true),
+            Some(f) if f.remote => simple(remote, true),
+            Some(f) if f.kind == FileKind::CharDevice && remote == Class::NetInput => simple(Class::Random, false),
             _ => simple(local, false),
         },
         ClassRule::ProtExec { prot } => {

@@ -4,7 +4,7 @@
 use std::os::fd::OwnedFd;
 
 use super::super::errno::{check, Errno, SysResult};
-use super::super::file::{FileKind, OpenFile};
+use super::super::file::{Extra, FileKind};
 use super::super::mm::{Mm, Pod};
 use super::super::Kernel;
 use super::common::*;
@@ -116,20 +116,32 @@ fn do_pipe(k: &mut Kernel, va: u64, flags: i32) -> SysResult {
         return Err(Errno::EINVAL);
     }
     Mm::range_ok(va, 8)?;
-    let mut fds = [0i32; 2];
-    // SAFETY: fds is a valid 2-element out-parameter.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | (flags & (libc::O_NONBLOCK | libc::O_DIRECT))) }
-        as i64)?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let (r, w) = unsafe {
-        (
-            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[0]),
-            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]),
-        )
+    // In a cluster the pipe is the leader's: what a read of it returns
+    // depends on when the writer wrote, so the followers take the leader's.
+    let mut ends: Option<(OwnedFd, OwnedFd)> = None;
+    k.host_call(true, &mut [], |_, _| {
+        let mut fds = [0i32; 2];
+        // SAFETY: fds is a valid 2-element out-parameter.
+        check(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | (flags & (libc::O_NONBLOCK | libc::O_DIRECT))) }
+                as i64,
+        )?;
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        ends = Some(unsafe {
+            (
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[0]),
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]),
+            )
+        });
+        Ok(0)
+    })?;
+    let (r, w) = match ends {
+        Some((r, w)) => (Some(r), Some(w)),
+        None => (None, None),
     };
     let cloexec = flags & libc::O_CLOEXEC != 0;
-    let rfd = k.fds().insert(OpenFile::new(r, FileKind::Pipe), cloexec, 0)?;
-    let wfd = match k.fds().insert(OpenFile::new(w, FileKind::Pipe), cloexec, 0) {
+    let rfd = k.adopt_ipc(r, FileKind::Pipe, Extra::None, cloexec)?;
+    let wfd = match k.adopt_ipc(w, FileKind::Pipe, Extra::None, cloexec) {
         Ok(w) => w,
         Err(e) => {
             let _ = k.fds().close(rfd);
@@ -297,4 +309,16 @@ fn fchown_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     }
     // SAFETY: plain call on an open descriptor.
     check(unsafe { libc::fchown(raw, a[1] as u32, a[2] as u32) } as i64)
+}
+
+/// close_range(first, last, flags).
+pub fn close_range(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    const CLOSE_RANGE_UNSHARE: u64 = 2;
+    const CLOSE_RANGE_CLOEXEC: u64 = 4;
+    let (first, last) = (a[0] as u32 as u64, a[1] as u32 as u64);
+    if a[2] & !(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) != 0 || first > last {
+        return Err(Errno::EINVAL);
+    }
+    k.fds().close_range(first, last, a[2] & CLOSE_RANGE_CLOEXEC != 0);
+    Ok(0)
 }

@@ -159,6 +159,8 @@ fn do_execve(k: &mut Kernel, path: Vec<u8>, argv_va: u64, envp_va: u64) -> Sys {
         match exec::load(&mut k.mm, prepared, &envp, &creds, random16()) {
             Ok(loaded) => {
                 k.tg().exe = loaded.exe;
+                // A vfork parent resumes once its child runs a program of its own.
+                k.vfork_done = None;
                 Ok(Box::new(loaded.regs))
             }
             Err(e) => {

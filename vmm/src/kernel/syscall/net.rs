@@ -211,8 +211,8 @@ pub fn socketpair(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         None => (None, None),
     };
     let cloexec = ty & libc::SOCK_CLOEXEC != 0;
-    let fx = k.adopt(x, FileKind::Socket, Extra::Unix(Default::default()), cloexec)?;
-    let fy = match k.adopt(y, FileKind::Socket, Extra::Unix(Default::default()), cloexec) {
+    let fx = k.adopt_ipc(x, FileKind::Socket, Extra::Unix(Default::default()), cloexec)?;
+    let fy = match k.adopt_ipc(y, FileKind::Socket, Extra::Unix(Default::default()), cloexec) {
         Ok(f) => f,
         Err(e) => {
             let _ = k.fds().close(fx);

@@ -1,6 +1,7 @@
 //! Process identity, limits and state answered by the VMM: ids, uname,
 //! resource limits, usage, prctl, and the trivial answers.
 
+use super::super::creds::IdChange;
 use super::super::errno::{check, Errno, SysResult};
 use super::super::mm::Pod;
 use super::super::Kernel;
@@ -68,22 +69,30 @@ pub fn getuid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
     Ok(k.tg().creds.uid as u64)
 }
 
+pub fn geteuid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
+    Ok(k.tg().creds.euid as u64)
+}
+
 pub fn getgid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
     Ok(k.tg().creds.gid as u64)
 }
 
+pub fn getegid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
+    Ok(k.tg().creds.egid as u64)
+}
+
 pub fn getresuid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    for &va in &a[..3] {
-        let uid = k.tg().creds.uid;
-        k.mm.write_val(va, &uid)?;
+    let c = k.tg().creds.clone();
+    for (va, v) in a[..3].iter().zip([c.uid, c.euid, c.suid]) {
+        k.mm.write_val(*va, &v)?;
     }
     Ok(0)
 }
 
 pub fn getresgid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    for &va in &a[..3] {
-        let gid = k.tg().creds.gid;
-        k.mm.write_val(va, &gid)?;
+    let c = k.tg().creds.clone();
+    for (va, v) in a[..3].iter().zip([c.gid, c.egid, c.sgid]) {
+        k.mm.write_val(*va, &v)?;
     }
     Ok(0)
 }
@@ -93,12 +102,83 @@ pub fn getgroups(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if size < 0 {
         return Err(Errno::EINVAL);
     }
+    let groups = k.tg().creds.groups.clone();
     if size == 0 {
-        return Ok(1);
+        return Ok(groups.len() as u64);
     }
-    let gid = k.tg().creds.gid;
-    k.mm.write_val(a[1], &gid)?;
-    Ok(1)
+    if (size as usize) < groups.len() {
+        return Err(Errno::EINVAL);
+    }
+    let bytes: Vec<u8> = groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    k.mm.write_user(a[1], &bytes)?;
+    Ok(groups.len() as u64)
+}
+
+/// An id argument: -1 (as u32) keeps the id.
+fn id_arg(v: u64) -> Option<u32> {
+    (v as u32 != u32::MAX).then_some(v as u32)
+}
+
+fn set_ids(k: &mut Kernel, uids: bool, c: IdChange) -> SysResult {
+    let mut tg = k.tg();
+    let r = if uids { tg.creds.set_uids(c) } else { tg.creds.set_gids(c) };
+    r.map(|_| 0).map_err(Errno)
+}
+
+pub fn setuid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    k.tg().creds.setuid(a[0] as u32).map(|_| 0).map_err(Errno)
+}
+
+pub fn setgid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    k.tg().creds.setgid(a[0] as u32).map(|_| 0).map_err(Errno)
+}
+
+pub fn setreuid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let (real, effective) = (id_arg(a[0]), id_arg(a[1]));
+    // The saved id follows the effective one when the real one changes or
+    // the effective one becomes other than the real one.
+    let old_real = k.tg().creds.uid;
+    let saved = if real.is_some() || effective.is_some_and(|e| e != old_real) { effective } else { None };
+    set_ids(k, true, IdChange { real, effective, saved: saved.or(None) })
+}
+
+pub fn setregid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let (real, effective) = (id_arg(a[0]), id_arg(a[1]));
+    let old_real = k.tg().creds.gid;
+    let saved = if real.is_some() || effective.is_some_and(|e| e != old_real) { effective } else { None };
+    set_ids(k, false, IdChange { real, effective, saved })
+}
+
+pub fn setresuid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    set_ids(k, true, IdChange { real: id_arg(a[0]), effective: id_arg(a[1]), saved: id_arg(a[2]) })
+}
+
+pub fn setresgid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    set_ids(k, false, IdChange { real: id_arg(a[0]), effective: id_arg(a[1]), saved: id_arg(a[2]) })
+}
+
+/// setfsuid/setfsgid: the file-system id follows the effective one here;
+/// returns the previous one, as Linux does, and changes nothing else.
+pub fn setfsuid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
+    Ok(k.tg().creds.euid as u64)
+}
+
+pub fn setfsgid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
+    Ok(k.tg().creds.egid as u64)
+}
+
+pub fn setgroups(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    const NGROUPS_MAX: u64 = 65536;
+    if a[0] > NGROUPS_MAX {
+        return Err(Errno::EINVAL);
+    }
+    if !k.tg().creds.privileged() {
+        return Err(Errno::EPERM);
+    }
+    let mut raw = vec![0u8; a[0] as usize * 4];
+    k.mm.read_user(a[1], &mut raw)?;
+    k.tg().creds.groups = raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    Ok(0)
 }
 
 pub fn getpgid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
