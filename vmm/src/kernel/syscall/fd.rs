@@ -121,11 +121,9 @@ fn do_pipe(k: &mut Kernel, va: u64, flags: i32) -> SysResult {
     let mut ends: Option<(OwnedFd, OwnedFd)> = None;
     k.host_call(true, &mut [], |_, _| {
         let mut fds = [0i32; 2];
+        let fl = libc::O_CLOEXEC | (flags & (libc::O_NONBLOCK | libc::O_DIRECT));
         // SAFETY: fds is a valid 2-element out-parameter.
-        check(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | (flags & (libc::O_NONBLOCK | libc::O_DIRECT))) }
-                as i64,
-        )?;
+        check(unsafe { libc::pipe2(fds.as_mut_ptr(), fl) } as i64)?;
         // SAFETY: both descriptors were just created and are owned by nobody else.
         ends = Some(unsafe {
             (
