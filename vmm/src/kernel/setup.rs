@@ -98,6 +98,12 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     if k.diag.show_stats {
         k.print_stats(plat.stats());
     }
+    if !k.root {
+        // A child process's VMM ends here: its status went into the process
+        // table for its parent; what the first process's VMM tells the user
+        // (how the program ended) is not for it to say.
+        std::process::exit(outcome.status());
+    }
     Ok(outcome)
 }
 

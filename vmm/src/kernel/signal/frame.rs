@@ -42,7 +42,7 @@ impl Kernel {
                 continue;
             }
             if act.handler == SIG_DFL {
-                let why = if info.trapno != 0 || info.addr != 0 {
+                let why = if info.trapno != 0 {
                     format!("{} (pending fault)", sig.name())
                 } else {
                     format!("{} received", sig.name())

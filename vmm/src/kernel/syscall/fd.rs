@@ -202,7 +202,25 @@ pub fn ioctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
                 // SAFETY: probing whether raw is a terminal; t is large enough.
                 check(unsafe { libc::ioctl(raw, libc::TCGETS, t.as_mut_ptr()) } as i64)
             })?;
-            k.mm.write_val(a[2], &(k.task.tg.pid as i32)).map(|_| 0)
+            // The terminal's foreground group is virtual (a shell's job control).
+            k.mm.write_val(a[2], &(k.procs.fg_pgrp() as i32)).map(|_| 0)
+        }
+        libc::TIOCSPGRP => {
+            let pgrp: i32 = k.mm.read_val(a[2])?;
+            k.host_call(f.remote, &mut [], |_, _| {
+                let mut t = [0u8; 64];
+                // SAFETY: probing whether raw is a terminal; t is large enough.
+                check(unsafe { libc::ioctl(raw, libc::TCGETS, t.as_mut_ptr()) } as i64)
+            })?;
+            if pgrp <= 0 {
+                return Err(Errno::EINVAL);
+            }
+            let sid = k.procs.get(k.task.tg.pid).map(|p| p.sid);
+            if k.procs.select(|p| p.pgid == pgrp as u32 && Some(p.sid) == sid).is_empty() {
+                return Err(Errno::EPERM);
+            }
+            k.procs.set_fg_pgrp(pgrp as u32);
+            Ok(0)
         }
         libc::FIONREAD => {
             let mut n = [0u8; 4];

@@ -280,10 +280,10 @@ table! {
     SYS_getresuid => Plain Virtual proc::getresuid, is(Process), [], "";
     SYS_getresgid => Plain Virtual proc::getresgid, is(Process), [], "";
     SYS_getgroups => Plain Virtual proc::getgroups, is(Process), [], "";
-    SYS_getpgrp => Plain Virtual proc::getpid, is(Process), [], "";
-    SYS_getpgid => Plain Virtual proc::getpgid, is(Process), [], "";
-    SYS_getsid => Plain Virtual proc::getpgid, is(Process), [], "";
-    SYS_setpgid => Plain Virtual proc::setpgid, is(Process), [], "";
+    SYS_getpgrp => Plain Virtual proc::getpgrp, is(Process), [], "";
+    SYS_getpgid => Plain Virtual proc::getpgid, is(Process), [Int(0)], "";
+    SYS_getsid => Plain Virtual proc::getsid, is(Process), [Int(0)], "";
+    SYS_setpgid => Plain Virtual proc::setpgid, is(Process), [Int(0), Int(1)], "virtual process groups";
     SYS_setsid => Plain Virtual proc::setsid, is(Process), [], "";
     SYS_prlimit64 => Plain Virtual proc::prlimit64, is(Process), [Int(1), BytesIf { ptr: 2, len: Len::Const(16) }], "";
     SYS_getrlimit => Plain Virtual proc::getrlimit, is(Process), [], "";

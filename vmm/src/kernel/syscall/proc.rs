@@ -181,23 +181,33 @@ pub fn setgroups(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     Ok(0)
 }
 
+/// The process `pid` names (0: the caller).
+fn proc_of(k: &Kernel, pid: u64) -> SysResult<super::super::proc_table::Proc> {
+    let pid = if pid as u32 == 0 { k.task.tg.pid } else { pid as u32 };
+    k.procs.get(pid).ok_or(Errno::ESRCH)
+}
+
 pub fn getpgid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    if a[0] as u32 != 0 && a[0] as u32 != k.task.tg.pid {
-        return Err(Errno::ESRCH);
-    }
-    Ok(k.task.tg.pid as u64)
+    proc_of(k, a[0]).map(|p| p.pgid as u64)
+}
+
+pub fn getpgrp(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
+    proc_of(k, 0).map(|p| p.pgid as u64)
+}
+
+pub fn getsid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    proc_of(k, a[0]).map(|p| p.sid as u64)
 }
 
 pub fn setpgid(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    if a[0] as u32 != 0 && a[0] as u32 != k.task.tg.pid {
-        return Err(Errno::ESRCH);
+    if (a[1] as u32 as i32) < 0 {
+        return Err(Errno::EINVAL);
     }
-    Ok(0)
+    k.procs.setpgid(k.task.tg.pid, a[0] as u32, a[1] as u32).map(|_| 0).map_err(Errno)
 }
 
-pub fn setsid(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
-    // Already a process-group leader.
-    Err(Errno::EPERM)
+pub fn setsid(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
+    k.procs.setsid(k.task.tg.pid).map(u64::from).map_err(Errno)
 }
 
 /// Resource limits (the program's view).
@@ -350,13 +360,19 @@ pub fn prctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
             let n = k.tg().name;
             k.mm.write_user(a[1], &n).map(|_| 0)
         }
-        libc::PR_SET_PDEATHSIG
-        | libc::PR_SET_NO_NEW_PRIVS
-        | libc::PR_SET_DUMPABLE
-        | libc::PR_SET_VMA
-        | libc::PR_SET_KEEPCAPS => Ok(0),
+        libc::PR_SET_PDEATHSIG => {
+            if a[1] > 64 {
+                return Err(Errno::EINVAL);
+            }
+            k.procs.set_pdeathsig(k.task.tg.pid, a[1] as i32);
+            Ok(0)
+        }
+        libc::PR_SET_NO_NEW_PRIVS | libc::PR_SET_DUMPABLE | libc::PR_SET_VMA | libc::PR_SET_KEEPCAPS => Ok(0),
         libc::PR_GET_DUMPABLE | libc::PR_GET_NO_NEW_PRIVS => Ok(1),
-        libc::PR_GET_PDEATHSIG => k.mm.write_val(a[1], &0i32).map(|_| 0),
+        libc::PR_GET_PDEATHSIG => {
+            let sig = k.procs.get(k.task.tg.pid).map_or(0, |p| p.pdeathsig);
+            k.mm.write_val(a[1], &sig).map(|_| 0)
+        }
         libc::PR_CAPBSET_READ => Ok(0),
         _ => Err(Errno::EINVAL),
     }
