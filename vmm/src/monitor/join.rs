@@ -41,6 +41,8 @@ pub struct Join {
 #[derive(Clone)]
 pub struct StreamSpec {
     pub cfg: dmvx_sync::ClusterConfig,
+    /// This variant's private key (the same for every process's stream).
+    pub key: dmvx_sync::PrivateKey,
     pub id: u8,
     pub report_dir: PathBuf,
     pub info: HandshakeInfo,
@@ -79,13 +81,13 @@ impl StreamSpec {
         let info = self.info_for(pid);
         let mut cfg = self.cfg.clone();
         let link = match listener {
-            Some(l) => Link::Leader(Leader::start_on(l, &cfg, &info).map_err(JoinError::Link)?),
+            Some(l) => Link::Leader(Leader::start_on(l, &cfg, &self.key, &info).map_err(JoinError::Link)?),
             None => {
                 for v in cfg.variants.iter_mut().filter(|v| v.role == dmvx_sync::Role::Leader) {
                     let host = v.address.rsplit_once(':').map_or(v.address.clone(), |(h, _)| h.to_string());
                     v.address = format!("{host}:{port}");
                 }
-                Link::Follower(Box::new(Follower::connect(&cfg, self.id, &info).map_err(JoinError::Link)?))
+                Link::Follower(Box::new(Follower::connect(&cfg, self.id, &self.key, &info).map_err(JoinError::Link)?))
             }
         };
         let spec = StreamSpec { pid, ..self.clone() };
@@ -124,6 +126,7 @@ pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox, pid: u32) -> Result<Monit
     };
     let spec = StreamSpec {
         cfg: cfg.clone(),
+        key: join.key.clone(),
         id: join.id,
         report_dir: join.report_dir.clone(),
         info,
