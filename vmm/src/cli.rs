@@ -9,6 +9,8 @@ pub struct Args {
     pub memory: u64,
     /// The most processes the program may have at once.
     pub max_procs: u32,
+    /// Memory for MAP_SHARED anonymous mappings shared across fork.
+    pub shared_memory: u64,
     pub rootfs: Option<PathBuf>,
     pub read_only: bool,
     pub env: Vec<String>,
@@ -99,6 +101,9 @@ options:
   --memory SIZE      guest memory, e.g. 256M or 1G (default 256M)
   --max-procs N      the most processes the program may have at once; a fork
                      beyond fails with EAGAIN (default 512)
+  --shared-memory SIZE  memory for MAP_SHARED anonymous mappings, shared by the
+                     program's processes (default 64M; 0: shared mappings are
+                     private to each process)
   --rootfs DIR       the program's root directory, writable
                      (default: the host's /, read-only)
   --read-only        make --rootfs read-only
@@ -204,6 +209,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
         kernel: None,
         memory: 256 << 20,
         max_procs: crate::kernel::proc_table::DEFAULT_MAX_PROCS,
+        shared_memory: 64 << 20,
         rootfs: None,
         read_only: false,
         env: Vec::new(),
@@ -243,6 +249,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             "-V" | "--version" => return Ok(Args { command: Command::Version, ..a }),
             "--kernel" => a.kernel = Some(PathBuf::from(value("--kernel")?)),
             "--memory" => a.memory = parse_size(&value("--memory")?)?,
+            "--shared-memory" => a.shared_memory = parse_size(&value("--shared-memory")?)?,
             "--max-procs" => {
                 let v = value("--max-procs")?;
                 a.max_procs = v

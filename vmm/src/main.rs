@@ -133,6 +133,7 @@ fn main() -> ExitCode {
         launched_ns: std::env::var("DMVX_LAUNCH_NS").ok().and_then(|s| s.parse().ok()),
         cluster,
         max_procs: args.max_procs,
+        shared_memory: args.shared_memory,
     };
     match kernel::run(config) {
         Ok(Outcome::Exited(status)) => ExitCode::from((status & 0xff) as u8),

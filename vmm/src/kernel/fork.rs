@@ -45,6 +45,10 @@ impl Kernel {
         ctx: UserRegs,
     ) -> Result<Forked, KernelError> {
         let parent = self.task.tg.pid;
+        // Shared memory must be one set of frames for parent and child.
+        if self.mm.share_for_fork().is_err() {
+            return Ok(Forked::Parent(-(libc::ENOMEM as i64), None));
+        }
         // The pid and, in a cluster, where the child's stream listens.
         let mut port = [0u8; 2];
         let mut listener = None;

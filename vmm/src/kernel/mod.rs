@@ -82,6 +82,8 @@ pub struct Config {
     pub cluster: Option<ClusterJoin>,
     /// The most processes the program may have at once.
     pub max_procs: u32,
+    /// Bytes of memory for MAP_SHARED anonymous mappings shared across fork.
+    pub shared_memory: u64,
 }
 
 /// Membership in a cluster of variants.

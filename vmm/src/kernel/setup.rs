@@ -20,6 +20,7 @@ use super::signal::host::SignalGuard;
 use super::task::Task;
 use super::thread_group::ThreadGroup;
 use super::{Config, Diagnostics, Kernel, KernelError, Outcome, Stats};
+use crate::memory::SharedFrames;
 use crate::monitor;
 use crate::platform::Platform;
 
@@ -27,9 +28,11 @@ use super::proc_table::{ProcTable, FIRST_PID, INIT_PID};
 
 /// Runs a program to completion.
 pub fn run(config: Config) -> Result<Outcome, KernelError> {
-    let (mut plat, memory) = Platform::new(config.memory, &config.kernel, config.launched_ns)?;
+    let (mut plat, memory) = Platform::new(config.memory, config.shared_memory, &config.kernel, config.launched_ns)?;
     let sandbox = Arc::new(Sandbox::new(&config.root, config.writable)?);
+    let shared = SharedFrames::of(&memory.mem).map_err(KernelError::Table)?;
     let mut mm = Mm::new(memory.mem, memory.frames, memory.pt, Layout::for_variant(config.variant));
+    mm.shared = shared.map(Arc::new);
     let cwd = {
         let (fd, st) =
             sandbox.lookup(b"/", config.cwd.as_bytes(), true).map_err(|e| exec_open_error(&config.cwd, e))?;

@@ -69,9 +69,14 @@ struct State {
 impl Platform {
     /// A VM with `memory` bytes, the guest kernel installed, the direct map
     /// and descriptor tables in place, and a vCPU in long mode.
-    pub fn new(memory: u64, kernel: &GuestKernel, launched_ns: Option<u64>) -> Result<(Self, Memory), SetupError> {
+    pub fn new(
+        memory: u64,
+        shared: u64,
+        kernel: &GuestKernel,
+        launched_ns: Option<u64>,
+    ) -> Result<(Self, Memory), SetupError> {
         use crate::arch::x86_64::layout::MIN_MEMORY;
-        let vm = Vm::new(memory, MIN_MEMORY)?;
+        let vm = Vm::with_shared(memory, MIN_MEMORY, shared)?;
         let mem = vm.mem.clone();
         let small = || SetupError::MemoryTooSmall(memory >> 20);
         let mut frames = FrameAllocator::new(FRAMES_START, mem.size());

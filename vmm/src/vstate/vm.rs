@@ -61,8 +61,14 @@ pub struct Vm {
 impl Vm {
     /// A VM with `mem_size` bytes of memory at guest physical address 0.
     pub fn new(mem_size: u64, min_mem: u64) -> Result<Self, VmError> {
+        Self::with_shared(mem_size, min_mem, 0)
+    }
+
+    /// A VM whose memory also has a region of `shared` bytes that forked
+    /// VMMs keep sharing (for the program's MAP_SHARED memory).
+    pub fn with_shared(mem_size: u64, min_mem: u64, shared: u64) -> Result<Self, VmError> {
         let kvm = open_kvm()?;
-        let mem = GuestMemory::new(mem_size, min_mem)?;
+        let mem = GuestMemory::with_shared(mem_size, min_mem, shared)?;
         Self::over(kvm, mem)
     }
 
@@ -95,6 +101,17 @@ impl Vm {
         // long as the VM exists (fields drop in declaration order: the VM fd
         // closes before the memory is unmapped).
         unsafe { fd.set_user_memory_region(region) }.map_err(VmError::MemorySlot)?;
+        if let Some((gpa, host, size)) = mem.shared_region() {
+            let region = kvm_userspace_memory_region {
+                slot: 1,
+                flags: 0,
+                guest_phys_addr: gpa,
+                memory_size: size,
+                userspace_addr: host,
+            };
+            // SAFETY: as above, for the shared region `mem` owns.
+            unsafe { fd.set_user_memory_region(region) }.map_err(VmError::MemorySlot)?;
+        }
         Ok(Vm { kvm, fd, mem })
     }
 }

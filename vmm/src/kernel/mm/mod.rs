@@ -24,7 +24,7 @@ use crate::arch::x86_64::layout::{direct_map, USER_END, USER_MIN};
 use crate::arch::x86_64::paging::{pte, PageTables};
 use crate::kernel::errno::{Errno, SysResult};
 use crate::kernel::layout::Layout;
-use crate::memory::{FrameAllocator, GuestMemory, PAGE_SIZE};
+use crate::memory::{FrameAllocator, GuestMemory, SharedFrames, PAGE_SIZE};
 
 mod usercopy;
 pub use usercopy::{HostIov, Pod};
@@ -160,6 +160,9 @@ pub struct Mm {
     pub brk: u64,
     /// Pages populated, for statistics.
     pub pages_populated: u64,
+    /// Frames for MAP_SHARED anonymous memory, shared with the VMMs of the
+    /// program's other processes (none: shared mappings are private).
+    pub shared: Option<Arc<SharedFrames>>,
 }
 
 impl Mm {
@@ -174,7 +177,39 @@ impl Mm {
             brk_start: 0,
             brk: 0,
             pages_populated: 0,
+            shared: None,
         }
+    }
+
+    /// A frame for a page of `v`: from the shared region for shared
+    /// anonymous memory, else private.
+    fn alloc_frame(&mut self, v: &Vma) -> Option<u64> {
+        match &self.shared {
+            Some(s) if v.shared && matches!(v.backing, Backing::Anon) => s.alloc(&self.mem),
+            _ => self.frames.alloc(&self.mem),
+        }
+    }
+
+    /// Gives a frame back where it came from.
+    fn free_frame(&mut self, frame: u64) {
+        match &self.shared {
+            Some(s) if s.owns(frame) => s.put(frame),
+            _ => self.frames.free(frame),
+        }
+    }
+
+    /// Before a fork: every page of the shared anonymous mappings exists
+    /// (so parent and child map the same frames), and the child holds a
+    /// reference to each.
+    pub fn share_for_fork(&mut self) -> Result<(), Fault> {
+        let Some(sf) = self.shared.clone() else { return Ok(()) };
+        let shared: Vec<Vma> =
+            self.vmas.values().filter(|v| v.shared && matches!(v.backing, Backing::Anon)).cloned().collect();
+        for v in &shared {
+            self.fill(v, v.start, v.end, None)?;
+            self.for_each_populated(v.start, v.end, |_, _, _, e| sf.get(e & pte::ADDR_MASK));
+        }
+        Ok(())
     }
 
     /// The page tables (CR3 root).
@@ -323,7 +358,7 @@ impl Mm {
                 debug_assert!(to >= shift);
                 let slot = self.pt.entry_gpa_alloc(&self.mem, &mut self.frames, to, 1);
                 if slot.and_then(|s| self.mem.write_u64(s, e)).is_none() {
-                    self.frames.free(e & pte::ADDR_MASK);
+                    self.free_frame(e & pte::ADDR_MASK);
                 }
             }
             self.vmas.insert(v.start, v);
@@ -344,7 +379,7 @@ impl Mm {
     /// Clears the entries of `[start, end)` and frees their frames.
     fn clear_range(&mut self, start: u64, end: u64) {
         self.for_each_populated(start, end, |mm, _va, slot, e| {
-            mm.frames.free(e & pte::ADDR_MASK);
+            mm.free_frame(e & pte::ADDR_MASK);
             mm.set_entry(slot, e, 0);
         });
     }
@@ -437,7 +472,7 @@ impl Mm {
                 reads.flush();
                 e & pte::ADDR_MASK
             } else {
-                let Some(frame) = self.frames.alloc(&self.mem) else {
+                let Some(frame) = self.alloc_frame(v) else {
                     reads.flush();
                     if want.is_none() || want == Some(p) {
                         return Err(Fault::OutOfMemory);

@@ -1,12 +1,17 @@
 //! Guest physical memory: one anonymous region starting at guest address 0,
-//! plus a page-frame allocator over the part the VMM hands out at run time.
+//! plus a page-frame allocator over the part the VMM hands out at run time;
+//! optionally a second region, shared with the VMMs of the program's other
+//! processes, for its MAP_SHARED memory (`shared`).
 //!
 //! Every access is bounds-checked against the region; a guest-supplied
 //! address never reaches a raw pointer unchecked.
 
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+mod shared;
+pub use shared::SharedFrames;
 
 /// Size of a page.
 pub const PAGE_SIZE: u64 = 4096;
@@ -20,6 +25,8 @@ pub enum MemoryError {
     Unaligned(u64),
     #[error("cannot allocate {size} bytes of guest memory: {source}")]
     Alloc { size: u64, source: vm_memory::mmap::FromRangesError },
+    #[error("cannot allocate {size} bytes of shared guest memory: {reason}")]
+    AllocShared { size: u64, reason: String },
 }
 
 /// The guest's physical memory. Cheap to clone (the mapping is shared) and
@@ -28,9 +35,11 @@ pub enum MemoryError {
 #[derive(Clone)]
 pub struct GuestMemory {
     mmap: Arc<GuestMemoryMmap>,
-    /// Host address of guest physical address 0 (the one region).
+    /// Host address of guest physical address 0 (the private region).
     base: usize,
     size: u64,
+    /// The shared region: its guest physical address, host address, size.
+    shared: Option<(u64, usize, u64)>,
 }
 
 impl std::fmt::Debug for GuestMemory {
@@ -52,7 +61,41 @@ impl GuestMemory {
             .map_err(|source| MemoryError::Alloc { size, source })?;
         let region = mmap.iter().next().expect("one region was requested");
         let base = region.as_ptr() as usize;
-        Ok(GuestMemory { mmap: Arc::new(mmap), base, size })
+        Ok(GuestMemory { mmap: Arc::new(mmap), base, size, shared: None })
+    }
+
+    /// Private memory of `size` bytes at 0 and, above it, `shared` bytes
+    /// mapped MAP_SHARED: forked VMMs keep seeing one copy of it.
+    pub fn with_shared(size: u64, min: u64, shared: u64) -> Result<Self, MemoryError> {
+        if shared == 0 {
+            return Self::new(size, min);
+        }
+        if size < min {
+            return Err(MemoryError::TooSmall { size, min });
+        }
+        if !size.is_multiple_of(2 << 20) || !shared.is_multiple_of(2 << 20) {
+            return Err(MemoryError::Unaligned(if size.is_multiple_of(2 << 20) { shared } else { size }));
+        }
+        let bad = |reason: String| MemoryError::AllocShared { size: shared, reason };
+        let private = MmapRegion::<()>::new(size as usize).map_err(|e| bad(e.to_string()))?;
+        let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        let common = MmapRegion::<()>::build(None, shared as usize, libc::PROT_READ | libc::PROT_WRITE, flags)
+            .map_err(|e| bad(e.to_string()))?;
+        // Above the private memory, on a 1 GiB boundary.
+        let gpa = size.next_multiple_of(1 << 30);
+        let r0 = GuestRegionMmap::new(private, GuestAddress(0)).ok_or_else(|| bad("region 0".into()))?;
+        let r1 = GuestRegionMmap::new(common, GuestAddress(gpa)).ok_or_else(|| bad("region 1".into()))?;
+        let mmap = GuestMemoryMmap::from_regions(vec![r0, r1]).map_err(|e| bad(e.to_string()))?;
+        let (base, sbase) = {
+            let mut it = mmap.iter();
+            (it.next().expect("two regions").as_ptr() as usize, it.next().expect("two regions").as_ptr() as usize)
+        };
+        Ok(GuestMemory { mmap: Arc::new(mmap), base, size, shared: Some((gpa, sbase, shared)) })
+    }
+
+    /// The shared region's guest physical address, host address and size.
+    pub fn shared_region(&self) -> Option<(u64, u64, u64)> {
+        self.shared.map(|(g, b, s)| (g, b as u64, s))
     }
 
     /// The vm-memory view, for loaders that write through it.
@@ -70,19 +113,24 @@ impl GuestMemory {
         self.base as u64
     }
 
-    /// Whether `[gpa, gpa + len)` lies inside guest memory.
+    /// Whether `[gpa, gpa + len)` lies inside one region of guest memory.
     #[inline]
     pub fn contains(&self, gpa: u64, len: u64) -> bool {
-        gpa.checked_add(len).is_some_and(|end| end <= self.size)
+        self.host_ptr(gpa, len).is_some()
     }
 
-    /// Host pointer to `[gpa, gpa + len)`, if inside guest memory. Only for
-    /// handing guest buffers to a host system call (iovecs); the VMM's own
-    /// accesses use the copies below.
+    /// Host pointer to `[gpa, gpa + len)`, if inside one region of guest
+    /// memory. Only for handing guest buffers to a host system call
+    /// (iovecs); the VMM's own accesses use the copies below.
     #[inline]
     pub fn host_ptr(&self, gpa: u64, len: u64) -> Option<*mut u8> {
-        // The sum stays inside the mapping because of the check.
-        self.contains(gpa, len).then(|| (self.base + gpa as usize) as *mut u8)
+        let end = gpa.checked_add(len)?;
+        if end <= self.size {
+            // The sum stays inside the mapping because of the check.
+            return Some((self.base + gpa as usize) as *mut u8);
+        }
+        let (sgpa, sbase, ssize) = self.shared?;
+        (gpa >= sgpa && end <= sgpa + ssize).then(|| (sbase + (gpa - sgpa) as usize) as *mut u8)
     }
 
     /// Bytes of guest memory the host has backed with pages (for --stats).
