@@ -4,6 +4,8 @@
  *   open-leader | open-follower DIR   an extra open(O_CREAT) of DIR/extra in one variant
  *   socket                            a TCP server whose reply differs in one variant
  *   address                           prints the address of a local variable
+ *   child-address                     a child process prints the address of a local
+ *                                     variable; the parent waits for it
  *   read FILE                         reads FILE and prints its size (agrees everywhere)
  *   echo poll|select PORT             a TCP echo server driven by poll or select, up to
  *                                     8 clients; "quit" ends it (agrees everywhere)
@@ -19,6 +21,7 @@
 #include <poll.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Waits with poll or select for the listener and the clients in fds[1..n]. */
@@ -109,6 +112,18 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "address")) {
         int x;
         printf("%p\n", (void *)&x);
+        return 0;
+    }
+    if (!strcmp(mode, "child-address")) {
+        pid_t c = fork();
+        if (c == 0) {
+            int x;
+            printf("child %p\n", (void *)&x);
+            _exit(0);
+        }
+        int st;
+        waitpid(c, &st, 0);
+        printf("parent done\n");
         return 0;
     }
     if (!strcmp(mode, "echo") && argc > 3) return echo_server(!strcmp(argv[2], "select"), atoi(argv[3]));

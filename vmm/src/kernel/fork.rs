@@ -51,6 +51,7 @@ impl Kernel {
         }
         // The pid and, in a cluster, where the child's stream listens.
         let mut port = [0u8; 2];
+        let mut place = 0;
         let mut listener = None;
         let mode = self.op_mode(true);
         let pid = if mode == crate::monitor::OpMode::Replay {
@@ -59,7 +60,10 @@ impl Kernel {
                 return Ok(Forked::Parent(ret, None));
             }
             match self.procs.fork(parent, Some(ret as u32), req.exit_signal) {
-                Ok((pid, _)) => pid,
+                Ok((pid, k)) => {
+                    place = k;
+                    pid
+                }
                 // The leader made this child; a follower that cannot is a divergence.
                 Err(source) => return Err(KernelError::ForkAsLeader { pid: ret as u32, source }),
             }
@@ -68,7 +72,8 @@ impl Kernel {
                 TableError::Full(_) => Errno::EAGAIN,
                 TableError::NoSuchProcess => Errno::ESRCH,
             });
-            let r = r.and_then(|(pid, _)| {
+            let r = r.and_then(|(pid, k)| {
+                place = k;
                 if let Some(m) = self.monitor.as_ref() {
                     match m.spec.child_listener() {
                         Ok(l) => {
@@ -134,7 +139,7 @@ impl Kernel {
             // Its link's threads stayed with the parent: never touch it.
             std::mem::forget(m);
             let port = u16::from_le_bytes(port);
-            self.monitor = Some(Box::new(spec.child(pid, listener, port)?));
+            self.monitor = Some(Box::new(spec.child(pid, place, listener, port)?));
         }
         let mut child = ctx;
         child.rax = 0;

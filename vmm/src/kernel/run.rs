@@ -293,7 +293,14 @@ impl Kernel {
     /// other variants').
     pub(crate) fn stopped(&mut self, stop: Stop) -> Outcome {
         let outcome = match stop {
-            Stop::Divergence(msg) => Outcome::Diverged(msg),
+            Stop::Divergence(msg) => {
+                if msg == STOPPED_BY_ANOTHER {
+                    if let Some(m) = self.monitor.as_mut() {
+                        m.stop_followers(crate::monitor::EXIT_DIVERGENCE as i32);
+                    }
+                }
+                Outcome::Diverged(msg)
+            }
             Stop::Shutdown(status) => return Outcome::Ended(status),
             Stop::Link { why, peer, silent } => {
                 if let Some(m) = self.monitor.as_mut() {

@@ -452,6 +452,7 @@ impl Monitor {
             }
             _ => format!("{who} made {} at event {seq} where the leader made {}", describe(&oe), describe(&le)),
         };
+        let message = self.in_process(message);
         let report = Report {
             kind,
             message: message.clone(),
@@ -560,10 +561,37 @@ impl Monitor {
     }
 
     fn write_report_file(&self, json: &str) {
-        let path = self.report_dir.join(format!("dmvx-divergence-variant{}.json", self.id));
+        // The first process's report keeps the plain name; each other
+        // process's stream has its own file.
+        let name = if self.spec.pid == crate::kernel::proc_table::FIRST_PID {
+            format!("dmvx-divergence-variant{}.json", self.id)
+        } else {
+            format!("dmvx-divergence-variant{}-pid{}.json", self.id, self.spec.pid)
+        };
+        let path = self.report_dir.join(name);
         match std::fs::write(&path, json) {
             Ok(()) => eprintln!("dmvx: divergence report written to {}", path.display()),
             Err(e) => eprintln!("dmvx: cannot write the divergence report {}: {e}", path.display()),
+        }
+    }
+
+    /// A report message naming the process, when it is not the first.
+    fn in_process(&self, message: String) -> String {
+        if self.spec.pid == crate::kernel::proc_table::FIRST_PID {
+            message
+        } else {
+            format!("process {} ({}): {message}", self.spec.pid, self.spec.path)
+        }
+    }
+
+    /// Leader: the run stops because another process of this variant
+    /// diverged; this stream's followers stop too (their own report is that
+    /// process's).
+    pub(crate) fn stop_followers(&mut self, status: i32) {
+        if self.is_leader() {
+            let _ = self.outputs.discard();
+            let _ = self.leader().send_control(&Control::Shutdown { status });
+            let _ = self.leader().flush();
         }
     }
 

@@ -50,6 +50,9 @@ pub struct StreamSpec {
     /// The process this stream belongs to (its virtual pid; the same in
     /// every variant).
     pub pid: u32,
+    /// Its place in the process tree: the first process, then which of its
+    /// parent's children it is, at each generation ("2/0/1").
+    pub path: String,
 }
 
 impl StreamSpec {
@@ -77,7 +80,13 @@ impl StreamSpec {
     /// The stream of child `pid` (in the child's VMM): the leader accepts
     /// its followers on `listener`; a follower connects to the leader's
     /// host at `port`.
-    pub fn child(&self, pid: u32, listener: Option<std::net::TcpListener>, port: u16) -> Result<Monitor, JoinError> {
+    pub fn child(
+        &self,
+        pid: u32,
+        place: u32,
+        listener: Option<std::net::TcpListener>,
+        port: u16,
+    ) -> Result<Monitor, JoinError> {
         let info = self.info_for(pid);
         let mut cfg = self.cfg.clone();
         let link = match listener {
@@ -90,7 +99,7 @@ impl StreamSpec {
                 Link::Follower(Box::new(Follower::connect(&cfg, self.id, &self.key, &info).map_err(JoinError::Link)?))
             }
         };
-        let spec = StreamSpec { pid, ..self.clone() };
+        let spec = StreamSpec { pid, path: format!("{}/{place}", self.path), ..self.clone() };
         let timeout = cfg.timeout;
         Ok(Monitor::new(self.id, link, self.policy.clone(), timeout, self.report_dir.clone(), spec))
     }
@@ -132,6 +141,7 @@ pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox, pid: u32) -> Result<Monit
         info,
         policy: policy.clone(),
         pid,
+        path: pid.to_string(),
     };
     Ok(Monitor::new(join.id, link, policy, timeout, join.report_dir, spec))
 }
