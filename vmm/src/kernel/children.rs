@@ -44,6 +44,12 @@ impl Kernel {
                 self.send_pdeathsig(&orphans);
             }
         }
+        self.exited_children()
+    }
+
+    /// The exit signals of children that ended since the last look (each
+    /// child's once).
+    fn exited_children(&mut self) -> u64 {
         let me = self.task.tg.pid;
         let mut sigs = 0u64;
         for p in self.procs.select(|p| p.ppid == me && p.state == State::Zombie) {
@@ -84,6 +90,9 @@ impl Kernel {
                 return Err(Errno::ECHILD);
             }
             if let Some(z) = kids.iter().find(|p| p.state == State::Zombie) {
+                // Its SIGCHLD came before the wait returns, as on Linux.
+                let sigs = self.exited_children();
+                self.raise_exit_signals(sigs);
                 if !keep {
                     self.procs.reap(z.pid);
                     self.reported.remove(&z.pid);

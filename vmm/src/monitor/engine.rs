@@ -149,14 +149,20 @@ impl Monitor {
         }
     }
 
-    /// Follower: the leader's entry `seq` into `self.leader_entry`; a
-    /// leader silent for the cluster's timeout is a divergence.
+    /// Follower: the leader's entry `seq` into `self.leader_entry`. The
+    /// leader may be blocked in that call for as long as the program waits
+    /// (pause, accept, a child that runs on): while its heartbeats arrive
+    /// the follower waits on; a leader the link finds silent is a divergence.
     fn fetch_leader_entry(&mut self, seq: u64) -> Result<(), Stop> {
-        if self.fetch_leader_entry_within(seq, self.timeout)? {
-            return Ok(());
+        loop {
+            if self.fetch_leader_entry_within(seq, self.timeout)? {
+                return Ok(());
+            }
+            if self.follower().check().is_err() {
+                let mine = self.rec.as_bytes().to_vec();
+                return Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false));
+            }
         }
-        let mine = self.rec.as_bytes().to_vec();
-        Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false))
     }
 
     fn on_control_follower(&mut self, c: Option<Control>) -> Option<Stop> {

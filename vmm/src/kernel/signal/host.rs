@@ -238,10 +238,19 @@ impl Kernel {
                 self.host_raised |= bit(n);
             }
         }
+        self.raise_exit_signals(exit_signals);
+    }
+
+    /// Raises the exit signals of ended children (leader or alone; a
+    /// follower takes the leader's).
+    pub(crate) fn raise_exit_signals(&mut self, sigs: u64) {
+        if sigs == 0 || self.is_follower() {
+            return;
+        }
         for n in 1..=64 {
             // An ignored SIGCHLD (its default) is discarded, as on Linux: it
             // interrupts nothing.
-            if exit_signals & bit(n) != 0 && !self.tg().sighand.ignored(Signal(n)) {
+            if sigs & bit(n) != 0 && !self.tg().sighand.ignored(Signal(n)) {
                 self.task.sig.raise(Signal(n), SigInfo { code: SI_USER, ..Default::default() });
                 self.host_raised |= bit(n);
             }
