@@ -32,7 +32,7 @@ fi
 cargo build --release --workspace --locked -q
 images/build-rootfs.sh lighttpd >/dev/null
 [ "$setup_only" = 1 ] && exit 0
-vmm="$root/target/release/dmvx-vmm"
+vmm="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/dmvx-vmm"
 work="$(mktemp -d /tmp/dmvx-demo.XXXXXX)"
 server=""
 cleanup() {
