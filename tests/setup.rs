@@ -58,12 +58,13 @@ fn readme_commands_set_up_a_clean_clone() {
         shout("SKIPPED readme_commands_set_up_a_clean_clone: the workspace is not a git checkout");
         return;
     }
-    // The clone's build reuses this directory across runs (a clean clone
-    // in CI builds it from nothing); its sources and images are new each time.
-    let base = target_dir().join("clean-clone");
-    let (clone, target) = (base.join("repo"), base.join("target"));
-    let _ = std::fs::remove_dir_all(&clone);
-    std::fs::create_dir_all(&base).unwrap();
+    // The clone's build reuses one directory across runs (a clean clone in
+    // CI builds it from nothing); its sources and images are new each time,
+    // outside this workspace (cargo would take the clone's guest kernel for
+    // a package of this workspace).
+    let target = target_dir().join("clean-clone");
+    let dir = TempDir::new("clean-clone");
+    let clone = dir.join("repo");
     let o = run("git", &["clone", "--quiet", workspace().to_str().unwrap(), clone.to_str().unwrap()], b"");
     ok("git clone", &o);
     assert!(!clone.join("images/out").exists(), "a clone has no images yet");
