@@ -240,7 +240,13 @@ def verify(args):
 # ---------------------------------------------------------------- packages
 
 class Apt:
-    """Candidate versions and downloads through the ordinary apt client."""
+    """Versions and downloads through the ordinary apt client.
+
+    A package's version is chosen from the archive's lists alone, as apt
+    picks a candidate (highest pin priority, then highest version) but
+    never the host's installed copy: that one has no .deb to download when
+    the lists no longer carry it (stale lists), and a host's installed
+    packages must not change the image it builds."""
 
     def __init__(self):
         self.updated = False
@@ -249,32 +255,37 @@ class Apt:
     def update(self):
         if not self.updated:
             note("apt-get update")
-            subprocess.run(["apt-get", "update", "-q"], check=True,
-                           stdout=subprocess.DEVNULL)
+            r = subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, universal_newlines=True)
+            if r.returncode != 0:
+                die("apt-get update failed (exit status %d): the package lists cannot be "
+                    "refreshed; check the network and /etc/apt/sources.list*:\n%s"
+                    % (r.returncode, r.stdout))
             self.updated = True
             self.info.clear()
 
     def prefetch(self, names):
-        """Looks up the candidates of many packages with one apt-cache call
-        (each call parses every index: about 0.3 s)."""
+        """Looks up many packages with one `apt-cache policy` and one
+        `apt-cache show` (each call parses every index: about 0.3 s)."""
         names = sorted({n for n in names if n not in self.info})
         if not names:
             return
-        r = subprocess.run(["apt-cache", "show", "--no-all-versions"] + names,
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           universal_newlines=True)
         for name in names:
             self.info[name] = None
-        for para in r.stdout.split("\n\n"):
+        chosen = archive_versions(run_text(["apt-cache", "policy"] + names))
+        wanted = ["%s=%s" % (n, chosen[n]) for n in names if n in chosen]
+        if not wanted:
+            return
+        for para in run_text(["apt-cache", "show"] + wanted).split("\n\n"):
             fields = parse_control(para)
             name = fields.get("Package")
-            if name in names and self.info[name] is None and \
-                    fields.get("Architecture") in (ARCH, "all"):
+            if name in chosen and self.info.get(name, 0) is None and downloadable(fields) \
+                    and fields["Version"] == chosen[name] and fields.get("Architecture") in (ARCH, "all"):
                 self.info[name] = fields
 
     def show(self, name, update=False):
-        """The candidate's control fields, or None if apt knows no such
-        package (after an apt-get update, if `update`)."""
+        """The control fields of the version to use, or None if the lists
+        carry no downloadable version (after an apt-get update, if `update`)."""
         self.prefetch([name])
         if self.info[name] is None and update and not self.updated:
             self.update()
@@ -291,9 +302,13 @@ class Apt:
         """Downloads the candidates of `names` that are not cached yet, with
         one `apt-get download`; returns {name: (deb path, control fields)}."""
         self.prefetch(names)
+        if any(self.info[n] is None for n in names) and not self.updated:
+            self.update()  # partial or stale lists
+            self.prefetch(names)
         unknown = [n for n in names if self.info[n] is None]
         if unknown:
-            die("apt knows no package %s" % ", ".join(unknown))
+            die("the package lists carry no downloadable version of %s (after apt-get update); "
+                "check the names and /etc/apt/sources.list*" % ", ".join(unknown))
         os.makedirs(DEB_CACHE, exist_ok=True)
         for attempt in (1, 2):
             missing = [n for n in names if not self.cached(n)[1]]
@@ -303,8 +318,10 @@ class Apt:
                 # Stale lists: the mirror no longer has those versions.
                 self.update()
                 self.prefetch(names)
-                if any(self.info[n] is None for n in names):
-                    die("after apt-get update, apt knows none of %s" % ", ".join(missing))
+                gone = [n for n in names if self.info[n] is None]
+                if gone:
+                    die("after apt-get update, the package lists carry no downloadable version "
+                        "of %s; check /etc/apt/sources.list*" % ", ".join(gone))
                 missing = [n for n in names if not self.cached(n)[1]]
             tmp = tempfile.mkdtemp(dir=DEB_CACHE, prefix=".dl-")
             try:
@@ -321,7 +338,8 @@ class Apt:
                 shutil.rmtree(tmp, ignore_errors=True)
         missing = [n for n in names if not self.cached(n)[1]]
         if missing:
-            die("apt-get download %s failed:\n%s" % (" ".join(missing), r.stdout))
+            die("apt-get download %s failed (after apt-get update); check the network and the "
+                "mirror in /etc/apt/sources.list*:\n%s" % (" ".join(missing), r.stdout))
         return {n: (self.cached(n)[0], self.info[n]) for n in names}
 
 
@@ -334,6 +352,43 @@ def parse_control(text):
             key, _, value = line.partition(":")
             fields[key] = value.strip()
     return fields
+
+
+def run_text(args):
+    """stdout of an apt query; its complaints about unknown names are not
+    errors here (the caller sees the name missing from the answer)."""
+    return subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          universal_newlines=True).stdout
+
+
+def downloadable(fields):
+    """Whether a record comes from an archive's list (the status file's
+    records of installed packages have no Filename)."""
+    return all(fields.get(k) for k in ("Version", "Filename", "SHA256", "Architecture"))
+
+
+def archive_versions(policy):
+    """{package: version} from `apt-cache policy` output: per package, the
+    version of highest pin priority among those some archive list carries
+    (the table is sorted by version, highest first); the installed-only
+    version (source /var/lib/dpkg/status) is never chosen."""
+    table, best, name, version = {}, {}, None, None
+    for line in policy.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        words = line.split()
+        if not words:
+            continue
+        if indent == 0 and line.endswith(":"):
+            name, version = line[:-1].split(":")[0], None
+        elif name is None or words[0] in ("Installed:", "Candidate:", "Version"):
+            continue
+        elif indent < 8:      # "     VERSION PRIO" or " *** VERSION PRIO"
+            version = words[-2]
+        elif version is not None and len(words) >= 2 and words[1] != "/var/lib/dpkg/status":
+            prio = int(words[0]) if words[0].lstrip("-").isdigit() else 0
+            if name not in best or prio > best[name]:
+                best[name], table[name] = prio, version
+    return table
 
 
 def depends(fields):
@@ -536,7 +591,9 @@ class Build:
                 for alts in pool.deps[owner]:
                     if any(a in pool.fields for a in alts):
                         continue
-                    pick = next((a for a in alts if self.apt.show(a)), None)
+                    # Partial or stale lists may lack it: update them once.
+                    pick = next((a for a in alts if self.apt.show(a)), None) or \
+                        next((a for a in alts if self.apt.show(a, update=True)), None)
                     if pick:
                         new.append(pick)
             if not new:
@@ -655,9 +712,28 @@ class Build:
             return False
         return os.path.isdir(self.out) and manifest(self.out, self.volatile) == want
 
+    def gather(self, work):
+        """The extracted packages, with self.keep selected from them, all
+        from one state of the package lists: when the lists had to be
+        updated midway (a version could not be found or downloaded), the
+        packages are gathered again from the updated lists."""
+        for _ in range(2):
+            lists_were_updated = self.apt.updated
+            self.keep = set()
+            shutil.rmtree(os.path.join(work, "pool"), ignore_errors=True)
+            pool = Pool(self.apt, work)
+            pool.add([self.pkg, "libc-bin", "tzdata"] + sorted(self.profile.companions))
+            self.select(pool)
+            self.resolve_libraries(pool)
+            if self.apt.updated == lists_were_updated:
+                break
+            note("the package lists were updated during the build: gathering the packages again")
+        return pool
+
     def run(self, force):
         if self.apt.show(self.pkg, update=True) is None:
-            die("apt knows no package %r (after apt-get update)" % self.pkg)
+            die("the package lists carry no downloadable version of %r (after apt-get update); "
+                "check the name and /etc/apt/sources.list*" % self.pkg)
         if not force and self.up_to_date():
             note("%s is up to date (same package versions and builder; tree matches its manifest)" % self.out)
             return
@@ -665,10 +741,7 @@ class Build:
         parent = os.path.dirname(self.out)
         work = tempfile.mkdtemp(dir=parent, prefix=".%s.build-" % os.path.basename(self.out))
         try:
-            pool = Pool(self.apt, work)
-            pool.add([self.pkg, "libc-bin", "tzdata"] + sorted(self.profile.companions))
-            self.select(pool)
-            self.resolve_libraries(pool)
+            pool = self.gather(work)
             root = os.path.join(work, "root")
             os.makedirs(root)
             self.materialize(pool, root)

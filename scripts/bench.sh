@@ -15,15 +15,10 @@ if ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then
     echo "bench: /dev/kvm is missing or not accessible; dmvx needs KVM" >&2
     exit 1
 fi
-need=()
-for p in busybox-static:/bin/busybox gcc:/usr/bin/gcc libc6-dev:/usr/include/stdio.h wrk:/usr/bin/wrk \
-    curl:/usr/bin/curl strace:/usr/bin/strace binutils:/usr/bin/readelf \
-    iproute2:/usr/bin/ss python3-matplotlib:/usr/lib/python3/dist-packages/matplotlib; do
-    [ -e "${p#*:}" ] || need+=("${p%%:*}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+scripts/setup-host.sh --bench || {
+    echo "bench: setting up the host failed (see above)" >&2
+    exit 1
+}
 cargo build --release --workspace --locked -q
 images/build-rootfs.sh lighttpd >/dev/null
 images/build-rootfs.sh nginx >/dev/null

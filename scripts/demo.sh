@@ -1,35 +1,38 @@
 #!/usr/bin/env bash
-# The dmvx demo on this machine: sets up what it needs (Debian packages, a
-# release build, the lighttpd image), then runs real Debian programs as two
-# variants, each in its own KVM microVM, joined by the authenticated link,
-# and shows a divergence being stopped.
+# The dmvx demo on this machine: sets up what it needs (Debian packages
+# through scripts/setup-host.sh, a release build, the lighttpd image), then
+# runs real Debian programs as two variants, each in its own KVM microVM,
+# joined by the authenticated link, and shows a divergence being stopped.
+# Runs as root.
+#   scripts/demo.sh [--setup-only]     --setup-only: set up, run nothing
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-need=()
-[ -x /bin/busybox ] || need+=(busybox-static)
-command -v gcc >/dev/null || need+=(gcc libc6-dev)
-for t in curl wrk python3 readelf; do
-    command -v "$t" >/dev/null || need+=("$([ "$t" = readelf ] && echo binutils || echo "$t")")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-    else
-        echo "demo: please install: ${need[*]}" >&2
-        exit 1
-    fi
-fi
-if ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then
-    echo "demo: /dev/kvm is missing or not accessible; dmvx needs KVM" >&2
+setup_only=0
+case "${1:-}" in
+    "") ;;
+    --setup-only) setup_only=1 ;;
+    *)
+        echo "usage: scripts/demo.sh [--setup-only]" >&2
+        exit 2
+        ;;
+esac
+if [ "$(id -u)" != 0 ]; then
+    echo "demo: run as root (it installs Debian packages, and building the Debian image needs root)" >&2
     exit 1
 fi
-if [ "$(id -u)" != 0 ]; then
-    echo "demo: run as root (building the Debian image needs it)" >&2
+scripts/setup-host.sh || {
+    echo "demo: setting up the host failed (see above)" >&2
+    exit 1
+}
+if ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then
+    echo "demo: /dev/kvm is missing or not accessible; dmvx needs KVM (load kvm_intel or kvm_amd, or run on a machine with nested virtualisation)" >&2
     exit 1
 fi
 cargo build --release --workspace --locked -q
-vmm="$root/target/release/dmvx-vmm"
+images/build-rootfs.sh lighttpd >/dev/null
+[ "$setup_only" = 1 ] && exit 0
+vmm="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/dmvx-vmm"
 work="$(mktemp -d /tmp/dmvx-demo.XXXXXX)"
 server=""
 cleanup() {
@@ -45,7 +48,6 @@ echo "   natively:"
 
 echo
 echo "== 2. lighttpd from Debian packages as 2 variants; only the leader's answers reach the client"
-images/build-rootfs.sh lighttpd >/dev/null
 image=images/out/rootfs-lighttpd
 port=18080
 "$vmm" --variants 2 --report-dir "$work" --rootfs "$image" \

@@ -485,10 +485,21 @@ pub struct WrkReport {
     pub raw: String,
 }
 
+/// How long wrk waits for a response before it counts a timeout (its own
+/// default is 2 s). A server in dmvx may leave a connection waiting longer
+/// under load, with nothing wrong: after each keep-alive response lighttpd
+/// reads the same connection's next request at once, and since a system
+/// call in dmvx takes longer than wrk's turnaround, that request is always
+/// there. One connection is then served hundreds of times in a row while
+/// the others wait for lighttpd's next epoll_wait: streaks of 0.2-0.7 s
+/// measured on a loaded 2-CPU host, over 2 s on a busier one (CI).
+pub const WRK_TIMEOUT: &str = "10s";
+
 /// Runs `wrk -t1 -cCONNS -dSECSs` against http://host:port/path.
 pub fn wrk(host: &str, port: u16, path: &str, conns: u32, secs: u32) -> WrkReport {
     let url = format!("http://{host}:{port}{path}");
-    let o = run("wrk", &["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", &url], b"");
+    let (c, d) = (format!("-c{conns}"), format!("-d{secs}s"));
+    let o = run("wrk", &["-t1", &c, &d, "--timeout", WRK_TIMEOUT, "--latency", &url], b"");
     assert_eq!(status(&o), 0, "wrk {url}: {}{}", stdout(&o), stderr(&o));
     let raw = stdout(&o);
     let num = |s: &str| s.trim().trim_end_matches(',').parse::<f64>().unwrap_or(0.0);

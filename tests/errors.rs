@@ -104,8 +104,27 @@ fn guest_memory_too_small_is_an_error() {
 }
 
 #[test]
+fn help_and_version_exit_0_with_examples() {
+    let o = run_vmm(&["--help"], b"");
+    assert_eq!(status(&o), 0, "{}", stderr(&o));
+    for needle in
+        ["Usage: dmvx-vmm", "Examples:", "dmvx-vmm --variants 2 --", "Exit status, process mode", "--cluster <FILE>"]
+    {
+        assert!(stdout(&o).contains(needle), "--help lacks {needle:?}:\n{}", stdout(&o));
+    }
+    let o = run_vmm(&["-V"], b"");
+    assert_eq!((status(&o), stdout(&o)), (0, format!("dmvx-vmm {}\n", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
 fn usage_errors_exit_2() {
     expect(&["--memory", "lots", "--", "/bin/true"], 2, "invalid size");
-    expect(&["--no-such-option"], 2, "unknown option");
+    expect(&["--no-such-option"], 2, "unexpected argument '--no-such-option'");
+    expect(&["--variants", "17", "--", "/bin/true"], 2, "--variants must be 1-16");
+    // Usage errors are clap's: the message, the usage line, a pointer to --help.
+    let o = run_vmm(&["--stats", "--bogus", "--", "/bin/true"], b"");
+    assert_eq!(status(&o), 2);
+    assert!(stderr(&o).starts_with("error: ") && stderr(&o).contains("Usage: dmvx-vmm"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
     expect(&[], 2, "no program given");
 }

@@ -299,7 +299,7 @@ fn a_variant_booted_with_another_command_line_diverges() {
 fn default_cmdline() -> String {
     let o = run_vmm(&["--help"], b"");
     let help = stdout(&o);
-    let start = help.find("(default:").expect("--cmdline default in --help");
+    let start = help.find("without --cmdline (default:").expect("--cmdline default in --help");
     let rest = &help[start..];
     let q = rest.find('"').unwrap() + 1;
     rest[q..q + rest[q..].find('"').unwrap()].to_string()

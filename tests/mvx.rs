@@ -462,3 +462,29 @@ fn find_under_a_mutable_directory_agrees_in_two_variants() {
     assert_eq!(stdout(&multi), stdout(&native));
     assert!(reports(d.path()).is_empty(), "a divergence was reported: {}", stderr(&multi));
 }
+
+#[test]
+fn variants_are_chosen_by_the_names_in_the_cluster_file() {
+    require_kvm!();
+    let d = TempDir::new("names");
+    let file = cluster_file(d.path(), 2, 5000);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let named = text.replace("id = 0\n", "id = 0\nname = \"alpha\"\n").replace("id = 1\n", "id = 1\nname = \"beta\"\n");
+    std::fs::write(&file, named).unwrap();
+    let (f, bb) = (file.to_str().unwrap(), busybox());
+    let follower = Command::new(vmm())
+        .args(["--cluster", f, "--variant", "beta", "--", bb, "sha256sum", "/etc/os-release"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let leader = run_vmm(&["--cluster", f, "--variant", "alpha", "--", bb, "sha256sum", "/etc/os-release"], b"");
+    let fo = follower.wait_with_output().unwrap();
+    assert_eq!(status(&leader), 0, "{}", stderr(&leader));
+    assert_eq!(status(&fo), 0, "{}", stderr(&fo));
+    let native = run(bb, &["sha256sum", "/etc/os-release"], b"");
+    assert_eq!(stdout(&leader), stdout(&native));
+    // A name the file does not give, and a name without a cluster file.
+    expect_vmm(&["--cluster", f, "--variant", "gamma", "--", bb, "true"], 125, &["no variant is named \"gamma\""]);
+    expect_vmm(&["--variant", "alpha", "--", bb, "true"], 2, &["give --cluster FILE"]);
+}

@@ -18,6 +18,7 @@
 //! preset = "dmvx"
 //! [[variant]]
 //! id = 0
+//! name = "a"                 # optional: `dmvx-vmm --variant a` selects it
 //! address = "127.0.0.1:7700"
 //! role = "leader"
 //! public_key = "<64 hex>"            # what `dmvx-vmm keygen` printed
@@ -30,7 +31,9 @@
 //! ```
 //!
 //! A relative `private_key_file` is resolved against the directory of the
-//! cluster file.
+//! cluster file. A variant's name is 1 to 64 letters, digits, `-`, `_` or
+//! `.`, not all digits (a number selects a variant by id), and unique in the
+//! file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -49,6 +52,8 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 pub const MIN_BATCH_BYTES: usize = 64;
 /// Longest accepted cluster name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
+/// Longest accepted variant name, in bytes.
+pub const MAX_VARIANT_NAME_LEN: usize = 64;
 
 /// Default for `timeout_ms`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
@@ -94,6 +99,12 @@ pub enum ConfigError {
     BadAddress { id: u8, address: String },
     #[error("variant {0} is not in the cluster file")]
     UnknownVariant(u8),
+    #[error("no variant is named {0:?} in the cluster file")]
+    UnknownVariantName(String),
+    #[error("variant {id}: name {name:?} is not valid: {why}")]
+    BadVariantName { id: u8, name: String, why: &'static str },
+    #[error("variant name {0:?} is given to more than one variant")]
+    DuplicateVariantName(String),
     #[error("variant {0} is the leader, not a follower")]
     NotAFollower(u8),
     #[error("a local cluster needs 1 to {MAX_VARIANTS} variants (one public key each) and ports that fit in 16 bits, got {n} variants from port {base_port}")]
@@ -147,6 +158,8 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VariantConfig {
     pub id: u8,
+    /// An operator's name for it (`--variant NAME`), if the file gives one.
+    pub name: Option<String>,
     /// `host:port`. The leader listens here; a follower's address is
     /// informational (it may later be used as the source address).
     pub address: String,
@@ -216,6 +229,7 @@ struct RawDigests {
 #[serde(deny_unknown_fields)]
 struct RawVariant {
     id: u32,
+    name: Option<String>,
     address: String,
     role: Role,
     public_key: String,
@@ -255,7 +269,8 @@ impl ClusterConfig {
             let public_key = PublicKey::parse_hex(&v.public_key, "`public_key`")
                 .map_err(|source| ConfigError::BadPublicKey { id, source })?;
             let private_key_file = v.private_key_file.map(|f| base_dir.join(f));
-            variants.push(VariantConfig { id, address: v.address, role: v.role, public_key, private_key_file });
+            let (address, role, name) = (v.address, v.role, v.name);
+            variants.push(VariantConfig { id, name, address, role, public_key, private_key_file });
         }
         let cfg = ClusterConfig {
             name: raw.cluster.name,
@@ -286,6 +301,7 @@ impl ClusterConfig {
             .enumerate()
             .map(|(i, key)| VariantConfig {
                 id: i as u8,
+                name: None,
                 address: format!("127.0.0.1:{}", usize::from(base_port) + i),
                 role: if i == 0 { Role::Leader } else { Role::Follower },
                 public_key: *key,
@@ -339,6 +355,16 @@ impl ClusterConfig {
             if let Some(other) = self.variants.iter().find(|o| o.id < v.id && o.public_key == v.public_key) {
                 return Err(ConfigError::DuplicateKey(other.id, v.id));
             }
+            if let Some(name) = &v.name {
+                check_variant_name(name).map_err(|why| ConfigError::BadVariantName {
+                    id: v.id,
+                    name: name.clone(),
+                    why,
+                })?;
+                if self.variants.iter().filter(|w| w.name.as_ref() == Some(name)).count() > 1 {
+                    return Err(ConfigError::DuplicateVariantName(name.clone()));
+                }
+            }
         }
         let leaders: Vec<u8> = self.variants.iter().filter(|v| v.role == Role::Leader).map(|v| v.id).collect();
         match leaders.len() {
@@ -366,6 +392,14 @@ impl ClusterConfig {
         self.variants.iter().find(|v| v.id == id).ok_or(ConfigError::UnknownVariant(id))
     }
 
+    /// The entry of the variant named `name`.
+    pub fn variant_named(&self, name: &str) -> Result<&VariantConfig, ConfigError> {
+        self.variants
+            .iter()
+            .find(|v| v.name.as_deref() == Some(name))
+            .ok_or_else(|| ConfigError::UnknownVariantName(name.to_string()))
+    }
+
     /// A digest of the `[policy]` table that does not depend on key order or
     /// formatting: every variant with an equal table gets an equal digest.
     /// (The policy module may hand the handshake a digest of its own instead.)
@@ -375,6 +409,20 @@ impl ClusterConfig {
         canonical_table(&self.policy, &mut hasher);
         Digest(hasher.finalize().into())
     }
+}
+
+/// Whether `name` may name a variant; if not, why.
+pub fn check_variant_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_VARIANT_NAME_LEN {
+        return Err("a name has 1 to 64 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err("a name has only letters, digits, '-', '_' and '.'");
+    }
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("a name is not all digits (a number selects a variant by id)");
+    }
+    Ok(())
 }
 
 fn put_str(h: &mut Sha256, s: &str) {

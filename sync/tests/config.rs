@@ -158,6 +158,29 @@ fn variant_errors() {
 }
 
 #[test]
+fn variants_may_be_named() {
+    let k = "";
+    let named = |a: &str, b: &str| {
+        file(k, "")
+            .replace("id = 0\n", &format!("id = 0\nname = \"{a}\"\n"))
+            .replace("id = 1\n", &format!("id = 1\nname = \"{b}\"\n"))
+    };
+    let cfg = parse(&named("eu-west.a", "b_2")).unwrap();
+    assert_eq!(cfg.variant_named("eu-west.a").unwrap().id, 0);
+    assert_eq!(cfg.variant_named("b_2").unwrap().id, 1);
+    assert_eq!(cfg.variant(1).unwrap().name.as_deref(), Some("b_2"));
+    assert_eq!(cfg.variant_named("c").unwrap_err().to_string(), "no variant is named \"c\" in the cluster file");
+    // Unnamed variants stay unnamed.
+    assert_eq!(parse(&file(k, "")).unwrap().variant(0).unwrap().name, None);
+    assert_eq!(err(&named("a", "a")), "variant name \"a\" is given to more than one variant");
+    let e = err(&named("a", "12"));
+    assert!(e.contains("variant 1: name \"12\" is not valid") && e.contains("not all digits"), "{e}");
+    assert!(err(&named("a b", "c")).contains("only letters, digits"));
+    assert!(err(&named("", "c")).contains("1 to 64 characters"));
+    assert!(err(&named(&"x".repeat(65), "c")).contains("1 to 64 characters"));
+}
+
+#[test]
 fn unknown_fields_are_refused() {
     let k = "";
     let e = err(&file(&format!("{k}\ntimeout = 5"), ""));

@@ -157,6 +157,7 @@ fn an_unknown_variant_id_is_refused() {
     let mut theirs = cfg.clone();
     theirs.variants.push(dmvx_sync::config::VariantConfig {
         id: 5,
+        name: None,
         address: "127.0.0.1:1".into(),
         role: Role::Follower,
         public_key: private_key(5).public(),

@@ -1,6 +1,251 @@
-//! Command-line parsing for `dmvx-vmm`.
+//! Command-line parsing for `dmvx-vmm` (clap, derive). Usage errors are
+//! clap's: a message, the usage line, and exit status 2.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::kernel::layout::MAX_VARIANTS;
+use crate::kernel::proc_table::DEFAULT_MAX_PROCS;
+
+/// The kernel command line of Linux mode when `--cmdline` is not given.
+/// The console must be the same in every variant of a boot: no timestamps,
+/// and no kvm-clock, which prints the (timing-dependent) offset it starts at.
+macro_rules! default_cmdline {
+    () => {
+        "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1 printk.time=0 pci=off no-kvmclock"
+    };
+}
+pub const DEFAULT_CMDLINE: &str = default_cmdline!();
+
+const ABOUT: &str = "Runs an unmodified Linux program, or boots a Linux kernel, in a KVM microVM";
+
+const LONG_ABOUT: &str = "\
+Runs an unmodified Linux program, or boots a Linux kernel, in a KVM microVM.
+
+Process mode runs an unmodified Linux x86-64 program in a KVM microVM whose
+every system call and fault is handled by this VMM. Linux mode (--kernel
+without a PROGRAM) boots an unmodified Linux kernel, a bzImage (boot
+protocol 2.12+) or an ELF vmlinux with a PVH entry, with its serial console
+(COM1, ttyS0) on stdout. --variants N runs N variants of either here, joined
+over loopback TCP by the same protocol as variants on different hosts
+(--cluster FILE --variant ID); only the leader's outputs leave.
+
+keygen writes a fresh X25519 key pair for one variant: FILE, the private
+key (mode 0600; an existing FILE is replaced only with --force), and
+FILE.pub; it prints the public_key line for the variant's entry in the
+cluster file. A program named keygen runs as `dmvx-vmm -- keygen`.
+
+PROGRAM without a slash is looked up in /usr/local/sbin:/usr/local/bin:
+/usr/sbin:/usr/bin:/sbin:/bin inside the root. The program's environment is
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin plus --env.
+
+Diagnostics go to stderr through RUST_LOG's levels (default: info; e.g.
+RUST_LOG=debug, or RUST_LOG=dmvx_vmm::monitor=debug); --trace is the program's
+trace, not a log level.";
+
+/// The examples that `-h` and `--help` end with.
+macro_rules! examples {
+    () => {
+        "\
+Examples:
+  dmvx-vmm -- /bin/busybox ls -la /etc
+  dmvx-vmm --rootfs /tmp/root --env HOME=/ -- /bin/prog arg
+  dmvx-vmm --stats --trace -- /bin/busybox true
+  dmvx-vmm --variants 2 -- /bin/busybox sha256sum /etc/os-release
+  dmvx-vmm --cluster web.toml --variant a --rootfs images/out/rootfs-lighttpd \\
+      -- /usr/sbin/lighttpd -D -f /etc/lighttpd/lighttpd.conf
+  dmvx-vmm --kernel images/out/linux/bzImage \\
+      --initrd images/out/linux/initramfs.cpio.gz --timeout 300
+  dmvx-vmm --kernel bzImage --cluster linux.toml --variant b
+  dmvx-vmm keygen /etc/dmvx/web-0.key"
+    };
+}
+
+const AFTER_LONG_HELP: &str = concat!(
+    examples!(),
+    "
+
+Linux mode's kernel command line without --cmdline (default:
+  \"",
+    default_cmdline!(),
+    "\")
+
+Exit status, process mode: the program's, or 128+N if signal N killed it;
+121 if the variants diverged (a report is written to --report-dir);
+125 if the VMM itself failed, 126 if the program cannot be executed, 127 if
+it is not found, 2 for a usage error.
+
+Exit status, Linux mode: 0 the guest powered off (ACPI S5, e.g. poweroff -f),
+10 it reset the machine (i8042 reset, e.g. reboot with reboot=k, or a panic
+with panic=N), 11 it triple-faulted, 12 the --timeout passed, 13 the host's
+KVM could not emulate a guest instruction and stopped it; 121 if the variants
+diverged; 125 if the kernel or initrd cannot be booted (with the reason) or
+the VMM failed, 2 for a usage error."
+);
+
+/// Which variant of a cluster this is: a number, or a name that the cluster
+/// file gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VariantRef {
+    Id(u32),
+    Name(String),
+}
+
+/// The command line as clap sees it; [`parse`] turns it into [`Args`].
+#[derive(Parser, Debug)]
+#[command(
+    name = "dmvx-vmm",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = examples!(),
+    after_long_help = AFTER_LONG_HELP,
+    max_term_width = 100,
+    // As before clap: a repeated option's last value counts (--env adds up).
+    args_override_self = true,
+    // `dmvx-vmm help` runs a program named help.
+    disable_help_subcommand = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    tool: Option<Tool>,
+
+    /// The dmvx guest kernel (default: embedded), or in Linux mode a Linux kernel
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Guest memory, e.g. 256M or 1G
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    memory: u64,
+    /// The most processes the program may have at once (a fork beyond: EAGAIN)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCS, value_parser = parse_max_procs)]
+    max_procs: u32,
+    /// Memory for MAP_SHARED anonymous mappings, shared by the program's
+    /// processes (0: shared mappings are private to each process)
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    shared_memory: u64,
+    /// The program's root directory, writable [default: the host's /, read-only]
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Make --rootfs read-only
+    #[arg(long)]
+    read_only: bool,
+    /// Add K=V to the program's environment (repeatable)
+    #[arg(long, value_name = "K=V", value_parser = parse_env)]
+    env: Vec<String>,
+    /// Working directory inside the root
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    cwd: String,
+
+    /// Run N variants here (N VMMs joined over loopback TCP, as across hosts)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "1",
+        value_parser = parse_variants,
+        help_heading = "Multi-variant execution"
+    )]
+    variants: u32,
+    /// Policy of --variants: strict, dmvx (default), or a TOML file
+    #[arg(long, value_name = "P", help_heading = "Multi-variant execution")]
+    policy: Option<String>,
+    /// Join the cluster that FILE describes, as variant --variant
+    #[arg(long, value_name = "FILE", conflicts_with = "variants", help_heading = "Multi-variant execution")]
+    cluster: Option<PathBuf>,
+    /// ... or the one read from inherited descriptor N (closed once read)
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = parse_cluster_fd,
+        conflicts_with_all = ["variants", "cluster"],
+        help_heading = "Multi-variant execution"
+    )]
+    cluster_fd: Option<i32>,
+    /// This variant's private key, mode 0600 [default: its private_key_file]
+    #[arg(long, value_name = "FILE", help_heading = "Multi-variant execution")]
+    private_key: Option<PathBuf>,
+    /// ... or the one read from inherited descriptor N
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = parse_private_key_fd,
+        conflicts_with = "private_key",
+        help_heading = "Multi-variant execution"
+    )]
+    private_key_fd: Option<i32>,
+    /// This variant's id (0-15; it picks the layout) or its name in --cluster
+    #[arg(
+        long,
+        value_name = "ID|NAME",
+        value_parser = parse_variant,
+        conflicts_with = "variants",
+        help_heading = "Multi-variant execution"
+    )]
+    variant: Option<VariantRef>,
+    /// Where divergence reports are written
+    #[arg(long, value_name = "DIR", default_value = ".", help_heading = "Multi-variant execution")]
+    report_dir: PathBuf,
+
+    /// Print exit, system call and timing statistics at the end
+    #[arg(long, help_heading = "Output")]
+    stats: bool,
+    /// Print every system call and its result (strace-like, on stderr)
+    #[arg(long, help_heading = "Output")]
+    trace: bool,
+
+    /// Linux mode: the initial ramdisk
+    #[arg(long, value_name = "FILE", help_heading = "Linux mode")]
+    initrd: Option<PathBuf>,
+    /// Linux mode: the kernel command line (default: see --help)
+    #[arg(long, value_name = "STR", help_heading = "Linux mode")]
+    cmdline: Option<String>,
+    /// Linux mode: stop the guest after this long
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, help_heading = "Linux mode")]
+    timeout: Option<Duration>,
+
+    /// Print what dmvx does with each system call (markdown)
+    #[arg(long, help_heading = "Tables and benchmarks")]
+    syscall_table: bool,
+    /// Print the call classes and the presets' rules (markdown)
+    #[arg(long, help_heading = "Tables and benchmarks")]
+    policy_table: bool,
+    /// Time N exits of a guest that only exits (a system call's floor)
+    #[arg(long, value_name = "N", value_parser = parse_count, help_heading = "Tables and benchmarks")]
+    bench_exit_loop: Option<u64>,
+    /// The privilege level of --bench-exit-loop's guest
+    #[arg(
+        long,
+        value_name = "CPL",
+        default_value = "3",
+        value_parser = parse_cpl,
+        requires = "bench_exit_loop",
+        help_heading = "Tables and benchmarks"
+    )]
+    bench_cpl: u8,
+
+    /// The program to run and its arguments (argv[0] = PROGRAM)
+    #[arg(value_name = "PROGRAM [ARGS]", trailing_var_arg = true)]
+    program: Vec<String>,
+}
+
+/// The tools that are not a run.
+#[derive(Subcommand, Debug)]
+enum Tool {
+    /// Write a fresh key pair for one variant: FILE (private, mode 0600) and FILE.pub
+    #[command(after_help = "Prints the public_key line for the variant's [[variant]] entry in the cluster file.")]
+    Keygen {
+        /// Replace an existing FILE
+        #[arg(long)]
+        force: bool,
+        /// Where the private key goes (the public key goes to FILE.pub)
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +260,8 @@ pub struct Args {
     pub read_only: bool,
     pub env: Vec<String>,
     pub cwd: String,
-    pub variant: u32,
+    /// This variant of `cluster` (its id, or its name there).
+    pub variant: VariantRef,
     /// Join the cluster described by this file as variant `variant`.
     pub cluster: Option<PathBuf>,
     /// ... or by the configuration read from this inherited descriptor.
@@ -35,7 +281,7 @@ pub struct Args {
     /// Linux mode: initrd, kernel command line, time limit.
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
-    pub timeout: Option<std::time::Duration>,
+    pub timeout: Option<Duration>,
     pub command: Command,
 }
 
@@ -43,10 +289,7 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run PROGRAM with ARGS (argv[0] = PROGRAM).
-    Run {
-        program: String,
-        args: Vec<String>,
-    },
+    Run { program: String, args: Vec<String> },
     /// Linux mode: boot the Linux kernel given with --kernel.
     Linux,
     /// Print the syscall table as markdown.
@@ -54,123 +297,9 @@ pub enum Command {
     /// Print the policy presets as markdown.
     PolicyTable,
     /// Time N bare exits of a guest at CPL 0 or 3.
-    BenchExitLoop {
-        n: u64,
-        cpl: u8,
-    },
+    BenchExitLoop { n: u64, cpl: u8 },
     /// Write a fresh key pair: FILE (private, mode 0600) and FILE.pub.
-    Keygen {
-        path: PathBuf,
-        replace: bool,
-    },
-    Help,
-    Version,
-}
-
-/// A usage error.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// The kernel command line of Linux mode when `--cmdline` is not given.
-/// The console must be the same in every variant of a boot: no timestamps,
-/// and no kvm-clock, which prints the (timing-dependent) offset it starts at.
-macro_rules! default_cmdline {
-    () => {
-        "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1 printk.time=0 pci=off no-kvmclock"
-    };
-}
-pub const DEFAULT_CMDLINE: &str = default_cmdline!();
-
-pub const USAGE: &str = concat!(
-    "\
-usage: dmvx-vmm [OPTIONS] [--] PROGRAM [ARGS...]          (process mode)
-       dmvx-vmm --kernel LINUX [--initrd FILE] [--cmdline STR]
-                [--memory SIZE] [--timeout SECONDS]        (Linux mode)
-       dmvx-vmm keygen [--force] FILE                     (a variant's key pair)
-
-Process mode runs an unmodified Linux x86-64 program in a KVM microVM whose
-every system call and fault is handled by this VMM. Linux mode (--kernel
-without a PROGRAM) boots an unmodified Linux kernel, a bzImage (boot
-protocol 2.12+) or an ELF vmlinux with a PVH entry, with its serial console
-(COM1, ttyS0) on stdout.
-
-options:
-  --kernel PATH      process mode: the dmvx guest kernel (default: embedded);
-                     Linux mode: a Linux bzImage or PVH vmlinux
-  --memory SIZE      guest memory, e.g. 256M or 1G (default 256M)
-  --max-procs N      the most processes the program may have at once; a fork
-                     beyond fails with EAGAIN (default 512)
-  --shared-memory SIZE  memory for MAP_SHARED anonymous mappings, shared by the
-                     program's processes (default 64M; 0: shared mappings are
-                     private to each process)
-  --rootfs DIR       the program's root directory, writable
-                     (default: the host's /, read-only)
-  --read-only        make --rootfs read-only
-  --env K=V          add K=V to the program's environment (repeatable)
-  --cwd DIR          working directory inside the root (default /)
-  --variants N       run N variants of the program on this machine (N VMM
-                     processes joined over loopback TCP, the same protocol
-                     as across hosts); only the leader's outputs leave
-  --policy P         policy of --variants: strict, dmvx (default) or a TOML
-                     file with a [policy] table (see docs/policy.md)
-  --cluster FILE     join the cluster described by FILE as variant --variant
-  --cluster-fd N     ... or by the configuration read from inherited
-                     descriptor N (closed once read)
-  --private-key FILE this variant's private key (default: the
-                     private_key_file of its [[variant]]); it must be
-                     owned by the VMM's user and mode 0600
-  --private-key-fd N ... or read from inherited descriptor N
-  --variant ID       this variant's id in the cluster; also selects its
-                     disjoint address-space layout (0-15)
-  --report-dir DIR   where divergence reports are written (default .)
-  --stats            print exit, system call and timing statistics at the end
-  --trace            print every system call and its result (strace-like)
-  --syscall-table    print what dmvx does with each system call (markdown)
-  --policy-table     print the call classes and the presets' rules (markdown)
-  --bench-exit-loop N
-                     time N exits of a guest that only exits (the floor of
-                     the syscall path); --bench-cpl 0|3 picks its privilege
-  --initrd FILE      Linux mode: the initial ramdisk
-  --cmdline STR      Linux mode: the kernel command line (default:
-                     \"",
-    default_cmdline!(),
-    "\")
-  --timeout SECONDS  Linux mode: stop the guest after this long
-  -h, --help         this text
-  -V, --version      the version
-
-keygen writes a fresh X25519 key pair for one variant: FILE, the private
-key (mode 0600; an existing FILE is replaced only with --force), and
-FILE.pub; it prints the public_key line for the variant's entry in the
-cluster file. A program named keygen runs as `dmvx-vmm -- keygen`.
-
-PROGRAM without a slash is looked up in /usr/local/sbin:/usr/local/bin:
-/usr/sbin:/usr/bin:/sbin:/bin inside the root. The program's environment is
-PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin plus --env.
-
-exit status, process mode: the program's, or 128+N if signal N killed it;
-121 if the variants diverged (a report is written to --report-dir);
-125 if the VMM itself failed, 126 if the program cannot be executed, 127 if
-it is not found, 2 for a usage error.
-exit status, Linux mode: 0 the guest powered off (ACPI S5, e.g. poweroff -f),
-10 it reset the machine (i8042 reset, e.g. reboot with reboot=k, or a panic
-with panic=N), 11 it triple-faulted, 12 the --timeout passed, 13 the host's
-KVM could not emulate a guest instruction and stopped it; 125 if the kernel
-or initrd cannot be booted (with the reason) or the VMM failed, 2 for a
-usage error."
-);
-
-/// Parses a size like 256M, 1G, 1048576, 64K.
-pub fn parse_size(s: &str) -> Result<u64, UsageError> {
-    let bad = || UsageError(format!("invalid size '{s}': use a number with an optional K, M or G suffix"));
-    let (num, mult) = match s.as_bytes().last().map(|c| c.to_ascii_uppercase()) {
-        Some(b'K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some(b'M') => (&s[..s.len() - 1], 1 << 20),
-        Some(b'G') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(bad)
+    Keygen { path: PathBuf, replace: bool },
 }
 
 impl Args {
@@ -180,203 +309,231 @@ impl Args {
     }
 }
 
-fn parse_fd(name: &str, v: &str) -> Result<i32, UsageError> {
-    v.parse().ok().filter(|&n: &i32| n >= 3).ok_or_else(|| {
-        UsageError(format!("{name} needs a descriptor number of 3 or above (0-2 are the program's), got '{v}'"))
+/// Parses a size like 256M, 1G, 1048576, 64K.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size '{s}': use a number with an optional K, M or G suffix");
+    let (num, mult) = match s.as_bytes().last().map(|c| c.to_ascii_uppercase()) {
+        Some(b'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some(b'M') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(bad)
+}
+
+fn parse_env(kv: &str) -> Result<String, String> {
+    if !kv.contains('=') || kv.starts_with('=') {
+        return Err(format!("--env expects K=V, got '{kv}'"));
+    }
+    Ok(kv.to_string())
+}
+
+fn parse_variants(v: &str) -> Result<u32, String> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=MAX_VARIANTS).contains(n))
+        .ok_or_else(|| format!("--variants must be 1-{MAX_VARIANTS}, got '{v}'"))
+}
+
+fn parse_variant(v: &str) -> Result<VariantRef, String> {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v
+            .parse()
+            .ok()
+            .filter(|&n: &u32| n < MAX_VARIANTS)
+            .map(VariantRef::Id)
+            .ok_or_else(|| format!("--variant must be 0-{} or a name, got '{v}'", MAX_VARIANTS - 1));
+    }
+    dmvx_sync::config::check_variant_name(v).map_err(|why| format!("'{v}' is not a variant name: {why}"))?;
+    Ok(VariantRef::Name(v.to_string()))
+}
+
+fn parse_max_procs(v: &str) -> Result<u32, String> {
+    v.parse().ok().filter(|n| (1..=65536).contains(n)).ok_or_else(|| format!("--max-procs must be 1-65536, got '{v}'"))
+}
+
+fn parse_fd(name: &str, v: &str) -> Result<i32, String> {
+    v.parse()
+        .ok()
+        .filter(|&n: &i32| n >= 3)
+        .ok_or_else(|| format!("{name} needs a descriptor number of 3 or above (0-2 are the program's), got '{v}'"))
+}
+
+fn parse_cluster_fd(v: &str) -> Result<i32, String> {
+    parse_fd("--cluster-fd", v)
+}
+
+fn parse_private_key_fd(v: &str) -> Result<i32, String> {
+    parse_fd("--private-key-fd", v)
+}
+
+fn parse_timeout(v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("--timeout needs a positive number of seconds, got '{v}'"))
+}
+
+fn parse_count(v: &str) -> Result<u64, String> {
+    v.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("--bench-exit-loop needs a positive count, got '{v}'"))
+}
+
+fn parse_cpl(v: &str) -> Result<u8, String> {
+    match v {
+        "0" => Ok(0),
+        "3" => Ok(3),
+        _ => Err(format!("--bench-cpl must be 0 or 3, got '{v}'")),
+    }
+}
+
+/// Parses `args` (with argv[0]). `--help` and `--version` come back as
+/// errors of kind DisplayHelp/DisplayVersion, which `exit()` prints on
+/// stdout with status 0; usage errors exit with 2.
+pub fn parse<I, T>(args: I) -> Result<Args, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let c = Cli::try_parse_from(args)?;
+    let usage = |kind, msg: String| Cli::command().error(kind, msg);
+    if c.cluster_fd.is_some() && c.cluster_fd == c.private_key_fd {
+        return Err(usage(
+            ErrorKind::ArgumentConflict,
+            "--cluster-fd and --private-key-fd must be different descriptors".into(),
+        ));
+    }
+    let key_option = c.private_key.is_some() || c.private_key_fd.is_some();
+    if key_option && c.cluster.is_none() && c.cluster_fd.is_none() {
+        return Err(usage(
+            ErrorKind::MissingRequiredArgument,
+            "--private-key and --private-key-fd need --cluster or --cluster-fd".into(),
+        ));
+    }
+    let command = if let Some(Tool::Keygen { force, file }) = c.tool {
+        Command::Keygen { path: file, replace: force }
+    } else if let Some(n) = c.bench_exit_loop {
+        Command::BenchExitLoop { n, cpl: c.bench_cpl }
+    } else if c.syscall_table {
+        Command::SyscallTable
+    } else if c.policy_table {
+        Command::PolicyTable
+    } else if let Some((program, args)) = c.program.split_first() {
+        let linux_only =
+            [("--initrd", c.initrd.is_some()), ("--cmdline", c.cmdline.is_some()), ("--timeout", c.timeout.is_some())];
+        if let Some((name, _)) = linux_only.iter().find(|(_, given)| *given) {
+            return Err(usage(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "{name} is a Linux-mode option, but a PROGRAM was given (process mode); Linux mode is --kernel without a PROGRAM"
+                ),
+            ));
+        }
+        Command::Run { program: program.clone(), args: args.to_vec() }
+    } else if c.kernel.is_some() {
+        Command::Linux
+    } else {
+        return Err(usage(
+            ErrorKind::MissingRequiredArgument,
+            "no program given, and no --kernel to boot (see --help)".into(),
+        ));
+    };
+    if let (Some(VariantRef::Name(name)), None, None) = (&c.variant, &c.cluster, c.cluster_fd) {
+        return Err(usage(
+            ErrorKind::MissingRequiredArgument,
+            format!(
+                "--variant {name} names a variant of a cluster file: give --cluster FILE (or a number 0-{})",
+                MAX_VARIANTS - 1
+            ),
+        ));
+    }
+    Ok(Args {
+        kernel: c.kernel,
+        memory: c.memory,
+        max_procs: c.max_procs,
+        shared_memory: c.shared_memory,
+        rootfs: c.rootfs,
+        read_only: c.read_only,
+        env: c.env,
+        cwd: c.cwd,
+        variant: c.variant.unwrap_or(VariantRef::Id(0)),
+        cluster: c.cluster,
+        cluster_fd: c.cluster_fd,
+        private_key: c.private_key,
+        private_key_fd: c.private_key_fd,
+        variants: c.variants,
+        policy: c.policy,
+        report_dir: c.report_dir,
+        stats: c.stats,
+        trace: c.trace,
+        initrd: c.initrd,
+        cmdline: c.cmdline,
+        timeout: c.timeout,
+        command,
     })
 }
 
-/// `keygen [--force] FILE`.
-fn parse_keygen(args: impl Iterator<Item = String>, a: Args) -> Result<Args, UsageError> {
-    let mut path = None;
-    let mut replace = false;
-    for arg in args {
-        match arg.as_str() {
-            "--force" => replace = true,
-            s if s.starts_with('-') => return Err(UsageError(format!("keygen: unknown option '{s}' (see --help)"))),
-            _ if path.is_some() => return Err(UsageError("keygen takes one FILE".into())),
-            _ => path = Some(PathBuf::from(arg)),
+/// This command line (`args`, without argv[0]) less `--variants` and
+/// `--policy` and their values: what each variant of a local cluster runs
+/// with, after `--cluster FILE --variant ID`. What follows `--` or PROGRAM
+/// is the program's and passes unchanged.
+pub fn variant_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
+    let cmd = Cli::command();
+    let takes_value =
+        |long: &str| cmd.get_arguments().any(|a| a.get_long() == Some(long) && a.get_action().takes_values());
+    let mut out = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let Some(long) = arg.to_str().and_then(|s| s.strip_prefix("--")).map(str::to_owned) else {
+            // A short flag (-h, -V), or PROGRAM (non-UTF-8 is never an option).
+            let program = !arg.to_str().is_some_and(|s| s.starts_with('-'));
+            out.push(arg);
+            if program {
+                out.extend(it);
+                break;
+            }
+            continue;
+        };
+        if long.is_empty() {
+            out.push(arg);
+            out.extend(it);
+            break;
+        }
+        let (name, inline_value) = match long.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (long.as_str(), false),
+        };
+        let value = if takes_value(name) && !inline_value { it.next() } else { None };
+        if name != "variants" && name != "policy" {
+            out.push(arg);
+            out.extend(value);
         }
     }
-    let path = path.ok_or_else(|| UsageError("keygen needs a FILE to write the private key to".into()))?;
-    Ok(Args { command: Command::Keygen { path, replace }, ..a })
+    out
 }
 
-/// Parses `args` (without argv[0]).
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError> {
-    let it = args.into_iter();
-    let mut a = Args {
-        kernel: None,
-        memory: 256 << 20,
-        max_procs: crate::kernel::proc_table::DEFAULT_MAX_PROCS,
-        shared_memory: 64 << 20,
-        rootfs: None,
-        read_only: false,
-        env: Vec::new(),
-        cwd: "/".into(),
-        variant: 0,
-        cluster: None,
-        cluster_fd: None,
-        private_key: None,
-        private_key_fd: None,
-        variants: 1,
-        policy: None,
-        report_dir: PathBuf::from("."),
-        stats: false,
-        trace: false,
-        initrd: None,
-        cmdline: None,
-        timeout: None,
-        command: Command::Help,
-    };
-    let mut rest: Vec<String> = Vec::new();
-    let mut table = false;
-    let mut policy_table = false;
-    let mut bench: Option<u64> = None;
-    let mut bench_cpl = 3u8;
-    let mut it = it.peekable();
-    if it.peek().is_some_and(|a| a == "keygen") {
-        return parse_keygen(it.skip(1), a);
-    }
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| UsageError(format!("{name} needs a value")));
-        match arg.as_str() {
-            "--" => {
-                rest.extend(it.by_ref());
-                break;
-            }
-            "-h" | "--help" => return Ok(Args { command: Command::Help, ..a }),
-            "-V" | "--version" => return Ok(Args { command: Command::Version, ..a }),
-            "--kernel" => a.kernel = Some(PathBuf::from(value("--kernel")?)),
-            "--memory" => a.memory = parse_size(&value("--memory")?)?,
-            "--shared-memory" => a.shared_memory = parse_size(&value("--shared-memory")?)?,
-            "--max-procs" => {
-                let v = value("--max-procs")?;
-                a.max_procs = v
-                    .parse()
-                    .ok()
-                    .filter(|n: &u32| (1..=65536).contains(n))
-                    .ok_or_else(|| UsageError(format!("--max-procs must be 1-65536, got '{v}'")))?;
-            }
-            "--rootfs" => a.rootfs = Some(PathBuf::from(value("--rootfs")?)),
-            "--read-only" => a.read_only = true,
-            "--env" => {
-                let kv = value("--env")?;
-                if !kv.contains('=') || kv.starts_with('=') {
-                    return Err(UsageError(format!("--env expects K=V, got '{kv}'")));
-                }
-                a.env.push(kv);
-            }
-            "--cwd" => a.cwd = value("--cwd")?,
-            "--variant" => {
-                let v = value("--variant")?;
-                a.variant =
-                    v.parse().ok().filter(|&n: &u32| n < crate::kernel::layout::MAX_VARIANTS).ok_or_else(|| {
-                        UsageError(format!(
-                            "--variant must be 0-{}, got '{v}'",
-                            crate::kernel::layout::MAX_VARIANTS - 1
-                        ))
-                    })?;
-            }
-            "--cluster" => a.cluster = Some(PathBuf::from(value("--cluster")?)),
-            "--cluster-fd" => a.cluster_fd = Some(parse_fd("--cluster-fd", &value("--cluster-fd")?)?),
-            "--private-key" => a.private_key = Some(PathBuf::from(value("--private-key")?)),
-            "--private-key-fd" => a.private_key_fd = Some(parse_fd("--private-key-fd", &value("--private-key-fd")?)?),
-            "--variants" => {
-                let v = value("--variants")?;
-                a.variants = v
-                    .parse()
-                    .ok()
-                    .filter(|n: &u32| (1..=crate::kernel::layout::MAX_VARIANTS).contains(n))
-                    .ok_or_else(|| {
-                        UsageError(format!("--variants must be 1-{}, got '{v}'", crate::kernel::layout::MAX_VARIANTS))
-                    })?;
-            }
-            "--policy" => a.policy = Some(value("--policy")?),
-            "--report-dir" => a.report_dir = PathBuf::from(value("--report-dir")?),
-            "--initrd" => a.initrd = Some(PathBuf::from(value("--initrd")?)),
-            "--cmdline" => a.cmdline = Some(value("--cmdline")?),
-            "--timeout" => {
-                let v = value("--timeout")?;
-                let secs =
-                    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9).ok_or_else(|| {
-                        UsageError(format!("--timeout needs a positive number of seconds, got '{v}'"))
-                    })?;
-                a.timeout = Some(std::time::Duration::from_secs_f64(secs));
-            }
-            "--stats" => a.stats = true,
-            "--trace" => a.trace = true,
-            "--syscall-table" => table = true,
-            "--policy-table" => policy_table = true,
-            "--bench-exit-loop" => {
-                let v = value("--bench-exit-loop")?;
-                bench = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| UsageError(format!("--bench-exit-loop needs a positive count, got '{v}'")))?,
-                );
-            }
-            "--bench-cpl" => {
-                let v = value("--bench-cpl")?;
-                bench_cpl = match v.as_str() {
-                    "0" => 0,
-                    "3" => 3,
-                    _ => return Err(UsageError(format!("--bench-cpl must be 0 or 3, got '{v}'"))),
-                };
-            }
-            s if s.starts_with('-') && rest.is_empty() => {
-                return Err(UsageError(format!("unknown option '{s}' (see --help)")))
-            }
-            _ => {
-                rest.push(arg);
-                rest.extend(it.by_ref());
-                break;
-            }
-        }
-    }
-    if a.cluster.is_some() && a.cluster_fd.is_some() {
-        return Err(UsageError("give --cluster FILE or --cluster-fd N, not both".into()));
-    }
-    if a.private_key.is_some() && a.private_key_fd.is_some() {
-        return Err(UsageError("give --private-key FILE or --private-key-fd N, not both".into()));
-    }
-    if a.cluster_fd.is_some() && a.cluster_fd == a.private_key_fd {
-        return Err(UsageError("--cluster-fd and --private-key-fd must be different descriptors".into()));
-    }
-    let key_option = a.private_key.is_some() || a.private_key_fd.is_some();
-    if key_option && !a.joins_cluster() {
-        return Err(UsageError("--private-key and --private-key-fd need --cluster or --cluster-fd".into()));
-    }
-    a.command = if let Some(n) = bench {
-        Command::BenchExitLoop { n, cpl: bench_cpl }
-    } else if table {
-        Command::SyscallTable
-    } else if policy_table {
-        Command::PolicyTable
-    } else if let Some((program, args)) = rest.split_first() {
-        let linux_only =
-            [("--initrd", a.initrd.is_some()), ("--cmdline", a.cmdline.is_some()), ("--timeout", a.timeout.is_some())];
-        if let Some((name, _)) = linux_only.iter().find(|(_, given)| *given) {
-            return Err(UsageError(format!(
-                "{name} is a Linux-mode option, but a PROGRAM was given (process mode); Linux mode is --kernel without a PROGRAM"
-            )));
-        }
-        Command::Run { program: program.clone(), args: args.to_vec() }
-    } else if a.kernel.is_some() {
-        Command::Linux
-    } else {
-        return Err(UsageError("no program given, and no --kernel to boot (see --help)".into()));
-    };
-    Ok(a)
+/// The text of `--help`.
+pub fn long_help() -> String {
+    Cli::command().render_long_help().to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(s: &[&str]) -> Result<Args, UsageError> {
-        parse(s.iter().map(|s| s.to_string()))
+    fn p(s: &[&str]) -> Result<Args, clap::Error> {
+        parse(std::iter::once("dmvx-vmm").chain(s.iter().copied()))
+    }
+
+    fn usage_error(s: &[&str]) -> String {
+        let e = p(s).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{s:?}: {e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -388,13 +545,33 @@ mod tests {
             a.command,
             Command::Run { program: "/bin/busybox".into(), args: vec!["echo".into(), "--help".into()] }
         );
-        let b = p(&["busybox", "ls", "-la"]).unwrap();
-        assert_eq!(b.command, Command::Run { program: "busybox".into(), args: vec!["ls".into(), "-la".into()] });
+        // Options after PROGRAM are the program's.
+        let b = p(&["busybox", "ls", "-la", "--stats"]).unwrap();
+        assert_eq!(
+            b.command,
+            Command::Run { program: "busybox".into(), args: vec!["ls".into(), "-la".into(), "--stats".into()] }
+        );
+        assert!(!b.stats);
+        assert_eq!((b.memory, b.variants, b.variant.clone(), b.cwd.as_str()), (256 << 20, 1, VariantRef::Id(0), "/"));
+        assert_eq!(p(&["--memory=1G", "x"]).unwrap().memory, 1 << 30);
     }
 
     #[test]
-    fn help_states_the_linux_exit_statuses() {
+    fn variants_are_numbered_or_named() {
+        let a = p(&["--cluster", "c.toml", "--variant", "3", "x"]).unwrap();
+        assert_eq!(a.variant, VariantRef::Id(3));
+        let b = p(&["--cluster", "c.toml", "--variant", "eu-1", "x"]).unwrap();
+        assert_eq!(b.variant, VariantRef::Name("eu-1".into()));
+        assert!(usage_error(&["--variant", "16", "x"]).contains("--variant must be 0-15 or a name"));
+        assert!(usage_error(&["--variant", "a b", "x"]).contains("not a variant name"));
+        assert!(usage_error(&["--variant", "a", "x"]).contains("give --cluster FILE"));
+        assert!(usage_error(&["--variants", "2", "--variant", "1", "x"]).contains("cannot be used with"));
+    }
+
+    #[test]
+    fn help_states_the_exit_statuses_and_examples() {
         use crate::linux::status;
+        let text = long_help().replace('\n', " ");
         for (code, what) in [
             (status::POWER_OFF, "powered off"),
             (status::RESET, "reset the machine"),
@@ -402,12 +579,13 @@ mod tests {
             (status::TIMEOUT, "the --timeout passed"),
             (status::KVM_STOPPED, "KVM could not emulate"),
         ] {
-            let text = USAGE.replace('\n', " ");
             let at = text.find(what).unwrap_or_else(|| panic!("{what}"));
             let before = &text[..at];
             assert!(before.contains(&format!("{code} ")), "--help does not give {code} for '{what}'");
         }
-        assert!(USAGE.contains(DEFAULT_CMDLINE));
+        assert!(long_help().contains(&format!("(default:\n  \"{DEFAULT_CMDLINE}\")")));
+        assert!(text.contains("Examples:") && text.contains("dmvx-vmm --variants 2 --"));
+        assert!(p(&["--help"]).unwrap_err().exit_code() == 0);
     }
 
     #[test]
@@ -417,9 +595,35 @@ mod tests {
         assert_eq!(a.command, Command::Linux);
         assert_eq!(a.initrd, Some(PathBuf::from("i.gz")));
         assert_eq!(a.cmdline.as_deref(), Some("console=ttyS0"));
-        assert_eq!(a.timeout, Some(std::time::Duration::from_millis(2500)));
+        assert_eq!(a.timeout, Some(Duration::from_millis(2500)));
         let b = p(&["--kernel", "k", "--", "/bin/true"]).unwrap();
         assert!(matches!(b.command, Command::Run { .. }));
+    }
+
+    #[test]
+    fn tables_and_benchmarks() {
+        assert_eq!(p(&["--syscall-table"]).unwrap().command, Command::SyscallTable);
+        assert_eq!(p(&["--policy-table"]).unwrap().command, Command::PolicyTable);
+        assert_eq!(p(&["--bench-exit-loop", "10"]).unwrap().command, Command::BenchExitLoop { n: 10, cpl: 3 });
+        assert_eq!(
+            p(&["--bench-exit-loop", "10", "--bench-cpl", "0"]).unwrap().command,
+            Command::BenchExitLoop { n: 10, cpl: 0 }
+        );
+        assert!(usage_error(&["--bench-exit-loop", "10", "--bench-cpl", "1"]).contains("must be 0 or 3"));
+        assert!(usage_error(&["--bench-exit-loop", "0"]).contains("positive count"));
+    }
+
+    #[test]
+    fn variants_run_the_command_line_less_the_local_cluster_options() {
+        let v = |s: &[&str]| -> Vec<String> {
+            variant_args(s.iter().map(OsString::from)).into_iter().map(|o| o.into_string().unwrap()).collect()
+        };
+        assert_eq!(
+            v(&["--variants", "2", "--stats", "--policy=strict", "--memory", "64M", "busybox", "--policy", "x"]),
+            ["--stats", "--memory", "64M", "busybox", "--policy", "x"]
+        );
+        assert_eq!(v(&["--variants=3", "--policy", "p.toml", "--", "--variants", "2"]), ["--", "--variants", "2"]);
+        assert_eq!(v(&["--env", "A=--policy", "--variants", "2", "prog"]), ["--env", "A=--policy", "prog"]);
     }
 
     #[test]
@@ -429,28 +633,40 @@ mod tests {
             p(&["keygen", "--force", "k"]).unwrap().command,
             Command::Keygen { path: "k".into(), replace: true }
         );
-        assert!(p(&["keygen"]).unwrap_err().0.contains("needs a FILE"));
-        assert!(p(&["keygen", "a", "b"]).is_err());
-        // After --, keygen is a program.
+        assert!(usage_error(&["keygen"]).contains("<FILE>"));
+        assert!(usage_error(&["keygen", "a", "b"]).contains("unexpected argument 'b'"));
+        // keygen is the tool only first; after an option, or after --, it is a
+        // program; so is help.
+        assert_eq!(
+            p(&["--stats", "keygen", "a"]).unwrap().command,
+            Command::Run { program: "keygen".into(), args: vec!["a".into()] }
+        );
         assert!(matches!(p(&["--", "keygen"]).unwrap().command, Command::Run { .. }));
+        assert_eq!(p(&["help"]).unwrap().command, Command::Run { program: "help".into(), args: vec![] });
         let a = p(&["--cluster-fd", "5", "--private-key-fd", "6", "--variant", "1", "/bin/true"]).unwrap();
         assert_eq!((a.cluster_fd, a.private_key_fd), (Some(5), Some(6)));
         assert!(a.joins_cluster());
-        assert!(p(&["--cluster-fd", "1", "/bin/true"]).unwrap_err().0.contains("3 or above"));
-        assert!(p(&["--cluster", "c", "--cluster-fd", "4", "x"]).unwrap_err().0.contains("not both"));
-        assert!(p(&["--cluster-fd", "4", "--private-key-fd", "4", "x"]).unwrap_err().0.contains("different"));
-        assert!(p(&["--private-key", "k", "x"]).unwrap_err().0.contains("need --cluster"));
+        assert!(usage_error(&["--cluster-fd", "1", "/bin/true"]).contains("3 or above"));
+        assert!(usage_error(&["--cluster", "c", "--cluster-fd", "4", "x"]).contains("cannot be used with"));
+        assert!(usage_error(&["--cluster-fd", "4", "--private-key-fd", "4", "x"]).contains("different"));
+        assert!(usage_error(&["--private-key", "k", "x"]).contains("need --cluster"));
+        assert!(usage_error(&["--max-procs", "0", "x"]).contains("--max-procs must be 1-65536"));
+        assert_eq!(p(&["x"]).unwrap().max_procs, DEFAULT_MAX_PROCS);
+        // A name needs a cluster configuration, from a file or a descriptor.
+        assert_eq!(p(&["--cluster-fd", "5", "--variant", "a", "x"]).unwrap().variant, VariantRef::Name("a".into()));
     }
 
     #[test]
     fn reports_usage_errors() {
-        assert!(p(&["--memory", "lots", "x"]).unwrap_err().0.contains("invalid size"));
-        assert!(p(&["--bogus"]).unwrap_err().0.contains("unknown option"));
-        assert!(p(&["--env", "novalue", "x"]).unwrap_err().0.contains("K=V"));
-        assert!(p(&["--variant", "99", "x"]).is_err());
-        assert!(p(&[]).unwrap_err().0.contains("no program"));
-        assert!(p(&["--timeout", "-1", "--kernel", "k"]).is_err());
-        assert!(p(&["--initrd", "i", "/bin/true"]).unwrap_err().0.contains("Linux-mode option"));
+        assert!(usage_error(&["--memory", "lots", "x"]).contains("invalid size"));
+        assert!(usage_error(&["--bogus"]).contains("unexpected argument '--bogus'"));
+        assert!(usage_error(&["--env", "novalue", "x"]).contains("K=V"));
+        assert!(usage_error(&[]).contains("no program given"));
+        assert!(usage_error(&["--timeout", "0", "--kernel", "k"]).contains("positive number of seconds"));
+        assert!(usage_error(&["--initrd", "i", "/bin/true"]).contains("Linux-mode option"));
+        let twice = p(&["--memory", "1G", "--memory", "2G", "--env", "A=1", "--env", "B=2", "--stats", "--stats", "x"])
+            .unwrap();
+        assert_eq!((twice.memory, twice.env, twice.stats), (2 << 30, vec!["A=1".to_string(), "B=2".to_string()], true));
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
     }
 }

@@ -54,6 +54,7 @@ impl GuestKernel {
     /// A kernel read from `path`.
     pub fn from_file(path: &Path) -> Result<Self, KernelError> {
         let bytes = std::fs::read(path).map_err(|source| KernelError::Read { path: path.into(), source })?;
+        log::debug!("guest kernel {}: {} bytes", path.display(), bytes.len());
         Self::parse(path, &bytes)
     }
 

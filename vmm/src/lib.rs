@@ -21,6 +21,7 @@ pub mod guest_kernel;
 pub mod image;
 pub mod kernel;
 pub mod linux;
+pub mod logger;
 pub mod memory;
 pub mod monitor;
 pub mod platform;

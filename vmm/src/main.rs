@@ -2,12 +2,15 @@
 
 use std::process::ExitCode;
 
-use dmvx_vmm::cli::{self, Command, USAGE};
+use log::{error, info, warn};
+
+use dmvx_vmm::cli::{self, Command, VariantRef};
 use dmvx_vmm::guest_kernel::GuestKernel;
 use dmvx_vmm::kernel::errno::Errno;
 use dmvx_vmm::kernel::exec::ExecError;
 use dmvx_vmm::kernel::{self, KernelError, Outcome};
 use dmvx_vmm::linux::{self, serial::StdoutSink};
+use dmvx_vmm::logger::PROGRAM;
 
 /// The VMM itself failed.
 const EXIT_VMM: u8 = 125;
@@ -15,27 +18,14 @@ const EXIT_VMM: u8 = 125;
 const EXIT_NOEXEC: u8 = 126;
 /// The program was not found.
 const EXIT_NOTFOUND: u8 = 127;
-const EXIT_USAGE: u8 = 2;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn main() -> ExitCode {
-    let args = match cli::parse(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("dmvx-vmm: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+    dmvx_vmm::logger::init();
+    // Usage errors exit with 2, --help and --version with 0 (clap's statuses).
+    let args = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let (program, rest) = match &args.command {
-        Command::Help => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Command::Version => {
-            println!("dmvx-vmm {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
         Command::SyscallTable => {
             print!("{}", kernel::syscall::markdown_table());
             return ExitCode::SUCCESS;
@@ -51,7 +41,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("dmvx-vmm: error: {e}");
+                    error!("{e}");
                     ExitCode::from(EXIT_VMM)
                 }
             };
@@ -59,16 +49,12 @@ fn main() -> ExitCode {
         Command::Keygen { path, replace } => {
             return match dmvx_vmm::monitor::cluster::keygen(path, *replace) {
                 Ok(public) => {
-                    eprintln!(
-                        "dmvx-vmm: wrote the private key to {} and the public key to {}.pub",
-                        path.display(),
-                        path.display()
-                    );
+                    info!("wrote the private key to {} and the public key to {}.pub", path.display(), path.display());
                     println!("public_key = \"{public}\"");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("dmvx-vmm: error: {e}");
+                    error!("{e}");
                     ExitCode::from(EXIT_VMM)
                 }
             };
@@ -89,12 +75,12 @@ fn main() -> ExitCode {
                     Some(root) => dmvx_vmm::image::verify(root, want),
                 };
                 if let Err(e) = checked {
-                    eprintln!("dmvx-vmm: error: {e}");
+                    error!("{e}");
                     return ExitCode::from(EXIT_VMM);
                 }
             }
-            let (cfg, key) = (member.cfg, member.key);
-            Some(kernel::ClusterJoin { cfg, key, id: args.variant as u8, report_dir: args.report_dir.clone() })
+            let (cfg, key, id) = (member.cfg, member.key, member.id);
+            Some(kernel::ClusterJoin { cfg, key, id, report_dir: args.report_dir.clone() })
         }
         Err(code) => return code,
     };
@@ -105,7 +91,7 @@ fn main() -> ExitCode {
     let kernel = match kernel {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("dmvx-vmm: error: {e}");
+            error!("{e}");
             return ExitCode::from(EXIT_VMM);
         }
     };
@@ -127,7 +113,7 @@ fn main() -> ExitCode {
         argv,
         env,
         cwd: args.cwd.clone(),
-        variant: args.variant,
+        variant: cluster.as_ref().map_or_else(|| variant_id(&args.variant), |c| u32::from(c.id)),
         stats: args.stats,
         trace: args.trace,
         launched_ns: std::env::var("DMVX_LAUNCH_NS").ok().and_then(|s| s.parse().ok()),
@@ -139,19 +125,19 @@ fn main() -> ExitCode {
         Ok(Outcome::Exited(status)) => ExitCode::from((status & 0xff) as u8),
         Ok(o @ Outcome::Killed { .. }) => {
             if let Outcome::Killed { signal, reason } = &o {
-                eprintln!("dmvx: program killed by {}: {reason}", signal.name());
+                warn!(target: PROGRAM, "program killed by {}: {reason}", signal.name());
             }
             ExitCode::from(o.status() as u8)
         }
         Ok(o @ Outcome::Diverged(_)) => {
             if let Outcome::Diverged(msg) = &o {
-                eprintln!("dmvx: variants diverged, every variant stopped: {msg}");
+                error!(target: PROGRAM, "variants diverged, every variant stopped: {msg}");
             }
             ExitCode::from(o.status() as u8)
         }
         Ok(o @ Outcome::Ended(_)) => ExitCode::from(o.status() as u8),
         Err(e) => {
-            eprintln!("dmvx-vmm: error: {e}");
+            error!("{e}");
             ExitCode::from(match &e {
                 KernelError::Exec(x) => match x.errno() {
                     Errno::ENOENT => EXIT_NOTFOUND,
@@ -182,25 +168,22 @@ fn run_linux(args: &cli::Args) -> ExitCode {
     let result = match join_cluster(args) {
         Ok(None) => linux::run(config).map(linux::mvx::Outcome::Agreed),
         Ok(Some(member)) => {
-            let (cfg, key) = (member.cfg, member.key);
-            linux::mvx::run(
-                config,
-                linux::mvx::Join { cfg, key, id: args.variant as u8, report_dir: args.report_dir.clone() },
-            )
+            let (cfg, key, id) = (member.cfg, member.key, member.id);
+            linux::mvx::run(config, linux::mvx::Join { cfg, key, id, report_dir: args.report_dir.clone() })
         }
         Err(code) => return code,
     };
     match result {
         Ok(linux::mvx::Outcome::Agreed(exit)) => {
-            eprintln!("dmvx-vmm: {exit}");
+            info!("{exit}");
             ExitCode::from(exit.status())
         }
         Ok(linux::mvx::Outcome::Diverged(msg)) => {
-            eprintln!("dmvx: variants diverged, every variant stopped: {msg}");
+            error!(target: PROGRAM, "variants diverged, every variant stopped: {msg}");
             ExitCode::from(dmvx_vmm::monitor::EXIT_DIVERGENCE)
         }
         Err(e) => {
-            eprintln!("dmvx-vmm: error: {e}");
+            error!("{e}");
             ExitCode::from(EXIT_VMM)
         }
     }
@@ -215,34 +198,29 @@ fn join_cluster(args: &cli::Args) -> Result<Option<dmvx_vmm::monitor::cluster::M
         key_file: args.private_key.as_deref(),
         key_fd: args.private_key_fd,
     };
-    dmvx_vmm::monitor::cluster::load(sources, args.variant as u8).map_err(|e| {
-        eprintln!("dmvx-vmm: error: {e}");
+    dmvx_vmm::monitor::cluster::load(sources, &args.variant).map_err(|e| {
+        error!("{e}");
         ExitCode::from(EXIT_VMM)
     })
 }
 
 /// `--variants N`: N variants here, joined over loopback.
 fn run_variants(args: &cli::Args) -> ExitCode {
-    // Pass every argument on except --variants and --policy (and their values).
-    let mut rest: Vec<std::ffi::OsString> = Vec::new();
-    let mut it = std::env::args_os().skip(1);
-    while let Some(a) = it.next() {
-        if a == "--" {
-            rest.push(a);
-            rest.extend(it.by_ref());
-            break;
-        }
-        if a == "--variants" || a == "--policy" {
-            it.next();
-            continue;
-        }
-        rest.push(a);
-    }
+    let rest = cli::variant_args(std::env::args_os().skip(1));
     match dmvx_vmm::monitor::launch::run_local(args.variants, args.policy.as_deref(), &rest) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("dmvx-vmm: error: {e}");
+            error!("{e}");
             ExitCode::from(EXIT_VMM)
         }
+    }
+}
+
+/// The variant id that `--variant` gives without a cluster (the CLI
+/// refuses a name there).
+fn variant_id(v: &VariantRef) -> u32 {
+    match v {
+        VariantRef::Id(id) => *id,
+        VariantRef::Name(_) => 0,
     }
 }

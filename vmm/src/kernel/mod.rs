@@ -238,13 +238,13 @@ impl Kernel {
             return;
         }
         let name = syscall::names::name(nr).unwrap_or("unknown");
-        eprintln!("dmvx: unsupported system call {name} ({nr}), returning ENOSYS");
+        log::warn!(target: crate::logger::PROGRAM, "unsupported system call {name} ({nr}), returning ENOSYS");
     }
 
     /// Logs a refusal once (the same text is not repeated).
     pub(crate) fn log_once(&mut self, what: String) {
         if self.diag.refusals_logged.insert(what.clone()) {
-            eprintln!("dmvx: {what}");
+            log::warn!(target: crate::logger::PROGRAM, "{what}");
         }
     }
 

@@ -184,6 +184,7 @@ pub fn detect(path: &Path, bytes: &[u8]) -> Result<KernelKind, BootError> {
 /// Checks `bytes` and loads it into `mem`.
 pub fn load_kernel(mem: &GuestMemory, path: &Path, bytes: &[u8]) -> Result<LoadedKernel, BootError> {
     let kind = detect(path, bytes)?;
+    log::debug!("{}: a {}, {} bytes", path.display(), kind.name(), bytes.len());
     let too_big = |need: u64| BootError::KernelTooBig {
         path: path.into(),
         need_mib: need.div_ceil(1 << 20),

@@ -293,7 +293,7 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
     };
     let _ = thread.join();
     if let Err(e) = output {
-        eprintln!("dmvx-vmm: warning: writing the guest's serial output failed: {e}");
+        log::warn!("writing the guest's serial output failed: {e}");
     }
     match result {
         Ok(GuestStop::PowerOff) => Ok(LinuxExit::PowerOff),

@@ -18,6 +18,7 @@ use dmvx_sync::{ClusterConfig, Control, Digest, Follower, HandshakeInfo, Leader,
 use super::devices::Latch;
 use super::serial::SerialSink;
 use super::{Config, LinuxError, LinuxExit};
+use crate::logger::PROGRAM;
 
 /// Entry tags: console bytes, and the end of the run.
 const TAG_BYTES: u8 = 0;
@@ -299,8 +300,8 @@ impl State {
         };
         let path = self.report_dir.join(format!("dmvx-divergence-variant{}.json", self.id));
         match std::fs::write(&path, &text) {
-            Ok(()) => eprintln!("dmvx: divergence report written to {}", path.display()),
-            Err(e) => eprintln!("dmvx: cannot write the divergence report {}: {e}", path.display()),
+            Ok(()) => log::info!(target: PROGRAM, "divergence report written to {}", path.display()),
+            Err(e) => log::error!(target: PROGRAM, "cannot write the divergence report {}: {e}", path.display()),
         }
         self.diverged = Some(message);
     }
@@ -378,6 +379,7 @@ pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
             Follower::connect(&join.cfg, join.id, &join.key, &info).map_err(|e| cluster_err(e.to_string()))?,
         )),
     };
+    log::debug!("cluster {:?}: variant {} joined as the {:?}", join.cfg.name, join.id, me.role);
     let state = Arc::new(Mutex::new(State {
         side,
         id: join.id,

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use dmvx_sync::{ClusterConfig, ConfigError, KeyError, PrivateKey, PublicKey};
 
+use crate::cli::VariantRef;
+
 /// A cluster configuration from a descriptor is refused above this size.
 const MAX_CLUSTER_TEXT: u64 = 1 << 20;
 
@@ -36,16 +38,18 @@ pub struct Sources<'a> {
     pub key_fd: Option<RawFd>,
 }
 
-/// A member of a cluster: the configuration and its own private key.
+/// A member of a cluster: the configuration, its own private key and id.
 pub struct Member {
     pub cfg: ClusterConfig,
     pub key: PrivateKey,
+    pub id: u8,
 }
 
-/// Reads the cluster configuration and variant `id`'s private key; `None`
-/// if no cluster is given. A private key that is not the half of `id`'s
-/// listed public key is refused later, by the link, naming both.
-pub fn load(src: Sources<'_>, id: u8) -> Result<Option<Member>, JoinError> {
+/// Reads the cluster configuration and the private key of `variant` (an
+/// id, or a name the configuration gives); `None` if no cluster is given.
+/// A private key that is not the half of the variant's listed public key is
+/// refused later, by the link, naming both.
+pub fn load(src: Sources<'_>, variant: &VariantRef) -> Result<Option<Member>, JoinError> {
     let cfg = match (src.file, src.fd) {
         (Some(path), _) => ClusterConfig::load(path)
             .map_err(|source| JoinError::Config { origin: path.display().to_string(), source })?,
@@ -63,6 +67,15 @@ pub fn load(src: Sources<'_>, id: u8) -> Result<Option<Member>, JoinError> {
         }
         (None, None) => return Ok(None),
     };
+    let origin =
+        || src.file.map_or_else(|| format!("from descriptor {}", src.fd.unwrap_or(-1)), |p| p.display().to_string());
+    let id = match variant {
+        // Ids the file does not list are refused by the link, which says so.
+        VariantRef::Id(id) => u8::try_from(*id).map_err(|_| ConfigError::IdOutOfRange(*id)),
+        VariantRef::Name(name) => cfg.variant_named(name).map(|v| v.id),
+    }
+    .map_err(|source| JoinError::Config { origin: origin(), source })?;
+    log::debug!("cluster {:?} ({}): this is variant {id} of {}", cfg.name, origin(), cfg.variants.len());
     let key = match (src.key_fd, src.key_file) {
         (Some(fd), _) => PrivateKey::read_from(take_fd(fd, "private-key-fd")?, &format!("descriptor {fd}"))?,
         (None, Some(path)) => PrivateKey::load(path)?,
@@ -71,7 +84,7 @@ pub fn load(src: Sources<'_>, id: u8) -> Result<Option<Member>, JoinError> {
             PrivateKey::load(&listed.ok_or(JoinError::NoKey(id))?)?
         }
     };
-    Ok(Some(Member { cfg, key }))
+    Ok(Some(Member { cfg, key, id }))
 }
 
 /// Takes ownership of descriptor `fd`, inherited for `--option`.

@@ -244,7 +244,10 @@ impl Monitor {
                 let _ = self.leader().send_control(&Control::Divergence { seq, report: text.into_bytes() });
                 let _ = self.leader().flush();
                 let msg = v["message"].as_str().unwrap_or("divergence").to_string();
-                eprintln!("dmvx: variant {from} diverged at event {seq}; {discarded} bytes of held output discarded");
+                log::warn!(
+                    target: crate::logger::PROGRAM,
+                    "variant {from} diverged at event {seq}; {discarded} bytes of held output discarded"
+                );
                 return Err(Stop::Divergence(msg));
             }
         }
@@ -524,7 +527,10 @@ impl Monitor {
         }
         self.write_report_file(&json);
         if discarded > 0 {
-            eprintln!("dmvx: {discarded} bytes of held output discarded: they never left this host");
+            log::warn!(
+                target: crate::logger::PROGRAM,
+                "{discarded} bytes of held output discarded: they never left this host"
+            );
         }
         let message = serde_json::from_str::<serde_json::Value>(&json)
             .ok()
@@ -562,7 +568,10 @@ impl Monitor {
         };
         self.write_report_file(&report.to_json());
         if discarded > 0 {
-            eprintln!("dmvx: {discarded} bytes of held output discarded: they never left this host");
+            log::warn!(
+                target: crate::logger::PROGRAM,
+                "{discarded} bytes of held output discarded: they never left this host"
+            );
         }
     }
 
@@ -576,8 +585,12 @@ impl Monitor {
         };
         let path = self.report_dir.join(name);
         match std::fs::write(&path, json) {
-            Ok(()) => eprintln!("dmvx: divergence report written to {}", path.display()),
-            Err(e) => eprintln!("dmvx: cannot write the divergence report {}: {e}", path.display()),
+            Ok(()) => log::info!(target: crate::logger::PROGRAM, "divergence report written to {}", path.display()),
+            Err(e) => log::error!(
+                target: crate::logger::PROGRAM,
+                "cannot write the divergence report {}: {e}",
+                path.display()
+            ),
         }
     }
 

@@ -146,6 +146,7 @@ pub fn run_local(n: u32, policy: Option<&str>, args: &[OsString]) -> Result<u8, 
     let publics: Vec<PublicKey> = keys.iter().map(PrivateKey::public).collect();
     let base = free_ports(n)?;
     let text = cluster_file(base, &publics, &policy, 10_000);
+    log::debug!("local cluster of {n} variants on 127.0.0.1:{base}..{}", base as u32 + n - 1);
     run_cluster(&text, &keys, args)
 }
 
@@ -187,6 +188,7 @@ fn run_cluster(text: &str, keys: &[PrivateKey], args: &[OsString]) -> Result<u8,
         drop(cluster_wr);
         let _ = key.write_file_text(&mut key_wr);
         drop(key_wr);
+        log::debug!("variant {id}: process {}", child.id());
         if id == 0 {
             LEADER_PID.store(child.id() as i32, Ordering::SeqCst);
         }
@@ -214,6 +216,7 @@ fn run_cluster(text: &str, keys: &[PrivateKey], args: &[OsString]) -> Result<u8,
         if id == 0 {
             leader_status = code;
         }
+        log::debug!("variant {id} exited with status {code}");
     }
     LEADER_PID.store(0, Ordering::SeqCst);
     Ok(if diverged { EXIT_DIVERGENCE } else { leader_status })

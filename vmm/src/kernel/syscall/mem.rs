@@ -114,7 +114,10 @@ pub fn mmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         } else {
             if shared && prot & PROT_WRITE != 0 {
                 // Writes would have to reach the file; not supported.
-                eprintln!("dmvx: refusing a writable shared file mapping (MAP_SHARED|PROT_WRITE on a file): ENODEV");
+                log::warn!(
+                    target: crate::logger::PROGRAM,
+                    "refusing a writable shared file mapping (MAP_SHARED|PROT_WRITE on a file): ENODEV"
+                );
                 return Err(Errno::ENODEV);
             }
             if off.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
