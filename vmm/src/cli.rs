@@ -12,6 +12,10 @@ pub struct Args {
     pub env: Vec<String>,
     pub cwd: String,
     pub variant: u32,
+    /// Seed of the address-space layout (`--layout-seed`); `None`: from the host.
+    pub layout_seed: Option<u64>,
+    /// The variant's fixed layout, no randomisation (`--fixed-layout`).
+    pub fixed_layout: bool,
     /// Join the cluster described by this file as variant `variant`.
     pub cluster: Option<PathBuf>,
     /// Run this many variants here (the embedded local cluster).
@@ -96,6 +100,11 @@ options:
   --cluster FILE     join the cluster described by FILE as variant --variant
   --variant ID       this variant's id in the cluster; also selects its
                      disjoint address-space layout (0-15)
+  --layout-seed SEED draw the layout from SEED (decimal or 0x-hex) instead of
+                     the host's random generator, to reproduce a run's
+                     layout (reports record each variant's seed)
+  --fixed-layout     no layout randomisation: every base at the bottom of
+                     the variant's range (debugging; weaker, like setarch -R)
   --report-dir DIR   where divergence reports are written (default .)
   --stats            print exit, system call and timing statistics at the end
   --trace            print every system call and its result (strace-like)
@@ -152,6 +161,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
         env: Vec::new(),
         cwd: "/".into(),
         variant: 0,
+        layout_seed: None,
+        fixed_layout: false,
         cluster: None,
         variants: 1,
         policy: None,
@@ -199,6 +210,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
                         ))
                     })?;
             }
+            "--layout-seed" => {
+                let v = value("--layout-seed")?;
+                a.layout_seed = Some(crate::kernel::layout::parse_seed(&v).ok_or_else(|| {
+                    UsageError(format!("--layout-seed needs a 64-bit number (decimal or 0x-hex), got '{v}'"))
+                })?);
+            }
+            "--fixed-layout" => a.fixed_layout = true,
             "--cluster" => a.cluster = Some(PathBuf::from(value("--cluster")?)),
             "--variants" => {
                 let v = value("--variants")?;
@@ -337,5 +355,8 @@ mod tests {
         assert!(p(&["--timeout", "-1", "--kernel", "k"]).is_err());
         assert!(p(&["--initrd", "i", "/bin/true"]).unwrap_err().0.contains("Linux-mode option"));
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert!(p(&["--layout-seed", "x1", "/bin/true"]).unwrap_err().0.contains("--layout-seed"));
+        let a = p(&["--layout-seed", "0x10", "--fixed-layout", "/bin/true"]).unwrap();
+        assert_eq!((a.layout_seed, a.fixed_layout), (Some(16), true));
     }
 }

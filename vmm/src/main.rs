@@ -115,6 +115,8 @@ fn main() -> ExitCode {
         env,
         cwd: args.cwd.clone(),
         variant: args.variant,
+        layout_seed: args.layout_seed,
+        fixed_layout: args.fixed_layout,
         stats: args.stats,
         trace: args.trace,
         launched_ns: std::env::var("DMVX_LAUNCH_NS").ok().and_then(|s| s.parse().ok()),

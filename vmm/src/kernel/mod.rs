@@ -68,6 +68,10 @@ pub struct Config {
     pub cwd: String,
     /// Variant id (address-space layout).
     pub variant: u32,
+    /// Seed of the layout draw (`--layout-seed`); `None`: from the host.
+    pub layout_seed: Option<u64>,
+    /// The slot's fixed layout instead of a random one (`--fixed-layout`).
+    pub fixed_layout: bool,
     /// Print statistics at exit.
     pub stats: bool,
     /// Print every system call and its result to stderr.

@@ -32,7 +32,8 @@ pub const VIRTUAL_PPID: u32 = 1;
 pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let (mut plat, memory) = Platform::new(config.memory, &config.kernel, config.launched_ns)?;
     let sandbox = Arc::new(Sandbox::new(&config.root, config.writable)?);
-    let mut mm = Mm::new(memory.mem, memory.frames, memory.pt, Layout::for_variant(config.variant));
+    let layout = Layout::at_launch(config.variant, config.layout_seed, config.fixed_layout);
+    let mut mm = Mm::new(memory.mem, memory.frames, memory.pt, layout);
     let cwd = {
         let (fd, st) =
             sandbox.lookup(b"/", config.cwd.as_bytes(), true).map_err(|e| exec_open_error(&config.cwd, e))?;
@@ -48,6 +49,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let program = find_program(&sandbox, &cwd, &config.program);
     let prepared = exec::prepare(&sandbox, &cwd, &program, argv, &envp)?;
     let loaded = exec::load(&mut mm, prepared, &envp, &creds, random16())?;
+    let placed = loaded.placed;
     plat.start(&loaded.regs)?;
 
     let tg = Arc::new(ThreadGroup::new(VIRTUAL_PID, VIRTUAL_PPID, creds, loaded.exe, comm_name(&program)));
@@ -85,6 +87,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
             refusals_logged: Default::default(),
         },
     };
+    k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);
     let outcome = k.run_loop(&mut plat);
     drop(guard);
@@ -126,7 +129,25 @@ pub(crate) fn comm_name(path: &[u8]) -> [u8; 16] {
     n
 }
 
-/// 16 random bytes from the host (AT_RANDOM).
+impl Kernel {
+    /// A program image was loaded: its layout goes into reports (and the trace).
+    pub(crate) fn placed(&mut self, placed: &super::layout::Placed) {
+        let used = self.mm.layout.used(placed);
+        if self.diag.trace {
+            eprintln!(
+                "dmvx: layout of variant {} (seed {}, image {}): program {}, interpreter {}, heap {}, stack {}, mmap top {}",
+                self.mm.layout.variant, used.seed, used.generation, used.program, used.interpreter, used.heap, used.stack, used.mmap_top
+            );
+        }
+        if let Some(m) = self.monitor.as_mut() {
+            m.layout = Some(used);
+        }
+    }
+}
+
+/// 16 random bytes from the host (AT_RANDOM), drawn by every variant itself:
+/// the stack canary and pointer guard that glibc derives from them differ
+/// between variants (nothing compares or replicates them).
 pub(crate) fn random16() -> [u8; 16] {
     let mut b = [0u8; 16];
     // SAFETY: b is a valid 16-byte buffer.
