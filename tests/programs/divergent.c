@@ -4,6 +4,7 @@
  *   open-leader | open-follower DIR   an extra open(O_CREAT) of DIR/extra in one variant
  *   socket                            a TCP server whose reply differs in one variant
  *   address                           prints the address of a local variable
+ *   secrets                           prints AT_RANDOM and the stack canary glibc made of it
  *   read FILE                         reads FILE and prints its size (agrees everywhere)
  *   echo poll|select PORT             a TCP echo server driven by poll or select, up to
  *                                     8 clients; "quit" ends it (agrees everywhere)
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/select.h>
+#include <sys/auxv.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -109,6 +111,14 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "address")) {
         int x;
         printf("%p\n", (void *)&x);
+        return 0;
+    }
+    if (!strcmp(mode, "secrets")) {
+        const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
+        unsigned long canary;
+        __asm__ volatile("mov %%fs:0x28, %0" : "=r"(canary));
+        for (int i = 0; i < 16; i++) printf("%02x", r[i]);
+        printf(" %016lx\n", canary);
         return 0;
     }
     if (!strcmp(mode, "echo") && argc > 3) return echo_server(!strcmp(argv[2], "select"), atoi(argv[3]));
