@@ -22,7 +22,13 @@
 //! id = 1
 //! address = "127.0.0.1:7701"
 //! role = "follower"
+//! program = "sha256:<64 hex>"  # optional: this variant's own build (N-version)
 //! ```
+//!
+//! A variant's own `program` digest (variants built differently, e.g. by
+//! images/build-nversion.sh) overrides `[digests] program` for it; once one
+//! variant has one, every variant needs a program digest, and the handshake
+//! compares the table of them instead of the program itself.
 //!
 //! A relative `key_file` is resolved against the directory of the cluster file.
 
@@ -89,6 +95,8 @@ pub enum ConfigError {
     BadAddress { id: u8, address: String },
     #[error("variant {0} is not in the cluster file")]
     UnknownVariant(u8),
+    #[error("variant {0} has no program digest, but other variants name their own (give it `program` or set [digests] program)")]
+    MissingProgram(u8),
     #[error("variant {0} is the leader, not a follower")]
     NotAFollower(u8),
     #[error("a local cluster needs 1 to {MAX_VARIANTS} variants and ports that fit in 16 bits, got {n} variants from port {base_port}")]
@@ -210,6 +218,8 @@ pub struct VariantConfig {
 pub struct Digests {
     pub image: Option<Digest>,
     pub program: Option<Digest>,
+    /// Per-variant program digests (`[[variant]] program`), by id.
+    pub programs: [Option<Digest>; MAX_VARIANTS as usize],
 }
 
 /// A checked cluster file.
@@ -266,6 +276,7 @@ struct RawVariant {
     id: u32,
     address: String,
     role: Role,
+    program: Option<String>,
 }
 
 impl ClusterConfig {
@@ -295,14 +306,18 @@ impl ClusterConfig {
                 key?
             }
         };
-        let digests = Digests {
+        let mut digests = Digests {
             image: raw.digests.image.map(|v| Digest::parse("image", &v)).transpose()?,
             program: raw.digests.program.map(|v| Digest::parse("program", &v)).transpose()?,
+            programs: Default::default(),
         };
         let mut variants = Vec::with_capacity(raw.variant.len());
         for v in raw.variant {
             if v.id >= u32::from(MAX_VARIANTS) {
                 return Err(ConfigError::IdOutOfRange(v.id));
+            }
+            if let Some(p) = &v.program {
+                digests.programs[v.id as usize] = Some(Digest::parse("variant program", p)?);
             }
             variants.push(VariantConfig { id: v.id as u8, address: v.address, role: v.role });
         }
@@ -382,6 +397,11 @@ impl ClusterConfig {
                 return Err(ConfigError::BadAddress { id: v.id, address: v.address.clone() });
             }
         }
+        if self.digests.programs.iter().any(Option::is_some) {
+            if let Some(v) = self.variants.iter().find(|v| self.program_for(v.id).is_none()) {
+                return Err(ConfigError::MissingProgram(v.id));
+            }
+        }
         let leaders: Vec<u8> = self.variants.iter().filter(|v| v.role == Role::Leader).map(|v| v.id).collect();
         match leaders.len() {
             0 => return Err(ConfigError::NoLeader),
@@ -406,6 +426,27 @@ impl ClusterConfig {
     /// The entry for variant `id`.
     pub fn variant(&self, id: u8) -> Result<&VariantConfig, ConfigError> {
         self.variants.iter().find(|v| v.id == id).ok_or(ConfigError::UnknownVariant(id))
+    }
+
+    /// The digest variant `id`'s program must have: its own, else `[digests] program`.
+    pub fn program_for(&self, id: u8) -> Option<Digest> {
+        self.digests.programs.get(id as usize).copied().flatten().or(self.digests.program)
+    }
+
+    /// With per-variant programs (N-version variants): a digest of every
+    /// variant's program digest, which the handshake compares instead of
+    /// the program itself (each variant checked its own before joining).
+    pub fn programs_digest(&self) -> Option<Digest> {
+        if self.digests.programs.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(b"dmvx programs v1\0");
+        for v in &self.variants {
+            hasher.update([v.id]);
+            hasher.update(self.program_for(v.id).map_or([0; 32], |d| d.0));
+        }
+        Some(Digest(hasher.finalize().into()))
     }
 
     /// A digest of the `[policy]` table that does not depend on key order or

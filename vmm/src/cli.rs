@@ -16,6 +16,8 @@ pub struct Args {
     pub layout_seed: Option<u64>,
     /// The variant's fixed layout, no randomisation (`--fixed-layout`).
     pub fixed_layout: bool,
+    /// `--variant-program ID=PATH`: variant ID runs PATH instead of PROGRAM.
+    pub variant_programs: Vec<(u32, String)>,
     /// Join the cluster described by this file as variant `variant`.
     pub cluster: Option<PathBuf>,
     /// Run this many variants here (the embedded local cluster).
@@ -103,6 +105,11 @@ options:
   --layout-seed SEED draw the layout from SEED (decimal or 0x-hex) instead of
                      the host's random generator, to reproduce a run's
                      layout (reports record each variant's seed)
+  --variant-program ID=PATH
+                     variant ID runs the program file PATH instead of
+                     PROGRAM (another build of it: N-version variants;
+                     argv[0] stays PROGRAM); repeatable. With --variants N
+                     the cluster file gets every variant's program digest
   --fixed-layout     no layout randomisation: every base at the bottom of
                      the variant's range (debugging; weaker, like setarch -R)
   --report-dir DIR   where divergence reports are written (default .)
@@ -163,6 +170,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
         variant: 0,
         layout_seed: None,
         fixed_layout: false,
+        variant_programs: Vec::new(),
         cluster: None,
         variants: 1,
         policy: None,
@@ -217,6 +225,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
                 })?);
             }
             "--fixed-layout" => a.fixed_layout = true,
+            "--variant-program" => {
+                let v = value("--variant-program")?;
+                let parsed = v.split_once('=').and_then(|(id, path)| {
+                    let id = id.parse::<u32>().ok().filter(|&i| i < crate::kernel::layout::MAX_VARIANTS)?;
+                    (!path.is_empty()).then(|| (id, path.to_string()))
+                });
+                let (id, path) = parsed
+                    .ok_or_else(|| UsageError(format!("--variant-program expects ID=PATH with ID 0-15, got '{v}'")))?;
+                a.variant_programs.retain(|(i, _)| *i != id);
+                a.variant_programs.push((id, path));
+            }
             "--cluster" => a.cluster = Some(PathBuf::from(value("--cluster")?)),
             "--variants" => {
                 let v = value("--variants")?;
@@ -358,5 +377,10 @@ mod tests {
         assert!(p(&["--layout-seed", "x1", "/bin/true"]).unwrap_err().0.contains("--layout-seed"));
         let a = p(&["--layout-seed", "0x10", "--fixed-layout", "/bin/true"]).unwrap();
         assert_eq!((a.layout_seed, a.fixed_layout), (Some(16), true));
+        let a = p(&["--variant-program", "1=/b", "--variant-program", "1=/c", "/a"]).unwrap();
+        assert_eq!(a.variant_programs, vec![(1, "/c".to_string())]);
+        for bad in ["1", "16=/x", "x=/y", "1="] {
+            assert!(p(&["--variant-program", bad, "/a"]).unwrap_err().0.contains("ID=PATH"), "{bad}");
+        }
     }
 }

@@ -104,6 +104,11 @@ fn main() -> ExitCode {
     }
     let mut argv = vec![program.clone()];
     argv.extend(rest);
+    // Another build of the program for this variant (argv[0] stays).
+    let program = match args.variant_programs.iter().find(|(id, _)| *id == args.variant) {
+        Some((_, path)) => path.clone(),
+        None => program,
+    };
     let writable = args.rootfs.is_some() && !args.read_only;
     let config = kernel::Config {
         kernel,
@@ -212,7 +217,22 @@ fn run_variants(args: &cli::Args) -> ExitCode {
         }
         rest.push(a);
     }
-    match dmvx_vmm::monitor::launch::run_local(args.variants, args.policy.as_deref(), &rest) {
+    // Variants of different builds: the cluster file names each one's digest.
+    let mut programs = Vec::new();
+    if let (false, Command::Run { program, .. }) = (args.variant_programs.is_empty(), &args.command) {
+        let root = args.rootfs.clone().unwrap_or_else(|| "/".into());
+        for id in 0..args.variants {
+            let path = args.variant_programs.iter().find(|(i, _)| *i == id).map_or(program, |(_, p)| p);
+            match dmvx_vmm::monitor::join::program_digest(&root, &args.cwd, path) {
+                Ok(d) => programs.push(d),
+                Err(e) => {
+                    eprintln!("dmvx-vmm: error: variant {id}'s program: {e}");
+                    return ExitCode::from(EXIT_VMM);
+                }
+            }
+        }
+    }
+    match dmvx_vmm::monitor::launch::run_local(args.variants, args.policy.as_deref(), &programs, &rest) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("dmvx-vmm: error: {e}");

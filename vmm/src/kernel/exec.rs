@@ -388,6 +388,13 @@ pub fn prepare(
     Ok(Prepared { main, interp, argv, exe })
 }
 
+impl Prepared {
+    /// Guest path of the ELF file that will run (after `#!` lines).
+    pub fn exe(&self) -> &[u8] {
+        &self.exe
+    }
+}
+
 impl Errno {
     pub const ELIBBAD: Errno = Errno(libc::ELIBBAD);
 }

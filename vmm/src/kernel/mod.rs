@@ -46,6 +46,7 @@ use signal::Signal;
 use task::Task;
 use thread_group::TgState;
 
+pub(crate) use setup::find_program;
 pub use setup::run;
 
 /// What to run, and how.

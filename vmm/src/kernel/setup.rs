@@ -107,7 +107,7 @@ fn exec_open_error(path: &str, e: Errno) -> KernelError {
 }
 
 /// A program name without a slash is looked up in the usual PATH inside the root.
-fn find_program(sb: &Sandbox, cwd: &[u8], program: &str) -> Vec<u8> {
+pub(crate) fn find_program(sb: &Sandbox, cwd: &[u8], program: &str) -> Vec<u8> {
     if program.contains('/') {
         return program.as_bytes().to_vec();
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use dmvx_sync::ClusterKey;
+use dmvx_sync::{ClusterKey, Digest};
 
 use super::EXIT_DIVERGENCE;
 
@@ -79,16 +79,28 @@ fn getrandom_bytes(b: &mut [u8]) -> bool {
     unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) == b.len() as isize }
 }
 
-/// The text of a local cluster file.
-pub fn cluster_file(n: u32, base_port: u16, key: &ClusterKey, policy: &str, timeout_ms: u64) -> String {
+/// The text of a local cluster file; `programs` (empty, or one per
+/// variant): each variant's program digest.
+pub fn cluster_file(
+    n: u32,
+    base_port: u16,
+    key: &ClusterKey,
+    policy: &str,
+    timeout_ms: u64,
+    programs: &[Digest],
+) -> String {
     let mut s =
         format!("[cluster]\nname = \"local\"\nkey = \"{}\"\ntimeout_ms = {timeout_ms}\n\n{policy}\n", key.to_hex());
     for i in 0..n {
         let role = if i == 0 { "leader" } else { "follower" };
         s.push_str(&format!(
-            "[[variant]]\nid = {i}\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n\n",
+            "[[variant]]\nid = {i}\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n",
             base_port + i as u16
         ));
+        if let Some(d) = programs.get(i as usize) {
+            s.push_str(&format!("program = \"{d}\"\n"));
+        }
+        s.push('\n');
     }
     s
 }
@@ -115,7 +127,7 @@ impl Drop for Scratch {
 /// Runs `n` variants. `args` is this process's command line without the
 /// program name and without `--variants N` / `--policy P`; each variant gets
 /// `--cluster FILE --variant I` in front of it.
-pub fn run_local(n: u32, policy: Option<&str>, args: &[OsString]) -> Result<u8, LaunchError> {
+pub fn run_local(n: u32, policy: Option<&str>, programs: &[Digest], args: &[OsString]) -> Result<u8, LaunchError> {
     let policy = policy_table(policy)?;
     let key = ClusterKey::generate().map_err(|e| LaunchError::Key(e.to_string()))?;
     let base = free_ports(n)?;
@@ -126,7 +138,7 @@ pub fn run_local(n: u32, policy: Option<&str>, args: &[OsString]) -> Result<u8, 
     let scratch = Scratch(dir);
     std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o700)).map_err(LaunchError::Write)?;
     let file = scratch.0.join("cluster.toml");
-    std::fs::write(&file, cluster_file(n, base, &key, &policy, 10_000)).map_err(LaunchError::Write)?;
+    std::fs::write(&file, cluster_file(n, base, &key, &policy, 10_000, programs)).map_err(LaunchError::Write)?;
     run_cluster(n, &file, args)
 }
 
@@ -182,9 +194,14 @@ mod tests {
     #[test]
     fn local_cluster_files_parse() {
         let key = ClusterKey::generate().unwrap();
-        let text = cluster_file(3, 40000, &key, &policy_table(Some("strict")).unwrap(), 5000);
+        let text = cluster_file(3, 40000, &key, &policy_table(Some("strict")).unwrap(), 5000, &[]);
         let cfg = dmvx_sync::ClusterConfig::parse(&text, Path::new("/")).unwrap();
         assert_eq!(cfg.variants.len(), 3);
+        assert_eq!(cfg.programs_digest(), None);
+        let builds = [Digest::of(b"a"), Digest::of(b"b")];
+        let text = cluster_file(2, 40000, &key, &policy_table(None).unwrap(), 5000, &builds);
+        let cfg = dmvx_sync::ClusterConfig::parse(&text, Path::new("/")).unwrap();
+        assert_eq!((cfg.program_for(0), cfg.program_for(1)), (Some(builds[0]), Some(builds[1])));
         assert_eq!(cfg.policy.get("preset").and_then(|v| v.as_str()), Some("strict"));
         assert!(policy_table(Some("/nonexistent.toml")).is_err());
     }
