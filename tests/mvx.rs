@@ -198,7 +198,7 @@ fn every_variant_has_its_own_at_random_and_stack_canary() {
         let (random, canary) = line.split_once(' ').unwrap_or_else(|| panic!("secrets output: {r:?}"));
         assert_eq!(random.len(), 32, "{r}");
         // glibc: the canary is AT_RANDOM's first 8 bytes with the low byte zeroed.
-        let first8: String = random[..16].as_bytes().chunks(2).rev().map(|c| std::str::from_utf8(c).unwrap()).collect();
+        let first8: String = random.as_bytes()[..16].chunks(2).rev().map(|c| std::str::from_utf8(c).unwrap()).collect();
         assert_eq!(&canary[..14], &first8[..14], "{r}");
         assert_eq!(&canary[14..], "00", "{r}");
     }

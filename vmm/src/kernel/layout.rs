@@ -233,9 +233,9 @@ mod tests {
         assert!(l.mmap_bottom + TIB <= l.mmap_top, "at least 1 TiB for mappings: {l:x?}");
         assert!(l.mmap_top + TIB / 4 < l.stack_top - STACK_SIZE, "{l:x?}");
         assert!(l.stack_top < hi && l.stack_top < 0x7fff_ffff_f000, "{l:x?}");
-        assert!(l.stack_offset < 8192 && l.stack_offset % 16 == 0);
+        assert!(l.stack_offset < 8192 && l.stack_offset.is_multiple_of(16));
         for a in [l.pie_base, l.mmap_top, l.mmap_bottom, l.stack_top, l.heap_gap] {
-            assert_eq!(a % PAGE, 0, "{l:x?}");
+            assert!(a.is_multiple_of(PAGE), "{l:x?}");
         }
     }
 
