@@ -113,11 +113,15 @@ impl Layout {
 
     /// A fresh draw for variant `id`, from the host's random generator
     /// unless `seed` is given; `fixed` turns randomisation off.
-    pub fn at_launch(id: u32, seed: Option<u64>, fixed: bool) -> Layout {
+    pub fn at_launch(id: u32, seed: Option<u64>, fixed: bool) -> std::io::Result<Layout> {
         if fixed {
-            return Layout::fixed(id);
+            return Ok(Layout::fixed(id));
         }
-        Layout::drawn(id, seed.unwrap_or_else(host_seed), 0)
+        let seed = match seed {
+            Some(s) => s,
+            None => host_seed()?,
+        };
+        Ok(Layout::drawn(id, seed, 0))
     }
 
     /// The layout for the image an execve loads next.
@@ -187,18 +191,20 @@ impl Layout {
     }
 }
 
-/// A 64-bit seed from the host (getrandom). Should the call fail (it does
-/// not on Linux for 8 bytes once booted), the clock stands in rather than
-/// leaving every run with one layout.
-fn host_seed() -> u64 {
+/// A 64-bit seed from the host (getrandom); no weaker stand-in if it fails.
+fn host_seed() -> std::io::Result<u64> {
     let mut b = [0u8; 8];
-    // SAFETY: b is a valid writable 8-byte buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n == b.len() as isize {
-        return u64::from_le_bytes(b);
+    loop {
+        // SAFETY: b is a valid writable 8-byte buffer.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n == b.len() as isize {
+            return Ok(u64::from_le_bytes(b));
+        }
+        let e = std::io::Error::last_os_error();
+        if n >= 0 || e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(if n >= 0 { std::io::Error::other("a short read") } else { e });
+        }
     }
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    t ^ ((std::process::id() as u64) << 32)
 }
 
 /// Parses a `--layout-seed` value: decimal or 0x-prefixed hexadecimal.
@@ -269,7 +275,9 @@ mod tests {
             assert_ne!(a.stack_top - slot(a.variant).0, other.stack_top - slot(other.variant).0);
         }
         assert_eq!(Layout::fixed(3).next(), Layout::fixed(3));
-        assert_ne!(Layout::at_launch(0, None, false), Layout::at_launch(0, None, false));
+        assert_ne!(Layout::at_launch(0, None, false).unwrap(), Layout::at_launch(0, None, false).unwrap());
+        assert_eq!(Layout::at_launch(2, Some(9), false).unwrap(), Layout::drawn(2, 9, 0));
+        assert_eq!(Layout::at_launch(2, Some(9), true).unwrap(), Layout::fixed(2));
     }
 
     #[test]

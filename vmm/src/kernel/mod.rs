@@ -127,6 +127,8 @@ pub enum KernelError {
     Stdio(std::io::Error),
     #[error(transparent)]
     Cluster(#[from] crate::monitor::JoinError),
+    #[error("cannot draw the address-space layout: no random bytes from the host: {0}")]
+    LayoutSeed(std::io::Error),
 }
 
 /// Counters printed with --stats.

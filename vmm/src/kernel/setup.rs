@@ -32,7 +32,8 @@ pub const VIRTUAL_PPID: u32 = 1;
 pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let (mut plat, memory) = Platform::new(config.memory, &config.kernel, config.launched_ns)?;
     let sandbox = Arc::new(Sandbox::new(&config.root, config.writable)?);
-    let layout = Layout::at_launch(config.variant, config.layout_seed, config.fixed_layout);
+    let layout =
+        Layout::at_launch(config.variant, config.layout_seed, config.fixed_layout).map_err(KernelError::LayoutSeed)?;
     let mut mm = Mm::new(memory.mem, memory.frames, memory.pt, layout);
     let cwd = {
         let (fd, st) =

@@ -198,11 +198,12 @@ mod tests {
         let cfg = dmvx_sync::ClusterConfig::parse(&text, Path::new("/")).unwrap();
         assert_eq!(cfg.variants.len(), 3);
         assert_eq!(cfg.programs_digest(), None);
+        assert_eq!(cfg.policy.get("preset").and_then(|v| v.as_str()), Some("strict"));
+        assert!(policy_table(Some("/nonexistent.toml")).is_err());
+        // N-version variants: each variant's own program digest.
         let builds = [Digest::of(b"a"), Digest::of(b"b")];
         let text = cluster_file(2, 40000, &key, &policy_table(None).unwrap(), 5000, &builds);
         let cfg = dmvx_sync::ClusterConfig::parse(&text, Path::new("/")).unwrap();
         assert_eq!((cfg.program_for(0), cfg.program_for(1)), (Some(builds[0]), Some(builds[1])));
-        assert_eq!(cfg.policy.get("preset").and_then(|v| v.as_str()), Some("strict"));
-        assert!(policy_table(Some("/nonexistent.toml")).is_err());
     }
 }
