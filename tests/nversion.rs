@@ -9,8 +9,15 @@ use std::process::Command;
 
 use dmvx::*;
 
-/// The two builds of tests/programs/httpd.c and their digests.
+/// The two builds of tests/programs/httpd.c and their digests (built once
+/// per test process: the tests run in parallel).
 fn builds() -> (PathBuf, PathBuf, Vec<String>) {
+    static BUILT: std::sync::Mutex<Option<(PathBuf, PathBuf, Vec<String>)>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    built.get_or_insert_with(build).clone()
+}
+
+fn build() -> (PathBuf, PathBuf, Vec<String>) {
     let out = target_dir().join("dmvx-nversion");
     let script = workspace().join("images/build-nversion.sh");
     let src = workspace().join("tests/programs/httpd.c");
