@@ -2,8 +2,8 @@
 # The dmvx demo on this machine: sets up what it needs (Debian packages
 # through scripts/setup-host.sh, a release build, the lighttpd image), then
 # runs real Debian programs as two variants, each in its own KVM microVM,
-# joined by the authenticated link, and shows a divergence being stopped.
-# Runs as root.
+# joined by the authenticated link, shows a divergence being stopped, and a
+# real ROP exploit stopped by diversity. Runs as root.
 #   scripts/demo.sh [--setup-only]     --setup-only: set up, run nothing
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -121,3 +121,33 @@ cluster 17701 "$(cat "$work/c.key.pub")" | sed "s|$work/b.key|$work/c.key|" >"$w
 "$vmm" --cluster "$work/stranger.toml" --variant 1 -- /bin/busybox true 2>&1 | sed 's/^/   stranger: /' &
 "$vmm" --cluster "$work/leader.toml" --variant 0 -- /bin/busybox true 2>&1 | sed 's/^/   leader:   /' || true
 wait
+echo "== 5. A real exploit: a stack overflow in a PIE server (tests/programs/vulnserver.c), a ROP chain"
+echo "   through its libc (gadgets found by tests/exploit/rop.py) that opens a secret file and sends it back."
+gcc -O1 -fPIE -pie -fno-stack-protector -o "$work/vulnserver" tests/programs/vulnserver.c
+echo "dmvx-demo-secret-$RANDOM$RANDOM" >"$work/secret"
+exploit() { python3 tests/exploit/rop.py --port "$1" --secret "$work/secret" "${@:2}" 2>/dev/null | tr -d '\0' | grep -av '^ok$' | head -n1 | tr -cd '[:print:]' || true; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; }
+echo "   a) natively, ASLR off (setarch -R: the attacker knows the layout):"
+setarch -R "$work/vulnserver" 18181 >/dev/null & server=$!
+wait_port 18181
+echo "      attacker got: $(exploit 18181 --maps-of "$server")"
+wait "$server" 2>/dev/null || true; server=""
+echo "   b) under dmvx, the chain built from a --trace run of one variant, against a later run:"
+"$vmm" --trace -- "$work/vulnserver" 18182 >/dev/null 2>"$work/trace.log" & server=$!
+wait_port 18182
+kill "$server"; wait "$server" 2>/dev/null || true; server=""
+"$vmm" -- "$work/vulnserver" 18183 >/dev/null 2>"$work/later.err" & server=$!
+wait_port 18183
+echo "      attacker got: '$(exploit 18183 --trace "$work/trace.log")'"
+wait "$server" 2>/dev/null || true; server=""
+echo "      $(tail -1 "$work/later.err")"
+echo "   c) 2 variants, the leader's layout known exactly (its --layout-seed is the traced run's):"
+seed=$(sed -n 's/^dmvx: layout of variant 0 (seed \([0-9a-fx]*\),.*/\1/p' "$work/trace.log")
+mkdir -p "$work/rop"
+"$vmm" --variants 2 --layout-seed "$seed" --report-dir "$work/rop" -- "$work/vulnserver" 18184 >/dev/null 2>"$work/mvx.err" & server=$!
+wait_port 18184
+echo "      attacker got: '$(exploit 18184 --trace "$work/trace.log")'"
+status=0
+wait "$server" 2>/dev/null || status=$?
+server=""
+echo "      exit status $status; $(grep -m1 'every variant stopped' "$work/mvx.err" | sed 's/^dmvx: //')"

@@ -188,6 +188,33 @@ fn output_that_depends_on_an_address_is_stopped() {
     assert_ne!(r["leader"]["args"][1], r["other"]["args"][1], "the written data differs: {r:#}");
 }
 
+#[test]
+fn every_variant_has_its_own_at_random_and_stack_canary() {
+    require_kvm!();
+    // One variant: fresh secrets per run, and the canary is made of them.
+    let runs: Vec<String> = (0..2).map(|_| stdout(&run_vmm(&["--", &divergent(), "secrets"], b""))).collect();
+    for r in &runs {
+        let line = r.lines().last().unwrap_or_default();
+        let (random, canary) = line.split_once(' ').unwrap_or_else(|| panic!("secrets output: {r:?}"));
+        assert_eq!(random.len(), 32, "{r}");
+        // glibc: the canary is AT_RANDOM's first 8 bytes with the low byte zeroed.
+        let first8: String = random.as_bytes()[..16].chunks(2).rev().map(|c| std::str::from_utf8(c).unwrap()).collect();
+        assert_eq!(&canary[..14], &first8[..14], "{r}");
+        assert_eq!(&canary[14..], "00", "{r}");
+    }
+    assert_ne!(runs[0], runs[1], "AT_RANDOM repeats across runs");
+    // Two variants: a program that prints them diverges (they differ; that
+    // is the point: a leaked canary is good for one variant only).
+    let d = TempDir::new("secrets");
+    let o =
+        run_vmm(&["--variants", "2", "--report-dir", d.path().to_str().unwrap(), "--", &divergent(), "secrets"], b"");
+    assert_eq!(status(&o), 121, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ready\n", "the secrets must not be printed");
+    let r = leader_report(d.path());
+    assert_eq!(r["leader"]["name"], "write");
+    assert_ne!(r["leader"]["args"][1], r["other"]["args"][1], "{r:#}");
+}
+
 /// Starts `divergent ARGS` in 2 variants (reports into `dir`) and waits
 /// until it says it is listening.
 fn listening(dir: &Path, args: &[&str]) -> std::process::Child {

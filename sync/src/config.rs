@@ -28,12 +28,18 @@
 //! address = "127.0.0.1:7701"
 //! role = "follower"
 //! public_key = "<64 hex>"
+//! program = "sha256:<64 hex>"  # optional: this variant's own build (N-version)
 //! ```
 //!
 //! A relative `private_key_file` is resolved against the directory of the
 //! cluster file. A variant's name is 1 to 64 letters, digits, `-`, `_` or
 //! `.`, not all digits (a number selects a variant by id), and unique in the
 //! file.
+//!
+//! A variant's own `program` digest (variants built differently, e.g. by
+//! images/build-nversion.sh) overrides `[digests] program` for it; once one
+//! variant has one, every variant needs a program digest, and the handshake
+//! compares the table of them instead of the program itself.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -105,6 +111,8 @@ pub enum ConfigError {
     BadVariantName { id: u8, name: String, why: &'static str },
     #[error("variant name {0:?} is given to more than one variant")]
     DuplicateVariantName(String),
+    #[error("variant {0} has no program digest, but other variants name their own (give it `program` or set [digests] program)")]
+    MissingProgram(u8),
     #[error("variant {0} is the leader, not a follower")]
     NotAFollower(u8),
     #[error("a local cluster needs 1 to {MAX_VARIANTS} variants (one public key each) and ports that fit in 16 bits, got {n} variants from port {base_port}")]
@@ -175,6 +183,8 @@ pub struct VariantConfig {
 pub struct Digests {
     pub image: Option<Digest>,
     pub program: Option<Digest>,
+    /// Per-variant program digests (`[[variant]] program`), by id.
+    pub programs: [Option<Digest>; MAX_VARIANTS as usize],
 }
 
 /// A checked cluster file.
@@ -234,6 +244,7 @@ struct RawVariant {
     role: Role,
     public_key: String,
     private_key_file: Option<PathBuf>,
+    program: Option<String>,
 }
 
 impl ClusterConfig {
@@ -256,14 +267,18 @@ impl ClusterConfig {
         if raw.cluster.key_file.is_some() {
             return Err(ConfigError::SharedKey("key_file"));
         }
-        let digests = Digests {
+        let mut digests = Digests {
             image: raw.digests.image.map(|v| Digest::parse("image", &v)).transpose()?,
             program: raw.digests.program.map(|v| Digest::parse("program", &v)).transpose()?,
+            programs: Default::default(),
         };
         let mut variants = Vec::with_capacity(raw.variant.len());
         for v in raw.variant {
             if v.id >= u32::from(MAX_VARIANTS) {
                 return Err(ConfigError::IdOutOfRange(v.id));
+            }
+            if let Some(p) = &v.program {
+                digests.programs[v.id as usize] = Some(Digest::parse("variant program", p)?);
             }
             let id = v.id as u8;
             let public_key = PublicKey::parse_hex(&v.public_key, "`public_key`")
@@ -366,6 +381,11 @@ impl ClusterConfig {
                 }
             }
         }
+        if self.digests.programs.iter().any(Option::is_some) {
+            if let Some(v) = self.variants.iter().find(|v| self.program_for(v.id).is_none()) {
+                return Err(ConfigError::MissingProgram(v.id));
+            }
+        }
         let leaders: Vec<u8> = self.variants.iter().filter(|v| v.role == Role::Leader).map(|v| v.id).collect();
         match leaders.len() {
             0 => return Err(ConfigError::NoLeader),
@@ -398,6 +418,27 @@ impl ClusterConfig {
             .iter()
             .find(|v| v.name.as_deref() == Some(name))
             .ok_or_else(|| ConfigError::UnknownVariantName(name.to_string()))
+    }
+
+    /// The digest variant `id`'s program must have: its own, else `[digests] program`.
+    pub fn program_for(&self, id: u8) -> Option<Digest> {
+        self.digests.programs.get(id as usize).copied().flatten().or(self.digests.program)
+    }
+
+    /// With per-variant programs (N-version variants): a digest of every
+    /// variant's program digest, which the handshake compares instead of
+    /// the program itself (each variant checked its own before joining).
+    pub fn programs_digest(&self) -> Option<Digest> {
+        if self.digests.programs.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(b"dmvx programs v1\0");
+        for v in &self.variants {
+            hasher.update([v.id]);
+            hasher.update(self.program_for(v.id).map_or([0; 32], |d| d.0));
+        }
+        Some(Digest(hasher.finalize().into()))
     }
 
     /// A digest of the `[policy]` table that does not depend on key order or

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::{Class, Rule};
 use crate::record::{decode, Event};
@@ -111,6 +111,25 @@ impl PolicyUsed {
 pub struct VariantLog {
     pub variant: u32,
     pub events: Vec<LoggedEvent>,
+    /// Its address-space layout (process mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutUsed>,
+}
+
+/// A variant's address-space layout: where its program, interpreter, heap,
+/// initial stack pointer and mmap area were (hexadecimal addresses), and the
+/// seed they were drawn from (`dmvx-vmm --layout-seed SEED --variant ID`
+/// reproduces them; "fixed": no randomisation).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutUsed {
+    pub seed: String,
+    /// Images loaded by execve before this one.
+    pub generation: u32,
+    pub program: String,
+    pub interpreter: String,
+    pub heap: String,
+    pub stack: String,
+    pub mmap_top: String,
 }
 
 impl Report {

@@ -250,3 +250,34 @@ fn policy_digest_ignores_order_and_formatting() {
     assert_ne!(a.policy_digest(), c.policy_digest());
     assert!(a.policy_digest().to_string().starts_with("sha256:"));
 }
+
+#[test]
+fn variants_may_name_their_own_program_builds() {
+    let k = format!("key = \"{KEY}\"");
+    let (a, b) = ("sha256:".to_string() + &"aa".repeat(32), "sha256:".to_string() + &"bb".repeat(32));
+    let own = |text: &str, id: u32, d: &str| {
+        text.replace(&format!("id = {id}\n"), &format!("id = {id}\nprogram = \"{d}\"\n"))
+    };
+    // Without per-variant programs: nothing changes.
+    let plain = parse(&file(&k, "")).unwrap();
+    assert_eq!(plain.programs_digest(), None);
+    assert_eq!(plain.program_for(1), None);
+    // Each variant its own build.
+    let both = parse(&own(&own(&file(&k, ""), 0, &a), 1, &b)).unwrap();
+    assert_eq!(both.program_for(0), Some(Digest::parse("x", &a).unwrap()));
+    assert_eq!(both.program_for(1), Some(Digest::parse("x", &b).unwrap()));
+    let table = both.programs_digest().expect("a table digest");
+    // Every variant computes the same table digest; another table differs.
+    assert_eq!(parse(&own(&own(&file(&k, ""), 0, &a), 1, &b)).unwrap().programs_digest(), Some(table));
+    assert_ne!(parse(&own(&own(&file(&k, ""), 0, &b), 1, &a)).unwrap().programs_digest(), Some(table));
+    // One variant's own build, the others the cluster-wide program.
+    let mixed = parse(&own(&file(&k, &format!("[digests]\nprogram = \"{a}\"\n")), 1, &b)).unwrap();
+    assert_eq!(mixed.program_for(0), Some(Digest::parse("x", &a).unwrap()));
+    assert_eq!(mixed.program_for(1), Some(Digest::parse("x", &b).unwrap()));
+    // A variant left unchecked while others are checked: refused.
+    assert_eq!(
+        err(&own(&file(&k, ""), 1, &b)),
+        "variant 0 has no program digest, but other variants name their own (give it `program` or set [digests] program)"
+    );
+    assert!(err(&own(&file(&k, ""), 1, "sha256:12")).contains("digest `variant program`"));
+}

@@ -6,6 +6,7 @@
  *   address                           prints the address of a local variable
  *   child-address                     a child process prints the address of a local
  *                                     variable; the parent waits for it
+ *   secrets                           prints AT_RANDOM and the stack canary glibc made of it
  *   read FILE                         reads FILE and prints its size (agrees everywhere)
  *   echo poll|select PORT             a TCP echo server driven by poll or select, up to
  *                                     8 clients; "quit" ends it (agrees everywhere)
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/select.h>
+#include <sys/auxv.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -124,6 +126,14 @@ int main(int argc, char **argv) {
         int st;
         waitpid(c, &st, 0);
         printf("parent done\n");
+        return 0;
+    }
+    if (!strcmp(mode, "secrets")) {
+        const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
+        unsigned long canary;
+        __asm__ volatile("mov %%fs:0x28, %0" : "=r"(canary));
+        for (int i = 0; i < 16; i++) printf("%02x", r[i]);
+        printf(" %016lx\n", canary);
         return 0;
     }
     if (!strcmp(mode, "echo") && argc > 3) return echo_server(!strcmp(argv[2], "select"), atoi(argv[3]));

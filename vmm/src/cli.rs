@@ -189,6 +189,20 @@ struct Cli {
     /// Where divergence reports are written
     #[arg(long, value_name = "DIR", default_value = ".", help_heading = "Multi-variant execution")]
     report_dir: PathBuf,
+    /// Variant ID runs the program file PATH instead of PROGRAM (another build
+    /// of it: N-version variants; argv[0] stays PROGRAM); repeatable. With
+    /// --variants N the cluster file gets every variant's program digest
+    #[arg(long, value_name = "ID=PATH", value_parser = parse_variant_program, help_heading = "Multi-variant execution")]
+    variant_program: Vec<(u32, String)>,
+    /// Draw the address-space layout from SEED (decimal or 0x-hex) instead of
+    /// the host's random generator, to reproduce a run's layout (reports
+    /// record each variant's seed)
+    #[arg(long, value_name = "SEED", value_parser = parse_layout_seed, help_heading = "Diversity")]
+    layout_seed: Option<u64>,
+    /// No layout randomisation: every base at the bottom of the variant's
+    /// range (debugging; weaker, like setarch -R)
+    #[arg(long, help_heading = "Diversity")]
+    fixed_layout: bool,
 
     /// Print exit, system call and timing statistics at the end
     #[arg(long, help_heading = "Output")]
@@ -276,6 +290,12 @@ pub struct Args {
     pub policy: Option<String>,
     /// Where divergence reports are written.
     pub report_dir: PathBuf,
+    /// Seed of the address-space layout (`--layout-seed`); `None`: from the host.
+    pub layout_seed: Option<u64>,
+    /// The variant's fixed layout, no randomisation (`--fixed-layout`).
+    pub fixed_layout: bool,
+    /// `--variant-program ID=PATH`: variant ID runs PATH instead of PROGRAM.
+    pub variant_programs: Vec<(u32, String)>,
     pub stats: bool,
     pub trace: bool,
     /// Linux mode: initrd, kernel command line, time limit.
@@ -346,6 +366,20 @@ fn parse_variant(v: &str) -> Result<VariantRef, String> {
     }
     dmvx_sync::config::check_variant_name(v).map_err(|why| format!("'{v}' is not a variant name: {why}"))?;
     Ok(VariantRef::Name(v.to_string()))
+}
+
+fn parse_layout_seed(v: &str) -> Result<u64, String> {
+    crate::kernel::layout::parse_seed(v)
+        .ok_or_else(|| format!("--layout-seed needs a 64-bit number (decimal or 0x-hex), got '{v}'"))
+}
+
+fn parse_variant_program(v: &str) -> Result<(u32, String), String> {
+    v.split_once('=')
+        .and_then(|(id, path)| {
+            let id = id.parse::<u32>().ok().filter(|&i| i < MAX_VARIANTS)?;
+            (!path.is_empty()).then(|| (id, path.to_string()))
+        })
+        .ok_or_else(|| format!("--variant-program expects ID=PATH with ID 0-15, got '{v}'"))
 }
 
 fn parse_max_procs(v: &str) -> Result<u32, String> {
@@ -464,6 +498,17 @@ where
         variants: c.variants,
         policy: c.policy,
         report_dir: c.report_dir,
+        layout_seed: c.layout_seed,
+        fixed_layout: c.fixed_layout,
+        variant_programs: {
+            // A variant named twice runs the last PATH given for it.
+            let mut v: Vec<(u32, String)> = Vec::new();
+            for (id, path) in c.variant_program {
+                v.retain(|(i, _)| *i != id);
+                v.push((id, path));
+            }
+            v
+        },
         stats: c.stats,
         trace: c.trace,
         initrd: c.initrd,
@@ -668,5 +713,13 @@ mod tests {
             .unwrap();
         assert_eq!((twice.memory, twice.env, twice.stats), (2 << 30, vec!["A=1".to_string(), "B=2".to_string()], true));
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert!(p(&["--layout-seed", "x1", "/bin/true"]).unwrap_err().0.contains("--layout-seed"));
+        let a = p(&["--layout-seed", "0x10", "--fixed-layout", "/bin/true"]).unwrap();
+        assert_eq!((a.layout_seed, a.fixed_layout), (Some(16), true));
+        let a = p(&["--variant-program", "1=/b", "--variant-program", "1=/c", "/a"]).unwrap();
+        assert_eq!(a.variant_programs, vec![(1, "/c".to_string())]);
+        for bad in ["1", "16=/x", "x=/y", "1="] {
+            assert!(p(&["--variant-program", bad, "/a"]).unwrap_err().0.contains("ID=PATH"), "{bad}");
+        }
     }
 }

@@ -103,6 +103,12 @@ fn main() -> ExitCode {
     }
     let mut argv = vec![program.clone()];
     argv.extend(rest);
+    let variant = cluster.as_ref().map_or_else(|| variant_id(&args.variant), |c| u32::from(c.id));
+    // Another build of the program for this variant (argv[0] stays).
+    let program = match args.variant_programs.iter().find(|(id, _)| *id == variant) {
+        Some((_, path)) => path.clone(),
+        None => program,
+    };
     let writable = args.rootfs.is_some() && !args.read_only;
     let config = kernel::Config {
         kernel,
@@ -113,7 +119,9 @@ fn main() -> ExitCode {
         argv,
         env,
         cwd: args.cwd.clone(),
-        variant: cluster.as_ref().map_or_else(|| variant_id(&args.variant), |c| u32::from(c.id)),
+        variant,
+        layout_seed: args.layout_seed,
+        fixed_layout: args.fixed_layout,
         stats: args.stats,
         trace: args.trace,
         launched_ns: std::env::var("DMVX_LAUNCH_NS").ok().and_then(|s| s.parse().ok()),
@@ -207,7 +215,22 @@ fn join_cluster(args: &cli::Args) -> Result<Option<dmvx_vmm::monitor::cluster::M
 /// `--variants N`: N variants here, joined over loopback.
 fn run_variants(args: &cli::Args) -> ExitCode {
     let rest = cli::variant_args(std::env::args_os().skip(1));
-    match dmvx_vmm::monitor::launch::run_local(args.variants, args.policy.as_deref(), &rest) {
+    // Variants of different builds: the cluster file names each one's digest.
+    let mut programs = Vec::new();
+    if let (false, Command::Run { program, .. }) = (args.variant_programs.is_empty(), &args.command) {
+        let root = args.rootfs.clone().unwrap_or_else(|| "/".into());
+        for id in 0..args.variants {
+            let path = args.variant_programs.iter().find(|(i, _)| *i == id).map_or(program, |(_, p)| p);
+            match dmvx_vmm::monitor::join::program_digest(&root, &args.cwd, path) {
+                Ok(d) => programs.push(d),
+                Err(e) => {
+                    error!("variant {id}'s program: {e}");
+                    return ExitCode::from(EXIT_VMM);
+                }
+            }
+        }
+    }
+    match dmvx_vmm::monitor::launch::run_local(args.variants, args.policy.as_deref(), &programs, &rest) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             error!("{e}");

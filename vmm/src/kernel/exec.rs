@@ -9,7 +9,7 @@ use kvm_bindings::kvm_regs;
 
 use super::creds::Creds;
 use super::errno::{Errno, SysResult};
-use super::layout::{Layout, STACK_SIZE};
+use super::layout::{Layout, Placed, STACK_SIZE};
 use super::mm::{page_down, page_up, Backing, Mm, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE};
 use super::sandbox::Sandbox;
 use crate::arch::x86_64::layout::{USER_END, USER_MIN};
@@ -95,6 +95,8 @@ pub struct Loaded {
     pub regs: kvm_regs,
     /// Guest path of the executable (for /proc/self/exe).
     pub exe: Vec<u8>,
+    /// Where its parts went.
+    pub placed: Placed,
 }
 
 fn pread_exact(fd: &OwnedFd, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
@@ -386,6 +388,13 @@ pub fn prepare(
     Ok(Prepared { main, interp, argv, exe })
 }
 
+impl Prepared {
+    /// Guest path of the ELF file that will run (after `#!` lines).
+    pub fn exe(&self) -> &[u8] {
+        &self.exe
+    }
+}
+
 impl Errno {
     pub const ELIBBAD: Errno = Errno(libc::ELIBBAD);
 }
@@ -399,7 +408,7 @@ pub fn load(mm: &mut Mm, p: Prepared, envp: &[Vec<u8>], creds: &Creds, random: [
         ElfType::Dyn => pie_bias(main, layout.pie_base),
     };
     let top = main.map(mm, bias)?;
-    let brk = page_up(top) + if main.header.ty == ElfType::Exec { layout.brk_offset } else { 0 };
+    let brk = layout.heap_start(page_up(top), main.header.ty == ElfType::Dyn);
     mm.brk_start = brk;
     mm.brk = brk;
 
@@ -444,24 +453,25 @@ pub fn load(mm: &mut Mm, p: Prepared, envp: &[Vec<u8>], creds: &Creds, random: [
         (AT_HWCAP2, 0),
         (AT_CLKTCK, 100),
     ];
-    let sp = build_stack(mm, layout.stack_top, &p.argv, envp, &p.exe, &mut auxv, random)
+    let sp = build_stack(mm, &layout, &p.argv, envp, &p.exe, &mut auxv, random)
         .map_err(|_| ExecError::OutOfMemory { path: main.path.clone() })?;
     let regs = kvm_regs { rip: entry, rsp: sp, rflags: rflags::FIXED | rflags::IF, ..Default::default() };
-    Ok(Loaded { regs, exe: p.exe })
+    let placed = Placed { program: bias.wrapping_add(main.span().0), interpreter: interp_base, heap: brk, stack: sp };
+    Ok(Loaded { regs, exe: p.exe, placed })
 }
 
 /// Writes strings, auxv, envp, argv and argc below `top`; returns the
 /// initial stack pointer (16-byte aligned, pointing at argc).
 fn build_stack(
     mm: &mut Mm,
-    top: u64,
+    layout: &Layout,
     argv: &[Vec<u8>],
     envp: &[Vec<u8>],
     execfn: &[u8],
     auxv: &mut Vec<(u64, u64)>,
     random: [u8; 16],
 ) -> SysResult<u64> {
-    let mut sp = top - 16;
+    let mut sp = layout.stack_top - 16;
     let push_str = |mm: &mut Mm, s: &[u8], sp: &mut u64| -> SysResult<u64> {
         *sp -= s.len() as u64 + 1;
         mm.write_user(*sp, s)?;
@@ -480,8 +490,9 @@ fn build_stack(
     }
     arg_addrs.reverse();
     let platform = push_str(mm, b"x86_64", &mut sp)?;
+    // As Linux: the strings sit at the top, the tables a random step below.
     sp &= !15;
-    sp -= 16;
+    sp -= 16 + layout.stack_offset;
     let random_addr = sp;
     mm.write_user(random_addr, &random)?;
     auxv.push((AT_RANDOM, random_addr));

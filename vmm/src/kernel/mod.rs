@@ -49,6 +49,7 @@ use signal::Signal;
 use task::Task;
 use thread_group::TgState;
 
+pub(crate) use setup::find_program;
 pub use setup::run;
 
 /// What to run, and how.
@@ -71,6 +72,10 @@ pub struct Config {
     pub cwd: String,
     /// Variant id (address-space layout).
     pub variant: u32,
+    /// Seed of the layout draw (`--layout-seed`); `None`: from the host.
+    pub layout_seed: Option<u64>,
+    /// The slot's fixed layout instead of a random one (`--fixed-layout`).
+    pub fixed_layout: bool,
     /// Print statistics at exit.
     pub stats: bool,
     /// Print every system call and its result to stderr.
@@ -135,6 +140,8 @@ pub enum KernelError {
     Fork(std::io::Error),
     #[error("cannot create process {pid} as the leader did: {source}")]
     ForkAsLeader { pid: u32, source: proc_table::TableError },
+    #[error("cannot draw the address-space layout: no random bytes from the host: {0}")]
+    LayoutSeed(std::io::Error),
 }
 
 /// Counters printed with --stats.

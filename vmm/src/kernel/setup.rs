@@ -31,7 +31,9 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let (mut plat, memory) = Platform::new(config.memory, config.shared_memory, &config.kernel, config.launched_ns)?;
     let sandbox = Arc::new(Sandbox::new(&config.root, config.writable)?);
     let shared = SharedFrames::of(&memory.mem).map_err(KernelError::Table)?;
-    let mut mm = Mm::new(memory.mem, memory.frames, memory.pt, Layout::for_variant(config.variant));
+    let layout =
+        Layout::at_launch(config.variant, config.layout_seed, config.fixed_layout).map_err(KernelError::LayoutSeed)?;
+    let mut mm = Mm::new(memory.mem, memory.frames, memory.pt, layout);
     mm.shared = shared.map(Arc::new);
     let cwd = {
         let (fd, st) =
@@ -48,6 +50,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let program = find_program(&sandbox, &cwd, &config.program);
     let prepared = exec::prepare(&sandbox, &cwd, &program, argv, &envp)?;
     let loaded = exec::load(&mut mm, prepared, &envp, &creds, random16())?;
+    let placed = loaded.placed;
     plat.start(&loaded.regs)?;
 
     let procs = Arc::new(ProcTable::new(config.max_procs).map_err(KernelError::Table)?);
@@ -93,6 +96,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         vfork_done: None,
         reported: Default::default(),
     };
+    k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);
     let outcome = k.run_loop(&mut plat);
     drop(guard);
@@ -119,7 +123,7 @@ fn exec_open_error(path: &str, e: Errno) -> KernelError {
 }
 
 /// A program name without a slash is looked up in the usual PATH inside the root.
-fn find_program(sb: &Sandbox, cwd: &[u8], program: &str) -> Vec<u8> {
+pub(crate) fn find_program(sb: &Sandbox, cwd: &[u8], program: &str) -> Vec<u8> {
     if program.contains('/') {
         return program.as_bytes().to_vec();
     }
@@ -141,7 +145,25 @@ pub(crate) fn comm_name(path: &[u8]) -> [u8; 16] {
     n
 }
 
-/// 16 random bytes from the host (AT_RANDOM).
+impl Kernel {
+    /// A program image was loaded: its layout goes into reports (and the trace).
+    pub(crate) fn placed(&mut self, placed: &super::layout::Placed) {
+        let used = self.mm.layout.used(placed);
+        if self.diag.trace {
+            eprintln!(
+                "dmvx: layout of variant {} (seed {}, image {}): program {}, interpreter {}, heap {}, stack {}, mmap top {}",
+                self.mm.layout.variant, used.seed, used.generation, used.program, used.interpreter, used.heap, used.stack, used.mmap_top
+            );
+        }
+        if let Some(m) = self.monitor.as_mut() {
+            m.layout = Some(used);
+        }
+    }
+}
+
+/// 16 random bytes from the host (AT_RANDOM), drawn by every variant itself:
+/// the stack canary and pointer guard that glibc derives from them differ
+/// between variants (nothing compares or replicates them).
 pub(crate) fn random16() -> [u8; 16] {
     let mut b = [0u8; 16];
     // SAFETY: b is a valid 16-byte buffer.

@@ -327,7 +327,7 @@ impl State {
             leader,
             other,
             took_effect: false,
-            forensic: vec![VariantLog { variant: self.id as u32, events }],
+            forensic: vec![VariantLog { variant: self.id as u32, events, layout: None }],
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use dmvx_sync::link::LinkError;
 use dmvx_sync::policy::{Check, Class, Input};
 use dmvx_sync::record::{decode, record_digest, EntryView, SignalEvent};
-use dmvx_sync::report::{describe, Kind, PolicyUsed, Report, VariantLog};
+use dmvx_sync::report::{describe, Kind, PolicyUsed, Report};
 use dmvx_sync::Control;
 
 use super::{Link, Monitor, OpMode, Stop};
@@ -185,13 +185,7 @@ impl Monitor {
                     ));
                     v["other"] = serde_json::to_value(mine).unwrap_or_default();
                     if let Some(arr) = v["forensic"].as_array_mut() {
-                        arr.push(
-                            serde_json::to_value(VariantLog {
-                                variant: self.id as u32,
-                                events: self.log.events(name_of),
-                            })
-                            .unwrap_or_default(),
-                        );
+                        arr.push(serde_json::to_value(self.variant_log()).unwrap_or_default());
                     }
                     let reply = serde_json::to_vec_pretty(&v).unwrap_or_default();
                     let _ = self.follower().send_control(&Control::Divergence { seq, report: reply });
@@ -228,10 +222,7 @@ impl Monitor {
                 // The follower found it: add the leader's view and stop all.
                 let mut v: serde_json::Value =
                     serde_json::from_slice(&report).unwrap_or_else(|_| serde_json::json!({"message": "divergence"}));
-                let name_of = |nr| names::name(nr);
-                let my_log =
-                    serde_json::to_value(VariantLog { variant: self.id as u32, events: self.log.events(name_of) })
-                        .unwrap_or_default();
+                let my_log = serde_json::to_value(self.variant_log()).unwrap_or_default();
                 if let Some(arr) = v["forensic"].as_array_mut() {
                     arr.push(my_log);
                 }
@@ -472,7 +463,7 @@ impl Monitor {
             leader: le,
             other: oe,
             took_effect,
-            forensic: vec![VariantLog { variant: self.id as u32, events: self.log.events(name_of) }],
+            forensic: vec![self.variant_log()],
         };
         let mut json = report.to_json();
         // Output every variant agreed on before the divergence may go out;
@@ -548,7 +539,6 @@ impl Monitor {
             self.outputs.release_before(acked, seq + 1);
         }
         let discarded = self.outputs.discard();
-        let name_of = |nr| names::name(nr);
         let variant = peer.unwrap_or(if self.is_leader() { self.id } else { 0 });
         let report = Report {
             kind: if silent { Kind::Silent } else { Kind::Link },
@@ -564,7 +554,7 @@ impl Monitor {
             leader: None,
             other: None,
             took_effect: false,
-            forensic: vec![VariantLog { variant: self.id as u32, events: self.log.events(name_of) }],
+            forensic: vec![self.variant_log()],
         };
         self.write_report_file(&report.to_json());
         if discarded > 0 {

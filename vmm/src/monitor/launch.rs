@@ -21,7 +21,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use dmvx_sync::{PrivateKey, PublicKey};
+use dmvx_sync::{Digest, PrivateKey, PublicKey};
 
 use super::EXIT_DIVERGENCE;
 
@@ -90,14 +90,19 @@ fn getrandom_bytes(b: &mut [u8]) -> bool {
 
 /// The text of a local cluster configuration: variant `i` listens on
 /// `base_port + i` and has public key `keys[i]`.
-pub fn cluster_file(base_port: u16, keys: &[PublicKey], policy: &str, timeout_ms: u64) -> String {
+/// `programs` (empty, or one per variant): each variant's program digest.
+pub fn cluster_file(base_port: u16, keys: &[PublicKey], policy: &str, timeout_ms: u64, programs: &[Digest]) -> String {
     let mut s = format!("[cluster]\nname = \"local\"\ntimeout_ms = {timeout_ms}\n\n{policy}\n");
     for (i, key) in keys.iter().enumerate() {
         let role = if i == 0 { "leader" } else { "follower" };
         s.push_str(&format!(
-            "[[variant]]\nid = {i}\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\npublic_key = \"{key}\"\n\n",
+            "[[variant]]\nid = {i}\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\npublic_key = \"{key}\"\n",
             base_port as usize + i
         ));
+        if let Some(d) = programs.get(i) {
+            s.push_str(&format!("program = \"{d}\"\n"));
+        }
+        s.push('\n');
     }
     s
 }
@@ -139,13 +144,13 @@ fn pipe() -> Result<(OwnedFd, File), LaunchError> {
 /// Runs `n` variants. `args` is this process's command line without the
 /// program name and without `--variants N` / `--policy P`; each variant gets
 /// `--cluster-fd A --private-key-fd B --variant I` in front of it.
-pub fn run_local(n: u32, policy: Option<&str>, args: &[OsString]) -> Result<u8, LaunchError> {
+pub fn run_local(n: u32, policy: Option<&str>, programs: &[Digest], args: &[OsString]) -> Result<u8, LaunchError> {
     let policy = policy_table(policy)?;
     let keys = (0..n).map(|_| PrivateKey::generate()).collect::<Result<Vec<_>, _>>();
     let keys = keys.map_err(|e| LaunchError::Key(e.to_string()))?;
     let publics: Vec<PublicKey> = keys.iter().map(PrivateKey::public).collect();
     let base = free_ports(n)?;
-    let text = cluster_file(base, &publics, &policy, 10_000);
+    let text = cluster_file(base, &publics, &policy, 10_000, programs);
     log::debug!("local cluster of {n} variants on 127.0.0.1:{base}..{}", base as u32 + n - 1);
     run_cluster(&text, &keys, args)
 }
@@ -229,12 +234,17 @@ mod tests {
     #[test]
     fn local_cluster_files_parse() {
         let keys: Vec<PublicKey> = (0..3).map(|_| PrivateKey::generate().unwrap().public()).collect();
-        let text = cluster_file(40000, &keys, &policy_table(Some("strict")).unwrap(), 5000);
+        let text = cluster_file(40000, &keys, &policy_table(Some("strict")).unwrap(), 5000, &[]);
         let cfg = dmvx_sync::ClusterConfig::parse(&text, std::path::Path::new("/")).unwrap();
         assert_eq!(cfg.variants.len(), 3);
         assert_eq!(cfg.variant(2).unwrap().public_key, keys[2]);
         assert!(!text.contains("private"), "{text}");
         assert_eq!(cfg.policy.get("preset").and_then(|v| v.as_str()), Some("strict"));
         assert!(policy_table(Some("/nonexistent.toml")).is_err());
+        // N-version variants: each variant's own program digest.
+        let builds = [Digest::of(b"a"), Digest::of(b"b")];
+        let text = cluster_file(40000, &keys[..2], &policy_table(None).unwrap(), 5000, &builds);
+        let cfg = dmvx_sync::ClusterConfig::parse(&text, std::path::Path::new("/")).unwrap();
+        assert_eq!((cfg.program_for(0), cfg.program_for(1)), (Some(builds[0]), Some(builds[1])));
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use dmvx_sync::link::{Follower, Leader, LinkError};
 use dmvx_sync::policy::{Class, Policy, Rule};
 use dmvx_sync::record::{EntryBuf, EntryView, RecordBuf, SignalEvent};
-use dmvx_sync::report::ForensicLog;
+use dmvx_sync::report::{ForensicLog, LayoutUsed, VariantLog};
 
 use crate::kernel::file::OpenFile;
 use crate::kernel::mm::HostIov;
@@ -113,6 +113,8 @@ pub struct Monitor {
     pub replay_broken: Option<String>,
     /// Bytes of replicated file contents this variant sent or received.
     pub replicated_file_bytes: u64,
+    /// This variant's current address-space layout, for reports.
+    pub layout: Option<LayoutUsed>,
 }
 
 impl Monitor {
@@ -148,7 +150,14 @@ impl Monitor {
             signals_after: Vec::new(),
             replay_broken: None,
             replicated_file_bytes: 0,
+            layout: None,
         }
+    }
+
+    /// This variant's recent events and layout, for a report.
+    pub fn variant_log(&self) -> VariantLog {
+        let events = self.log.events(crate::kernel::syscall::names::name);
+        VariantLog { variant: self.id as u32, events, layout: self.layout.clone() }
     }
 
     pub fn is_leader(&self) -> bool {

@@ -575,7 +575,7 @@ mod tests {
         let mem = GuestMemory::new(16 << 20, 2 << 20).unwrap();
         let mut frames = FrameAllocator::new(4 << 20, 16 << 20);
         let pt = PageTables::new(&mem, &mut frames).unwrap();
-        Mm::new(mem, frames, pt, Layout::for_variant(0))
+        Mm::new(mem, frames, pt, Layout::fixed(0))
     }
 
     fn anon(start: u64, end: u64, prot: u32) -> Vma {

@@ -47,6 +47,7 @@ impl Kernel {
                 if len == 0 {
                     continue;
                 }
+                Mm::range_ok(base, len)?;
                 let covered = self.mm.user_iov(base, len.min(MAX_RW), into_guest, &mut self.iov)?;
                 if covered < len {
                     break;
@@ -68,10 +69,12 @@ fn rw(k: &mut Kernel, fd: u64, buf: u64, count: u64, into_guest: bool, off: Opti
         }
     }
     k.iov.clear();
+    // As Linux's access_ok: the whole range must lie in user space, before
+    // the count is cut to MAX_RW (otherwise whether a huge count faults
+    // would depend on how far the buffer lies below the end of user space).
+    Mm::range_ok(buf, count)?;
     if count > 0 {
         k.mm.user_iov(buf, count.min(MAX_RW), into_guest, &mut k.iov)?;
-    } else {
-        Mm::range_ok(buf, 0)?;
     }
     transfer(k, &file, into_guest, off)
 }

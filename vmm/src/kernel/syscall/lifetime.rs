@@ -156,8 +156,11 @@ fn do_execve(k: &mut Kernel, path: Vec<u8>, argv_va: u64, envp_va: u64) -> Sys {
         k.tg().sighand.reset_on_exec();
         k.tg().name = comm_name(&path);
         let creds = k.tg().creds.clone();
+        // A new image gets a new layout, as on Linux.
+        k.mm.layout = k.mm.layout.next();
         match exec::load(&mut k.mm, prepared, &envp, &creds, random16()) {
             Ok(loaded) => {
+                k.placed(&loaded.placed);
                 k.tg().exe = loaded.exe;
                 // A vfork parent resumes once its child runs a program of its own.
                 k.vfork_done = None;
