@@ -713,13 +713,13 @@ mod tests {
             .unwrap();
         assert_eq!((twice.memory, twice.env, twice.stats), (2 << 30, vec!["A=1".to_string(), "B=2".to_string()], true));
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert!(p(&["--layout-seed", "x1", "/bin/true"]).unwrap_err().0.contains("--layout-seed"));
+        assert!(usage_error(&["--layout-seed", "x1", "/bin/true"]).contains("--layout-seed"));
         let a = p(&["--layout-seed", "0x10", "--fixed-layout", "/bin/true"]).unwrap();
         assert_eq!((a.layout_seed, a.fixed_layout), (Some(16), true));
         let a = p(&["--variant-program", "1=/b", "--variant-program", "1=/c", "/a"]).unwrap();
         assert_eq!(a.variant_programs, vec![(1, "/c".to_string())]);
         for bad in ["1", "16=/x", "x=/y", "1="] {
-            assert!(p(&["--variant-program", bad, "/a"]).unwrap_err().0.contains("ID=PATH"), "{bad}");
+            assert!(usage_error(&["--variant-program", bad, "/a"]).contains("ID=PATH"), "{bad}");
         }
     }
 }
