@@ -27,6 +27,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -65,7 +66,7 @@ def load_toml(name):
 
 
 CASE_KEYS = {"name", "cmd", "fast", "root", "packages", "stdin", "stdin_file", "env", "inputs", "setup",
-             "files", "verify", "timeout", "server", "group", "note", "programs"}
+             "files", "verify", "timeout", "server", "group", "normalize", "signal"}
 
 
 def load_cases():
@@ -174,6 +175,9 @@ def prepare_data(out, doc):
         for _ in range(1 << 14):  # 512 KiB of pseudo-random bytes
             h = hashlib.sha256(h.digest())
             f.write(h.digest())
+    with open(os.path.join(out, "big.json"), "w") as f:
+        json.dump({"items": [{"id": i, "name": words[i % len(words)], "v": [i, 2 * i, 3 * i]}
+                             for i in range(20000)]}, f)
     with open(os.path.join(out, "table.tsv"), "w") as f:
         for i in range(400):
             f.write("%s\t%d\t%d\n" % (words[i], i % 17, (i * 7919) % 1000))
@@ -351,9 +355,16 @@ def kill_group(p):
         pass
 
 
-def spawn(argv, env, cwd, stdin_bytes):
-    p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin_bytes is not None else
-                         subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+def spawn(argv, env, cwd, stdin_bytes, chroot=None):
+    """Starts argv in its own session; with `chroot`, inside that root at `cwd`
+    (no shell in between: nothing else runs with the case's environment)."""
+    def enter():
+        os.chroot(chroot)
+        os.chdir(cwd)
+
+    p = subprocess.Popen(argv, cwd=None if chroot else cwd, env=env, preexec_fn=enter if chroot else None,
+                         stdin=subprocess.PIPE if stdin_bytes is not None else subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     return p
 
 
@@ -388,13 +399,12 @@ class Runner:
         self.reports = os.path.join(args.out, "reports")
         self.trace = args.trace
         self.keep = args.keep
+        self.dump = args.dump
 
     def argv_for(self, case, mode, root, cwd, env, ctx, cmd):
         prog = resolve(subst(cmd[0], ctx), root or "/")
         rest = [subst(a, ctx) for a in cmd[1:]]
         if mode == "native":
-            if root:
-                return ["chroot", root, "/bin/sh", "-c", 'cd "$0" && exec "$@"', cwd, prog] + rest
             return [prog] + rest
         argv = [self.vmm]
         if mode == "2":
@@ -439,13 +449,25 @@ class Runner:
             argv = self.argv_for(case, mode, root, cwd, env, ctx, cmd)
             native_env = env if mode == "native" else dict(os.environ)
             t0 = time.time()
-            p = spawn(argv, native_env, host_cwd, stdin)
+            chroot = root if mode == "native" else None
+            p = spawn(argv, native_env, cwd if chroot else host_cwd, stdin, chroot)
             if server:
                 self.drive_server(case, server, p, ctx, r)
+            elif "signal" in case:
+                # Sent to the process we started (the program, or dmvx-vmm,
+                # which passes it on), as a user's kill would be.
+                time.sleep(case["signal"].get("after", 1.0))
+                os.kill(p.pid, getattr(signal, "SIG" + case["signal"]["sig"]))
+                r.stdout, r.stderr, r.timed_out = communicate(p, stdin, case.get("timeout", 60))
+                r.status = p.returncode
             else:
                 r.stdout, r.stderr, r.timed_out = communicate(p, stdin, case.get("timeout", 60))
                 r.status = p.returncode
             r.seconds = time.time() - t0
+            if r.status is not None and r.status < 0:
+                r.status = 128 - r.status  # killed by a signal: as a shell reports it
+            for pattern, repl in case.get("normalize", []):
+                r.stdout = re.sub(pattern.encode(), repl.encode(), r.stdout)
             if mode == "2" and r.status == EXIT_DIVERGED:
                 r.report = read_report(os.path.join(self.reports, case["name"]))
             if scratch:
@@ -463,6 +485,12 @@ class Runner:
                     pass
                 if not self.keep:
                     force_rmtree(scratch.dir)
+        if self.dump:
+            os.makedirs(self.dump, exist_ok=True)
+            for what, data in (("stdout", r.stdout), ("stderr", r.stderr), ("verify", r.verify or b""),
+                               ("files", "\n".join(r.files).encode())):
+                with open(os.path.join(self.dump, "%s.%s.%s" % (case["name"], mode, what)), "wb") as f:
+                    f.write(data)
         if self.trace and mode != "native":
             os.makedirs(self.trace, exist_ok=True)
             with open(os.path.join(self.trace, "%s.%sv.trace" % (case["name"], mode)), "wb") as f:
@@ -542,12 +570,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fast", action="store_true", help="only the cases marked fast")
     ap.add_argument("--case", action="append", default=[], help="glob of case names (repeatable)")
-    ap.add_argument("--group", action="append", default=[], help="only cases of this group (repeatable)")
+    ap.add_argument("--group", action="append", default=[], help="cases of this group (repeatable; adds to --case)")
     ap.add_argument("--modes", default="1,2", help="variant counts to run besides native (default 1,2)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write docs/workloads.md-style results here")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     ap.add_argument("--trace", help="run dmvx with --trace; write each case's VMM stderr into this directory")
+    ap.add_argument("--dump", help="write each run's stdout, stderr, verify output and file list into this directory")
     ap.add_argument("--keep", action="store_true", help="keep scratch roots (target/corpus/scratch)")
     ap.add_argument("--out", default=os.path.join(WORKSPACE, "target", "corpus"))
     ap.add_argument("--vmm", default=os.path.join(WORKSPACE, "target", "release", "dmvx-vmm"))
@@ -563,9 +592,12 @@ def main():
 def run_corpus(args):
     doc, cases = load_cases()
     known = load_known({c["name"] for c in cases})
-    sel = [c for c in cases if (not args.fast or c.get("fast"))
-           and (not args.case or any(fnmatch.fnmatch(c["name"], g) for g in args.case))
-           and (not args.group or c.get("group") in args.group)]
+    def picked(c):
+        if not args.case and not args.group:
+            return True
+        return any(fnmatch.fnmatch(c["name"], g) for g in args.case) or c.get("group") in args.group
+
+    sel = [c for c in cases if (not args.fast or c.get("fast")) and picked(c)]
     if args.list:
         for c in sel:
             print(c["name"])

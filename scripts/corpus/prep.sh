@@ -30,7 +30,12 @@ git init -q repo
 as hello.s -o hello.o
 mkdir -p bin
 for src in "$here"/programs/*.c; do
-    gcc -O1 -g0 -Wall -o "bin/$(basename "$src" .c)" "$src"
+    name=$(basename "$src" .c)
+    if [ "$name" = preload ]; then
+        gcc -O1 -g0 -Wall -shared -fPIC -o bin/preload.so "$src"
+    else
+        gcc -O1 -g0 -Wall -o "bin/$name" "$src"
+    fi
 done
 gcc -O1 -o bin/hello hello.c
 sort -t "$(printf '\t')" -k2,2n -s table.tsv > sorted-table.tsv
