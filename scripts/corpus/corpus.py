@@ -66,7 +66,7 @@ def load_toml(name):
 
 
 CASE_KEYS = {"name", "cmd", "fast", "root", "packages", "stdin", "stdin_file", "env", "inputs", "setup",
-             "files", "verify", "timeout", "server", "group", "normalize", "signal"}
+             "files", "verify", "timeout", "server", "group", "normalize", "signal", "status"}
 
 
 def load_cases():
@@ -426,6 +426,8 @@ class Runner:
         scratch = None
         root = None
         ctx = {"data": self.data}
+        if case.get("server"):
+            ctx["port"] = free_port()
         env = base_env({k: subst(v, ctx) for k, v in case.get("env", {}).items()})
         stdin = None
         if "stdin" in case:
@@ -443,8 +445,6 @@ class Runner:
                 cwd = self.data
             host_cwd = self.data if root is None else root
             server = case.get("server")
-            if server:
-                ctx["port"] = free_port()
             cmd = case["cmd"]
             argv = self.argv_for(case, mode, root, cwd, env, ctx, cmd)
             native_env = env if mode == "native" else dict(os.environ)
@@ -624,10 +624,17 @@ def run_corpus(args):
             continue
         native = runner.run(c, "native")
         res["native_status"] = native.status
+        # A case whose native run fails is broken: comparing two failures
+        # would pass without testing anything.
         if native.timed_out:
-            res["skipped"] = "the native run timed out"
+            res["broken"] = "the native run timed out"
+        elif c.get("server") and native.status != 0:
+            res["broken"] = "the native server did not listen: %s" % first_line(native.stderr)
+        elif native.status != c.get("status", 0):
+            res["broken"] = "the native run exited %s, not %s: %s" % (native.status, c.get("status", 0),
+                                                                      first_line(native.stderr))
         for m in modes[1:]:
-            if "skipped" in res:
+            if "broken" in res:
                 break
             r = runner.run(c, m)
             why = compare(native, r)
@@ -637,13 +644,17 @@ def run_corpus(args):
         results.append(res)
         print_row(res)
     report(results, modes, known, time.time() - t_start, args)
-    bad = [r for r in results if r.get("outcome") in ("unexpected failure", "now passes")]
+    bad = [r for r in results if r.get("outcome") in ("unexpected failure", "now passes", "broken")]
     return 1 if bad else 0
 
 
 def expect(res, k):
     if "skipped" in res:
         res["outcome"] = "skipped"
+        return
+    if "broken" in res:
+        res["outcome"] = "broken"
+        res["failing"] = ["native"]
         return
     failing = sorted(m for m, v in res["modes"].items() if not v["ok"])
     res["failing"] = failing
@@ -669,18 +680,22 @@ def mode_cell(v):
 
 
 def print_row(res):
-    if "skipped" in res:
-        print("%-28s SKIPPED: %s" % (res["name"], res["skipped"]), flush=True)
+    if "skipped" in res or "broken" in res:
+        print("%-28s %s: %s" % (res["name"], "SKIPPED" if "skipped" in res else "BROKEN",
+                                res.get("skipped") or res.get("broken")), flush=True)
         return
     cells = ["%sv: %-22s" % (m, mode_cell(v)) for m, v in sorted(res["modes"].items())]
     print("%-28s %s %s" % (res["name"], " ".join(cells), res["outcome"]), flush=True)
 
 
 def report(results, modes, known, seconds, args):
-    ran = [r for r in results if "skipped" not in r]
-    passed = [r for r in ran if not r["failing"]]
+    counted = [r for r in results if "skipped" not in r]
+    passed = [r for r in counted if not r["failing"]]
+    ran = [r for r in counted if "broken" not in r]
     print()
     for r in results:
+        if r.get("outcome") == "broken":
+            print("BROKEN CASE: %s: %s" % (r["name"], r["broken"]))
         if r.get("outcome") in ("unexpected failure", "now passes"):
             print("%s: %s" % (r["outcome"].upper(), r["name"]))
             for m, v in sorted(r["modes"].items()):
@@ -695,7 +710,7 @@ def report(results, modes, known, seconds, args):
     if "1" in modes and "2" in modes:
         false_alarms = [r["name"] for r in ran if r["modes"]["1"]["ok"] and not r["modes"]["2"]["ok"]]
         print("pass in 1 variant but not in 2: %d %s" % (len(false_alarms), " ".join(false_alarms)))
-    skipped = len(results) - len(ran)
+    skipped = len(results) - len(counted)
     print("corpus took %.0f s" % seconds)
     if args.json:
         with open(args.json, "w") as f:
@@ -703,7 +718,7 @@ def report(results, modes, known, seconds, args):
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown(results, modes, known))
-    line = "%d passed, %d failed" % (len(passed), len(ran) - len(passed))
+    line = "%d passed, %d failed" % (len(passed), len(counted) - len(passed))
     if skipped:
         line += ", %d skipped" % skipped
     print(line)
@@ -716,7 +731,7 @@ def markdown(results, modes, known):
            "2 variants of dmvx; a cell is `ok` when stdout, exit status and the compared files equal the "
            "native run's, else what differed. Reasons come from scripts/corpus/known.toml; root causes and "
            "proposed fixes are in scripts/corpus/FINDINGS.md.", ""]
-    ran = [r for r in results if "skipped" not in r]
+    ran = [r for r in results if "skipped" not in r and "broken" not in r]
     for m in modes[1:]:
         ok = sum(1 for r in ran if r["modes"].get(m, {}).get("ok"))
         out.append("- %s variant%s: %d of %d identical to native (%.0f%%)" %
@@ -734,9 +749,10 @@ def markdown(results, modes, known):
     out += ["", "| case | group | command | %s | reason |" % " | ".join("%sv" % m for m in modes[1:]),
             "|---|---|---|%s---|" % ("---|" * len(modes[1:]))]
     for r in results:
-        if "skipped" in r:
-            out.append("| %s | %s | `%s` | %s | skipped: %s |" % (r["name"], r["group"], r["cmd"][:60],
-                                                                  " | ".join("-" for _ in modes[1:]), r["skipped"]))
+        if "skipped" in r or "broken" in r:
+            why = ("skipped: " + r["skipped"]) if "skipped" in r else ("BROKEN CASE: " + r["broken"])
+            out.append("| %s | %s | `%s` | %s | %s |" % (r["name"], r["group"], r["cmd"][:60],
+                                                          " | ".join("-" for _ in modes[1:]), why))
             continue
         cells = [mode_cell(r["modes"][m]) if m in r["modes"] else "-" for m in modes[1:]]
         reason = ""

@@ -39,3 +39,4 @@ for src in "$here"/programs/*.c; do
 done
 gcc -O1 -o bin/hello hello.c
 sort -t "$(printf '\t')" -k2,2n -s table.tsv > sorted-table.tsv
+sort a.txt > a.sorted; sort b.txt > b.sorted
