@@ -60,17 +60,20 @@ def note(msg):
     sys.stderr.flush()
 
 
-def load_toml(name):
-    with open(os.path.join(HERE, name), "rb") as f:
-        return tomllib.load(f)
+def load_toml(path):
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SetupError("cannot read %s: %s" % (path, e))
 
 
 CASE_KEYS = {"name", "cmd", "fast", "root", "packages", "stdin", "stdin_file", "env", "inputs", "setup",
              "files", "verify", "timeout", "server", "group", "normalize", "signal", "status"}
 
 
-def load_cases():
-    doc = load_toml("cases.toml")
+def load_cases(path):
+    doc = load_toml(path)
     cases, seen = [], set()
     for c in doc.get("case", []):
         unknown = set(c) - CASE_KEYS
@@ -85,9 +88,9 @@ def load_cases():
     return doc, cases
 
 
-def load_known(case_names):
+def load_known(path, case_names):
     known = {}
-    for k in load_toml("known.toml").get("known", []):
+    for k in load_toml(path).get("known", []):
         for key in ("case", "modes", "class", "issue", "reason"):
             if key not in k:
                 raise SetupError("known.toml entry %s lacks %s" % (k.get("case"), key))
@@ -580,6 +583,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep scratch roots (target/corpus/scratch)")
     ap.add_argument("--out", default=os.path.join(WORKSPACE, "target", "corpus"))
     ap.add_argument("--vmm", default=os.path.join(WORKSPACE, "target", "release", "dmvx-vmm"))
+    ap.add_argument("--cases", default=os.path.join(HERE, "cases.toml"), help="the cases (default: cases.toml here)")
+    ap.add_argument("--known", default=os.path.join(HERE, "known.toml"), help="the known failures (default: known.toml here)")
     ap.add_argument("--list", action="store_true", help="list the selected cases and exit")
     args = ap.parse_args()
     try:
@@ -590,8 +595,8 @@ def main():
 
 
 def run_corpus(args):
-    doc, cases = load_cases()
-    known = load_known({c["name"] for c in cases})
+    doc, cases = load_cases(args.cases)
+    known = load_known(args.known, {c["name"] for c in cases})
     def picked(c):
         if not args.case and not args.group:
             return True
