@@ -69,7 +69,7 @@ def load_toml(path):
 
 
 CASE_KEYS = {"name", "cmd", "fast", "root", "packages", "stdin", "stdin_file", "env", "inputs", "setup",
-             "files", "verify", "timeout", "server", "group", "normalize", "signal", "status"}
+             "files", "verify", "timeout", "server", "group", "normalize", "signal", "status", "helper"}
 
 
 def load_cases(path):
@@ -429,7 +429,7 @@ class Runner:
         scratch = None
         root = None
         ctx = {"data": self.data}
-        if case.get("server"):
+        if case.get("server") or case.get("helper"):
             ctx["port"] = free_port()
         env = base_env({k: subst(v, ctx) for k, v in case.get("env", {}).items()})
         stdin = None
@@ -438,7 +438,13 @@ class Runner:
         elif "stdin_file" in case:
             with open(os.path.join(self.data, case["stdin_file"]), "rb") as f:
                 stdin = f.read()
+        helper = None
         try:
+            if case.get("helper"):
+                # A native peer for a client under test (a server on {port}).
+                helper = spawn([subst(a, ctx) for a in case["helper"]], base_env({}), self.data, None)
+                if not wait_port(ctx["port"], helper, 20):
+                    raise SetupError("case %s: its helper did not listen on %d" % (case["name"], ctx["port"]))
             if case.get("root", "host") == "scratch":
                 scratch = Scratch(self.scratch, case, mode, self.data)
                 scratch.mount(with_proc=(mode == "native"))
@@ -482,10 +488,11 @@ class Runner:
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                     r.verify = v.stdout + b"[status %d]" % v.returncode
         finally:
+            if helper:
+                kill_group(helper)
+                helper.communicate()
             if scratch:
                 scratch.unmount()
-                if self.trace and mode != "native":
-                    pass
                 if not self.keep:
                     force_rmtree(scratch.dir)
         if self.dump:
