@@ -69,7 +69,7 @@ def load_toml(path):
 
 
 CASE_KEYS = {"name", "cmd", "fast", "root", "packages", "stdin", "stdin_file", "env", "inputs", "setup",
-             "files", "verify", "timeout", "server", "group", "normalize", "signal", "status", "helper"}
+             "files", "verify", "timeout", "server", "group", "normalize", "signal", "status", "helper", "note"}
 
 
 def load_cases(path):
