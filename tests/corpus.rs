@@ -110,3 +110,26 @@ fn corpus_runner_reports_new_failures_and_new_passes() {
     assert_eq!(with_outcome(&v, "pass"), ["scratch-writes"], "{text}");
     assert!(text.contains("2 passed, 2 failed"), "{text}");
 }
+
+/// docs/workloads.md is the last full run of the current corpus: a row for
+/// every case, and a reason for every failure.
+#[test]
+fn workloads_doc_covers_every_case() {
+    let cases = std::fs::read_to_string(workspace().join("scripts/corpus/cases.toml")).expect("cases.toml");
+    let doc = std::fs::read_to_string(workspace().join("docs/workloads.md")).expect("docs/workloads.md");
+    let names: Vec<&str> = cases
+        .split("[[case]]")
+        .skip(1)
+        .filter_map(|c| c.lines().find_map(|l| l.strip_prefix("name = \"")?.strip_suffix('"')))
+        .collect();
+    assert!(names.len() >= 100, "only {} cases in scripts/corpus/cases.toml", names.len());
+    let missing: Vec<&&str> = names.iter().filter(|n| !doc.contains(&format!("\n| {n} |"))).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/workloads.md lacks {missing:?}: run scripts/corpus/corpus.py --markdown docs/workloads.md"
+    );
+    assert!(
+        !doc.contains("UNEXPLAINED"),
+        "docs/workloads.md has a failure without a reason in scripts/corpus/known.toml"
+    );
+}
