@@ -46,7 +46,7 @@ EXIT_DIVERGED = 121
 CLASSES = {
     "a": "processes and threads (fork/clone/vfork return ENOSYS; issues 11, 12)",
     "b": "a missing or wrong system call in the VMM",
-    "c": "a false divergence in 2 variants",
+    "c": "a false divergence or a wrong result in 2 variants (1 variant is right)",
     "d": "a true nondeterminism of the program",
 }
 
