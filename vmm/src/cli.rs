@@ -204,6 +204,21 @@ struct Cli {
     #[arg(long, help_heading = "Diversity")]
     fixed_layout: bool,
 
+    /// The unprivileged host uid the VMM runs the guest's host calls as
+    #[arg(long, value_name = "UID", default_value_t = crate::jail::DEFAULT_ID, help_heading = "Jail")]
+    uid: u32,
+    /// The unprivileged host gid the VMM runs as
+    #[arg(long, value_name = "GID", default_value_t = crate::jail::DEFAULT_ID, help_heading = "Jail")]
+    gid: u32,
+    /// Run even though the host lacks jail layer LAYER (identity: also host
+    /// root with --uid 0; mount-namespace, landlock, seccomp); repeatable
+    #[arg(long, value_name = "LAYER", value_parser = parse_layer, value_delimiter = ',', help_heading = "Jail")]
+    allow_missing: Vec<crate::jail::Layer>,
+    /// No jail at all: the VMM keeps its own host authority (debugging and
+    /// the jail's cost in benchmarks only)
+    #[arg(long, help_heading = "Jail")]
+    no_jail: bool,
+
     /// Print exit, system call and timing statistics at the end
     #[arg(long, help_heading = "Output")]
     stats: bool,
@@ -296,6 +311,8 @@ pub struct Args {
     pub fixed_layout: bool,
     /// `--variant-program ID=PATH`: variant ID runs PATH instead of PROGRAM.
     pub variant_programs: Vec<(u32, String)>,
+    /// How the VMM confines itself.
+    pub jail: crate::jail::Settings,
     pub stats: bool,
     pub trace: bool,
     /// Linux mode: initrd, kernel command line, time limit.
@@ -380,6 +397,13 @@ fn parse_variant_program(v: &str) -> Result<(u32, String), String> {
             (!path.is_empty()).then(|| (id, path.to_string()))
         })
         .ok_or_else(|| format!("--variant-program expects ID=PATH with ID 0-15, got '{v}'"))
+}
+
+fn parse_layer(v: &str) -> Result<crate::jail::Layer, String> {
+    crate::jail::Layer::parse(v).ok_or_else(|| {
+        let names: Vec<&str> = crate::jail::Layer::ALL.iter().map(|l| l.name()).collect();
+        format!("no jail layer {v:?} (layers: {})", names.join(", "))
+    })
 }
 
 fn parse_max_procs(v: &str) -> Result<u32, String> {
@@ -509,6 +533,7 @@ where
             }
             v
         },
+        jail: crate::jail::Settings { disabled: c.no_jail, uid: c.uid, gid: c.gid, allow_missing: c.allow_missing },
         stats: c.stats,
         trace: c.trace,
         initrd: c.initrd,

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod elf;
 pub mod guest_kernel;
 pub mod image;
+pub mod jail;
 pub mod kernel;
 pub mod linux;
 pub mod logger;

@@ -128,6 +128,7 @@ fn main() -> ExitCode {
         cluster,
         max_procs: args.max_procs,
         shared_memory: args.shared_memory,
+        jail: args.jail.clone(),
     };
     match kernel::run(config) {
         Ok(Outcome::Exited(status)) => ExitCode::from((status & 0xff) as u8),

@@ -249,6 +249,14 @@ pub(crate) fn check_own_key(cfg: &ClusterConfig, id: u8, key: &PrivateKey) -> Re
     Ok(())
 }
 
+static IO_THREAD_START: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what every link I/O thread runs first, before any I/O: the VMM
+/// installs that thread's seccomp filter there. Set once per process.
+pub fn on_io_thread_start(f: fn()) {
+    let _ = IO_THREAD_START.set(f);
+}
+
 /// Starts the link's I/O thread `name`, running `io(ready)` on a
 /// single-threaded tokio runtime, and waits until `io` reports on `ready`
 /// that the link is up (or why not).
@@ -261,6 +269,9 @@ where
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
+            if let Some(start) = IO_THREAD_START.get() {
+                start();
+            }
             let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -89,6 +89,8 @@ pub struct Config {
     pub max_procs: u32,
     /// Bytes of memory for MAP_SHARED anonymous mappings shared across fork.
     pub shared_memory: u64,
+    /// How the VMM confines itself before the program's first instruction.
+    pub jail: crate::jail::Settings,
 }
 
 /// Membership in a cluster of variants.
@@ -140,6 +142,10 @@ pub enum KernelError {
     Fork(std::io::Error),
     #[error("cannot create process {pid} as the leader did: {source}")]
     ForkAsLeader { pid: u32, source: proc_table::TableError },
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
+    #[error("cannot open the divergence report directory {path}: {source}")]
+    ReportDir { path: PathBuf, source: std::io::Error },
     #[error("cannot draw the address-space layout: no random bytes from the host: {0}")]
     LayoutSeed(std::io::Error),
 }

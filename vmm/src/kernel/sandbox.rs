@@ -53,6 +53,53 @@ const DENIED_FS: &[i64] = &[
 /// Character devices the program may open: (major, minor).
 const ALLOWED_DEVICES: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)];
 
+/// Where the allowed devices are on the host, opened once by the VMM
+/// before it enters its jail (whose mounts are nodev).
+const DEVICE_PATHS: &[(&str, (u32, u32))] = &[
+    ("/dev/null", (1, 3)),
+    ("/dev/zero", (1, 5)),
+    ("/dev/full", (1, 7)),
+    ("/dev/random", (1, 8)),
+    ("/dev/urandom", (1, 9)),
+];
+
+static DEVICES: std::sync::OnceLock<Vec<((u32, u32), OwnedFd)>> = std::sync::OnceLock::new();
+
+/// Opens the host's allowed devices (once); the jail needs them open first.
+pub fn open_devices() {
+    DEVICES.get_or_init(|| {
+        DEVICE_PATHS
+            .iter()
+            .filter_map(|(path, dev)| {
+                let f = std::fs::OpenOptions::new().read(true).write(true).open(path).ok()?;
+                Some((*dev, OwnedFd::from(f)))
+            })
+            .collect()
+    });
+}
+
+/// A new descriptor for allowed device `rdev`: a duplicate of the VMM's.
+fn device(rdev: libc::dev_t) -> SysResult<OwnedFd> {
+    let dev = (libc::major(rdev), libc::minor(rdev));
+    let fd = DEVICES.get().and_then(|v| v.iter().find(|(d, _)| *d == dev)).ok_or(Errno::EACCES)?;
+    fd.1.try_clone().map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EACCES)))
+}
+
+/// The host's /dev/null, for a closed standard descriptor.
+pub fn null_device() -> std::io::Result<OwnedFd> {
+    device(libc::makedev(1, 3)).map_err(|e| std::io::Error::from_raw_os_error(e.0))
+}
+
+fn fstat(fd: &OwnedFd) -> SysResult<libc::stat> {
+    // SAFETY: stat is plain data; all zeroes is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open; st is a valid out-parameter.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(Errno::last());
+    }
+    Ok(st)
+}
+
 /// Errors of sandbox setup.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -105,6 +152,7 @@ fn bare(name: &[u8]) -> &[u8] {
 impl Sandbox {
     /// A sandbox rooted at `root`; writable or not.
     pub fn new(root: &Path, writable: bool) -> Result<Self, SandboxError> {
+        open_devices();
         let canon = std::fs::canonicalize(root).map_err(|source| SandboxError::Root { path: root.into(), source })?;
         if !canon.is_dir() {
             return Err(SandboxError::NotDir(root.into()));
@@ -218,35 +266,61 @@ impl Sandbox {
 
     /// Opens `path` (relative to guest directory `base`) with open(2)
     /// `flags` and `mode`. Returns the host descriptor and its stat.
+    ///
+    /// The path is looked up (O_PATH) and vetted first: a device node is
+    /// never opened on the host (the jail's mounts are nodev); an allowed
+    /// one gets a duplicate of the VMM's own descriptor for that device.
     pub fn open(&self, base: &[u8], path: &[u8], flags: i32, mode: u32) -> SysResult<(OwnedFd, libc::stat)> {
         let full = Self::join(base, path)?;
         let accmode = flags & libc::O_ACCMODE;
         let modifies = accmode != libc::O_RDONLY
             || flags & (libc::O_TRUNC | libc::O_CREAT) != 0
             || flags & libc::O_TMPFILE == libc::O_TMPFILE;
-        if modifies && !self.writable && flags & libc::O_PATH == 0 {
-            // Only existing devices may be opened for writing in a read-only root.
-            let nofollow = flags & libc::O_NOFOLLOW;
+        let o_path = flags & libc::O_PATH != 0;
+        let nofollow = flags & libc::O_NOFOLLOW;
+        let mut probed = None;
+        if flags & libc::O_TMPFILE != libc::O_TMPFILE {
             match self.openat2(&full, libc::O_PATH | nofollow, 0) {
                 Ok(probe) => {
                     let st = Self::vet(&probe)?;
-                    if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
-                        if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
-                            return Err(Errno::EEXIST);
-                        }
-                        if accmode == libc::O_RDONLY && flags & (libc::O_TRUNC | libc::O_TMPFILE) == 0 {
-                            // O_CREAT of an existing file without writing: fine.
-                        } else {
+                    let chr = st.st_mode & libc::S_IFMT == libc::S_IFCHR;
+                    if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
+                        return Err(Errno::EEXIST);
+                    }
+                    if chr && !o_path {
+                        return Ok((device(st.st_rdev)?, st));
+                    }
+                    if modifies && !self.writable && !o_path {
+                        // O_CREAT of an existing file without writing is fine.
+                        if accmode != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
                             return Err(Errno::EROFS);
                         }
                     }
+                    probed = Some((st.st_dev, st.st_ino));
                 }
-                Err(Errno::ENOENT) if flags & libc::O_CREAT != 0 => return Err(Errno::EROFS),
+                Err(Errno::ENOENT) if flags & libc::O_CREAT != 0 && !self.writable => return Err(Errno::EROFS),
+                Err(Errno::ENOENT) if flags & libc::O_CREAT != 0 => {}
                 Err(e) => return Err(e),
             }
+        } else if !self.writable {
+            return Err(Errno::EROFS);
         }
         let fd = self.openat2(&full, flags, mode)?;
-        let st = Self::vet(&fd)?;
+        let st = match probed {
+            Some(id) => {
+                let st = fstat(&fd)?;
+                if (st.st_dev, st.st_ino) == id {
+                    st
+                } else {
+                    // Renamed under us since the lookup: vet afresh.
+                    Self::vet(&fd)?
+                }
+            }
+            None => Self::vet(&fd)?,
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFCHR && !o_path {
+            return Err(Errno::EACCES);
+        }
         Ok((fd, st))
     }
 

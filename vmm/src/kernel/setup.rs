@@ -29,7 +29,16 @@ use super::proc_table::{ProcTable, FIRST_PID, INIT_PID};
 /// Runs a program to completion.
 pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let (mut plat, memory) = Platform::new(config.memory, config.shared_memory, &config.kernel, config.launched_ns)?;
-    let sandbox = Arc::new(Sandbox::new(&config.root, config.writable)?);
+    // SAFETY: getuid and getgid have no preconditions and cannot fail.
+    let creds = Creds::new(unsafe { libc::getuid() }, unsafe { libc::getgid() });
+    // What the VMM needs from outside the root is opened before the jail.
+    super::sandbox::open_devices();
+    if let Some(join) = &config.cluster {
+        crate::jail::reports::open(&join.report_dir)
+            .map_err(|source| KernelError::ReportDir { path: join.report_dir.clone(), source })?;
+    }
+    let jailed = crate::jail::enter(&config.jail, &config.root, config.writable, crate::jail::Role::Vmm)?;
+    let sandbox = Arc::new(Sandbox::new(&jailed.root, config.writable)?);
     let shared = SharedFrames::of(&memory.mem).map_err(KernelError::Table)?;
     let layout =
         Layout::at_launch(config.variant, config.layout_seed, config.fixed_layout).map_err(KernelError::LayoutSeed)?;
@@ -43,8 +52,6 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         }
         sandbox.guest_path(fd.as_raw_fd())
     };
-    // SAFETY: getuid and getgid have no preconditions and cannot fail.
-    let creds = Creds::new(unsafe { libc::getuid() }, unsafe { libc::getgid() });
     let argv: Vec<Vec<u8>> = config.argv.iter().map(|s| s.clone().into_bytes()).collect();
     let envp: Vec<Vec<u8>> = config.env.iter().map(|s| s.clone().into_bytes()).collect();
     let program = find_program(&sandbox, &cwd, &config.program);
@@ -181,10 +188,8 @@ fn stdio_table() -> Result<FdTable, KernelError> {
         let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
         if d < 0 {
             // A closed standard descriptor: give the program /dev/null.
-            let null =
-                std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(KernelError::Stdio)?;
-            t.insert_at(fd as u64, OpenFile::new(OwnedFd::from(null), FileKind::CharDevice), false)
-                .expect("slot 0..3 is valid");
+            let null = super::sandbox::null_device().map_err(KernelError::Stdio)?;
+            t.insert_at(fd as u64, OpenFile::new(null, FileKind::CharDevice), false).expect("slot 0..3 is valid");
             continue;
         }
         // SAFETY: d is a fresh descriptor owned by nobody else.

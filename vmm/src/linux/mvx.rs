@@ -298,8 +298,9 @@ impl State {
                 (json, message)
             }
         };
-        let path = self.report_dir.join(format!("dmvx-divergence-variant{}.json", self.id));
-        match std::fs::write(&path, &text) {
+        let name = format!("dmvx-divergence-variant{}.json", self.id);
+        let path = self.report_dir.join(&name);
+        match crate::jail::reports::write(&self.report_dir, &name, text.as_bytes()) {
             Ok(()) => log::info!(target: PROGRAM, "divergence report written to {}", path.display()),
             Err(e) => log::error!(target: PROGRAM, "cannot write the divergence report {}: {e}", path.display()),
         }
@@ -507,7 +508,8 @@ fn follower_end(s: &mut State, status: u8, timeout: Duration) -> Result<(), Stop
 /// After a divergence: the leader tells every follower; both give the link a
 /// moment so the other side reads the report.
 fn finish_diverged(s: &mut State) {
-    let text = std::fs::read(s.report_dir.join(format!("dmvx-divergence-variant{}.json", s.id))).unwrap_or_default();
+    let text =
+        crate::jail::reports::read(&s.report_dir, &format!("dmvx-divergence-variant{}.json", s.id)).unwrap_or_default();
     match &mut s.side {
         Side::Leader(l) => {
             let _ = l.send_control(&Control::Divergence { seq: 0, report: text });

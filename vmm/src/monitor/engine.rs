@@ -573,8 +573,8 @@ impl Monitor {
         } else {
             format!("dmvx-divergence-variant{}-pid{}.json", self.id, self.spec.pid)
         };
-        let path = self.report_dir.join(name);
-        match std::fs::write(&path, json) {
+        let path = self.report_dir.join(&name);
+        match crate::jail::reports::write(&self.report_dir, &name, json.as_bytes()) {
             Ok(()) => log::info!(target: crate::logger::PROGRAM, "divergence report written to {}", path.display()),
             Err(e) => log::error!(
                 target: crate::logger::PROGRAM,
