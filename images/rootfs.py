@@ -54,6 +54,9 @@ DROP = (
     "etc/ufw", "usr/lib/systemd", "usr/lib/tmpfiles.d",
 )
 WWW_DATA = 33
+# The host uid dmvx-vmm runs as by default (its jail's): the writable
+# directories belong to it, so the VMM can write them without root.
+JAIL = 65534
 
 
 class Profile:
@@ -67,20 +70,20 @@ class Profile:
 
 
 def generic_dirs(pkg):
-    return [("var/log/" + pkg, 0o755, 0), ("var/lib/" + pkg, 0o755, 0),
-            ("var/cache/" + pkg, 0o755, 0)]
+    return [("var/log/" + pkg, 0o755, JAIL), ("var/lib/" + pkg, 0o755, JAIL),
+            ("var/cache/" + pkg, 0o755, JAIL)]
 
 
 PROFILES = {
-    "lighttpd": Profile(dirs=[("var/log/lighttpd", 0o755, 0),
-                              ("var/cache/lighttpd", 0o755, 0)]),
+    "lighttpd": Profile(dirs=[("var/log/lighttpd", 0o755, JAIL),
+                              ("var/cache/lighttpd", 0o755, JAIL)]),
     # Debian 12's `nginx` holds the binary (with the static module);
     # nginx-light/-core/-full only add dynamic modules to it.
     # nginx chowns its temp dirs to its `user` at startup unless they already
     # belong to it: they are created owned by www-data so a run never needs to.
     "nginx": Profile(
         companions={"nginx-common": ["etc/nginx/mime.types"]},
-        dirs=[("var/log/nginx", 0o755, 0), ("var/lib/nginx", 0o755, 0)]
+        dirs=[("var/log/nginx", 0o755, JAIL), ("var/lib/nginx", 0o755, JAIL)]
         + [("var/lib/nginx/" + d, 0o700, WWW_DATA)
            for d in ("body", "fastcgi", "proxy", "scgi", "uwsgi")]),
 }
@@ -509,7 +512,7 @@ class Build:
         self.keep = set()      # canonical relative paths taken from the pool
         # Directories a running server writes to: relative path -> (mode, owner).
         # The manifest does not pin their mtimes.
-        self.writable = {"tmp": (0o1777, 0), "run": (0o755, 0)}
+        self.writable = {"tmp": (0o1777, 0), "run": (0o755, JAIL)}
         self.writable.update((rel, (mode, uid)) for rel, mode, uid in self.profile.dirs)
         self.volatile = set(self.writable)
 

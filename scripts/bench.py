@@ -263,7 +263,8 @@ def bench_server(pkg, image, config, seconds, netem, work):
     try:
         if kind in ("native", "strace"):
             argv, env = server_argv(pkg)
-            cmd = ["chroot", image] + argv
+            # As dmvx-vmm's jail identity, which owns the image's writable dirs.
+            cmd = ["chroot", "--userspec=65534:65534", image] + argv
             if kind == "strace":
                 cmd = ["strace", "-f", "-o", "/dev/null"] + cmd
             e = {"PATH": GUEST_PATH}

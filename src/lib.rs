@@ -186,6 +186,24 @@ pub fn status(o: &Output) -> i32 {
     o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
 }
 
+/// The host uid and gid a VMM runs as by default (its jail's).
+pub const JAIL_ID: u32 = 65534;
+
+/// Gives `path` and everything beneath it to the jail's identity (when
+/// run as root), as an operator prepares a writable root for the VMM.
+pub fn chown_for_jail(path: &Path) {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let _ = std::os::unix::fs::lchown(path, Some(JAIL_ID), Some(JAIL_ID));
+    if path.is_dir() && !path.is_symlink() {
+        for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            chown_for_jail(&e.path());
+        }
+    }
+}
+
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -195,7 +213,9 @@ impl TempDir {
     }
 
     /// A temporary directory inside `base` (e.g. on the workspace's file
-    /// system when /tmp may be mounted nodev).
+    /// system when /tmp may be mounted nodev). It belongs to the VMM's
+    /// default jail identity (nobody), as an operator gives a writable
+    /// root or a report directory to the uid the VMM runs as.
     pub fn new_in(base: &Path, name: &str) -> TempDir {
         let p = base.join(
             format!("dmvx-test-{name}-{}-{:?}", std::process::id(), std::thread::current().id())
@@ -203,6 +223,10 @@ impl TempDir {
         );
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&p, Some(JAIL_ID), Some(JAIL_ID)).expect("chown temp dir");
+        }
         TempDir(p)
     }
 

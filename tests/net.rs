@@ -105,6 +105,7 @@ fn unix_sockets_live_inside_the_root() {
     std::fs::create_dir_all(root.join("run")).unwrap();
     let dir = format!("/run/dmvx-test-{}", std::process::id());
     std::fs::create_dir_all(root.join(&dir[1..])).unwrap();
+    chown_for_jail(root.path());
     let o = run_vmm(&["--rootfs", root.path().to_str().unwrap(), "--", "/bin/nettest", "unix", &dir, "keep"], b"");
     assert_eq!(status(&o), 0, "{}{}", stdout(&o), stderr(&o));
     // The socket was made inside the root, not at the host path it names.

@@ -7,8 +7,10 @@ use std::process::Command;
 use dmvx::*;
 
 fn native(root: &Path, s: &ServerSpec, port: u16) -> Server {
+    // As the VMM's jail identity, so neither leaves files in the shared
+    // image that the other may not replace (nginx's pid file).
     let mut cmd = Command::new("chroot");
-    cmd.arg(root).args(&s.argv).env_clear().env("PATH", GUEST_PATH);
+    cmd.arg(format!("--userspec={JAIL_ID}:{JAIL_ID}")).arg(root).args(&s.argv).env_clear().env("PATH", GUEST_PATH);
     for (k, v) in &s.env {
         cmd.env(k, v);
     }

@@ -87,6 +87,7 @@ const BASE: &[i64] = &[
     libc::SYS_fcntl,
     libc::SYS_poll,
     libc::SYS_ppoll,
+    libc::SYS_seccomp,
 ];
 
 /// An MVX link's I/O thread: tokio's event loop over its sockets.
@@ -344,7 +345,14 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
         m.insert(libc::SYS_ioctl, ioctls);
     }
     let mut prctls = Vec::new();
-    for op in [libc::PR_SET_NAME, libc::PR_GET_NAME, libc::PR_SET_CHILD_SUBREAPER, libc::PR_GET_DUMPABLE] {
+    // PR_SET_NO_NEW_PRIVS and seccomp only narrow: a new thread adds its own filter.
+    for op in [
+        libc::PR_SET_NAME,
+        libc::PR_GET_NAME,
+        libc::PR_SET_CHILD_SUBREAPER,
+        libc::PR_GET_DUMPABLE,
+        libc::PR_SET_NO_NEW_PRIVS,
+    ] {
         prctls.push(rule(vec![cond(0, Len::Dword, Op::Eq, op as u64)?])?);
     }
     m.insert(libc::SYS_prctl, prctls);
