@@ -218,6 +218,10 @@ struct Cli {
     /// the jail's cost in benchmarks only)
     #[arg(long, help_heading = "Jail")]
     no_jail: bool,
+    /// Enter the jail, then make one host call no filter allows (ptrace):
+    /// the VMM must end at once, naming the call (status 125)
+    #[arg(long, help_heading = "Jail")]
+    jail_selftest: bool,
 
     /// Print exit, system call and timing statistics at the end
     #[arg(long, help_heading = "Output")]
@@ -533,7 +537,13 @@ where
             }
             v
         },
-        jail: crate::jail::Settings { disabled: c.no_jail, uid: c.uid, gid: c.gid, allow_missing: c.allow_missing },
+        jail: crate::jail::Settings {
+            disabled: c.no_jail,
+            uid: c.uid,
+            gid: c.gid,
+            allow_missing: c.allow_missing,
+            selftest: c.jail_selftest,
+        },
         stats: c.stats,
         trace: c.trace,
         initrd: c.initrd,

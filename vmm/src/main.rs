@@ -164,7 +164,7 @@ fn run_linux(args: &cli::Args) -> ExitCode {
     if args.variants > 1 && !args.joins_cluster() {
         return run_variants(args);
     }
-    let config = linux::Config {
+    let mut config = linux::Config {
         kernel: args.kernel.clone().expect("Linux mode has a --kernel"),
         initrd: args.initrd.clone(),
         cmdline: args.cmdline.clone().unwrap_or_else(|| cli::DEFAULT_CMDLINE.to_string()),
@@ -173,8 +173,30 @@ fn run_linux(args: &cli::Args) -> ExitCode {
         sink: Box::new(StdoutSink),
         sink_stop: None,
         monitor: None,
+        images: None,
     };
-    let result = match join_cluster(args) {
+    // What the guest needs from the host is read or opened before the jail.
+    if let Err(e) = config.load() {
+        error!("{e}");
+        return ExitCode::from(EXIT_VMM);
+    }
+    // Without KVM, the error comes where it always did (after the kernel checks).
+    let _ = dmvx_vmm::vstate::vm::preopen_kvm();
+    let member = match join_cluster(args) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    if member.is_some() {
+        if let Err(e) = dmvx_vmm::jail::reports::open(&args.report_dir) {
+            error!("cannot open the divergence report directory {}: {e}", args.report_dir.display());
+            return ExitCode::from(EXIT_VMM);
+        }
+    }
+    if let Err(e) = dmvx_vmm::jail::enter(&args.jail, None, false, dmvx_vmm::jail::Role::LinuxMain) {
+        error!("{e}");
+        return ExitCode::from(EXIT_VMM);
+    }
+    let result = match Ok::<_, ExitCode>(member) {
         Ok(None) => linux::run(config).map(linux::mvx::Outcome::Agreed),
         Ok(Some(member)) => {
             let (cfg, key, id) = (member.cfg, member.key, member.id);

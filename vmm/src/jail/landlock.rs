@@ -66,7 +66,7 @@ fn handled(abi: i64) -> u64 {
 
 /// Restricts this process (and every process it forks) to `root`;
 /// returns the kernel's Landlock ABI version.
-pub(super) fn restrict(root: &Path, writable: bool, reports: Option<&OwnedFd>) -> Result<i64, String> {
+pub(super) fn restrict(root: Option<&Path>, writable: bool, reports: Option<&OwnedFd>) -> Result<i64, String> {
     // SAFETY: the version query passes no attribute.
     let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, 0usize, 0usize, CREATE_RULESET_VERSION) };
     if abi < 1 {
@@ -96,9 +96,11 @@ pub(super) fn restrict(root: &Path, writable: bool, reports: Option<&OwnedFd>) -
     }
     // Never device nodes, never device ioctls (the VMM's own devices are open already).
     root_rights &= fs & !(MAKE_CHAR | MAKE_BLOCK | IOCTL_DEV);
-    add_rule(&rs, &open_path(root)?, root_rights)?;
+    if let Some(root) = root {
+        add_rule(&rs, &open_path(root)?, root_rights)?;
+    }
     let proc = Path::new("/proc");
-    if root != Path::new("/") && proc.is_dir() {
+    if root != Some(Path::new("/")) && proc.is_dir() {
         add_rule(&rs, &open_path(proc)?, READ_FILE | READ_DIR)?;
     }
     if let Some(dir) = reports {

@@ -77,11 +77,14 @@ pub struct Settings {
     pub gid: u32,
     /// Layers the VMM may run without (`--allow-missing`).
     pub allow_missing: Vec<Layer>,
+    /// Once confined, make one host call that no filter allows
+    /// (`--jail-selftest`): the VMM must end with the refusal message.
+    pub selftest: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { disabled: false, uid: DEFAULT_ID, gid: DEFAULT_ID, allow_missing: Vec::new() }
+        Settings { disabled: false, uid: DEFAULT_ID, gid: DEFAULT_ID, allow_missing: Vec::new(), selftest: false }
     }
 }
 
@@ -98,6 +101,8 @@ pub enum JailError {
          pass --allow-missing identity to do so anyway"
     )]
     HostRoot,
+    #[error("jail self-test: the host call ptrace was not refused (it returned {0}): no seccomp filter is in force")]
+    SelftestPassed(i64),
     #[error("cannot build the seccomp filter for the {role} thread: {why}")]
     Filter { role: &'static str, why: String },
 }
@@ -106,7 +111,7 @@ pub enum JailError {
 #[derive(Debug)]
 pub struct Entered {
     /// The program's root directory as the VMM now reaches it.
-    pub root: PathBuf,
+    pub root: Option<PathBuf>,
     /// The layers in force.
     pub layers: Vec<Layer>,
 }
@@ -133,17 +138,18 @@ pub fn active() -> bool {
 /// the calling thread's. Every descriptor the VMM needs later (/dev/kvm,
 /// the guest's memory, the cluster's keys, the report directory) must be
 /// open already. Must be called while the process has one thread.
-pub fn enter(s: &Settings, root: &Path, writable: bool, role: Role) -> Result<Entered, JailError> {
+/// Without a root (Linux mode) the jail holds no file tree of the host.
+pub fn enter(s: &Settings, root: Option<&Path>, writable: bool, role: Role) -> Result<Entered, JailError> {
     if s.disabled {
         log::warn!("jail: off (--no-jail): the VMM performs the guest's host calls with its own authority");
-        return Ok(Entered { root: root.to_path_buf(), layers: Vec::new() });
+        return Ok(Entered { root: root.map(Path::to_path_buf), layers: Vec::new() });
     }
     if (s.uid == 0 || s.gid == 0) && !s.allow_missing.contains(&Layer::Identity) {
         return Err(JailError::HostRoot);
     }
     let mut layers = Vec::new();
     let privileged = identity::privileged();
-    let mut jailed_root = root.to_path_buf();
+    let mut jailed_root = root.map(Path::to_path_buf);
     match mounts::enter(root, writable, privileged) {
         Ok(r) => {
             jailed_root = r;
@@ -159,7 +165,7 @@ pub fn enter(s: &Settings, root: &Path, writable: bool, role: Role) -> Result<En
         }
         Err(why) => missing(s, Layer::Identity, why)?,
     }
-    match landlock::restrict(&jailed_root, writable, reports::fd()) {
+    match landlock::restrict(jailed_root.as_deref(), writable, reports::fd()) {
         Ok(abi) => {
             log::debug!("jail: landlock ABI {abi}");
             layers.push(Layer::Landlock);
@@ -182,9 +188,15 @@ pub fn enter(s: &Settings, root: &Path, writable: bool, role: Role) -> Result<En
         unsafe { libc::getuid() },
         // SAFETY: as above.
         unsafe { libc::getgid() },
-        jailed_root.display(),
+        jailed_root.as_deref().unwrap_or(Path::new("(none)")).display(),
         names.join(", ")
     );
+    if s.selftest {
+        log::warn!("jail self-test: calling ptrace(PTRACE_TRACEME), which no filter allows");
+        // SAFETY: PTRACE_TRACEME takes no pointers; the filter refuses it.
+        let r = unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) };
+        return Err(JailError::SelftestPassed(r));
+    }
     Ok(Entered { root: jailed_root, layers })
 }
 

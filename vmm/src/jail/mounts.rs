@@ -129,20 +129,61 @@ fn pseudo_mounts(mountinfo: &str, under: &str) -> Vec<String> {
     v
 }
 
-/// Enters the namespace; returns where the program's root now is.
-pub(super) fn enter(root: &Path, writable: bool, privileged: bool) -> Result<PathBuf, String> {
+/// Enters the namespace; returns where the program's root now is (none
+/// without a root).
+pub(super) fn enter(root: Option<&Path>, writable: bool, privileged: bool) -> Result<Option<PathBuf>, String> {
     if !privileged {
         return Err(
             "the VMM is not root, so it cannot make a mount namespace (start it as root; it drops to --uid)".into()
         );
     }
-    let canon = std::fs::canonicalize(root).map_err(|e| format!("root directory {}: {e}", root.display()))?;
     // SAFETY: unshare with a flag only.
     if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
         return Err(os_err("unshare(CLONE_NEWNS)"));
     }
     // Nothing done here propagates back to the host.
     mount("none", Path::new("/"), "", libc::MS_REC | libc::MS_PRIVATE, "")?;
+    let tree = root.map(clone_tree).transpose()?;
+    // The copy of the root is taken: the stage may cover any host path.
+    let stage = ["/tmp", "/mnt", "/run"].iter().map(Path::new).find(|p| p.is_dir()).ok_or("no /tmp, /mnt or /run")?;
+    mount(
+        "dmvx-jail",
+        stage,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "size=64k,nr_inodes=16,mode=0755",
+    )?;
+    let new_proc = stage.join("proc");
+    std::fs::create_dir(&new_proc).map_err(|e| format!("mkdir {}: {e}", new_proc.display()))?;
+    if let Some(tree) = tree {
+        attach_root(tree, stage, writable)?;
+    }
+    mount(
+        "proc",
+        &new_proc,
+        "proc",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "hidepid=invisible,subset=pid",
+    )?;
+    std::env::set_current_dir(stage).map_err(|e| format!("chdir {}: {e}", stage.display()))?;
+    let dot = c".";
+    // SAFETY: both are valid paths; pivot_root(".", ".") stacks the old
+    // root under the new one, detached below.
+    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
+        return Err(os_err("pivot_root"));
+    }
+    // SAFETY: a valid path.
+    if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(os_err("detach the old root"));
+    }
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    set_attr(Path::new("/"), 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)?;
+    Ok(root.map(|_| PathBuf::from(JAIL_ROOT)))
+}
+
+/// A detached recursive copy of the mounts of `root`.
+fn clone_tree(root: &Path) -> Result<OwnedFd, String> {
+    let canon = std::fs::canonicalize(root).map_err(|e| format!("root directory {}: {e}", root.display()))?;
     let c = cpath(&canon)?;
     // SAFETY: c is a valid path; the result is checked.
     let tree = unsafe {
@@ -157,21 +198,14 @@ pub(super) fn enter(root: &Path, writable: bool, privileged: bool) -> Result<Pat
         return Err(os_err(&format!("open_tree {}", canon.display())));
     }
     // SAFETY: a fresh descriptor owned by nobody else.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
-    // The copy of the root is taken: the stage may cover any host path.
-    let stage = ["/tmp", "/mnt", "/run"].iter().map(Path::new).find(|p| p.is_dir()).ok_or("no /tmp, /mnt or /run")?;
-    mount(
-        "dmvx-jail",
-        stage,
-        "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        "size=64k,nr_inodes=16,mode=0755",
-    )?;
+    Ok(unsafe { OwnedFd::from_raw_fd(tree as i32) })
+}
+
+/// Attaches `tree` at the stage's root directory: read-only unless
+/// writable, nosuid, nodev, without the host's pseudo file systems.
+fn attach_root(tree: OwnedFd, stage: &Path, writable: bool) -> Result<(), String> {
     let new_root = stage.join(JAIL_ROOT.trim_start_matches('/'));
-    let new_proc = stage.join("proc");
-    for d in [&new_root, &new_proc] {
-        std::fs::create_dir(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
-    }
+    std::fs::create_dir(&new_root).map_err(|e| format!("mkdir {}: {e}", new_root.display()))?;
     let empty = CString::default();
     let target = cpath(&new_root)?;
     // SAFETY: tree is an open mount tree; the strings are valid.
@@ -198,28 +232,7 @@ pub(super) fn enter(root: &Path, writable: bool, privileged: bool) -> Result<Pat
         }
     }
     let ro = if writable { 0 } else { MOUNT_ATTR_RDONLY };
-    set_attr(&new_root, AT_RECURSIVE, ro | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?;
-    mount(
-        "proc",
-        &new_proc,
-        "proc",
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        "hidepid=invisible,subset=pid",
-    )?;
-    std::env::set_current_dir(stage).map_err(|e| format!("chdir {}: {e}", stage.display()))?;
-    let dot = c".";
-    // SAFETY: both are valid paths; pivot_root(".", ".") stacks the old
-    // root under the new one, detached below.
-    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
-        return Err(os_err("pivot_root"));
-    }
-    // SAFETY: a valid path.
-    if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(os_err("detach the old root"));
-    }
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
-    set_attr(Path::new("/"), 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)?;
-    Ok(PathBuf::from(JAIL_ROOT))
+    set_attr(&new_root, AT_RECURSIVE, ro | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
 }
 
 #[cfg(test)]

@@ -262,6 +262,7 @@ const LINUX_MAIN: &[i64] = &[
     libc::SYS_sendmsg,
     libc::SYS_recvmsg,
     libc::SYS_shutdown,
+    libc::SYS_socketpair,
     libc::SYS_wait4,
 ];
 
@@ -311,7 +312,9 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
         Role::LinuxMain => LINUX_MAIN,
         Role::LinuxVcpu => LINUX_VCPU,
     };
-    for &nr in BASE.iter().chain(extra) {
+    // Linux mode's main thread starts the link's I/O threads, which inherit its filter.
+    let inherited: &[i64] = if role == Role::LinuxMain { LINK_IO } else { &[] };
+    for &nr in BASE.iter().chain(extra).chain(inherited) {
         m.insert(nr, Vec::new());
     }
     // No executable host memory: the guest's code never runs on the host.
@@ -323,7 +326,7 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
         m.insert(libc::SYS_clone, vec![rule(vec![cond(0, Len::Qword, Op::MaskedEq(CLONE_NAMESPACES), 0)?])?]);
     }
     let mut sockets = Vec::new();
-    if matches!(role, Role::Vmm | Role::LinkIo) {
+    if matches!(role, Role::Vmm | Role::LinkIo | Role::LinuxMain) {
         for family in [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6] {
             sockets.push(rule(vec![cond(0, Len::Dword, Op::Eq, family as u64)?])?);
         }
@@ -338,7 +341,7 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
             ioctls.push(rule(vec![cond(1, Len::Dword, Op::Eq, req)?])?);
         }
     }
-    if role == Role::LinkIo {
+    if matches!(role, Role::LinkIo | Role::LinuxMain) {
         ioctls.push(rule(vec![cond(1, Len::Dword, Op::Eq, libc::FIONBIO)?])?);
     }
     if !ioctls.is_empty() {

@@ -37,8 +37,9 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         crate::jail::reports::open(&join.report_dir)
             .map_err(|source| KernelError::ReportDir { path: join.report_dir.clone(), source })?;
     }
-    let jailed = crate::jail::enter(&config.jail, &config.root, config.writable, crate::jail::Role::Vmm)?;
-    let sandbox = Arc::new(Sandbox::new(&jailed.root, config.writable)?);
+    let jailed = crate::jail::enter(&config.jail, Some(&config.root), config.writable, crate::jail::Role::Vmm)?;
+    let root = jailed.root.unwrap_or(config.root.clone());
+    let sandbox = Arc::new(Sandbox::new(&root, config.writable)?);
     let shared = SharedFrames::of(&memory.mem).map_err(KernelError::Table)?;
     let layout =
         Layout::at_launch(config.variant, config.layout_seed, config.fixed_layout).map_err(KernelError::LayoutSeed)?;

@@ -63,6 +63,38 @@ pub struct Config {
     /// Run every [`MONITOR_PERIOD`] while the guest runs; true stops it
     /// (the variants diverged).
     pub monitor: Option<Box<dyn FnMut() -> bool>>,
+    /// The kernel's and initrd's bytes, read before the VMM's jail.
+    pub images: Option<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Config {
+    /// Reads the kernel and initrd now (the jail holds neither file).
+    pub fn load(&mut self) -> Result<(), LinuxError> {
+        let path = &self.kernel;
+        let kernel = std::fs::read(path).map_err(|source| BootError::ReadKernel { path: path.clone(), source })?;
+        let initrd = self
+            .initrd
+            .as_ref()
+            .map(|p| std::fs::read(p).map_err(|source| BootError::ReadInitrd { path: p.clone(), source }))
+            .transpose()?;
+        self.images = Some((kernel, initrd));
+        Ok(())
+    }
+
+    /// The kernel's bytes and the initrd's (read now unless loaded).
+    pub(crate) fn read_images(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), LinuxError> {
+        if let Some((k, i)) = &self.images {
+            return Ok((k.clone(), i.clone()));
+        }
+        let path = &self.kernel;
+        let kernel = std::fs::read(path).map_err(|source| BootError::ReadKernel { path: path.clone(), source })?;
+        let initrd = self
+            .initrd
+            .as_ref()
+            .map(|p| std::fs::read(p).map_err(|source| BootError::ReadInitrd { path: p.clone(), source }))
+            .transpose()?;
+        Ok((kernel, initrd))
+    }
 }
 
 /// How the guest ended.
@@ -164,14 +196,13 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
         return Err(LinuxError::MemoryTooLarge(config.memory));
     }
     let path = &config.kernel;
-    let bytes = std::fs::read(path).map_err(|source| BootError::ReadKernel { path: path.clone(), source })?;
+    let (bytes, initrd) = config.read_images()?;
     // Refuse what is not a kernel before touching KVM.
     boot::detect(path, &bytes)?;
-    let initrd = config
-        .initrd
-        .as_ref()
-        .map(|p| std::fs::read(p).map(|b| (p, b)).map_err(|source| BootError::ReadInitrd { path: p.clone(), source }))
-        .transpose()?;
+    let initrd = match (&config.initrd, initrd) {
+        (Some(p), Some(b)) => Some((p, b)),
+        _ => None,
+    };
 
     let vm = Vm::new(config.memory, MIN_MEMORY)?;
     let mem = vm.mem.clone();
@@ -230,6 +261,7 @@ pub fn run(config: Config) -> Result<LinuxExit, LinuxError> {
     let thread = std::thread::Builder::new()
         .name("vcpu0".into())
         .spawn(move || {
+            crate::jail::filter_thread(crate::jail::Role::LinuxVcpu);
             let r = vcpu::run(&mut vcpu, &mut devices);
             let out = devices.finish();
             let _ = tx.send((r, out));

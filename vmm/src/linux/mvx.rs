@@ -353,8 +353,7 @@ pub enum Outcome {
 /// Boots `config` as variant `join.id` of the cluster.
 pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
     let cluster_err = |e: String| LinuxError::Cluster(e);
-    let mut kernel = std::fs::read(&config.kernel)
-        .map_err(|source| super::boot::BootError::ReadKernel { path: config.kernel.clone(), source })?;
+    let (mut kernel, initrd) = config.read_images()?;
     let kernel_digest = Digest::of(&kernel);
     if let Some(want) = join.cfg.digests.program {
         if want != kernel_digest {
@@ -364,9 +363,8 @@ pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
             )));
         }
     }
-    if let Some(p) = &config.initrd {
-        kernel
-            .extend(std::fs::read(p).map_err(|source| super::boot::BootError::ReadInitrd { path: p.clone(), source })?);
+    if let Some(i) = initrd {
+        kernel.extend(i);
     }
     let info = HandshakeInfo { policy: Digest::of(POLICY), image: None, program: Some(Digest::of(&kernel)) };
     drop(kernel);

@@ -28,13 +28,39 @@ pub enum VmError {
     CreateVcpu(kvm_ioctls::Error),
 }
 
-/// Opens /dev/kvm with a clear error for the usual failures.
+/// /dev/kvm, opened before the VMM entered its jail (which has no /dev).
+static PREOPENED: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// Opens /dev/kvm now, for VMs created once the VMM is confined.
+pub fn preopen_kvm() -> Result<(), VmError> {
+    if PREOPENED.get().is_none() {
+        let kvm = open_kvm()?;
+        // SAFETY: kvm's descriptor stays open for the borrow (kvm lives to the end).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&kvm)) }
+            .try_clone_to_owned()
+            .map_err(|e| VmError::KvmOpen(kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EBADF))))?;
+        let _ = PREOPENED.set(fd);
+    }
+    Ok(())
+}
+
+/// Opens /dev/kvm (or duplicates the descriptor opened before the jail)
+/// with a clear error for the usual failures.
 pub fn open_kvm() -> Result<Kvm, VmError> {
-    let kvm = Kvm::new().map_err(|e| match e.errno() {
-        libc::ENOENT | libc::ENXIO | libc::ENODEV => VmError::KvmMissing,
-        libc::EACCES | libc::EPERM => VmError::KvmPermission,
-        _ => VmError::KvmOpen(e),
-    })?;
+    let kvm = match PREOPENED.get() {
+        Some(fd) => {
+            let dup = fd
+                .try_clone()
+                .map_err(|e| VmError::KvmOpen(kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EBADF))))?;
+            // SAFETY: dup is a fresh descriptor of /dev/kvm that the Kvm takes over.
+            unsafe { <Kvm as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(dup)) }
+        }
+        None => Kvm::new().map_err(|e| match e.errno() {
+            libc::ENOENT | libc::ENXIO | libc::ENODEV => VmError::KvmMissing,
+            libc::EACCES | libc::EPERM => VmError::KvmPermission,
+            _ => VmError::KvmOpen(e),
+        })?,
+    };
     let v = kvm.get_api_version();
     if v != 12 {
         return Err(VmError::KvmApiVersion(v));
