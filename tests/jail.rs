@@ -270,3 +270,38 @@ fn device_nodes_are_refused_before_any_host_open() {
     }
     assert!(out.contains("open /dev/null ok"), "{out}");
 }
+
+#[test]
+fn mincore_over_a_huge_reservation_does_not_grow_the_vmm() {
+    require_kvm!();
+    use std::io::BufRead;
+    let mut child = Command::new(vmm())
+        .args(["--", hostile().to_str().unwrap(), "mincore"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = String::new();
+    while !lines.contains("mincore") {
+        if out.read_line(&mut lines).unwrap() == 0 {
+            break;
+        }
+    }
+    // The guest sleeps now: the VMM's peak resident size is what the call cost.
+    let hwm = status_fields(Path::new(&format!("/proc/{}/status", child.id())))
+        .map(|f| field(&f, "VmHWM").trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0))
+        .unwrap_or(0);
+    let _ = child.wait();
+    assert!(lines.contains("mmap ok"), "{lines}");
+    let gib: u64 = lines
+        .lines()
+        .find_map(|l| l.strip_prefix("reserved ")?.strip_suffix(" GiB")?.parse().ok())
+        .unwrap_or_else(|| panic!("{lines}"));
+    assert!(gib >= 64, "only {gib} GiB reserved:\n{lines}");
+    assert!(lines.contains("mincore errno 14"), "a one-page vector for {gib} GiB: EFAULT\n{lines}");
+    // One byte per page was what the call used to allocate.
+    let vector_kb = gib << 30 >> 12 >> 10;
+    assert!(hwm > 0, "no VmHWM for the VMM");
+    assert!(hwm < vector_kb / 8, "the VMM grew to {hwm} kB for one mincore over {gib} GiB");
+}

@@ -8,6 +8,8 @@
  *                                open and by chmod), chown it to root and to
  *                                1234, chmod/chown the existing VICTIM
  *   hostile devices              open /dev/kmsg, /dev/kvm, /dev/mem, DIR nodes
+ *   hostile mincore              mincore over a huge PROT_NONE reservation (up to 2.75 TiB)
+ *                                into a one-page vector, then sleep 3 s
  *   hostile sleep N              sleep N seconds (for a test to inspect the VMM) */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -87,7 +90,23 @@ static int devices(int argc, char **argv) {
     return 0;
 }
 
+static int huge_mincore(void) {
+    size_t len = (size_t)11 << 38; /* 2.75 TiB, or the largest the layout gives */
+    void *p = MAP_FAILED;
+    for (; len >= ((size_t)1 << 30) && p == MAP_FAILED; len /= 2)
+        p = mmap(0, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    len *= 2;
+    printf("reserved %zu GiB\n", len >> 30);
+    report("mmap", p == MAP_FAILED ? -1 : 0);
+    static unsigned char vec[4096];
+    report("mincore", mincore(p, len, vec));
+    struct timespec t = { .tv_sec = 3 };
+    nanosleep(&t, 0);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "mincore")) return huge_mincore();
     if (argc >= 2 && !strcmp(argv[1], "shadow")) return shadow();
     if (argc >= 3 && !strcmp(argv[1], "unix")) return unix_connect(argv[2]);
     if (argc >= 4 && !strcmp(argv[1], "setuid")) return setuid_files(argv[2], argv[3]);

@@ -281,13 +281,22 @@ pub fn mincore(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if !k.mm.is_fully_mapped(a[0], end) {
         return Err(Errno::ENOMEM);
     }
-    let pages = ((end - a[0]) / PAGE_SIZE) as usize;
-    let mut v = Vec::with_capacity(pages);
-    for i in 0..pages as u64 {
-        let e = k.mm.page_tables().leaf(&k.mm.mem, a[0] + i * PAGE_SIZE);
-        v.push((e & crate::arch::x86_64::paging::pte::ADDR_MASK != 0) as u8);
+    // In bounded chunks: a huge reservation must not grow the VMM (the
+    // vector's size is the guest's to choose); the guest's buffer, which
+    // must hold one byte per page, bounds the work.
+    let pages = (end - a[0]) / PAGE_SIZE;
+    let mut chunk = [0u8; 4096];
+    let mut done = 0u64;
+    while done < pages {
+        let n = (pages - done).min(chunk.len() as u64);
+        for (i, b) in chunk[..n as usize].iter_mut().enumerate() {
+            let e = k.mm.page_tables().leaf(&k.mm.mem, a[0] + (done + i as u64) * PAGE_SIZE);
+            *b = (e & crate::arch::x86_64::paging::pte::ADDR_MASK != 0) as u8;
+        }
+        k.mm.write_user(a[2].checked_add(done).ok_or(Errno::EFAULT)?, &chunk[..n as usize])?;
+        done += n;
     }
-    k.mm.write_user(a[2], &v).map(|_| 0)
+    Ok(0)
 }
 
 pub fn mlock(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
