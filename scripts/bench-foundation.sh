@@ -5,7 +5,9 @@
 #    (where programs run) and CPL0, and against native;
 #  - launch-to-first-guest-instruction time;
 #  - total time of `busybox true` in the VM and natively;
-#  - VMM resident memory beyond the guest pages in use.
+#  - VMM resident memory beyond the guest pages in use;
+#  - what the VMM's jail costs: launch, a trapped call and an open+close
+#    (the sandbox's path lookup) with the jail and with --no-jail.
 # Usage: scripts/bench-foundation.sh [ITERATIONS]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,6 +17,8 @@ cd "$root"
 cargo build --release --workspace --locked -q
 vmm="$root/target/release/dmvx-vmm"
 work="$(mktemp -d)"
+# The VMM reads the programs as its jail identity (nobody), not as root.
+chmod 755 "$work"
 trap 'rm -rf "$work"' EXIT
 gcc -O2 -static -o "$work/percall" scripts/bench/percall.c
 gcc -O2 -o "$work/launch" scripts/bench/launch.c
@@ -34,6 +38,23 @@ t0=$(now_ns); for i in $(seq $runs); do "$vmm" -- "$bb" true; done; t1=$(now_ns)
 vm_true=$(awk -v a="$t0" -v b="$t1" -v n=$runs 'BEGIN { printf "%.3f", (b - a) / n / 1e6 }')
 t0=$(now_ns); for i in $(seq $runs); do "$bb" true; done; t1=$(now_ns)
 nat_true=$(awk -v a="$t0" -v b="$t1" -v n=$runs 'BEGIN { printf "%.3f", (b - a) / n / 1e6 }')
+# The jail's cost: each pair interleaved (jailed, then --no-jail), so load
+# from other work on the machine falls on both alike.
+pairs() { # MODE N -> "jailed_median no_jail_median"
+    : >"$work/j"; : >"$work/nj"
+    for i in $(seq $reps); do
+        "$vmm" -- "$work/percall" "$1" "$2" >>"$work/j"
+        "$vmm" --no-jail -- "$work/percall" "$1" "$2" 2>/dev/null >>"$work/nj"
+    done
+    echo "$(median <"$work/j") $(median <"$work/nj")"
+}
+read -r trapped_j trapped_nj <<<"$(pairs getppid "$n")"
+read -r open_j open_nj <<<"$(pairs open $((n / 4)))"
+first_ms() { "$work/launch" "$vmm" "$@" --stats -- "$bb" true 2>&1 | sed -n 's/.*first guest instruction \([0-9.]*\) ms/\1/p'; }
+: >"$work/lj"; : >"$work/lnj"
+for i in $(seq 21); do first_ms >>"$work/lj"; first_ms --no-jail >>"$work/lnj"; done
+launch_j=$(median <"$work/lj")
+launch_nj=$(median <"$work/lnj")
 mem_line=$("$vmm" --stats -- "$bb" sh -c 'i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done' 2>&1 | grep 'resident memory')
 overhead_kib=$(echo "$mem_line" | sed -n 's/.*VMM overhead \([0-9]*\) KiB.*/\1/p')
 
@@ -51,5 +72,11 @@ printf "| %-52s | %9.2f ms | target <= 5 ms |\n" "launch to first guest instruct
 printf "| %-52s | %9.2f ms | %s x native |\n" "busybox true, whole run in the VM (mean of $runs)" "$vm_true" "$(ratio "$vm_true" "$nat_true")"
 printf "| %-52s | %9.2f ms | 1.00 |\n" "busybox true, native (mean of $runs)" "$nat_true"
 printf "| %-52s | %8s KiB | target <= 5120 KiB |\n" "VMM resident memory beyond guest pages in use" "$overhead_kib"
+printf "| %-52s | %9.2f ms | %s x without the jail |\n" "launch to first instruction, jailed (median of 21)" "$launch_j" "$(ratio "$launch_j" "$launch_nj")"
+printf "| %-52s | %9.2f ms | 1.00 |\n" "launch to first instruction, --no-jail" "$launch_nj"
+printf "| %-52s | %9.1f us | %s x without the jail |\n" "trapped getppid, jailed" "$(awk -v x="$trapped_j" 'BEGIN{print x/1000}')" "$(ratio "$trapped_j" "$trapped_nj")"
+printf "| %-52s | %9.1f us | 1.00 |\n" "trapped getppid, --no-jail" "$(awk -v x="$trapped_nj" 'BEGIN{print x/1000}')"
+printf "| %-52s | %9.1f us | %s x without the jail |\n" "open+close of /bin/sh, jailed" "$(awk -v x="$open_j" 'BEGIN{print x/1000}')" "$(ratio "$open_j" "$open_nj")"
+printf "| %-52s | %9.1f us | 1.00 |\n" "open+close of /bin/sh, --no-jail" "$(awk -v x="$open_nj" 'BEGIN{print x/1000}')"
 echo
 echo "($mem_line)"

@@ -33,6 +33,8 @@ int main(int argc, char **argv) {
         for (long i = 0; i < n; i++) syscall(SYS_getppid);
     } else if (!strcmp(mode, "read512")) {
         for (long i = 0; i < n; i++) pread(fd, buf, sizeof buf, 0);
+    } else if (!strcmp(mode, "open")) {
+        for (long i = 0; i < n; i++) close(open("/bin/sh", O_RDONLY));
     } else if (!strcmp(mode, "yield")) {
         for (long i = 0; i < n; i++) sched_yield();
     } else if (!strcmp(mode, "lockstep")) {
