@@ -218,6 +218,10 @@ def base_env(extra):
 # ---------------------------------------------------------------- roots
 
 
+# The host uid and gid dmvx-vmm runs as by default (its jail's).
+JAIL_ID = 65534
+
+
 class Scratch:
     """A fresh writable root: an overlay over the host's /."""
 
@@ -256,6 +260,17 @@ class Scratch:
                                stderr=subprocess.STDOUT, universal_newlines=True)
             if r.returncode != 0:
                 raise SetupError("case %s: setup failed (%d):\n%s" % (case["name"], r.returncode, r.stdout))
+        # dmvx-vmm writes as its jail identity (nobody): the writable
+        # directories must let it, as an operator gives a writable root to the
+        # VMM's uid. They stay root's (the program, root inside, sees its own
+        # files; git refuses a repository of another owner), writable by all,
+        # natively too (the modes are compared).
+        for d in ("case", "root"):
+            for dirpath, dirnames, filenames in os.walk(os.path.join(self.upper, d)):
+                for n in [dirpath] + [os.path.join(dirpath, x) for x in dirnames + filenames]:
+                    st = os.lstat(n)
+                    if not stat.S_ISLNK(st.st_mode):
+                        os.chmod(n, stat.S_IMODE(st.st_mode) | (0o777 if stat.S_ISDIR(st.st_mode) else 0o666))
 
     def mount(self, with_proc):
         opts = "lowerdir=/,upperdir=%s,workdir=%s" % (self.upper, self.work)
@@ -414,6 +429,8 @@ class Runner:
             rdir = os.path.join(self.reports, case["name"])
             shutil.rmtree(rdir, ignore_errors=True)
             os.makedirs(rdir)
+            if os.geteuid() == 0:
+                os.chown(rdir, JAIL_ID, JAIL_ID)  # the VMMs write it as their jail identity
             argv += ["--variants", "2", "--report-dir", rdir]
         if root:
             argv += ["--rootfs", root]
