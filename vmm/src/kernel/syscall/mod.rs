@@ -22,6 +22,9 @@ pub mod proc;
 pub mod signal;
 pub mod time;
 
+#[cfg(test)]
+mod abi_layout_tests;
+
 use dmvx_sync::policy::Class::{self, *};
 use kvm_bindings::kvm_regs;
 
