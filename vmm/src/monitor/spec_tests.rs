@@ -13,7 +13,7 @@ use dmvx_sync::record::RecordBuf;
 
 use super::*;
 use crate::kernel::errno::Errno;
-use crate::kernel::syscall;
+use crate::kernel::syscall::{self, names};
 
 const PAGE: u64 = 4096;
 
@@ -61,28 +61,47 @@ impl Fake {
         Fake { regions: Vec::new(), backing, fds: HashMap::new(), dirs: HashMap::new(), cwd: b"/".to_vec() }
     }
 
-    /// Maps the pages covering `[va, va + len)`, zero-filled.
+    /// Maps the pages covering `[va, va + len)` that are not mapped yet,
+    /// zero-filled, each run of them as one region.
     fn map(&mut self, va: u64, len: u64) {
-        let start = va & !(PAGE - 1);
-        let pages = (va + len).div_ceil(PAGE) - start / PAGE;
         let stride = if self.backing == Backing::Scattered { 2 * PAGE } else { PAGE };
-        self.regions.push(Region { va: start, pages, stride, data: vec![0; (pages * stride) as usize] });
+        let mut run: Option<(u64, u64)> = None;
+        for page in va / PAGE..(va + len).div_ceil(PAGE) {
+            let mapped = self.regions.iter().any(|r| r.host_off(page * PAGE).is_some());
+            match (&mut run, mapped) {
+                (Some((_, n)), false) => *n += 1,
+                (None, false) => run = Some((page * PAGE, 1)),
+                (_, true) => {
+                    if let Some((start, pages)) = run.take() {
+                        self.regions.push(Region {
+                            va: start,
+                            pages,
+                            stride,
+                            data: vec![0; (pages * stride) as usize],
+                        });
+                    }
+                }
+            }
+        }
+        if let Some((start, pages)) = run {
+            self.regions.push(Region { va: start, pages, stride, data: vec![0; (pages * stride) as usize] });
+        }
     }
 
-    /// Maps and fills program memory at `va` with `bytes`; returns `va`.
+    /// Maps and fills program memory at `va` with `bytes` (other bytes of
+    /// pages already mapped stay); returns `va`.
     fn put(&mut self, va: u64, bytes: &[u8]) -> u64 {
         self.map(va, bytes.len().max(1) as u64);
         for (i, &b) in bytes.iter().enumerate() {
-            let a = va + i as u64;
-            let r = self.regions.iter_mut().rev().find(|r| r.host_off(a).is_some()).expect("just mapped");
-            let off = r.host_off(a).expect("inside");
-            r.data[off] = b;
+            let p = self.host_ptr(va + i as u64).expect("just mapped");
+            // SAFETY: host_ptr points at a live byte of a region's buffer.
+            unsafe { *p = b };
         }
         va
     }
 
     fn host_ptr(&mut self, va: u64) -> Option<*mut u8> {
-        let r = self.regions.iter_mut().rev().find(|r| r.host_off(va).is_some())?;
+        let r = self.regions.iter_mut().find(|r| r.host_off(va).is_some())?;
         let off = r.host_off(va)?;
         Some(r.data[off..].as_mut_ptr())
     }
@@ -585,3 +604,6 @@ fn a_call_without_a_row_is_other() {
     want.call(440, Class::Other);
     assert_eq!(r, want.as_bytes());
 }
+
+#[path = "spec_table_tests.rs"]
+mod table;
