@@ -607,3 +607,56 @@ fn a_call_without_a_row_is_other() {
 
 #[path = "spec_table_tests.rs"]
 mod table;
+
+/// Two timespecs (seconds, nanoseconds).
+fn timespecs(t: [(i64, i64); 2]) -> Vec<u8> {
+    t.iter().flat_map(|&(s, ns)| [s.to_le_bytes(), ns.to_le_bytes()].concat()).collect()
+}
+
+#[test]
+fn utimensat_ignores_the_seconds_of_utime_now_and_omit() {
+    let (mut a, mut b) = pair();
+    let (pa, pb) = (a.put(BASE_A + 0x10, b"f\0"), b.put(BASE_B + 0x20, b"f\0"));
+    let cwd = AT_FDCWD as u32 as u64;
+    let ta = a.put(BASE_A + 0x1ff8, &timespecs([(0x5555_1234, libc::UTIME_NOW), (77, libc::UTIME_OMIT)]));
+    let tb = b.put(BASE_B + 0x100, &timespecs([(0x7f3a_9876, libc::UTIME_NOW), (-1, libc::UTIME_OMIT)]));
+    let (_, ra) = record(&mut a, libc::SYS_utimensat, [cwd, pa, ta, 0, 0, 0]);
+    let (_, rb) = record(&mut b, libc::SYS_utimensat, [cwd, pb, tb, 0, 0, 0]);
+    assert_eq!(ra, rb, "seconds the kernel ignores (stack garbage) differ");
+    let tb = b.put(BASE_B + 0x3000, &timespecs([(5, 0), (77, libc::UTIME_OMIT)]));
+    let (_, rb) = record(&mut b, libc::SYS_utimensat, [cwd, pb, tb, 0, 0, 0]);
+    assert_ne!(ra, rb, "a time set, not now");
+    let ta = a.put(BASE_A + 0x4000, &timespecs([(5, 0), (6, 7)]));
+    let tb = b.put(BASE_B + 0x4000, &timespecs([(5, 0), (6, 8)]));
+    let (_, ra) = record(&mut a, libc::SYS_utimensat, [cwd, pa, ta, 0, 0, 0]);
+    let (_, rb) = record(&mut b, libc::SYS_utimensat, [cwd, pb, tb, 0, 0, 0]);
+    assert_ne!(ra, rb, "other nanoseconds");
+    let (_, ra) = record(&mut a, libc::SYS_utimensat, [cwd, pa, 0, 0, 0, 0]);
+    let (_, rb) = record(&mut b, libc::SYS_utimensat, [cwd, pb, 0, 0, 0, 0]);
+    assert_eq!(ra, rb, "no times: now");
+}
+
+#[test]
+fn select_and_sigprocmask_record_sets_not_addresses() {
+    let (mut a, mut b) = pair();
+    let set = |bits: u64| [bits.to_le_bytes(), 0u64.to_le_bytes()].concat();
+    let (ra_set, wa_set) = (a.put(BASE_A + 0x100, &set(0b1001)), a.put(BASE_A + 0x200, &set(0b10)));
+    let (rb_set, wb_set) = (b.put(BASE_B + 0xf00, &set(0b1001)), b.put(BASE_B + 0x5000, &set(0b10)));
+    let (_, ra) = record(&mut a, libc::SYS_select, [70, ra_set, wa_set, 0, BASE_A + 0x300, 0]);
+    let (_, rb) = record(&mut b, libc::SYS_select, [70, rb_set, wb_set, 0, BASE_B + 0x700, 0]);
+    assert_eq!(ra, rb);
+    let (_, rb) = record(&mut b, libc::SYS_select, [70, wb_set, rb_set, 0, BASE_B + 0x700, 0]);
+    assert_ne!(ra, rb, "read and write sets swapped");
+    let (_, rb) = record(&mut b, libc::SYS_select, [70, rb_set, 0, wb_set, 0, 0]);
+    assert_ne!(ra, rb, "an exception set instead of a write set");
+
+    let ma = a.put(BASE_A + 0x6000, &(1u64 << 16).to_le_bytes());
+    let mb = b.put(BASE_B + 0x6ff8, &(1u64 << 16).to_le_bytes());
+    let block = libc::SIG_BLOCK as u64;
+    let (_, ra) = record(&mut a, libc::SYS_rt_sigprocmask, [block, ma, BASE_A + 0x7000, 8, 0, 0]);
+    let (_, rb) = record(&mut b, libc::SYS_rt_sigprocmask, [block, mb, BASE_B + 0x7100, 8, 0, 0]);
+    assert_eq!(ra, rb, "the old-mask pointers differ");
+    let mb = b.put(BASE_B + 0x8000, &(1u64 << 17).to_le_bytes());
+    let (_, rb) = record(&mut b, libc::SYS_rt_sigprocmask, [block, mb, 0, 8, 0, 0]);
+    assert_ne!(ra, rb, "another mask");
+}
