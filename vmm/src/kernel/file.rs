@@ -85,6 +85,9 @@ pub struct OpenFile {
     /// variant, whatever the host path or whether the variant holds the host
     /// descriptor, so that relative calls resolve and classify alike.
     path: Option<Box<[u8]>>,
+    /// F_SETOWN's process (or negated group): remembered for F_GETOWN.
+    /// Signal-driven I/O is not supported: no SIGIO is ever sent.
+    owner: AtomicI32,
 }
 
 impl OpenFile {
@@ -104,6 +107,7 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: false,
             path: None,
+            owner: AtomicI32::new(0),
         })
     }
 
@@ -118,7 +122,17 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: true,
             path: None,
+            owner: AtomicI32::new(0),
         })
+    }
+
+    /// F_SETOWN's owner (0: none).
+    pub fn owner(&self) -> i32 {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    pub fn set_owner(&self, owner: i32) {
+        self.owner.store(owner, Ordering::Relaxed);
     }
 
     /// Whether it is a pipe or socket pair between the program's processes.
@@ -137,6 +151,7 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: false,
             path: Some(normalize(path).into_boxed_slice()),
+            owner: AtomicI32::new(0),
         })
     }
 

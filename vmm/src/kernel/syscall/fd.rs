@@ -11,7 +11,7 @@ use super::common::*;
 use super::path::host_statfs;
 
 /// Size of the kernel's `struct termios` (TCGETS/TCSETS), not glibc's.
-const KERNEL_TERMIOS_SIZE: usize = 36;
+pub(crate) const KERNEL_TERMIOS_SIZE: usize = 36;
 
 pub fn close(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     k.fds().close(fd_arg(a[0])).map(|_| 0)
@@ -75,6 +75,14 @@ pub fn fcntl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
             if matches!(cmd, libc::F_GETLK | libc::F_OFD_GETLK) {
                 k.mm.write_user(a[2], &fl)?;
             }
+            Ok(0)
+        }
+        // Remembered, never passed to the host (whose SIGIO would reach the
+        // VMM): signal-driven I/O is not supported, so O_ASYNC stays refused
+        // and no SIGIO is sent. nginx sets an owner on its channels.
+        libc::F_GETOWN => Ok(f.owner() as i64 as u64),
+        libc::F_SETOWN => {
+            f.set_owner(a[2] as i32);
             Ok(0)
         }
         cmd @ (libc::F_GETPIPE_SZ | libc::F_SETPIPE_SZ) => k.host_call(f.remote, &mut [], |_, _| {
@@ -232,6 +240,17 @@ pub fn ioctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
                 // SAFETY: on is a valid in-parameter.
                 check(unsafe { libc::ioctl(raw, libc::FIONBIO, &on) } as i64)
             })
+        }
+        // Turning signal-driven I/O off is a no-op; on is not supported
+        // (see fcntl's F_SETOWN), but succeeds for sockets and pipes, as
+        // nginx's master requires for its channels to its workers: no SIGIO
+        // is ever sent.
+        libc::FIOASYNC => {
+            let _on: i32 = k.mm.read_val(a[2])?;
+            match f.kind {
+                FileKind::Socket | FileKind::Pipe => Ok(0),
+                _ => Err(Errno::ENOTTY),
+            }
         }
         libc::FIOCLEX => k.fds().set_cloexec(fd, true).map(|_| 0),
         libc::FIONCLEX => k.fds().set_cloexec(fd, false).map(|_| 0),

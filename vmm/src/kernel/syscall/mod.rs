@@ -22,6 +22,9 @@ pub mod proc;
 pub mod signal;
 pub mod time;
 
+#[cfg(test)]
+mod abi_layout_tests;
+
 use dmvx_sync::policy::Class::{self, *};
 use kvm_bindings::kvm_regs;
 
@@ -178,13 +181,13 @@ table! {
     SYS_getcwd => Plain Virtual path::getcwd, is(Process), [], "";
     SYS_chdir => Plain Host path::chdir, is(Process), [Path(0)], "";
     SYS_fchdir => Plain Host path::fchdir, is(Process), [Fd(0)], "";
-    SYS_fcntl => Plain Host fd::fcntl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "O_ASYNC, F_SETOWN, F_SETSIG, leases and notifications are refused";
+    SYS_fcntl => Plain Host fd::fcntl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "F_SETOWN is remembered, but O_ASYNC, F_SETSIG, leases and notifications are refused: no SIGIO";
     SYS_dup => Plain Virtual fd::dup, is(Process), [Fd(0)], "";
     SYS_dup2 => Plain Virtual fd::dup2, is(Process), [Fd(0), Fd(1), Const(0)], "";
     SYS_dup3 => Plain Virtual fd::dup3, is(Process), [Fd(0), Fd(1), Int(2)], "";
     SYS_pipe => Plain Host fd::pipe, remote(Ipc), [], "the leader's in a cluster (reads replicated)";
     SYS_pipe2 => Plain Host fd::pipe2, remote(Ipc), [Int(1)], "the leader's in a cluster (reads replicated)";
-    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX; others ENOTTY";
+    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX, FIOASYNC (accepted on sockets and pipes, no SIGIO); others ENOTTY";
     SYS_unlink => Plain Host path::unlink, is(FileModify), [Path(0)], "EROFS in a read-only root";
     SYS_unlinkat => Plain Host path::unlinkat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
     SYS_rmdir => Plain Host path::rmdir, is(FileModify), [Path(0)], "EROFS in a read-only root";
@@ -206,7 +209,7 @@ table! {
     SYS_fchmodat => Plain Host path::fchmodat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
     SYS_truncate => Plain Host path::truncate, is(FileModify), [Path(0), Int(1)], "EROFS in a read-only root";
     SYS_ftruncate => Plain Host fd::ftruncate, on_fd(0, FdState, Other), [Fd(0), Int(1)], "";
-    SYS_utimensat => Plain Host path::utimensat, is(FileModify), [DirFd(0), PathIf(1), BytesIf { ptr: 2, len: Len::Const(32) }, Int(3)], "EROFS in a read-only root";
+    SYS_utimensat => Plain Host path::utimensat, is(FileModify), [DirFd(0), PathIf(1), Custom(records::utimensat), Int(3)], "EROFS in a read-only root";
     SYS_fsync => Plain Host fd::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
     SYS_fdatasync => Plain Host fd::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
     SYS_sync => Plain Virtual fd::sync, is(Other), [], "";
