@@ -14,6 +14,7 @@ fn file_write_in_a_writable_rootfs() {
     let root = TempDir::new("rw-root");
     install_exe(&memtest(), &root.join("bin/memtest"));
     std::fs::create_dir_all(root.join("data")).unwrap();
+    chown_for_jail(&root.join("data"));
     let o = run_vmm(&["--rootfs", root.path().to_str().unwrap(), "--", "/bin/memtest", "file", "/data"], b"");
     assert_eq!(status(&o), 0, "{}{}", stdout(&o), stderr(&o));
     assert_eq!(std::fs::read_to_string(root.join("data/memtest.out")).unwrap(), "written inside dmvx\n");
