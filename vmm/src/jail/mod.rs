@@ -165,6 +165,7 @@ pub fn enter(s: &Settings, root: Option<&Path>, writable: bool, role: Role) -> R
         }
         Err(why) => missing(s, Layer::Identity, why)?,
     }
+    reports::warn_if_unwritable();
     match landlock::restrict(jailed_root.as_deref(), writable, reports::fd()) {
         Ok(abi) => {
             log::debug!("jail: landlock ABI {abi}");

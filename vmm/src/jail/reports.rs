@@ -30,6 +30,24 @@ pub(crate) fn fd() -> Option<&'static OwnedFd> {
     DIR.get()
 }
 
+/// Says at start, not at a divergence, when the VMM's identity (already
+/// the jail's) may not write reports into the open directory.
+pub(crate) fn warn_if_unwritable() {
+    let Some(d) = DIR.get() else { return };
+    // SAFETY: d is an open directory and "." a valid path.
+    let r = unsafe { libc::faccessat(d.as_raw_fd(), c".".as_ptr(), libc::W_OK | libc::X_OK, libc::AT_EACCESS) };
+    if r != 0 {
+        log::warn!(
+            "jail: the divergence report directory is not writable by uid {} gid {}: reports cannot be written \
+             (give it to that uid, see docs/security.md)",
+            // SAFETY: geteuid and getegid cannot fail.
+            unsafe { libc::geteuid() },
+            // SAFETY: as above.
+            unsafe { libc::getegid() }
+        );
+    }
+}
+
 fn open_at(dir: &Path, name: &str, flags: i32) -> std::io::Result<std::fs::File> {
     let Some(d) = DIR.get() else {
         return std::fs::OpenOptions::new()
