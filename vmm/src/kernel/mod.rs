@@ -21,6 +21,7 @@ pub mod file;
 pub mod fork;
 pub mod fs_context;
 mod host_io;
+pub mod identity;
 pub mod layout;
 pub mod mm;
 pub mod proc_table;

@@ -1,0 +1,56 @@
+/* A program that changes a file's metadata or a host lock in the leader
+ * only (told apart by where its stack lies, as divergent.c), as a program
+ * under an exploit would. Every variant opens FILE and prints "ready"; then
+ * the leader makes the call and the followers write a line instead. Modes:
+ *   ftruncate|fchmod|fchown|flock|fallocate|utimes FILE
+ *   lock-all FILE   every variant takes an exclusive flock on FILE (identical
+ *                   variants on one host must not block each other) */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int is_leader(void) {
+    int x;
+    return (uintptr_t)&x > 0x7f0000000000ULL;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc < 3) {
+        fprintf(stderr, "usage: hostile_mvx MODE FILE\n");
+        return 2;
+    }
+    const char *mode = argv[1];
+    int fd = open(argv[2], O_RDWR);
+    if (fd < 0) {
+        perror("open");
+        return 1;
+    }
+    printf("ready\n");
+    if (!strcmp(mode, "lock-all")) {
+        if (flock(fd, LOCK_EX)) {
+            perror("flock");
+            return 1;
+        }
+        printf("locked\n");
+        flock(fd, LOCK_UN);
+        return 0;
+    }
+    if (!is_leader()) {
+        printf("follower\n");
+        return 0;
+    }
+    if (!strcmp(mode, "ftruncate")) ftruncate(fd, 0);
+    else if (!strcmp(mode, "fchmod")) fchmod(fd, 0777);
+    else if (!strcmp(mode, "fchown")) fchown(fd, 1234, 1234);
+    else if (!strcmp(mode, "flock")) flock(fd, LOCK_EX);
+    else if (!strcmp(mode, "fallocate")) fallocate(fd, 0, 0, 1 << 20);
+    else if (!strcmp(mode, "utimes")) futimens(fd, NULL);
+    printf("leader\n");
+    return 0;
+}
