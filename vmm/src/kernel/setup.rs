@@ -99,6 +99,8 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         root: true,
         vfork_done: None,
         reported: Default::default(),
+        net: Arc::new(config.net.clone()),
+        own_ports: Default::default(),
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);
