@@ -4,7 +4,8 @@
  * test checks the host afterwards. Modes:
  *   files DIR   set-id modes by open/chmod/fchmod/fchmodat, chown/fchown/
  *               lchown/fchownat to other users, mknod of devices, in DIR
- *   drop        root inside drops to nobody; getting root back is refused */
+ *   drop DIR    root inside drops to nobody as servers do; getting root
+ *               back, and chown of DIR/mine to another user, are refused */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -75,7 +76,7 @@ static int files(const char *dir) {
     return 0;
 }
 
-static int drop(void) {
+static int drop(const char *dir) {
     printf("start uid=%d euid=%d\n", getuid(), geteuid());
     if (geteuid() != 0) {
         printf("not root inside\n");
@@ -91,7 +92,11 @@ static int drop(void) {
     result("setuid 0 again", setuid(0));
     result("setresuid 0", setresuid(0, 0, 0));
     result("setgroups again", setgroups(1, &g));
-    result("chown as nobody", chown("/", 65534, 65534));
+    int fd = open(in(dir, "mine"), O_CREAT | O_RDWR, 0644);
+    result("chown own file to nobody", fchown(fd, 65534, 65534));
+    result("chown as nobody", chown(in(dir, "mine"), 0, 0));
+    close(fd);
+    show(dir, "mine");
     return 0;
 }
 
@@ -99,7 +104,7 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "files") && argc > 2) return files(argv[2]);
-    if (!strcmp(mode, "drop")) return drop();
-    fprintf(stderr, "usage: hostile_ids files DIR | drop\n");
+    if (!strcmp(mode, "drop") && argc > 2) return drop(argv[2]);
+    fprintf(stderr, "usage: hostile_ids files DIR | drop DIR\n");
     return 2;
 }

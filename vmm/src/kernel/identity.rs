@@ -112,6 +112,41 @@ fn refusal() -> Errno {
     }
 }
 
+/// The overlay a file created by `creds` needs: the creator's ids where the
+/// host's (the VMM's own) differ, as Linux makes the creator the owner.
+/// None when the host's ids already are the creator's.
+pub fn creator(creds: &Creds) -> Option<Overlay> {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    let (host_uid, host_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let ov = Overlay {
+        uid: (creds.euid != host_uid).then_some(creds.euid),
+        gid: (creds.egid != host_gid).then_some(creds.egid),
+        setid: 0,
+    };
+    (ov != Overlay::default()).then_some(ov)
+}
+
+/// Gives the file just created at `name` in `dir` the creator's overlay
+/// (best effort: a FIFO or a file system without user attributes keeps the
+/// host's ids).
+pub fn created_at(creds: &Creds, dir: RawFd, name: &std::ffi::CStr) {
+    let Some(ov) = creator(creds) else { return };
+    // SAFETY: dir is an open directory; name a valid C string; the result is checked.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: stat is plain data; all zeroes is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: raw is open; st is a valid out-parameter.
+    if unsafe { libc::fstat(raw, &mut st) } == 0 && matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR) {
+        let _ = write(raw, st.st_mode, &ov);
+    }
+}
+
 /// Lays the overlay of the file behind `raw`, if any, over its stat.
 pub fn overlay_stat(raw: RawFd, st: &mut libc::stat) {
     if let Some(ov) = read(raw, st.st_mode) {

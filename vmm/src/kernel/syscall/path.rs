@@ -90,10 +90,13 @@ fn do_open(k: &mut Kernel, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> Sy
         let base = k.base_dir(dirfd, &path)?;
         let path = if path == SELF_EXE { k.tg().exe.clone() } else { path.clone() };
         let flags = flags & !libc::O_CLOEXEC;
-        let (fd, mut s) = if setid == 0 {
+        let creds = k.tg().creds.clone();
+        let creator = identity::creator(&creds);
+        let (fd, mut s) = if flags & libc::O_CREAT == 0 || (setid == 0 && creator.is_none()) {
             k.sandbox.open(&base, &path, flags, mode)?
         } else {
-            open_setid(k, &base, &path, flags, mode, setid)?
+            let ov = identity::Overlay { setid, ..creator.unwrap_or_default() };
+            open_creating(k, &base, &path, flags, mode, ov)?
         };
         identity::overlay_stat(fd.as_raw_fd(), &mut s);
         out.copy_from_slice(s.as_bytes());
@@ -120,28 +123,24 @@ fn do_open(k: &mut Kernel, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> Sy
     k.fds().insert(file, flags & libc::O_CLOEXEC != 0, 0)
 }
 
-/// An open that may create a file with set-id bits: exclusively first, so
-/// that only a file it created gets them (in its overlay).
-fn open_setid(
+/// An open that may create a file that needs an overlay (set-id bits, or a
+/// creator whose ids are not the host's): exclusively first, so that only a
+/// file it created gets it.
+fn open_creating(
     k: &Kernel,
     base: &[u8],
     path: &[u8],
     flags: i32,
     mode: u32,
-    setid: u32,
+    ov: identity::Overlay,
 ) -> SysResult<(OwnedFd, libc::stat)> {
     match k.sandbox.open(base, path, flags | libc::O_EXCL, mode) {
         Ok((fd, s)) => {
-            let creds = k.tg().creds.clone();
-            let ov = identity::Overlay { uid: None, gid: None, setid };
-            // Linux drops set-group-id for a creator outside the file's group.
-            let ov = if creds.privileged() || creds.egid == s.st_gid || creds.groups.contains(&s.st_gid) {
-                ov
-            } else {
-                identity::Overlay { setid: setid & !libc::S_ISGID, ..ov }
-            };
             if ov.setid != 0 {
                 identity::write(fd.as_raw_fd(), s.st_mode, &ov)?;
+            } else {
+                // Only the creator's ids: best effort, as identity::created_at.
+                let _ = identity::write(fd.as_raw_fd(), s.st_mode, &ov);
             }
             Ok((fd, s))
         }
@@ -356,7 +355,9 @@ fn mkdir_at_host(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64) -> SysResul
     // As Linux, mkdir takes no set-id bits from its mode.
     let mode = mode as u32 & 0o1777 & !k.fs().umask;
     // SAFETY: dir is an open directory; name a valid C string.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) } as i64)
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) } as i64)?;
+    identity::created_at(&k.tg().creds.clone(), dir.as_raw_fd(), &name);
+    Ok(0)
 }
 
 pub fn mkdir(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
@@ -594,7 +595,9 @@ fn mknod_at_host(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64) -> SysResul
     let (dir, name) = entry_at(k, dirfd, pathva, EntryOp::Create)?;
     let perm = mode & 0o1777 & !k.fs().umask;
     // SAFETY: dir is an open directory; name a valid C string; no device.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), kind | perm, 0) } as i64)
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), kind | perm, 0) } as i64)?;
+    identity::created_at(&k.tg().creds.clone(), dir.as_raw_fd(), &name);
+    Ok(0)
 }
 
 pub fn mknod(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
