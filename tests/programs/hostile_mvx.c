@@ -26,7 +26,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *mode = argv[1];
-    int fd = open(argv[2], O_RDWR);
+    /* lock-all reads the file only: each variant opens its own copy. */
+    int fd = open(argv[2], strcmp(mode, "lock-all") ? O_RDWR : O_RDONLY);
     if (fd < 0) {
         perror("open");
         return 1;
@@ -37,6 +38,11 @@ int main(int argc, char **argv) {
             perror("flock");
             return 1;
         }
+        /* Under the lock, a call the leader checks in lockstep (as a program
+         * that writes its pid file while holding the lock). */
+        char spare[4096];
+        snprintf(spare, sizeof spare, "%s.spare", argv[2]);
+        unlink(spare);
         printf("locked\n");
         flock(fd, LOCK_UN);
         return 0;
