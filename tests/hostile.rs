@@ -85,6 +85,9 @@ fn a_program_that_drops_privileges_sees_its_virtual_ids() {
     assert_eq!(status(&o), 0, "{out}{}", stderr(&o));
     let r = results(&out);
     let want = [
+        ("caps before", "ffffffff"),
+        ("caps after", "0"),
+        ("capset CAP_CHOWN back", "Operation not permitted"),
         ("setgroups", "ok"),
         ("setgid 65534", "ok"),
         ("setuid 65534", "ok"),

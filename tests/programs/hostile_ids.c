@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -76,12 +78,21 @@ static int files(const char *dir) {
     return 0;
 }
 
+/* The effective capabilities' low word, or -1. */
+static long caps(void) {
+    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d)) return -1;
+    return d[0].effective;
+}
+
 static int drop(const char *dir) {
     printf("start uid=%d euid=%d\n", getuid(), geteuid());
     if (geteuid() != 0) {
         printf("not root inside\n");
         return 1;
     }
+    printf("caps before=%lx\n", caps());
     gid_t g = 65534;
     result("setgroups", setgroups(1, &g));
     result("setgid 65534", setgid(65534));
@@ -89,6 +100,10 @@ static int drop(const char *dir) {
     uid_t r, e, s;
     getresuid(&r, &e, &s);
     printf("resuid=%u,%u,%u gid=%u\n", r, e, s, getgid());
+    printf("caps after=%lx\n", caps());
+    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2] = { { 1, 1, 0 }, { 0, 0, 0 } };
+    result("capset CAP_CHOWN back", syscall(SYS_capset, &h, d));
     result("setuid 0 again", setuid(0));
     result("setresuid 0", setresuid(0, 0, 0));
     result("setgroups again", setgroups(1, &g));

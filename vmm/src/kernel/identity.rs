@@ -201,7 +201,7 @@ pub fn chmod(creds: &Creds, raw: RawFd, st: &libc::stat, mode: u32, host: impl F
 /// A change of owner and group (None: keep), as `creds` may make it: Linux's
 /// rules with the virtual ids. `owner`/`group` are the file's current ones.
 pub fn may_chown(creds: &Creds, owner: u32, group: u32, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
-    if creds.privileged() {
+    if creds.capable(super::creds::CAP_CHOWN) {
         return Ok(());
     }
     if uid.is_some_and(|u| u != owner) {
@@ -218,7 +218,7 @@ pub fn may_chown(creds: &Creds, owner: u32, group: u32, uid: Option<u32>, gid: O
 
 /// Whether `creds` may change the mode of a file owned by `owner`.
 pub fn may_chmod(creds: &Creds, owner: u32) -> SysResult<()> {
-    if creds.privileged() || creds.euid == owner {
+    if creds.capable(super::creds::CAP_FOWNER) || creds.euid == owner {
         Ok(())
     } else {
         Err(Errno::EPERM)

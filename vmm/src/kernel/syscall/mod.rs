@@ -278,6 +278,8 @@ table! {
     SYS_setfsuid => Plain Virtual proc::setfsuid, is(Process), [Int(0)], "follows the effective id";
     SYS_setfsgid => Plain Virtual proc::setfsgid, is(Process), [Int(0)], "follows the effective id";
     SYS_setgroups => Plain Virtual proc::setgroups, is(Process), [Int(0)], "virtual";
+    SYS_capget => Plain Virtual proc::capget, is(Process), [], "virtual capabilities: root's all, others none";
+    SYS_capset => Plain Virtual proc::capset, is(Process), [BytesIf { ptr: 1, len: Len::Const(24) }], "virtual: they only shrink";
     SYS_getresuid => Plain Virtual proc::getresuid, is(Process), [], "";
     SYS_getresgid => Plain Virtual proc::getresgid, is(Process), [], "";
     SYS_getgroups => Plain Virtual proc::getgroups, is(Process), [], "";
