@@ -309,3 +309,34 @@ fn identical_variants_that_lock_one_file_do_not_block_each_other() {
     assert_eq!(status(&o), 0, "{}{}", stdout(&o), stderr(&o));
     assert_eq!(stdout(&o), "ready\nlocked\n");
 }
+
+#[test]
+fn a_leader_only_shutdown_or_close_of_a_connection_waits_for_agreement() {
+    require_kvm!();
+    use std::io::{BufRead, BufReader};
+    for mode in ["shutdown", "close"] {
+        let prog = program("hostile_mvx");
+        let reports = TempDir::new("hostile-sock-reports");
+        let port = free_port();
+        let mut child = Command::new(vmm())
+            .args(["--variants", "2", "--report-dir", reports.path().to_str().unwrap(), "--"])
+            .args([prog.to_str().unwrap(), mode, &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n", "{mode}");
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let o = child.wait_with_output().unwrap();
+        drop(client);
+        assert_eq!(status(&o), 121, "{mode}: {}", stderr(&o));
+        let r = leader_report(reports.path());
+        assert_eq!(r["leader"]["name"], mode, "{r:#}");
+        assert_eq!(r["policy"]["check"], "lockstep", "{mode}: checked before the peer sees it: {r:#}");
+        assert_eq!(r["took_effect"], false, "{r:#}");
+    }
+}

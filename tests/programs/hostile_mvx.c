@@ -3,10 +3,16 @@
  * under an exploit would. Every variant opens FILE and prints "ready"; then
  * the leader makes the call and the followers write a line instead. Modes:
  *   ftruncate|fchmod|fchown|flock|fallocate|utimes FILE
+ *   shutdown|close PORT   every variant serves one client on 127.0.0.1:PORT;
+ *                   the leader alone shuts the connection down or closes it
  *   lock-all FILE   every variant takes an exclusive flock on FILE (identical
  *                   variants on one host must not block each other) */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,6 +32,23 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *mode = argv[1];
+    if (!strcmp(mode, "shutdown") || !strcmp(mode, "close")) {
+        int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+        setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[2])), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        if (bind(l, (void *)&a, sizeof a) || listen(l, 1)) {
+            perror("listen");
+            return 1;
+        }
+        printf("ready\n");
+        int c = accept(l, NULL, NULL);
+        if (c < 0) return 1;
+        if (!is_leader()) printf("follower\n");
+        else if (!strcmp(mode, "shutdown")) shutdown(c, SHUT_WR);
+        else close(c);
+        printf("done\n");
+        return 0;
+    }
     /* lock-all reads the file only: each variant opens its own copy. */
     int fd = open(argv[2], strcmp(mode, "lock-all") ? O_RDWR : O_RDONLY);
     if (fd < 0) {
