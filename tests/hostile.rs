@@ -330,7 +330,13 @@ fn a_leader_only_shutdown_or_close_of_a_connection_waits_for_agreement() {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         assert_eq!(line, "ready\n", "{mode}");
-        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // The followers spin for seconds before their next call; until they
+        // reach it, the leader's shutdown or close must not reach us.
+        client.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut b = [0u8; 1];
+        let early = std::io::Read::read(&mut client, &mut b);
+        assert!(early.is_err(), "{mode}: the peer saw the leader's {mode} before the followers agreed: {early:?}");
         let o = child.wait_with_output().unwrap();
         drop(client);
         assert_eq!(status(&o), 121, "{mode}: {}", stderr(&o));

@@ -43,7 +43,12 @@ int main(int argc, char **argv) {
         printf("ready\n");
         int c = accept(l, NULL, NULL);
         if (c < 0) return 1;
-        if (!is_leader()) printf("follower\n");
+        if (!is_leader()) {
+            /* Followers reach their next call seconds later (no system
+             * calls meanwhile): the leader's must not reach the peer first. */
+            for (volatile long i = 0; i < 4000000000L; i++) {}
+            printf("follower\n");
+        }
         else if (!strcmp(mode, "shutdown")) shutdown(c, SHUT_WR);
         else close(c);
         printf("done\n");
