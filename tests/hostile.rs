@@ -390,3 +390,24 @@ fn random_system_calls_never_panic_the_vmm_nor_leave_the_root() {
     }
     assert_eq!(snapshot(outer.path()), before, "something beside the root changed");
 }
+
+#[test]
+fn variants_with_different_network_policies_do_not_form_a_cluster() {
+    require_kvm!();
+    let d = TempDir::new("hostile-net-cluster");
+    let keys = ClusterKeys::new(d.path(), 2);
+    let file = keys.local_cluster(d.path(), "test", 2000, "[policy]\npreset = \"dmvx\"\n");
+    let bb = busybox();
+    let leader = Command::new(vmm())
+        .args(["--cluster", file.to_str().unwrap(), "--variant", "0", "--", bb, "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let follower =
+        run_vmm(&["--cluster", file.to_str().unwrap(), "--variant", "1", "--net", "loopback", "--", bb, "true"], b"");
+    let lo = leader.wait_with_output().unwrap();
+    assert_eq!(status(&follower), 125, "{}", stderr(&follower));
+    assert_eq!(status(&lo), 125, "{}", stderr(&lo));
+    let both = format!("{}{}", stderr(&follower), stderr(&lo));
+    assert!(both.contains("policy digest"), "{both}");
+}
