@@ -411,3 +411,29 @@ fn variants_with_different_network_policies_do_not_form_a_cluster() {
     let both = format!("{}{}", stderr(&follower), stderr(&lo));
     assert!(both.contains("policy digest"), "{both}");
 }
+
+#[test]
+fn a_datagram_server_answers_its_clients_under_the_default_policy() {
+    require_kvm!();
+    use std::io::{BufRead, BufReader};
+    let prog = program("hostile_net");
+    let mut child = Command::new(vmm())
+        .args(["--", prog.to_str().unwrap(), "udp-echo"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port: u16 = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("its port");
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    u.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+    let mut b = [0u8; 16];
+    let n = u.recv(&mut b).expect("the answer");
+    assert_eq!(&b[..n], b"ping");
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(status(&o), 0, "{}", stderr(&o));
+}

@@ -3,7 +3,9 @@
  *   udp ADDR PORT       a datagram with sendto
  *   self                a TCP listener on loopback and a connection to it
  *                       (a server talking to itself)
- *   socket              whether an IP socket can be made at all */
+ *   socket              whether an IP socket can be made at all
+ *   udp-echo            a datagram server: prints its port, answers one
+ *                       datagram to its sender */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -60,6 +62,21 @@ int main(int argc, char **argv) {
         char b[4] = {0};
         if (s < 0 || write(c, "abc", 3) != 3 || read(s, b, 3) != 3) return 1;
         printf("talked to self: %s\n", b);
+        return 0;
+    }
+    if (!strcmp(mode, "udp-echo")) {
+        int s = socket(AF_INET, SOCK_DGRAM, 0);
+        struct sockaddr_in a = addr("127.0.0.1", "0"), from;
+        socklen_t n = sizeof a, fl = sizeof from;
+        if (bind(s, (void *)&a, sizeof a) || getsockname(s, (void *)&a, &n)) return 1;
+        printf("port %d\n", ntohs(a.sin_port));
+        char b[64];
+        ssize_t got = recvfrom(s, b, sizeof b, 0, (void *)&from, &fl);
+        if (got < 0 || sendto(s, b, got, 0, (void *)&from, fl) != got) {
+            printf("answer: %s\n", strerror(errno));
+            return 1;
+        }
+        printf("answered\n");
         return 0;
     }
     if (!strcmp(mode, "socket")) {

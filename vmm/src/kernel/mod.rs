@@ -204,6 +204,8 @@ pub struct Kernel {
     pub(crate) net: Arc<net_policy::NetPolicy>,
     /// The IP ports the program bound (its own services).
     pub(crate) own_ports: std::collections::BTreeSet<u16>,
+    /// Where datagrams came from (answers may go back).
+    pub(crate) peers: net_policy::Peers,
 }
 
 impl Kernel {

@@ -1,7 +1,8 @@
 //! The network policy (`--net`): where the program's sockets may connect.
 //!
 //! Listening and answering is always allowed (that is what a server under
-//! dmvx does); what the policy limits is connections the program opens
+//! dmvx does: a datagram may always go back to an address the program
+//! received one from); what the policy limits is connections the program opens
 //! itself (connect, and the destination of sendto/sendmsg), which would
 //! otherwise reach every service of the host and its networks:
 //! - `serve` (the default): only the program's own listening ports on a
@@ -13,7 +14,7 @@
 //!
 //! Unix sockets are paths inside the root and follow the root's rules.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -97,11 +98,13 @@ impl NetPolicy {
     }
 
     /// Whether the program may connect (or send) to `dest`; `own`: the ports
-    /// it bound itself.
-    pub fn may_reach(&self, dest: SocketAddr, own: &BTreeSet<u16>) -> bool {
+    /// it bound itself; `peer`: whether `dest` sent the program a datagram
+    /// (an answer goes back).
+    pub fn may_reach(&self, dest: SocketAddr, own: &BTreeSet<u16>, peer: bool) -> bool {
         let own_port = local(dest.ip()) && own.contains(&dest.port());
         match self {
             NetPolicy::None => false,
+            _ if peer => true,
             NetPolicy::Serve => own_port,
             NetPolicy::Loopback => local(dest.ip()),
             NetPolicy::Allow(list) => {
@@ -112,6 +115,35 @@ impl NetPolicy {
                 own_port || list.contains(&dest) || unmapped.is_some_and(|d| list.contains(&d))
             }
         }
+    }
+}
+
+/// The addresses datagrams came from, which answers may go back to: the
+/// most recent `Peers::MAX` of them.
+#[derive(Debug, Default)]
+pub struct Peers {
+    order: VecDeque<SocketAddr>,
+    set: HashSet<SocketAddr>,
+}
+
+impl Peers {
+    /// How many peers are remembered (bounded memory per process).
+    pub const MAX: usize = 4096;
+
+    /// Remembers that `a` sent a datagram.
+    pub fn note(&mut self, a: SocketAddr) {
+        if self.set.insert(a) {
+            self.order.push_back(a);
+            if self.order.len() > Self::MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn contains(&self, a: &SocketAddr) -> bool {
+        self.set.contains(a)
     }
 }
 
@@ -155,18 +187,33 @@ mod tests {
     fn the_default_reaches_only_the_programs_own_ports() {
         let own: BTreeSet<u16> = [8080].into();
         let p = NetPolicy::default();
-        assert!(p.may_reach(a("127.0.0.1:8080"), &own));
-        assert!(p.may_reach(a("0.0.0.0:8080"), &own));
-        assert!(p.may_reach(a("[::ffff:127.0.0.1]:8080"), &own));
-        assert!(!p.may_reach(a("127.0.0.1:22"), &own));
-        assert!(!p.may_reach(a("192.0.2.1:8080"), &own));
-        assert!(NetPolicy::Loopback.may_reach(a("127.0.0.1:22"), &own));
-        assert!(!NetPolicy::Loopback.may_reach(a("192.0.2.1:80"), &own));
+        let reach = |p: &NetPolicy, d: &str| p.may_reach(a(d), &own, false);
+        assert!(reach(&p, "127.0.0.1:8080"));
+        assert!(reach(&p, "0.0.0.0:8080"));
+        assert!(reach(&p, "[::ffff:127.0.0.1]:8080"));
+        assert!(!reach(&p, "127.0.0.1:22"));
+        assert!(!reach(&p, "192.0.2.1:8080"));
+        assert!(reach(&NetPolicy::Loopback, "127.0.0.1:22"));
+        assert!(!reach(&NetPolicy::Loopback, "192.0.2.1:80"));
         let allow: NetPolicy = "allow=192.0.2.1:80".parse().unwrap();
-        assert!(allow.may_reach(a("192.0.2.1:80"), &own));
-        assert!(allow.may_reach(a("[::ffff:192.0.2.1]:80"), &own));
-        assert!(!allow.may_reach(a("192.0.2.1:81"), &own));
-        assert!(!NetPolicy::None.may_reach(a("127.0.0.1:8080"), &own));
+        assert!(reach(&allow, "192.0.2.1:80"));
+        assert!(reach(&allow, "[::ffff:192.0.2.1]:80"));
+        assert!(!reach(&allow, "192.0.2.1:81"));
+        assert!(!reach(&NetPolicy::None, "127.0.0.1:8080"));
+        // An answer to a datagram's sender goes back, except under none.
+        assert!(p.may_reach(a("192.0.2.9:5353"), &own, true));
+        assert!(!NetPolicy::None.may_reach(a("192.0.2.9:5353"), &own, true));
+    }
+
+    #[test]
+    fn peers_are_bounded() {
+        let mut p = Peers::default();
+        for i in 0..(Peers::MAX as u32 + 10) {
+            p.note(SocketAddr::new(IpAddr::from(i.to_be_bytes()), 1));
+        }
+        assert!(!p.contains(&a("0.0.0.0:1")));
+        assert!(p.contains(&SocketAddr::new(IpAddr::from((Peers::MAX as u32 + 9).to_be_bytes()), 1)));
+        assert_eq!(p.order.len(), Peers::MAX);
     }
 
     #[test]

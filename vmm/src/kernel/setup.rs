@@ -101,6 +101,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         reported: Default::default(),
         net: Arc::new(config.net.clone()),
         own_ports: Default::default(),
+        peers: Default::default(),
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);

@@ -119,11 +119,19 @@ impl Kernel {
     /// logged once per destination).
     fn vet_destination(&mut self, raw: &[u8]) -> SysResult<()> {
         let Some(dest) = ip_of(raw) else { return Ok(()) };
-        if self.net.may_reach(dest, &self.own_ports) {
+        if self.net.may_reach(dest, &self.own_ports, self.peers.contains(&dest)) {
             return Ok(());
         }
         self.refuse(format!("a connection to {dest} (--net {}; see --help)", self.net));
         Err(Errno::EACCES)
+    }
+
+    /// Remembers the IP address a datagram came from (the same in every
+    /// variant: the leader's, replicated).
+    fn note_peer(&mut self, raw: &[u8]) {
+        if let Some(a) = ip_of(raw) {
+            self.peers.note(a);
+        }
     }
 
     /// Writes a host socket address back to the program (`addr_va`,
@@ -560,6 +568,7 @@ pub fn recvfrom(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let mut name = [0u8; ADDR_MAX + 8];
     let n = k.host_call_iov(true, Some(&mut name), |k, out| recv_into(k, &f, flags, out))?;
     let nlen = u32::from_le_bytes(name[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
+    k.note_peer(&name[..nlen.min(ADDR_MAX)]);
     if a[4] != 0 && nlen > 0 {
         k.write_addr(&name[..nlen.min(ADDR_MAX)], a[4], a[5])?;
     } else if a[4] != 0 {
@@ -641,6 +650,7 @@ pub fn recvmsg(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let nlen = u32::from_le_bytes(out[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
     let mflags = u32::from_le_bytes(out[ADDR_MAX + 4..].try_into().expect("4 bytes")) as u64;
     let mut name = out[..nlen.min(ADDR_MAX)].to_vec();
+    k.note_peer(&name);
     if m.name != 0 {
         k.unix_addr_for_guest(&mut name);
         let len = name.len().min(m.namelen as usize);
