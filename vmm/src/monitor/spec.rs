@@ -77,7 +77,8 @@ pub enum ClassRule {
     /// anything else is process state.
     Closes { fd: u8 },
     /// fcntl: taking or dropping a lock is a modification (the leader's,
-    /// checked first); the rest is descriptor state as `OnFd`.
+    /// checked first), querying one file metadata (the leader's); the rest
+    /// is descriptor state as `OnFd`.
     Fcntl,
 }
 
@@ -189,8 +190,11 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
         },
         ClassRule::Fcntl => {
             let locks = [libc::F_SETLK, libc::F_SETLKW, libc::F_OFD_SETLK, libc::F_OFD_SETLKW].contains(&(a[1] as i32));
+            // Whose lock a query finds is the leader's host's business too.
+            let query = [libc::F_GETLK, libc::F_OFD_GETLK].contains(&(a[1] as i32));
             match v.fd_info(a[0]) {
                 _ if locks => simple(Class::FileModify, true),
+                _ if query => simple(Class::FileMeta, true),
                 Some(f) if f.remote => simple(Class::FdState, true),
                 _ => simple(Class::Other, false),
             }
