@@ -350,17 +350,22 @@ impl Server {
 
     /// Sends SIGTERM, as an operator would, and waits; returns the exit
     /// status (128+N for signal N), stdout and stderr.
-    pub fn stop(mut self) -> (i32, String, String) {
+    pub fn stop(self) -> (i32, String, String) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Like `stop`, with signal `sig` (SIGQUIT: nginx's graceful shutdown).
+    pub fn stop_with(mut self, sig: i32) -> (i32, String, String) {
         // lighttpd exits 1 when clients are still connected at SIGTERM.
         wait_connections_closed(&[], self.port);
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, sig) };
         let deadline = Instant::now() + Duration::from_secs(20);
         let st = loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 break st;
             }
-            assert!(Instant::now() < deadline, "{} ignores SIGTERM", self.what);
+            assert!(Instant::now() < deadline, "{} ignores signal {sig}", self.what);
             std::thread::sleep(Duration::from_millis(20));
         };
         use std::os::unix::process::ExitStatusExt;
@@ -460,6 +465,27 @@ impl ServerSpec {
                         .to_vec(),
                     env: vec![],
                     written,
+                }
+            }
+            // Debian's way: a master process and 2 workers (which it
+            // spawns with fork and talks to over socket pairs).
+            "nginx-workers" => {
+                let main = std::fs::read_to_string(root.join("etc/nginx/dmvx/main.conf")).unwrap();
+                let main = main.replace("worker_processes 1;", "worker_processes 2;");
+                let main_name = format!("run/nginx-main-{port}.conf");
+                std::fs::write(root.join(&main_name), main).unwrap();
+                let text = std::fs::read_to_string(root.join("etc/nginx/nginx.conf")).unwrap();
+                let text = text
+                    .replace("include /etc/nginx/dmvx/main.conf;", &format!("include /{main_name};"))
+                    .replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
+                let name = format!("run/nginx-workers-{port}.conf");
+                std::fs::write(root.join(&name), text).unwrap();
+                ServerSpec {
+                    argv: ["/usr/sbin/nginx", "-c", &format!("/{name}"), "-g", "daemon off;"]
+                        .map(String::from)
+                        .to_vec(),
+                    env: vec![],
+                    written: Some(root.join(&name)),
                 }
             }
             _ => panic!("no server spec for {pkg}"),

@@ -89,6 +89,9 @@ pub struct OpenFile {
     /// sandbox): only such files may be modified through the descriptor.
     /// Inherited descriptors, sockets, pipes and the like may not.
     in_root: bool,
+    /// F_SETOWN's process (or negated group): remembered for F_GETOWN.
+    /// Signal-driven I/O is not supported: no SIGIO is ever sent.
+    owner: AtomicI32,
 }
 
 impl OpenFile {
@@ -109,6 +112,7 @@ impl OpenFile {
             ipc: false,
             path: None,
             in_root: false,
+            owner: AtomicI32::new(0),
         })
     }
 
@@ -124,6 +128,7 @@ impl OpenFile {
             ipc: false,
             path: None,
             in_root: true,
+            owner: AtomicI32::new(0),
         })
     }
 
@@ -144,7 +149,17 @@ impl OpenFile {
             ipc: true,
             path: None,
             in_root: false,
+            owner: AtomicI32::new(0),
         })
+    }
+
+    /// F_SETOWN's owner (0: none).
+    pub fn owner(&self) -> i32 {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    pub fn set_owner(&self, owner: i32) {
+        self.owner.store(owner, Ordering::Relaxed);
     }
 
     /// Whether it is a pipe or socket pair between the program's processes.
@@ -164,6 +179,7 @@ impl OpenFile {
             ipc: false,
             path: Some(normalize(path).into_boxed_slice()),
             in_root: true,
+            owner: AtomicI32::new(0),
         })
     }
 

@@ -97,6 +97,14 @@ pub fn fcntl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
             }
             Ok(0)
         }
+        // Remembered, never passed to the host (whose SIGIO would reach the
+        // VMM): signal-driven I/O is not supported, so O_ASYNC stays refused
+        // and no SIGIO is sent. nginx sets an owner on its channels.
+        libc::F_GETOWN => Ok(f.owner() as i64 as u64),
+        libc::F_SETOWN => {
+            f.set_owner(a[2] as i32);
+            Ok(0)
+        }
         cmd @ (libc::F_GETPIPE_SZ | libc::F_SETPIPE_SZ) => k.host_call(f.remote, &mut [], |_, _| {
             // SAFETY: plain call on an open descriptor.
             check(unsafe { libc::fcntl(raw, cmd, a[2] as i32) } as i64)
@@ -256,6 +264,17 @@ pub fn ioctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
                 // SAFETY: on is a valid in-parameter.
                 check(unsafe { libc::ioctl(raw, libc::FIONBIO, &on) } as i64)
             })
+        }
+        // Turning signal-driven I/O off is a no-op; on is not supported
+        // (see fcntl's F_SETOWN), but succeeds for sockets and pipes, as
+        // nginx's master requires for its channels to its workers: no SIGIO
+        // is ever sent.
+        libc::FIOASYNC => {
+            let _on: i32 = k.mm.read_val(a[2])?;
+            match f.kind {
+                FileKind::Socket | FileKind::Pipe => Ok(0),
+                _ => Err(Errno::ENOTTY),
+            }
         }
         libc::FIOCLEX => k.fds().set_cloexec(fd, true).map(|_| 0),
         libc::FIONCLEX => k.fds().set_cloexec(fd, false).map(|_| 0),

@@ -178,13 +178,13 @@ table! {
     SYS_getcwd => Plain Virtual path::getcwd, is(Process), [], "";
     SYS_chdir => Plain Host path::chdir, is(Process), [Path(0)], "";
     SYS_fchdir => Plain Host path::fchdir, is(Process), [Fd(0)], "";
-    SYS_fcntl => Plain Host fd::fcntl, ClassRule::Fcntl, [Fd(0), Int(1)], "O_ASYNC, F_SETOWN, F_SETSIG, leases and notifications are refused; locks: files inside the root only, the leader's in a cluster (no-ops in a read-only root)";
+    SYS_fcntl => Plain Host fd::fcntl, ClassRule::Fcntl, [Fd(0), Int(1)], "F_SETOWN is remembered, but O_ASYNC, F_SETSIG, leases and notifications are refused: no SIGIO; locks: files inside the root only, the leader's in a cluster (no-ops in a read-only root)";
     SYS_dup => Plain Virtual fd::dup, is(Process), [Fd(0)], "";
     SYS_dup2 => Plain Virtual fd::dup2, ClassRule::Closes { fd: 1 }, [Fd(0), Fd(1), Const(0)], "";
     SYS_dup3 => Plain Virtual fd::dup3, ClassRule::Closes { fd: 1 }, [Fd(0), Fd(1), Int(2)], "";
     SYS_pipe => Plain Host fd::pipe, remote(Ipc), [], "the leader's in a cluster (reads replicated)";
     SYS_pipe2 => Plain Host fd::pipe2, remote(Ipc), [Int(1)], "the leader's in a cluster (reads replicated)";
-    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX; others ENOTTY; a host terminal is never changed (TCSETS: EPERM)";
+    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX, FIOASYNC (accepted on sockets and pipes, no SIGIO); others ENOTTY; a host terminal is never changed (TCSETS: EPERM)";
     SYS_unlink => Plain Host path::unlink, is(FileModify), [Path(0)], "EROFS in a read-only root";
     SYS_unlinkat => Plain Host path::unlinkat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
     SYS_rmdir => Plain Host path::rmdir, is(FileModify), [Path(0)], "EROFS in a read-only root";
