@@ -13,7 +13,7 @@ use super::common::*;
 use super::path::host_statfs;
 
 /// Size of the kernel's `struct termios` (TCGETS/TCSETS), not glibc's.
-const KERNEL_TERMIOS_SIZE: usize = 36;
+pub(crate) const KERNEL_TERMIOS_SIZE: usize = 36;
 
 pub fn close(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     k.fds().close(fd_arg(a[0])).map(|_| 0)

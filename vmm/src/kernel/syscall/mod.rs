@@ -22,6 +22,9 @@ pub mod proc;
 pub mod signal;
 pub mod time;
 
+#[cfg(test)]
+mod abi_layout_tests;
+
 use dmvx_sync::policy::Class::{self, *};
 use kvm_bindings::kvm_regs;
 
@@ -207,7 +210,7 @@ table! {
     SYS_truncate => Plain Host path::truncate, is(FileModify), [Path(0), Int(1)], "EROFS in a read-only root";
     SYS_ftruncate => Plain Host fd::ftruncate, remote(FileModify), [Fd(0), Int(1)], "files inside the root only";
     SYS_fallocate => Plain Host fd::fallocate, remote(FileModify), [Fd(0), Int(1), Int(2), Int(3)], "files inside the root only";
-    SYS_utimensat => Plain Host path::utimensat, remote(FileModify), [DirFd(0), PathIf(1), BytesIf { ptr: 2, len: Len::Const(32) }, Int(3)], "EROFS in a read-only root";
+    SYS_utimensat => Plain Host path::utimensat, remote(FileModify), [DirFd(0), PathIf(1), Custom(records::utimensat), Int(3)], "EROFS in a read-only root";
     SYS_fsync => Plain Host fd::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
     SYS_fdatasync => Plain Host fd::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
     SYS_sync => Plain Virtual fd::sync, is(Other), [], "";

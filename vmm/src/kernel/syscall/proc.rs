@@ -309,20 +309,29 @@ pub fn times(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn sysinfo(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    // struct sysinfo on x86-64, written field by field (its padding bytes
-    // are zero, never VMM memory).
-    const SYSINFO_SIZE: usize = 112;
     let mut out = [0u8; SYSINFO_SIZE];
     k.host_call(false, &mut out, |k, out| {
-        let put = |out: &mut [u8], off: usize, v: &[u8]| out[off..off + v.len()].copy_from_slice(v);
-        put(out, 0, &k.uptime_secs().to_le_bytes()); // uptime
-        put(out, 32, &k.mm.mem.size().to_le_bytes()); // totalram
-        put(out, 40, &(k.mm.frames.available() * 4096).to_le_bytes()); // freeram
-        put(out, 80, &1u16.to_le_bytes()); // procs
-        put(out, 104, &1u32.to_le_bytes()); // mem_unit
+        let free = k.mm.frames.available() * 4096;
+        out.copy_from_slice(&sysinfo_bytes(k.uptime_secs(), k.mm.mem.size(), free));
         Ok(0)
     })?;
     k.mm.write_user(a[0], &out).map(|_| 0)
+}
+
+/// Size of the kernel's `struct sysinfo` on x86-64.
+pub(crate) const SYSINFO_SIZE: usize = 112;
+
+/// The kernel's `struct sysinfo` on x86-64, written field by field: its
+/// padding bytes are zero, never VMM memory, and the same in every variant.
+pub(crate) fn sysinfo_bytes(uptime: u64, totalram: u64, freeram: u64) -> [u8; SYSINFO_SIZE] {
+    let mut out = [0u8; SYSINFO_SIZE];
+    let mut put = |off: usize, v: &[u8]| out[off..off + v.len()].copy_from_slice(v);
+    put(0, &uptime.to_le_bytes()); // uptime
+    put(32, &totalram.to_le_bytes()); // totalram
+    put(40, &freeram.to_le_bytes()); // freeram
+    put(80, &1u16.to_le_bytes()); // procs
+    put(104, &1u32.to_le_bytes()); // mem_unit
+    out
 }
 
 pub fn sched_getaffinity(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
