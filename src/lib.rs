@@ -491,25 +491,23 @@ impl ServerSpec {
                     written,
                 }
             }
-            // Debian's way: a master process and 2 workers (which it
-            // spawns with fork and talks to over socket pairs).
+            // Debian's way (the image's nginx-workers.conf): a master
+            // process and 2 workers, which it forks and talks to over
+            // socket pairs.
             "nginx-workers" => {
-                let main = std::fs::read_to_string(root.join("etc/nginx/dmvx/main.conf")).unwrap();
-                let main = main.replace("worker_processes 1;", "worker_processes 2;");
-                let main_name = format!("run/nginx-main-{port}.conf");
-                std::fs::write(root.join(&main_name), main).unwrap();
-                let text = std::fs::read_to_string(root.join("etc/nginx/nginx.conf")).unwrap();
-                let text = text
-                    .replace("include /etc/nginx/dmvx/main.conf;", &format!("include /{main_name};"))
-                    .replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
-                let name = format!("run/nginx-workers-{port}.conf");
-                std::fs::write(root.join(&name), text).unwrap();
+                let (conf, written) = if port == 8080 {
+                    ("/etc/nginx/nginx-workers.conf".to_string(), None)
+                } else {
+                    let text = std::fs::read_to_string(root.join("etc/nginx/nginx-workers.conf")).unwrap();
+                    let name = format!("run/nginx-workers-{port}.conf");
+                    let text = text.replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
+                    std::fs::write(root.join(&name), text).unwrap();
+                    (format!("/{name}"), Some(root.join(&name)))
+                };
                 ServerSpec {
-                    argv: ["/usr/sbin/nginx", "-c", &format!("/{name}"), "-g", "daemon off;"]
-                        .map(String::from)
-                        .to_vec(),
+                    argv: ["/usr/sbin/nginx", "-c", &conf, "-g", "daemon off;"].map(String::from).to_vec(),
                     env: vec![],
-                    written: Some(root.join(&name)),
+                    written,
                 }
             }
             _ => panic!("no server spec for {pkg}"),

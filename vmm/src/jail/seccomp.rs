@@ -180,6 +180,16 @@ const VMM: &[i64] = &[
     libc::SYS_memfd_create,
     libc::SYS_msync,
     libc::SYS_mincore,
+    // the program's virtual owners and modes live in a user xattr
+    libc::SYS_getxattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_fgetxattr,
+    libc::SYS_setxattr,
+    libc::SYS_lsetxattr,
+    libc::SYS_fsetxattr,
+    libc::SYS_removexattr,
+    libc::SYS_lremovexattr,
+    libc::SYS_fremovexattr,
     // sockets (socket() itself: only the families below)
     libc::SYS_socketpair,
     libc::SYS_bind,

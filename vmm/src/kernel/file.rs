@@ -85,6 +85,10 @@ pub struct OpenFile {
     /// variant, whatever the host path or whether the variant holds the host
     /// descriptor, so that relative calls resolve and classify alike.
     path: Option<Box<[u8]>>,
+    /// It names a file inside the program's root (opened through the
+    /// sandbox): only such files may be modified through the descriptor.
+    /// Inherited descriptors, sockets, pipes and the like may not.
+    in_root: bool,
     /// F_SETOWN's process (or negated group): remembered for F_GETOWN.
     /// Signal-driven I/O is not supported: no SIGIO is ever sent.
     owner: AtomicI32,
@@ -107,8 +111,30 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: false,
             path: None,
+            in_root: false,
             owner: AtomicI32::new(0),
         })
+    }
+
+    /// An open file the sandbox opened inside the root.
+    pub fn rooted(fd: Option<OwnedFd>, kind: FileKind, remote: bool) -> Arc<Self> {
+        Arc::new(OpenFile {
+            fd,
+            kind,
+            extra: Extra::None,
+            remote,
+            broken: AtomicI32::new(0),
+            nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
+            ipc: false,
+            path: None,
+            in_root: true,
+            owner: AtomicI32::new(0),
+        })
+    }
+
+    /// Whether it names a file inside the root.
+    pub fn in_root(&self) -> bool {
+        self.in_root
     }
 
     /// One end of a pipe or socket pair the program made.
@@ -122,6 +148,7 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: true,
             path: None,
+            in_root: false,
             owner: AtomicI32::new(0),
         })
     }
@@ -151,6 +178,7 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: false,
             path: Some(normalize(path).into_boxed_slice()),
+            in_root: true,
             owner: AtomicI32::new(0),
         })
     }

@@ -21,8 +21,10 @@ pub mod file;
 pub mod fork;
 pub mod fs_context;
 mod host_io;
+pub mod identity;
 pub mod layout;
 pub mod mm;
+pub mod net_policy;
 pub mod proc_table;
 mod run;
 pub mod sandbox;
@@ -91,6 +93,8 @@ pub struct Config {
     pub shared_memory: u64,
     /// How the VMM confines itself before the program's first instruction.
     pub jail: crate::jail::Settings,
+    /// Where the program's sockets may connect.
+    pub net: net_policy::NetPolicy,
 }
 
 /// Membership in a cluster of variants.
@@ -202,6 +206,12 @@ pub struct Kernel {
     pub(crate) vfork_done: Option<std::os::fd::OwnedFd>,
     /// Children whose end was signalled to the program already.
     pub(crate) reported: HashSet<u32>,
+    /// Where the program's sockets may connect (`--net`).
+    pub(crate) net: Arc<net_policy::NetPolicy>,
+    /// The IP ports the program bound (its own services).
+    pub(crate) own_ports: std::collections::BTreeSet<u16>,
+    /// Where datagrams came from (answers may go back).
+    pub(crate) peers: net_policy::Peers,
 }
 
 impl Kernel {

@@ -40,6 +40,10 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let jailed = crate::jail::enter(&config.jail, Some(&config.root), config.writable, crate::jail::Role::Vmm)?;
     let root = jailed.root.unwrap_or(config.root.clone());
     let sandbox = Arc::new(Sandbox::new(&root, config.writable)?);
+    // The VMM applies the program's umask itself; the host's must not cut
+    // the modes again.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0) };
     let shared = SharedFrames::of(&memory.mem).map_err(KernelError::Table)?;
     let layout =
         Layout::at_launch(config.variant, config.layout_seed, config.fixed_layout).map_err(KernelError::LayoutSeed)?;
@@ -103,6 +107,9 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         root: true,
         vfork_done: None,
         reported: Default::default(),
+        net: Arc::new(config.net.clone()),
+        own_ports: Default::default(),
+        peers: Default::default(),
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);

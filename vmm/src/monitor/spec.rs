@@ -72,6 +72,14 @@ pub enum ClassRule {
     /// A futex wait without timeout is a sleep; other futex calls are
     /// process state.
     Futex,
+    /// A call that closes descriptor argument `fd` (close, or dup2 onto
+    /// it): closing a socket is seen by its peer (SocketSetup, lockstep);
+    /// anything else is process state.
+    Closes { fd: u8 },
+    /// fcntl: taking or dropping a lock is a modification (the leader's,
+    /// checked first), querying one file metadata (the leader's); the rest
+    /// is descriptor state as `OnFd`.
+    Fcntl,
 }
 
 /// Where an open's flags are.
@@ -176,6 +184,21 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
             });
             let open_path = open_path.map(|p| normalise_path(&p));
             Classified { class: Class::FileOpen, remote: false, open_path }
+        }
+        ClassRule::Closes { fd } => match v.fd_info(a[fd as usize]) {
+            Some(f) if f.kind == FileKind::Socket && !f.ipc => simple(Class::SocketSetup, true),
+            _ => simple(Class::Process, false),
+        },
+        ClassRule::Fcntl => {
+            let locks = [libc::F_SETLK, libc::F_SETLKW, libc::F_OFD_SETLK, libc::F_OFD_SETLKW].contains(&(a[1] as i32));
+            // Whose lock a query finds is the leader's host's business too.
+            let query = [libc::F_GETLK, libc::F_OFD_GETLK].contains(&(a[1] as i32));
+            match v.fd_info(a[0]) {
+                _ if locks => simple(Class::FileModify, true),
+                _ if query => simple(Class::FileMeta, true),
+                Some(f) if f.remote => simple(Class::FdState, true),
+                _ => simple(Class::Other, false),
+            }
         }
         ClassRule::Futex => {
             // FUTEX_WAIT without a timeout: a sleep.

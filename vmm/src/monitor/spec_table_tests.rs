@@ -88,6 +88,11 @@ fn roles(entry: &syscall::Entry) -> Option<[Role; 6]> {
             set(1, Role::ClassOnly, &mut r)?;
             set(3, Role::ClassOnly, &mut r)?;
         }
+        ClassRule::Closes { fd } => set(fd, Role::ClassOnly, &mut r)?,
+        ClassRule::Fcntl => {
+            set(0, Role::ClassOnly, &mut r)?;
+            set(1, Role::ClassOnly, &mut r)?;
+        }
         ClassRule::Is(_) | ClassRule::Remote(_) => {}
     }
     Some(r)

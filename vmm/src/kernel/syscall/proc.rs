@@ -1,7 +1,7 @@
 //! Process identity, limits and state answered by the VMM: ids, uname,
 //! resource limits, usage, prctl, and the trivial answers.
 
-use super::super::creds::IdChange;
+use super::super::creds::{Caps, IdChange, CAP_SETGID};
 use super::super::errno::{check, Errno, SysResult};
 use super::super::mm::Pod;
 use super::super::Kernel;
@@ -172,7 +172,7 @@ pub fn setgroups(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if a[0] > NGROUPS_MAX {
         return Err(Errno::EINVAL);
     }
-    if !k.tg().creds.privileged() {
+    if !k.tg().creds.capable(CAP_SETGID) {
         return Err(Errno::EPERM);
     }
     let mut raw = vec![0u8; a[0] as usize * 4];
@@ -409,4 +409,54 @@ pub fn arch_prctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         ARCH_GET_GS => k.mm.write_val(a[1], &k.task.gs_base).map(|_| 0),
         _ => Err(Errno::EINVAL),
     }
+}
+
+/// The capability header's versions: 1 (one 32-bit set each), 2 and 3 (two).
+const CAP_V1: u32 = 0x1998_0330;
+const CAP_V2: u32 = 0x2007_1026;
+const CAP_V3: u32 = 0x2008_0522;
+
+/// Reads a capability header: the number of 32-bit words per set, or
+/// EINVAL with the preferred version written back (as Linux).
+fn cap_header(k: &mut Kernel, hdr: u64) -> SysResult<usize> {
+    let h: [u32; 2] = k.mm.read_val(hdr)?;
+    let words = match h[0] {
+        CAP_V1 => 1,
+        CAP_V2 | CAP_V3 => 2,
+        _ => {
+            k.mm.write_val(hdr, &CAP_V3)?;
+            return Err(Errno::EINVAL);
+        }
+    };
+    if h[1] as i32 != 0 && h[1] != k.task.tg.pid {
+        return Err(Errno::ESRCH);
+    }
+    Ok(words)
+}
+
+/// capget: the program's virtual capabilities.
+pub fn capget(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let words = cap_header(k, a[0])?;
+    if a[1] == 0 {
+        return Ok(0);
+    }
+    let c = k.tg().creds.caps;
+    let mut out = [0u32; 6];
+    for w in 0..words {
+        let part = |v: u64| (v >> (32 * w)) as u32;
+        out[w * 3..w * 3 + 3].copy_from_slice(&[part(c.effective), part(c.permitted), part(c.inheritable)]);
+    }
+    let bytes: Vec<u8> = out[..words * 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    k.mm.write_user(a[1], &bytes).map(|_| 0)
+}
+
+/// capset: changes the virtual capabilities within Linux's rules.
+pub fn capset(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let words = cap_header(k, a[0]).map_err(|e| if e == Errno::ESRCH { Errno::EPERM } else { e })?;
+    let mut raw = [0u8; 24];
+    k.mm.read_user(a[1], &mut raw[..words * 12])?;
+    let word = |i: usize| u32::from_le_bytes(raw[i * 4..i * 4 + 4].try_into().expect("4 bytes")) as u64;
+    let set = |i: usize| (0..words).fold(0u64, |acc, w| acc | word(w * 3 + i) << (32 * w));
+    let new = Caps { effective: set(0), permitted: set(1), inheritable: set(2) };
+    k.tg().creds.set_caps(new).map(|_| 0).map_err(Errno)
 }
