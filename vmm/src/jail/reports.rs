@@ -38,7 +38,7 @@ pub(crate) fn warn_if_unwritable() {
     let r = unsafe { libc::faccessat(d.as_raw_fd(), c".".as_ptr(), libc::W_OK | libc::X_OK, libc::AT_EACCESS) };
     if r != 0 {
         log::warn!(
-            "jail: the divergence report directory is not writable by uid {} gid {}: reports cannot be written \
+            "jail: --report-dir is not writable by uid {} gid {}: no report can be written there \
              (give it to that uid, see docs/security.md)",
             // SAFETY: geteuid and getegid cannot fail.
             unsafe { libc::geteuid() },
