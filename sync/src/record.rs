@@ -70,6 +70,13 @@ impl RecordBuf {
         self
     }
 
+    /// The thread that makes the call (the first argument of the records of
+    /// a process with threads).
+    #[inline]
+    pub fn thread(&mut self, tid: u32) -> &mut Self {
+        self.int(tid as u64)
+    }
+
     /// An integer argument (flags, lengths, modes, ...).
     #[inline]
     pub fn int(&mut self, v: u64) -> &mut Self {
@@ -237,6 +244,16 @@ impl<'a> Reader<'a> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The thread a call record names (see `RecordBuf::thread`), if it is a
+/// call record with an integer first argument.
+pub fn record_thread(record: &[u8]) -> Option<u32> {
+    if record.len() >= 13 && record[0] == EV_CALL && record[4] == A_INT {
+        let v = u64::from_le_bytes(record[5..13].try_into().ok()?);
+        return u32::try_from(v).ok();
+    }
+    None
 }
 
 /// Decodes a record; `name_of` names system calls.

@@ -26,11 +26,13 @@ pub mod mm;
 pub mod proc_table;
 mod run;
 pub mod sandbox;
+pub mod sched;
 mod setup;
 pub mod signal;
 pub mod syscall;
 pub mod task;
 pub mod thread_group;
+mod threads;
 mod wait;
 
 use std::collections::HashSet;
@@ -196,6 +198,8 @@ pub struct Kernel {
     pub(crate) vfork_done: Option<std::os::fd::OwnedFd>,
     /// Children whose end was signalled to the program already.
     pub(crate) reported: HashSet<u32>,
+    /// The process's other threads.
+    pub(crate) sched: sched::Sched,
 }
 
 impl Kernel {

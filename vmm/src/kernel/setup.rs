@@ -95,6 +95,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         root: true,
         vfork_done: None,
         reported: Default::default(),
+        sched: Default::default(),
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);

@@ -183,9 +183,21 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
     }
 }
 
-/// Builds the record of call `nr` of class `class` from its fields.
-pub fn build_record(v: &mut dyn CallView, rec: &mut RecordBuf, nr: u64, class: Class, fields: &[Field], a: &[u64; 6]) {
+/// Builds the record of call `nr` of class `class` from its fields; in a
+/// process with threads, `thread` names the caller first.
+pub fn build_record(
+    v: &mut dyn CallView,
+    rec: &mut RecordBuf,
+    call: (u64, Option<u32>),
+    class: Class,
+    fields: &[Field],
+    a: &[u64; 6],
+) {
+    let (nr, thread) = call;
     rec.call(nr, class);
+    if let Some(t) = thread {
+        rec.thread(t);
+    }
     for f in fields {
         field(v, rec, *f, a);
     }
