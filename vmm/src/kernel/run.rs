@@ -37,7 +37,7 @@ impl Kernel {
                     Signal::SIGSEGV,
                     format!("general protection fault: port I/O to {port:#x} at rip {:#x}", ctx.rip),
                 )),
-                Trap::Interrupted => self.on_interrupt(ctx),
+                Trap::Interrupted => self.on_interrupt(plat, ctx)?,
             };
             match next {
                 Next::Resume(ctx) => {
@@ -79,6 +79,7 @@ impl Kernel {
     fn on_syscall(&mut self, plat: &mut Platform, mut ctx: UserRegs) -> Result<Next, KernelError> {
         self.stats.syscalls += 1;
         let nr = ctx.rax;
+        self.sched.quiet_slices = 0;
         if !self.sched.others.is_empty() {
             // Another thread may have to run first (its slice, or the leader's schedule).
             match self.switch_at_entry(plat, &ctx, nr)? {
@@ -314,11 +315,15 @@ impl Kernel {
     /// A host signal kicked the vCPU while program code ran: alone, deliver
     /// there; in a cluster, variants take signals at the same point (after
     /// a call), so the program just continues.
-    fn on_interrupt(&mut self, ctx: kvm_regs) -> Next {
+    fn on_interrupt(&mut self, plat: &Platform, ctx: kvm_regs) -> Result<Next, KernelError> {
         if self.monitor.is_none() {
             self.collect_host_signals();
         }
-        Next::Resume(ctx)
+        // A thread's slices may be over (spinning without system calls).
+        Ok(match self.preempt(plat, &ctx)? {
+            Some(r) => self.next_of(r),
+            None => Next::Resume(ctx),
+        })
     }
 
     /// Ends the program as killed by `sig`.

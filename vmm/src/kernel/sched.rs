@@ -76,6 +76,10 @@ pub struct Sched {
     pub retry_call: bool,
     /// The VMM thread's CPU time when the current thread's slice began.
     pub slice_start_ns: u64,
+    /// Slices that ended since the running thread's last system call.
+    pub quiet_slices: u32,
+    /// Threads preempted between two system calls.
+    pub preemptions: u64,
 }
 
 impl Sched {

@@ -24,6 +24,9 @@ use crate::platform::{Platform, UserRegs, SYSCALL_INSN_LEN};
 /// How long a thread runs before it gives way at a call entry, in VMM
 /// thread CPU time (guest time included).
 const SLICE_NS: u64 = 10_000_000;
+/// A thread that made no system call for this many slices is preempted
+/// where it is (a spin-wait would starve the others otherwise).
+const QUIET_SLICES: u32 = 10;
 /// The most threads a process may have.
 const MAX_THREADS: usize = 4096;
 
@@ -40,7 +43,7 @@ impl Kernel {
     /// registers after the call. Returns the new thread's id or -errno.
     pub(super) fn create_thread(
         &mut self,
-        plat: &Platform,
+        plat: &mut Platform,
         req: &ForkRequest,
         ctx: &UserRegs,
     ) -> Result<i64, KernelError> {
@@ -96,6 +99,9 @@ impl Kernel {
             retry: false,
         });
         self.sched.threaded = true;
+        if let Err(e) = plat.start_slices(Duration::from_nanos(SLICE_NS)) {
+            self.log_once(format!("threads that never make a system call cannot be preempted: {e}"));
+        }
         Ok(tid as i64)
     }
 
@@ -155,7 +161,13 @@ impl Kernel {
     /// leader's next event is; otherwise the first runnable one, waiting on
     /// the host for a deadline or a signal while none is.
     fn choose_next(&mut self) -> Result<Parked, Stop> {
-        if let Some(tid) = self.leader_next_tid()? {
+        self.choose(true)
+    }
+
+    /// As `choose_next`; without `follow`, the first runnable thread even in
+    /// a follower.
+    fn choose(&mut self, follow: bool) -> Result<Parked, Stop> {
+        if let Some(tid) = if follow { self.leader_next_tid()? } else { None } {
             if let Some(i) = self.sched.find(tid) {
                 if let Some(p) = self.sched.take_forced(i) {
                     return Ok(p);
@@ -272,6 +284,37 @@ impl Kernel {
         self.park_current(plat, regs, None, nr)?;
         self.sched.yields += 1;
         Ok(Some(self.choose_next().map(|p| self.switch_in(p))))
+    }
+
+    /// The vCPU was interrupted in program code (registers `ctx`): after
+    /// enough slices without a system call, the next runnable thread runs.
+    /// A follower does the same on its own clock (it cannot preempt at the
+    /// leader's instruction): what its threads compute between calls makes
+    /// no events, and at each call entry it switches to the thread of the
+    /// leader's next event, so its calls keep the leader's order.
+    pub(super) fn preempt(
+        &mut self,
+        plat: &Platform,
+        ctx: &UserRegs,
+    ) -> Result<Option<Result<UserRegs, Stop>>, KernelError> {
+        if !plat.slice_expired() || self.sched.others.is_empty() {
+            return Ok(None);
+        }
+        self.sched.quiet_slices += 1;
+        if self.sched.quiet_slices < QUIET_SLICES {
+            return Ok(None);
+        }
+        if !self.sched.any_runnable() {
+            return Ok(None);
+        }
+        self.sched.quiet_slices = 0;
+        self.sched.preemptions += 1;
+        let tid = self.task.tid;
+        if let Some(m) = self.monitor.as_mut() {
+            m.preempted = Some((tid, m.seq));
+        }
+        self.park_current(plat, *ctx, None, 0)?;
+        Ok(Some(self.choose(false).map(|p| self.switch_in(p))))
     }
 
     /// After call `nr` returned `ret` (registers `ctx`): the thread waits

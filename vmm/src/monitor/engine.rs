@@ -649,11 +649,17 @@ impl Monitor {
 
     /// A report message naming the thread, when the process has threads.
     fn in_thread(&self, message: String) -> String {
-        if self.threaded {
-            format!("thread {}: {message}", self.tid)
-        } else {
-            message
+        if !self.threaded {
+            return message;
         }
+        let mut m = format!("thread {}: {message}", self.tid);
+        if let Some((t, s)) = self.preempted {
+            m.push_str(&format!(
+                " (thread {t} was preempted between two system calls after event {s}: a data race in the program \
+                 can make variants differ after such a preemption)"
+            ));
+        }
+        m
     }
 
     /// A report message naming the process, when it is not the first.

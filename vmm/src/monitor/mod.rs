@@ -125,6 +125,9 @@ pub struct Monitor {
     /// Follower: the leader said which thread makes this event (before a
     /// lockstep call, whose entry comes only after the follower's ack).
     pub next_hint: Option<(u64, u32)>,
+    /// The last thread preempted between two system calls, and the event
+    /// after which it was (for a report of a divergence that follows).
+    pub preempted: Option<(u32, u64)>,
 }
 
 impl Monitor {
@@ -165,6 +168,7 @@ impl Monitor {
             tid: 0,
             prefetched: None,
             next_hint: None,
+            preempted: None,
         }
     }
 

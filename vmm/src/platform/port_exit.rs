@@ -50,6 +50,8 @@ pub struct Memory {
 pub struct Platform {
     vcpu: Vcpu,
     st: State,
+    /// Time slices, once the program has threads.
+    slices: Option<super::slices::SliceTimer>,
 }
 
 /// Everything but the vCPU, so the exit handler can hold it while the exit
@@ -105,7 +107,7 @@ impl Platform {
             launched_ns,
             xcr0,
         };
-        let platform = Platform { vcpu, st };
+        let platform = Platform { vcpu, st, slices: None };
         Ok((platform, Memory { mem, frames, pt }))
     }
 
@@ -121,7 +123,11 @@ impl Platform {
         regs::set_segment_bases(vcpu.fd(), fs, gs)?;
         // SAFETY: as in `set_fpu`: the state came from a vCPU of this host.
         unsafe { vcpu.fd().set_xsave(fpu) }.map_err(PlatformError::Fpu)?;
-        // The parent's vCPU and VM go (this process's copies of them).
+        // The parent's vCPU and VM go (this process's copies of them), and
+        // its slice timer was never this process's.
+        if let Some(t) = self.slices.take() {
+            t.forget();
+        }
         self.vcpu = vcpu;
         self.st._vm = vm;
         self.st.xcr0 = xcr0;
@@ -176,6 +182,21 @@ impl Platform {
         // SAFETY: XCR0 excludes AMX, so the whole state fits the 4096-byte
         // kvm_xsave; KVM validates the header and refuses a malformed image.
         unsafe { self.vcpu.fd().set_xsave(x) }.map_err(PlatformError::Fpu)
+    }
+
+    /// Starts time slices of `period` (the program has threads); a trap
+    /// `Interrupted` then comes at least once a slice.
+    pub fn start_slices(&mut self, period: std::time::Duration) -> Result<(), super::SliceError> {
+        if self.slices.is_none() {
+            use std::os::fd::AsRawFd;
+            self.slices = Some(super::slices::SliceTimer::start(self.vcpu.fd().as_raw_fd(), period)?);
+        }
+        Ok(())
+    }
+
+    /// Whether a time slice ended since the last look.
+    pub fn slice_expired(&self) -> bool {
+        self.slices.as_ref().is_some_and(|t| t.take_expired())
     }
 
     /// The XCR0 the vCPU runs with (the features of its FPU state).
