@@ -249,11 +249,19 @@ fn hex(b: &[u8]) -> String {
 /// The thread a call record names (see `RecordBuf::thread`), if it is a
 /// call record with an integer first argument.
 pub fn record_thread(record: &[u8]) -> Option<u32> {
-    if record.len() >= 13 && record[0] == EV_CALL && record[4] == A_INT {
-        let v = u64::from_le_bytes(record[5..13].try_into().ok()?);
-        return u32::try_from(v).ok();
+    record_int(record, 0).and_then(|v| u32::try_from(v).ok())
+}
+
+/// Argument `i` of a call record, if the arguments up to it are integers.
+pub fn record_int(record: &[u8], i: usize) -> Option<u64> {
+    let at = 4 + 9 * i;
+    if record.first() != Some(&EV_CALL) || record.len() < at + 9 {
+        return None;
     }
-    None
+    if record[4..=at].iter().step_by(9).any(|&tag| tag != A_INT) {
+        return None;
+    }
+    Some(u64::from_le_bytes(record[at + 1..at + 9].try_into().ok()?))
 }
 
 /// Decodes a record; `name_of` names system calls.

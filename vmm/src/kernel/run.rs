@@ -1,6 +1,8 @@
 //! The kernel's run loop: the program runs until it traps; the kernel
 //! handles the trap and says where the program continues.
 
+use std::time::Duration;
+
 use kvm_bindings::kvm_regs;
 
 use super::fork::Forked;
@@ -88,7 +90,8 @@ impl Kernel {
                 None => {}
             }
         }
-        let args = syscall_args(&ctx);
+        let mut args = syscall_args(&ctx);
+        let probe = self.poll_probe(nr, &mut args);
         self.task.entry_rsp = ctx.rsp;
         self.task.nr = Some(nr);
         if self.monitor.is_some() {
@@ -143,6 +146,18 @@ impl Kernel {
         }
         Ok(match sys {
             Sys::Ret(v) => {
+                if let Some((timeout, false)) = probe {
+                    if v == 0 {
+                        if let Some(r) = self.park_poller(plat, &ctx, nr, timeout)? {
+                            return Ok(self.next_of(r));
+                        }
+                    } else {
+                        self.task.poll_deadline = None;
+                        self.sched.poll_backoff = Duration::ZERO;
+                    }
+                } else if probe.is_some() {
+                    self.task.poll_deadline = None;
+                }
                 ctx.rax = v;
                 if v as i64 == -(libc::EINTR as i64) && signal::frame::restartable(nr) && self.restart_after_handler() {
                     // Back to the `syscall` instruction once the handler returns.
@@ -207,8 +222,9 @@ impl Kernel {
         m.threaded = self.sched.threaded;
         m.tid = self.task.tid;
         let thread = m.threaded.then_some(self.task.tid);
+        let flag = self.sched.probe_final.take().map(u64::from);
         let mut rec = std::mem::take(&mut m.rec);
-        spec::build_record(self, &mut rec, (nr, thread), c.class, entry.map_or(&[], |e| e.record), args);
+        spec::build_record(self, &mut rec, (nr, thread, flag), c.class, entry.map_or(&[], |e| e.record), args);
         let Some(m) = self.monitor.as_mut() else { return Ok(()) };
         m.rec = rec;
         m.begin(nr, c.class, c.remote)
@@ -315,7 +331,7 @@ impl Kernel {
     /// A host signal kicked the vCPU while program code ran: alone, deliver
     /// there; in a cluster, variants take signals at the same point (after
     /// a call), so the program just continues.
-    fn on_interrupt(&mut self, plat: &Platform, ctx: kvm_regs) -> Result<Next, KernelError> {
+    fn on_interrupt(&mut self, plat: &mut Platform, ctx: kvm_regs) -> Result<Next, KernelError> {
         if self.monitor.is_none() {
             self.collect_host_signals();
         }

@@ -7,7 +7,7 @@
 //! pairs that the leader of a cluster records and its followers replay.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_xsave;
 
@@ -25,21 +25,26 @@ pub enum Wait {
     Futex { addr: u64, bitset: u32, deadline: Option<Instant> },
     /// nanosleep and clock_nanosleep: until `deadline`.
     Sleep { deadline: Instant },
+    /// poll or epoll_wait found nothing ready: the call is issued again
+    /// when no thread can run (or at `deadline`, when it returns 0).
+    Poll { deadline: Option<Instant> },
 }
 
 impl Wait {
     fn deadline(&self) -> Option<Instant> {
         match *self {
-            Wait::Futex { deadline, .. } => deadline,
+            Wait::Futex { deadline, .. } | Wait::Poll { deadline } => deadline,
             Wait::Sleep { deadline } => Some(deadline),
         }
     }
 
-    /// The call's return value when its deadline passes.
-    pub fn timeout_ret(&self) -> u64 {
+    /// The call ends: a futex wait with ETIMEDOUT, a sleep with 0; a poll
+    /// is issued again (its registers are rewound) and sees its deadline.
+    pub fn end(&self, regs: &mut UserRegs) {
         match self {
-            Wait::Futex { .. } => (-(libc::ETIMEDOUT as i64)) as u64,
-            Wait::Sleep { .. } => 0,
+            Wait::Futex { .. } => regs.rax = (-(libc::ETIMEDOUT as i64)) as u64,
+            Wait::Sleep { .. } => regs.rax = 0,
+            Wait::Poll { .. } => {}
         }
     }
 }
@@ -80,6 +85,12 @@ pub struct Sched {
     pub quiet_slices: u32,
     /// Threads preempted between two system calls.
     pub preemptions: u64,
+    /// How long the VMM waits before pollers look again when nothing can
+    /// run (grows while nothing becomes ready).
+    pub poll_backoff: Duration,
+    /// The current call is a poll issued again: whether it is the last
+    /// look (its timeout passed). Goes into the call's record.
+    pub probe_final: Option<bool>,
 }
 
 impl Sched {
@@ -138,7 +149,7 @@ impl Sched {
             if let Some(w) = p.wait {
                 if w.deadline().is_some_and(|d| d <= now) {
                     p.wait = None;
-                    p.regs.rax = w.timeout_ret();
+                    w.end(&mut p.regs);
                 }
             }
         }
@@ -160,9 +171,23 @@ impl Sched {
     pub fn take_forced(&mut self, i: usize) -> Option<Parked> {
         let mut p = self.others.remove(i)?;
         if let Some(w) = p.wait.take() {
-            p.regs.rax = w.timeout_ret();
+            w.end(&mut p.regs);
         }
         Some(p)
+    }
+
+    /// Whether a thread waits in poll or epoll_wait.
+    pub fn any_polling(&self) -> bool {
+        self.others.iter().any(|p| matches!(p.wait, Some(Wait::Poll { .. })))
+    }
+
+    /// Threads waiting in poll or epoll_wait issue their calls again.
+    pub fn retry_polls(&mut self) {
+        for p in self.others.iter_mut() {
+            if matches!(p.wait, Some(Wait::Poll { .. })) {
+                p.wait = None;
+            }
+        }
     }
 }
 

@@ -27,6 +27,9 @@ const SLICE_NS: u64 = 10_000_000;
 /// A thread that made no system call for this many slices is preempted
 /// where it is (a spin-wait would starve the others otherwise).
 const QUIET_SLICES: u32 = 10;
+/// How long pollers wait at first, and at most, when no thread can run.
+const POLL_BACKOFF_MIN: Duration = Duration::from_millis(1);
+const POLL_BACKOFF_MAX: Duration = Duration::from_millis(16);
 /// The most threads a process may have.
 const MAX_THREADS: usize = 4096;
 
@@ -204,7 +207,18 @@ impl Kernel {
                 .take()
                 .unwrap_or(Stop::Divergence("the link failed while every thread waited".into())));
         }
-        match self.sched.next_deadline() {
+        let polling = self.sched.any_polling();
+        let backoff = self.sched.poll_backoff.clamp(POLL_BACKOFF_MIN, POLL_BACKOFF_MAX);
+        let until = match (self.sched.next_deadline(), polling) {
+            (Some(d), true) => Some(d.min(Instant::now() + backoff)),
+            (None, true) => Some(Instant::now() + backoff),
+            (d, false) => d,
+        };
+        if polling {
+            self.sched.retry_polls();
+            self.sched.poll_backoff = (backoff * 2).min(POLL_BACKOFF_MAX);
+        }
+        match until {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
                 let ts = libc::timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
@@ -252,6 +266,11 @@ impl Kernel {
         let Some(p) = self.sched.others.get_mut(i) else { return };
         p.task.sig.raise(sig, info);
         if p.wait.is_some() && !ignored && p.task.sig.mask & signal::bit(sig.0) == 0 {
+            if matches!(p.wait, Some(Wait::Poll { .. })) {
+                // Its registers were rewound to issue the call again.
+                p.regs.rip = p.regs.rip.wrapping_add(SYSCALL_INSN_LEN);
+                p.task.poll_deadline = None;
+            }
             p.wait = None;
             p.regs.rax = (-(libc::EINTR as i64)) as u64;
             p.interrupted = true;
@@ -294,7 +313,7 @@ impl Kernel {
     /// leader's next event, so its calls keep the leader's order.
     pub(super) fn preempt(
         &mut self,
-        plat: &Platform,
+        plat: &mut Platform,
         ctx: &UserRegs,
     ) -> Result<Option<Result<UserRegs, Stop>>, KernelError> {
         if !plat.slice_expired() || self.sched.others.is_empty() {
@@ -315,6 +334,52 @@ impl Kernel {
         }
         self.park_current(plat, *ctx, None, 0)?;
         Ok(Some(self.choose(false).map(|p| self.switch_in(p))))
+    }
+
+    /// Before poll or epoll_wait with a timeout in a process with threads:
+    /// the call only looks (timeout 0), so that other threads can run while
+    /// nothing is ready. Returns the timeout it had (ms; negative: none) and
+    /// whether this is the last look (the timeout passed: the call returns
+    /// whatever it finds). The leader decides that by its clock and records
+    /// it; a follower takes the leader's decision.
+    pub(super) fn poll_probe(&mut self, nr: u64, args: &mut [u64; 6]) -> Option<(i32, bool)> {
+        let i = match nr as i64 {
+            libc::SYS_poll => 2,
+            libc::SYS_epoll_wait | libc::SYS_epoll_pwait => 3,
+            _ => return None,
+        };
+        let t = args[i] as i32;
+        if t == 0 || self.sched.others.is_empty() {
+            return None;
+        }
+        let leader_says =
+            if self.is_follower() { self.monitor.as_ref().and_then(|m| m.leader_next_flag()) } else { None };
+        let last = match leader_says {
+            Some(f) => f != 0,
+            None => self.task.poll_deadline.is_some_and(|d| d <= Instant::now()),
+        };
+        self.sched.probe_final = Some(last);
+        args[i] = 0;
+        Some((t, last))
+    }
+
+    /// A probing poll found nothing ready (`ctx`: the registers of the
+    /// call): the thread waits and issues the call again later.
+    pub(super) fn park_poller(
+        &mut self,
+        plat: &Platform,
+        ctx: &UserRegs,
+        nr: u64,
+        timeout: i32,
+    ) -> Result<Option<Result<UserRegs, Stop>>, KernelError> {
+        let now = Instant::now();
+        let deadline =
+            (timeout > 0).then(|| *self.task.poll_deadline.get_or_insert(now + Duration::from_millis(timeout as u64)));
+        let mut regs = *ctx;
+        regs.rip = regs.rip.wrapping_sub(SYSCALL_INSN_LEN);
+        regs.rax = nr;
+        self.park_current(plat, regs, Some(Wait::Poll { deadline }), nr)?;
+        Ok(Some(self.choose_next().map(|p| self.switch_in(p))))
     }
 
     /// After call `nr` returned `ret` (registers `ctx`): the thread waits

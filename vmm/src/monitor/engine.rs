@@ -59,6 +59,9 @@ impl Monitor {
                 if self.threaded {
                     let mut payload = seq.to_le_bytes().to_vec();
                     payload.extend_from_slice(&self.tid.to_le_bytes());
+                    if let Some(f) = dmvx_sync::record::record_int(self.rec.as_bytes(), 1) {
+                        payload.extend_from_slice(&f.to_le_bytes());
+                    }
                     self.leader()
                         .send_control(&Control::Custom { kind: CTRL_NEXT_THREAD, payload })
                         .map_err(Monitor::link_stop)?;
@@ -184,7 +187,7 @@ impl Monitor {
     pub(crate) fn next_tid(&mut self) -> Result<Option<u32>, Stop> {
         let seq = self.seq + 1;
         loop {
-            if let Some((s, t)) = self.next_hint {
+            if let Some((s, t, _)) = self.next_hint {
                 if s == seq {
                     return Ok(Some(t));
                 }
@@ -235,12 +238,28 @@ impl Monitor {
         self.follower().check().err().map(Monitor::link_stop)
     }
 
+    /// Follower: the scheduler's flag in the leader's next record (see
+    /// `spec::build_record`), if that entry was read ahead.
+    pub(crate) fn leader_next_flag(&self) -> Option<u64> {
+        if let Some((s, _, f)) = self.next_hint {
+            if s == self.seq + 1 {
+                return f;
+            }
+        }
+        if self.prefetched != Some(self.seq + 1) {
+            return None;
+        }
+        let view = EntryView::decode(&self.leader_entry).ok()?;
+        dmvx_sync::record::record_int(view.record, 1)
+    }
+
     fn on_control_follower(&mut self, c: Option<Control>) -> Option<Stop> {
         match c? {
-            Control::Custom { kind: CTRL_NEXT_THREAD, payload } if payload.len() == 12 => {
+            Control::Custom { kind: CTRL_NEXT_THREAD, payload } if payload.len() == 12 || payload.len() == 20 => {
                 let seq = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-                let tid = u32::from_le_bytes(payload[8..].try_into().expect("4 bytes"));
-                self.next_hint = Some((seq, tid));
+                let tid = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes"));
+                let flag = payload.get(12..20).map(|f| u64::from_le_bytes(f.try_into().expect("8 bytes")));
+                self.next_hint = Some((seq, tid, flag));
                 None
             }
             Control::Shutdown { status } => Some(Stop::Shutdown(status)),

@@ -122,9 +122,10 @@ pub struct Monitor {
     /// Follower: the leader's entry of this event is in `leader_entry`
     /// already (read ahead to learn whose call it is).
     pub prefetched: Option<u64>,
-    /// Follower: the leader said which thread makes this event (before a
-    /// lockstep call, whose entry comes only after the follower's ack).
-    pub next_hint: Option<(u64, u32)>,
+    /// Follower: the leader said which thread makes this event, and the
+    /// scheduler's flag of its record (before a lockstep call, whose entry
+    /// comes only after the follower's ack).
+    pub next_hint: Option<(u64, u32, Option<u64>)>,
     /// The last thread preempted between two system calls, and the event
     /// after which it was (for a report of a divergence that follows).
     pub preempted: Option<(u32, u64)>,

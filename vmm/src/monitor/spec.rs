@@ -184,19 +184,23 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
 }
 
 /// Builds the record of call `nr` of class `class` from its fields; in a
-/// process with threads, `thread` names the caller first.
+/// process with threads, `thread` names the caller first, and `flag` (the
+/// scheduler's decision about the call, when it made one) follows.
 pub fn build_record(
     v: &mut dyn CallView,
     rec: &mut RecordBuf,
-    call: (u64, Option<u32>),
+    call: (u64, Option<u32>, Option<u64>),
     class: Class,
     fields: &[Field],
     a: &[u64; 6],
 ) {
-    let (nr, thread) = call;
+    let (nr, thread, flag) = call;
     rec.call(nr, class);
     if let Some(t) = thread {
         rec.thread(t);
+        if let Some(f) = flag {
+            rec.int(f);
+        }
     }
     for f in fields {
         field(v, rec, *f, a);

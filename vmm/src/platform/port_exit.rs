@@ -50,8 +50,6 @@ pub struct Memory {
 pub struct Platform {
     vcpu: Vcpu,
     st: State,
-    /// Time slices, once the program has threads.
-    slices: Option<super::slices::SliceTimer>,
 }
 
 /// Everything but the vCPU, so the exit handler can hold it while the exit
@@ -66,6 +64,10 @@ struct State {
     stats: PlatformStats,
     launched_ns: Option<u64>,
     xcr0: u64,
+    /// Time slices, once the program has threads.
+    slices: Option<super::slices::SliceTimer>,
+    /// A slice ended since the kernel last looked.
+    slice_ended: bool,
 }
 
 impl Platform {
@@ -106,8 +108,10 @@ impl Platform {
             stats: PlatformStats::default(),
             launched_ns,
             xcr0,
+            slices: None,
+            slice_ended: false,
         };
-        let platform = Platform { vcpu, st, slices: None };
+        let platform = Platform { vcpu, st };
         Ok((platform, Memory { mem, frames, pt }))
     }
 
@@ -125,7 +129,7 @@ impl Platform {
         unsafe { vcpu.fd().set_xsave(fpu) }.map_err(PlatformError::Fpu)?;
         // The parent's vCPU and VM go (this process's copies of them), and
         // its slice timer was never this process's.
-        if let Some(t) = self.slices.take() {
+        if let Some(t) = self.st.slices.take() {
             t.forget();
         }
         self.vcpu = vcpu;
@@ -187,16 +191,17 @@ impl Platform {
     /// Starts time slices of `period` (the program has threads); a trap
     /// `Interrupted` then comes at least once a slice.
     pub fn start_slices(&mut self, period: std::time::Duration) -> Result<(), super::SliceError> {
-        if self.slices.is_none() {
+        if self.st.slices.is_none() {
             use std::os::fd::AsRawFd;
-            self.slices = Some(super::slices::SliceTimer::start(self.vcpu.fd().as_raw_fd(), period)?);
+            self.st.slices = Some(super::slices::SliceTimer::start(self.vcpu.fd().as_raw_fd(), period)?);
         }
         Ok(())
     }
 
     /// Whether a time slice ended since the last look.
-    pub fn slice_expired(&self) -> bool {
-        self.slices.as_ref().is_some_and(|t| t.take_expired())
+    pub fn slice_expired(&mut self) -> bool {
+        let drained = self.st.slices.as_ref().is_some_and(|t| t.take_expired());
+        std::mem::take(&mut self.st.slice_ended) || drained
     }
 
     /// The XCR0 the vCPU runs with (the features of its FPU state).
@@ -377,6 +382,11 @@ impl ExitHandler for Exits<'_> {
     /// kernel is on its way to an exit; that exit comes first.
     fn interrupted(&mut self, vcpu: &mut Vcpu) -> Result<Out, VcpuError> {
         vcpu.set_immediate_exit(false);
+        // The slice signal stays pending (and KVM_RUN would return at once
+        // again) until it is drained, wherever the guest was.
+        if self.p.slices.as_ref().is_some_and(|t| t.take_expired()) {
+            self.p.slice_ended = true;
+        }
         if cpl(vcpu.sregs()) != 3 {
             return Ok(Flow::Continue);
         }
