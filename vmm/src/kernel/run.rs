@@ -147,7 +147,9 @@ impl Kernel {
         Ok(match sys {
             Sys::Ret(v) => {
                 if let Some((timeout, false)) = probe {
-                    if v == 0 {
+                    // A signal to deliver: the call returns (as if its time
+                    // were up) so the handler runs.
+                    if v == 0 && !self.task.sig.has_deliverable() {
                         if let Some(r) = self.park_poller(plat, &ctx, nr, timeout)? {
                             return Ok(self.next_of(r));
                         }

@@ -42,7 +42,9 @@ impl Wait {
     /// is issued again (its registers are rewound) and sees its deadline.
     pub fn end(&self, regs: &mut UserRegs) {
         match self {
-            Wait::Futex { .. } => regs.rax = (-(libc::ETIMEDOUT as i64)) as u64,
+            Wait::Futex { deadline: Some(_), .. } => regs.rax = (-(libc::ETIMEDOUT as i64)) as u64,
+            // A wait without a deadline ends early only as if by a signal.
+            Wait::Futex { deadline: None, .. } => regs.rax = (-(libc::EINTR as i64)) as u64,
             Wait::Sleep { .. } => regs.rax = 0,
             Wait::Poll { .. } => {}
         }
@@ -179,6 +181,25 @@ impl Sched {
     /// Whether a thread waits in poll or epoll_wait.
     pub fn any_polling(&self) -> bool {
         self.others.iter().any(|p| matches!(p.wait, Some(Wait::Poll { .. })))
+    }
+
+    /// A host signal came while no thread could run: a thread goes on so
+    /// that its next call takes it (a futex waiter sees EINTR, as after a
+    /// signal; glibc waits again). Returns whether one was found.
+    pub fn wake_one_for_signal(&mut self) -> bool {
+        let eintr = (-(libc::EINTR as i64)) as u64;
+        let pick = self
+            .others
+            .iter()
+            .position(|p| matches!(p.wait, Some(Wait::Futex { .. })))
+            .or_else(|| self.others.iter().position(|p| p.wait.is_some()));
+        let Some(i) = pick else { return false };
+        let p = &mut self.others[i];
+        if !matches!(p.wait, Some(Wait::Poll { .. })) {
+            p.regs.rax = eintr;
+        }
+        p.wait = None;
+        true
     }
 
     /// Threads waiting in poll or epoll_wait issue their calls again.

@@ -233,12 +233,11 @@ impl Kernel {
         if super::signal::host::stop_noticed() {
             return Err(Stop::Divergence("another process of this variant diverged; every process stops".into()));
         }
-        self.collect_host_signals();
-        let mut pending = std::mem::take(&mut self.task.sig.pending);
-        while pending != 0 {
-            let n = pending.trailing_zeros() as i32 + 1;
-            pending &= !signal::bit(n);
-            self.raise_in_process(Signal(n), SigInfo::default());
+        // A host signal is taken by the next call's end (in a cluster, the
+        // leader ships it with that event, so every variant delivers it at
+        // the same point): some thread must go on to make that call.
+        if super::signal::host::pending() && !self.sched.any_polling() {
+            self.sched.wake_one_for_signal();
         }
         Ok(())
     }
