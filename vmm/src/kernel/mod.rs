@@ -21,8 +21,10 @@ pub mod file;
 pub mod fork;
 pub mod fs_context;
 mod host_io;
+pub mod identity;
 pub mod layout;
 pub mod mm;
+pub mod net_policy;
 pub mod proc_table;
 mod run;
 pub mod sandbox;
@@ -91,6 +93,8 @@ pub struct Config {
     pub max_procs: u32,
     /// Bytes of memory for MAP_SHARED anonymous mappings shared across fork.
     pub shared_memory: u64,
+    /// Where the program's sockets may connect.
+    pub net: net_policy::NetPolicy,
 }
 
 /// Membership in a cluster of variants.
@@ -200,6 +204,12 @@ pub struct Kernel {
     pub(crate) reported: HashSet<u32>,
     /// The process's other threads.
     pub(crate) sched: sched::Sched,
+    /// Where the program's sockets may connect (`--net`).
+    pub(crate) net: Arc<net_policy::NetPolicy>,
+    /// The IP ports the program bound (its own services).
+    pub(crate) own_ports: std::collections::BTreeSet<u16>,
+    /// Where datagrams came from (answers may go back).
+    pub(crate) peers: net_policy::Peers,
 }
 
 impl Kernel {

@@ -98,11 +98,21 @@ impl Monitor {
         if view.record != self.rec.as_bytes() {
             let leader = view.record.to_vec();
             let mine = self.rec.as_bytes().to_vec();
-            return Err(self.diverge(Kind::Records, seq, Some(&leader), Some(&mine), self.id, false));
+            let took_effect = self.leader_went_ahead(&leader);
+            return Err(self.diverge(Kind::Records, seq, Some(&leader), Some(&mine), self.id, took_effect));
         }
         self.mode = if replicated { OpMode::Replay } else { OpMode::Direct };
         self.ops_replayed = 0;
         Ok(())
+    }
+
+    /// Follower: whether the leader's call with `record` took effect before
+    /// this variant compared it: it did unless the policy made the leader
+    /// wait for agreement or hold its output.
+    fn leader_went_ahead(&self, record: &[u8]) -> bool {
+        let Some((nr, class)) = dmvx_sync::record::call_of(record) else { return false };
+        let held = self.deferred_outputs && class == Class::Output;
+        self.policy.rule(nr, class).check != Check::Lockstep && !held
     }
 
     /// Leader: waits until every follower acknowledged `seq` with this
