@@ -28,11 +28,13 @@ pub mod net_policy;
 pub mod proc_table;
 mod run;
 pub mod sandbox;
+pub mod sched;
 mod setup;
 pub mod signal;
 pub mod syscall;
 pub mod task;
 pub mod thread_group;
+mod threads;
 mod wait;
 
 use std::collections::HashSet;
@@ -206,6 +208,8 @@ pub struct Kernel {
     pub(crate) vfork_done: Option<std::os::fd::OwnedFd>,
     /// Children whose end was signalled to the program already.
     pub(crate) reported: HashSet<u32>,
+    /// The process's other threads.
+    pub(crate) sched: sched::Sched,
     /// Where the program's sockets may connect (`--net`).
     pub(crate) net: Arc<net_policy::NetPolicy>,
     /// The IP ports the program bound (its own services).

@@ -107,6 +107,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         root: true,
         vfork_done: None,
         reported: Default::default(),
+        sched: Default::default(),
         net: Arc::new(config.net.clone()),
         own_ports: Default::default(),
         peers: Default::default(),

@@ -115,6 +115,20 @@ pub struct Monitor {
     pub replicated_file_bytes: u64,
     /// This variant's current address-space layout, for reports.
     pub layout: Option<LayoutUsed>,
+    /// The process has threads: records name the thread of the call.
+    pub threaded: bool,
+    /// The thread of the current call.
+    pub tid: u32,
+    /// Follower: the leader's entry of this event is in `leader_entry`
+    /// already (read ahead to learn whose call it is).
+    pub prefetched: Option<u64>,
+    /// Follower: the leader said which thread makes this event, and the
+    /// scheduler's flag of its record (before a lockstep call, whose entry
+    /// comes only after the follower's ack).
+    pub next_hint: Option<(u64, u32, Option<u64>)>,
+    /// The last thread preempted between two system calls, and the event
+    /// after which it was (for a report of a divergence that follows).
+    pub preempted: Option<(u32, u64)>,
 }
 
 impl Monitor {
@@ -151,6 +165,11 @@ impl Monitor {
             replay_broken: None,
             replicated_file_bytes: 0,
             layout: None,
+            threaded: false,
+            tid: 0,
+            prefetched: None,
+            next_hint: None,
+            preempted: None,
         }
     }
 
