@@ -116,7 +116,14 @@ fn a_running_vmm_is_unprivileged_filtered_and_reaches_only_its_root() {
     }
     assert_eq!(vmms.len(), 2, "the launcher's variants: {vmms:?}");
     for &p in &vmms {
-        // The vCPU thread and at least one link I/O thread.
+        // The vCPU thread and at least one link I/O thread (which may start
+        // just after the first filter is in).
+        for _ in 0..100 {
+            if std::fs::read_dir(format!("/proc/{p}/task")).map_or(0, |d| d.count()) >= 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert!(assert_confined(p) >= 2, "variant process {p} has no link thread");
     }
     let o = launcher.wait_with_output().unwrap();

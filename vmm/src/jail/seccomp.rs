@@ -220,6 +220,12 @@ const VMM: &[i64] = &[
     libc::SYS_timerfd_create,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
+    // the scheduler's preemption timer of the program's threads
+    libc::SYS_timer_create,
+    libc::SYS_timer_settime,
+    libc::SYS_timer_gettime,
+    libc::SYS_timer_getoverrun,
+    libc::SYS_timer_delete,
     libc::SYS_pause,
     libc::SYS_rt_sigsuspend,
     libc::SYS_rt_sigtimedwait,
