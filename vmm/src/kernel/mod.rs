@@ -21,6 +21,7 @@ pub mod file;
 pub mod fork;
 pub mod fs_context;
 mod host_io;
+mod insn;
 pub mod layout;
 pub mod mm;
 pub mod proc_table;
@@ -150,6 +151,8 @@ pub struct Stats {
     pub syscalls: u64,
     pub page_faults: u64,
     pub signals: u64,
+    /// rdtsc and rdtscp the kernel answered.
+    pub trapped_insns: u64,
 }
 
 /// What the kernel logs once, and how much it tells.
@@ -268,6 +271,9 @@ impl Kernel {
             self.mm.frames.in_use(),
             up.as_secs_f64()
         );
+        if s.trapped_insns > 0 {
+            eprintln!("dmvx stats: {} trapped instructions (rdtsc, rdtscp)", s.trapped_insns);
+        }
         let rss = vm_rss_bytes();
         let guest = self.mm.mem.resident_bytes();
         eprintln!(

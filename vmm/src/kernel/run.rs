@@ -179,7 +179,7 @@ impl Kernel {
 
     /// The monitor's view after the call, with the leader's caught signals
     /// going out and the followers raising them.
-    fn monitor_end(&mut self, ret: i64) -> Result<(), Stop> {
+    pub(super) fn monitor_end(&mut self, ret: i64) -> Result<(), Stop> {
         let caught = if self.is_leader() {
             self.collect_host_signals();
             std::mem::take(&mut self.host_raised)
@@ -236,6 +236,14 @@ impl Kernel {
                     self.fault_signal(ctx, Signal::SIGSEGV, info, reason)
                 }
             };
+        }
+        if vec == vector::GENERAL_PROTECTION && err == 0 {
+            if let Some((insn, len)) = self.trapped_insn(&ctx) {
+                return match self.emulate_insn(ctx, insn, len) {
+                    Ok(ctx) => Next::Resume(ctx),
+                    Err(stop) => Next::Done(self.stopped(stop)),
+                };
+            }
         }
         let sig = match vec {
             vector::DIVIDE_ERROR | vector::X87_FP | vector::SIMD_FP => Signal::SIGFPE,

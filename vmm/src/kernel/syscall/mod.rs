@@ -206,7 +206,7 @@ table! {
     SYS_fchmodat => Plain Host path::fchmodat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
     SYS_truncate => Plain Host path::truncate, is(FileModify), [Path(0), Int(1)], "EROFS in a read-only root";
     SYS_ftruncate => Plain Host fd::ftruncate, on_fd(0, FdState, Other), [Fd(0), Int(1)], "";
-    SYS_utimensat => Plain Host path::utimensat, is(FileModify), [DirFd(0), PathIf(1), BytesIf { ptr: 2, len: Len::Const(32) }, Int(3)], "EROFS in a read-only root";
+    SYS_utimensat => Plain Host path::utimensat, is(FileModify), [DirFd(0), PathIf(1), Custom(records::utimensat_times), Int(3)], "EROFS in a read-only root";
     SYS_fsync => Plain Host fd::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
     SYS_fdatasync => Plain Host fd::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
     SYS_sync => Plain Virtual fd::sync, is(Other), [], "";
