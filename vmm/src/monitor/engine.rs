@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dmvx_sync::link::LinkError;
 use dmvx_sync::policy::{Check, Class, Input};
-use dmvx_sync::record::{decode, record_digest, EntryView, SignalEvent};
+use dmvx_sync::record::{decode, record_digest, records_agree, temp_names, EntryView, SignalEvent};
 use dmvx_sync::report::{describe, Kind, PolicyUsed, Report};
 use dmvx_sync::Control;
 
@@ -85,7 +85,15 @@ impl Monitor {
         if view.record != self.rec.as_bytes() {
             let leader = view.record.to_vec();
             let mine = self.rec.as_bytes().to_vec();
-            return Err(self.diverge(Kind::Records, seq, Some(&leader), Some(&mine), self.id, false));
+            if !records_agree(&leader, &mine) {
+                return Err(self.diverge(Kind::Records, seq, Some(&leader), Some(&mine), self.id, false));
+            }
+            // Fresh temporary names that differ only in their random part:
+            // from here on this variant's name means the leader's.
+            for (m, l) in temp_names(&mine).iter().zip(temp_names(&leader).iter()) {
+                self.names.bind(m, l);
+            }
+            self.rec.set(&leader);
         }
         self.mode = if replicated { OpMode::Replay } else { OpMode::Direct };
         self.ops_replayed = 0;

@@ -115,6 +115,8 @@ pub struct Monitor {
     pub replicated_file_bytes: u64,
     /// This variant's current address-space layout, for reports.
     pub layout: Option<LayoutUsed>,
+    /// Follower: its fresh temporary names bound to the leader's.
+    pub names: dmvx_sync::tempname::NameMap,
 }
 
 impl Monitor {
@@ -151,6 +153,7 @@ impl Monitor {
             replay_broken: None,
             replicated_file_bytes: 0,
             layout: None,
+            names: Default::default(),
         }
     }
 

@@ -21,8 +21,14 @@ impl Kernel {
     }
 
     /// A path argument (NUL-terminated, at most PATH_MAX).
+    /// In a follower, a fresh temporary name bound to the leader's (see
+    /// `dmvx_sync::tempname`) is the leader's name.
     pub(crate) fn path_arg(&mut self, va: u64) -> SysResult<Vec<u8>> {
-        self.mm.read_cstr(va, PATH_MAX - 1)
+        let mut p = self.mm.read_cstr(va, PATH_MAX - 1)?;
+        if let Some(m) = self.monitor.as_ref() {
+            m.names.rewrite(&mut p);
+        }
+        Ok(p)
     }
 
     /// The guest directory a relative `path` starts from.
