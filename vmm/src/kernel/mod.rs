@@ -22,6 +22,7 @@ pub mod fork;
 pub mod fs_context;
 mod host_io;
 mod insn;
+mod interrupt;
 pub mod layout;
 pub mod mm;
 pub mod proc_table;
@@ -199,6 +200,9 @@ pub struct Kernel {
     pub(crate) vfork_done: Option<std::os::fd::OwnedFd>,
     /// Children whose end was signalled to the program already.
     pub(crate) reported: HashSet<u32>,
+    /// Leader: since when a handled host signal waits for the program's
+    /// next system call (see `interrupt`).
+    pub(crate) signal_waiting: Option<Instant>,
 }
 
 impl Kernel {

@@ -37,7 +37,10 @@ impl Kernel {
                     Signal::SIGSEGV,
                     format!("general protection fault: port I/O to {port:#x} at rip {:#x}", ctx.rip),
                 )),
-                Trap::Interrupted => self.on_interrupt(ctx),
+                Trap::Interrupted => match self.on_interrupt() {
+                    Some(outcome) => Next::Done(outcome),
+                    None => Next::Resume(ctx),
+                },
             };
             match next {
                 Next::Resume(ctx) => {
@@ -186,6 +189,7 @@ impl Kernel {
         } else {
             0
         };
+        self.signal_waiting = None;
         let Some(m) = self.monitor.as_mut() else { return Ok(()) };
         let sig = &mut self.task.sig;
         m.end(ret, caught, &mut |s| {
@@ -276,14 +280,15 @@ impl Kernel {
         Next::Resume(ctx)
     }
 
-    /// A host signal kicked the vCPU while program code ran: alone, deliver
-    /// there; in a cluster, variants take signals at the same point (after
-    /// a call), so the program just continues.
-    fn on_interrupt(&mut self, ctx: kvm_regs) -> Next {
-        if self.monitor.is_none() {
-            self.collect_host_signals();
+    /// Ends the program as killed by `sig`, a signal from outside that
+    /// reached the leader while its program ran without system calls.
+    pub(crate) fn kill_externally(&mut self, sig: Signal, reason: String) -> Outcome {
+        if let Some(m) = self.monitor.as_mut() {
+            if let Err(stop) = m.finish_killed_externally(sig.0) {
+                return self.stopped(stop);
+            }
         }
-        Next::Resume(ctx)
+        Outcome::Killed { signal: sig, reason }
     }
 
     /// Ends the program as killed by `sig`.

@@ -98,6 +98,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         root: true,
         vfork_done: None,
         reported: Default::default(),
+        signal_waiting: None,
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);

@@ -117,6 +117,9 @@ pub struct Monitor {
     pub layout: Option<LayoutUsed>,
     /// Follower: its fresh temporary names bound to the leader's.
     pub names: dmvx_sync::tempname::NameMap,
+    /// Follower: the leader's entry with this number is in `leader_entry`
+    /// already (taken while the program ran, see `poll_leader`).
+    pub prefetched: Option<u64>,
 }
 
 impl Monitor {
@@ -129,6 +132,12 @@ impl Monitor {
         spec: join::StreamSpec,
     ) -> Monitor {
         let deferred_outputs = policy.preset == dmvx_sync::policy::Preset::Dmvx;
+        // A peer's control message or a failed link must reach this VMM
+        // even while its program computes without system calls.
+        match &link {
+            Link::Leader(l) => l.set_waker(Box::new(crate::kernel::signal::host::kick_for_link)),
+            Link::Follower(f) => f.set_waker(Box::new(crate::kernel::signal::host::kick_for_link)),
+        }
         Monitor {
             spec,
             id,
@@ -154,6 +163,7 @@ impl Monitor {
             replicated_file_bytes: 0,
             layout: None,
             names: Default::default(),
+            prefetched: None,
         }
     }
 
