@@ -185,6 +185,11 @@ pub fn comparable(record: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// Whether a record holds a fresh temporary name.
+pub fn has_temp_name(record: &[u8]) -> bool {
+    record.first() == Some(&EV_CALL_T)
+}
+
 /// The temporary names (unmasked) in a record, in order.
 pub fn temp_names(record: &[u8]) -> Vec<Vec<u8>> {
     let mut names = Vec::new();

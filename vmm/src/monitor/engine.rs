@@ -56,6 +56,7 @@ impl Monitor {
             // for every follower to reach the same record first.
             let held = self.deferred_outputs && self.class == Class::Output;
             if lockstep && !held {
+                self.announce_wait(seq)?;
                 self.leader().flush().map_err(Monitor::link_stop)?;
                 self.await_followers(seq)?;
             }
@@ -68,6 +69,10 @@ impl Monitor {
         // output the leader does not wait for: it is acknowledged only once
         // verified here (the acknowledgement releases it).
         let held = self.deferred_outputs && self.class == Class::Output;
+        if self.match_fresh_name(lockstep && !held)? {
+            return Ok(());
+        }
+        let seq = self.seq;
         if lockstep && !held {
             let digest = record_digest(self.rec.as_bytes());
             self.follower().ack(seq, digest).map_err(Monitor::link_stop)?;
@@ -167,7 +172,7 @@ impl Monitor {
 
     /// Follower: the leader's entry `seq` into `self.leader_entry`, if it
     /// arrives within `wait`.
-    fn fetch_leader_entry_within(&mut self, seq: u64, wait: Duration) -> Result<bool, Stop> {
+    pub(super) fn fetch_leader_entry_within(&mut self, seq: u64, wait: Duration) -> Result<bool, Stop> {
         if self.prefetched.take() == Some(seq) {
             return Ok(true);
         }
@@ -239,6 +244,10 @@ impl Monitor {
                     v["message"].as_str().map(String::from).unwrap_or_else(|| format!("divergence at event {seq}"));
                 self.write_report_file(&serde_json::to_string_pretty(&v).unwrap_or(text));
                 Some(Stop::Divergence(msg))
+            }
+            Control::Custom { kind: super::fresh_names::CTRL_WAITING, payload } => {
+                self.on_waiting(&payload);
+                None
             }
             _ => None,
         }
@@ -425,6 +434,9 @@ impl Monitor {
     /// every variant right after this call. Follower: `raise` receives the
     /// leader's.
     pub(crate) fn end(&mut self, ret: i64, caught: u64, raise: &mut dyn FnMut(SignalEvent)) -> Result<(), Stop> {
+        if std::mem::take(&mut self.skip_event) {
+            return Ok(());
+        }
         let seq = self.seq;
         self.log.push(seq, self.rec.as_bytes(), ret);
         if self.is_leader() {
@@ -552,7 +564,7 @@ impl Monitor {
 
     /// Builds, writes and sends a divergence report; returns the stop.
     #[allow(clippy::too_many_arguments)]
-    fn diverge(
+    pub(super) fn diverge(
         &mut self,
         kind: Kind,
         seq: u64,

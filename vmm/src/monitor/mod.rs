@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod commit;
 mod engine;
+mod fresh_names;
 pub mod join;
 pub mod launch;
 pub mod records;
@@ -120,6 +121,10 @@ pub struct Monitor {
     /// Follower: the leader's entry with this number is in `leader_entry`
     /// already (taken while the program ran, see `poll_leader`).
     pub prefetched: Option<u64>,
+    /// Follower: the leader said it waits at this event (`fresh_names`).
+    pub leader_waiting: Option<u64>,
+    /// Follower: the current event is left out of the stream.
+    pub skip_event: bool,
 }
 
 impl Monitor {
@@ -164,6 +169,8 @@ impl Monitor {
             layout: None,
             names: Default::default(),
             prefetched: None,
+            leader_waiting: None,
+            skip_event: false,
         }
     }
 
