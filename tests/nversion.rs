@@ -93,17 +93,22 @@ fn a_variant_running_another_build_than_its_cluster_file_names_is_refused() {
     require_kvm!();
     let (a, b, digests) = builds();
     let d = TempDir::new("nversion-cluster");
-    let key = "ab".repeat(32);
+    let keys = ClusterKeys::new(d.path(), 2);
     let port = free_port();
     let file = d.join("cluster.toml");
-    let text = format!(
-        "[cluster]\nname = \"nv\"\nkey = \"{key}\"\ntimeout_ms = 2000\n\n\
-         [[variant]]\nid = 0\naddress = \"127.0.0.1:{port}\"\nrole = \"leader\"\nprogram = \"{}\"\n\n\
-         [[variant]]\nid = 1\naddress = \"127.0.0.1:{}\"\nrole = \"follower\"\nprogram = \"{}\"\n",
-        digests[0],
-        port + 1,
-        digests[1]
-    );
+    let addresses = [format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", port + 1)];
+    // Each variant's entry names its build's digest after its role line.
+    let mut text = String::new();
+    let mut seen = 0;
+    for line in keys.cluster_text("nv", 2000, "", &addresses).lines() {
+        text.push_str(line);
+        text.push('\n');
+        if line.starts_with("role = ") {
+            text.push_str(&format!("program = \"{}\"\n", digests[seen]));
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2, "{text}");
     std::fs::write(&file, text).unwrap();
     // Variant 1 started with build a, where the file names build b.
     let www = docroot();

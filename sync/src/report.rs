@@ -133,6 +133,9 @@ pub struct LayoutUsed {
     pub heap: String,
     pub stack: String,
     pub mmap_top: String,
+    /// Top of the anonymous mappings' area (absent in older reports).
+    #[serde(default)]
+    pub anon_top: String,
 }
 
 impl Report {

@@ -10,7 +10,7 @@ use kvm_bindings::kvm_regs;
 use super::creds::Creds;
 use super::errno::{Errno, SysResult};
 use super::layout::{Layout, Placed, STACK_SIZE};
-use super::mm::{page_down, page_up, Backing, Mm, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE};
+use super::mm::{page_down, page_up, Area, Backing, Mm, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE};
 use super::sandbox::Sandbox;
 use crate::arch::x86_64::layout::{USER_END, USER_MIN};
 use crate::arch::x86_64::regs::rflags;
@@ -416,7 +416,7 @@ pub fn load(mm: &mut Mm, p: Prepared, envp: &[Vec<u8>], creds: &Creds, random: [
         Some(ip) => {
             let (lo, hi) = ip.span();
             let size = hi - lo + ip.max_align();
-            let area = mm.unmapped_area(size, 0, false).ok_or(ExecError::OutOfMemory { path: ip.path.clone() })?;
+            let area = mm.unmapped_area(size, 0, Area::File).ok_or(ExecError::OutOfMemory { path: ip.path.clone() })?;
             let ib = pie_bias(ip, area);
             ip.map(mm, ib)?;
             (ib + ip.header.entry, ib)
@@ -490,9 +490,10 @@ fn build_stack(
     }
     arg_addrs.reverse();
     let platform = push_str(mm, b"x86_64", &mut sp)?;
-    // As Linux: the strings sit at the top, the tables a random step below.
+    // The strings sit at the top, the tables right below (no random step:
+    // see `layout`).
     sp &= !15;
-    sp -= 16 + layout.stack_offset;
+    sp -= 16;
     let random_addr = sp;
     mm.write_user(random_addr, &random)?;
     auxv.push((AT_RANDOM, random_addr));

@@ -97,6 +97,73 @@ impl Kernel {
         errno::from_neg(r)
     }
 
+    /// Follower: the leader's read or write of `n` bytes on a pipe between
+    /// the program's processes was replayed; the same bytes now pass through
+    /// this variant's own pipe, so a read here returns only once this
+    /// variant's writer wrote them, and the program's processes observe each
+    /// other in the leader's order (a child's setpgid before the byte it
+    /// writes to its parent). The bytes read must be the leader's.
+    /// Err(EINTR) with `self.stop` set if the run stops meanwhile.
+    pub(crate) fn follow_pipe(&mut self, file: &OpenFile, into_guest: bool, n: usize) -> SysResult {
+        let raw = file.raw();
+        if raw < 0 || n == 0 {
+            return Ok(0);
+        }
+        // A read's: the leader's bytes (replayed); a write's: this variant's.
+        let theirs = crate::monitor::gather(&self.iov, n);
+        let mut mine = vec![0u8; if into_guest { theirs.len() } else { 0 }];
+        let n = theirs.len();
+        let mut done = 0;
+        let mut why = None;
+        while done < n {
+            let events = if into_guest { libc::POLLIN } else { libc::POLLOUT };
+            let mut pfd = libc::pollfd { fd: raw, events, revents: 0 };
+            // SAFETY: one valid pollfd, for the call's duration.
+            let r = unsafe { libc::poll(&mut pfd, 1, 20) };
+            if r <= 0 {
+                if r < 0 && Errno::last().0 != libc::EINTR {
+                    why = Some("poll of this variant's pipe failed");
+                    break;
+                }
+                if let Some(stop) = self.monitor.as_mut().and_then(|m| m.pending_stop()) {
+                    self.stop = Some(stop);
+                    return Err(Errno::EINTR);
+                }
+                continue;
+            }
+            // SAFETY: the buffers have n - done bytes from `done` on; raw is open.
+            let got = unsafe {
+                if into_guest {
+                    libc::read(raw, mine[done..].as_mut_ptr().cast(), n - done)
+                } else {
+                    libc::write(raw, theirs[done..].as_ptr().cast(), n - done)
+                }
+            };
+            match got {
+                1.. => done += got as usize,
+                0 => {
+                    why = Some("this variant's pipe ended before the leader's bytes");
+                    break;
+                }
+                _ if matches!(Errno::last().0, libc::EAGAIN | libc::EINTR) => {}
+                // This variant's reader is gone for good (it ran ahead of
+                // the leader's): nobody can read these bytes any more.
+                _ if !into_guest && Errno::last().0 == libc::EPIPE => break,
+                _ => {
+                    why = Some("this variant's pipe failed where the leader's did not");
+                    break;
+                }
+            }
+        }
+        if why.is_none() && into_guest && mine != theirs {
+            why = Some("this variant's pipe carried other bytes than the leader's");
+        }
+        if let (Some(why), Some(m)) = (why, self.monitor.as_mut()) {
+            m.replay_broken = Some(why.to_string());
+        }
+        Ok(0)
+    }
+
     /// Installs a descriptor a host operation returned (`owned`: the host
     /// descriptor, absent when the operation was replayed). Under MVX such
     /// descriptors (sockets, epoll, ...) are remote: the leader's.

@@ -5,8 +5,12 @@
 //! position-independent program and heap, so an absolute address that an
 //! exploit injects is valid in at most one variant. Inside its slot, every
 //! run (and every execve) draws each base anew, page-granular as Linux does:
-//! 28 bits for the program and the mmap area, 22 bits of pages and 9 bits
-//! of 16-byte steps for the stack, 24 bits for the heap. The draw is a hash
+//! 28 bits for the program and the mmap area, 22 bits of pages for the
+//! stack, 24 bits for the heap. Unlike Linux, the initial stack pointer has
+//! no random sub-page step: where it sits in its page must be the same in
+//! every variant, since programs probe their stack's extent page by page
+//! from it (diff's stack-overflow guard runs mincore down from a local
+//! variable) and would see the bottom one page nearer in one variant. The draw is a hash
 //! of a 64-bit seed taken from the host at launch (`--layout-seed` sets it to
 //! reproduce a layout), so the guest learns the addresses Linux would tell
 //! it and nothing of how they were drawn.
@@ -20,7 +24,21 @@
 //! ```text
 //! B + 16 MiB  .. + 1 TiB     program base (PIE), then its heap 0-64 GiB above it
 //! B + 1.5 TiB                lowest mmap address
+//! B + 1.75 TiB .. + 2.5 TiB  anonymous mmap top (960 MiB steps)
 //! B + 2.5 TiB .. + 3.5 TiB   mmap top (mappings grow down from it)
+//! ```
+//!
+//! Anonymous mappings have their own area, whose top is a multiple of
+//! 960 MiB (64 MiB x 3 x 5) in every variant, drawn from about 800 such
+//! steps (9.7 bits). Programs compute with the address of anonymous memory
+//! modulo sizes of their own, and must compute the same in every variant:
+//! they align it by mapping more and unmapping the misaligned ends (glibc's
+//! per-thread arenas to 64 MiB, ruby's heap pages to 64 KiB), and ruby fits
+//! as many 40-byte object slots in a heap page as its address modulo 40
+//! allows, which decides when its garbage collector runs. Files, libraries
+//! among them, keep 28 bits of pages; the slots stay disjoint either way.
+//!
+//! ```text
 //! B + 4 TiB - 16 MiB - 16 GiB .. B + 4 TiB - 16 MiB   stack top
 //! ```
 
@@ -42,17 +60,21 @@ const GUARD: u64 = 16 * MIB;
 pub const STACK_SIZE: u64 = 8 << 20;
 
 /// Bits of page-granular randomness of each base (Linux x86-64: mmap 28,
-/// PIE 28 since 4.x, stack 22 pages + sub-page, heap 13).
+/// PIE 28 since 4.x, stack 22 pages + sub-page, heap 13; see the module
+/// comment for the sub-page step).
 pub const PIE_BITS: u32 = 28;
 pub const MMAP_BITS: u32 = 28;
 pub const STACK_BITS: u32 = 22;
-/// 16-byte steps of the initial stack pointer below its (page) top: 8 KiB.
-pub const STACK_OFFSET_BITS: u32 = 9;
 pub const HEAP_BITS: u32 = 24;
+/// The anonymous mmap top's unit, and how many of them it may move (see
+/// the module comment).
+pub const ANON_ALIGN: u64 = 64 * MIB * 15;
+pub const ANON_STEPS: u64 = (MMAP_TOP_LOW - ANON_TOP_LOW) / ANON_ALIGN - 1;
 
 const PIE_LOW: u64 = GUARD;
 const MMAP_BOTTOM: u64 = 3 * TIB / 2;
 const MMAP_TOP_LOW: u64 = 5 * TIB / 2;
+const ANON_TOP_LOW: u64 = 7 * TIB / 4;
 /// Non-PIE heaps of variant `id` start `id` times this above the program,
 /// below every slot (16 x 4 TiB = 64 TiB, the bottom of slot 15).
 const LOW_HEAP_STRIDE: u64 = 4 * TIB;
@@ -67,8 +89,8 @@ pub struct Layout {
     pub generation: u32,
     /// Initial stack pointer region ends here (exclusive).
     pub stack_top: u64,
-    /// The argument tables start this far below the strings (16-byte aligned).
-    pub stack_offset: u64,
+    /// Anonymous mmap allocates top-down from here (a multiple of 64 MiB).
+    pub anon_top: u64,
     /// mmap allocates top-down from here...
     pub mmap_top: u64,
     /// ...but never below this.
@@ -141,8 +163,8 @@ impl Layout {
             pie_base: b + PIE_LOW + pick(w[0], PIE_BITS, PAGE),
             mmap_top: b + MMAP_TOP_LOW + pick(w[1], MMAP_BITS, PAGE),
             mmap_bottom: b + MMAP_BOTTOM,
+            anon_top: (b + ANON_TOP_LOW).next_multiple_of(ANON_ALIGN) + (w[2] >> 32) % ANON_STEPS * ANON_ALIGN,
             stack_top: b + SLOT - GUARD - pick(w[2], STACK_BITS, PAGE),
-            stack_offset: pick(w[2] >> 32, STACK_OFFSET_BITS, 16),
             heap_gap: pick(w[3], HEAP_BITS, PAGE),
             low_heap: id as u64 * LOW_HEAP_STRIDE,
         }
@@ -187,6 +209,7 @@ impl Layout {
             heap: hex(placed.heap),
             stack: hex(placed.stack),
             mmap_top: hex(self.mmap_top),
+            anon_top: hex(self.anon_top),
         }
     }
 }
@@ -226,6 +249,8 @@ pub fn slot(id: u32) -> (u64, u64) {
 pub const LOW_HEAP_SPAN: u64 = (MAX_VARIANTS as u64 - 1) * LOW_HEAP_STRIDE + (PAGE << HEAP_BITS);
 
 const _: () = assert!(MMAP_TOP_LOW + (PAGE << MMAP_BITS) + TIB / 4 < SLOT - GUARD - (PAGE << STACK_BITS) - STACK_SIZE);
+const _: () =
+    assert!(MMAP_BOTTOM + TIB / 4 <= ANON_TOP_LOW && ANON_TOP_LOW + (ANON_STEPS + 1) * ANON_ALIGN <= MMAP_TOP_LOW);
 const _: () = assert!(PIE_LOW + (PAGE << PIE_BITS) + (PAGE << HEAP_BITS) < MMAP_BOTTOM);
 
 #[cfg(test)]
@@ -239,10 +264,11 @@ mod tests {
         assert!(l.mmap_bottom + TIB <= l.mmap_top, "at least 1 TiB for mappings: {l:x?}");
         assert!(l.mmap_top + TIB / 4 < l.stack_top - STACK_SIZE, "{l:x?}");
         assert!(l.stack_top < hi && l.stack_top < 0x7fff_ffff_f000, "{l:x?}");
-        assert!(l.stack_offset < 8192 && l.stack_offset.is_multiple_of(16));
         for a in [l.pie_base, l.mmap_top, l.mmap_bottom, l.stack_top, l.heap_gap] {
             assert!(a.is_multiple_of(PAGE), "{l:x?}");
         }
+        assert!(l.mmap_bottom + TIB / 4 <= l.anon_top && l.anon_top < l.mmap_top, "{l:x?}");
+        assert!(l.anon_top.is_multiple_of(ANON_ALIGN), "{l:x?}");
     }
 
     #[test]
@@ -273,6 +299,7 @@ mod tests {
             assert_ne!(a.pie_base - slot(a.variant).0, other.pie_base - slot(other.variant).0);
             assert_ne!(a.mmap_top - slot(a.variant).0, other.mmap_top - slot(other.variant).0);
             assert_ne!(a.stack_top - slot(a.variant).0, other.stack_top - slot(other.variant).0);
+            assert_ne!(a.anon_top - slot(a.variant).0, other.anon_top - slot(other.variant).0);
         }
         assert_eq!(Layout::fixed(3).next(), Layout::fixed(3));
         assert_ne!(Layout::at_launch(0, None, false).unwrap(), Layout::at_launch(0, None, false).unwrap());
@@ -286,7 +313,9 @@ mod tests {
         // lost bit would show as a constant bit here).
         let (mut pie_or, mut pie_and) = (0u64, u64::MAX);
         let (mut stack_or, mut stack_and) = (0u64, u64::MAX);
+        let mut anon = std::collections::HashSet::new();
         for seed in 0..4000 {
+            anon.insert(Layout::drawn(5, seed, 0).anon_top);
             let l = Layout::drawn(5, seed, 0);
             let p = (l.pie_base - slot(5).0 - PIE_LOW) / PAGE;
             pie_or |= p;
@@ -297,6 +326,7 @@ mod tests {
         }
         assert_eq!((pie_or, pie_and), ((1 << PIE_BITS) - 1, 0));
         assert_eq!((stack_or, stack_and), ((1 << STACK_BITS) - 1, 0));
+        assert!(anon.len() as u64 > ANON_STEPS * 9 / 10, "{} of {ANON_STEPS} anonymous tops", anon.len());
     }
 
     #[test]

@@ -215,6 +215,19 @@ impl Monitor {
         }
     }
 
+    /// Follower, while it waits on the host for its own processes (a pipe's
+    /// writer): a stop the leader sent, or a failed link.
+    pub(crate) fn pending_stop(&mut self) -> Option<Stop> {
+        if self.is_leader() {
+            return None;
+        }
+        let c = self.follower().try_recv_control();
+        if let Some(stop) = self.on_control_follower(c) {
+            return Some(stop);
+        }
+        self.follower().check().err().map(Monitor::link_stop)
+    }
+
     fn on_control_follower(&mut self, c: Option<Control>) -> Option<Stop> {
         match c? {
             Control::Shutdown { status } => Some(Stop::Shutdown(status)),

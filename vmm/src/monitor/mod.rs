@@ -324,7 +324,7 @@ impl Monitor {
 }
 
 /// The first `n` bytes behind a host iovec list.
-fn gather(iov: &HostIov, mut n: usize) -> Vec<u8> {
+pub(crate) fn gather(iov: &HostIov, mut n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n);
     for s in iov.slices() {
         if n == 0 {

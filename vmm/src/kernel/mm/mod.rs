@@ -146,6 +146,17 @@ fn narrows(old: u64, new: u64) -> bool {
             || (old & pte::NO_EXECUTE == 0 && new & pte::NO_EXECUTE != 0))
 }
 
+/// Which part of the address space an mmap without a usable hint takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    /// Below 2 GiB (MAP_32BIT).
+    Low32,
+    /// Anonymous memory (see `layout`: its top moves in 64 MiB steps).
+    Anon,
+    /// Files, the interpreter, and what does not fit the anonymous area.
+    File,
+}
+
 /// The address space.
 pub struct Mm {
     pub mem: GuestMemory,
@@ -252,8 +263,8 @@ impl Mm {
     }
 
     /// A free range of `len` bytes: at `hint` if that is free, else the
-    /// highest one below the mmap top (below 2 GiB if `low`).
-    pub fn unmapped_area(&self, len: u64, hint: u64, low: bool) -> Option<u64> {
+    /// highest one below the top of `area`'s part of the address space.
+    pub fn unmapped_area(&self, len: u64, hint: u64, area: Area) -> Option<u64> {
         if len == 0 || len > USER_END {
             return None;
         }
@@ -263,7 +274,19 @@ impl Mm {
                 return Some(h);
             }
         }
-        let (top, bottom) = if low { (1 << 31, USER_MIN) } else { (self.layout.mmap_top, self.layout.mmap_bottom) };
+        let l = &self.layout;
+        match area {
+            Area::Low32 => self.highest_free(len, 1 << 31, USER_MIN),
+            Area::File => self.highest_free(len, l.mmap_top, l.mmap_bottom),
+            // A full anonymous area spills into the file area.
+            Area::Anon => self
+                .highest_free(len, l.anon_top, l.mmap_bottom)
+                .or_else(|| self.highest_free(len, l.mmap_top, l.mmap_bottom)),
+        }
+    }
+
+    /// The highest free range of `len` bytes in `[bottom, top)`.
+    fn highest_free(&self, len: u64, top: u64, bottom: u64) -> Option<u64> {
         let mut end = top;
         for v in self.vmas.range(..top).rev().map(|(_, v)| v) {
             if v.end <= end && end - v.end >= len && end - len >= bottom {
@@ -639,13 +662,13 @@ mod tests {
     #[test]
     fn unmapped_area_is_top_down_and_respects_hints() {
         let mut m = mm();
-        let a = m.unmapped_area(0x4000, 0, false).unwrap();
+        let a = m.unmapped_area(0x4000, 0, Area::File).unwrap();
         assert_eq!(a, m.layout.mmap_top - 0x4000);
         m.insert(anon(a, a + 0x4000, PROT_READ));
-        let b = m.unmapped_area(0x1000, 0, false).unwrap();
+        let b = m.unmapped_area(0x1000, 0, Area::File).unwrap();
         assert_eq!(b, a - 0x1000);
-        assert_eq!(m.unmapped_area(0x1000, 0x5000_0000, false), Some(0x5000_0000));
-        assert!(m.unmapped_area(0x1000, 0, true).unwrap() < 1 << 31);
+        assert_eq!(m.unmapped_area(0x1000, 0x5000_0000, Area::File), Some(0x5000_0000));
+        assert!(m.unmapped_area(0x1000, 0, Area::Low32).unwrap() < 1 << 31);
     }
 
     #[test]

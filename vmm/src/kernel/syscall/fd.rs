@@ -116,26 +116,21 @@ fn do_pipe(k: &mut Kernel, va: u64, flags: i32) -> SysResult {
         return Err(Errno::EINVAL);
     }
     Mm::range_ok(va, 8)?;
-    // In a cluster the pipe is the leader's: what a read of it returns
-    // depends on when the writer wrote, so the followers take the leader's.
-    let mut ends: Option<(OwnedFd, OwnedFd)> = None;
-    k.host_call(true, &mut [], |_, _| {
-        let mut fds = [0i32; 2];
-        let fl = libc::O_CLOEXEC | (flags & (libc::O_NONBLOCK | libc::O_DIRECT));
-        // SAFETY: fds is a valid 2-element out-parameter.
-        check(unsafe { libc::pipe2(fds.as_mut_ptr(), fl) } as i64)?;
-        // SAFETY: both descriptors were just created and are owned by nobody else.
-        ends = Some(unsafe {
-            (
-                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[0]),
-                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]),
-            )
-        });
-        Ok(0)
-    })?;
-    let (r, w) = match ends {
-        Some((r, w)) => (Some(r), Some(w)),
-        None => (None, None),
+    // Every variant makes its own pipe. In a cluster what a read returns
+    // depends on when the writer wrote, so followers take the leader's
+    // results, and pass the same bytes through their own pipe
+    // (`Kernel::follow_pipe`): their processes see each other's progress
+    // in the leader's order.
+    let mut fds = [0i32; 2];
+    let fl = libc::O_CLOEXEC | (flags & (libc::O_NONBLOCK | libc::O_DIRECT));
+    // SAFETY: fds is a valid 2-element out-parameter.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), fl) } as i64)?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (r, w) = unsafe {
+        (
+            Some(<OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[0])),
+            Some(<OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1])),
+        )
     };
     let cloexec = flags & libc::O_CLOEXEC != 0;
     let rfd = k.adopt_ipc(r, FileKind::Pipe, Extra::None, cloexec)?;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::super::errno::{check, Errno, SysResult};
-use super::super::file::OpenFile;
+use super::super::file::{FileKind, OpenFile};
 use super::super::mm::Mm;
 use super::super::signal::{Signal, SIG_DFL};
 use super::super::Kernel;
@@ -87,12 +87,17 @@ fn transfer(k: &mut Kernel, file: &Arc<OpenFile>, into_guest: bool, off: Option<
         return k.hold_output(file, off);
     }
     let raw = file.raw();
-    k.host_call_iov(file.remote, None, |k, _| {
+    let mode = k.op_mode(file.remote);
+    let n = k.host_call_iov(file.remote, None, |k, _| {
         if into_guest && !k.settle_if_blocking(file, false) {
             return Err(Errno::EINTR);
         }
         host_rw(k, raw, into_guest, off)
-    })
+    })?;
+    if mode == OpMode::Replay && file.is_ipc() && file.kind == FileKind::Pipe {
+        k.follow_pipe(file, into_guest, n as usize)?;
+    }
+    Ok(n)
 }
 
 /// The host half of `transfer`.

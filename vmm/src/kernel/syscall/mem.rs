@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::super::errno::{Errno, SysResult};
 use super::super::file::FileKind;
-use super::super::mm::{page_down, page_up, Backing, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE};
+use super::super::mm::{page_down, page_up, Area, Backing, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE};
 use super::super::Kernel;
 use crate::arch::x86_64::layout::{USER_END, USER_MIN};
 use crate::memory::PAGE_SIZE;
@@ -143,7 +143,14 @@ pub fn mmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         mm.unmap(addr, addr + len);
         addr
     } else {
-        mm.unmapped_area(len, addr, flags & MAP_32BIT != 0).ok_or(Errno::ENOMEM)?
+        let area = if flags & MAP_32BIT != 0 {
+            Area::Low32
+        } else if flags & MAP_ANONYMOUS != 0 {
+            Area::Anon
+        } else {
+            Area::File
+        };
+        mm.unmapped_area(len, addr, area).ok_or(Errno::ENOMEM)?
     };
     mm.insert(Vma { start, end: start + len, prot, shared, backing, kind: VmaKind::Mapping });
     if flags & MAP_POPULATE != 0 && prot != 0 {
@@ -197,6 +204,7 @@ pub fn mremap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         return Err(Errno::EFAULT);
     }
     let vma_end = v.end;
+    let area = if matches!(v.backing, Backing::Anon) { Area::Anon } else { Area::File };
     if flags & MREMAP_FIXED != 0 {
         if new_addr & (PAGE_SIZE - 1) != 0
             || new_addr < USER_MIN
@@ -227,7 +235,7 @@ pub fn mremap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if flags & MREMAP_MAYMOVE == 0 {
         return Err(Errno::ENOMEM);
     }
-    let to = mm.unmapped_area(new_len, 0, false).ok_or(Errno::ENOMEM)?;
+    let to = mm.unmapped_area(new_len, 0, area).ok_or(Errno::ENOMEM)?;
     mm.relocate(old, old_len, to)?;
     mm.resize_in_place(to, to + old_len, to + new_len);
     Ok(to)
