@@ -26,6 +26,7 @@ mod interrupt;
 pub mod layout;
 pub mod mm;
 pub mod proc_table;
+mod procfs;
 mod run;
 pub mod sandbox;
 mod setup;

@@ -83,6 +83,9 @@ fn do_open(k: &mut Kernel, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> Sy
         return Err(Errno::EINVAL);
     }
     let mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode & 0o7777 & !k.fs().umask } else { 0 };
+    if let Some(f) = k.base_dir(dirfd, &path).ok().and_then(|base| k.open_proc(&base, &path, flags)) {
+        return k.fds().insert(f?, flags & libc::O_CLOEXEC != 0, 0);
+    }
     // Files opened for writing (or under mutable paths) are the leader's.
     let remote = k.op_mode(false) != OpMode::Direct;
     let mut owned: Option<OwnedFd> = None;
@@ -428,6 +431,17 @@ fn chmod_at(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64, flags: u64) -> S
 fn chmod_at_host(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64, flags: u64) -> SysResult {
     if flags & !AT_SYMLINK_NOFOLLOW != 0 {
         return Err(Errno::EINVAL);
+    }
+    // glibc's fchmodat(AT_SYMLINK_NOFOLLOW) chmods "/proc/self/fd/N" of an
+    // O_PATH descriptor: the program's descriptor N.
+    let path = k.path_arg(pathva)?;
+    if let Some(raw) = k.base_dir(dirfd, &path).ok().and_then(|base| k.proc_fd_raw(&base, &path)) {
+        if !k.sandbox.writable() {
+            return Err(Errno::EROFS);
+        }
+        let host = std::ffi::CString::new(format!("/proc/self/fd/{}", raw?)).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: the path names the VMM's own descriptor; mode is plain data.
+        return check(unsafe { libc::chmod(host.as_ptr(), mode as u32 & 0o7777) } as i64);
     }
     let (fd, _) = modify_target(k, dirfd, pathva, flags)?;
     let fd = fd.ok_or(Errno::EBADF)?;
