@@ -51,7 +51,7 @@ fn last_component(path: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// A follower's names bound to the leader's.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct NameMap {
     names: HashMap<Vec<u8>, Vec<u8>>,
 }
@@ -74,6 +74,21 @@ impl NameMap {
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
+    }
+
+    /// `arg` (a program argument) with every bound name in it replaced by
+    /// the leader's, where it stands as a path component (between slashes
+    /// or the ends of the string): gcc passes its temporaries to cc1 and as.
+    pub fn rewrite_arg(&self, arg: &mut Vec<u8>) {
+        if self.names.is_empty() {
+            return;
+        }
+        // Arguments such as "-o/tmp/ccX.s" or "--out=x": the path part.
+        let start = arg.iter().position(|&c| c == b'/').unwrap_or(0);
+        let mut tail = arg[start..].to_vec();
+        self.rewrite(&mut tail);
+        arg.truncate(start);
+        arg.extend_from_slice(&tail);
     }
 
     /// `path` with every component that is a bound name replaced by the
@@ -125,5 +140,11 @@ mod tests {
         let mut p = b"/case/tmp.OoZhRtx".to_vec();
         m.rewrite(&mut p);
         assert_eq!(p, b"/case/tmp.OoZhRtx");
+        let mut a = b"/case/tmp.OoZhRt".to_vec();
+        m.rewrite_arg(&mut a);
+        assert_eq!(a, b"/case/tmp.KO537U");
+        let mut a = b"-quiet".to_vec();
+        m.rewrite_arg(&mut a);
+        assert_eq!(a, b"-quiet");
     }
 }

@@ -206,7 +206,8 @@ impl Kernel {
                         VmaKind::Program | VmaKind::Mapping => "",
                     };
                     out.push_str(&format!(
-                        "{:x}-{:x} {}{}{}{} 00000000 00:00 0 {what}\n",
+                        // Fixed width, so every variant's lines are as long.
+                        "{:012x}-{:012x} {}{}{}{} 00000000 00:00 0 {what}\n",
                         v.start,
                         v.end,
                         p(libc::PROT_READ as u32, 'r'),

@@ -40,6 +40,9 @@ pub trait CallView {
     fn read_cstr(&mut self, va: u64, max: usize) -> SysResult<Vec<u8>>;
     /// A path argument (bounded as the kernel bounds paths).
     fn path_arg(&mut self, va: u64) -> SysResult<Vec<u8>>;
+    /// A program argument as the VMM passes it on (a follower's bound
+    /// temporary names are the leader's).
+    fn rewrite_arg(&self, arg: &mut Vec<u8>);
     /// Host iovecs over `len` bytes of program memory at `va` (readable).
     fn user_iov(&mut self, va: u64, len: u64, iov: &mut HostIov) -> SysResult<u64>;
 }
