@@ -13,11 +13,14 @@
 //! - a follower at such a create first looks at the leader's entry for its
 //!   event: a getrandom there was the leader's extra draw, and is skipped.
 //!
+//! Only under policies where getrandom is relaxed (the dmvx preset): a
+//! lockstep getrandom of the leader waits for its followers instead.
 //! Nothing else is tolerated: any other difference is a divergence, and the
 //! random bytes only ever feed a name that is then bound to the leader's.
 
 use std::time::Duration;
 
+use dmvx_sync::policy::{Check, Class};
 use dmvx_sync::record::{decode, has_temp_name, EntryView, Event};
 use dmvx_sync::wire::Control;
 
@@ -60,8 +63,11 @@ impl Monitor {
     /// make). A create of a fresh name may move `self.seq` past the leader's
     /// extra getrandom.
     pub(super) fn match_fresh_name(&mut self, lockstep: bool) -> Result<bool, Stop> {
-        let getrandom = self.nr == libc::SYS_getrandom as u64;
-        let create = lockstep && has_temp_name(self.rec.as_bytes());
+        // Only where getrandom is relaxed: a lockstep getrandom of the
+        // leader waits for this follower, which then must not wait for it.
+        let relaxed = self.policy.rule(libc::SYS_getrandom as u64, Class::Random).check != Check::Lockstep;
+        let getrandom = relaxed && !lockstep && self.nr == libc::SYS_getrandom as u64;
+        let create = relaxed && lockstep && has_temp_name(self.rec.as_bytes());
         if !getrandom && !create {
             return Ok(false);
         }
