@@ -28,3 +28,5 @@ gcc -O2 -static -o "$work/percall" scripts/bench/percall.c
 gcc -O2 -o "$work/launch" scripts/bench/launch.c
 # Debian's python3, which has python3-matplotlib (not a pyenv one first on PATH).
 /usr/bin/python3 scripts/bench.py --work "$work" --images images/out "$@"
+# Processes: its own section of docs/benchmarks.md (kept when bench.py rewrites the rest).
+/usr/bin/python3 scripts/bench_procs.py $(printf '%s\n' "$@" | grep -qx -- --quick && echo --quick)

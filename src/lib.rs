@@ -350,17 +350,22 @@ impl Server {
 
     /// Sends SIGTERM, as an operator would, and waits; returns the exit
     /// status (128+N for signal N), stdout and stderr.
-    pub fn stop(mut self) -> (i32, String, String) {
+    pub fn stop(self) -> (i32, String, String) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Like `stop`, with signal `sig` (SIGQUIT: nginx's graceful shutdown).
+    pub fn stop_with(mut self, sig: i32) -> (i32, String, String) {
         // lighttpd exits 1 when clients are still connected at SIGTERM.
         wait_connections_closed(&[], self.port);
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, sig) };
         let deadline = Instant::now() + Duration::from_secs(20);
         let st = loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 break st;
             }
-            assert!(Instant::now() < deadline, "{} ignores SIGTERM", self.what);
+            assert!(Instant::now() < deadline, "{} ignores signal {sig}", self.what);
             std::thread::sleep(Duration::from_millis(20));
         };
         use std::os::unix::process::ExitStatusExt;
@@ -458,6 +463,25 @@ impl ServerSpec {
                     argv: ["/usr/sbin/nginx", "-c", &conf, "-g", "daemon off; master_process off;"]
                         .map(String::from)
                         .to_vec(),
+                    env: vec![],
+                    written,
+                }
+            }
+            // Debian's way (the image's nginx-workers.conf): a master
+            // process and 2 workers, which it forks and talks to over
+            // socket pairs.
+            "nginx-workers" => {
+                let (conf, written) = if port == 8080 {
+                    ("/etc/nginx/nginx-workers.conf".to_string(), None)
+                } else {
+                    let text = std::fs::read_to_string(root.join("etc/nginx/nginx-workers.conf")).unwrap();
+                    let name = format!("run/nginx-workers-{port}.conf");
+                    let text = text.replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
+                    std::fs::write(root.join(&name), text).unwrap();
+                    (format!("/{name}"), Some(root.join(&name)))
+                };
+                ServerSpec {
+                    argv: ["/usr/sbin/nginx", "-c", &conf, "-g", "daemon off;"].map(String::from).to_vec(),
                     env: vec![],
                     written,
                 }

@@ -418,6 +418,9 @@ class Runner:
         if root:
             argv += ["--rootfs", root]
         argv += ["--cwd", cwd]
+        if case.get("helper"):
+            # A client of a native helper: the one destination it may reach.
+            argv += ["--net", "allow=127.0.0.1:%d" % ctx["port"]]
         if self.trace and mode != "native":
             argv += ["--trace"]
         for k, v in env.items():

@@ -338,6 +338,14 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The call number and class of a call's record (None for other events).
+pub fn call_of(record: &[u8]) -> Option<(u64, Class)> {
+    match record {
+        [EV_CALL, lo, hi, c, ..] => Some((u16::from_le_bytes([*lo, *hi]) as u64, *Class::ALL.get(*c as usize)?)),
+        _ => None,
+    }
+}
+
 /// Decodes a record; `name_of` names system calls.
 pub fn decode(record: &[u8], name_of: impl Fn(u64) -> Option<&'static str>) -> Result<Event, DecodeError> {
     let mut r = Reader::new(record, "record");

@@ -9,6 +9,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::kernel::layout::MAX_VARIANTS;
+use crate::kernel::net_policy::NetPolicy;
 use crate::kernel::proc_table::DEFAULT_MAX_PROCS;
 
 /// The kernel command line of Linux mode when `--cmdline` is not given.
@@ -140,6 +141,11 @@ struct Cli {
     /// Working directory inside the root
     #[arg(long, value_name = "DIR", default_value = "/")]
     cwd: String,
+    /// Where the program may connect: serve (listen and answer; connect only
+    /// to its own ports), loopback (also any local port), none (no IP
+    /// sockets), or allow=ADDR:PORT,... (serve plus these)
+    #[arg(long, value_name = "POLICY", default_value = "serve", value_parser = parse_net)]
+    net: NetPolicy,
 
     /// Run N variants here (N VMMs joined over loopback TCP, as across hosts)
     #[arg(
@@ -274,6 +280,8 @@ pub struct Args {
     pub read_only: bool,
     pub env: Vec<String>,
     pub cwd: String,
+    /// Where the program's sockets may connect (`--net`).
+    pub net: NetPolicy,
     /// This variant of `cluster` (its id, or its name there).
     pub variant: VariantRef,
     /// Join the cluster described by this file as variant `variant`.
@@ -380,6 +388,10 @@ fn parse_variant_program(v: &str) -> Result<(u32, String), String> {
             (!path.is_empty()).then(|| (id, path.to_string()))
         })
         .ok_or_else(|| format!("--variant-program expects ID=PATH with ID 0-15, got '{v}'"))
+}
+
+fn parse_net(v: &str) -> Result<NetPolicy, String> {
+    v.parse().map_err(|e: crate::kernel::net_policy::NetPolicyError| e.to_string())
 }
 
 fn parse_max_procs(v: &str) -> Result<u32, String> {
@@ -490,6 +502,7 @@ where
         read_only: c.read_only,
         env: c.env,
         cwd: c.cwd,
+        net: c.net,
         variant: c.variant.unwrap_or(VariantRef::Id(0)),
         cluster: c.cluster,
         cluster_fd: c.cluster_fd,

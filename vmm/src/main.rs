@@ -80,7 +80,7 @@ fn main() -> ExitCode {
                 }
             }
             let (cfg, key, id) = (member.cfg, member.key, member.id);
-            Some(kernel::ClusterJoin { cfg, key, id, report_dir: args.report_dir.clone() })
+            Some(kernel::ClusterJoin { cfg, key, id, report_dir: args.report_dir.clone(), net: args.net.clone() })
         }
         Err(code) => return code,
     };
@@ -128,6 +128,7 @@ fn main() -> ExitCode {
         cluster,
         max_procs: args.max_procs,
         shared_memory: args.shared_memory,
+        net: args.net.clone(),
     };
     match kernel::run(config) {
         Ok(Outcome::Exited(status)) => ExitCode::from((status & 0xff) as u8),

@@ -88,6 +88,13 @@ pub struct OpenFile {
     /// variant, whatever the host path or whether the variant holds the host
     /// descriptor, so that relative calls resolve and classify alike.
     path: Option<Box<[u8]>>,
+    /// It names a file inside the program's root (opened through the
+    /// sandbox): only such files may be modified through the descriptor.
+    /// Inherited descriptors, sockets, pipes and the like may not.
+    in_root: bool,
+    /// F_SETOWN's process (or negated group): remembered for F_GETOWN.
+    /// Signal-driven I/O is not supported: no SIGIO is ever sent.
+    owner: AtomicI32,
 }
 
 impl OpenFile {
@@ -107,7 +114,30 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: false,
             path: None,
+            in_root: false,
+            owner: AtomicI32::new(0),
         })
+    }
+
+    /// An open file the sandbox opened inside the root.
+    pub fn rooted(fd: Option<OwnedFd>, kind: FileKind, remote: bool) -> Arc<Self> {
+        Arc::new(OpenFile {
+            fd,
+            kind,
+            extra: Extra::None,
+            remote,
+            broken: AtomicI32::new(0),
+            nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
+            ipc: false,
+            path: None,
+            in_root: true,
+            owner: AtomicI32::new(0),
+        })
+    }
+
+    /// Whether it names a file inside the root.
+    pub fn in_root(&self) -> bool {
+        self.in_root
     }
 
     /// One end of a pipe or socket pair the program made.
@@ -121,7 +151,18 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: true,
             path: None,
+            in_root: false,
+            owner: AtomicI32::new(0),
         })
+    }
+
+    /// F_SETOWN's owner (0: none).
+    pub fn owner(&self) -> i32 {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    pub fn set_owner(&self, owner: i32) {
+        self.owner.store(owner, Ordering::Relaxed);
     }
 
     /// Whether it is a pipe or socket pair between the program's processes.
@@ -142,6 +183,8 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: false,
             path: Some(b"/proc/self/fd".to_vec().into_boxed_slice()),
+            in_root: true,
+            owner: AtomicI32::new(0),
         }
     }
 
@@ -155,6 +198,8 @@ impl OpenFile {
             nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
             ipc: false,
             path: Some(normalize(path).into_boxed_slice()),
+            in_root: true,
+            owner: AtomicI32::new(0),
         })
     }
 

@@ -107,10 +107,18 @@ impl Kernel {
             // Nothing of the parent's batch may be lost to the child.
             m.flush_link();
         }
+        let blocked = host::BlockedSignals::all();
         // SAFETY: fork has no memory-safety preconditions; the child touches
         // only state this thread owns (the kernel, the VM's memory) and never
         // the other threads' (the parent's link), which it leaves behind.
         let host = unsafe { libc::fork() };
+        // Signals stayed blocked across fork: one sent to the child before it
+        // forgot the parent's pending state below (a kill of its group right
+        // after the fork returned in the parent) waits for the unblock.
+        if host == 0 {
+            host::after_fork();
+        }
+        blocked.restore();
         if host < 0 {
             // Too late to fail alike in every variant: the leader said yes.
             self.procs.unfork(pid);
@@ -126,7 +134,6 @@ impl Kernel {
             return Ok(Forked::Parent(pid as i64, wait));
         }
         // The child.
-        host::after_fork();
         // SAFETY: getpid has no preconditions.
         self.procs.set_host_pid(pid, unsafe { libc::getpid() });
         self.vfork_done = vfork_pipe.map(|(_, w)| w);
@@ -134,6 +141,9 @@ impl Kernel {
         self.become_child(pid, parent, req);
         let fs = req.tls.unwrap_or(self.task.fs_base);
         plat.rebuild(&self.mm, fs, self.task.gs_base, &fpu)?;
+        // The new vCPU is the one a signal handler must kick now (after_fork
+        // forgot the parent's).
+        host::register_kick(plat.kick_target());
         if let Some(m) = self.monitor.take() {
             let spec = m.spec.clone();
             // The child's paths name the leader's temporaries as the parent's do.

@@ -21,10 +21,12 @@ pub mod file;
 pub mod fork;
 pub mod fs_context;
 mod host_io;
+pub mod identity;
 mod insn;
 mod interrupt;
 pub mod layout;
 pub mod mm;
+pub mod net_policy;
 pub mod proc_table;
 mod procfs;
 mod run;
@@ -92,6 +94,8 @@ pub struct Config {
     pub max_procs: u32,
     /// Bytes of memory for MAP_SHARED anonymous mappings shared across fork.
     pub shared_memory: u64,
+    /// Where the program's sockets may connect.
+    pub net: net_policy::NetPolicy,
 }
 
 /// Membership in a cluster of variants.
@@ -204,6 +208,12 @@ pub struct Kernel {
     /// Leader: since when a handled host signal waits for the program's
     /// next system call (see `interrupt`).
     pub(crate) signal_waiting: Option<Instant>,
+    /// Where the program's sockets may connect (`--net`).
+    pub(crate) net: Arc<net_policy::NetPolicy>,
+    /// The IP ports the program bound (its own services).
+    pub(crate) own_ports: std::collections::BTreeSet<u16>,
+    /// Where datagrams came from (answers may go back).
+    pub(crate) peers: net_policy::Peers,
 }
 
 impl Kernel {

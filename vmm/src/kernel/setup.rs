@@ -30,6 +30,10 @@ use super::proc_table::{ProcTable, FIRST_PID, INIT_PID};
 pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let (mut plat, memory) = Platform::new(config.memory, config.shared_memory, &config.kernel, config.launched_ns)?;
     let sandbox = Arc::new(Sandbox::new(&config.root, config.writable)?);
+    // The VMM applies the program's umask itself; the host's must not cut
+    // the modes again.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0) };
     let shared = SharedFrames::of(&memory.mem).map_err(KernelError::Table)?;
     let layout =
         Layout::at_launch(config.variant, config.layout_seed, config.fixed_layout).map_err(KernelError::LayoutSeed)?;
@@ -99,6 +103,9 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         vfork_done: None,
         reported: Default::default(),
         signal_waiting: None,
+        net: Arc::new(config.net.clone()),
+        own_ports: Default::default(),
+        peers: Default::default(),
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);

@@ -103,7 +103,8 @@ impl Monitor {
                 return Err(Stop::Shutdown(128 + signal));
             }
             if !records_agree(&leader, &mine) {
-                return Err(self.diverge(Kind::Records, seq, Some(&leader), Some(&mine), self.id, false));
+                let took_effect = self.leader_went_ahead(&leader);
+                return Err(self.diverge(Kind::Records, seq, Some(&leader), Some(&mine), self.id, took_effect));
             }
             // Fresh temporary names that differ only in their random part:
             // from here on this variant's name means the leader's.
@@ -137,6 +138,15 @@ impl Monitor {
                 Err(e) => return Err(Monitor::link_stop(e)),
             }
         }
+    }
+
+    /// Follower: whether the leader's call with `record` took effect before
+    /// this variant compared it: it did unless the policy made the leader
+    /// wait for agreement or hold its output.
+    fn leader_went_ahead(&self, record: &[u8]) -> bool {
+        let Some((nr, class)) = dmvx_sync::record::call_of(record) else { return false };
+        let held = self.deferred_outputs && class == Class::Output;
+        self.policy.rule(nr, class).check != Check::Lockstep && !held
     }
 
     /// Leader: waits until every follower acknowledged `seq` with this

@@ -38,6 +38,19 @@ pub struct Join {
     pub key: dmvx_sync::PrivateKey,
     pub id: u8,
     pub report_dir: PathBuf,
+    /// The network policy: part of what every variant must agree on.
+    pub net: crate::kernel::net_policy::NetPolicy,
+}
+
+/// The digest the handshake compares for the MVX policy: the call policy's
+/// and the network policy's together (variants that may connect to
+/// different places must not form a cluster).
+fn policy_digest(policy: &dmvx_sync::policy::Policy, net: &crate::kernel::net_policy::NetPolicy) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(policy.digest(names::name));
+    h.update(format!("net={net}").as_bytes());
+    Digest(h.finalize().into())
 }
 
 /// What a process's VMM needs to open the event streams of the processes
@@ -124,7 +137,7 @@ pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox, pid: u32) -> Result<Monit
     // Variants built differently compare the cluster file's table of
     // program digests (each checked its own above); others the program.
     let info = HandshakeInfo {
-        policy: Digest(policy.digest(names::name)),
+        policy: policy_digest(&policy, &join.net),
         image: cfg.digests.image,
         program: cfg.programs_digest().or(Some(program)),
     };

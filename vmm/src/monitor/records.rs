@@ -94,11 +94,14 @@ pub fn poll(v: &mut dyn CallView, rec: &mut RecordBuf, a: &[u64; 6]) {
     }
 }
 
-/// select and pselect6: the sets.
+/// select and pselect6: the sets, each in its place (a missing set is
+/// recorded as such, so a write set cannot pass for an exception set).
 pub fn select(v: &mut dyn CallView, rec: &mut RecordBuf, a: &[u64; 6]) {
     rec.int(a[0]);
     for &s in &a[1..4] {
-        if s != 0 {
+        if s == 0 {
+            rec.int(0);
+        } else {
             rec_bytes(v, rec, s, (a[0].min(1024)).div_ceil(64) * 8);
         }
     }
@@ -124,11 +127,10 @@ pub fn rt_sigprocmask(v: &mut dyn CallView, rec: &mut RecordBuf, a: &[u64; 6]) {
     }
 }
 
-/// utimensat: the times array as Linux reads it. The tv_sec of an entry whose
-/// tv_nsec is UTIME_OMIT or UTIME_NOW is ignored (tar leaves it
-/// uninitialised), so it is recorded as 0; other entries as they are (an
-/// invalid tv_nsec fails alike in every variant).
-pub fn utimensat_times(v: &mut dyn CallView, rec: &mut RecordBuf, a: &[u64; 6]) {
+/// utimensat: the two timespecs, if given, with the seconds of a UTIME_NOW
+/// or UTIME_OMIT zeroed (the kernel ignores them, so a program may leave
+/// them unset, and they differ between variants).
+pub fn utimensat(v: &mut dyn CallView, rec: &mut RecordBuf, a: &[u64; 6]) {
     if a[2] == 0 {
         return;
     }
@@ -137,10 +139,11 @@ pub fn utimensat_times(v: &mut dyn CallView, rec: &mut RecordBuf, a: &[u64; 6]) 
         rec.int(UNREADABLE);
         return;
     }
-    for t in b.chunks_exact(16) {
-        let sec = u64::from_le_bytes(t[..8].try_into().expect("8 bytes"));
-        let nsec = u64::from_le_bytes(t[8..].try_into().expect("8 bytes"));
-        let ignored = matches!(nsec as i64, libc::UTIME_OMIT | libc::UTIME_NOW);
-        rec.int(if ignored { 0 } else { sec }).int(nsec);
+    for t in b.chunks_exact_mut(16) {
+        let nsec = i64::from_le_bytes(t[8..].try_into().expect("8 bytes"));
+        if nsec == libc::UTIME_NOW || nsec == libc::UTIME_OMIT {
+            t[..8].fill(0);
+        }
     }
+    rec.bytes(&b);
 }

@@ -75,6 +75,14 @@ pub enum ClassRule {
     /// A futex wait without timeout is a sleep; other futex calls are
     /// process state.
     Futex,
+    /// A call that closes descriptor argument `fd` (close, or dup2 onto
+    /// it): closing a socket is seen by its peer (SocketSetup, lockstep);
+    /// anything else is process state.
+    Closes { fd: u8 },
+    /// fcntl: taking or dropping a lock is a modification (the leader's,
+    /// checked first), querying one file metadata (the leader's); the rest
+    /// is descriptor state as `OnFd`.
+    Fcntl,
 }
 
 /// Where an open's flags are.
@@ -191,13 +199,55 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
                 let base = v.dir_path(dirfd)?;
                 Some([base, b"/".to_vec(), p].concat())
             });
+            let open_path = open_path.map(|p| normalise_path(&p));
             Classified { class: Class::FileOpen, remote: false, open_path }
+        }
+        ClassRule::Closes { fd } => match v.fd_info(a[fd as usize]) {
+            Some(f) if f.kind == FileKind::Socket && !f.ipc => simple(Class::SocketSetup, true),
+            _ => simple(Class::Process, false),
+        },
+        ClassRule::Fcntl => {
+            let locks = [libc::F_SETLK, libc::F_SETLKW, libc::F_OFD_SETLK, libc::F_OFD_SETLKW].contains(&(a[1] as i32));
+            // Whose lock a query finds is the leader's host's business too.
+            let query = [libc::F_GETLK, libc::F_OFD_GETLK].contains(&(a[1] as i32));
+            match v.fd_info(a[0]) {
+                _ if locks => simple(Class::FileModify, true),
+                _ if query => simple(Class::FileMeta, true),
+                Some(f) if f.remote => simple(Class::FdState, true),
+                _ => simple(Class::Other, false),
+            }
         }
         ClassRule::Futex => {
             // FUTEX_WAIT without a timeout: a sleep.
             simple(if a[1] & 0x7f == 0 && a[3] == 0 { Class::Sleep } else { Class::Process }, false)
         }
     }
+}
+
+/// An absolute guest path without empty, `.` and `..` components, so that
+/// the policy's mutable-path check sees `//tmp/x`, `/etc/../tmp/x` and `tmp/x`
+/// from `/` as the `/tmp/x` they open. Lexical, as the sandbox resolves
+/// `..` inside the root; symbolic links are not followed.
+pub fn normalise_path(p: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in p.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::with_capacity(p.len());
+    for c in &parts {
+        out.push(b'/');
+        out.extend_from_slice(c);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
 }
 
 /// Builds the record of call `nr` of class `class` from its fields.
@@ -284,7 +334,14 @@ pub fn hash_user(v: &mut dyn CallView, va: u64, len: u64) -> Option<([u8; 32], u
     let len = len.min(HASH_MAX);
     while done < len {
         let mut iov = HostIov::default();
-        let n = v.user_iov(va + done, len - done, &mut iov).ok()?;
+        // A short answer is a full host iovec list (how the variant's frames
+        // lie in host memory, which differs between variants) or an
+        // inaccessible page (which the next call reports): go on until then.
+        let n = match v.user_iov(va + done, len - done, &mut iov) {
+            Ok(n) => n,
+            Err(_) if done > 0 => break,
+            Err(_) => return None,
+        };
         if n == 0 {
             break;
         }
@@ -292,9 +349,6 @@ pub fn hash_user(v: &mut dyn CallView, va: u64, len: u64) -> Option<([u8; 32], u
             h.update(s);
         }
         done += n;
-        if n < len - (done - n) {
-            break;
-        }
     }
     Some((h.finalize().into(), done))
 }
@@ -384,3 +438,7 @@ pub fn rec_digest(rec: &mut RecordBuf, d: Option<([u8; 32], u64)>) {
         None => rec.int(UNREADABLE),
     };
 }
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;

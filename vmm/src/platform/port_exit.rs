@@ -364,3 +364,7 @@ impl ExitHandler for Exits<'_> {
         Ok(Flow::Done((Trap::Interrupted, *vcpu.regs())))
     }
 }
+
+#[cfg(test)]
+#[path = "port_exit_tests.rs"]
+mod tests;

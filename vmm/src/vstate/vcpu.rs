@@ -207,3 +207,7 @@ pub fn run<H: ExitHandler>(vcpu: &mut Vcpu, handler: &mut H) -> Result<H::Done, 
         }
     }
 }
+
+#[cfg(test)]
+#[path = "vcpu_tests.rs"]
+mod tests;

@@ -270,3 +270,7 @@ unsafe impl Pod for libc::statfs {}
 unsafe impl Pod for libc::itimerspec {}
 // SAFETY: repr(C) struct of integers.
 unsafe impl Pod for libc::itimerval {}
+
+#[cfg(test)]
+#[path = "pod_tests.rs"]
+mod pod_tests;

@@ -196,6 +196,32 @@ pub fn after_fork() {
     set_vcpu_thread();
 }
 
+/// Every signal blocked in the calling thread until `restore` (around a
+/// fork, so that none reaches the child before it is ready for it).
+pub struct BlockedSignals {
+    old: libc::sigset_t,
+}
+
+impl BlockedSignals {
+    pub fn all() -> BlockedSignals {
+        // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask get
+        // valid pointers to it.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            BlockedSignals { old }
+        }
+    }
+
+    /// Puts the mask from before back; pending signals arrive now.
+    pub fn restore(self) {
+        // SAFETY: self.old is the mask pthread_sigmask returned.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
 /// Registers the child's new vCPU for kicks (the parent's guard, inherited,
 /// still names the old one's slot).
 pub fn register_kick(kick: *mut u8) {

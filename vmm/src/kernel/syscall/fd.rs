@@ -2,16 +2,18 @@
 //! and the metadata calls that act through a descriptor.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use super::super::errno::{check, Errno, SysResult};
-use super::super::file::{Extra, FileKind};
+use super::super::file::{Extra, FileKind, OpenFile};
+use super::super::identity;
 use super::super::mm::{Mm, Pod};
 use super::super::Kernel;
 use super::common::*;
 use super::path::host_statfs;
 
 /// Size of the kernel's `struct termios` (TCGETS/TCSETS), not glibc's.
-const KERNEL_TERMIOS_SIZE: usize = 36;
+pub(crate) const KERNEL_TERMIOS_SIZE: usize = 36;
 
 pub fn close(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     k.fds().close(fd_arg(a[0])).map(|_| 0)
@@ -24,6 +26,9 @@ pub fn fstat(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         let mut s: libc::stat = zeroed();
         // SAFETY: raw is open; s is a valid out-parameter.
         check(unsafe { libc::fstat(f.raw(), &mut s) } as i64)?;
+        if f.in_root() {
+            identity::overlay_stat(f.raw(), &mut s);
+        }
         out.copy_from_slice(s.as_bytes());
         Ok(0)
     })?;
@@ -68,6 +73,21 @@ pub fn fcntl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         | libc::F_OFD_SETLKW) => {
             let mut fl = [0u8; std::mem::size_of::<libc::flock>()];
             k.mm.read_user(a[2], &mut fl)?;
+            let sets = !matches!(cmd, libc::F_GETLK | libc::F_OFD_GETLK);
+            if sets && !f.in_root() {
+                // A lock on a host file outside the root would reach the
+                // host's other users of it.
+                return Err(Errno::EINVAL);
+            }
+            if sets && !k.sandbox.writable() {
+                // A lock on an immutable tree protects nothing; on the host
+                // it would let the program stall the host's users of the file.
+                let ty = i16::from_le_bytes([fl[0], fl[1]]);
+                return match ty as i32 {
+                    libc::F_RDLCK | libc::F_WRLCK | libc::F_UNLCK => Ok(0),
+                    _ => Err(Errno::EINVAL),
+                };
+            }
             k.host_call(f.remote, &mut fl, |_, fl| {
                 // SAFETY: fl is a flock-sized buffer the kernel reads and writes.
                 check(unsafe { libc::fcntl(raw, cmd, fl.as_mut_ptr()) } as i64)
@@ -75,6 +95,14 @@ pub fn fcntl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
             if matches!(cmd, libc::F_GETLK | libc::F_OFD_GETLK) {
                 k.mm.write_user(a[2], &fl)?;
             }
+            Ok(0)
+        }
+        // Remembered, never passed to the host (whose SIGIO would reach the
+        // VMM): signal-driven I/O is not supported, so O_ASYNC stays refused
+        // and no SIGIO is sent. nginx sets an owner on its channels.
+        libc::F_GETOWN => Ok(f.owner() as i64 as u64),
+        libc::F_SETOWN => {
+            f.set_owner(a[2] as i32);
             Ok(0)
         }
         cmd @ (libc::F_GETPIPE_SZ | libc::F_SETPIPE_SZ) => k.host_call(f.remote, &mut [], |_, _| {
@@ -176,6 +204,10 @@ pub fn ioctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
             k.mm.write_user(a[2], &t).map(|_| 0)
         }
         libc::TCSETS | libc::TCSETSW | libc::TCSETSF => {
+            if !f.in_root() {
+                // Changing a host terminal outlives the program: a query only.
+                return Err(Errno::EPERM);
+            }
             let mut host = [0u8; 64];
             k.mm.read_user(a[2], &mut host[..KERNEL_TERMIOS_SIZE])?;
             k.host_call(f.remote, &mut [], |_, _| {
@@ -233,6 +265,17 @@ pub fn ioctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
                 check(unsafe { libc::ioctl(raw, libc::FIONBIO, &on) } as i64)
             })
         }
+        // Turning signal-driven I/O off is a no-op; on is not supported
+        // (see fcntl's F_SETOWN), but succeeds for sockets and pipes, as
+        // nginx's master requires for its channels to its workers: no SIGIO
+        // is ever sent.
+        libc::FIOASYNC => {
+            let _on: i32 = k.mm.read_val(a[2])?;
+            match f.kind {
+                FileKind::Socket | FileKind::Pipe => Ok(0),
+                _ => Err(Errno::ENOTTY),
+            }
+        }
         libc::FIOCLEX => k.fds().set_cloexec(fd, true).map(|_| 0),
         libc::FIONCLEX => k.fds().set_cloexec(fd, false).map(|_| 0),
         _ => Err(Errno::ENOTTY),
@@ -244,13 +287,37 @@ pub fn fchmod(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     k.host_call(remote, &mut [], |k, _| fchmod_host(k, a))
 }
 
-fn fchmod_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    let raw = k.fds().file(fd_arg(a[0]))?.raw();
-    if !k.sandbox.writable() {
-        return Err(Errno::EROFS);
+impl Kernel {
+    /// The file behind `fd` for a call that modifies it: one inside the
+    /// root (else `outside`, what Linux says of a pipe), in a writable root.
+    fn modifiable(&self, fd: u64, outside: Errno) -> SysResult<Arc<OpenFile>> {
+        let f = self.fds().file(fd_arg(fd))?.clone();
+        if !f.in_root() {
+            return Err(outside);
+        }
+        if !self.sandbox.writable() {
+            return Err(Errno::EROFS);
+        }
+        Ok(f)
     }
-    // SAFETY: plain call on an open descriptor.
-    check(unsafe { libc::fchmod(raw, a[1] as u32 & 0o7777) } as i64)
+}
+
+/// The host stat of an open descriptor.
+fn host_stat(raw: i32) -> SysResult<libc::stat> {
+    let mut s: libc::stat = zeroed();
+    // SAFETY: raw is open; s is a valid out-parameter.
+    check(unsafe { libc::fstat(raw, &mut s) } as i64)?;
+    Ok(s)
+}
+
+fn fchmod_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let raw = k.modifiable(a[0], Errno::EPERM)?.raw();
+    let st = host_stat(raw)?;
+    let creds = k.tg().creds.clone();
+    identity::chmod(&creds, raw, &st, a[1] as u32, |m| {
+        // SAFETY: plain call on an open descriptor.
+        check(unsafe { libc::fchmod(raw, m) } as i64)
+    })
 }
 
 pub fn ftruncate(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
@@ -259,7 +326,7 @@ pub fn ftruncate(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 }
 
 fn ftruncate_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    let raw = k.fds().file(fd_arg(a[0]))?.raw();
+    let raw = k.modifiable(a[0], Errno::EINVAL)?.raw();
     // SAFETY: plain call on an open descriptor.
     check(unsafe { libc::ftruncate(raw, a[1] as i64) } as i64)
 }
@@ -297,7 +364,20 @@ pub fn flock(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 }
 
 fn flock_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    let raw = k.fds().file(fd_arg(a[0]))?.raw();
+    let f = k.fds().file(fd_arg(a[0]))?.clone();
+    let op = a[1] as i32 & !libc::LOCK_NB;
+    if !matches!(op, libc::LOCK_SH | libc::LOCK_EX | libc::LOCK_UN) {
+        return Err(Errno::EINVAL);
+    }
+    if !f.in_root() {
+        // A lock on a host file outside the root reaches its other users.
+        return Err(Errno::EINVAL);
+    }
+    if !k.sandbox.writable() {
+        // See fcntl's locks: nothing to protect, the host to protect from.
+        return Ok(0);
+    }
+    let raw = f.raw();
     // SAFETY: plain call on an open descriptor.
     check(unsafe { libc::flock(raw, a[1] as i32) } as i64)
 }
@@ -314,12 +394,22 @@ pub fn fchown(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 }
 
 fn fchown_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    let raw = k.fds().file(fd_arg(a[0]))?.raw();
-    if !k.sandbox.writable() {
-        return Err(Errno::EROFS);
-    }
-    // SAFETY: plain call on an open descriptor.
-    check(unsafe { libc::fchown(raw, a[1] as u32, a[2] as u32) } as i64)
+    let raw = k.modifiable(a[0], Errno::EPERM)?.raw();
+    let st = host_stat(raw)?;
+    // The owner is virtual: the host's never changes.
+    let creds = k.tg().creds.clone();
+    identity::chown(&creds, raw, &st, a[1] as u32, a[2] as u32)
+}
+
+/// fallocate: regular files inside a writable root.
+pub fn fallocate(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let f = k.fds().file(fd_arg(a[0]))?.clone();
+    k.host_call(f.remote, &mut [], |k, _| {
+        let outside = if matches!(f.kind, FileKind::Pipe | FileKind::Socket) { Errno::ESPIPE } else { Errno::ENODEV };
+        let raw = k.modifiable(a[0], outside)?.raw();
+        // SAFETY: plain call on an open descriptor.
+        check(unsafe { libc::fallocate(raw, a[1] as i32, a[2] as i64, a[3] as i64) } as i64)
+    })
 }
 
 /// close_range(first, last, flags).

@@ -22,6 +22,9 @@ pub mod proc;
 pub mod signal;
 pub mod time;
 
+#[cfg(test)]
+mod abi_layout_tests;
+
 use dmvx_sync::policy::Class::{self, *};
 use kvm_bindings::kvm_regs;
 
@@ -161,8 +164,8 @@ table! {
     SYS_open => Plain Host path::open, ClassRule::Open { flags: Flags::Arg(1), dirfd: None, path: 0 }, [NewPath { path: 0, flags: 1 }, Int(1), CreateMode { flags: 1, mode: 2 }], "paths resolve inside the root";
     SYS_openat => Plain Host path::openat, ClassRule::Open { flags: Flags::Arg(2), dirfd: Some(0), path: 1 }, [DirFd(0), NewPath { path: 1, flags: 2 }, Int(2), CreateMode { flags: 2, mode: 3 }], "paths resolve inside the root";
     SYS_creat => Plain Host path::creat, ClassRule::Open { flags: Flags::Const(CREAT_FLAGS), dirfd: None, path: 0 }, [Path(0), Int(1)], "";
-    SYS_close => Plain Host fd::close, is(Process), [Fd(0)], "";
-    SYS_close_range => Plain Virtual fd::close_range, is(Process), [Int(0), Int(1), Int(2)], "";
+    SYS_close => Plain Host fd::close, ClassRule::Closes { fd: 0 }, [Fd(0)], "closing a socket is checked in lockstep (the peer sees it)";
+    SYS_close_range => Plain Virtual fd::close_range, is(SocketSetup), [Int(0), Int(1), Int(2)], "checked in lockstep (it may close sockets)";
     SYS_stat => Plain Host path::stat, is(FileMeta), [Path(0)], "";
     SYS_lstat => Plain Host path::lstat, is(FileMeta), [Path(0)], "";
     SYS_fstat => Plain Host fd::fstat, is(FileMeta), [Fd(0)], "";
@@ -178,13 +181,13 @@ table! {
     SYS_getcwd => Plain Virtual path::getcwd, is(Process), [], "";
     SYS_chdir => Plain Host path::chdir, is(Process), [Path(0)], "";
     SYS_fchdir => Plain Host path::fchdir, is(Process), [Fd(0)], "";
-    SYS_fcntl => Plain Host fd::fcntl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "O_ASYNC, F_SETOWN, F_SETSIG, leases and notifications are refused";
+    SYS_fcntl => Plain Host fd::fcntl, ClassRule::Fcntl, [Fd(0), Int(1)], "F_SETOWN is remembered, but O_ASYNC, F_SETSIG, leases and notifications are refused: no SIGIO; locks: files inside the root only, the leader's in a cluster (no-ops in a read-only root)";
     SYS_dup => Plain Virtual fd::dup, is(Process), [Fd(0)], "";
-    SYS_dup2 => Plain Virtual fd::dup2, is(Process), [Fd(0), Fd(1), Const(0)], "";
-    SYS_dup3 => Plain Virtual fd::dup3, is(Process), [Fd(0), Fd(1), Int(2)], "";
+    SYS_dup2 => Plain Virtual fd::dup2, ClassRule::Closes { fd: 1 }, [Fd(0), Fd(1), Const(0)], "";
+    SYS_dup3 => Plain Virtual fd::dup3, ClassRule::Closes { fd: 1 }, [Fd(0), Fd(1), Int(2)], "";
     SYS_pipe => Plain Host fd::pipe, remote(Ipc), [], "the leader's in a cluster (reads replicated)";
     SYS_pipe2 => Plain Host fd::pipe2, remote(Ipc), [Int(1)], "the leader's in a cluster (reads replicated)";
-    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX; others ENOTTY";
+    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX, FIOASYNC (accepted on sockets and pipes, no SIGIO); others ENOTTY; a host terminal is never changed (TCSETS: EPERM)";
     SYS_unlink => Plain Host path::unlink, is(FileModify), [Path(0)], "EROFS in a read-only root";
     SYS_unlinkat => Plain Host path::unlinkat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
     SYS_rmdir => Plain Host path::rmdir, is(FileModify), [Path(0)], "EROFS in a read-only root";
@@ -197,28 +200,29 @@ table! {
     SYS_symlinkat => Plain Host path::symlinkat, is(FileModify), [Path(0), DirFd(1), Path(2)], "EROFS in a read-only root";
     SYS_link => Plain Host path::link, is(FileModify), [Path(0), Path(1)], "EROFS in a read-only root";
     SYS_linkat => Plain Host path::linkat, is(FileModify), [DirFd(0), Path(1), DirFd(2), Path(3), Int(4)], "EROFS in a read-only root";
-    SYS_chmod => Plain Host path::chmod, is(FileModify), [Path(0), Int(1)], "EROFS in a read-only root";
-    SYS_fchmod => Plain Host fd::fchmod, on_fd(0, FdState, Other), [Fd(0), Int(1)], "";
-    SYS_chown => Plain Host path::chown, is(FileModify), [Path(0), Int(1), Int(2)], "EROFS in a read-only root";
-    SYS_lchown => Plain Host path::lchown, is(FileModify), [Path(0), Int(1), Int(2)], "EROFS in a read-only root";
-    SYS_fchownat => Plain Host path::fchownat, is(FileModify), [DirFd(0), PathIf(1), Int(2), Int(3), Int(4)], "EROFS in a read-only root";
-    SYS_fchown => Plain Host fd::fchown, on_fd(0, FdState, Other), [Fd(0), Int(1), Int(2)], "EROFS in a read-only root";
-    SYS_fchmodat => Plain Host path::fchmodat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
+    SYS_chmod => Plain Host path::chmod, is(FileModify), [Path(0), Int(1)], "set-id bits are virtual; EROFS in a read-only root";
+    SYS_fchmod => Plain Host fd::fchmod, remote(FileModify), [Fd(0), Int(1)], "files inside the root only; set-id bits are virtual";
+    SYS_chown => Plain Host path::chown, is(FileModify), [Path(0), Int(1), Int(2)], "virtual owners; EROFS in a read-only root";
+    SYS_lchown => Plain Host path::lchown, is(FileModify), [Path(0), Int(1), Int(2)], "virtual owners; EROFS in a read-only root";
+    SYS_fchownat => Plain Host path::fchownat, is(FileModify), [DirFd(0), PathIf(1), Int(2), Int(3), Int(4)], "virtual owners; EROFS in a read-only root";
+    SYS_fchown => Plain Host fd::fchown, remote(FileModify), [Fd(0), Int(1), Int(2)], "files inside the root only; virtual owners";
+    SYS_fchmodat => Plain Host path::fchmodat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "set-id bits are virtual; EROFS in a read-only root";
     SYS_truncate => Plain Host path::truncate, is(FileModify), [Path(0), Int(1)], "EROFS in a read-only root";
-    SYS_ftruncate => Plain Host fd::ftruncate, on_fd(0, FdState, Other), [Fd(0), Int(1)], "";
-    SYS_utimensat => Plain Host path::utimensat, is(FileModify), [DirFd(0), PathIf(1), Custom(records::utimensat_times), Int(3)], "EROFS in a read-only root";
+    SYS_ftruncate => Plain Host fd::ftruncate, remote(FileModify), [Fd(0), Int(1)], "files inside the root only";
+    SYS_fallocate => Plain Host fd::fallocate, remote(FileModify), [Fd(0), Int(1), Int(2), Int(3)], "files inside the root only";
+    SYS_utimensat => Plain Host path::utimensat, remote(FileModify), [DirFd(0), PathIf(1), Custom(records::utimensat), Int(3)], "EROFS in a read-only root";
     SYS_fsync => Plain Host fd::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
     SYS_fdatasync => Plain Host fd::fsync, on_fd(0, FdState, Other), [Fd(0)], "";
     SYS_sync => Plain Virtual fd::sync, is(Other), [], "";
     SYS_statfs => Plain Host path::statfs, is(FileMeta), [Path(0)], "";
     SYS_fstatfs => Plain Host fd::fstatfs, is(FileMeta), [Fd(0)], "";
     SYS_fadvise64 => Plain Virtual fd::fadvise64, is(Other), [], "a hint";
-    SYS_flock => Plain Host fd::flock, on_fd(0, FdState, Other), [Fd(0), Int(1)], "";
+    SYS_flock => Plain Host fd::flock, remote(FileModify), [Fd(0), Int(1)], "files inside the root only; the leader's in a cluster; a no-op in a read-only root";
     SYS_sendfile => Plain Host file::sendfile, on_fd(0, Output, Other), [Fd(0), Fd(1), Int(3)], "";
     SYS_umask => Plain Virtual fd::umask, is(Process), [Int(0)], "";
     SYS_chroot => Plain Refused proc::eperm, is(Other), [], "EPERM";
-    SYS_mknod => Plain Refused proc::eperm, is(Other), [], "EPERM";
-    SYS_mknodat => Plain Refused proc::eperm, is(Other), [], "EPERM";
+    SYS_mknod => Plain Host path::mknod, is(FileModify), [Path(0), Int(1)], "files, FIFOs and sockets; device nodes EPERM";
+    SYS_mknodat => Plain Host path::mknodat, is(FileModify), [DirFd(0), Path(1), Int(2)], "files, FIFOs and sockets; device nodes EPERM";
     // Networking, on the host.
     SYS_socket => Plain Host net::socket, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_INET, AF_INET6, AF_UNIX; stream and datagram";
     SYS_socketpair => Plain Host net::socketpair, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_UNIX";
@@ -231,7 +235,7 @@ table! {
     SYS_getpeername => Plain Host net::getpeername, remote(FdState), [], "";
     SYS_setsockopt => Plain Host net::setsockopt, remote(FdState), [Fd(0), Int(1), Int(2), Bytes { ptr: 3, len: Len::ArgMax(4, 256) }], "an allow-list; others ENOPROTOOPT, logged";
     SYS_getsockopt => Plain Host net::getsockopt, remote(FdState), [Fd(0), Int(1), Int(2)], "an allow-list; others ENOPROTOOPT, logged";
-    SYS_shutdown => Plain Host net::shutdown, remote(FdState), [Fd(0), Int(1)], "";
+    SYS_shutdown => Plain Host net::shutdown, remote(SocketSetup), [Fd(0), Int(1)], "checked in lockstep (the peer sees it)";
     SYS_sendto => Full Host net::sendto, on_fd(0, Output, Other), [Fd(0), Digest { ptr: 1, len: 2 }, Int(3), SockAddrIf { ptr: 4, len: 5 }], "EPIPE raises SIGPIPE unless MSG_NOSIGNAL";
     SYS_recvfrom => Plain Host net::recvfrom, on_fd(0, NetInput, NetInput), [Fd(0), Int(2), Int(3)], "";
     SYS_sendmsg => Full Host net::sendmsg, on_fd(0, Output, Other), [Fd(0), Int(2), Custom(records::sendmsg)], "no ancillary data (descriptor passing refused)";
@@ -277,6 +281,8 @@ table! {
     SYS_setfsuid => Plain Virtual proc::setfsuid, is(Process), [Int(0)], "follows the effective id";
     SYS_setfsgid => Plain Virtual proc::setfsgid, is(Process), [Int(0)], "follows the effective id";
     SYS_setgroups => Plain Virtual proc::setgroups, is(Process), [Int(0)], "virtual";
+    SYS_capget => Plain Virtual proc::capget, is(Process), [], "virtual capabilities: root's all, others none";
+    SYS_capset => Plain Virtual proc::capset, is(Process), [BytesIf { ptr: 1, len: Len::Const(24) }], "virtual: they only shrink";
     SYS_getresuid => Plain Virtual proc::getresuid, is(Process), [], "";
     SYS_getresgid => Plain Virtual proc::getresgid, is(Process), [], "";
     SYS_getgroups => Plain Virtual proc::getgroups, is(Process), [], "";

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::super::errno::{check, Errno, SysResult};
 use super::super::file::{lock, Extra, FileKind, OpenFile};
 use super::super::mm::Mm;
+use super::super::net_policy::ip_of;
 use super::super::sandbox::EntryOp;
 use super::super::Kernel;
 use super::Sys;
@@ -72,6 +73,9 @@ impl Kernel {
         self.mm.read_user(va, &mut a.buf[..len as usize])?;
         let family = u16::from_le_bytes([a.buf[0], a.buf[1]]) as i32;
         if family != libc::AF_UNIX {
+            if !binding {
+                self.vet_destination(&a.buf[..len as usize])?;
+            }
             return Ok(a);
         }
         let raw = &a.buf[2..len as usize];
@@ -109,6 +113,25 @@ impl Kernel {
             }
         }
         Ok(a)
+    }
+
+    /// Refuses a destination the network policy does not allow (EACCES,
+    /// logged once per destination).
+    fn vet_destination(&mut self, raw: &[u8]) -> SysResult<()> {
+        let Some(dest) = ip_of(raw) else { return Ok(()) };
+        if self.net.may_reach(dest, &self.own_ports, self.peers.contains(&dest)) {
+            return Ok(());
+        }
+        self.refuse(format!("a connection to {dest} (--net {}; see --help)", self.net));
+        Err(Errno::EACCES)
+    }
+
+    /// Remembers the IP address a datagram came from (the same in every
+    /// variant: the leader's, replicated).
+    fn note_peer(&mut self, raw: &[u8]) {
+        if let Some(a) = ip_of(raw) {
+            self.peers.note(a);
+        }
     }
 
     /// Writes a host socket address back to the program (`addr_va`,
@@ -163,6 +186,10 @@ fn sockaddr_of(raw: i32, peer: bool) -> SysResult<Vec<u8>> {
 pub fn socket(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let (domain, ty, proto) = (a[0] as i32, a[1] as i32, a[2] as i32);
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    if matches!(domain, libc::AF_INET | libc::AF_INET6) && !k.net.ip_sockets() {
+        k.refuse("an IP socket (--net none)".into());
+        return Err(Errno::EACCES);
+    }
     if !matches!(domain, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
         k.refuse(format!("socket family {domain} (allowed: AF_INET, AF_INET6, AF_UNIX)"));
         return Err(Errno::EAFNOSUPPORT);
@@ -229,11 +256,23 @@ pub fn socketpair(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 
 pub fn bind(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let f = k.socket_file(a[0])?;
-    k.host_call(true, &mut [], |k, _| {
+    // The port bound (the leader's, for port 0): the program's own, which
+    // the network policy lets it connect to.
+    let mut port = [0u8; 2];
+    k.host_call(true, &mut port, |k, port| {
         let addr = k.read_addr(&f, a[1], a[2], true)?;
         // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
-        check(unsafe { libc::bind(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
-    })
+        check(unsafe { libc::bind(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)?;
+        if let Some(bound) = sockaddr_of(f.raw(), false).ok().and_then(|s| ip_of(&s)) {
+            port.copy_from_slice(&bound.port().to_le_bytes());
+        }
+        Ok(0)
+    })?;
+    let port = u16::from_le_bytes(port);
+    if port != 0 {
+        k.own_ports.insert(port);
+    }
+    Ok(0)
 }
 
 pub fn connect(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
@@ -529,6 +568,7 @@ pub fn recvfrom(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let mut name = [0u8; ADDR_MAX + 8];
     let n = k.host_call_iov(true, Some(&mut name), |k, out| recv_into(k, &f, flags, out))?;
     let nlen = u32::from_le_bytes(name[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
+    k.note_peer(&name[..nlen.min(ADDR_MAX)]);
     if a[4] != 0 && nlen > 0 {
         k.write_addr(&name[..nlen.min(ADDR_MAX)], a[4], a[5])?;
     } else if a[4] != 0 {
@@ -610,6 +650,7 @@ pub fn recvmsg(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let nlen = u32::from_le_bytes(out[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
     let mflags = u32::from_le_bytes(out[ADDR_MAX + 4..].try_into().expect("4 bytes")) as u64;
     let mut name = out[..nlen.min(ADDR_MAX)].to_vec();
+    k.note_peer(&name);
     if m.name != 0 {
         k.unix_addr_for_guest(&mut name);
         let len = name.len().min(m.namelen as usize);

@@ -6,7 +6,8 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::super::errno::{check, Errno, SysResult};
-use super::super::file::{Extra, FileKind, OpenFile};
+use super::super::file::{FileKind, OpenFile};
+use super::super::identity::{self, SETID};
 use super::super::mm::Pod;
 use super::super::sandbox::{EntryOp, PATH_MAX};
 use super::super::Kernel;
@@ -86,6 +87,10 @@ fn do_open(k: &mut Kernel, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> Sy
     if let Some(f) = k.base_dir(dirfd, &path).ok().and_then(|base| k.open_proc(&base, &path, flags)) {
         return k.fds().insert(f?, flags & libc::O_CLOEXEC != 0, 0);
     }
+    // Set-id bits never reach the host; a file this open creates keeps them
+    // in its overlay.
+    let setid = if flags & libc::O_CREAT != 0 { mode & SETID } else { 0 };
+    let mode = mode & !SETID;
     // Files opened for writing (or under mutable paths) are the leader's.
     let remote = k.op_mode(false) != OpMode::Direct;
     let mut owned: Option<OwnedFd> = None;
@@ -93,7 +98,16 @@ fn do_open(k: &mut Kernel, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> Sy
     k.host_call(false, &mut st, |k, out| {
         let base = k.base_dir(dirfd, &path)?;
         let path = if path == SELF_EXE { k.tg().exe.clone() } else { path.clone() };
-        let (fd, s) = k.sandbox.open(&base, &path, flags & !libc::O_CLOEXEC, mode)?;
+        let flags = flags & !libc::O_CLOEXEC;
+        let creds = k.tg().creds.clone();
+        let creator = identity::creator(&creds);
+        let (fd, mut s) = if flags & libc::O_CREAT == 0 || (setid == 0 && creator.is_none()) {
+            k.sandbox.open(&base, &path, flags, mode)?
+        } else {
+            let ov = identity::Overlay { setid, ..creator.unwrap_or_default() };
+            open_creating(k, &base, &path, flags, mode, ov)?
+        };
+        identity::overlay_stat(fd.as_raw_fd(), &mut s);
         out.copy_from_slice(s.as_bytes());
         let raw = fd.as_raw_fd();
         owned = Some(fd);
@@ -113,9 +127,35 @@ fn do_open(k: &mut Kernel, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> Sy
         })?;
         OpenFile::directory(owned, remote, &name[..(n as usize).min(PATH_MAX)])
     } else {
-        OpenFile::make(owned, kind, Extra::None, remote)
+        OpenFile::rooted(owned, kind, remote)
     };
     k.fds().insert(file, flags & libc::O_CLOEXEC != 0, 0)
+}
+
+/// An open that may create a file that needs an overlay (set-id bits, or a
+/// creator whose ids are not the host's): exclusively first, so that only a
+/// file it created gets it.
+fn open_creating(
+    k: &Kernel,
+    base: &[u8],
+    path: &[u8],
+    flags: i32,
+    mode: u32,
+    ov: identity::Overlay,
+) -> SysResult<(OwnedFd, libc::stat)> {
+    match k.sandbox.open(base, path, flags | libc::O_EXCL, mode) {
+        Ok((fd, s)) => {
+            if ov.setid != 0 {
+                identity::write(fd.as_raw_fd(), s.st_mode, &ov)?;
+            } else {
+                // Only the creator's ids: best effort, as identity::created_at.
+                let _ = identity::write(fd.as_raw_fd(), s.st_mode, &ov);
+            }
+            Ok((fd, s))
+        }
+        Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => k.sandbox.open(base, path, flags, mode),
+        Err(e) => Err(e),
+    }
 }
 
 pub fn open(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
@@ -137,7 +177,8 @@ fn stat_at(k: &mut Kernel, dirfd: i32, pathva: u64, buf: u64, flags: u64) -> Sys
     let remote = k.dirfd_remote(dirfd);
     let mut st = [0u8; STAT_SIZE];
     k.host_call(remote, &mut st, |k, out| {
-        let (_fd, s, _) = k.lookup_at(dirfd, pathva, flags, true)?;
+        let (_fd, mut s, raw) = k.lookup_at(dirfd, pathva, flags, true)?;
+        identity::overlay_stat(raw, &mut s);
         out.copy_from_slice(s.as_bytes());
         Ok(0)
     })?;
@@ -171,6 +212,7 @@ pub fn statx(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         check(unsafe {
             libc::statx(raw, c"".as_ptr(), (AT_EMPTY_PATH | (flags & AT_STATX_SYNC_TYPE)) as i32, a[3] as u32, &mut sx)
         } as i64)?;
+        identity::overlay_statx(raw, &mut sx);
         out.copy_from_slice(sx.as_bytes());
         Ok(0)
     })?;
@@ -319,9 +361,12 @@ fn mkdir_at(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64) -> SysResult {
 
 fn mkdir_at_host(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64) -> SysResult {
     let (dir, name) = entry_at(k, dirfd, pathva, EntryOp::Create)?;
-    let mode = mode as u32 & 0o7777 & !k.fs().umask;
+    // As Linux, mkdir takes no set-id bits from its mode.
+    let mode = mode as u32 & 0o1777 & !k.fs().umask;
     // SAFETY: dir is an open directory; name a valid C string.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) } as i64)
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) } as i64)?;
+    identity::created_at(&k.tg().creds.clone(), dir.as_raw_fd(), &name);
+    Ok(0)
 }
 
 pub fn mkdir(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
@@ -400,7 +445,12 @@ fn link_at_host(k: &mut Kernel, od: i32, ov: u64, nd: i32, nv: u64, flags: u64) 
         return Err(Errno::EINVAL);
     }
     let (dir, name) = entry_at(k, nd, nv, EntryOp::Create)?;
-    let (_fd, _, raw) = k.lookup_at(od, ov, flags, false)?;
+    let (fd, _, raw) = k.lookup_at(od, ov, flags, false)?;
+    if fd.is_none() && !k.fds().file(fd_arg(od as u64))?.in_root() {
+        // An inherited descriptor (a host file outside the root) gets no
+        // name inside it; Linux says so of a pipe.
+        return Err(Errno::ENOENT);
+    }
     // SAFETY: raw is an open O_PATH descriptor named by "" with AT_EMPTY_PATH;
     // dir is open and name a valid C string.
     check(unsafe { libc::linkat(raw, c"".as_ptr(), dir.as_raw_fd(), name.as_ptr(), AT_EMPTY_PATH as i32) } as i64)
@@ -414,13 +464,17 @@ pub fn linkat(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     link_at(k, dirfd_arg(a[0]), a[1], dirfd_arg(a[2]), a[3], a[4])
 }
 
-/// Looks a path up for a call that modifies the inode.
-fn modify_target(k: &mut Kernel, dirfd: i32, pathva: u64, flags: u64) -> SysResult<(Option<OwnedFd>, i32)> {
-    let (fd, _st, raw) = k.lookup_at(dirfd, pathva, flags, true)?;
+/// Looks a path up for a call that modifies the inode. A descriptor named
+/// by AT_EMPTY_PATH must name a file inside the root.
+fn modify_target(k: &mut Kernel, dirfd: i32, pathva: u64, flags: u64) -> SysResult<(Option<OwnedFd>, libc::stat, i32)> {
+    let (fd, st, raw) = k.lookup_at(dirfd, pathva, flags, true)?;
+    if fd.is_none() && !k.fds().file(fd_arg(dirfd as u64))?.in_root() {
+        return Err(Errno::EPERM);
+    }
     if !k.sandbox.writable() {
         return Err(Errno::EROFS);
     }
-    Ok((fd, raw))
+    Ok((fd, st, raw))
 }
 
 /// Creates or modifies a directory entry: the leader's, under the policy.
@@ -439,14 +493,26 @@ fn chmod_at_host(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64, flags: u64)
         if !k.sandbox.writable() {
             return Err(Errno::EROFS);
         }
-        let host = std::ffi::CString::new(format!("/proc/self/fd/{}", raw?)).map_err(|_| Errno::EINVAL)?;
-        // SAFETY: the path names the VMM's own descriptor; mode is plain data.
-        return check(unsafe { libc::chmod(host.as_ptr(), mode as u32 & 0o7777) } as i64);
+        let raw = raw?;
+        let host = std::ffi::CString::new(format!("/proc/self/fd/{raw}")).map_err(|_| Errno::EINVAL)?;
+        let mut st: libc::stat = zeroed();
+        // SAFETY: raw is an open host descriptor; st a valid out-parameter.
+        check(unsafe { libc::fstat(raw, &mut st) } as i64)?;
+        let creds = k.tg().creds.clone();
+        // As any chmod: the program's credentials decide, set-id bits go to
+        // the overlay.
+        return identity::chmod(&creds, raw, &st, mode as u32, |m| {
+            // SAFETY: the path names the VMM's own descriptor; m is plain data.
+            check(unsafe { libc::chmod(host.as_ptr(), m) } as i64)
+        });
     }
-    let (fd, _) = modify_target(k, dirfd, pathva, flags)?;
+    let (fd, st, raw) = modify_target(k, dirfd, pathva, flags)?;
     let fd = fd.ok_or(Errno::EBADF)?;
-    // SAFETY: the path names the VMM's own descriptor; mode is plain data.
-    check(unsafe { libc::chmod(proc_fd_path(&fd).as_ptr(), mode as u32 & 0o7777) } as i64)
+    let creds = k.tg().creds.clone();
+    identity::chmod(&creds, raw, &st, mode as u32, |m| {
+        // SAFETY: the path names the VMM's own descriptor; m is plain data.
+        check(unsafe { libc::chmod(proc_fd_path(&fd).as_ptr(), m) } as i64)
+    })
 }
 
 pub fn chmod(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
@@ -463,7 +529,7 @@ pub fn truncate(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 }
 
 fn truncate_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    let (fd, _) = modify_target(k, AT_FDCWD, a[0], 0)?;
+    let (fd, _, _) = modify_target(k, AT_FDCWD, a[0], 0)?;
     let fd = fd.ok_or(Errno::EBADF)?;
     // SAFETY: the path names the VMM's own descriptor.
     check(unsafe { libc::truncate(proc_fd_path(&fd).as_ptr(), a[1] as i64) } as i64)
@@ -479,15 +545,19 @@ fn utimensat_host(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let times: Option<[libc::timespec; 2]> = if a[2] == 0 { None } else { Some(k.mm.read_val(a[2])?) };
     let tp = times.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
     if a[1] == 0 {
-        // futimens on dirfd.
-        let raw = k.fds().file(fd_arg(a[0]))?.raw();
+        // futimens on dirfd: a file inside the root only.
+        let f = k.fds().file(fd_arg(a[0]))?.clone();
+        if !f.in_root() {
+            return Err(Errno::EPERM);
+        }
+        let raw = f.raw();
         if !k.sandbox.writable() {
             return Err(Errno::EROFS);
         }
         // SAFETY: raw is open; tp is null or two timespecs.
         return check(unsafe { libc::futimens(raw, tp) } as i64);
     }
-    let (fd, _) = modify_target(k, dirfd_arg(a[0]), a[1], a[3] & AT_SYMLINK_NOFOLLOW)?;
+    let (fd, _, _) = modify_target(k, dirfd_arg(a[0]), a[1], a[3] & AT_SYMLINK_NOFOLLOW)?;
     let fd = fd.ok_or(Errno::EBADF)?;
     // SAFETY: the path names the VMM's own descriptor; tp is null or two timespecs.
     check(unsafe { libc::utimensat(libc::AT_FDCWD, proc_fd_path(&fd).as_ptr(), tp, 0) } as i64)
@@ -519,9 +589,10 @@ fn chown_at_host(k: &mut Kernel, dirfd: i32, pathva: u64, uid: u64, gid: u64, fl
     if flags & !(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH) != 0 {
         return Err(Errno::EINVAL);
     }
-    let (_fd, raw) = modify_target(k, dirfd, pathva, flags)?;
-    // SAFETY: raw is an open (possibly O_PATH) descriptor named by "" with AT_EMPTY_PATH.
-    check(unsafe { libc::fchownat(raw, c"".as_ptr(), uid as u32, gid as u32, AT_EMPTY_PATH as i32) } as i64)
+    let (_fd, st, raw) = modify_target(k, dirfd, pathva, flags)?;
+    // The owner is virtual: the host's never changes.
+    let creds = k.tg().creds.clone();
+    identity::chown(&creds, raw, &st, uid as u32, gid as u32)
 }
 
 pub fn chown(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
@@ -534,4 +605,34 @@ pub fn lchown(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 
 pub fn fchownat(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     chown_at(k, dirfd_arg(a[0]), a[1], a[2], a[3], a[4])
+}
+
+/// mknod: regular files, FIFOs and socket names, inside the root. Device
+/// nodes never reach the host, whoever the program is inside.
+fn mknod_at(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64) -> SysResult {
+    k.host_call(false, &mut [], |k, _| mknod_at_host(k, dirfd, pathva, mode))
+}
+
+fn mknod_at_host(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64) -> SysResult {
+    let mode = mode as u32;
+    let kind = match mode & libc::S_IFMT {
+        0 | libc::S_IFREG => libc::S_IFREG,
+        k @ (libc::S_IFIFO | libc::S_IFSOCK) => k,
+        libc::S_IFCHR | libc::S_IFBLK => return Err(Errno::EPERM),
+        _ => return Err(Errno::EINVAL),
+    };
+    let (dir, name) = entry_at(k, dirfd, pathva, EntryOp::Create)?;
+    let perm = mode & 0o1777 & !k.fs().umask;
+    // SAFETY: dir is an open directory; name a valid C string; no device.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), kind | perm, 0) } as i64)?;
+    identity::created_at(&k.tg().creds.clone(), dir.as_raw_fd(), &name);
+    Ok(0)
+}
+
+pub fn mknod(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    mknod_at(k, AT_FDCWD, a[0], a[1])
+}
+
+pub fn mknodat(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    mknod_at(k, dirfd_arg(a[0]), a[1], a[2])
 }

@@ -1,7 +1,7 @@
 //! Process identity, limits and state answered by the VMM: ids, uname,
 //! resource limits, usage, prctl, and the trivial answers.
 
-use super::super::creds::IdChange;
+use super::super::creds::{Caps, IdChange, CAP_SETGID};
 use super::super::errno::{check, Errno, SysResult};
 use super::super::mm::Pod;
 use super::super::Kernel;
@@ -172,7 +172,7 @@ pub fn setgroups(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     if a[0] > NGROUPS_MAX {
         return Err(Errno::EINVAL);
     }
-    if !k.tg().creds.privileged() {
+    if !k.tg().creds.capable(CAP_SETGID) {
         return Err(Errno::EPERM);
     }
     let mut raw = vec![0u8; a[0] as usize * 4];
@@ -309,20 +309,29 @@ pub fn times(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 }
 
 pub fn sysinfo(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    // struct sysinfo on x86-64, written field by field (its padding bytes
-    // are zero, never VMM memory).
-    const SYSINFO_SIZE: usize = 112;
     let mut out = [0u8; SYSINFO_SIZE];
     k.host_call(false, &mut out, |k, out| {
-        let put = |out: &mut [u8], off: usize, v: &[u8]| out[off..off + v.len()].copy_from_slice(v);
-        put(out, 0, &k.uptime_secs().to_le_bytes()); // uptime
-        put(out, 32, &k.mm.mem.size().to_le_bytes()); // totalram
-        put(out, 40, &(k.mm.frames.available() * 4096).to_le_bytes()); // freeram
-        put(out, 80, &1u16.to_le_bytes()); // procs
-        put(out, 104, &1u32.to_le_bytes()); // mem_unit
+        let free = k.mm.frames.available() * 4096;
+        out.copy_from_slice(&sysinfo_bytes(k.uptime_secs(), k.mm.mem.size(), free));
         Ok(0)
     })?;
     k.mm.write_user(a[0], &out).map(|_| 0)
+}
+
+/// Size of the kernel's `struct sysinfo` on x86-64.
+pub(crate) const SYSINFO_SIZE: usize = 112;
+
+/// The kernel's `struct sysinfo` on x86-64, written field by field: its
+/// padding bytes are zero, never VMM memory, and the same in every variant.
+pub(crate) fn sysinfo_bytes(uptime: u64, totalram: u64, freeram: u64) -> [u8; SYSINFO_SIZE] {
+    let mut out = [0u8; SYSINFO_SIZE];
+    let mut put = |off: usize, v: &[u8]| out[off..off + v.len()].copy_from_slice(v);
+    put(0, &uptime.to_le_bytes()); // uptime
+    put(32, &totalram.to_le_bytes()); // totalram
+    put(40, &freeram.to_le_bytes()); // freeram
+    put(80, &1u16.to_le_bytes()); // procs
+    put(104, &1u32.to_le_bytes()); // mem_unit
+    out
 }
 
 pub fn sched_getaffinity(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
@@ -400,4 +409,54 @@ pub fn arch_prctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         ARCH_GET_GS => k.mm.write_val(a[1], &k.task.gs_base).map(|_| 0),
         _ => Err(Errno::EINVAL),
     }
+}
+
+/// The capability header's versions: 1 (one 32-bit set each), 2 and 3 (two).
+const CAP_V1: u32 = 0x1998_0330;
+const CAP_V2: u32 = 0x2007_1026;
+const CAP_V3: u32 = 0x2008_0522;
+
+/// Reads a capability header: the number of 32-bit words per set, or
+/// EINVAL with the preferred version written back (as Linux).
+fn cap_header(k: &mut Kernel, hdr: u64) -> SysResult<usize> {
+    let h: [u32; 2] = k.mm.read_val(hdr)?;
+    let words = match h[0] {
+        CAP_V1 => 1,
+        CAP_V2 | CAP_V3 => 2,
+        _ => {
+            k.mm.write_val(hdr, &CAP_V3)?;
+            return Err(Errno::EINVAL);
+        }
+    };
+    if h[1] as i32 != 0 && h[1] != k.task.tg.pid {
+        return Err(Errno::ESRCH);
+    }
+    Ok(words)
+}
+
+/// capget: the program's virtual capabilities.
+pub fn capget(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let words = cap_header(k, a[0])?;
+    if a[1] == 0 {
+        return Ok(0);
+    }
+    let c = k.tg().creds.caps;
+    let mut out = [0u32; 6];
+    for w in 0..words {
+        let part = |v: u64| (v >> (32 * w)) as u32;
+        out[w * 3..w * 3 + 3].copy_from_slice(&[part(c.effective), part(c.permitted), part(c.inheritable)]);
+    }
+    let bytes: Vec<u8> = out[..words * 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    k.mm.write_user(a[1], &bytes).map(|_| 0)
+}
+
+/// capset: changes the virtual capabilities within Linux's rules.
+pub fn capset(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let words = cap_header(k, a[0]).map_err(|e| if e == Errno::ESRCH { Errno::EPERM } else { e })?;
+    let mut raw = [0u8; 24];
+    k.mm.read_user(a[1], &mut raw[..words * 12])?;
+    let word = |i: usize| u32::from_le_bytes(raw[i * 4..i * 4 + 4].try_into().expect("4 bytes")) as u64;
+    let set = |i: usize| (0..words).fold(0u64, |acc, w| acc | word(w * 3 + i) << (32 * w));
+    let new = Caps { effective: set(0), permitted: set(1), inheritable: set(2) };
+    k.tg().creds.set_caps(new).map(|_| 0).map_err(Errno)
 }

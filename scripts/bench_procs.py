@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Process benchmarks: fork+exit+wait, fork+execve+wait and a 3-stage shell
+pipeline, per operation, natively, in 1 variant and in 2 variants
+(`--variants 2` on this host), timed inside the program (scripts/bench/procs.c;
+in 2 variants the leader's clock). Each figure is the median of RUNS runs;
+the ratios compare with native measured in the same run.
+
+Writes its section into docs/benchmarks.md between its markers (appended the
+first time); scripts/bench.sh runs it after scripts/bench.py.
+  scripts/bench_procs.py [--runs K] [--quick] [--no-doc] [--vmm PATH]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs/benchmarks.md")
+BEGIN, END = "<!-- bench-procs:begin -->", "<!-- bench-procs:end -->"
+# (mode, operations per run natively, in dmvx), what it is.
+CASES = [
+    ("fork", 400, 40, "fork, the child _exits, the parent waits"),
+    ("spawn", 200, 20, "fork, the child execs /bin/true, the parent waits"),
+    ("pipeline", 40, 5, "3-stage pipeline `sh -c 'echo x \\| cat \\| cat >/dev/null'`, started and waited for"),
+]
+# Arguments of dmvx-vmm (None: natively).
+MODES = [("native", None), ("1 variant", []), ("2 variants", ["--variants", "2"])]
+
+
+def once(vmm, mode_args, prog, case, n):
+    argv = [prog, case, str(n)]
+    if mode_args is not None:
+        argv = [vmm] + mode_args + ["--"] + argv
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError("%s: status %d: %s" % (" ".join(argv), r.returncode, r.stderr.strip()[-400:]))
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def measure(vmm, prog, runs, quick):
+    res = {}
+    for case, n_native, n_vmm, _ in CASES:
+        for name, args in MODES:
+            n = n_native if name == "native" else n_vmm
+            if quick:
+                n = max(2, n // 4)
+            vals = [once(vmm, args, prog, case, n) for _ in range(runs)]
+            res[(case, name)] = statistics.median(vals)
+            print("bench-procs: %-8s %-10s %10.1f us (median of %d)" % (case, name, res[(case, name)], runs),
+                  file=sys.stderr)
+    return res
+
+
+def section(res, runs):
+    L = [BEGIN, "", "## 5. Processes", "",
+         "Microseconds per operation, timed inside the program (scripts/bench/procs.c; in 2 variants the "
+         "leader's clock), median of %d runs measured on %s by `scripts/bench_procs.py`; in brackets the "
+         "ratio to native in the same run. Every new process of a variant is a new microVM (the VMM forks "
+         "on the host and the child builds a VM over the inherited memory), which the figures include."
+         % (runs, time.strftime("%Y-%m-%d")), "",
+         "| operation | native | dmvx 1 variant | dmvx 2 variants |", "|---|---:|---:|---:|"]
+    for case, _, _, what in CASES:
+        nat = res[(case, "native")]
+        cells = ["%.1f" % nat] + ["%.1f (%.1f x)" % (res[(case, m)], res[(case, m)] / nat)
+                                 for m in ("1 variant", "2 variants")]
+        L.append("| %s | %s |" % (what, " | ".join(cells)))
+    L += ["", END]
+    return "\n".join(L)
+
+
+def write_doc(text):
+    doc = open(DOC).read() if os.path.exists(DOC) else ""
+    if BEGIN in doc and END in doc:
+        doc = doc[:doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    with open(DOC, "w") as f:
+        f.write(doc)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="fewer operations per run")
+    ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    ap.add_argument("--vmm", default=os.path.join(ROOT, "target/release/dmvx-vmm"))
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        prog = os.path.join(d, "procs")
+        subprocess.run(["gcc", "-O2", "-static", "-o", prog, os.path.join(ROOT, "scripts/bench/procs.c")], check=True)
+        res = measure(a.vmm, prog, a.runs, a.quick)
+    text = section(res, a.runs)
+    print(text)
+    if not a.no_doc:
+        write_doc(text)
+
+
+if __name__ == "__main__":
+    main()
