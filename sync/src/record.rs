@@ -75,6 +75,13 @@ impl RecordBuf {
         self
     }
 
+    /// The thread that makes the call (the first argument of the records of
+    /// a process with threads).
+    #[inline]
+    pub fn thread(&mut self, tid: u32) -> &mut Self {
+        self.int(tid as u64)
+    }
+
     /// An integer argument (flags, lengths, modes, ...).
     #[inline]
     pub fn int(&mut self, v: u64) -> &mut Self {
@@ -336,6 +343,24 @@ impl<'a> Reader<'a> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The thread a call record names (see `RecordBuf::thread`), if it is a
+/// call record with an integer first argument.
+pub fn record_thread(record: &[u8]) -> Option<u32> {
+    record_int(record, 0).and_then(|v| u32::try_from(v).ok())
+}
+
+/// Argument `i` of a call record, if the arguments up to it are integers.
+pub fn record_int(record: &[u8], i: usize) -> Option<u64> {
+    let at = 4 + 9 * i;
+    if record.first() != Some(&EV_CALL) || record.len() < at + 9 {
+        return None;
+    }
+    if record[4..=at].iter().step_by(9).any(|&tag| tag != A_INT) {
+        return None;
+    }
+    Some(u64::from_le_bytes(record[at + 1..at + 9].try_into().ok()?))
 }
 
 /// The call number and class of a call's record (None for other events).

@@ -187,6 +187,8 @@ impl Kernel {
         task.gs_base = self.task.gs_base;
         task.clear_child_tid = req.clear_tid.unwrap_or(0);
         self.task = task;
+        // Only the calling thread lives on in the child.
+        self.sched = Default::default();
         self.host_raised = 0;
         self.reported.clear();
         self.stats = Default::default();

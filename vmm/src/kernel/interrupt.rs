@@ -22,7 +22,7 @@ pub const SIGNAL_WAIT: Duration = Duration::from_secs(2);
 
 impl Kernel {
     /// Some(outcome) if the run ends here.
-    pub(super) fn on_interrupt(&mut self) -> Option<Outcome> {
+    pub(super) fn mvx_interrupt(&mut self) -> Option<Outcome> {
         if self.monitor.is_none() {
             self.collect_host_signals();
             return None;

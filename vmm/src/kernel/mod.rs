@@ -31,11 +31,13 @@ pub mod proc_table;
 mod procfs;
 mod run;
 pub mod sandbox;
+pub mod sched;
 mod setup;
 pub mod signal;
 pub mod syscall;
 pub mod task;
 pub mod thread_group;
+mod threads;
 mod wait;
 
 use std::collections::HashSet;
@@ -208,6 +210,8 @@ pub struct Kernel {
     /// Leader: since when a handled host signal waits for the program's
     /// next system call (see `interrupt`).
     pub(crate) signal_waiting: Option<Instant>,
+    /// The process's other threads.
+    pub(crate) sched: sched::Sched,
     /// Where the program's sockets may connect (`--net`).
     pub(crate) net: Arc<net_policy::NetPolicy>,
     /// The IP ports the program bound (its own services).

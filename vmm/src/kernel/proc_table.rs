@@ -279,6 +279,25 @@ impl ProcTable {
         Ok((pid, place))
     }
 
+    /// A thread id for a new thread: from the pid space, so that no process
+    /// gets it (`want`: the tid the leader chose, in a follower).
+    pub fn alloc_tid(&self, want: Option<u32>) -> u32 {
+        let l = self.lock();
+        let h = self.header();
+        match want {
+            Some(v) => {
+                h.next_pid.fetch_max(v.saturating_add(1), Ordering::Relaxed);
+                v
+            }
+            None => loop {
+                let v = h.next_pid.fetch_add(1, Ordering::Relaxed);
+                if self.find(&l, v).is_none() && v > INIT_PID {
+                    break v;
+                }
+            },
+        }
+    }
+
     /// Forgets a child whose host process could not be created.
     pub fn unfork(&self, pid: u32) {
         let l = self.lock();

@@ -1,6 +1,8 @@
 //! The kernel's run loop: the program runs until it traps; the kernel
 //! handles the trap and says where the program continues.
 
+use std::time::Duration;
+
 use kvm_bindings::kvm_regs;
 
 use super::fork::Forked;
@@ -18,7 +20,7 @@ use crate::monitor::{spec, Stop};
 use crate::platform::{syscall_args, Platform, Trap, UserRegs, SYSCALL_INSN_LEN};
 
 /// What the kernel does after a trap.
-enum Next {
+pub(super) enum Next {
     /// The program continues with these registers.
     Resume(UserRegs),
     /// The run is over.
@@ -37,10 +39,7 @@ impl Kernel {
                     Signal::SIGSEGV,
                     format!("general protection fault: port I/O to {port:#x} at rip {:#x}", ctx.rip),
                 )),
-                Trap::Interrupted => match self.on_interrupt() {
-                    Some(outcome) => Next::Done(outcome),
-                    None => Next::Resume(ctx),
-                },
+                Trap::Interrupted => self.on_interrupt(plat, ctx)?,
             };
             match next {
                 Next::Resume(ctx) => {
@@ -82,7 +81,17 @@ impl Kernel {
     fn on_syscall(&mut self, plat: &mut Platform, mut ctx: UserRegs) -> Result<Next, KernelError> {
         self.stats.syscalls += 1;
         let nr = ctx.rax;
-        let args = syscall_args(&ctx);
+        self.sched.quiet_slices = 0;
+        if !self.sched.others.is_empty() {
+            // Another thread may have to run first (its slice, or the leader's schedule).
+            match self.switch_at_entry(plat, &ctx, nr)? {
+                Some(Ok(regs)) => return Ok(Next::Resume(regs)),
+                Some(Err(stop)) => return Ok(Next::Done(self.stopped(stop))),
+                None => {}
+            }
+        }
+        let mut args = syscall_args(&ctx);
+        let probe = self.poll_probe(nr, &mut args);
         self.task.entry_rsp = ctx.rsp;
         self.task.nr = Some(nr);
         if self.monitor.is_some() {
@@ -91,6 +100,9 @@ impl Kernel {
             }
         }
         let mut sys = syscall::dispatch(self, nr, &args);
+        if let Sys::Thread(req) = &sys {
+            sys = Sys::Ret(self.create_thread(plat, req, &ctx)? as u64);
+        }
         let mut vfork_wait = None;
         if let Sys::Fork(req) = &sys {
             match self.fork(plat, req, ctx)? {
@@ -114,8 +126,8 @@ impl Kernel {
         if self.monitor.is_some() {
             let ret = match &sys {
                 Sys::Ret(v) => Some(*v as i64),
-                Sys::Exec(_) | Sys::Restore(_) => Some(0),
-                Sys::Exit(_) | Sys::Kill(..) | Sys::Fork(_) => None,
+                Sys::Exec(_) | Sys::Restore(_) | Sys::Block(_) | Sys::ThreadExit(_) => Some(0),
+                Sys::Exit(_) | Sys::Kill(..) | Sys::Fork(_) | Sys::Thread(_) => None,
             };
             if let Some(ret) = ret {
                 if let Err(stop) = self.monitor_end(ret) {
@@ -134,16 +146,44 @@ impl Kernel {
         }
         Ok(match sys {
             Sys::Ret(v) => {
+                if let Some((timeout, false)) = probe {
+                    // A signal to deliver: the call returns (as if its time
+                    // were up) so the handler runs.
+                    if v == 0 && !self.task.sig.has_deliverable() {
+                        if let Some(r) = self.park_poller(plat, &ctx, nr, timeout)? {
+                            return Ok(self.next_of(r));
+                        }
+                    } else {
+                        self.task.poll_deadline = None;
+                        self.sched.poll_backoff = Duration::ZERO;
+                    }
+                } else if probe.is_some() {
+                    self.task.poll_deadline = None;
+                }
                 ctx.rax = v;
                 if v as i64 == -(libc::EINTR as i64) && signal::frame::restartable(nr) && self.restart_after_handler() {
                     // Back to the `syscall` instruction once the handler returns.
                     ctx.rip = ctx.rip.wrapping_sub(SYSCALL_INSN_LEN);
                     ctx.rax = nr;
+                } else if std::mem::take(&mut self.sched.yield_due) && self.sched.any_runnable() {
+                    let r = self.switch_after(plat, &ctx, nr, v, None)?;
+                    return Ok(self.next_of(r));
                 }
                 Next::Resume(ctx)
             }
+            Sys::Block(wait) => {
+                let r = self.switch_after(plat, &ctx, nr, 0, Some(wait))?;
+                self.next_of(r)
+            }
+            Sys::ThreadExit(_) => {
+                let r = self.end_thread();
+                self.next_of(r)
+            }
             Sys::Restore(regs) => Next::Resume(*regs),
             Sys::Exec(regs) => {
+                // The other threads end; the caller goes on as the process.
+                self.sched.others.clear();
+                self.task.tid = self.task.tg.pid;
                 self.task.fs_base = 0;
                 self.task.gs_base = 0;
                 self.task.bases_dirty = true;
@@ -160,8 +200,16 @@ impl Kernel {
                 Next::Done(Outcome::Exited(code))
             }
             Sys::Kill(sig, reason) => Next::Done(self.kill(sig, reason)),
-            Sys::Fork(_) => unreachable!("a fork was carried out above"),
+            Sys::Fork(_) | Sys::Thread(_) => unreachable!("a fork or thread was created above"),
         })
+    }
+
+    /// Where the program continues after a switch of threads.
+    fn next_of(&mut self, r: Result<UserRegs, Stop>) -> Next {
+        match r {
+            Ok(regs) => Next::Resume(regs),
+            Err(stop) => Next::Done(self.stopped(stop)),
+        }
     }
 
     /// The monitor's view of call `nr` before it runs: its class and record.
@@ -173,8 +221,12 @@ impl Kernel {
             c.class = dmvx_sync::policy::Class::FileModify;
             c.remote = true;
         }
+        m.threaded = self.sched.threaded;
+        m.tid = self.task.tid;
+        let thread = m.threaded.then_some(self.task.tid);
+        let flag = self.sched.probe_final.take().map(u64::from);
         let mut rec = std::mem::take(&mut m.rec);
-        spec::build_record(self, &mut rec, nr, c.class, entry.map_or(&[], |e| e.record), args);
+        spec::build_record(self, &mut rec, (nr, thread, flag), c.class, entry.map_or(&[], |e| e.record), args);
         let Some(m) = self.monitor.as_mut() else { return Ok(()) };
         m.rec = rec;
         m.begin(nr, c.class, c.remote)
@@ -191,15 +243,22 @@ impl Kernel {
         };
         self.signal_waiting = None;
         let Some(m) = self.monitor.as_mut() else { return Ok(()) };
-        let sig = &mut self.task.sig;
-        m.end(ret, caught, &mut |s| {
-            sig.raise(Signal(s.sig), SigInfo { code: s.code, addr: s.addr, ..Default::default() })
-        })
+        let mut raised = Vec::new();
+        let r = m.end(ret, caught, &mut |s| raised.push((s.sig, s.code, s.addr)));
+        for (sig, code, addr) in raised {
+            let info = SigInfo { code, addr, ..Default::default() };
+            if self.sched.others.is_empty() {
+                self.task.sig.raise(Signal(sig), info);
+            } else {
+                self.raise_in_process(Signal(sig), info);
+            }
+        }
+        r
     }
 
     /// Whether the signal about to be delivered has a handler with
     /// SA_RESTART (so an interrupted call restarts after it).
-    fn restart_after_handler(&mut self) -> bool {
+    pub(super) fn restart_after_handler(&mut self) -> bool {
         self.collect_host_signals();
         let ready = self.task.sig.pending & !(self.task.sig.mask & !signal::UNBLOCKABLE);
         if ready == 0 {
@@ -289,6 +348,21 @@ impl Kernel {
             }
         }
         Outcome::Killed { signal: sig, reason }
+    }
+
+    /// A host signal or the link kicked the vCPU while program code ran:
+    /// alone, a signal is delivered there; in a cluster, see `interrupt`.
+    fn on_interrupt(&mut self, plat: &mut Platform, ctx: kvm_regs) -> Result<Next, KernelError> {
+        if self.monitor.is_none() {
+            self.collect_host_signals();
+        } else if let Some(outcome) = self.mvx_interrupt() {
+            return Ok(Next::Done(outcome));
+        }
+        // A thread's slices may be over (spinning without system calls).
+        Ok(match self.preempt(plat, &ctx)? {
+            Some(r) => self.next_of(r),
+            None => Next::Resume(ctx),
+        })
     }
 
     /// Ends the program as killed by `sig`.

@@ -103,6 +103,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         vfork_done: None,
         reported: Default::default(),
         signal_waiting: None,
+        sched: Default::default(),
         net: Arc::new(config.net.clone()),
         own_ports: Default::default(),
         peers: Default::default(),

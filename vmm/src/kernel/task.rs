@@ -36,6 +36,8 @@ pub struct Task {
     pub entry_rsp: u64,
     /// The system call being handled.
     pub nr: Option<u64>,
+    /// When the poll or epoll_wait this thread issues again times out.
+    pub poll_deadline: Option<std::time::Instant>,
 }
 
 impl Task {
@@ -56,6 +58,7 @@ impl Task {
             robust_list: (0, 0),
             entry_rsp: 0,
             nr: None,
+            poll_deadline: None,
         }
     }
 }

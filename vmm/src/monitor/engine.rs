@@ -31,6 +31,9 @@ const CTRL_LOOK: u32 = 2;
 /// How long a follower waits for the leader's entry of a held output
 /// before telling the leader it reached it.
 const REACHED_AFTER: Duration = Duration::from_millis(20);
+/// Custom control from the leader: "event N is a call of thread T" (sent
+/// before a lockstep call, so a follower can switch to T before it acks).
+const CTRL_NEXT_THREAD: u32 = 2;
 
 impl Monitor {
     /// Before call `nr` of class `class` runs; its record is in `self.rec`
@@ -57,6 +60,16 @@ impl Monitor {
             let held = self.deferred_outputs && self.class == Class::Output;
             if lockstep && !held {
                 self.announce_wait(seq)?;
+                if self.threaded {
+                    let mut payload = seq.to_le_bytes().to_vec();
+                    payload.extend_from_slice(&self.tid.to_le_bytes());
+                    if let Some(f) = dmvx_sync::record::record_int(self.rec.as_bytes(), 1) {
+                        payload.extend_from_slice(&f.to_le_bytes());
+                    }
+                    self.leader()
+                        .send_control(&Control::Custom { kind: CTRL_NEXT_THREAD, payload })
+                        .map_err(Monitor::link_stop)?;
+                }
                 self.leader().flush().map_err(Monitor::link_stop)?;
                 self.await_followers(seq)?;
             }
@@ -225,6 +238,50 @@ impl Monitor {
         }
     }
 
+    /// Follower: the thread whose call the leader's next event is (None:
+    /// the event is not a call, or names no thread). Reads the entry ahead
+    /// if the leader did not say.
+    pub(crate) fn next_tid(&mut self) -> Result<Option<u32>, Stop> {
+        let seq = self.seq + 1;
+        loop {
+            if let Some((s, t, _)) = self.next_hint {
+                if s == seq {
+                    return Ok(Some(t));
+                }
+            }
+            if self.prefetched == Some(seq) {
+                let view = EntryView::decode(&self.leader_entry)
+                    .map_err(|e| Stop::link(format!("undecodable entry {seq} from the leader: {e}")))?;
+                return Ok(dmvx_sync::record::record_thread(view.record));
+            }
+            let timeout = self.timeout;
+            let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
+            match link.next_entry_timeout(timeout) {
+                Ok(Some(e)) => {
+                    if e.seq != seq {
+                        return Err(Stop::link(format!("entry {} from the leader where {seq} was due", e.seq)));
+                    }
+                    self.leader_entry.clear();
+                    self.leader_entry.extend_from_slice(e.data);
+                    self.prefetched = Some(seq);
+                }
+                Ok(None) => {
+                    if self.follower().check().is_err() {
+                        let mine = self.rec.as_bytes().to_vec();
+                        return Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false));
+                    }
+                }
+                Err(LinkError::ControlPending) => {
+                    let c = self.follower().try_recv_control();
+                    if let Some(stop) = self.on_control_follower(c) {
+                        return Err(stop);
+                    }
+                }
+                Err(e) => return Err(Monitor::link_stop(e)),
+            }
+        }
+    }
+
     /// Follower, while it waits on the host for its own processes (a pipe's
     /// writer): a stop the leader sent, or a failed link.
     pub(crate) fn pending_stop(&mut self) -> Option<Stop> {
@@ -238,8 +295,30 @@ impl Monitor {
         self.follower().check().err().map(Monitor::link_stop)
     }
 
+    /// Follower: the scheduler's flag in the leader's next record (see
+    /// `spec::build_record`), if that entry was read ahead.
+    pub(crate) fn leader_next_flag(&self) -> Option<u64> {
+        if let Some((s, _, f)) = self.next_hint {
+            if s == self.seq + 1 {
+                return f;
+            }
+        }
+        if self.prefetched != Some(self.seq + 1) {
+            return None;
+        }
+        let view = EntryView::decode(&self.leader_entry).ok()?;
+        dmvx_sync::record::record_int(view.record, 1)
+    }
+
     fn on_control_follower(&mut self, c: Option<Control>) -> Option<Stop> {
         match c? {
+            Control::Custom { kind: CTRL_NEXT_THREAD, payload } if payload.len() == 12 || payload.len() == 20 => {
+                let seq = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                let tid = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes"));
+                let flag = payload.get(12..20).map(|f| u64::from_le_bytes(f.try_into().expect("8 bytes")));
+                self.next_hint = Some((seq, tid, flag));
+                None
+            }
             Control::Shutdown { status } => Some(Stop::Shutdown(status)),
             Control::Divergence { seq, report } => {
                 let text = String::from_utf8_lossy(&report).into_owned();
@@ -613,7 +692,7 @@ impl Monitor {
             }
             _ => format!("{who} made {} at event {seq} where the leader made {}", describe(&oe), describe(&le)),
         };
-        let message = self.in_process(message);
+        let message = self.in_process(self.in_thread(message));
         let report = Report {
             kind,
             message: message.clone(),
@@ -743,6 +822,21 @@ impl Monitor {
                 path.display()
             ),
         }
+    }
+
+    /// A report message naming the thread, when the process has threads.
+    fn in_thread(&self, message: String) -> String {
+        if !self.threaded {
+            return message;
+        }
+        let mut m = format!("thread {}: {message}", self.tid);
+        if let Some((t, s)) = self.preempted {
+            m.push_str(&format!(
+                " (thread {t} was preempted between two system calls after event {s}: a data race in the program \
+                 can make variants differ after such a preemption)"
+            ));
+        }
+        m
     }
 
     /// A report message naming the process, when it is not the first.

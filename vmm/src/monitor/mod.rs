@@ -118,13 +118,24 @@ pub struct Monitor {
     pub layout: Option<LayoutUsed>,
     /// Follower: its fresh temporary names bound to the leader's.
     pub names: dmvx_sync::tempname::NameMap,
-    /// Follower: the leader's entry with this number is in `leader_entry`
-    /// already (taken while the program ran, see `poll_leader`).
-    pub prefetched: Option<u64>,
     /// Follower: the leader said it waits at this event (`fresh_names`).
     pub leader_waiting: Option<u64>,
     /// Follower: the current event is left out of the stream.
     pub skip_event: bool,
+    /// The process has threads: records name the thread of the call.
+    pub threaded: bool,
+    /// The thread of the current call.
+    pub tid: u32,
+    /// Follower: the leader's entry of this event is in `leader_entry`
+    /// already (read ahead to learn whose call it is).
+    pub prefetched: Option<u64>,
+    /// Follower: the leader said which thread makes this event, and the
+    /// scheduler's flag of its record (before a lockstep call, whose entry
+    /// comes only after the follower's ack).
+    pub next_hint: Option<(u64, u32, Option<u64>)>,
+    /// The last thread preempted between two system calls, and the event
+    /// after which it was (for a report of a divergence that follows).
+    pub preempted: Option<(u32, u64)>,
 }
 
 impl Monitor {
@@ -168,9 +179,13 @@ impl Monitor {
             replicated_file_bytes: 0,
             layout: None,
             names: Default::default(),
-            prefetched: None,
             leader_waiting: None,
             skip_event: false,
+            threaded: false,
+            tid: 0,
+            prefetched: None,
+            next_hint: None,
+            preempted: None,
         }
     }
 

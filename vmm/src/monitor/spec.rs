@@ -250,9 +250,25 @@ pub fn normalise_path(p: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Builds the record of call `nr` of class `class` from its fields.
-pub fn build_record(v: &mut dyn CallView, rec: &mut RecordBuf, nr: u64, class: Class, fields: &[Field], a: &[u64; 6]) {
+/// Builds the record of call `nr` of class `class` from its fields; in a
+/// process with threads, `thread` names the caller first, and `flag` (the
+/// scheduler's decision about the call, when it made one) follows.
+pub fn build_record(
+    v: &mut dyn CallView,
+    rec: &mut RecordBuf,
+    call: (u64, Option<u32>, Option<u64>),
+    class: Class,
+    fields: &[Field],
+    a: &[u64; 6],
+) {
+    let (nr, thread, flag) = call;
     rec.call(nr, class);
+    if let Some(t) = thread {
+        rec.thread(t);
+        if let Some(f) = flag {
+            rec.int(f);
+        }
+    }
     for f in fields {
         field(v, rec, *f, a);
     }

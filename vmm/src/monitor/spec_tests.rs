@@ -187,7 +187,7 @@ fn record(v: &mut Fake, nr: i64, a: [u64; 6]) -> (Classified, Vec<u8>) {
     let entry = syscall::entry(nr as u64);
     let c = classify(v, entry.map(|e| e.class), &a);
     let mut rec = RecordBuf::new();
-    build_record(v, &mut rec, nr as u64, c.class, entry.map_or(&[], |e| e.record), &a);
+    build_record(v, &mut rec, (nr as u64, None, None), c.class, entry.map_or(&[], |e| e.record), &a);
     (c, rec.as_bytes().to_vec())
 }
 

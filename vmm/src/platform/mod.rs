@@ -17,8 +17,10 @@
 //!   first (see `kernel::mm`), then the program returns as above.
 
 mod port_exit;
+mod slices;
 
 pub use port_exit::{Memory, Platform, SetupError};
+pub use slices::SliceError;
 
 use kvm_bindings::kvm_regs;
 

@@ -64,6 +64,10 @@ struct State {
     stats: PlatformStats,
     launched_ns: Option<u64>,
     xcr0: u64,
+    /// Time slices, once the program has threads.
+    slices: Option<super::slices::SliceTimer>,
+    /// A slice ended since the kernel last looked.
+    slice_ended: bool,
 }
 
 impl Platform {
@@ -105,6 +109,8 @@ impl Platform {
             stats: PlatformStats::default(),
             launched_ns,
             xcr0,
+            slices: None,
+            slice_ended: false,
         };
         let platform = Platform { vcpu, st };
         Ok((platform, Memory { mem, frames, pt }))
@@ -123,7 +129,11 @@ impl Platform {
         regs::set_segment_bases(vcpu.fd(), fs, gs)?;
         // SAFETY: as in `set_fpu`: the state came from a vCPU of this host.
         unsafe { vcpu.fd().set_xsave(fpu) }.map_err(PlatformError::Fpu)?;
-        // The parent's vCPU and VM go (this process's copies of them).
+        // The parent's vCPU and VM go (this process's copies of them), and
+        // its slice timer was never this process's.
+        if let Some(t) = self.st.slices.take() {
+            t.forget();
+        }
         self.vcpu = vcpu;
         self.st._vm = vm;
         self.st.xcr0 = xcr0;
@@ -178,6 +188,22 @@ impl Platform {
         // SAFETY: XCR0 excludes AMX, so the whole state fits the 4096-byte
         // kvm_xsave; KVM validates the header and refuses a malformed image.
         unsafe { self.vcpu.fd().set_xsave(x) }.map_err(PlatformError::Fpu)
+    }
+
+    /// Starts time slices of `period` (the program has threads); a trap
+    /// `Interrupted` then comes at least once a slice.
+    pub fn start_slices(&mut self, period: std::time::Duration) -> Result<(), super::SliceError> {
+        if self.st.slices.is_none() {
+            use std::os::fd::AsRawFd;
+            self.st.slices = Some(super::slices::SliceTimer::start(self.vcpu.fd().as_raw_fd(), period)?);
+        }
+        Ok(())
+    }
+
+    /// Whether a time slice ended since the last look.
+    pub fn slice_expired(&mut self) -> bool {
+        let drained = self.st.slices.as_ref().is_some_and(|t| t.take_expired());
+        std::mem::take(&mut self.st.slice_ended) || drained
     }
 
     /// The XCR0 the vCPU runs with (the features of its FPU state).
@@ -358,6 +384,11 @@ impl ExitHandler for Exits<'_> {
     /// kernel is on its way to an exit; that exit comes first.
     fn interrupted(&mut self, vcpu: &mut Vcpu) -> Result<Out, VcpuError> {
         vcpu.set_immediate_exit(false);
+        // The slice signal stays pending (and KVM_RUN would return at once
+        // again) until it is drained, wherever the guest was.
+        if self.p.slices.as_ref().is_some_and(|t| t.take_expired()) {
+            self.p.slice_ended = true;
+        }
         if cpl(vcpu.sregs()) != 3 {
             return Ok(Flow::Continue);
         }

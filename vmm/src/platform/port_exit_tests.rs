@@ -54,6 +54,8 @@ fn rig() -> Option<Rig> {
         stats: PlatformStats::default(),
         launched_ns: Some(crate::kernel::monotonic_ns()),
         xcr0: 0,
+        slices: None,
+        slice_ended: false,
     };
     Some(Rig { st, mm, vcpu })
 }

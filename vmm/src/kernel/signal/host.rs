@@ -297,7 +297,7 @@ impl Kernel {
         }
         for sig in FORWARDED {
             if caught & bit(sig) != 0 {
-                self.task.sig.raise(Signal(sig), SigInfo { code: SI_USER, ..Default::default() });
+                self.raise_in_process(Signal(sig), SigInfo { code: SI_USER, ..Default::default() });
                 self.host_raised |= bit(sig);
             }
         }
@@ -306,9 +306,10 @@ impl Kernel {
                 let from = GUEST_SENDER[n as usize].load(Ordering::SeqCst);
                 // si_pid and si_uid share the word after si_code.
                 let uid = self.tg().creds.uid as u64;
-                self.task
-                    .sig
-                    .raise(Signal(n), SigInfo { code: SI_USER, addr: from as u64 | uid << 32, ..Default::default() });
+                self.raise_in_process(
+                    Signal(n),
+                    SigInfo { code: SI_USER, addr: from as u64 | uid << 32, ..Default::default() },
+                );
                 self.host_raised |= bit(n);
             }
         }

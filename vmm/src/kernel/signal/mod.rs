@@ -284,6 +284,16 @@ impl SigState {
         Some((Signal(n), self.info[n as usize]))
     }
 
+    /// The lowest pending signal whatever the mask, removed, with its siginfo.
+    pub fn take_any(&mut self) -> Option<(Signal, SigInfo)> {
+        if self.pending == 0 {
+            return None;
+        }
+        let n = self.pending.trailing_zeros() as i32 + 1;
+        self.pending &= !bit(n);
+        Some((Signal(n), self.info[n as usize]))
+    }
+
     /// Whether a pending signal would be delivered now.
     pub fn has_deliverable(&self) -> bool {
         self.pending & !(self.mask & !UNBLOCKABLE) != 0

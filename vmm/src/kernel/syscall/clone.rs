@@ -1,5 +1,6 @@
 //! fork, vfork, clone and clone3: the arguments are checked here; the new
-//! process is made by the run loop (`kernel::fork`), which owns the VM.
+//! process is made by the run loop (`kernel::fork`), which owns the VM, and
+//! a new thread by `kernel::threads` (it shares the VM and its vCPU).
 
 use super::super::errno::Errno;
 use super::super::Kernel;
@@ -24,6 +25,12 @@ pub struct ForkRequest {
     pub clear_tid: Option<u64>,
     /// Reset handled signals to the default in the child (CLONE_CLEAR_SIGHAND).
     pub clear_sighand: bool,
+    /// A thread of the caller's process (CLONE_THREAD), not a process.
+    pub thread: bool,
+    /// The thread shares the fd table (CLONE_FILES) and the file-system
+    /// context (CLONE_FS) instead of copying them.
+    pub share_files: bool,
+    pub share_fs: bool,
 }
 
 const CSIGNAL: u64 = 0xff;
@@ -62,16 +69,30 @@ const HARMLESS: u64 = CLONE_PTRACE | CLONE_DETACHED | CLONE_UNTRACED | CLONE_SYS
 /// `child_tid` are the call's pointers.
 fn request(k: &mut Kernel, flags: u64, exit_signal: u64, stack: u64, a: (u64, u64, u64)) -> Result<ForkRequest, Errno> {
     let (tls, parent_tid, child_tid) = a;
-    if flags & CLONE_THREAD != 0 || (flags & CLONE_VM != 0 && flags & CLONE_VFORK == 0) {
-        // Threads and address-space sharing processes share one VM (the
-        // threads issue); not yet.
-        k.log_once("clone with CLONE_THREAD or CLONE_VM (threads) is not supported yet: ENOSYS".into());
-        return Err(Errno::ENOSYS);
-    }
     if flags & NAMESPACES != 0 {
         return Err(Errno::EPERM);
     }
-    if flags & (CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_PARENT | CLONE_PIDFD | CLONE_INTO_CGROUP) != 0 {
+    // Linux's rules: a thread shares the dispositions, which need the
+    // address space.
+    if (flags & CLONE_THREAD != 0 && flags & CLONE_SIGHAND == 0)
+        || (flags & CLONE_SIGHAND != 0 && flags & CLONE_VM == 0)
+        || (flags & CLONE_FS != 0 && flags & CLONE_NEWNS != 0)
+    {
+        return Err(Errno::EINVAL);
+    }
+    let thread = flags & CLONE_THREAD != 0;
+    if thread {
+        if flags & (CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP | CLONE_CLEAR_SIGHAND | CLONE_PARENT) != 0 {
+            k.log_once(format!("clone flags {flags:#x} are not supported for threads: EINVAL"));
+            return Err(Errno::EINVAL);
+        }
+    } else if flags & CLONE_VM != 0 && flags & CLONE_VFORK == 0 {
+        // A process sharing the address space without being a thread of it.
+        k.log_once(
+            "clone with CLONE_VM but not CLONE_THREAD (a process sharing memory) is not supported: ENOSYS".into(),
+        );
+        return Err(Errno::ENOSYS);
+    } else if flags & (CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_PARENT | CLONE_PIDFD | CLONE_INTO_CGROUP) != 0 {
         // Sharing a table with a process in another VM, a pidfd, cgroups.
         k.log_once(format!("clone flags {flags:#x} are not supported for new processes: EINVAL"));
         return Err(Errno::EINVAL);
@@ -84,8 +105,16 @@ fn request(k: &mut Kernel, flags: u64, exit_signal: u64, stack: u64, a: (u64, u6
         | CLONE_CHILD_SETTID
         | CLONE_CHILD_CLEARTID
         | CLONE_CLEAR_SIGHAND
+        | CLONE_THREAD
+        | CLONE_SIGHAND
+        | CLONE_FS
+        | CLONE_FILES
         | HARMLESS;
     if flags & !known != 0 || exit_signal > 64 {
+        return Err(Errno::EINVAL);
+    }
+    if thread && stack == 0 {
+        // A thread on its parent's stack cannot work; Linux lets it crash.
         return Err(Errno::EINVAL);
     }
     Ok(ForkRequest {
@@ -97,11 +126,15 @@ fn request(k: &mut Kernel, flags: u64, exit_signal: u64, stack: u64, a: (u64, u6
         child_tid: (flags & CLONE_CHILD_SETTID != 0).then_some(child_tid),
         clear_tid: (flags & CLONE_CHILD_CLEARTID != 0).then_some(child_tid),
         clear_sighand: flags & CLONE_CLEAR_SIGHAND != 0,
+        thread,
+        share_files: flags & CLONE_FILES != 0,
+        share_fs: flags & CLONE_FS != 0,
     })
 }
 
 fn fork_or_err(r: Result<ForkRequest, Errno>) -> Sys {
     match r {
+        Ok(req) if req.thread => Sys::Thread(Box::new(req)),
         Ok(req) => Sys::Fork(Box::new(req)),
         Err(e) => Err::<u64, _>(e).into(),
     }

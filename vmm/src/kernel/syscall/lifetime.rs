@@ -13,6 +13,14 @@ pub fn exit(_k: &mut Kernel, a: &[u64; 6]) -> Sys {
     Sys::Exit((a[0] & 0xff) as i32)
 }
 
+/// exit: the calling thread ends; the process with its last thread.
+pub fn exit_thread(k: &mut Kernel, a: &[u64; 6]) -> Sys {
+    if k.sched.others.is_empty() {
+        return exit(k, a);
+    }
+    Sys::ThreadExit((a[0] & 0xff) as i32)
+}
+
 const WNOHANG: u64 = 1;
 const WUNTRACED: u64 = 2;
 const WEXITED: u64 = 4;

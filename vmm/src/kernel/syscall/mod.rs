@@ -49,6 +49,12 @@ pub enum Sys {
     Restore(Box<kvm_regs>),
     /// Create a new process (the run loop does: it owns the VM).
     Fork(Box<clone::ForkRequest>),
+    /// Create a thread of this process (the run loop does: it owns the vCPU).
+    Thread(Box<clone::ForkRequest>),
+    /// The calling thread waits; other threads run meanwhile.
+    Block(super::sched::Wait),
+    /// The calling thread ends (exit with other threads left).
+    ThreadExit(i32),
 }
 
 impl From<SysResult> for Sys {
@@ -260,13 +266,13 @@ table! {
     SYS_clock_getres => Plain Host time::clock_getres, is(Time), [Int(0)], "";
     SYS_gettimeofday => Plain Host time::gettimeofday, is(Time), [], "";
     SYS_time => Plain Host time::time, is(Time), [], "";
-    SYS_nanosleep => Plain Host time::nanosleep, is(Sleep), [Bytes { ptr: 0, len: Len::Const(16) }], "";
-    SYS_clock_nanosleep => Plain Host time::clock_nanosleep, is(Sleep), [Int(0), Int(1), Bytes { ptr: 2, len: Len::Const(16) }], "";
+    SYS_nanosleep => Full Host futex::nanosleep, is(Sleep), [Bytes { ptr: 0, len: Len::Const(16) }], "";
+    SYS_clock_nanosleep => Full Host futex::clock_nanosleep, is(Sleep), [Int(0), Int(1), Bytes { ptr: 2, len: Len::Const(16) }], "";
     SYS_getrandom => Plain Host time::getrandom, is(Random), [Int(1)], "";
     // Process identity and limits.
     SYS_uname => Plain Virtual proc::uname, is(Process), [], "a fixed identity, the same in every variant";
     SYS_getpid => Plain Virtual proc::getpid, is(Process), [], "";
-    SYS_gettid => Plain Virtual proc::getpid, is(Process), [], "";
+    SYS_gettid => Plain Virtual futex::gettid, is(Process), [], "";
     SYS_getppid => Plain Virtual proc::getppid, is(Process), [], "";
     SYS_getuid => Plain Virtual proc::getuid, is(Process), [], "virtual credentials";
     SYS_geteuid => Plain Virtual proc::geteuid, is(Process), [], "";
@@ -297,16 +303,17 @@ table! {
     SYS_getrusage => Plain Host proc::getrusage, is(Time), [], "";
     SYS_times => Plain Host proc::times, is(Time), [], "";
     SYS_sysinfo => Plain Virtual proc::sysinfo, is(Time), [], "";
-    SYS_sched_yield => Plain Virtual proc::zero, is(Process), [], "";
-    SYS_sched_getaffinity => Plain Virtual proc::sched_getaffinity, is(Process), [], "one CPU";
-    SYS_sched_setaffinity => Plain Virtual proc::zero, is(Process), [], "";
+    SYS_sched_yield => Full Virtual futex::sched_yield, is(Process), [], "lets the next thread run";
+    SYS_sched_getaffinity => Plain Virtual proc::sched_getaffinity, is(Process), [], "one CPU (threads take turns on it)";
+    SYS_sched_setaffinity => Plain Virtual proc::sched_setaffinity, is(Process), [], "accepted if the set holds CPU 0";
     SYS_getcpu => Plain Virtual proc::getcpu, is(Process), [], "";
     SYS_prctl => Plain Virtual proc::prctl, is(Process), [Int(0)], "";
     SYS_arch_prctl => Plain Virtual proc::arch_prctl, is(Process), [Int(0)], "FS and GS base";
     SYS_set_tid_address => Plain Virtual futex::set_tid_address, is(Process), [], "";
     SYS_set_robust_list => Plain Virtual futex::set_robust_list, is(Process), [], "";
     SYS_get_robust_list => Plain Virtual futex::get_robust_list, is(Process), [], "";
-    SYS_futex => Plain Virtual futex::futex, ClassRule::Futex, [Int(1), Int(2)], "single-thread semantics";
+    SYS_futex => Full Virtual futex::futex, ClassRule::Futex, [Int(1), Int(2)], "waiters park; the VMM switches threads";
+    SYS_membarrier => Plain Virtual futex::membarrier, is(Process), [Int(0)], "threads take turns on one vCPU: every barrier holds";
     SYS_rseq => Plain Refused proc::enosys, is(Other), [], "ENOSYS (glibc does without)";
     // Signals.
     SYS_rt_sigaction => Plain Virtual signal::rt_sigaction, is(Process), [Custom(records::rt_sigaction)], "";
@@ -323,7 +330,7 @@ table! {
     SYS_tkill => Full Virtual signal::tkill, is(Spawn), [Int(0), Int(1)], "";
     SYS_tgkill => Full Virtual signal::tgkill, is(Spawn), [Int(0), Int(1), Int(2)], "";
     // Program lifetime.
-    SYS_exit => Full Virtual lifetime::exit, is(Exit), [Int(0)], "";
+    SYS_exit => Full Virtual lifetime::exit_thread, is(Exit), [Int(0)], "";
     SYS_exit_group => Full Virtual lifetime::exit, is(Exit), [Int(0)], "";
     SYS_execve => Full Memory lifetime::execve, is(Exec), [Custom(records::execve)], "replaces the program image";
     SYS_execveat => Full Memory lifetime::execveat, is(Exec), [Custom(records::execveat)], "replaces the program image";
@@ -331,8 +338,8 @@ table! {
     SYS_waitid => Plain Virtual lifetime::waitid, is(Spawn), [Int(0), Int(1), Int(3)], "exited children (stops are not tracked)";
     SYS_fork => Full Host clone::fork, is(Spawn), [], "a new VMM process and VM, memory copy-on-write";
     SYS_vfork => Full Host clone::vfork, is(Spawn), [], "as fork; the parent waits until the child execs or exits";
-    SYS_clone => Full Host clone::clone, is(Spawn), [Int(0)], "new processes (threads: ENOSYS)";
-    SYS_clone3 => Full Host clone::clone3, is(Spawn), [], "new processes (threads: ENOSYS)";
+    SYS_clone => Full Host clone::clone, is(Spawn), [Int(0)], "new processes; threads (CLONE_THREAD) share the VM";
+    SYS_clone3 => Full Host clone::clone3, is(Spawn), [], "as clone";
 }
 
 /// The table, by call number.
@@ -385,6 +392,9 @@ pub fn trace(nr: u64, a: &[u64; 6], outcome: &Sys) {
         Sys::Exec(_) => "0 (new program)".into(),
         Sys::Restore(r) => format!("{:#x} (restored, rip {:#x})", r.rax, r.rip),
         Sys::Fork(_) => "(new process)".into(),
+        Sys::Thread(_) => "(new thread)".into(),
+        Sys::Block(w) => format!("(blocked: {w:?})"),
+        Sys::ThreadExit(c) => format!("thread exit {c}"),
     };
     eprintln!("dmvx: {name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {result}", a[0], a[1], a[2], a[3], a[4], a[5]);
 }

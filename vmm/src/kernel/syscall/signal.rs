@@ -83,7 +83,13 @@ fn raise(k: &mut Kernel, sig: u64, code: i32) -> Sys {
     let s = Signal(sig as i32);
     if !k.tg().sighand.ignored(s) {
         let from = k.task.tg.pid as u64 | (k.tg().creds.uid as u64) << 32;
-        k.task.sig.raise(s, SigInfo { code, addr: from, ..Default::default() });
+        let info = SigInfo { code, addr: from, ..Default::default() };
+        if code == SI_TKILL {
+            k.task.sig.raise(s, info);
+        } else {
+            // Process-directed: a thread that does not block it takes it.
+            k.raise_in_process(s, info);
+        }
     }
     Sys::Ret(0)
 }
@@ -150,6 +156,14 @@ fn thread_kill(k: &mut Kernel, tgid: Option<u32>, tid: u32, sig: u64) -> Sys {
     }
     if tid == k.task.tid && tgid.is_none_or(|g| g == k.task.tg.pid) {
         return raise(k, sig, SI_TKILL);
+    }
+    if let Some(i) = k.sched.find(tid).filter(|_| tgid.is_none_or(|g| g == k.task.tg.pid)) {
+        // Another thread of this process (pthread_kill, pthread_cancel).
+        if sig != 0 && Signal::valid(sig) && !k.tg().sighand.ignored(Signal(sig as i32)) {
+            let from = k.task.tg.pid as u64 | (k.tg().creds.uid as u64) << 32;
+            k.signal_parked(i, Signal(sig as i32), SigInfo { code: SI_TKILL, addr: from, ..Default::default() });
+        }
+        return Sys::Ret(0);
     }
     let targets = k.procs.select(|p| p.pid == tid && tgid.is_none_or(|g| g == p.pid));
     if targets.is_empty() {

@@ -1,0 +1,134 @@
+//! Threads: POSIX threads of real programs, in one variant and in two, with
+//! outputs compared with native runs. Within a process the threads take
+//! turns on one vCPU; in a cluster the leader's schedule is replayed, so a
+//! threaded program makes the same calls in every variant.
+
+use std::path::Path;
+
+use dmvx::*;
+
+fn threads() -> String {
+    build_c("tests/programs/threads.c", &["-static", "-pthread"]).to_string_lossy().into_owned()
+}
+
+/// Runs `argv` in `n` variants; returns stdout, status and stderr, and
+/// fails if a divergence was reported.
+fn in_variants(n: usize, argv: &[&str]) -> (String, i32, String) {
+    let d = TempDir::new("threads-mvx");
+    let n = n.to_string();
+    let mut args = vec!["--variants", &n, "--report-dir", d.path().to_str().unwrap(), "--"];
+    args.extend_from_slice(argv);
+    let o = run_vmm(&args, b"");
+    let reports: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(reports.is_empty(), "{n} variant(s) of {argv:?} reported a divergence: {}", stderr(&o));
+    (stdout(&o), status(&o), stderr(&o))
+}
+
+/// Native, 1 variant and 2 variants print the same and end alike.
+fn same_everywhere(argv: &[&str]) -> String {
+    if !Path::new(argv[0]).exists() {
+        shout(&format!("SKIPPED {argv:?}: {} is not installed", argv[0]));
+        return String::new();
+    }
+    let native = run(argv[0], &argv[1..], b"");
+    let want = stdout(&native);
+    assert!(!want.is_empty(), "{argv:?} printed nothing natively: {}", stderr(&native));
+    for n in [1, 2] {
+        let (out, st, err) = in_variants(n, argv);
+        assert_eq!(out, want, "{n} variant(s) of {argv:?}: {err}");
+        assert_eq!(st, status(&native), "{n} variant(s) of {argv:?}: {err}");
+    }
+    want
+}
+
+#[test]
+fn pthreads_run_like_native_in_one_and_two_variants() {
+    require_kvm!();
+    let t = threads();
+    let out = same_everywhere(&[&t, "all"]);
+    assert!(out.ends_with("all done\n"), "{out}");
+    assert!(!out.contains("WRONG") && !out.contains("ELSEWHERE") && !out.contains("FAILED"), "{out}");
+}
+
+#[test]
+fn the_main_thread_may_leave_first() {
+    require_kvm!();
+    let t = threads();
+    same_everywhere(&[&t, "exit"]);
+}
+
+#[test]
+fn spinning_threads_are_preempted() {
+    require_kvm!();
+    let t = threads();
+    assert_eq!(same_everywhere(&[&t, "spin"]), "spin: token passed 10 times\n");
+}
+
+/// The threaded program, again and again in two variants: the schedule the
+/// leader chose must replay every time (DMVX_THREAD_RUNS, default 5;
+/// scripts/threads-loop.sh runs 100).
+#[test]
+fn two_variants_agree_run_after_run() {
+    require_kvm!();
+    let t = threads();
+    let want = stdout(&run(&t, &["all"], b""));
+    let runs: usize = std::env::var("DMVX_THREAD_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    for i in 0..runs {
+        let (out, st, err) = in_variants(2, &[&t, "all"]);
+        assert_eq!((st, out.as_str()), (0, want.as_str()), "run {i}: {err}");
+    }
+}
+
+#[test]
+fn a_divergent_thread_is_stopped_before_its_output_leaves() {
+    require_kvm!();
+    let t = threads();
+    let d = TempDir::new("thread-div");
+    let o = run_vmm(&["--variants", "2", "--report-dir", d.path().to_str().unwrap(), "--", &t, "divergent"], b"");
+    assert_eq!(status(&o), 121, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ready\n", "the worker's line left: {}", stderr(&o));
+    let path = d.join("dmvx-divergence-variant0.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), stderr(&o)));
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let msg = r["message"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("thread "), "the report does not name the thread: {msg}");
+    assert!(!msg.starts_with("thread 1:"), "the worker is not the main thread: {msg}");
+    assert_eq!(r["leader"]["name"], "write", "{r:#}");
+    assert_eq!(r["took_effect"], false, "{r:#}");
+}
+
+#[test]
+fn python_threading_runs_like_native() {
+    require_kvm!();
+    same_everywhere(&[
+        "/usr/bin/python3",
+        "-c",
+        "import threading, queue\n\
+         q = queue.Queue(); lock = threading.Lock(); total = [0]\n\
+         def work(i):\n    s = sum(range(i * 10000))\n    with lock: total[0] += s\n    q.put(i)\n\
+         ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n\
+         print(sorted(q.get() for _ in range(8)), total[0], threading.active_count())",
+    ]);
+}
+
+#[test]
+fn zstd_with_four_workers_compresses_like_native() {
+    require_kvm!();
+    if !Path::new("/usr/bin/zstd").exists() {
+        shout("SKIPPED zstd_with_four_workers_compresses_like_native: /usr/bin/zstd is not installed");
+        return;
+    }
+    let d = TempDir::new("zstd");
+    // 20 MB of compressible, not trivial, data.
+    let mut data = Vec::with_capacity(20 << 20);
+    let mut x: u32 = 1;
+    while data.len() < 20 << 20 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        data.extend_from_slice(format!("line {} value {}\n", data.len() / 64, (x >> 16) % 1000).as_bytes());
+    }
+    std::fs::write(d.join("in"), &data).unwrap();
+    let input = d.join("in");
+    let cmd = format!("/usr/bin/zstd -T4 -q -c {} | md5sum", input.display());
+    same_everywhere(&["/bin/bash", "-c", &cmd]);
+}
