@@ -64,9 +64,11 @@ fn kick_all() {
     }
 }
 
-/// The host signal that kicks the vCPU thread out of KVM_RUN for the link.
+/// The host signal that kicks the vCPU thread out of KVM_RUN for the link
+/// (not the time slices' SIGRTMIN+5, which stays blocked outside KVM_RUN
+/// and is drained as a slice's end).
 pub fn link_kick_signal() -> i32 {
-    libc::SIGRTMIN() + 5
+    libc::SIGRTMIN() + 6
 }
 
 extern "C" fn on_link_kick(_sig: libc::c_int) {
