@@ -563,7 +563,8 @@ impl Monitor {
             }
             return Ok(());
         }
-        if self.replay_broken.take().is_some() {
+        if let Some(why) = self.replay_broken.take() {
+            log::warn!("variant {}: event {seq} could not be replayed: {why}", self.id);
             let mine = self.rec.as_bytes().to_vec();
             let leader = EntryView::decode(&self.leader_entry).map(|v| v.record.to_vec()).ok();
             return Err(self.diverge(Kind::Records, seq, leader.as_deref(), Some(&mine), self.id, true));
