@@ -817,9 +817,10 @@ impl Monitor {
         let path = self.report_dir.join(&name);
         match crate::jail::reports::write(&self.report_dir, &name, json.as_bytes()) {
             Ok(()) => log::info!(target: crate::logger::PROGRAM, "divergence report written to {}", path.display()),
+            // Nothing is lost: the report goes to stderr instead.
             Err(e) => log::error!(
                 target: crate::logger::PROGRAM,
-                "cannot write the divergence report {}: {e}",
+                "cannot write the divergence report {}: {e}; the report:\n{json}",
                 path.display()
             ),
         }
