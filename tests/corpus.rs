@@ -44,8 +44,18 @@ fn with_outcome(v: &serde_json::Value, outcome: &str) -> Vec<String> {
         .collect()
 }
 
+/// The runner's scratch. Not under a path the default policy treats as
+/// mutable (a checkout in /tmp, as a CI clone may be): the corpus's input
+/// files would then be the leader's, replicated, which changes what the
+/// cases exercise (a follower cannot map a replicated file).
 fn out_dir(name: &str) -> PathBuf {
-    target_dir().join(name)
+    let t = target_dir();
+    let mutable = ["/tmp", "/run", "/var/run", "/var/log", "/var/tmp", "/var/lib", "/var/cache"];
+    if mutable.iter().any(|m| t.starts_with(m)) {
+        // Traversable by the jailed VMM's uid, as the checkout's target is.
+        return PathBuf::from("/opt/dmvx-corpus").join(name);
+    }
+    t.join(name)
 }
 
 #[test]

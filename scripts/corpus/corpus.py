@@ -232,6 +232,7 @@ class Scratch:
         self.upper = os.path.join(self.dir, "u")
         self.work = os.path.join(self.dir, "w")
         self.mnt = os.path.join(self.dir, "m")
+        self.data = data
         self.mounted = []
         for d in (self.upper, self.work, self.mnt):
             os.makedirs(d)
@@ -279,6 +280,13 @@ class Scratch:
         if r.returncode != 0:
             raise SetupError("overlay mount of %s failed: %s" % (self.mnt, r.stdout.strip()))
         self.mounted.append(self.mnt)
+        # The root's /tmp is empty: a checkout under /tmp (a CI clone) keeps
+        # its data where the cases name it, read-only.
+        if os.path.realpath(self.data).startswith("/tmp/"):
+            inside = os.path.join(self.mnt, os.path.realpath(self.data).lstrip("/"))
+            os.makedirs(inside, exist_ok=True)
+            subprocess.run(["mount", "--bind", "-o", "ro", self.data, inside], check=True)
+            self.mounted.append(inside)
         if with_proc:
             proc = os.path.join(self.mnt, "proc")
             subprocess.run(["mount", "-t", "proc", "proc", proc], check=True)

@@ -144,28 +144,24 @@ impl Sched {
         woken + moved
     }
 
-    /// Waiters whose deadline passed at `now` become runnable with their
-    /// call's timeout result.
-    pub fn expire(&mut self, now: Instant) {
-        for p in self.others.iter_mut() {
-            if let Some(w) = p.wait {
-                if w.deadline().is_some_and(|d| d <= now) {
-                    p.wait = None;
-                    w.end(&mut p.regs);
-                }
-            }
-        }
-    }
-
     /// The earliest deadline of a waiter.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.others.iter().filter_map(|p| p.wait.and_then(|w| w.deadline())).min()
     }
 
-    /// Removes and returns the first runnable thread.
-    pub fn take_runnable(&mut self) -> Option<Parked> {
-        let i = self.others.iter().position(|p| p.wait.is_none())?;
-        self.others.remove(i)
+    /// Removes and returns the first thread, in order, that can run: a
+    /// runnable one, or a waiter whose deadline passed at `now`. A wait ends
+    /// by its timeout only when its thread is chosen, never before: a wake
+    /// from another thread meanwhile finds it waiting in every variant
+    /// alike (the leader's expiry is not in the stream; a follower forces
+    /// the timeout when the leader's next event is that thread's).
+    pub fn take_ready(&mut self, now: Instant) -> Option<Parked> {
+        let i = self.others.iter().position(|p| p.wait.is_none_or(|w| w.deadline().is_some_and(|d| d <= now)))?;
+        let mut p = self.others.remove(i)?;
+        if let Some(w) = p.wait.take() {
+            w.end(&mut p.regs);
+        }
+        Some(p)
     }
 
     /// Removes and returns thread `i`, made runnable: a waiter whose turn
@@ -252,7 +248,7 @@ mod tests {
         assert!(s.others[0].wait.is_some());
         assert!(s.others[1].wait.is_none());
         assert_eq!(s.wake(8, BITSET_ALL, 5), 2);
-        assert_eq!(s.take_runnable().map(|p| p.task.tid), Some(2));
+        assert_eq!(s.take_ready(Instant::now()).map(|p| p.task.tid), Some(2));
     }
 
     #[test]
@@ -271,10 +267,14 @@ mod tests {
         s.others.push_back(parked(2, Some(Wait::Futex { addr: 8, bitset: 1, deadline: Some(now) })));
         s.others.push_back(parked(3, Some(Wait::Sleep { deadline: now + std::time::Duration::from_secs(60) })));
         assert_eq!(s.next_deadline(), Some(now));
-        s.expire(now);
-        assert_eq!(s.others[0].regs.rax, (-(libc::ETIMEDOUT as i64)) as u64);
-        assert!(s.others[1].wait.is_some());
-        let p = s.take_forced(1).unwrap();
+        // A wake before the timed-out waiter is chosen finds it waiting.
+        assert_eq!(s.wake(8, 1, 1), 1);
+        assert_eq!(s.others[0].regs.rax, 0);
+        s.others[0].wait = Some(Wait::Futex { addr: 8, bitset: 1, deadline: Some(now) });
+        let p = s.take_ready(now).unwrap();
+        assert_eq!((p.task.tid, p.regs.rax), (2, (-(libc::ETIMEDOUT as i64)) as u64));
+        assert!(s.take_ready(now).is_none(), "the sleeper's deadline is ahead");
+        let p = s.take_forced(0).unwrap();
         assert_eq!(p.regs.rax, 0);
     }
 }

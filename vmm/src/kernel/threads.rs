@@ -178,8 +178,7 @@ impl Kernel {
             }
         }
         loop {
-            self.sched.expire(Instant::now());
-            if let Some(p) = self.sched.take_runnable() {
+            if let Some(p) = self.sched.take_ready(Instant::now()) {
                 return Ok(p);
             }
             self.idle()?;
