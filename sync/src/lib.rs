@@ -27,6 +27,7 @@ pub mod link;
 pub mod policy;
 pub mod record;
 pub mod report;
+pub mod tempname;
 pub mod wire;
 
 pub use config::{ClusterConfig, ConfigError, Digest, Role};

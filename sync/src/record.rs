@@ -23,12 +23,17 @@ use crate::policy::Class;
 const EV_CALL: u8 = 1;
 const EV_EXIT: u8 = 2;
 const EV_KILLED: u8 = 3;
+/// A call whose record holds a fresh temporary name (`A_TEMP`): compared in
+/// its masked form (see `tempname`).
+const EV_CALL_T: u8 = 4;
 
 const A_INT: u8 = 1;
 const A_FD: u8 = 2;
 const A_STR: u8 = 3;
 const A_DIGEST: u8 = 4;
 const A_BYTES: u8 = 5;
+/// A fresh temporary name: its masked form, then the name itself.
+const A_TEMP: u8 = 6;
 
 /// Longest string or byte argument kept whole in a record.
 pub const MAX_INLINE: usize = 4096;
@@ -104,6 +109,30 @@ impl RecordBuf {
         self
     }
 
+    /// The path of a call that creates a fresh name of the program's choosing
+    /// (an O_EXCL create, mkdtemp's mkdir): variants compare it with the
+    /// random part of its last component masked (`tempname::mask`), and a
+    /// follower binds its name to the leader's.
+    pub fn temp_name(&mut self, s: &[u8]) -> &mut Self {
+        let Some(masked) = crate::tempname::mask(s) else { return self.str(s) };
+        if s.len() > MAX_INLINE || self.buf.first() != Some(&EV_CALL) {
+            return self.str(s);
+        }
+        self.buf[0] = EV_CALL_T;
+        self.buf.push(A_TEMP);
+        self.buf.extend_from_slice(&(masked.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(&masked);
+        self.buf.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(s);
+        self
+    }
+
+    /// Replaces the record with `record` (a follower adopting the leader's).
+    pub fn set(&mut self, record: &[u8]) {
+        self.buf.clear();
+        self.buf.extend_from_slice(record);
+    }
+
     /// Small input bytes (a socket address, a timespec), kept whole.
     pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
         if b.len() > MAX_INLINE {
@@ -137,9 +166,79 @@ impl RecordBuf {
     }
 }
 
-/// SHA-256 of a record's bytes (what a follower's acknowledgement carries).
+/// SHA-256 of a record's comparable form (what a follower's
+/// acknowledgement carries).
 pub fn record_digest(record: &[u8]) -> [u8; 32] {
-    Sha256::digest(record).into()
+    Sha256::digest(comparable(record)).into()
+}
+
+/// Whether two records describe the same event: equal bytes, or equal
+/// once the temporary names in them are reduced to their masked forms.
+pub fn records_agree(a: &[u8], b: &[u8]) -> bool {
+    a == b || (a.first() == Some(&EV_CALL_T) && comparable(a) == comparable(b))
+}
+
+/// The record as variants compare it: temporary names by their masked
+/// form only. A malformed record compares as it is.
+pub fn comparable(record: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    if record.first() != Some(&EV_CALL_T) {
+        return Cow::Borrowed(record);
+    }
+    let mut out = Vec::with_capacity(record.len());
+    match walk_temp(record, |part| out.extend_from_slice(part), |_| {}) {
+        Ok(()) => Cow::Owned(out),
+        Err(_) => Cow::Borrowed(record),
+    }
+}
+
+/// Whether a record holds a fresh temporary name.
+pub fn has_temp_name(record: &[u8]) -> bool {
+    record.first() == Some(&EV_CALL_T)
+}
+
+/// The temporary names (unmasked) in a record, in order.
+pub fn temp_names(record: &[u8]) -> Vec<Vec<u8>> {
+    let mut names = Vec::new();
+    if record.first() == Some(&EV_CALL_T) {
+        let _ = walk_temp(record, |_| {}, |n| names.push(n.to_vec()));
+    }
+    names
+}
+
+/// Walks an EV_CALL_T record: `keep` gets every byte range of the
+/// comparable form, `name` every unmasked temporary name.
+fn walk_temp(record: &[u8], mut keep: impl FnMut(&[u8]), mut name: impl FnMut(&[u8])) -> Result<(), DecodeError> {
+    let mut r = Reader::new(record, "record");
+    keep(r.take(4)?);
+    while !r.done() {
+        let tag = r.u8()?;
+        let body: &[u8] = match tag {
+            A_INT => r.take(8)?,
+            A_FD => r.take(4)?,
+            A_DIGEST => r.take(40)?,
+            A_STR | A_BYTES => {
+                let n = r.u16()?;
+                keep(&[tag]);
+                keep(&n.to_le_bytes());
+                keep(r.take(n as usize)?);
+                continue;
+            }
+            A_TEMP => {
+                let n = r.u16()?;
+                keep(&[tag]);
+                keep(&n.to_le_bytes());
+                keep(r.take(n as usize)?);
+                let m = r.u16()? as usize;
+                name(r.take(m)?);
+                continue;
+            }
+            _ => return Err(r.err()),
+        };
+        keep(&[tag]);
+        keep(body);
+    }
+    Ok(())
 }
 
 /// An argument of a decoded record.
@@ -276,7 +375,7 @@ pub fn call_of(record: &[u8]) -> Option<(u64, Class)> {
 pub fn decode(record: &[u8], name_of: impl Fn(u64) -> Option<&'static str>) -> Result<Event, DecodeError> {
     let mut r = Reader::new(record, "record");
     let ev = match r.u8()? {
-        EV_CALL => {
+        EV_CALL | EV_CALL_T => {
             let nr = r.u16()?;
             let c = r.u8()?;
             let class = Class::ALL.get(c as usize).map(|c| c.name()).unwrap_or("?").to_string();
@@ -286,6 +385,12 @@ pub fn decode(record: &[u8], name_of: impl Fn(u64) -> Option<&'static str>) -> R
                     A_INT => Arg::Int(r.u64()?),
                     A_FD => Arg::Fd(r.u32()?),
                     A_STR => {
+                        let n = r.u16()? as usize;
+                        Arg::Str(String::from_utf8_lossy(r.take(n)?).into_owned())
+                    }
+                    A_TEMP => {
+                        let n = r.u16()? as usize;
+                        r.take(n)?;
                         let n = r.u16()? as usize;
                         Arg::Str(String::from_utf8_lossy(r.take(n)?).into_owned())
                     }
@@ -469,6 +574,30 @@ mod tests {
 
     fn name(nr: u64) -> Option<&'static str> {
         (nr == 1).then_some("write")
+    }
+
+    #[test]
+    fn temporary_names_compare_masked() {
+        let rec = |path: &[u8], flags: u64| {
+            let mut r = RecordBuf::new();
+            r.call(257, Class::FileModify).int(-100i64 as u64).temp_name(path).int(flags);
+            r.as_bytes().to_vec()
+        };
+        let (a, b) = (rec(b"/case/tmp.OoZhRt", 0xc2), rec(b"/case/tmp.KO537U", 0xc2));
+        assert_ne!(a, b);
+        assert!(records_agree(&a, &b));
+        assert_eq!(record_digest(&a), record_digest(&b));
+        assert!(!records_agree(&a, &rec(b"/case/tmp.KO537U", 0xc1)), "another argument");
+        assert!(!records_agree(&a, &rec(b"/case/tmq.KO537U", 0xc2)), "another prefix");
+        assert_eq!(temp_names(&a), [b"/case/tmp.OoZhRt".to_vec()]);
+        match decode(&a, |_| Some("openat")).unwrap() {
+            Event::Call { args, .. } => assert_eq!(args[1], Arg::Str("/case/tmp.OoZhRt".into())),
+            e => panic!("{e:?}"),
+        }
+        // Without a random part it is a plain string, compared whole.
+        let (c, d) = (rec(b"/case/a.txt", 0xc2), rec(b"/case/b.txt", 0xc2));
+        assert!(!records_agree(&c, &d));
+        assert!(temp_names(&c).is_empty());
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub enum Kind {
     /// The authenticated link to a variant failed: lost, closed, or a
     /// frame that was forged, tampered with or broke the protocol.
     Link,
+    /// A signal reached the program while it ran without system calls, and
+    /// the variants could not take it at the same point.
+    Signal,
 }
 
 /// The report written when variants diverge.

@@ -12,7 +12,9 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::{check_own_key, lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Tx};
+use super::{
+    check_own_key, lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Tx, Waker, WakerSlot,
+};
 use crate::config::{ClusterConfig, Role};
 use crate::crypto::Opener;
 use crate::frame::FrameError;
@@ -54,6 +56,7 @@ struct Shared {
     inbound: Mutex<Option<std_mpsc::Sender<Inbound>>>,
     /// The sending side, set once connected.
     tx: OnceLock<Arc<Tx>>,
+    waker: WakerSlot,
 }
 
 impl Shared {
@@ -72,6 +75,7 @@ impl Shared {
         if let Some(tx) = self.tx.get() {
             tx.finish();
         }
+        self.waker.wake();
     }
 }
 
@@ -127,6 +131,7 @@ impl Follower {
             failure: Mutex::new(None),
             inbound: Mutex::new(Some(in_tx.clone())),
             tx: OnceLock::new(),
+            waker: WakerSlot::default(),
         });
         let pool = Arc::new(Pool::new(cfg.batch_bytes + 256));
         let (bye_tx, bye_rx) = mpsc::unbounded_channel();
@@ -301,6 +306,12 @@ impl Follower {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Calls `w` from the link's I/O thread whenever the leader sends a
+    /// control message or the link fails (set once).
+    pub fn set_waker(&self, w: Waker) {
+        self.shared.waker.set(w);
     }
 
     /// The link's failure, if it failed.
@@ -536,8 +547,12 @@ async fn reader(
                 return fail(PeerFailure::Malformed("unexpected batch encoding".into()))
             }
         };
+        let control = matches!(item, Inbound::Control(_));
         if tx.send(item).is_err() {
             return;
+        }
+        if control {
+            shared.waker.wake();
         }
     }
 }

@@ -17,7 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{check_own_key, lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Signal, Tx};
+use super::{
+    check_own_key, lock, millis, read_sealed, start_io, tx_writer, LinkError, PeerFailure, Pool, Signal, Tx, Waker,
+    WakerSlot,
+};
 use crate::config::{ClusterConfig, MAX_VARIANTS};
 use crate::crypto::Opener;
 use crate::handshake::{self, HandshakeError, HandshakeInfo, Session};
@@ -77,6 +80,7 @@ struct Shared {
     controls: Mutex<VecDeque<(u8, Control)>>,
     /// Each follower's sending side, by slot; set once every follower joined.
     txs: OnceLock<Vec<Arc<Tx>>>,
+    waker: WakerSlot,
 }
 
 impl Shared {
@@ -101,6 +105,7 @@ impl Shared {
         }
         self.failed.store(true, Ordering::SeqCst);
         self.notify();
+        self.waker.wake();
     }
 
     /// Sends one message to every follower (or to `to` only), from the
@@ -198,6 +203,7 @@ impl Leader {
             first_failure: Mutex::new(None),
             sent: AtomicU64::new(0),
             controls: Mutex::new(VecDeque::new()),
+            waker: WakerSlot::default(),
             txs: OnceLock::new(),
         });
         let pool = Arc::new(Pool::new(cfg.batch_bytes + BATCH_HEADROOM + 64));
@@ -319,6 +325,12 @@ impl Leader {
     /// The followers' variant ids.
     pub fn followers(&self) -> impl Iterator<Item = u8> + '_ {
         self.shared.slots.iter().map(|s| s.id)
+    }
+
+    /// Calls `w` from the link's I/O thread whenever a follower sends a
+    /// control message or fails (set once).
+    pub fn set_waker(&self, w: Waker) {
+        self.shared.waker.set(w);
     }
 
     /// The first failure of any follower, if one failed.
@@ -735,6 +747,7 @@ async fn reader(slot: usize, shared: Arc<Shared>, rd: OwnedReadHalf, mut opener:
             Message::Control(c) => {
                 lock(&shared.controls).push_back((s.id, c));
                 shared.notify();
+                shared.waker.wake();
             }
             Message::Bye => return shared.fail(slot, PeerFailure::Closed),
             Message::Batch { .. } => return shared.fail(slot, PeerFailure::Protocol("a follower sent a batch".into())),

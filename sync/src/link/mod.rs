@@ -17,7 +17,7 @@ mod leader;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -108,6 +108,27 @@ fn refusals(refused: &[String]) -> String {
 }
 
 /// Locks, ignoring poisoning (no lock here guards a broken invariant).
+/// A callback the link's I/O thread calls when a control message arrives or
+/// the link fails: the peer wants this side to act even if its program is
+/// running code that makes no system call (the VMM kicks its vCPU).
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
+/// Where a link keeps its waker (set once).
+#[derive(Default)]
+pub(crate) struct WakerSlot(OnceLock<Waker>);
+
+impl WakerSlot {
+    pub(crate) fn set(&self, w: Waker) {
+        let _ = self.0.set(w);
+    }
+
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.0.get() {
+            w();
+        }
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -348,6 +348,12 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
         }
         m.insert(libc::SYS_socket, sockets);
     }
+    if role == Role::LinkIo {
+        // A control message or a failed link wakes this process's vCPU
+        // thread (signal::host::kick_for_link): that one signal only.
+        let sig = crate::kernel::signal::host::link_kick_signal() as u64;
+        m.insert(libc::SYS_tgkill, vec![rule(vec![cond(2, Len::Dword, Op::Eq, sig)?])?]);
+    }
     let mut ioctls = Vec::new();
     if matches!(role, Role::Vmm | Role::LinuxMain | Role::LinuxVcpu) {
         ioctls.push(rule(vec![cond(1, Len::Dword, Op::MaskedEq(0xff00), KVMIO << 8)?])?);
@@ -373,6 +379,13 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
         libc::PR_SET_NO_NEW_PRIVS,
     ] {
         prctls.push(rule(vec![cond(0, Len::Dword, Op::Eq, op as u64)?])?);
+    }
+    if role == Role::Vmm {
+        // The vCPU thread faults its own rdtsc around KVM_RUN (vstate/tsc.rs):
+        // it changes only this thread's time stamp counter access.
+        for op in [libc::PR_GET_TSC, libc::PR_SET_TSC] {
+            prctls.push(rule(vec![cond(0, Len::Dword, Op::Eq, op as u64)?])?);
+        }
     }
     m.insert(libc::SYS_prctl, prctls);
     Ok(m)

@@ -32,6 +32,12 @@ impl CallView for Kernel {
         Kernel::path_arg(self, va)
     }
 
+    fn rewrite_arg(&self, arg: &mut Vec<u8>) {
+        if let Some(m) = self.monitor.as_ref() {
+            m.names.rewrite_arg(arg);
+        }
+    }
+
     fn user_iov(&mut self, va: u64, len: u64, iov: &mut HostIov) -> SysResult<u64> {
         self.mm.user_iov(va, len, false, iov)
     }

@@ -50,6 +50,9 @@ pub enum Extra {
     /// A Unix socket: the path the program bound it to (the host sees a
     /// sandbox-resolved path instead).
     Unix(Mutex<Option<Vec<u8>>>),
+    /// A directory of the virtual /proc: its entries as getdents64 returns
+    /// them, and how far the program has read.
+    ProcDir(Mutex<(Vec<u8>, usize)>),
 }
 
 /// Locks `m`; a poisoned lock (a panic elsewhere while held) still yields
@@ -168,6 +171,23 @@ impl OpenFile {
     }
 
     /// An open directory whose canonical path inside the root is `path`.
+    /// A directory of the virtual /proc with its getdents64 records; `fd`
+    /// (a real directory) answers fstat.
+    pub fn proc_dir(fd: OwnedFd, ents: Vec<u8>) -> Self {
+        OpenFile {
+            fd: Some(fd),
+            kind: FileKind::Directory,
+            extra: Extra::ProcDir(Mutex::new((ents, 0))),
+            remote: false,
+            broken: AtomicI32::new(0),
+            nonblock: AtomicU8::new(NONBLOCK_UNKNOWN),
+            ipc: false,
+            path: Some(b"/proc/self/fd".to_vec().into_boxed_slice()),
+            in_root: true,
+            owner: AtomicI32::new(0),
+        }
+    }
+
     pub fn directory(fd: Option<OwnedFd>, remote: bool, path: &[u8]) -> Arc<Self> {
         Arc::new(OpenFile {
             fd,

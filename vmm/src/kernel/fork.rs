@@ -146,10 +146,14 @@ impl Kernel {
         host::register_kick(plat.kick_target());
         if let Some(m) = self.monitor.take() {
             let spec = m.spec.clone();
+            // The child's paths name the leader's temporaries as the parent's do.
+            let names = m.names.clone();
             // Its link's threads stayed with the parent: never touch it.
             std::mem::forget(m);
             let port = u16::from_le_bytes(port);
-            self.monitor = Some(Box::new(spec.child(pid, place, listener, port)?));
+            let mut child = spec.child(pid, place, listener, port)?;
+            child.names = names;
+            self.monitor = Some(Box::new(child));
         }
         let mut child = ctx;
         child.rax = 0;

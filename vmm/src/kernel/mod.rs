@@ -22,10 +22,13 @@ pub mod fork;
 pub mod fs_context;
 mod host_io;
 pub mod identity;
+mod insn;
+mod interrupt;
 pub mod layout;
 pub mod mm;
 pub mod net_policy;
 pub mod proc_table;
+mod procfs;
 mod run;
 pub mod sandbox;
 pub mod sched;
@@ -162,6 +165,8 @@ pub struct Stats {
     pub syscalls: u64,
     pub page_faults: u64,
     pub signals: u64,
+    /// rdtsc and rdtscp the kernel answered.
+    pub trapped_insns: u64,
 }
 
 /// What the kernel logs once, and how much it tells.
@@ -208,6 +213,9 @@ pub struct Kernel {
     pub(crate) vfork_done: Option<std::os::fd::OwnedFd>,
     /// Children whose end was signalled to the program already.
     pub(crate) reported: HashSet<u32>,
+    /// Leader: since when a handled host signal waits for the program's
+    /// next system call (see `interrupt`).
+    pub(crate) signal_waiting: Option<Instant>,
     /// The process's other threads.
     pub(crate) sched: sched::Sched,
     /// Where the program's sockets may connect (`--net`).
@@ -288,6 +296,9 @@ impl Kernel {
             self.mm.frames.in_use(),
             up.as_secs_f64()
         );
+        if s.trapped_insns > 0 {
+            eprintln!("dmvx stats: {} trapped instructions (rdtsc, rdtscp)", s.trapped_insns);
+        }
         let rss = vm_rss_bytes();
         let guest = self.mm.mem.resident_bytes();
         eprintln!(

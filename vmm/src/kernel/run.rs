@@ -234,13 +234,14 @@ impl Kernel {
 
     /// The monitor's view after the call, with the leader's caught signals
     /// going out and the followers raising them.
-    fn monitor_end(&mut self, ret: i64) -> Result<(), Stop> {
+    pub(super) fn monitor_end(&mut self, ret: i64) -> Result<(), Stop> {
         let caught = if self.is_leader() {
             self.collect_host_signals();
             std::mem::take(&mut self.host_raised)
         } else {
             0
         };
+        self.signal_waiting = None;
         let Some(m) = self.monitor.as_mut() else { return Ok(()) };
         let mut raised = Vec::new();
         let r = m.end(ret, caught, &mut |s| raised.push((s.sig, s.code, s.addr)));
@@ -299,6 +300,14 @@ impl Kernel {
                 }
             };
         }
+        if vec == vector::GENERAL_PROTECTION && err == 0 {
+            if let Some((insn, len)) = self.trapped_insn(&ctx) {
+                return match self.emulate_insn(ctx, insn, len) {
+                    Ok(ctx) => Next::Resume(ctx),
+                    Err(stop) => Next::Done(self.stopped(stop)),
+                };
+            }
+        }
         let sig = match vec {
             vector::DIVIDE_ERROR | vector::X87_FP | vector::SIMD_FP => Signal::SIGFPE,
             vector::INVALID_OPCODE => Signal::SIGILL,
@@ -330,12 +339,24 @@ impl Kernel {
         Next::Resume(ctx)
     }
 
-    /// A host signal kicked the vCPU while program code ran: alone, deliver
-    /// there; in a cluster, variants take signals at the same point (after
-    /// a call), so the program just continues.
+    /// Ends the program as killed by `sig`, a signal from outside that
+    /// reached the leader while its program ran without system calls.
+    pub(crate) fn kill_externally(&mut self, sig: Signal, reason: String) -> Outcome {
+        if let Some(m) = self.monitor.as_mut() {
+            if let Err(stop) = m.finish_killed_externally(sig.0) {
+                return self.stopped(stop);
+            }
+        }
+        Outcome::Killed { signal: sig, reason }
+    }
+
+    /// A host signal or the link kicked the vCPU while program code ran:
+    /// alone, a signal is delivered there; in a cluster, see `interrupt`.
     fn on_interrupt(&mut self, plat: &mut Platform, ctx: kvm_regs) -> Result<Next, KernelError> {
         if self.monitor.is_none() {
             self.collect_host_signals();
+        } else if let Some(outcome) = self.mvx_interrupt() {
+            return Ok(Next::Done(outcome));
         }
         // A thread's slices may be over (spinning without system calls).
         Ok(match self.preempt(plat, &ctx)? {

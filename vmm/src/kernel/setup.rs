@@ -84,6 +84,9 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         None => None,
     };
     let follower = monitor.as_ref().is_some_and(|m| !m.is_leader());
+    if monitor.as_ref().is_some_and(|m| m.is_leader()) {
+        report_unhidden();
+    }
     let mut k = Kernel {
         mm,
         task,
@@ -107,6 +110,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         root: true,
         vfork_done: None,
         reported: Default::default(),
+        signal_waiting: None,
         sched: Default::default(),
         net: Arc::new(config.net.clone()),
         own_ports: Default::default(),
@@ -128,6 +132,22 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         std::process::exit(outcome.status());
     }
     Ok(outcome)
+}
+
+/// Says which instructions that bypass the VMM this host could not hide
+/// from the program (each variant may then see its own values).
+fn report_unhidden() {
+    let unhidden = crate::arch::x86_64::regs::unhidden_instructions();
+    if !unhidden.is_empty() {
+        log::info!(
+            "this host's KVM shows the program the host CPU's CPUID: {} cannot be hidden (a program that uses them \
+             gets different values in each variant and diverges)",
+            unhidden.join(" and ")
+        );
+    }
+    if !crate::vstate::tsc::can_fault_tsc() {
+        log::info!("this host cannot make rdtsc fault: each variant reads its own time stamp counter");
+    }
 }
 
 fn exec_open_error(path: &str, e: Errno) -> KernelError {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dmvx_sync::link::LinkError;
 use dmvx_sync::policy::{Check, Class, Input};
-use dmvx_sync::record::{decode, record_digest, EntryView, SignalEvent};
+use dmvx_sync::record::{decode, record_digest, records_agree, temp_names, EntryView, SignalEvent};
 use dmvx_sync::report::{describe, Kind, PolicyUsed, Report};
 use dmvx_sync::Control;
 
@@ -25,6 +25,9 @@ const ACK_EVERY: u64 = 64;
 /// held output, which it acknowledges only once verified against the
 /// leader's entry; if the leader is waiting at N instead, this tells it).
 const CTRL_REACHED: u32 = 1;
+/// Custom control from the leader: "look at the link" (its last event was
+/// sent while yours may be running code without system calls).
+const CTRL_LOOK: u32 = 2;
 /// How long a follower waits for the leader's entry of a held output
 /// before telling the leader it reached it.
 const REACHED_AFTER: Duration = Duration::from_millis(20);
@@ -56,6 +59,7 @@ impl Monitor {
             // for every follower to reach the same record first.
             let held = self.deferred_outputs && self.class == Class::Output;
             if lockstep && !held {
+                self.announce_wait(seq)?;
                 if self.threaded {
                     let mut payload = seq.to_le_bytes().to_vec();
                     payload.extend_from_slice(&self.tid.to_le_bytes());
@@ -78,6 +82,10 @@ impl Monitor {
         // output the leader does not wait for: it is acknowledged only once
         // verified here (the acknowledgement releases it).
         let held = self.deferred_outputs && self.class == Class::Output;
+        if self.match_fresh_name(lockstep && !held)? {
+            return Ok(());
+        }
+        let seq = self.seq;
         if lockstep && !held {
             let digest = record_digest(self.rec.as_bytes());
             self.follower().ack(seq, digest).map_err(Monitor::link_stop)?;
@@ -98,12 +106,51 @@ impl Monitor {
         if view.record != self.rec.as_bytes() {
             let leader = view.record.to_vec();
             let mine = self.rec.as_bytes().to_vec();
-            let took_effect = self.leader_went_ahead(&leader);
-            return Err(self.diverge(Kind::Records, seq, Some(&leader), Some(&mine), self.id, took_effect));
+            if let Ok(dmvx_sync::record::Event::Killed { signal }) = decode(&leader, names::name) {
+                // The leader died of a signal from outside while this
+                // variant went on to this call: end with it.
+                if !lockstep || held {
+                    let d = record_digest(&leader);
+                    self.follower().ack(seq, d).map_err(Monitor::link_stop)?;
+                }
+                return Err(Stop::Shutdown(128 + signal));
+            }
+            if !records_agree(&leader, &mine) {
+                let took_effect = self.leader_went_ahead(&leader);
+                return Err(self.diverge(Kind::Records, seq, Some(&leader), Some(&mine), self.id, took_effect));
+            }
+            // Fresh temporary names that differ only in their random part:
+            // from here on this variant's name means the leader's.
+            for (m, l) in temp_names(&mine).iter().zip(temp_names(&leader).iter()) {
+                self.names.bind(m, l);
+            }
+            self.rec.set(&leader);
         }
         self.mode = if replicated { OpMode::Replay } else { OpMode::Direct };
         self.ops_replayed = 0;
         Ok(())
+    }
+
+    /// Leader: waits until every follower acknowledged `seq`, whatever it
+    /// made there (a death from outside: see `finish_killed_externally`).
+    fn await_any_ack(&mut self, seq: u64) -> Result<(), Stop> {
+        loop {
+            let timeout = self.timeout;
+            match self.leader().wait_acked(seq, timeout) {
+                Ok(()) => return Ok(()),
+                Err(LinkError::ControlPending) => {
+                    // A follower that reached a different call there reports
+                    // it; the death is the leader's, not a divergence.
+                    let _ = self.leader().try_recv_control();
+                }
+                Err(LinkError::AckTimeout { silent, .. }) => {
+                    let who = silent.first().copied().unwrap_or(0);
+                    let mine = self.rec.as_bytes().to_vec();
+                    return Err(self.diverge(Kind::Silent, seq, Some(&mine), None, who, false));
+                }
+                Err(e) => return Err(Monitor::link_stop(e)),
+            }
+        }
     }
 
     /// Follower: whether the leader's call with `record` took effect before
@@ -148,7 +195,7 @@ impl Monitor {
 
     /// Follower: the leader's entry `seq` into `self.leader_entry`, if it
     /// arrives within `wait`.
-    fn fetch_leader_entry_within(&mut self, seq: u64, wait: Duration) -> Result<bool, Stop> {
+    pub(super) fn fetch_leader_entry_within(&mut self, seq: u64, wait: Duration) -> Result<bool, Stop> {
         if self.prefetched.take() == Some(seq) {
             return Ok(true);
         }
@@ -300,8 +347,74 @@ impl Monitor {
                 self.write_report_file(&serde_json::to_string_pretty(&v).unwrap_or(text));
                 Some(Stop::Divergence(msg))
             }
+            Control::Custom { kind: super::fresh_names::CTRL_WAITING, payload } => {
+                self.on_waiting(&payload);
+                None
+            }
             _ => None,
         }
+    }
+
+    /// Follower, while the program runs without system calls and the link
+    /// asked to be looked at: takes the leader's next entry if it is there
+    /// (kept for the next call) and control messages. Some(signal) if the
+    /// leader's next event is its death by that signal (every variant dies
+    /// with it, at once); Err if the run stops.
+    pub(crate) fn poll_leader(&mut self) -> Result<Option<i32>, Stop> {
+        let next = self.seq + 1;
+        if self.prefetched != Some(next) {
+            if !self.fetch_leader_entry_within(next, Duration::ZERO)? {
+                if let Err(e) = self.follower().check() {
+                    return Err(Monitor::link_stop(e));
+                }
+                return Ok(None);
+            }
+            self.prefetched = Some(next);
+        }
+        let view = EntryView::decode(&self.leader_entry).map_err(|e| Stop::link(e.to_string()))?;
+        match decode(view.record, names::name) {
+            Ok(dmvx_sync::record::Event::Killed { signal }) => Ok(Some(signal)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Leader, while the program runs without system calls and the link
+    /// asked to be looked at: divergence reports and failures of followers.
+    pub(crate) fn poll_followers(&mut self) -> Result<(), Stop> {
+        self.take_controls_leader()?;
+        self.leader().check().map_err(Monitor::link_stop)
+    }
+
+    /// Leader: signal `what` cannot be delivered at one point in every
+    /// variant (the program ran without system calls for `waited`): the run
+    /// stops with a report, the output every follower agreed on goes out.
+    pub(crate) fn signal_undeliverable(&mut self, what: &str, waited: Duration) -> Stop {
+        let seq = self.seq;
+        let message = self.in_process(format!(
+            "{what} arrived while the program ran without system calls; after {:.1} s it still made none, so \
+             the variants cannot take the signal at the same point (dmvx has no instruction counter here)",
+            waited.as_secs_f64()
+        ));
+        let report = Report {
+            kind: Kind::Signal,
+            message: message.clone(),
+            seq,
+            variant: self.id as u32,
+            detected_by: self.id as u32,
+            policy: PolicyUsed::of(self.class, self.rule),
+            leader: None,
+            other: None,
+            took_effect: false,
+            forensic: vec![self.variant_log()],
+        };
+        let json = report.to_json();
+        let (agreed, _) = self.agreed_before(seq + 1, u8::MAX, true);
+        self.outputs.release_before(agreed, seq + 1);
+        let _ = self.outputs.discard();
+        let _ = self.leader().send_control(&Control::Divergence { seq, report: json.clone().into_bytes() });
+        let _ = self.leader().flush();
+        self.write_report_file(&json);
+        Stop::Divergence(message)
     }
 
     /// Leader: handles control messages from followers (divergence reports).
@@ -423,6 +536,9 @@ impl Monitor {
     /// every variant right after this call. Follower: `raise` receives the
     /// leader's.
     pub(crate) fn end(&mut self, ret: i64, caught: u64, raise: &mut dyn FnMut(SignalEvent)) -> Result<(), Stop> {
+        if std::mem::take(&mut self.skip_event) {
+            return Ok(());
+        }
         let seq = self.seq;
         self.log.push(seq, self.rec.as_bytes(), ret);
         if self.is_leader() {
@@ -477,6 +593,18 @@ impl Monitor {
     /// The program ends with `exit` status or killed by `sig`: the last
     /// event is checked in lockstep, held outputs go out, the run ends.
     pub(crate) fn finish(&mut self, exit: Option<i32>, sig: Option<i32>) -> Result<(), Stop> {
+        self.finish_with(exit, sig, false)
+    }
+
+    /// Leader: the program dies of a signal from outside (sent to the
+    /// VMM) that no call of its received. Followers may be at a later call
+    /// already (acknowledged with its record); they end with the leader
+    /// when they find its death instead of their call's entry.
+    pub(crate) fn finish_killed_externally(&mut self, sig: i32) -> Result<(), Stop> {
+        self.finish_with(None, Some(sig), true)
+    }
+
+    fn finish_with(&mut self, exit: Option<i32>, sig: Option<i32>, external: bool) -> Result<(), Stop> {
         // exit_group already went through monitor_begin as a call; the
         // final event is the exit or death itself.
         match (exit, sig) {
@@ -494,7 +622,14 @@ impl Monitor {
             let entry = self.entry.finish(0, &[]).to_vec();
             self.leader().push(&entry).map_err(Monitor::link_stop)?;
             self.leader().flush().map_err(Monitor::link_stop)?;
-            self.await_followers(seq)?;
+            // Followers may be running code without system calls (a death
+            // by a signal is not at a call): this wakes them to take it.
+            let _ = self.leader().send_control(&Control::Custom { kind: CTRL_LOOK, payload: Vec::new() });
+            if external {
+                self.await_any_ack(seq)?;
+            } else {
+                self.await_followers(seq)?;
+            }
             self.release_outputs(true)?;
             self.log.push(seq, self.rec.as_bytes(), 0);
             let status = exit.unwrap_or(128 + sig.unwrap_or(0));
@@ -531,7 +666,7 @@ impl Monitor {
 
     /// Builds, writes and sends a divergence report; returns the stop.
     #[allow(clippy::too_many_arguments)]
-    fn diverge(
+    pub(super) fn diverge(
         &mut self,
         kind: Kind,
         seq: u64,

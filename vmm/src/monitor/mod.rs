@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod commit;
 mod engine;
+mod fresh_names;
 pub mod join;
 pub mod launch;
 pub mod records;
@@ -115,6 +116,12 @@ pub struct Monitor {
     pub replicated_file_bytes: u64,
     /// This variant's current address-space layout, for reports.
     pub layout: Option<LayoutUsed>,
+    /// Follower: its fresh temporary names bound to the leader's.
+    pub names: dmvx_sync::tempname::NameMap,
+    /// Follower: the leader said it waits at this event (`fresh_names`).
+    pub leader_waiting: Option<u64>,
+    /// Follower: the current event is left out of the stream.
+    pub skip_event: bool,
     /// The process has threads: records name the thread of the call.
     pub threaded: bool,
     /// The thread of the current call.
@@ -141,6 +148,12 @@ impl Monitor {
         spec: join::StreamSpec,
     ) -> Monitor {
         let deferred_outputs = policy.preset == dmvx_sync::policy::Preset::Dmvx;
+        // A peer's control message or a failed link must reach this VMM
+        // even while its program computes without system calls.
+        match &link {
+            Link::Leader(l) => l.set_waker(Box::new(crate::kernel::signal::host::kick_for_link)),
+            Link::Follower(f) => f.set_waker(Box::new(crate::kernel::signal::host::kick_for_link)),
+        }
         Monitor {
             spec,
             id,
@@ -165,6 +178,9 @@ impl Monitor {
             replay_broken: None,
             replicated_file_bytes: 0,
             layout: None,
+            names: Default::default(),
+            leader_waiting: None,
+            skip_event: false,
             threaded: false,
             tid: 0,
             prefetched: None,

@@ -33,7 +33,7 @@ pub fn execveat(v: &mut dyn CallView, rec: &mut RecordBuf, a: &[u64; 6]) {
 
 fn exec_args(v: &mut dyn CallView, rec: &mut RecordBuf, path: u64, argv: u64, envp: u64) {
     rec_path(v, rec, path);
-    for arr in [argv, envp] {
+    for (arr, is_argv) in [(argv, true), (envp, false)] {
         let mut h = Sha256::new();
         let mut i = 0u64;
         let mut ok = arr != 0;
@@ -41,7 +41,10 @@ fn exec_args(v: &mut dyn CallView, rec: &mut RecordBuf, path: u64, argv: u64, en
             match read_u64(v, arr + i * 8) {
                 Some(0) => break,
                 Some(p) => match v.read_cstr(p, 128 * 1024) {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        if is_argv {
+                            v.rewrite_arg(&mut s);
+                        }
                         h.update(&s);
                         h.update([0]);
                     }

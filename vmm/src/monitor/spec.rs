@@ -40,6 +40,9 @@ pub trait CallView {
     fn read_cstr(&mut self, va: u64, max: usize) -> SysResult<Vec<u8>>;
     /// A path argument (bounded as the kernel bounds paths).
     fn path_arg(&mut self, va: u64) -> SysResult<Vec<u8>>;
+    /// A program argument as the VMM passes it on (a follower's bound
+    /// temporary names are the leader's).
+    fn rewrite_arg(&self, arg: &mut Vec<u8>);
     /// Host iovecs over `len` bytes of program memory at `va` (readable).
     fn user_iov(&mut self, va: u64, len: u64, iov: &mut HostIov) -> SysResult<u64>;
 }
@@ -104,6 +107,13 @@ pub enum Field {
     Path(u8),
     /// A path argument, if the pointer is not null.
     PathIf(u8),
+    /// The path of an open: a fresh temporary name (compared with its random
+    /// part masked, `dmvx_sync::tempname`) if the flags in argument `flags`
+    /// are O_CREAT|O_EXCL.
+    NewPath { path: u8, flags: u8 },
+    /// The path of a mkdir: a fresh temporary name if argument `mode` is
+    /// mkdtemp's 0700.
+    NewDir { path: u8, mode: u8 },
     /// Bytes of an input structure: `len` bytes at the pointer (hashed
     /// length only if longer than a page).
     Bytes { ptr: u8, len: Len },
@@ -156,6 +166,13 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
             // Data between the program's processes: replicated (its timing
             // decides what a read returns), never held (it stays inside).
             Some(f) if f.ipc && matches!(remote, Class::NetInput | Class::Output) => simple(Class::Ipc, true),
+            // A write to a regular file modifies the file: checked before it
+            // takes effect, then performed at once. Held back, it would land
+            // at the offset of its release, and reads, seeks and sizes of the
+            // file in between would not see it.
+            Some(f) if f.remote && f.kind == FileKind::Regular && remote == Class::Output => {
+                simple(Class::FileModify, true)
+            }
             Some(f) if f.remote => simple(remote, true),
             Some(f) if f.kind == FileKind::CharDevice && remote == Class::NetInput => simple(Class::Random, false),
             _ => simple(local, false),
@@ -287,6 +304,11 @@ fn field(v: &mut dyn CallView, rec: &mut RecordBuf, f: Field, a: &[u64; 6]) {
                 rec_path(v, rec, arg(i));
             }
         }
+        Field::NewPath { path, flags } => {
+            let excl = (libc::O_CREAT | libc::O_EXCL) as u64;
+            rec_new_path(v, rec, arg(path), arg(flags) & excl == excl);
+        }
+        Field::NewDir { path, mode } => rec_new_path(v, rec, arg(path), arg(mode) & 0o7777 == 0o700),
         Field::Bytes { ptr, len: l } => rec_bytes(v, rec, arg(ptr), len(l)),
         Field::BytesIf { ptr, len: l } => {
             if arg(ptr) != 0 {
@@ -372,6 +394,15 @@ pub fn hash_iovs(v: &mut dyn CallView, iov_va: u64, cnt: u64) -> Option<([u8; 32
 /// A path, or the unreadable marker.
 pub fn rec_path(v: &mut dyn CallView, rec: &mut RecordBuf, va: u64) {
     match v.path_arg(va) {
+        Ok(p) => rec.str(&p),
+        Err(_) => rec.int(UNREADABLE),
+    };
+}
+
+/// A path that may be a fresh temporary name (`fresh`).
+fn rec_new_path(v: &mut dyn CallView, rec: &mut RecordBuf, va: u64, fresh: bool) {
+    match v.path_arg(va) {
+        Ok(p) if fresh => rec.temp_name(&p),
         Ok(p) => rec.str(&p),
         Err(_) => rec.int(UNREADABLE),
     };

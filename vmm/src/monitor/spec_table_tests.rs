@@ -47,6 +47,10 @@ fn roles(entry: &syscall::Entry) -> Option<[Role; 6]> {
             Field::Int(i) => set(i, Role::Int, &mut r)?,
             Field::Const(_) => {}
             Field::Path(i) | Field::PathIf(i) => set(i, Role::Path, &mut r)?,
+            Field::NewPath { path, flags: x } | Field::NewDir { path, mode: x } => {
+                set(path, Role::Path, &mut r)?;
+                set(x, Role::Int, &mut r)?;
+            }
             Field::Bytes { ptr, len: l } | Field::BytesIf { ptr, len: l } => {
                 set(ptr, Role::Data, &mut r)?;
                 if let Some(i) = len(l) {

@@ -113,6 +113,8 @@ impl Fake {
 }
 
 impl CallView for Fake {
+    fn rewrite_arg(&self, _arg: &mut Vec<u8>) {}
+
     fn fd_info(&self, fd: u64) -> Option<FdFacts> {
         self.fds.get(&(fd as u32 as u64)).copied()
     }

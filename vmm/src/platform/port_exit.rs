@@ -97,7 +97,8 @@ impl Platform {
         .ok_or_else(small)?;
         let header = kernel.header;
         write_tables(&mem, &header.exception_stubs, PORT_SYSCALL).ok_or_else(small)?;
-        let vcpu = Vcpu::new(vm.fd.create_vcpu(0).map_err(VmError::CreateVcpu)?);
+        let mut vcpu = Vcpu::new(vm.fd.create_vcpu(0).map_err(VmError::CreateVcpu)?);
+        vcpu.set_trap_tsc(true);
         let xcr0 = regs::setup_cpuid(&vm.kvm, vcpu.fd())?;
         regs::setup_long_mode(vcpu.fd(), pt.root(), header.syscall_entry, xcr0)?;
         let st = State {
@@ -121,7 +122,8 @@ impl Platform {
     /// the program.
     pub fn rebuild(&mut self, mm: &Mm, fs: u64, gs: u64, fpu: &kvm_xsave) -> Result<(), PlatformError> {
         let vm = self.st._vm.for_child().map_err(SetupError::from)?;
-        let vcpu = Vcpu::new(vm.fd.create_vcpu(0).map_err(|e| SetupError::Vm(VmError::CreateVcpu(e)))?);
+        let mut vcpu = Vcpu::new(vm.fd.create_vcpu(0).map_err(|e| SetupError::Vm(VmError::CreateVcpu(e)))?);
+        vcpu.set_trap_tsc(true);
         let xcr0 = regs::setup_cpuid(&vm.kvm, vcpu.fd())?;
         regs::setup_long_mode(vcpu.fd(), mm.page_tables().root(), self.st.header.syscall_entry, xcr0)?;
         regs::set_segment_bases(vcpu.fd(), fs, gs)?;

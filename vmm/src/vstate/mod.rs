@@ -1,4 +1,5 @@
 //! The VM, its vCPU, and the generic exit loop.
 
+pub mod tsc;
 pub mod vcpu;
 pub mod vm;

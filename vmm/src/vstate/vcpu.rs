@@ -25,6 +25,8 @@ pub enum VcpuError {
 /// A vCPU whose registers are exchanged through the sync area.
 pub struct Vcpu {
     fd: VcpuFd,
+    /// The guest's rdtsc must fault (see `tsc`).
+    trap_tsc: bool,
 }
 
 impl Vcpu {
@@ -32,7 +34,13 @@ impl Vcpu {
     pub fn new(mut fd: VcpuFd) -> Self {
         fd.set_sync_valid_reg(SyncReg::Register);
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
-        Vcpu { fd }
+        Vcpu { fd, trap_tsc: false }
+    }
+
+    /// Makes the guest's rdtsc and rdtscp fault at CPL3 even where KVM
+    /// ignores the guest's CR4.TSD (see `tsc`).
+    pub fn set_trap_tsc(&mut self, on: bool) {
+        self.trap_tsc = on;
     }
 
     /// The raw vCPU.
@@ -143,7 +151,14 @@ enum Event {
 pub fn run<H: ExitHandler>(vcpu: &mut Vcpu, handler: &mut H) -> Result<H::Done, VcpuError> {
     loop {
         // Copy what the exit says, so the handler gets the vCPU back.
-        let event = match vcpu.fd.run() {
+        if vcpu.trap_tsc {
+            super::tsc::fault_tsc();
+        }
+        let res = vcpu.fd.run();
+        if vcpu.trap_tsc {
+            super::tsc::allow_tsc();
+        }
+        let event = match res {
             Ok(VcpuExit::IoOut(port, bytes)) => {
                 let mut data = [0u8; 8];
                 let len = bytes.len().min(8);

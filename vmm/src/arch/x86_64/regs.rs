@@ -11,6 +11,9 @@ const CR0_MP: u64 = 1 << 1;
 const CR0_NE: u64 = 1 << 5;
 const CR0_WP: u64 = 1 << 16;
 const CR0_PG: u64 = 1 << 31;
+/// rdtsc and rdtscp fault at CPL3: the VMM answers them (one value in
+/// every variant).
+const CR4_TSD: u64 = 1 << 2;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
@@ -75,13 +78,23 @@ pub enum RegsError {
     PartialMsrs(usize),
 }
 
-/// The vCPU's CPUID: what KVM supports. Returns the XCR0 mask to enable.
+/// CPUID.1:ECX.RDRAND and CPUID.(7,0):EBX.RDSEED: instructions that give
+/// each variant its own random number without a system call. Hidden, so
+/// that programs ask getrandom (replicated) instead.
+const CPUID1_ECX_RDRAND: u32 = 1 << 30;
+const CPUID7_EBX_RDSEED: u32 = 1 << 18;
+
+/// The vCPU's CPUID: what KVM supports, without RDRAND and RDSEED. Returns
+/// the XCR0 mask to enable.
 pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd) -> Result<u64, RegsError> {
-    let cpuid: CpuId = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(RegsError::GetCpuid)?;
+    let mut cpuid: CpuId = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(RegsError::GetCpuid)?;
     let mut xcr0 = 0x3;
-    for e in cpuid.as_slice() {
-        if e.function == 0xd && e.index == 0 {
-            xcr0 = (e.eax as u64 | (e.edx as u64) << 32) & XCR0_WANTED;
+    for e in cpuid.as_mut_slice() {
+        match (e.function, e.index) {
+            (0xd, 0) => xcr0 = (e.eax as u64 | (e.edx as u64) << 32) & XCR0_WANTED,
+            (1, _) => e.ecx &= !CPUID1_ECX_RDRAND,
+            (7, 0) => e.ebx &= !CPUID7_EBX_RDSEED,
+            _ => {}
         }
     }
     vcpu.set_cpuid2(&cpuid).map_err(RegsError::SetCpuid)?;
@@ -94,7 +107,7 @@ pub fn setup_long_mode(vcpu: &VcpuFd, cr3: u64, lstar: u64, xcr0: u64) -> Result
     let mut s: kvm_sregs = vcpu.get_sregs().map_err(RegsError::SetSregs)?;
     s.cr0 = CR0_PE | CR0_MP | CR0_NE | CR0_WP | CR0_PG;
     s.cr3 = cr3;
-    s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | if xcr0 > 0x3 { CR4_OSXSAVE } else { 0 };
+    s.cr4 = CR4_TSD | CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | if xcr0 > 0x3 { CR4_OSXSAVE } else { 0 };
     s.efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
     s.cs = segment(KERNEL_CS, true);
     let ds = segment(KERNEL_DS, false);
@@ -165,3 +178,23 @@ pub fn enter_kernel_segments(sregs: &mut kvm_sregs) {
 /// The selectors of the user iret frame.
 pub const USER_CS_SEL: u64 = USER_CS as u64;
 pub const USER_SS_SEL: u64 = USER_DS as u64;
+
+/// What the guest's CPUID may still show although `setup_cpuid` hides it:
+/// on a KVM that does not apply KVM_SET_CPUID2 to guest user code (PVM,
+/// `kvm_pvm`, runs it in host user mode, and these hosts lack CPUID
+/// faulting), the program sees the host's CPUID. The names of the hidden
+/// instructions the host CPU has, then; empty where the filter holds.
+pub fn unhidden_instructions() -> Vec<&'static str> {
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        return Vec::new();
+    }
+    let (l1, l7) = (core::arch::x86_64::__cpuid(1), core::arch::x86_64::__cpuid_count(7, 0));
+    let mut v = Vec::new();
+    if l1.ecx & CPUID1_ECX_RDRAND != 0 {
+        v.push("rdrand");
+    }
+    if l7.ebx & CPUID7_EBX_RDSEED != 0 {
+        v.push("rdseed");
+    }
+    v
+}

@@ -9,7 +9,7 @@
 //! The handlers only record and kick every vCPU out of KVM_RUN; the kernel
 //! takes what they recorded at its next chance (`collect_host_signals`).
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::{bit, SigInfo, Signal, SI_USER};
 use crate::kernel::Kernel;
@@ -38,6 +38,11 @@ static GUEST_SENDER: [AtomicU32; 65] = [const { AtomicU32::new(0) }; 65];
 static CHILD_ENDED: AtomicBool = AtomicBool::new(false);
 /// Another process of this variant diverged: stop.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The link asked this VMM to look at it (a peer's control message or a
+/// link failure), whatever the program is doing.
+static LINK_NOTICE: AtomicBool = AtomicBool::new(false);
+/// The host thread that runs the vCPU (0: none yet).
+static VCPU_TID: AtomicI32 = AtomicI32::new(0);
 /// The `kvm_run.immediate_exit` bytes of the running vCPUs (null: free).
 static KICKS: [AtomicPtr<u8>; MAX_VCPUS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_VCPUS];
 const MAX_VCPUS: usize = 64;
@@ -57,6 +62,45 @@ fn kick_all() {
             unsafe { p.write_volatile(1) };
         }
     }
+}
+
+/// The host signal that kicks the vCPU thread out of KVM_RUN for the link
+/// (not the time slices' SIGRTMIN+5, which stays blocked outside KVM_RUN
+/// and is drained as a slice's end).
+pub fn link_kick_signal() -> i32 {
+    libc::SIGRTMIN() + 6
+}
+
+extern "C" fn on_link_kick(_sig: libc::c_int) {
+    kick_all();
+}
+
+/// From any thread (the link's I/O thread): the vCPU thread leaves guest
+/// code at once and the kernel looks at the link (`take_link_notice`).
+pub fn kick_for_link() {
+    LINK_NOTICE.store(true, Ordering::SeqCst);
+    kick_all();
+    let tid = VCPU_TID.load(Ordering::SeqCst);
+    if tid > 0 {
+        // SAFETY: tgkill has no memory preconditions; the thread is this
+        // process's vCPU thread, whose handler only sets immediate_exit.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, link_kick_signal()) };
+    }
+}
+
+/// Whether the link asked to be looked at since the last call.
+pub fn take_link_notice() -> bool {
+    LINK_NOTICE.swap(false, Ordering::SeqCst)
+}
+
+/// The host signals caught and not yet collected (bits), left pending.
+pub fn peek_host_pending() -> u64 {
+    HOST_PENDING.load(Ordering::SeqCst)
+}
+
+fn set_vcpu_thread() {
+    // SAFETY: gettid has no preconditions.
+    VCPU_TID.store(unsafe { libc::gettid() }, Ordering::SeqCst);
 }
 
 extern "C" fn on_host_signal(sig: libc::c_int) {
@@ -120,6 +164,10 @@ impl SignalGuard {
         }
         install(libc::SIGCHLD, on_child as *const () as usize, libc::SA_NOCLDSTOP);
         install(guest_signal_carrier(), on_carrier as *const () as usize, libc::SA_SIGINFO);
+        // SA_RESTART: the kick may land outside KVM_RUN, in a host call the
+        // VMM makes for the program, which must not fail for it.
+        install(link_kick_signal(), on_link_kick as *const () as usize, libc::SA_RESTART);
+        set_vcpu_thread();
         SignalGuard { slot }
     }
 }
@@ -146,6 +194,8 @@ pub fn after_fork() {
     HOST_PENDING.store(0, Ordering::SeqCst);
     GUEST_PENDING.store(0, Ordering::SeqCst);
     CHILD_ENDED.store(false, Ordering::SeqCst);
+    LINK_NOTICE.store(false, Ordering::SeqCst);
+    set_vcpu_thread();
 }
 
 /// Every signal blocked in the calling thread until `restore` (around a

@@ -153,7 +153,11 @@ fn string_array(k: &mut Kernel, va: u64) -> SysResult<Vec<Vec<u8>>> {
 
 fn do_execve(k: &mut Kernel, path: Vec<u8>, argv_va: u64, envp_va: u64) -> Sys {
     let r = (|| -> Result<Box<kvm_bindings::kvm_regs>, Errno> {
-        let argv = string_array(k, argv_va)?;
+        let mut argv = string_array(k, argv_va)?;
+        if let Some(m) = k.monitor.as_ref() {
+            // A follower's temporaries in the arguments are the leader's.
+            argv.iter_mut().for_each(|a| m.names.rewrite_arg(a));
+        }
         let envp = string_array(k, envp_va)?;
         let path = if path == b"/proc/self/exe" { k.tg().exe.clone() } else { path };
         let cwd = k.cwd();

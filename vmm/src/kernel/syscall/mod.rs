@@ -167,8 +167,8 @@ table! {
     SYS_pwrite64 => Full Host file::pwrite64, on_fd(0, Output, Other), [Fd(0), Digest { ptr: 1, len: 2 }, Int(3)], "";
     SYS_preadv => Plain Host file::preadv, on_fd(0, NetInput, FileRead), [Fd(0), Int(2)], "";
     SYS_pwritev => Full Host file::pwritev, on_fd(0, Output, Other), [Fd(0), DigestIov { ptr: 1, cnt: 2 }], "";
-    SYS_open => Plain Host path::open, ClassRule::Open { flags: Flags::Arg(1), dirfd: None, path: 0 }, [Path(0), Int(1), CreateMode { flags: 1, mode: 2 }], "paths resolve inside the root";
-    SYS_openat => Plain Host path::openat, ClassRule::Open { flags: Flags::Arg(2), dirfd: Some(0), path: 1 }, [DirFd(0), Path(1), Int(2), CreateMode { flags: 2, mode: 3 }], "paths resolve inside the root";
+    SYS_open => Plain Host path::open, ClassRule::Open { flags: Flags::Arg(1), dirfd: None, path: 0 }, [NewPath { path: 0, flags: 1 }, Int(1), CreateMode { flags: 1, mode: 2 }], "paths resolve inside the root";
+    SYS_openat => Plain Host path::openat, ClassRule::Open { flags: Flags::Arg(2), dirfd: Some(0), path: 1 }, [DirFd(0), NewPath { path: 1, flags: 2 }, Int(2), CreateMode { flags: 2, mode: 3 }], "paths resolve inside the root";
     SYS_creat => Plain Host path::creat, ClassRule::Open { flags: Flags::Const(CREAT_FLAGS), dirfd: None, path: 0 }, [Path(0), Int(1)], "";
     SYS_close => Plain Host fd::close, ClassRule::Closes { fd: 0 }, [Fd(0)], "closing a socket is checked in lockstep (the peer sees it)";
     SYS_close_range => Plain Virtual fd::close_range, is(SocketSetup), [Int(0), Int(1), Int(2)], "checked in lockstep (it may close sockets)";
@@ -197,8 +197,8 @@ table! {
     SYS_unlink => Plain Host path::unlink, is(FileModify), [Path(0)], "EROFS in a read-only root";
     SYS_unlinkat => Plain Host path::unlinkat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
     SYS_rmdir => Plain Host path::rmdir, is(FileModify), [Path(0)], "EROFS in a read-only root";
-    SYS_mkdir => Plain Host path::mkdir, is(FileModify), [Path(0), Int(1)], "EROFS in a read-only root";
-    SYS_mkdirat => Plain Host path::mkdirat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
+    SYS_mkdir => Plain Host path::mkdir, is(FileModify), [NewDir { path: 0, mode: 1 }, Int(1)], "EROFS in a read-only root";
+    SYS_mkdirat => Plain Host path::mkdirat, is(FileModify), [DirFd(0), NewDir { path: 1, mode: 2 }, Int(2)], "EROFS in a read-only root";
     SYS_rename => Plain Host path::rename, is(FileModify), [Path(0), Path(1)], "EROFS in a read-only root";
     SYS_renameat => Plain Host path::renameat, is(FileModify), [DirFd(0), Path(1), DirFd(2), Path(3), Const(0)], "EROFS in a read-only root";
     SYS_renameat2 => Plain Host path::renameat2, is(FileModify), [DirFd(0), Path(1), DirFd(2), Path(3), Int(4)], "EROFS in a read-only root";

@@ -22,8 +22,14 @@ impl Kernel {
     }
 
     /// A path argument (NUL-terminated, at most PATH_MAX).
+    /// In a follower, a fresh temporary name bound to the leader's (see
+    /// `dmvx_sync::tempname`) is the leader's name.
     pub(crate) fn path_arg(&mut self, va: u64) -> SysResult<Vec<u8>> {
-        self.mm.read_cstr(va, PATH_MAX - 1)
+        let mut p = self.mm.read_cstr(va, PATH_MAX - 1)?;
+        if let Some(m) = self.monitor.as_ref() {
+            m.names.rewrite(&mut p);
+        }
+        Ok(p)
     }
 
     /// The guest directory a relative `path` starts from.
@@ -78,6 +84,9 @@ fn do_open(k: &mut Kernel, dirfd: i32, pathva: u64, flags: i32, mode: u32) -> Sy
         return Err(Errno::EINVAL);
     }
     let mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode & 0o7777 & !k.fs().umask } else { 0 };
+    if let Some(f) = k.base_dir(dirfd, &path).ok().and_then(|base| k.open_proc(&base, &path, flags)) {
+        return k.fds().insert(f?, flags & libc::O_CLOEXEC != 0, 0);
+    }
     // Set-id bits never reach the host; a file this open creates keeps them
     // in its overlay.
     let setid = if flags & libc::O_CREAT != 0 { mode & SETID } else { 0 };
@@ -476,6 +485,26 @@ fn chmod_at(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64, flags: u64) -> S
 fn chmod_at_host(k: &mut Kernel, dirfd: i32, pathva: u64, mode: u64, flags: u64) -> SysResult {
     if flags & !AT_SYMLINK_NOFOLLOW != 0 {
         return Err(Errno::EINVAL);
+    }
+    // glibc's fchmodat(AT_SYMLINK_NOFOLLOW) chmods "/proc/self/fd/N" of an
+    // O_PATH descriptor: the program's descriptor N.
+    let path = k.path_arg(pathva)?;
+    if let Some(raw) = k.base_dir(dirfd, &path).ok().and_then(|base| k.proc_fd_raw(&base, &path)) {
+        if !k.sandbox.writable() {
+            return Err(Errno::EROFS);
+        }
+        let raw = raw?;
+        let host = std::ffi::CString::new(format!("/proc/self/fd/{raw}")).map_err(|_| Errno::EINVAL)?;
+        let mut st: libc::stat = zeroed();
+        // SAFETY: raw is an open host descriptor; st a valid out-parameter.
+        check(unsafe { libc::fstat(raw, &mut st) } as i64)?;
+        let creds = k.tg().creds.clone();
+        // As any chmod: the program's credentials decide, set-id bits go to
+        // the overlay.
+        return identity::chmod(&creds, raw, &st, mode as u32, |m| {
+            // SAFETY: the path names the VMM's own descriptor; m is plain data.
+            check(unsafe { libc::chmod(host.as_ptr(), m) } as i64)
+        });
     }
     let (fd, st, raw) = modify_target(k, dirfd, pathva, flags)?;
     let fd = fd.ok_or(Errno::EBADF)?;
