@@ -165,6 +165,12 @@ fn elf_entry_never_panics_and_accepts_valid_input() {
 fn bzimage_entry_never_panics_and_accepts_valid_input() {
     assert_eq!(fuzz_entry::bzimage(&bzimage(4096)), Some(KernelKind::BzImage));
     assert_eq!(fuzz_entry::bzimage(&pvh_elf()), Some(KernelKind::PvhElf));
+    // An ELF that also has "HdrS" at 0x202 is an ELF (found by libFuzzer
+    // against a wrong invariant in the entry function).
+    let mut both = pvh_elf();
+    both.resize(0x300, 0);
+    put(&mut both, 0x202, b"HdrS");
+    assert_eq!(fuzz_entry::bzimage(&both), Some(KernelKind::PvhElf));
     // The dmvx guest kernel is an ELF, but not a Linux kernel.
     assert_eq!(fuzz_entry::bzimage(dmvx_vmm::guest_kernel::EMBEDDED), None);
     let seeds = vec![bzimage(4096), pvh_elf()];
