@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Process benchmarks: fork+exit+wait, fork+execve+wait and a 3-stage shell
-pipeline, per operation, natively, in 1 variant and in 2 variants
+"""Process and thread benchmarks: fork+exit+wait, fork+execve+wait, a 3-stage
+shell pipeline, thread create+join and a mutex ping-pong, per operation, natively, in 1 variant and in 2 variants
 (`--variants 2` on this host), timed inside the program (scripts/bench/procs.c;
 in 2 variants the leader's clock). Each figure is the median of RUNS runs;
 the ratios compare with native measured in the same run.
@@ -24,6 +24,8 @@ BEGIN, END = "<!-- bench-procs:begin -->", "<!-- bench-procs:end -->"
 CASES = [
     ("fork", 400, 40, "fork, the child _exits, the parent waits"),
     ("spawn", 200, 20, "fork, the child execs /bin/true, the parent waits"),
+    ("thread", 2000, 200, "pthread_create of a thread that returns, then pthread_join"),
+    ("pingpong", 20000, 2000, "a contended mutex and condition variable hand-over between 2 threads (per hand-over pair)"),
     ("pipeline", 40, 5, "3-stage pipeline `sh -c 'echo x \\| cat \\| cat >/dev/null'`, started and waited for"),
 ]
 # Arguments of dmvx-vmm (None: natively).
@@ -55,11 +57,14 @@ def measure(vmm, prog, runs, quick):
 
 
 def section(res, runs):
-    L = [BEGIN, "", "## 5. Processes", "",
+    L = [BEGIN, "", "## 5. Processes and threads", "",
          "Microseconds per operation, timed inside the program (scripts/bench/procs.c; in 2 variants the "
          "leader's clock), median of %d runs measured on %s by `scripts/bench_procs.py`; in brackets the "
          "ratio to native in the same run. Every new process of a variant is a new microVM (the VMM forks "
-         "on the host and the child builds a VM over the inherited memory), which the figures include."
+         "on the host and the child builds a VM over the inherited memory), which the figures include. "
+         "A variant's threads share its one vCPU and switch at system calls (docs/policy.md), so a "
+         "contended hand-over costs the calls it makes (futex wait and wake) plus a switch: the "
+         "serialisation's price, stated here."
          % (runs, time.strftime("%Y-%m-%d")), "",
          "| operation | native | dmvx 1 variant | dmvx 2 variants |", "|---|---:|---:|---:|"]
     for case, _, _, what in CASES:
@@ -90,7 +95,7 @@ def main():
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         prog = os.path.join(d, "procs")
-        subprocess.run(["gcc", "-O2", "-static", "-o", prog, os.path.join(ROOT, "scripts/bench/procs.c")], check=True)
+        subprocess.run(["gcc", "-O2", "-static", "-pthread", "-o", prog, os.path.join(ROOT, "scripts/bench/procs.c")], check=True)
         res = measure(a.vmm, prog, a.runs, a.quick)
     text = section(res, a.runs)
     print(text)

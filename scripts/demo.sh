@@ -34,6 +34,9 @@ images/build-rootfs.sh lighttpd >/dev/null
 [ "$setup_only" = 1 ] && exit 0
 vmm="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/dmvx-vmm"
 work="$(mktemp -d /tmp/dmvx-demo.XXXXXX)"
+# The VMMs run jailed as uid/gid 65534 (docs/security.md): their report
+# directories must be theirs to write.
+chown 65534:65534 "$work"
 server=""
 cleanup() {
     [ -n "$server" ] && kill "$server" 2>/dev/null || true
@@ -144,6 +147,7 @@ echo "      $(tail -1 "$work/later.err")"
 echo "   c) 2 variants, the leader's layout known exactly (its --layout-seed is the traced run's):"
 seed=$(sed -n 's/^dmvx: layout of variant 0 (seed \([0-9a-fx]*\),.*/\1/p' "$work/trace.log")
 mkdir -p "$work/rop"
+chown 65534:65534 "$work/rop"
 "$vmm" --variants 2 --layout-seed "$seed" --report-dir "$work/rop" -- "$work/vulnserver" 18184 >/dev/null 2>"$work/mvx.err" & server=$!
 wait_port 18184
 echo "      attacker got: '$(exploit 18184 --trace "$work/trace.log")'"

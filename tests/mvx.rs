@@ -515,3 +515,31 @@ fn variants_are_chosen_by_the_names_in_the_cluster_file() {
     expect_vmm(&["--cluster", f, "--variant", "gamma", "--", bb, "true"], 125, &["no variant is named \"gamma\""]);
     expect_vmm(&["--variant", "alpha", "--", bb, "true"], 2, &["give --cluster FILE"]);
 }
+
+/// The leader's stdout is a file (the launcher gives followers /dev/null):
+/// the write to it is the same call in every variant, and the file gets the
+/// output once.
+#[test]
+fn output_to_a_file_agrees_in_two_variants() {
+    require_kvm!();
+    let d = TempDir::new("stdout-file");
+    let out = d.join("out.txt");
+    let st = std::process::Command::new(vmm())
+        .args([
+            "--variants",
+            "2",
+            "--report-dir",
+            d.path().to_str().unwrap(),
+            "--",
+            busybox(),
+            "sha256sum",
+            "/etc/os-release",
+        ])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let native = std::process::Command::new(busybox()).args(["sha256sum", "/etc/os-release"]).output().unwrap();
+    assert_eq!(st.status.code(), Some(0), "{}", String::from_utf8_lossy(&st.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), native.stdout);
+}

@@ -38,8 +38,8 @@ pub(crate) fn warn_if_unwritable() {
     let r = unsafe { libc::faccessat(d.as_raw_fd(), c".".as_ptr(), libc::W_OK | libc::X_OK, libc::AT_EACCESS) };
     if r != 0 {
         log::warn!(
-            "jail: --report-dir is not writable by uid {} gid {}: no report can be written there \
-             (give it to that uid, see docs/security.md)",
+            "jail: --report-dir is not writable by uid {} gid {}: a divergence report will go to \
+             stderr instead (give the directory to that uid, see docs/security.md)",
             // SAFETY: geteuid and getegid cannot fail.
             unsafe { libc::geteuid() },
             // SAFETY: as above.

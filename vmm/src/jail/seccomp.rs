@@ -282,8 +282,12 @@ const LINUX_MAIN: &[i64] = &[
     libc::SYS_wait4,
 ];
 
-/// Linux mode's vCPU thread: KVM_RUN and its devices' output.
-const LINUX_VCPU: &[i64] = &[libc::SYS_ioctl, libc::SYS_tgkill, libc::SYS_kill];
+/// Linux mode's vCPU thread: KVM_RUN and its devices' output, which the
+/// monitor may send straight on the link's open socket (send is sendto),
+/// and the divergence report it may write (openat in the report directory;
+/// Landlock and the empty jail leave nothing else to open).
+const LINUX_VCPU: &[i64] =
+    &[libc::SYS_ioctl, libc::SYS_tgkill, libc::SYS_kill, libc::SYS_sendto, libc::SYS_sendmsg, libc::SYS_openat];
 
 /// Namespace flags that no VMM thread may pass to clone.
 const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWNS

@@ -10,7 +10,12 @@ const AT_FDCWD: i32 = -100;
 
 impl CallView for Kernel {
     fn fd_info(&self, fd: u64) -> Option<FdFacts> {
-        self.fds().file(fd as u32 as u64).ok().map(|f| FdFacts { kind: f.kind, remote: f.remote, ipc: f.is_ipc() })
+        self.fds().file(fd as u32 as u64).ok().map(|f| FdFacts {
+            kind: f.kind,
+            remote: f.remote,
+            ipc: f.is_ipc(),
+            in_root: f.in_root(),
+        })
     }
 
     fn dir_path(&self, dirfd: i32) -> Option<Vec<u8>> {

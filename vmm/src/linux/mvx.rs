@@ -302,7 +302,11 @@ impl State {
         let path = self.report_dir.join(&name);
         match crate::jail::reports::write(&self.report_dir, &name, text.as_bytes()) {
             Ok(()) => log::info!(target: PROGRAM, "divergence report written to {}", path.display()),
-            Err(e) => log::error!(target: PROGRAM, "cannot write the divergence report {}: {e}", path.display()),
+            Err(e) => log::error!(
+                target: PROGRAM,
+                "cannot write the divergence report {}: {e}; the report:\n{text}",
+                path.display()
+            ),
         }
         self.diverged = Some(message);
     }

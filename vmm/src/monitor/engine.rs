@@ -563,7 +563,8 @@ impl Monitor {
             }
             return Ok(());
         }
-        if self.replay_broken.take().is_some() {
+        if let Some(why) = self.replay_broken.take() {
+            log::warn!("variant {}: event {seq} could not be replayed: {why}", self.id);
             let mine = self.rec.as_bytes().to_vec();
             let leader = EntryView::decode(&self.leader_entry).map(|v| v.record.to_vec()).ok();
             return Err(self.diverge(Kind::Records, seq, leader.as_deref(), Some(&mine), self.id, true));
@@ -816,9 +817,10 @@ impl Monitor {
         let path = self.report_dir.join(&name);
         match crate::jail::reports::write(&self.report_dir, &name, json.as_bytes()) {
             Ok(()) => log::info!(target: crate::logger::PROGRAM, "divergence report written to {}", path.display()),
+            // Nothing is lost: the report goes to stderr instead.
             Err(e) => log::error!(
                 target: crate::logger::PROGRAM,
-                "cannot write the divergence report {}: {e}",
+                "cannot write the divergence report {}: {e}; the report:\n{json}",
                 path.display()
             ),
         }

@@ -55,6 +55,10 @@ pub struct FdFacts {
     pub remote: bool,
     /// A pipe or socket pair between the program's own processes.
     pub ipc: bool,
+    /// It names a file inside the root (the program opened it there), not an
+    /// inherited descriptor, whose host kind may differ between variants
+    /// (the leader's stdout a file, a follower's /dev/null).
+    pub in_root: bool,
 }
 
 /// How a call is classified.
@@ -170,7 +174,7 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
             // takes effect, then performed at once. Held back, it would land
             // at the offset of its release, and reads, seeks and sizes of the
             // file in between would not see it.
-            Some(f) if f.remote && f.kind == FileKind::Regular && remote == Class::Output => {
+            Some(f) if f.remote && f.in_root && f.kind == FileKind::Regular && remote == Class::Output => {
                 simple(Class::FileModify, true)
             }
             Some(f) if f.remote => simple(remote, true),

@@ -149,7 +149,7 @@ fn every_table_row_normalises_alike_and_records_what_it_reads() {
         let (mut a, mut b) = pair();
         for v in [&mut a, &mut b] {
             v.fds.insert(3, socket());
-            v.fds.insert(4, FdFacts { kind: FileKind::Regular, remote: false, ipc: false });
+            v.fds.insert(4, FdFacts { kind: FileKind::Regular, remote: false, ipc: false, in_root: true });
             v.dirs.insert(3, b"/srv".to_vec());
             v.dirs.insert(0x11, b"/srv".to_vec());
         }
@@ -213,7 +213,7 @@ fn every_table_row_survives_arbitrary_arguments_and_memory() {
         v.put(r, &bytes);
     }
     v.fds.insert(3, socket());
-    v.fds.insert(4, FdFacts { kind: FileKind::Pipe, remote: true, ipc: true });
+    v.fds.insert(4, FdFacts { kind: FileKind::Pipe, remote: true, ipc: true, in_root: false });
     v.dirs.insert(3, b"/srv".to_vec());
     for nr in 0..names::COUNT as u64 + 2 {
         for _ in 0..40 {

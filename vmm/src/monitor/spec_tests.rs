@@ -208,7 +208,7 @@ fn sockaddr_un(path: &[u8], tail: u8) -> Vec<u8> {
 }
 
 fn socket() -> FdFacts {
-    FdFacts { kind: FileKind::Socket, remote: true, ipc: false }
+    FdFacts { kind: FileKind::Socket, remote: true, ipc: false, in_root: false }
 }
 
 #[test]
@@ -490,9 +490,9 @@ fn an_unreadable_path_is_marked_alike() {
 fn reads_are_classified_by_what_the_descriptor_is() {
     let mut v = Fake::new(Backing::Contiguous);
     v.fds.insert(3, socket());
-    v.fds.insert(4, FdFacts { kind: FileKind::CharDevice, remote: false, ipc: false });
-    v.fds.insert(5, FdFacts { kind: FileKind::Pipe, remote: true, ipc: true });
-    v.fds.insert(6, FdFacts { kind: FileKind::Regular, remote: false, ipc: false });
+    v.fds.insert(4, FdFacts { kind: FileKind::CharDevice, remote: false, ipc: false, in_root: false });
+    v.fds.insert(5, FdFacts { kind: FileKind::Pipe, remote: true, ipc: true, in_root: false });
+    v.fds.insert(6, FdFacts { kind: FileKind::Regular, remote: false, ipc: false, in_root: true });
     let class = |v: &mut Fake, fd: u64| {
         let c = record(v, libc::SYS_read, [fd, BASE_A, 10, 0, 0, 0]).0;
         (c.class, c.remote)
@@ -661,4 +661,23 @@ fn select_and_sigprocmask_record_sets_not_addresses() {
     let mb = b.put(BASE_B + 0x8000, &(1u64 << 17).to_le_bytes());
     let (_, rb) = record(&mut b, libc::SYS_rt_sigprocmask, [block, mb, 0, 8, 0, 0]);
     assert_ne!(ra, rb, "another mask");
+}
+
+#[test]
+fn writes_to_inherited_descriptors_classify_alike_whatever_the_host_file() {
+    // The leader's stdout a file, a follower's /dev/null: both outputs. A
+    // file the program opened inside the root is a modification.
+    let (mut a, mut b) = pair();
+    a.fds.insert(1, FdFacts { kind: FileKind::Regular, remote: true, ipc: false, in_root: false });
+    b.fds.insert(1, FdFacts { kind: FileKind::CharDevice, remote: true, ipc: false, in_root: false });
+    let pa = a.put(BASE_A, b"hello\n");
+    let pb = b.put(BASE_B + 0x40, b"hello\n");
+    let (ca, ra) = record(&mut a, libc::SYS_write, [1, pa, 6, 0, 0, 0]);
+    let (cb, rb) = record(&mut b, libc::SYS_write, [1, pb, 6, 0, 0, 0]);
+    assert_eq!(ca, Classified { class: Class::Output, remote: true, open_path: None });
+    assert_eq!(ca, cb);
+    assert_eq!(ra, rb);
+    a.fds.insert(5, FdFacts { kind: FileKind::Regular, remote: true, ipc: false, in_root: true });
+    let (c, _) = record(&mut a, libc::SYS_write, [5, pa, 6, 0, 0, 0]);
+    assert_eq!(c.class, Class::FileModify);
 }
