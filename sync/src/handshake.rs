@@ -287,6 +287,11 @@ fn decode(payload: &[u8]) -> Result<HandshakeMsg, HandshakeError> {
     Ok(msg)
 }
 
+/// Whether `payload` decodes as a handshake message (for `fuzz_entry`).
+pub(crate) fn fuzz_decode(payload: &[u8]) -> bool {
+    decode(payload).is_ok()
+}
+
 /// Decodes a payload (of a Noise message or of the sealed answer) in full.
 fn decode_payload<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, HandshakeError> {
     match postcard::take_from_bytes::<T>(bytes) {

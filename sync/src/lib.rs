@@ -19,6 +19,8 @@
 pub mod config;
 pub mod crypto;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod handshake;
 pub mod keys;
 pub mod link;

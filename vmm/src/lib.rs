@@ -17,6 +17,8 @@ pub mod arch;
 pub mod bench;
 pub mod cli;
 pub mod elf;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod guest_kernel;
 pub mod image;
 pub mod jail;

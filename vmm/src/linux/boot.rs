@@ -198,7 +198,9 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path, bytes: &[u8]) -> Result<Loade
             // A relocatable kernel decompresses to its preferred address
             // when loaded below it, and needs init_size bytes from there.
             let run_base = HIGH_MEMORY_GPA.max(h.pref_address);
-            let kernel_end = run_base + h.init_size as u64;
+            // pref_address is the file's: near 2^64 the sum would wrap to a
+            // small end and pass the size check below.
+            let kernel_end = run_base.checked_add(u64::from(h.init_size)).ok_or_else(|| too_big(u64::MAX))?;
             let image_end = HIGH_MEMORY_GPA + bytes.len() as u64;
             if kernel_end.max(image_end) > mem.size() {
                 return Err(too_big(kernel_end.max(image_end)));
@@ -323,6 +325,16 @@ mod tests {
         assert!(e.to_string().contains("not a Linux kernel"), "{e}");
         let e = detect(p, crate::guest_kernel::EMBEDDED).unwrap_err();
         assert!(e.to_string().contains("process mode needs a PROGRAM"), "{e}");
+    }
+
+    #[test]
+    fn a_preferred_address_near_the_top_is_refused_not_wrapped() {
+        let mem = GuestMemory::new(64 << 20, 2 << 20).unwrap();
+        let mut img = fake_bzimage(0x020f, 8192);
+        // pref_address, at offset 0x258 of the file.
+        img[0x258..0x260].copy_from_slice(&(u64::MAX - 0xfff).to_le_bytes());
+        let e = load_kernel(&mem, Path::new("k"), &img).unwrap_err();
+        assert!(matches!(e, BootError::KernelTooBig { .. }), "{e}");
     }
 
     #[test]
