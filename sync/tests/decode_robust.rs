@@ -3,25 +3,10 @@
 //! and with bytes flipped. (Frames are authenticated before they are
 //! decoded, but a member's VMM is not trusted to be bug-free either.)
 
+use dmvx_sync::fuzz_entry::Rng;
 use dmvx_sync::policy::Class;
 use dmvx_sync::record::{self, EntryBuf, EntryView, RecordBuf};
 use dmvx_sync::wire::{self, BatchBuilder, Control, Decoded, Message};
-
-/// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn samples() -> Vec<Vec<u8>> {
     let mut out = Vec::new();

@@ -5,65 +5,45 @@
 //! everything fails here too.
 
 use dmvx_sync::frame::put_plain_frame;
-use dmvx_sync::fuzz_entry::{self, RecordAccepted};
+use dmvx_sync::fuzz_entry::{self, RecordAccepted, Rng};
 use dmvx_sync::policy::Class;
 use dmvx_sync::record::{EntryBuf, RecordBuf, SignalEvent};
 use dmvx_sync::wire::{BatchBuilder, Control, Message};
 use dmvx_sync::PrivateKey;
 
-/// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    /// `v` truncated, extended, with bytes flipped, inserted or removed.
-    fn mutate(&mut self, v: &[u8]) -> Vec<u8> {
-        let mut m = v.to_vec();
-        for _ in 0..=self.below(4) {
-            match self.below(6) {
-                0 => {
-                    let n = self.below(m.len() + 1);
-                    m.truncate(n)
-                }
-                1 => {
-                    let n = self.below(16);
-                    let extra = self.bytes(n);
-                    m.extend(extra);
-                }
-                2 | 3 if !m.is_empty() => {
-                    let i = self.below(m.len());
-                    let bit = self.below(8);
-                    m[i] ^= 1 << bit;
-                }
-                4 => {
-                    let i = self.below(m.len() + 1);
-                    let b = self.next() as u8;
-                    m.insert(i, b);
-                }
-                _ if !m.is_empty() => {
-                    let i = self.below(m.len());
-                    let b = [0, 0xff, 0x7f, 0x80][self.below(4)];
-                    m[i] = b;
-                }
-                _ => {}
+/// `v` truncated, extended, with bytes flipped, inserted or removed.
+fn mutate(rng: &mut Rng, v: &[u8]) -> Vec<u8> {
+    let mut m = v.to_vec();
+    for _ in 0..=rng.below(4) {
+        match rng.below(6) {
+            0 => {
+                let n = rng.below(m.len() + 1);
+                m.truncate(n)
             }
+            1 => {
+                let n = rng.below(16);
+                let extra = rng.bytes(n);
+                m.extend(extra);
+            }
+            2 | 3 if !m.is_empty() => {
+                let i = rng.below(m.len());
+                let bit = rng.below(8);
+                m[i] ^= 1 << bit;
+            }
+            4 => {
+                let i = rng.below(m.len() + 1);
+                let b = rng.next() as u8;
+                m.insert(i, b);
+            }
+            _ if !m.is_empty() => {
+                let i = rng.below(m.len());
+                let b = [0, 0xff, 0x7f, 0x80][rng.below(4)];
+                m[i] = b;
+            }
+            _ => {}
         }
-        m
     }
+    m
 }
 
 /// Runs `f` over every seed, its mutations and random buffers.
@@ -76,7 +56,7 @@ fn exercise<T>(seeds: &[Vec<u8>], salt: u64, mut f: impl FnMut(&[u8]) -> T) {
     }
     for _ in 0..3000 {
         let s = &seeds[rng.below(seeds.len())];
-        let m = rng.mutate(s);
+        let m = mutate(&mut rng, s);
         f(&m);
     }
     for _ in 0..1000 {

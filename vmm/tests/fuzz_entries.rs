@@ -4,54 +4,39 @@
 //! mutated valid images. No input may panic, and the valid images must
 //! still be accepted, so a parser that refuses everything fails here too.
 
+use dmvx_sync::fuzz_entry::Rng;
 use dmvx_vmm::fuzz_entry;
 use dmvx_vmm::linux::boot::KernelKind;
 
-/// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    /// `v` with a few header bytes overwritten (mostly within the first
-    /// 0x280 bytes, where the ELF and setup headers live), or truncated.
-    fn mutate(&mut self, v: &[u8]) -> Vec<u8> {
-        let mut m = v.to_vec();
-        for _ in 0..=self.below(4) {
-            let span = if self.below(4) == 0 { m.len() } else { m.len().min(0x280) };
-            match self.below(5) {
-                0 => {
-                    let n = self.below(m.len() + 1);
-                    m.truncate(n);
-                }
-                1 if !m.is_empty() => {
-                    let (i, bit) = (self.below(span), self.below(8));
-                    m[i] ^= 1 << bit;
-                }
-                2 if m.len() >= 8 => {
-                    // A whole field: a random, zero or all-ones 64-bit value.
-                    let i = self.below(span.saturating_sub(7));
-                    let v = [self.next(), 0, u64::MAX, 1 << 63][self.below(4)];
-                    m[i..i + 8].copy_from_slice(&v.to_le_bytes());
-                }
-                _ if !m.is_empty() => {
-                    let i = self.below(span);
-                    m[i] = [0, 0xff, 0x7f, 0x80, self.next() as u8][self.below(5)];
-                }
-                _ => {}
+/// `v` with a few header bytes overwritten (mostly within the first
+/// 0x280 bytes, where the ELF and setup headers live), or truncated.
+fn mutate(rng: &mut Rng, v: &[u8]) -> Vec<u8> {
+    let mut m = v.to_vec();
+    for _ in 0..=rng.below(4) {
+        let span = if rng.below(4) == 0 { m.len() } else { m.len().min(0x280) };
+        match rng.below(5) {
+            0 => {
+                let n = rng.below(m.len() + 1);
+                m.truncate(n);
             }
+            1 if !m.is_empty() => {
+                let (i, bit) = (rng.below(span), rng.below(8));
+                m[i] ^= 1 << bit;
+            }
+            2 if m.len() >= 8 => {
+                // A whole field: a random, zero or all-ones 64-bit value.
+                let i = rng.below(span.saturating_sub(7));
+                let v = [rng.next(), 0, u64::MAX, 1 << 63][rng.below(4)];
+                m[i..i + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            _ if !m.is_empty() => {
+                let i = rng.below(span);
+                m[i] = [0, 0xff, 0x7f, 0x80, rng.next() as u8][rng.below(5)];
+            }
+            _ => {}
         }
-        m
     }
+    m
 }
 
 fn put(b: &mut [u8], at: usize, v: &[u8]) {
@@ -135,7 +120,7 @@ fn exercise<T>(seeds: &[Vec<u8>], salt: u64, mut f: impl FnMut(&[u8]) -> T) {
     }
     for _ in 0..3000 {
         let s = &seeds[rng.below(seeds.len())];
-        let m = rng.mutate(s);
+        let m = mutate(&mut rng, s);
         f(&m);
     }
     for _ in 0..500 {
