@@ -203,7 +203,10 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
                 let base = v.dir_path(dirfd)?;
                 Some([base, b"/".to_vec(), p].concat())
             });
-            let open_path = open_path.map(|p| normalise_path(&p));
+            // Normalised, so the policy's mutable-path check sees `//tmp/x`,
+            // `/etc/../tmp/x` and `tmp/x` from `/` as the `/tmp/x` they open
+            // (lexical, as the sandbox resolves `..`; links are not followed).
+            let open_path = open_path.map(|p| crate::kernel::file::normalize(&p));
             Classified { class: Class::FileOpen, remote: false, open_path }
         }
         ClassRule::Closes { fd } => match v.fd_info(a[fd as usize]) {
@@ -226,32 +229,6 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
             simple(if a[1] & 0x7f == 0 && a[3] == 0 { Class::Sleep } else { Class::Process }, false)
         }
     }
-}
-
-/// An absolute guest path without empty, `.` and `..` components, so that
-/// the policy's mutable-path check sees `//tmp/x`, `/etc/../tmp/x` and `tmp/x`
-/// from `/` as the `/tmp/x` they open. Lexical, as the sandbox resolves
-/// `..` inside the root; symbolic links are not followed.
-pub fn normalise_path(p: &[u8]) -> Vec<u8> {
-    let mut parts: Vec<&[u8]> = Vec::new();
-    for c in p.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    let mut out = Vec::with_capacity(p.len());
-    for c in &parts {
-        out.push(b'/');
-        out.extend_from_slice(c);
-    }
-    if out.is_empty() {
-        out.push(b'/');
-    }
-    out
 }
 
 /// Builds the record of call `nr` of class `class` from its fields; in a
