@@ -203,11 +203,7 @@ impl Monitor {
             let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
             match link.next_entry_timeout(wait) {
                 Ok(Some(e)) => {
-                    if e.seq != seq {
-                        return Err(Stop::link(format!("entry {} from the leader where {seq} was due", e.seq)));
-                    }
-                    self.leader_entry.clear();
-                    self.leader_entry.extend_from_slice(e.data);
+                    keep_entry(&mut self.leader_entry, seq, e)?;
                     return Ok(true);
                 }
                 Ok(None) => return Ok(false),
@@ -258,11 +254,7 @@ impl Monitor {
             let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
             match link.next_entry_timeout(timeout) {
                 Ok(Some(e)) => {
-                    if e.seq != seq {
-                        return Err(Stop::link(format!("entry {} from the leader where {seq} was due", e.seq)));
-                    }
-                    self.leader_entry.clear();
-                    self.leader_entry.extend_from_slice(e.data);
+                    keep_entry(&mut self.leader_entry, seq, e)?;
                     self.prefetched = Some(seq);
                 }
                 Ok(None) => {
@@ -926,4 +918,14 @@ fn agreed(m: &Monitor) -> u64 {
         return m.leader_ref().acked();
     }
     acks.map(|a| m.outputs.agreement(a.seq, &a.digest)).min().unwrap_or(0)
+}
+
+/// Keeps the leader's entry `e` in `into` if it is entry `seq`, the one due.
+fn keep_entry(into: &mut Vec<u8>, seq: u64, e: dmvx_sync::link::Entry<'_>) -> Result<(), Stop> {
+    if e.seq != seq {
+        return Err(Stop::link(format!("entry {} from the leader where {seq} was due", e.seq)));
+    }
+    into.clear();
+    into.extend_from_slice(e.data);
+    Ok(())
 }
