@@ -135,6 +135,12 @@ impl Kernel {
                 }
             }
         }
+        if matches!(sys, Sys::Block(_)) && self.signal_ends_wait() {
+            // A signal came with this call (the leader's, shipped with its
+            // event): the thread does not wait; the call is interrupted and
+            // the handler runs, as Linux's wait sees the pending signal.
+            sys = Sys::Ret((-(libc::EINTR as i64)) as u64);
+        }
         if let Some(r) = vfork_wait {
             // The child's stream needs this call's event: send it first.
             if !self.settle_before_blocking() {
@@ -254,6 +260,13 @@ impl Kernel {
             }
         }
         r
+    }
+
+    /// Whether the running thread has a signal pending that it does not
+    /// block and that is not ignored: a wait it is about to begin ends at once.
+    fn signal_ends_wait(&self) -> bool {
+        let ready = self.task.sig.pending & !(self.task.sig.mask & !signal::UNBLOCKABLE);
+        ready != 0 && (1..=64).any(|n| ready & signal::bit(n) != 0 && !self.tg().sighand.ignored(Signal(n)))
     }
 
     /// Whether the signal about to be delivered has a handler with
