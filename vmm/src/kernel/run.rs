@@ -92,6 +92,7 @@ impl Kernel {
         }
         let mut args = syscall_args(&ctx);
         let probe = self.poll_probe(nr, &mut args);
+        let would_block = self.block_probe(nr, &args) == Some(true);
         self.task.entry_rsp = ctx.rsp;
         self.task.nr = Some(nr);
         if self.monitor.is_some() {
@@ -99,7 +100,8 @@ impl Kernel {
                 return Ok(Next::Done(self.stopped(stop)));
             }
         }
-        let mut sys = syscall::dispatch(self, nr, &args);
+        let mut sys =
+            if would_block { Sys::Ret((-(libc::EAGAIN as i64)) as u64) } else { syscall::dispatch(self, nr, &args) };
         if let Sys::Thread(req) = &sys {
             sys = Sys::Ret(self.create_thread(plat, req, &ctx)? as u64);
         }
@@ -151,6 +153,21 @@ impl Kernel {
             super::fork::wait_closed(&r);
         }
         Ok(match sys {
+            Sys::Ret(_) if would_block => {
+                if self.signal_ends_wait() {
+                    ctx.rax = (-(libc::EINTR as i64)) as u64;
+                    if self.restart_after_handler() {
+                        ctx.rip = ctx.rip.wrapping_sub(SYSCALL_INSN_LEN);
+                        ctx.rax = nr;
+                    }
+                    Next::Resume(ctx)
+                } else {
+                    match self.park_poller(plat, &ctx, nr, -1)? {
+                        Some(r) => self.next_of(r),
+                        None => Next::Resume(ctx),
+                    }
+                }
+            }
             Sys::Ret(v) => {
                 if let Some((timeout, false)) = probe {
                     // A signal to deliver: the call returns (as if its time
