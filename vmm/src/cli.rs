@@ -615,7 +615,8 @@ pub fn variant_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> 
 }
 
 /// The text of `--help`.
-pub fn long_help() -> String {
+#[cfg(test)]
+fn long_help() -> String {
     Cli::command().render_long_help().to_string()
 }
 

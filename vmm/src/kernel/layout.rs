@@ -323,14 +323,16 @@ pub fn parse_seed(s: &str) -> Option<u64> {
 }
 
 /// The span of variant `id`'s slot, `[bottom, top)`.
-pub fn slot(id: u32) -> (u64, u64) {
+#[cfg(test)]
+fn slot(id: u32) -> (u64, u64) {
     let b = slot_bottom(id.min(MAX_VARIANTS - 1));
     (b, b + SLOT)
 }
 
 /// Largest heap gap plus the low-heap offset of the last variant: every
 /// non-PIE heap starts below this much above its program.
-pub const LOW_HEAP_SPAN: u64 = (MAX_VARIANTS as u64 - 1) * LOW_HEAP_STRIDE + (PAGE << HEAP_BITS);
+#[cfg(test)]
+const LOW_HEAP_SPAN: u64 = (MAX_VARIANTS as u64 - 1) * LOW_HEAP_STRIDE + (PAGE << HEAP_BITS);
 
 const _: () = assert!(MMAP_TOP_LOW + (PAGE << MMAP_BITS) + TIB / 4 < SLOT - GUARD - (PAGE << STACK_BITS) - STACK_SIZE);
 const _: () =

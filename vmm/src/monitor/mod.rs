@@ -19,14 +19,13 @@ pub mod launch;
 pub mod records;
 pub mod spec;
 
-use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dmvx_sync::link::{Follower, Leader, LinkError};
 use dmvx_sync::policy::{Class, Policy, Rule};
-use dmvx_sync::record::{EntryBuf, EntryView, RecordBuf, SignalEvent};
+use dmvx_sync::record::{EntryBuf, EntryView, RecordBuf};
 use dmvx_sync::report::{ForensicLog, LayoutUsed, VariantLog};
 
 use crate::kernel::file::OpenFile;
@@ -108,8 +107,6 @@ pub struct Monitor {
     pub log: ForensicLog,
     pub report_dir: PathBuf,
     pub outputs: commit::Outputs,
-    /// Leader: signals delivered after the current call.
-    pub signals_after: Vec<SignalEvent>,
     /// Set when the replay ran out of recorded operations (divergence).
     pub replay_broken: Option<String>,
     /// Bytes of replicated file contents this variant sent or received.
@@ -174,7 +171,6 @@ impl Monitor {
             log: ForensicLog::default(),
             report_dir,
             outputs: commit::Outputs::default(),
-            signals_after: Vec::new(),
             replay_broken: None,
             replicated_file_bytes: 0,
             layout: None,
@@ -356,16 +352,3 @@ pub(crate) fn gather(iov: &HostIov, mut n: usize) -> Vec<u8> {
 fn scatter(iov: &HostIov, data: &[u8]) {
     iov.fill_from(data);
 }
-
-/// `ret`, or the negated errno of the failed libc call that produced it.
-#[inline]
-pub fn neg_errno(ret: i64) -> i64 {
-    if ret < 0 {
-        -(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) as i64)
-    } else {
-        ret
-    }
-}
-
-/// A host descriptor usable by the VMM itself (for output release).
-pub type HostFd = RawFd;

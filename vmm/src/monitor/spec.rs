@@ -140,7 +140,6 @@ pub enum Field {
 /// A length: an argument, bounded, or a constant.
 #[derive(Clone, Copy, Debug)]
 pub enum Len {
-    Arg(u8),
     ArgMax(u8, u64),
     Const(u64),
 }
@@ -258,7 +257,6 @@ pub fn build_record(
 fn field(v: &mut dyn CallView, rec: &mut RecordBuf, f: Field, a: &[u64; 6]) {
     let arg = |i: u8| a[i as usize];
     let len = |l: Len| match l {
-        Len::Arg(i) => arg(i),
         Len::ArgMax(i, m) => arg(i).min(m),
         Len::Const(n) => n,
     };

@@ -19,7 +19,7 @@
 mod port_exit;
 mod slices;
 
-pub use port_exit::{Memory, Platform, SetupError};
+pub use port_exit::{Platform, SetupError};
 pub use slices::SliceError;
 
 use kvm_bindings::kvm_regs;

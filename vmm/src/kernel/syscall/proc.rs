@@ -8,31 +8,12 @@ use super::super::Kernel;
 use crate::arch::x86_64::layout::USER_END;
 use crate::arch::x86_64::paging::is_canonical;
 
-pub fn zero(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
-    Ok(0)
-}
-
 pub fn eperm(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
     Err(Errno::EPERM)
 }
 
 pub fn enosys(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
     Err(Errno::ENOSYS)
-}
-
-/// ENOSYS, logged once (a refusal the user should hear about).
-pub fn enosys_logged(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
-    // The entry is the call being made; log it by its name.
-    k.log_refusal();
-    Err(Errno::ENOSYS)
-}
-
-impl Kernel {
-    fn log_refusal(&mut self) {
-        if let Some(nr) = self.task.nr {
-            self.unsupported(nr);
-        }
-    }
 }
 
 /// The fixed identity `uname` reports in every variant.
