@@ -43,6 +43,10 @@ impl CallView for Kernel {
         }
     }
 
+    fn bound_names(&self) -> Option<&dmvx_sync::tempname::NameMap> {
+        self.monitor.as_ref().map(|m| &m.names).filter(|n| !n.is_empty())
+    }
+
     fn user_iov(&mut self, va: u64, len: u64, iov: &mut HostIov) -> SysResult<u64> {
         self.mm.user_iov(va, len, false, iov)
     }
