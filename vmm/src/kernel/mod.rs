@@ -13,6 +13,7 @@
 
 mod call_view;
 pub mod children;
+pub mod cpus;
 pub mod creds;
 pub mod errno;
 pub mod exec;
@@ -224,6 +225,8 @@ pub struct Kernel {
     pub(crate) own_ports: std::collections::BTreeSet<u16>,
     /// Where datagrams came from (answers may go back).
     pub(crate) peers: net_policy::Peers,
+    /// How many virtual CPUs the program has, once a call asked (`cpus`).
+    pub(crate) cpus: Option<u32>,
 }
 
 impl Kernel {

@@ -28,6 +28,7 @@ mod abi_layout_tests;
 use dmvx_sync::policy::Class::{self, *};
 use kvm_bindings::kvm_regs;
 
+use super::cpus;
 use super::errno::{Errno, SysResult};
 use super::signal::Signal;
 use super::Kernel;
@@ -304,9 +305,9 @@ table! {
     SYS_times => Plain Host proc::times, is(Time), [], "";
     SYS_sysinfo => Plain Virtual proc::sysinfo, is(Time), [], "";
     SYS_sched_yield => Full Virtual futex::sched_yield, is(Process), [], "lets the next thread run";
-    SYS_sched_getaffinity => Plain Virtual proc::sched_getaffinity, is(Process), [], "one CPU (threads take turns on it)";
-    SYS_sched_setaffinity => Plain Virtual proc::sched_setaffinity, is(Process), [], "accepted if the set holds CPU 0";
-    SYS_getcpu => Plain Virtual proc::getcpu, is(Process), [], "";
+    SYS_sched_getaffinity => Plain Virtual cpus::sched_getaffinity, is(Process), [Int(0)], "the virtual CPUs: the leader's host's count, replicated (threads take turns on one vCPU)";
+    SYS_sched_setaffinity => Plain Virtual cpus::sched_setaffinity, is(Process), [Int(0), Bytes { ptr: 2, len: Len::ArgMax(1, 128) }], "kept per thread, within the virtual CPUs";
+    SYS_getcpu => Plain Virtual cpus::getcpu, is(Process), [], "the first CPU of the caller's set";
     SYS_prctl => Plain Virtual proc::prctl, is(Process), [Int(0)], "";
     SYS_arch_prctl => Plain Virtual proc::arch_prctl, is(Process), [Int(0)], "FS and GS base";
     SYS_set_tid_address => Plain Virtual futex::set_tid_address, is(Process), [], "";
