@@ -28,6 +28,7 @@ mod interrupt;
 pub mod layout;
 pub mod mm;
 pub mod net_policy;
+pub mod netlink;
 pub mod proc_table;
 mod procfs;
 mod run;
@@ -227,6 +228,8 @@ pub struct Kernel {
     pub(crate) peers: net_policy::Peers,
     /// How many virtual CPUs the program has, once a call asked (`cpus`).
     pub(crate) cpus: Option<u32>,
+    /// Netlink port ids handed out so far (`netlink`).
+    pub(crate) netlink_ports: u32,
 }
 
 impl Kernel {

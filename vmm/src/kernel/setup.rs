@@ -117,6 +117,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         own_ports: Default::default(),
         peers: Default::default(),
         cpus: None,
+        netlink_ports: 0,
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);

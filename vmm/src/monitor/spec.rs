@@ -213,7 +213,8 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
             Classified { class: Class::FileOpen, remote: false, open_path }
         }
         ClassRule::Closes { fd } => match v.fd_info(a[fd as usize]) {
-            Some(f) if f.kind == FileKind::Socket && !f.ipc => simple(Class::SocketSetup, true),
+            // A socket of the leader's (not the VMM's own virtual netlink).
+            Some(f) if f.kind == FileKind::Socket && !f.ipc && f.remote => simple(Class::SocketSetup, true),
             _ => simple(Class::Process, false),
         },
         ClassRule::Fcntl => {

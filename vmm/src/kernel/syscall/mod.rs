@@ -194,7 +194,7 @@ table! {
     SYS_dup3 => Plain Virtual fd::dup3, ClassRule::Closes { fd: 1 }, [Fd(0), Fd(1), Int(2)], "";
     SYS_pipe => Plain Host fd::pipe, remote(Ipc), [], "the leader's in a cluster (reads replicated)";
     SYS_pipe2 => Plain Host fd::pipe2, remote(Ipc), [Int(1)], "the leader's in a cluster (reads replicated)";
-    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX, FIOASYNC (accepted on sockets and pipes, no SIGIO); others ENOTTY; a host terminal is never changed (TCSETS: EPERM)";
+    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX, FIOASYNC (accepted on sockets and pipes, no SIGIO); SIOCGIFINDEX/NAME/FLAGS/MTU of lo on sockets; others ENOTTY; a host terminal is never changed (TCSETS: EPERM)";
     SYS_unlink => Plain Host path::unlink, is(FileModify), [Path(0)], "EROFS in a read-only root";
     SYS_unlinkat => Plain Host path::unlinkat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
     SYS_rmdir => Plain Host path::rmdir, is(FileModify), [Path(0)], "EROFS in a read-only root";
@@ -231,7 +231,7 @@ table! {
     SYS_mknod => Plain Host path::mknod, is(FileModify), [Path(0), Int(1)], "files, FIFOs and sockets; device nodes EPERM";
     SYS_mknodat => Plain Host path::mknodat, is(FileModify), [DirFd(0), Path(1), Int(2)], "files, FIFOs and sockets; device nodes EPERM";
     // Networking, on the host.
-    SYS_socket => Plain Host net::socket, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_INET, AF_INET6, AF_UNIX; stream and datagram";
+    SYS_socket => Plain Host net::socket, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_INET, AF_INET6, AF_UNIX; stream and datagram; AF_NETLINK/NETLINK_ROUTE answered by the VMM (lo only)";
     SYS_socketpair => Plain Host net::socketpair, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_UNIX";
     SYS_bind => Plain Host net::bind, remote(SocketSetup), [Fd(0), SockAddr { ptr: 1, len: 2 }], "Unix paths resolve inside the root; abstract names refused";
     SYS_listen => Plain Host net::listen, remote(SocketSetup), [Fd(0), Int(1)], "";
