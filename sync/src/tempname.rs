@@ -152,35 +152,16 @@ impl NameMap {
         self.names.is_empty()
     }
 
-    /// `arg` (a program argument) with every bound name in it replaced by
-    /// the leader's, where it stands as a path component (between slashes
-    /// or the ends of the string): gcc passes its temporaries to cc1 and as.
-    pub fn rewrite_arg(&self, arg: &mut Vec<u8>) {
-        if self.names.is_empty() {
-            return;
+    /// `path` (or a program argument: gcc passes its temporaries to cc1
+    /// and as) with every bound name in it replaced by the leader's name,
+    /// also where the program made another name of it (gnupg's dotlock
+    /// links its fresh `.#lk0x….HOST.PID` to the same name with an `x`
+    /// appended): a name derived from a fresh name is derived from the
+    /// leader's in the leader.
+    pub fn rewrite(&self, path: &mut [u8]) {
+        if !self.names.is_empty() {
+            self.replace_from(path, |p, len| p < len);
         }
-        // Arguments such as "-o/tmp/ccX.s" or "--out=x": the path part.
-        let start = arg.iter().position(|&c| c == b'/').unwrap_or(0);
-        let mut tail = arg[start..].to_vec();
-        self.rewrite(&mut tail);
-        arg.truncate(start);
-        arg.extend_from_slice(&tail);
-    }
-
-    /// `path` with every component that is a bound name replaced by the
-    /// leader's name.
-    pub fn rewrite(&self, path: &mut Vec<u8>) {
-        if self.names.is_empty() || !path.split(|&c| c == b'/').any(|c| self.names.contains_key(c)) {
-            return;
-        }
-        let mut out = Vec::with_capacity(path.len());
-        for (i, c) in path.split(|&c| c == b'/').enumerate() {
-            if i > 0 {
-                out.push(b'/');
-            }
-            out.extend_from_slice(self.names.get(c).map_or(c, Vec::as_slice));
-        }
-        *path = out;
     }
 }
 
@@ -250,12 +231,15 @@ mod tests {
         assert_eq!(p, b"/case/tmp.KO537U/inner");
         let mut p = b"/case/tmp.OoZhRtx".to_vec();
         m.rewrite(&mut p);
-        assert_eq!(p, b"/case/tmp.OoZhRtx");
-        let mut a = b"/case/tmp.OoZhRt".to_vec();
-        m.rewrite_arg(&mut a);
-        assert_eq!(a, b"/case/tmp.KO537U");
+        assert_eq!(p, b"/case/tmp.KO537Ux", "a name made of the bound one");
+        let mut p = b"/case/tmp.OoZhR".to_vec();
+        m.rewrite(&mut p);
+        assert_eq!(p, b"/case/tmp.OoZhR", "part of a bound name is no name");
+        let mut a = b"-o/case/tmp.OoZhRt".to_vec();
+        m.rewrite(&mut a);
+        assert_eq!(a, b"-o/case/tmp.KO537U");
         let mut a = b"-quiet".to_vec();
-        m.rewrite_arg(&mut a);
+        m.rewrite(&mut a);
         assert_eq!(a, b"-quiet");
     }
 }

@@ -39,7 +39,7 @@ impl CallView for Kernel {
 
     fn rewrite_arg(&self, arg: &mut Vec<u8>) {
         if let Some(m) = self.monitor.as_ref() {
-            m.names.rewrite_arg(arg);
+            m.names.rewrite(arg);
         }
     }
 
