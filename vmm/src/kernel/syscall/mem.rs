@@ -118,13 +118,12 @@ pub fn mmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         if f.kind == FileKind::CharDevice {
             Backing::Anon
         } else {
-            if shared && prot & PROT_WRITE != 0 {
-                // Writes would have to reach the file; not supported.
-                log::warn!(
-                    target: crate::logger::PROGRAM,
-                    "refusing a writable shared file mapping (MAP_SHARED|PROT_WRITE on a file): ENODEV"
-                );
-                return Err(Errno::ENODEV);
+            // A shared mapping of a file open for writing is written back
+            // (msync, munmap, the end); one of a file not open for writing
+            // may not be writable, as on Linux.
+            let writeback = shared && fl & libc::O_ACCMODE == libc::O_RDWR;
+            if shared && prot & PROT_WRITE != 0 && !writeback {
+                return Err(Errno::EACCES);
             }
             if off.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
                 return Err(Errno::EOVERFLOW);
@@ -132,7 +131,7 @@ pub fn mmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
             // A remote file (replicated from the leader) has no contents here.
             let own = f.owned().ok_or(Errno::ENODEV)?;
             let dup = own.try_clone().map_err(|e| Errno::from_io(&e))?;
-            Backing::File { fd: Arc::new(dup), offset: off }
+            Backing::File { fd: Arc::new(dup), offset: off, writeback }
         }
     };
     place(k, addr, len, prot, flags, shared, backing)
@@ -184,8 +183,9 @@ const REMOTE_MAP_MAX: u64 = dmvx_sync::wire::MAX_ENTRY as u64 - (1 << 20);
 /// maps a private copy of exactly those bytes, so a library that ld.so
 /// loads from /tmp is the same in every variant and the follower's copy is
 /// the leader's, not a file of its own host. Only private mappings: a
-/// shared one must see the file's later writes, which a copy would not
-/// (refused with ENODEV in every variant).
+/// shared one must see the file's later writes, which a copy would not,
+/// and a writable one's writes would reach the file with no call for the
+/// monitor to compare (refused with ENODEV in every variant).
 fn map_remote(k: &mut Kernel, f: &OpenFile, call: (u64, u64, u32, u64), shared: bool, off: u64) -> SysResult {
     let (addr, len, prot, flags) = call;
     if f.kind != FileKind::Regular && f.kind != FileKind::CharDevice {
@@ -221,7 +221,7 @@ fn map_remote(k: &mut Kernel, f: &OpenFile, call: (u64, u64, u32, u64), shared: 
     let backing = if f.kind == FileKind::CharDevice {
         Backing::Anon
     } else {
-        Backing::File { fd: Arc::new(copy_of(&bytes)?), offset: 0 }
+        Backing::File { fd: Arc::new(copy_of(&bytes)?), offset: 0, writeback: false }
     };
     place(k, addr, len, prot, flags, shared, backing)
 }
@@ -247,7 +247,7 @@ fn read_mapped(
     }
     if shared {
         let why = if prot & PROT_WRITE != 0 {
-            "refusing a writable shared file mapping (MAP_SHARED|PROT_WRITE on a file): ENODEV"
+            "refusing a writable shared file mapping of a file that is the leader's: its writes would be outputs no call shows (ENODEV in every variant)"
         } else {
             "refusing a shared mapping of a file that is the leader's (under a mutable path): ENODEV"
         };
@@ -411,12 +411,20 @@ pub fn madvise(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     }
 }
 
+/// msync: the shared file mappings in the range go back to their files
+/// (MS_ASYNC as MS_SYNC: at once).
 pub fn msync(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    const MS_ASYNC: u64 = 1;
+    const MS_INVALIDATE: u64 = 2;
+    const MS_SYNC: u64 = 4;
+    if a[2] & !(MS_ASYNC | MS_INVALIDATE | MS_SYNC) != 0 || a[2] & (MS_ASYNC | MS_SYNC) == MS_ASYNC | MS_SYNC {
+        return Err(Errno::EINVAL);
+    }
     let end = check_range(a[0], a[1])?;
     if !k.mm.is_fully_mapped(a[0], end) {
         return Err(Errno::ENOMEM);
     }
-    Ok(0)
+    k.mm.write_back(a[0], end).map(|()| 0)
 }
 
 pub fn mincore(k: &mut Kernel, a: &[u64; 6]) -> SysResult {

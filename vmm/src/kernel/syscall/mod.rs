@@ -148,12 +148,12 @@ const CREAT_FLAGS: u64 = (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64
 table! {
     // Memory: the VMM edits the page tables.
     SYS_brk => Plain Memory mem::brk, is(Memory), [], "";
-    SYS_mmap => Plain Memory mem::mmap, ClassRule::ProtExec { prot: 2 }, [Custom(records::mmap)], "anonymous and file-backed private mappings; shared writable file mappings are refused (ENODEV)";
+    SYS_mmap => Plain Memory mem::mmap, ClassRule::ProtExec { prot: 2 }, [Custom(records::mmap)], "anonymous and file-backed; shared file mappings are written back at msync, munmap and the end; in N variants a shared mapping of a file that is the leader's is refused (ENODEV)";
     SYS_munmap => Plain Memory mem::munmap, is(Memory), [Int(1)], "";
     SYS_mprotect => Plain Memory mem::mprotect, ClassRule::ProtExec { prot: 2 }, [Int(1), Int(2)], "";
     SYS_mremap => Plain Memory mem::mremap, is(Memory), [Int(1), Int(2), Int(3)], "MREMAP_DONTUNMAP is refused (EINVAL)";
     SYS_madvise => Plain Memory mem::madvise, is(Memory), [Int(1), Int(2)], "DONTNEED/FREE drop pages; the rest are hints";
-    SYS_msync => Plain Memory mem::msync, is(Memory), [Int(1), Int(2)], "private mappings: nothing to write back";
+    SYS_msync => Plain Memory mem::msync, is(Memory), [Int(1), Int(2)], "shared file mappings are written back (also at munmap and the end; not coherent with read/write or other processes meanwhile)";
     SYS_mincore => Plain Memory mem::mincore, is(Memory), [], "";
     SYS_mlock => Plain Memory mem::mlock, is(Memory), [Int(1)], "guest pages never leave memory";
     SYS_munlock => Plain Memory mem::mlock, is(Memory), [Int(1)], "";
