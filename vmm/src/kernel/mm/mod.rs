@@ -345,7 +345,7 @@ impl Mm {
         // As Linux: a shared mapping of a file not open for writing never
         // becomes writable.
         let readonly_shared_file = |v: &Vma| v.shared && matches!(v.backing, Backing::File { writeback: false, .. });
-        if prot & PROT_WRITE != 0 && self.vmas.range(..end).any(|(_, v)| v.end > start && readonly_shared_file(v)) {
+        if prot & PROT_WRITE != 0 && self.overlapping(start, end).any(readonly_shared_file) {
             return Err(Errno::EACCES);
         }
         self.split_at(start);
@@ -369,16 +369,20 @@ impl Mm {
         self.clear_range(start, end);
     }
 
+    /// The mappings that overlap `[start, end)`, from the highest down
+    /// (only those: an munmap must not walk every mapping).
+    fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+        self.vmas.range(..end).rev().map(|(_, v)| v).take_while(move |v| v.end > start)
+    }
+
     /// Writes the populated pages of the shared file mappings (`writeback`)
     /// in `[start, end)` to their files, as far as each file goes (never
     /// extending it: Linux does not either). Every populated page is
     /// written, changed or not. Pages stay mapped.
     pub fn write_back(&mut self, start: u64, end: u64) -> SysResult<()> {
         let vmas: Vec<Vma> = self
-            .vmas
-            .range(..end)
-            .map(|(_, v)| v)
-            .filter(|v| v.end > start && matches!(v.backing, Backing::File { writeback: true, .. }))
+            .overlapping(start, end)
+            .filter(|v| matches!(v.backing, Backing::File { writeback: true, .. }))
             .cloned()
             .collect();
         let mut result = Ok(());
