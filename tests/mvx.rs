@@ -188,6 +188,47 @@ fn output_that_depends_on_an_address_is_stopped() {
     assert_ne!(r["leader"]["args"][1], r["other"]["args"][1], "the written data differs: {r:#}");
 }
 
+/// Data addresses (heap, thread data, anonymous memory) are the same in
+/// every variant of a run and new in every run; with `--data-layout
+/// disjoint` a program that prints them is stopped.
+#[test]
+fn data_addresses_agree_when_shared_and_differ_when_disjoint() {
+    require_kvm!();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = TempDir::new("data-addr");
+        let o = run_vmm(
+            &["--variants", "3", "--report-dir", d.path().to_str().unwrap(), "--", &divergent(), "data-address"],
+            b"",
+        );
+        assert_eq!(status(&o), 0, "{}", stderr(&o));
+        assert!(reports(d.path()).is_empty(), "a divergence report: {}", stderr(&o));
+        let line = stdout(&o).lines().last().unwrap_or_default().to_string();
+        assert_eq!(line.split(' ').count(), 3, "{}", stdout(&o));
+        seen.push(line);
+    }
+    assert_ne!(seen[0], seen[1], "data addresses repeat across runs");
+    let d = TempDir::new("data-addr-disjoint");
+    let o = run_vmm(
+        &[
+            "--variants",
+            "2",
+            "--data-layout",
+            "disjoint",
+            "--report-dir",
+            d.path().to_str().unwrap(),
+            "--",
+            &divergent(),
+            "data-address",
+        ],
+        b"",
+    );
+    assert_eq!(status(&o), 121, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ready\n", "disjoint data addresses must not be printed");
+    let r = leader_report(d.path());
+    assert_eq!(r["leader"]["name"], "write", "{r:#}");
+}
+
 #[test]
 fn every_variant_has_its_own_at_random_and_stack_canary() {
     require_kvm!();

@@ -80,7 +80,14 @@ fn main() -> ExitCode {
                 }
             }
             let (cfg, key, id) = (member.cfg, member.key, member.id);
-            Some(kernel::ClusterJoin { cfg, key, id, report_dir: args.report_dir.clone(), net: args.net.clone() })
+            Some(kernel::ClusterJoin {
+                cfg,
+                key,
+                id,
+                report_dir: args.report_dir.clone(),
+                net: args.net.clone(),
+                data: args.data_layout,
+            })
         }
         Err(code) => return code,
     };

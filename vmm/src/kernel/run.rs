@@ -92,6 +92,7 @@ impl Kernel {
         }
         let mut args = syscall_args(&ctx);
         let probe = self.poll_probe(nr, &mut args);
+        let would_block = self.block_probe(nr, &args) == Some(true);
         self.task.entry_rsp = ctx.rsp;
         self.task.nr = Some(nr);
         if self.monitor.is_some() {
@@ -99,7 +100,8 @@ impl Kernel {
                 return Ok(Next::Done(self.stopped(stop)));
             }
         }
-        let mut sys = syscall::dispatch(self, nr, &args);
+        let mut sys =
+            if would_block { Sys::Ret((-(libc::EAGAIN as i64)) as u64) } else { syscall::dispatch(self, nr, &args) };
         if let Sys::Thread(req) = &sys {
             sys = Sys::Ret(self.create_thread(plat, req, &ctx)? as u64);
         }
@@ -135,6 +137,12 @@ impl Kernel {
                 }
             }
         }
+        if matches!(sys, Sys::Block(_)) && self.signal_ends_wait() {
+            // A signal came with this call (the leader's, shipped with its
+            // event): the thread does not wait; the call is interrupted and
+            // the handler runs, as Linux's wait sees the pending signal.
+            sys = Sys::Ret((-(libc::EINTR as i64)) as u64);
+        }
         if let Some(r) = vfork_wait {
             // The child's stream needs this call's event: send it first.
             if !self.settle_before_blocking() {
@@ -145,6 +153,21 @@ impl Kernel {
             super::fork::wait_closed(&r);
         }
         Ok(match sys {
+            Sys::Ret(_) if would_block => {
+                if self.signal_ends_wait() {
+                    ctx.rax = (-(libc::EINTR as i64)) as u64;
+                    if self.restart_after_handler() {
+                        ctx.rip = ctx.rip.wrapping_sub(SYSCALL_INSN_LEN);
+                        ctx.rax = nr;
+                    }
+                    Next::Resume(ctx)
+                } else {
+                    match self.park_poller(plat, &ctx, nr, -1)? {
+                        Some(r) => self.next_of(r),
+                        None => Next::Resume(ctx),
+                    }
+                }
+            }
             Sys::Ret(v) => {
                 if let Some((timeout, false)) = probe {
                     // A signal to deliver: the call returns (as if its time
@@ -254,6 +277,13 @@ impl Kernel {
             }
         }
         r
+    }
+
+    /// Whether the running thread has a signal pending that it does not
+    /// block and that is not ignored: a wait it is about to begin ends at once.
+    fn signal_ends_wait(&self) -> bool {
+        let ready = self.task.sig.pending & !(self.task.sig.mask & !signal::UNBLOCKABLE);
+        ready != 0 && (1..=64).any(|n| ready & signal::bit(n) != 0 && !self.tg().sighand.ignored(Signal(n)))
     }
 
     /// Whether the signal about to be delivered has a handler with

@@ -282,7 +282,7 @@ impl Mm {
             Area::File => self.highest_free(len, l.mmap_top, l.mmap_bottom),
             // A full anonymous area spills into the file area.
             Area::Anon => self
-                .highest_free(len, l.anon_top, l.mmap_bottom)
+                .highest_free(len, l.anon_top, l.anon_bottom)
                 .or_else(|| self.highest_free(len, l.mmap_top, l.mmap_bottom)),
         }
     }
