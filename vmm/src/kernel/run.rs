@@ -451,6 +451,8 @@ impl Kernel {
             Outcome::Killed { signal, .. } => signal.0 & 0x7f,
             Outcome::Diverged(_) | Outcome::Ended(_) => libc::SIGKILL,
         };
+        // The program's writes into shared file mappings reach their files.
+        let _ = self.mm.write_back(crate::arch::x86_64::layout::USER_MIN, crate::arch::x86_64::layout::USER_END);
         let (_, orphans) = self.procs.exit(self.task.tg.pid, status);
         self.send_pdeathsig(&orphans);
         self.vfork_done = None;

@@ -33,6 +33,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let creds = Creds::new(unsafe { libc::getuid() }, unsafe { libc::getgid() });
     // What the VMM needs from outside the root is opened before the jail.
     super::sandbox::open_devices();
+    super::cpus::init_host_cpus();
     if let Some(join) = &config.cluster {
         crate::jail::reports::open(&join.report_dir)
             .map_err(|source| KernelError::ReportDir { path: join.report_dir.clone(), source })?;
@@ -123,6 +124,8 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         net: Arc::new(config.net.clone()),
         own_ports: Default::default(),
         peers: Default::default(),
+        cpus: None,
+        netlink_ports: 0,
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);

@@ -72,6 +72,7 @@ impl Kernel {
         let fs = if req.share_fs { self.task.fs.clone() } else { Arc::new(Mutex::new(lock(&self.task.fs).clone())) };
         let mut t = Task::new(tid, self.task.tg.clone(), files, fs);
         t.sig.mask = self.task.sig.mask;
+        t.affinity = self.task.affinity.clone();
         t.fs_base = req.tls.unwrap_or(self.task.fs_base);
         t.gs_base = self.task.gs_base;
         t.clear_child_tid = req.clear_tid.unwrap_or(0);

@@ -156,7 +156,7 @@ fn do_execve(k: &mut Kernel, path: Vec<u8>, argv_va: u64, envp_va: u64) -> Sys {
         let mut argv = string_array(k, argv_va)?;
         if let Some(m) = k.monitor.as_ref() {
             // A follower's temporaries in the arguments are the leader's.
-            argv.iter_mut().for_each(|a| m.names.rewrite_arg(a));
+            argv.iter_mut().for_each(|a| m.names.rewrite(a));
         }
         let envp = string_array(k, envp_va)?;
         let path = if path == b"/proc/self/exe" { k.tg().exe.clone() } else { path };
