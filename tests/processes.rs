@@ -85,6 +85,7 @@ fn fork_wait_and_waitid_report_what_linux_reports() {
     same_everywhere(&[&procs(), "fork-wait"]);
     same_everywhere(&[&procs(), "shared"]);
     same_everywhere(&[&procs(), "pdeathsig"]);
+    same_everywhere(&[&procs(), "exec-altstack"]);
 }
 
 #[test]

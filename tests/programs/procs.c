@@ -139,9 +139,31 @@ static int pdeathsig(void) {
     return 0;
 }
 
+/* An alternate signal stack does not survive execve (Linux resets it). */
+static int exec_altstack(char *self) {
+    static char stack[1 << 16];
+    stack_t ss = { .ss_sp = stack, .ss_size = sizeof stack, .ss_flags = 0 };
+    if (sigaltstack(&ss, NULL) != 0) return 1;
+    stack_t now;
+    sigaltstack(NULL, &now);
+    printf("before exec: %s\n", now.ss_flags & SS_DISABLE ? "disabled" : "set");
+    char *args[] = { self, "altstack-after", NULL };
+    execv(self, args);
+    return 2;
+}
+
+static int altstack_after(void) {
+    stack_t now;
+    sigaltstack(NULL, &now);
+    printf("after exec: %s\n", now.ss_flags & SS_DISABLE ? "disabled" : "set");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     const char *m = argc > 1 ? argv[1] : "";
+    if (!strcmp(m, "exec-altstack")) return exec_altstack(argv[0]);
+    if (!strcmp(m, "altstack-after")) return altstack_after();
     if (!strcmp(m, "fork-wait")) return fork_wait();
     if (!strcmp(m, "groups")) return groups();
     if (!strcmp(m, "shared")) return shared();
