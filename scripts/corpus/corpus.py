@@ -223,6 +223,10 @@ def base_env(extra):
 JAIL_ID = 65534
 
 
+# The uid and gid dmvx-vmm's jail acts as by default (vmm/src/jail).
+JAIL_ID = 65534
+
+
 class Scratch:
     """A fresh writable root: an overlay over the host's /."""
 
@@ -262,17 +266,23 @@ class Scratch:
                                stderr=subprocess.STDOUT, universal_newlines=True)
             if r.returncode != 0:
                 raise SetupError("case %s: setup failed (%d):\n%s" % (case["name"], r.returncode, r.stdout))
-        # dmvx-vmm writes as its jail identity (nobody): the writable
-        # directories must let it, as an operator gives a writable root to the
-        # VMM's uid. They stay root's (the program, root inside, sees its own
-        # files; git refuses a repository of another owner), writable by all,
+        # dmvx-vmm writes as its jail identity (nobody): as an operator gives
+        # a writable root to the VMM's uid, the runner gives it the case's
+        # files and what the setup left in /tmp (dmvx shows files of its own
+        # uid as the program's root's, so the program, root inside, sees its
+        # own files, as natively). The case's files are writable by all,
         # natively too (the modes are compared).
-        for d in ("case", "root"):
-            for dirpath, dirnames, filenames in os.walk(os.path.join(self.upper, d)):
+        for d in ("case", "root", "tmp"):
+            top = os.path.join(self.upper, d)
+            for dirpath, dirnames, filenames in os.walk(top):
                 for n in [dirpath] + [os.path.join(dirpath, x) for x in dirnames + filenames]:
+                    if d == "tmp" and n == top:
+                        continue  # /tmp itself stays root's, sticky
                     st = os.lstat(n)
-                    if not stat.S_ISLNK(st.st_mode):
+                    if d != "tmp" and not stat.S_ISLNK(st.st_mode):
                         os.chmod(n, stat.S_IMODE(st.st_mode) | (0o777 if stat.S_ISDIR(st.st_mode) else 0o666))
+                    if mode != "native":
+                        os.lchown(n, JAIL_ID, JAIL_ID)
 
     def mount(self, with_proc):
         opts = "lowerdir=/,upperdir=%s,workdir=%s" % (self.upper, self.work)

@@ -5,6 +5,11 @@
 //! laid over what stat reports. The attribute lives with the file, so every
 //! process of the program sees it, and in a cluster it is the leader's, like
 //! every other modification of the tree (followers take the leader's stat).
+//!
+//! Files the VMM's own host ids (the jail's) own are shown as the
+//! program's root's, as a user namespace shows its owner's files as its
+//! root's: a writable root given to the jail's uid (docs/security.md) looks
+//! to the program like a root it owns (git accepts its repositories).
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -112,15 +117,16 @@ fn refusal() -> Errno {
     }
 }
 
-/// The overlay a file created by `creds` needs: the creator's ids where the
-/// host's (the VMM's own) differ, as Linux makes the creator the owner.
-/// None when the host's ids already are the creator's.
+/// The overlay a file created by `creds` needs: the creator's ids where
+/// those a file of the VMM's own ids is shown with differ, as Linux makes
+/// the creator the owner. None when they already are the creator's.
 pub fn creator(creds: &Creds) -> Option<Overlay> {
-    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
-    let (host_uid, host_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let host = host_ids();
+    // What a file of the VMM's ids is shown as, before any overlay.
+    let (uid, gid) = shown_ids(host.0, host.1, host);
     let ov = Overlay {
-        uid: (creds.euid != host_uid).then_some(creds.euid),
-        gid: (creds.egid != host_gid).then_some(creds.egid),
+        uid: (creds.euid != uid).then_some(creds.euid),
+        gid: (creds.egid != gid).then_some(creds.egid),
         setid: 0,
     };
     (ov != Overlay::default()).then_some(ov)
@@ -147,8 +153,22 @@ pub fn created_at(creds: &Creds, dir: RawFd, name: &std::ffi::CStr) {
     }
 }
 
+/// The VMM's own host ids.
+fn host_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Host ids as the program sees them before any overlay: the VMM's own
+/// (when unprivileged) are root's.
+pub fn shown_ids(uid: u32, gid: u32, host: (u32, u32)) -> (u32, u32) {
+    let map = |v: u32, own: u32| if own != 0 && v == own { 0 } else { v };
+    (map(uid, host.0), map(gid, host.1))
+}
+
 /// Lays the overlay of the file behind `raw`, if any, over its stat.
 pub fn overlay_stat(raw: RawFd, st: &mut libc::stat) {
+    (st.st_uid, st.st_gid) = shown_ids(st.st_uid, st.st_gid, host_ids());
     if let Some(ov) = read(raw, st.st_mode) {
         ov.apply(&mut st.st_uid, &mut st.st_gid, &mut st.st_mode);
     }
@@ -157,6 +177,7 @@ pub fn overlay_stat(raw: RawFd, st: &mut libc::stat) {
 /// The same for a statx.
 pub fn overlay_statx(raw: RawFd, sx: &mut libc::statx) {
     let mut mode = sx.stx_mode as u32;
+    (sx.stx_uid, sx.stx_gid) = shown_ids(sx.stx_uid, sx.stx_gid, host_ids());
     if let Some(ov) = read(raw, mode) {
         ov.apply(&mut sx.stx_uid, &mut sx.stx_gid, &mut mode);
         sx.stx_mode = mode as u16;
@@ -169,12 +190,13 @@ pub fn chown(creds: &Creds, raw: RawFd, st: &libc::stat, uid: u32, gid: u32) -> 
     let id = |v: u32| (v != u32::MAX).then_some(v);
     let (uid, gid) = (id(uid), id(gid));
     let old = read(raw, st.st_mode);
-    let (mut owner, mut group, mut mode) = (st.st_uid, st.st_gid, st.st_mode);
+    let (mut owner, mut group) = shown_ids(st.st_uid, st.st_gid, host_ids());
+    let mut mode = st.st_mode;
     if let Some(o) = old {
         o.apply(&mut owner, &mut group, &mut mode);
     }
     may_chown(creds, owner, group, uid, gid)?;
-    write(raw, st.st_mode, &chowned(old, st, uid, gid))?;
+    write(raw, st.st_mode, &chowned(old, st, uid, gid, host_ids()))?;
     Ok(0)
 }
 
@@ -183,7 +205,7 @@ pub fn chown(creds: &Creds, raw: RawFd, st: &libc::stat, uid: u32, gid: u32) -> 
 /// overlay only.
 pub fn chmod(creds: &Creds, raw: RawFd, st: &libc::stat, mode: u32, host: impl FnOnce(u32) -> SysResult) -> SysResult {
     let old = read(raw, st.st_mode);
-    let owner = old.and_then(|o| o.uid).unwrap_or(st.st_uid);
+    let owner = old.and_then(|o| o.uid).unwrap_or(shown_ids(st.st_uid, st.st_gid, host_ids()).0);
     may_chmod(creds, owner)?;
     let mode = mode & 0o7777;
     let ov = Overlay { setid: mode & SETID, ..old.unwrap_or_default() };
@@ -225,15 +247,17 @@ pub fn may_chmod(creds: &Creds, owner: u32) -> SysResult<()> {
     }
 }
 
-/// The overlay after chown(uid, gid) of a file with host/overlay state `st`:
-/// set-id bits of a regular file are cleared, as Linux clears them.
-pub fn chowned(old: Option<Overlay>, st: &libc::stat, uid: Option<u32>, gid: Option<u32>) -> Overlay {
+/// The overlay after chown(uid, gid) of a file with host/overlay state `st`
+/// (`host`: the VMM's own ids): set-id bits of a regular file are cleared,
+/// as Linux clears them.
+pub fn chowned(old: Option<Overlay>, st: &libc::stat, uid: Option<u32>, gid: Option<u32>, host: (u32, u32)) -> Overlay {
     let mut ov = old.unwrap_or_default();
+    let (su, sg) = shown_ids(st.st_uid, st.st_gid, host);
     if let Some(u) = uid {
-        ov.uid = (u != st.st_uid).then_some(u);
+        ov.uid = (u != su).then_some(u);
     }
     if let Some(g) = gid {
-        ov.gid = (g != st.st_gid).then_some(g);
+        ov.gid = (g != sg).then_some(g);
     }
     if st.st_mode & libc::S_IFMT == libc::S_IFREG && (uid.is_some() || gid.is_some()) {
         // Set-group-id without group execute is a locking marker Linux keeps.
@@ -246,6 +270,24 @@ pub fn chowned(old: Option<Overlay>, st: &libc::stat, uid: Option<u32>, gid: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vmms_own_ids_are_shown_as_roots() {
+        let jail = (65534, 65534);
+        assert_eq!(shown_ids(65534, 65534, jail), (0, 0));
+        assert_eq!(shown_ids(0, 0, jail), (0, 0));
+        assert_eq!(shown_ids(1000, 65534, jail), (1000, 0));
+        // A VMM acting as root maps nothing.
+        assert_eq!(shown_ids(65534, 65534, (0, 0)), (65534, 65534));
+        // chown to root of a file the jail's uid owns needs no overlay;
+        // chown to the jail's uid itself does (it is shown as root's).
+        // SAFETY: stat is plain data; all zeroes is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        st.st_mode = libc::S_IFREG | 0o644;
+        (st.st_uid, st.st_gid) = jail;
+        assert_eq!(chowned(None, &st, Some(0), Some(0), jail), Overlay::default());
+        assert_eq!(chowned(None, &st, Some(65534), None, jail).uid, Some(65534));
+    }
 
     #[test]
     fn overlays_round_trip() {
