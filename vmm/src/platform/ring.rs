@@ -124,6 +124,8 @@ pub struct RingStats {
 struct Ctl {
     fd: RawFd,
     trap_tsc: bool,
+    /// The signal mask inside KVM_RUN (the VMM thread's).
+    mask: libc::sigset_t,
     /// 0 idle, [`GO_RUN`] run once, [`GO_QUIT`] end (futex word).
     go: AtomicU32,
     /// 1 once KVM_RUN returned (futex word).
@@ -203,6 +205,18 @@ fn runner(ctl: Arc<Ctl>, tid: std::sync::mpsc::Sender<i32>) {
         if ctl.trap_tsc {
             crate::vstate::tsc::allow_tsc();
         }
+        if errno == libc::EINTR {
+            // The signal that ended KVM_RUN is pending here, blocked again:
+            // its handler runs now (it records and kicks), or every later
+            // KVM_RUN would return at once.
+            // SAFETY: valid sigsets; the handlers are async-signal-safe.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &ctl.mask, std::ptr::null_mut());
+                libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            }
+        }
         ctl.errno.store(errno, Ordering::Relaxed);
         ctl.done.store(1, Ordering::SeqCst);
         if ctl.waiter.load(Ordering::SeqCst) != 0 {
@@ -247,7 +261,7 @@ impl Ring {
         if !(p as usize).is_multiple_of(std::mem::align_of::<Page>()) {
             return Err(RingError::Page(gpa));
         }
-        set_kvm_sigmask(fd)?;
+        let mask = set_kvm_sigmask(fd)?;
         let mut bits = [0u64; RING_CALLS / 64];
         for &nr in calls {
             if (nr as usize) < RING_CALLS {
@@ -259,6 +273,7 @@ impl Ring {
         let ctl = Arc::new(Ctl {
             fd,
             trap_tsc,
+            mask,
             go: AtomicU32::new(0),
             done: AtomicU32::new(0),
             errno: AtomicI32::new(0),
@@ -514,11 +529,13 @@ impl Drop for Ring {
 
 /// Inside KVM_RUN, whichever thread issues it: the VMM thread's current
 /// signal mask (the runner blocks every signal outside KVM_RUN).
-fn set_kvm_sigmask(fd: RawFd) -> Result<(), RingError> {
-    // SAFETY: plain-data sigset; valid pointers; the ioctl reads the struct.
-    unsafe {
+fn set_kvm_sigmask(fd: RawFd) -> Result<libc::sigset_t, RingError> {
+    // SAFETY: plain-data sigset; valid pointers.
+    let cur = unsafe {
         let mut cur: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut cur);
-        super::slices::set_kvm_sigmask(fd, &cur).map_err(RingError::Mask)
-    }
+        cur
+    };
+    super::slices::set_kvm_sigmask(fd, &cur).map_err(RingError::Mask)?;
+    Ok(cur)
 }
