@@ -304,8 +304,8 @@ impl Kernel {
         let r = platform.ring;
         if r.done + r.via_exit + r.refused > 0 {
             eprintln!(
-                "dmvx stats: ring: {} calls without an exit, {} finished through an exit, {} refused, {} parks",
-                r.done, r.via_exit, r.refused, r.parks
+                "dmvx stats: ring: {} calls without an exit, {} finished through an exit, {} refused, {} parks, {} back-offs",
+                r.done, r.via_exit, r.refused, r.parks, r.backoffs
             );
         }
         let rss = vm_rss_bytes();

@@ -7,7 +7,7 @@ use dmvx_abi::{
 };
 use kvm_bindings::{kvm_regs, kvm_xsave};
 
-use super::ring::{Ring, SyscallPath, Waited};
+use super::ring::{Event, Ring, SyscallPath, Waited};
 use super::{PlatformError, PlatformStats, Trap, UserRegs};
 use crate::arch::x86_64::gdt::write_tables;
 use crate::arch::x86_64::layout::{
@@ -241,23 +241,34 @@ impl Platform {
         let Some(ring) = self.ring.as_mut() else {
             return vcpu::run(&mut self.vcpu, &mut exits).map_err(PlatformError::from);
         };
-        let (trap, ctx) = vcpu::run_via(&mut self.vcpu, &mut exits, &mut |_| ring.enter(|r| (Trap::RingCall, r)))?;
-        Ok(match trap {
+        // Direct once the runner is out of the guest (a call it served may
+        // have made the choice while the vCPU still ran).
+        let (trap, ctx) = if ring.direct() && !ring.in_flight() {
+            vcpu::run(&mut self.vcpu, &mut exits)?
+        } else {
+            vcpu::run_via(&mut self.vcpu, &mut exits, &mut |_| ring.enter(|r| (Trap::RingCall, r)))?
+        };
+        let (trap, ctx) = match trap {
             // The stub's exit to PORT_RING_WAIT (see `Exits::io_out`).
             Trap::RingReturn => match ring.on_wait(ctx) {
                 Waited::Finished(c) => (Trap::RingReturn, c),
                 Waited::Call(c) => (Trap::Syscall, c),
             },
-            Trap::Syscall => {
+            _ => (trap, ctx),
+        };
+        let ev = match trap {
+            Trap::RingCall => Event::Served,
+            Trap::RingReturn => Event::Servable,
+            Trap::Syscall if ring.serves(ctx.rax) => {
                 // A call the ring serves came by the exit (the service was
                 // parked): the program is making such calls again.
-                if ring.serves(ctx.rax) {
-                    ring.wake();
-                }
-                (trap, ctx)
+                ring.wake();
+                Event::Servable
             }
-            _ => (trap, ctx),
-        })
+            _ => Event::Other,
+        };
+        ring.note(ev);
+        Ok((trap, ctx))
     }
 
     /// Where the program continues after a trap.

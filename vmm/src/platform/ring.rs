@@ -75,14 +75,17 @@ pub enum RingError {
 struct Tuning {
     poll: Duration,
     spin: u32,
+    /// The service yields its CPU every this many rounds of polling.
+    yield_every: u32,
 }
 
 impl Tuning {
     fn from_env() -> Tuning {
         let num = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(d);
         Tuning {
-            poll: Duration::from_micros(num("DMVX_RING_POLL_US", 200)),
-            spin: num("DMVX_RING_SPIN", 20_000).min(u32::MAX as u64) as u32,
+            poll: Duration::from_micros(num("DMVX_RING_POLL_US", 100)),
+            spin: num("DMVX_RING_SPIN", 2_000).min(u32::MAX as u64) as u32,
+            yield_every: num("DMVX_RING_YIELD", YIELD_EVERY as u64).clamp(1, u32::MAX as u64) as u32,
         }
     }
 }
@@ -118,6 +121,8 @@ pub struct RingStats {
     pub refused: u64,
     /// Times the service parked.
     pub parks: u64,
+    /// Times it stayed parked for a while because the ring did not pay.
+    pub backoffs: u64,
 }
 
 /// The runner thread's controls.
@@ -140,8 +145,19 @@ struct Ctl {
 
 const GO_RUN: u32 = 1;
 const GO_QUIT: u32 = 2;
-/// Rounds the runner spins for its next entry before it sleeps.
-const RUNNER_SPIN: u32 = 4000;
+/// Rounds the runner spins for its next entry before it sleeps, yielding
+/// its CPU every [`YIELD_EVERY`] rounds.
+const RUNNER_SPIN: u32 = 256;
+/// Spinning threads yield their CPU this often (rounds of `pause`), so
+/// that a thread of this VMM waiting for the same CPU gets it: with two
+/// CPUs shared by variants and clients, the two sides of the ring are
+/// often on one.
+const YIELD_EVERY: u32 = 64;
+
+fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
 
 fn futex_wait(word: &AtomicU32, val: u32) {
     // SAFETY: the word is a live, aligned u32; FUTEX_WAIT only reads it.
@@ -182,6 +198,9 @@ fn runner(ctl: Arc<Ctl>, tid: std::sync::mpsc::Sender<i32>) {
             }
             if spins < RUNNER_SPIN {
                 spins += 1;
+                if spins.is_multiple_of(YIELD_EVERY) {
+                    yield_now();
+                }
                 std::hint::spin_loop();
                 continue;
             }
@@ -244,8 +263,39 @@ pub struct Ring {
     taken: Option<Taken>,
     tuning: Tuning,
     calls: [u64; RING_CALLS / 64],
+    /// How the traps came since the last look at how the ring fares.
+    window: Window,
+    /// The VMM thread enters the guest itself (the ring does not pay now),
+    /// at least until `direct_until`.
+    direct: bool,
+    direct_until: Instant,
+    backoff: Duration,
     pub stats: RingStats,
 }
+
+/// How a trap came, for the choice between the ring and entering the
+/// guest directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A call served on the page.
+    Served,
+    /// An exit with a call the ring serves (parked, or a wait).
+    Servable,
+    /// Any other exit.
+    Other,
+}
+
+#[derive(Default)]
+struct Window {
+    total: u32,
+    served: u32,
+    servable: u32,
+}
+
+/// Traps per look at how the ring fares.
+const WINDOW: u32 = 64;
+/// The longest the service stays parked after the ring did not pay.
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 impl Ring {
     /// Sets up the page at `gpa` serving the call numbers in `calls`, and
@@ -301,6 +351,10 @@ impl Ring {
             taken: None,
             tuning,
             calls: bits,
+            window: Window::default(),
+            direct: false,
+            direct_until: Instant::now(),
+            backoff: Duration::ZERO,
             stats: RingStats::default(),
         };
         ring.reset_page();
@@ -337,13 +391,69 @@ impl Ring {
         (nr as usize) < RING_CALLS && self.calls[nr as usize / 64] & (1 << (nr % 64)) != 0
     }
 
-    /// The service polls from now on (the program is making calls it serves).
+    /// The service polls from now on (the program is making calls it
+    /// serves), unless it backs off.
     pub fn wake(&mut self) {
         self.last_call = Instant::now();
-        if !self.awake {
+        if !self.awake && !self.direct {
             self.awake = true;
             self.service().store(RING_AWAKE, Ordering::SeqCst);
         }
+    }
+
+    /// Counts how a trap came (`Event`) and, once a window is full,
+    /// decides whether the ring pays: while fewer than half of the traps
+    /// are calls served on the page, each exit also pays the hand-over
+    /// between the two threads (and a wait the stub's whole spin), so the
+    /// VMM thread enters the guest itself for a while (`direct`), doubling
+    /// from 1 ms to [`MAX_BACKOFF`]; it goes back to the ring when calls the
+    /// ring serves are most of the exits again.
+    pub fn note(&mut self, ev: Event) {
+        let w = &mut self.window;
+        w.total += 1;
+        match ev {
+            Event::Served => w.served += 1,
+            Event::Servable => w.servable += 1,
+            Event::Other => {}
+        }
+        if w.total < WINDOW {
+            return;
+        }
+        let w = std::mem::take(&mut self.window);
+        let now = Instant::now();
+        if !self.direct {
+            if w.served * 2 < w.total {
+                self.backoff = (self.backoff * 2).clamp(Duration::from_millis(1), MAX_BACKOFF);
+                self.direct_until = now + self.backoff;
+                self.stats.backoffs += 1;
+                self.go_direct();
+            } else {
+                self.backoff /= 2;
+            }
+        } else if now >= self.direct_until && w.servable * 2 > w.total {
+            self.direct = false;
+            crate::kernel::signal::host::set_runner_thread(self.runner_tid);
+            self.wake();
+        }
+    }
+
+    /// The VMM thread enters the guest itself from now on (the runner
+    /// idles): no hand-over per exit, the stub exits at once.
+    fn go_direct(&mut self) {
+        self.direct = true;
+        self.park();
+        crate::kernel::signal::host::set_runner_thread(0);
+        crate::kernel::signal::host::set_vcpu_thread_here();
+    }
+
+    /// Whether the runner is in KVM_RUN.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Whether the VMM thread enters the guest itself for now.
+    pub fn direct(&self) -> bool {
+        self.direct
     }
 
     fn park(&mut self) {
@@ -411,6 +521,9 @@ impl Ring {
                     return Entered::Stop(wrap(r));
                 }
                 rounds = rounds.wrapping_add(1);
+                if rounds.is_multiple_of(self.tuning.yield_every) {
+                    yield_now();
+                }
                 if rounds.is_multiple_of(64) && self.last_call.elapsed() > self.tuning.poll {
                     self.park();
                     // A call posted before the stub saw the service parked.
