@@ -35,9 +35,16 @@ fn calls_agree_with_native_on_both_paths_and_the_ring_saves_the_exits() {
             assert!(!stderr(&vm).contains("ring:"), "{}", stderr(&vm));
         } else {
             // Parked spells and the calls that finish through an exit
-            // (munmap, the unblocked signal) cost exits; the rest go without.
-            assert!(stderr(&vm).contains("calls without an exit"), "{}", stderr(&vm));
-            assert!(exits < calls * 9 / 10, "ring: {exits} exits for {calls} calls\n{}", stderr(&vm));
+            // (munmap, the unblocked signal) cost exits; the rest go
+            // without, unless the ring backed off (CPUs too busy for both
+            // of its threads: then the VMM enters the guest itself).
+            let err = stderr(&vm);
+            let ring = err.lines().find(|l| l.contains("ring: ")).unwrap_or_else(|| panic!("no ring stats:\n{err}"));
+            let served: u64 = ring.split("ring: ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+            assert!(served > 0, "no call was served on the ring:\n{err}");
+            if ring.contains(" 0 back-offs") {
+                assert!(exits < calls / 2, "ring: {exits} exits for {calls} calls\n{err}");
+            }
         }
     }
 }

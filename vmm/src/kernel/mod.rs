@@ -302,10 +302,10 @@ impl Kernel {
             eprintln!("dmvx stats: {} trapped instructions (rdtsc, rdtscp)", s.trapped_insns);
         }
         let r = platform.ring;
-        if r.done + r.via_exit + r.refused > 0 {
+        if r.done + r.via_exit + r.late + r.refused > 0 {
             eprintln!(
-                "dmvx stats: ring: {} calls without an exit, {} finished through an exit, {} refused, {} parks, {} back-offs",
-                r.done, r.via_exit, r.refused, r.parks, r.backoffs
+                "dmvx stats: ring: {} calls without an exit, {} finished through an exit, {} done too late for the stub, {} refused, {} parks, {} back-offs",
+                r.done, r.via_exit, r.late, r.refused, r.parks, r.backoffs
             );
         }
         let rss = vm_rss_bytes();

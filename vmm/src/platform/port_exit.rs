@@ -251,14 +251,16 @@ impl Platform {
         let (trap, ctx) = match trap {
             // The stub's exit to PORT_RING_WAIT (see `Exits::io_out`).
             Trap::RingReturn => match ring.on_wait(ctx) {
-                Waited::Finished(c) => (Trap::RingReturn, c),
+                Waited::Finished(c) => {
+                    ring.note(Event::Late);
+                    return Ok((Trap::RingReturn, c));
+                }
                 Waited::Call(c) => (Trap::Syscall, c),
             },
             _ => (trap, ctx),
         };
         let ev = match trap {
             Trap::RingCall => Event::Served,
-            Trap::RingReturn => Event::Servable,
             Trap::Syscall if ring.serves(ctx.rax) => {
                 // A call the ring serves came by the exit (the service was
                 // parked): the program is making such calls again.

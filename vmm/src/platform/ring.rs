@@ -117,6 +117,9 @@ pub struct RingStats {
     pub done: u64,
     /// Calls taken from the ring that finished through an exit.
     pub via_exit: u64,
+    /// Calls done on the ring after the stub had stopped spinning for them
+    /// (they cost an exit after all).
+    pub late: u64,
     /// Requests the service did not serve.
     pub refused: u64,
     /// Times the service parked.
@@ -281,6 +284,9 @@ pub enum Event {
     Served,
     /// An exit with a call the ring serves (parked, or a wait).
     Servable,
+    /// The stub waited for a call the service had taken (it finished too
+    /// late for the spin): that call cost an exit after all.
+    Late,
     /// Any other exit.
     Other,
 }
@@ -410,12 +416,18 @@ impl Ring {
     /// ring serves are most of the exits again.
     pub fn note(&mut self, ev: Event) {
         let w = &mut self.window;
-        w.total += 1;
         match ev {
             Event::Served => w.served += 1,
             Event::Servable => w.servable += 1,
+            Event::Late => {
+                // Counted as served when it was taken.
+                w.served = w.served.saturating_sub(1);
+                w.servable += 1;
+                return;
+            }
             Event::Other => {}
         }
+        w.total += 1;
         if w.total < WINDOW {
             return;
         }
@@ -580,6 +592,9 @@ impl Ring {
         st.store(RING_IDLE, Ordering::Relaxed);
         match self.taken.take() {
             Some(Taken::Done(ret)) => {
+                // Done, but after the stub's spin: it cost an exit after all.
+                self.stats.done = self.stats.done.saturating_sub(1);
+                self.stats.late += 1;
                 ctx.rax = ret;
                 Waited::Finished(ctx)
             }
