@@ -170,11 +170,12 @@ impl GuestKernel {
     }
 
     /// Copies the kernel into guest memory and maps it into `pt`: the user
-    /// text pages user-executable, the ring page user-writable,
+    /// text pages user-executable, the ring page user-writable if `ring`
+    /// (the exit-less path is on; otherwise no program can reach it),
     /// everything else supervisor-only.
-    pub fn install(&self, mem: &GuestMemory, frames: &mut FrameAllocator, pt: &PageTables) -> Option<()> {
+    pub fn install(&self, mem: &GuestMemory, frames: &mut FrameAllocator, pt: &PageTables, ring: bool) -> Option<()> {
         let (us, ue) = (self.header.user_text_start, self.header.user_text_end);
-        let ring = self.header.ring_page..self.header.ring_page + PAGE_SIZE;
+        let ring = if ring { self.header.ring_page..self.header.ring_page + PAGE_SIZE } else { 0..0 };
         for s in &self.segments {
             mem.zero(s.paddr, s.memsz)?;
             mem.write(s.paddr, &s.data)?;

@@ -95,7 +95,7 @@ impl Platform {
         let small = || SetupError::MemoryTooSmall(memory >> 20);
         let mut frames = FrameAllocator::new(FRAMES_START, mem.size());
         let pt = PageTables::new(&mem, &mut frames).ok_or_else(small)?;
-        kernel.install(&mem, &mut frames, &pt).ok_or_else(small)?;
+        kernel.install(&mem, &mut frames, &pt, path == SyscallPath::Ring).ok_or_else(small)?;
         pt.map_huge(
             &mem,
             &mut frames,

@@ -273,6 +273,8 @@ pub struct Ring {
     direct: bool,
     direct_until: Instant,
     backoff: Duration,
+    /// Wall time per trap of the last window of direct entry.
+    direct_cost: Option<Duration>,
     pub stats: RingStats,
 }
 
@@ -291,11 +293,17 @@ pub enum Event {
     Other,
 }
 
-#[derive(Default)]
 struct Window {
     total: u32,
     served: u32,
     servable: u32,
+    start: Instant,
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window { total: 0, served: 0, servable: 0, start: Instant::now() }
+    }
 }
 
 /// Traps per look at how the ring fares.
@@ -361,6 +369,7 @@ impl Ring {
             direct: false,
             direct_until: Instant::now(),
             backoff: Duration::ZERO,
+            direct_cost: None,
             stats: RingStats::default(),
         };
         ring.reset_page();
@@ -408,12 +417,14 @@ impl Ring {
     }
 
     /// Counts how a trap came (`Event`) and, once a window is full,
-    /// decides whether the ring pays: while fewer than half of the traps
-    /// are calls served on the page, each exit also pays the hand-over
-    /// between the two threads (and a wait the stub's whole spin), so the
+    /// decides whether the ring pays. It does not while fewer than half of
+    /// the traps are calls served on the page (each exit also pays the
+    /// hand-over between the two threads, and a wait the stub's whole
+    /// spin), nor while a window on the ring took longer per trap than the
+    /// last one of direct entry (CPUs too busy for both threads): then the
     /// VMM thread enters the guest itself for a while (`direct`), doubling
-    /// from 1 ms to [`MAX_BACKOFF`]; it goes back to the ring when calls the
-    /// ring serves are most of the exits again.
+    /// from 1 ms to [`MAX_BACKOFF`], and tries the ring again when calls it
+    /// serves are most of the exits.
     pub fn note(&mut self, ev: Event) {
         let w = &mut self.window;
         match ev {
@@ -433,8 +444,12 @@ impl Ring {
         }
         let w = std::mem::take(&mut self.window);
         let now = Instant::now();
+        // Wall time per trap in this window: the program's own work between
+        // calls is the same either way, so the cheaper way wins.
+        let per_trap = now.saturating_duration_since(w.start) / w.total;
         if !self.direct {
-            if w.served * 2 < w.total {
+            let slower = self.direct_cost.is_some_and(|d| per_trap > d);
+            if w.served * 2 < w.total || slower {
                 self.backoff = (self.backoff * 2).clamp(Duration::from_millis(1), MAX_BACKOFF);
                 self.direct_until = now + self.backoff;
                 self.stats.backoffs += 1;
@@ -442,11 +457,15 @@ impl Ring {
             } else {
                 self.backoff /= 2;
             }
-        } else if now >= self.direct_until && w.servable * 2 > w.total {
-            self.direct = false;
-            crate::kernel::signal::host::set_runner_thread(self.runner_tid);
-            self.wake();
+        } else {
+            self.direct_cost = Some(per_trap);
+            if now >= self.direct_until && w.servable * 2 > w.total {
+                self.direct = false;
+                crate::kernel::signal::host::set_runner_thread(self.runner_tid);
+                self.wake();
+            }
         }
+        self.window.start = Instant::now();
     }
 
     /// The VMM thread enters the guest itself from now on (the runner
