@@ -40,8 +40,17 @@ fn calls_agree_with_native_on_both_paths_and_the_ring_saves_the_exits() {
             // of its threads: then the VMM enters the guest itself).
             let err = stderr(&vm);
             let ring = err.lines().find(|l| l.contains("ring: ")).unwrap_or_else(|| panic!("no ring stats:\n{err}"));
-            let served: u64 = ring.split("ring: ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
-            assert!(served > 0, "no call was served on the ring:\n{err}");
+            // Calls taken from the page: done there, finished through an
+            // exit, or done after the stub stopped spinning (a busy machine).
+            let counts: Vec<u64> = ring
+                .split("ring: ")
+                .nth(1)
+                .unwrap()
+                .split(", ")
+                .take(3)
+                .map(|part| part.split(' ').next().unwrap().parse().unwrap())
+                .collect();
+            assert!(counts.iter().sum::<u64>() > 0, "no call was taken from the ring:\n{err}");
             if ring.contains(" 0 back-offs") {
                 assert!(exits < calls / 2, "ring: {exits} exits for {calls} calls\n{err}");
             }
