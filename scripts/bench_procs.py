@@ -2,7 +2,8 @@
 """Process and thread benchmarks: fork+exit+wait, fork+execve+wait, a 3-stage
 shell pipeline, thread create+join and a mutex ping-pong, per operation, natively, in 1 variant and in 2 variants
 (`--variants 2` on this host), timed inside the program (scripts/bench/procs.c;
-in 2 variants the leader's clock). Each figure is the median of RUNS runs;
+in 2 variants the leader's clock); and redis-server (threaded) under
+redis-benchmark, requests per second. Each figure is the median of RUNS runs;
 the ratios compare with native measured in the same run.
 
 Writes its section into docs/benchmarks.md between its markers (appended the
@@ -10,7 +11,11 @@ first time); scripts/bench.sh runs it after scripts/bench.py.
   scripts/bench_procs.py [--runs K] [--quick] [--no-doc] [--vmm PATH]
 """
 import argparse
+import csv
+import io
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +61,61 @@ def measure(vmm, prog, runs, quick):
     return res
 
 
-def section(res, runs):
+REDIS_TESTS = ["SET", "GET", "INCR", "LPUSH"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_once(vmm, mode_args, n):
+    """Requests per second of each REDIS_TESTS under redis-benchmark (10 clients)."""
+    port = free_port()
+    argv = ["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--protected-mode", "no"]
+    if mode_args is not None:
+        reports = tempfile.mkdtemp(prefix="bench-redis-")
+        os.chmod(reports, 0o777)
+        argv = [vmm] + mode_args + ["--report-dir", reports, "--"] + argv
+    srv = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 30
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+            if time.time() > deadline or srv.poll() is not None:
+                raise RuntimeError("redis-server did not start: %s" % srv.stderr.read().decode()[-400:])
+            time.sleep(0.1)
+        r = subprocess.run(["redis-benchmark", "-p", str(port), "-t", ",".join(t.lower() for t in REDIS_TESTS),
+                            "-c", "10", "-n", str(n), "-q", "--csv"], capture_output=True, text=True, timeout=600)
+        rows = {row["test"]: float(row["rps"]) for row in csv.DictReader(io.StringIO(r.stdout))}
+        if r.returncode != 0 or any(t not in rows for t in REDIS_TESTS):
+            raise RuntimeError("redis-benchmark failed: %s%s" % (r.stdout[-300:], r.stderr[-300:]))
+        return rows
+    finally:
+        srv.terminate()
+        try:
+            srv.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+
+
+def measure_redis(vmm, runs, quick):
+    res = {}
+    if not (shutil.which("redis-benchmark") and os.path.exists("/usr/bin/redis-server")):
+        print("bench-procs: SKIPPED redis: redis-server or redis-benchmark is not installed", file=sys.stderr)
+        return res
+    n = 2000 if quick else 20000
+    for name, args in MODES:
+        vals = [redis_once(vmm, args, n) for _ in range(runs)]
+        for t in REDIS_TESTS:
+            res[(t, name)] = statistics.median(v[t] for v in vals)
+            print("bench-procs: redis %-6s %-10s %10.0f requests/s" % (t, name, res[(t, name)]), file=sys.stderr)
+    return res
+
+
+def section(res, redis, runs):
     L = [BEGIN, "", "## 5. Processes and threads", "",
          "Microseconds per operation, timed inside the program (scripts/bench/procs.c; in 2 variants the "
          "leader's clock), median of %d runs measured on %s by `scripts/bench_procs.py`; in brackets the "
@@ -72,6 +131,16 @@ def section(res, runs):
         cells = ["%.1f" % nat] + ["%.1f (%.1f x)" % (res[(case, m)], res[(case, m)] / nat)
                                  for m in ("1 variant", "2 variants")]
         L.append("| %s | %s |" % (what, " | ".join(cells)))
+    if redis:
+        L += ["", "redis-server (Debian, with its background threads) under `redis-benchmark -c 10`, "
+              "requests per second, median of %d runs; in brackets the ratio to native in the same run "
+              "(client, variants and relays share this host's CPUs)." % runs, "",
+              "| test | native | dmvx 1 variant | dmvx 2 variants |", "|---|---:|---:|---:|"]
+        for t in REDIS_TESTS:
+            nat = redis[(t, "native")]
+            cells = ["%.0f" % nat] + ["%.0f (%.2f x)" % (redis[(t, m)], redis[(t, m)] / nat)
+                                     for m in ("1 variant", "2 variants")]
+            L.append("| %s | %s |" % (t, " | ".join(cells)))
     L += ["", END]
     return "\n".join(L)
 
@@ -94,10 +163,13 @@ def main():
     ap.add_argument("--vmm", default=os.path.join(ROOT, "target/release/dmvx-vmm"))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
+        # The jailed VMM runs as an unprivileged uid: the program must be reachable.
+        os.chmod(d, 0o755)
         prog = os.path.join(d, "procs")
         subprocess.run(["gcc", "-O2", "-static", "-pthread", "-o", prog, os.path.join(ROOT, "scripts/bench/procs.c")], check=True)
         res = measure(a.vmm, prog, a.runs, a.quick)
-    text = section(res, a.runs)
+    redis = measure_redis(a.vmm, a.runs, a.quick)
+    text = section(res, redis, a.runs)
     print(text)
     if not a.no_doc:
         write_doc(text)

@@ -188,6 +188,47 @@ fn output_that_depends_on_an_address_is_stopped() {
     assert_ne!(r["leader"]["args"][1], r["other"]["args"][1], "the written data differs: {r:#}");
 }
 
+/// Data addresses (heap, thread data, anonymous memory) are the same in
+/// every variant of a run and new in every run; with `--data-layout
+/// disjoint` a program that prints them is stopped.
+#[test]
+fn data_addresses_agree_when_shared_and_differ_when_disjoint() {
+    require_kvm!();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = TempDir::new("data-addr");
+        let o = run_vmm(
+            &["--variants", "3", "--report-dir", d.path().to_str().unwrap(), "--", &divergent(), "data-address"],
+            b"",
+        );
+        assert_eq!(status(&o), 0, "{}", stderr(&o));
+        assert!(reports(d.path()).is_empty(), "a divergence report: {}", stderr(&o));
+        let line = stdout(&o).lines().last().unwrap_or_default().to_string();
+        assert_eq!(line.split(' ').count(), 3, "{}", stdout(&o));
+        seen.push(line);
+    }
+    assert_ne!(seen[0], seen[1], "data addresses repeat across runs");
+    let d = TempDir::new("data-addr-disjoint");
+    let o = run_vmm(
+        &[
+            "--variants",
+            "2",
+            "--data-layout",
+            "disjoint",
+            "--report-dir",
+            d.path().to_str().unwrap(),
+            "--",
+            &divergent(),
+            "data-address",
+        ],
+        b"",
+    );
+    assert_eq!(status(&o), 121, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ready\n", "disjoint data addresses must not be printed");
+    let r = leader_report(d.path());
+    assert_eq!(r["leader"]["name"], "write", "{r:#}");
+}
+
 #[test]
 fn every_variant_has_its_own_at_random_and_stack_canary() {
     require_kvm!();
@@ -542,4 +583,53 @@ fn output_to_a_file_agrees_in_two_variants() {
     let native = std::process::Command::new(busybox()).args(["sha256sum", "/etc/os-release"]).output().unwrap();
     assert_eq!(st.status.code(), Some(0), "{}", String::from_utf8_lossy(&st.stderr));
     assert_eq!(std::fs::read(&out).unwrap(), native.stdout);
+}
+
+/// The CPUs a program sees are the leader's host's, in every variant: a
+/// follower whose host has fewer (here: a VMM allowed one CPU) still tells
+/// its program the leader's count through every interface, so its output
+/// agrees; a leader allowed one CPU makes every variant see one.
+#[test]
+fn every_variant_sees_the_leaders_cpus() {
+    require_kvm!();
+    // SAFETY: sysconf has no memory preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let script = "nproc; nproc --all; getconf _NPROCESSORS_ONLN; getconf _NPROCESSORS_CONF; \
+                  grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online; \
+                  grep -c '^cpu[0-9]' /proc/stat";
+    let d = TempDir::new("cpus");
+    let file = cluster_file(d.path(), 2, 5000);
+    let run_pair = |leader_cpus: Option<&str>, follower_cpus: Option<&str>| {
+        let spawn = |id: &str, cpus: Option<&str>, out: Stdio| {
+            let mut c = match cpus {
+                Some(list) => {
+                    let mut c = Command::new("taskset");
+                    c.args(["-c", list]).arg(vmm());
+                    c
+                }
+                None => Command::new(vmm()),
+            };
+            c.args(["--cluster", file.to_str().unwrap(), "--variant", id, "--report-dir", d.path().to_str().unwrap()])
+                .args(["--", "/bin/sh", "-c", script])
+                .stdout(out)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let follower = spawn("1", follower_cpus, Stdio::null());
+        let leader = spawn("0", leader_cpus, Stdio::piped());
+        let lo = leader.wait_with_output().unwrap();
+        let fo = follower.wait_with_output().unwrap();
+        assert_eq!(status(&lo), 0, "leader: {}", stderr(&lo));
+        assert_eq!(status(&fo), 0, "follower: {}", stderr(&fo));
+        stdout(&lo)
+    };
+    let list = |n: i64| if n == 1 { "0".to_string() } else { format!("0-{}", n - 1) };
+    let want = |n: i64| format!("{n}\n{n}\n{n}\n{n}\n{n}\n{}\n{n}\n", list(n));
+    assert_eq!(run_pair(Some("0"), None), want(1), "a leader allowed one CPU");
+    if online < 2 {
+        shout("every_variant_sees_the_leaders_cpus: this host has one CPU, only the one-CPU leader was checked");
+        return;
+    }
+    assert_eq!(run_pair(None, Some("0")), want(online), "a follower allowed one CPU");
 }

@@ -79,6 +79,19 @@ fn hostile_socket_and_epoll_arguments_get_errors_not_crashes() {
     assert!(stdout(&o).contains("ok hostile"));
 }
 
+/// The VMM's NETLINK_ROUTE socket under malformed requests, lying lengths
+/// and pointers, in 1 and 2 variants alike.
+#[test]
+fn a_netlink_socket_survives_hostile_requests() {
+    require_kvm!();
+    for extra in [&[][..], &["--variants", "2"][..]] {
+        let o = vm_mode(extra, &["netlink"]);
+        assert_eq!(status(&o), 0, "{extra:?}: {}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains("ok netlink"), "{extra:?}: {}", stdout(&o));
+        assert!(stderr(&o).contains("refused a netlink request that changes the network"), "{}", stderr(&o));
+    }
+}
+
 #[test]
 fn disallowed_families_options_and_fd_passing_are_refused_with_a_log_line() {
     require_kvm!();
@@ -86,7 +99,7 @@ fn disallowed_families_options_and_fd_passing_are_refused_with_a_log_line() {
     assert_eq!(status(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let e = stderr(&o);
     for needle in [
-        "refused socket family 16",
+        "refused netlink protocol 9",
         "refused socket family 17",
         "refused socket type 3",
         "refused socket option level 1 name 25",

@@ -112,6 +112,28 @@ fn python_threading_runs_like_native() {
     ]);
 }
 
+/// A thread blocked reading a pipe, accepting a connection or receiving
+/// on a socket pair while another thread makes it ready: the VMM must not
+/// block on the host (one vCPU: the other thread would never run).
+#[test]
+fn a_thread_blocked_on_a_descriptor_lets_the_others_run() {
+    require_kvm!();
+    same_everywhere(&[
+        "/usr/bin/python3",
+        "-c",
+        "import os, signal, socket, threading, time\n\
+         signal.alarm(30)\n\
+         def later(f):\n    t = threading.Thread(target=lambda: (time.sleep(0.1), f())); t.start(); return t\n\
+         r, w = os.pipe()\n\
+         t = later(lambda: os.write(w, b'pipe')); print(os.read(r, 10).decode()); t.join()\n\
+         s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+         def connect():\n    c = socket.create_connection(s.getsockname()); c.sendall(b'accept'); c.close()\n\
+         t = later(connect); conn, _ = s.accept(); print(conn.recv(10).decode()); t.join()\n\
+         a, b = socket.socketpair()\n\
+         t = later(lambda: b.sendall(b'pair')); print(a.recv(10).decode()); t.join()",
+    ]);
+}
+
 #[test]
 fn zstd_with_four_workers_compresses_like_native() {
     require_kvm!();

@@ -18,6 +18,8 @@ gzip -9 -n -c tree.tar > tree.tar.gz
 (cd tree && zip -q -X -r ../tree.zip .)
 printf 'caf\xe9 na\xefve \xe0 la cr\xe8me\n' > latin1.txt
 openssl genrsa -out key.pem 2048 2>/dev/null
+# genrsa makes it 0600; the jailed VMM reads the root's files as an unprivileged uid.
+chmod 0644 key.pem
 openssl req -new -x509 -key key.pem -subj /CN=dmvx.test/O=corpus -days 30 -set_serial 7 -out cert.pem
 openssl enc -aes-256-cbc -K 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f \
     -iv 0f0e0d0c0b0a09080706050403020100 -in words.txt -out words.enc

@@ -33,5 +33,5 @@ pub mod wire;
 pub use config::{ClusterConfig, ConfigError, Digest, Role};
 pub use handshake::{HandshakeError, HandshakeInfo, RejectReason};
 pub use keys::{KeyError, PrivateKey, PublicKey};
-pub use link::{AckState, Entry, Follower, Incoming, Leader, LinkError, PeerFailure};
+pub use link::{AckState, Acked, Entry, Follower, Incoming, Leader, LinkError, PeerFailure};
 pub use wire::{Control, Message};

@@ -108,7 +108,7 @@ fn leader_push_flush_and_follower_take_ack_allocate_nothing_once_warm() {
             thread::sleep(Duration::from_millis(50));
         }
     }
-    leader.wait_acked(N, Duration::from_secs(20)).unwrap();
+    assert_eq!(leader.wait_acked(N, Duration::from_secs(20)).unwrap(), dmvx_sync::Acked::All);
     let (f, follower_during) = follower.join().unwrap();
     drop(f);
     assert_eq!(during, 0, "the leader's push/flush allocated {during} times in {} entries", N - WARM);

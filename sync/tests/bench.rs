@@ -46,7 +46,7 @@ fn throughput(followers: usize, entry_len: usize, max_lag: u64) {
         leader.push(&entry).unwrap();
     }
     let pushed = t.elapsed();
-    leader.wait_acked(N, Duration::from_secs(60)).unwrap();
+    assert_eq!(leader.wait_acked(N, Duration::from_secs(60)).unwrap(), dmvx_sync::Acked::All);
     let total = t.elapsed();
     drop(leader);
     for h in handles {
@@ -91,7 +91,7 @@ fn bench_push_fast_path() {
             leader.push(&entry).unwrap();
         }
         fast = t.elapsed();
-        leader.wait_acked(round * N, Duration::from_secs(10)).unwrap();
+        assert_eq!(leader.wait_acked(round * N, Duration::from_secs(10)).unwrap(), dmvx_sync::Acked::All);
     }
     drop(leader);
     for h in handles {
@@ -113,7 +113,7 @@ fn bench_round_trip() {
         for _ in 0..N {
             let t = Instant::now();
             let seq = leader.push(&entry).unwrap();
-            leader.wait_acked(seq, Duration::from_secs(5)).unwrap();
+            assert_eq!(leader.wait_acked(seq, Duration::from_secs(5)).unwrap(), dmvx_sync::Acked::All);
             samples.push(t.elapsed());
         }
         drop(leader);

@@ -58,7 +58,7 @@ fn stream_of_100k_random_entries_arrives_in_order_with_acks() {
         assert_eq!(leader.push(&buf).unwrap(), seq);
         digest = chain(&digest, &Entry { seq, data: &buf });
     }
-    leader.wait_acked(N, Duration::from_secs(10)).unwrap();
+    assert_eq!(leader.wait_acked(N, Duration::from_secs(10)).unwrap(), dmvx_sync::Acked::All);
     assert_eq!(leader.acked(), N);
     for id in [1, 2] {
         let a = leader.ack_of(id).unwrap();
@@ -108,7 +108,7 @@ fn back_pressure_blocks_the_leader_until_the_follower_acks_again() {
     }
     // 50 acknowledged + max_lag 100: the 151st push is the first to block.
     assert_eq!(blocked_at, Some(151));
-    leader.wait_acked(1000, Duration::from_secs(5)).unwrap();
+    assert_eq!(leader.wait_acked(1000, Duration::from_secs(5)).unwrap(), dmvx_sync::Acked::All);
     drop(follower.join().unwrap());
 }
 
@@ -197,7 +197,7 @@ fn idle_links_stay_up_on_heartbeats() {
     thread::sleep(Duration::from_millis(1200));
     leader.check().unwrap();
     leader.push(b"late").unwrap();
-    leader.wait_acked(1, Duration::from_secs(2)).unwrap();
+    assert_eq!(leader.wait_acked(1, Duration::from_secs(2)).unwrap(), dmvx_sync::Acked::All);
     drop(follower.join().unwrap());
 }
 
@@ -221,11 +221,10 @@ fn controls_flow_both_ways_in_order_with_entries() {
             }
         }
         f.send_control(&Control::Divergence { seq: 2, report: b"variant 1 saw write(1, \"x\")".to_vec() }).unwrap();
-        // next_entry refuses to skip a pending control message.
-        let err = f.next_entry().unwrap_err();
-        assert_eq!(err, LinkError::ControlPending);
-        assert_eq!(f.try_recv_control(), Some(Control::Custom { kind: 9, payload: vec![1] }));
+        // next_entry leaves a control message that came first for
+        // try_recv_control; next_incoming_timeout keeps the leader's order.
         assert_eq!(f.next_entry().unwrap().seq, 3);
+        assert_eq!(f.try_recv_control(), Some(Control::Custom { kind: 9, payload: vec![1] }));
         seen
     });
     let mut leader = start(&cfg, &info).unwrap();
@@ -264,7 +263,7 @@ fn follower_may_start_before_the_leader() {
     thread::sleep(Duration::from_millis(400));
     let mut leader = Leader::start(&cfg, &private_key(0), &info).unwrap();
     leader.push(b"hi").unwrap();
-    leader.wait_acked(1, Duration::from_secs(3)).unwrap();
+    assert_eq!(leader.wait_acked(1, Duration::from_secs(3)).unwrap(), dmvx_sync::Acked::All);
     drop(follower.join().unwrap());
 }
 
@@ -315,7 +314,7 @@ fn api_misuse_is_an_error() {
         assert_eq!(f.ack(2, [0; 32]), Err(LinkError::AckAhead { seq: 2, received: 0 }));
         let e = f.next_entry().unwrap();
         assert_eq!(e.data.len(), 0);
-        assert_eq!(f.next_entry_timeout(Duration::from_millis(50)).unwrap(), None);
+        assert_eq!(f.next_incoming_timeout(Duration::from_millis(50)).unwrap(), None);
         f.ack(1, [0; 32]).unwrap();
     });
     let mut leader = start(&cfg, &info).unwrap();
@@ -323,7 +322,7 @@ fn api_misuse_is_an_error() {
     let big = vec![0u8; dmvx_sync::wire::MAX_ENTRY + 1];
     assert!(matches!(leader.push(&big), Err(LinkError::EntryTooLarge { .. })));
     leader.push(b"").unwrap();
-    leader.wait_acked(1, Duration::from_secs(3)).unwrap();
+    assert_eq!(leader.wait_acked(1, Duration::from_secs(3)).unwrap(), dmvx_sync::Acked::All);
     drop(follower.join().unwrap());
 }
 
@@ -345,7 +344,7 @@ fn large_entries_cross_in_their_own_batches() {
     for (i, size) in sizes.iter().enumerate() {
         leader.push(&vec![i as u8; *size]).unwrap();
     }
-    leader.wait_acked(sizes.len() as u64, Duration::from_secs(5)).unwrap();
+    assert_eq!(leader.wait_acked(sizes.len() as u64, Duration::from_secs(5)).unwrap(), dmvx_sync::Acked::All);
     drop(follower.join().unwrap());
 }
 
@@ -358,15 +357,15 @@ fn an_unflushed_batch_goes_out_after_the_batch_delay_and_deferred_acks_when_the_
         spawn_follower(&cfg, 1, move |f| {
             // Entry 1 was never flushed: it arrives because entry 2 was
             // pushed after the batch delay.
-            let e = f.next_entry_timeout(Duration::from_secs(2)).unwrap().expect("entry 1 within 2 s");
-            assert_eq!((e.seq, e.data), (1, &[1u8][..]));
+            let e = f.next_incoming_timeout(Duration::from_secs(2)).unwrap().expect("entry 1 within 2 s");
+            assert_eq!(e, Incoming::Entry(dmvx_sync::Entry { seq: 1, data: &[1u8][..] }));
             f.ack_soon(1, [7; 32]).unwrap();
             tx.send(()).unwrap();
             // Waiting for entry 3 sends the deferred acknowledgement of 1.
-            let e = f.next_entry_timeout(Duration::from_secs(3)).unwrap().expect("entry 3");
-            assert_eq!(e.seq, 2);
-            let e = f.next_entry_timeout(Duration::from_secs(3)).unwrap().expect("entry 3");
-            assert_eq!(e.seq, 3);
+            let e = f.next_incoming_timeout(Duration::from_secs(3)).unwrap().expect("entry 2");
+            assert!(matches!(e, Incoming::Entry(dmvx_sync::Entry { seq: 2, .. })), "{e:?}");
+            let e = f.next_incoming_timeout(Duration::from_secs(3)).unwrap().expect("entry 3");
+            assert!(matches!(e, Incoming::Entry(dmvx_sync::Entry { seq: 3, .. })), "{e:?}");
         })
     };
     let mut leader = start(&cfg, &info).unwrap();
@@ -411,7 +410,7 @@ fn the_wake_descriptor_becomes_readable_on_an_acknowledgement_only_while_armed()
     leader.push(&[1]).unwrap();
     leader.flush().unwrap();
     go_tx.send(1).unwrap();
-    leader.wait_acked(1, Duration::from_secs(3)).unwrap();
+    assert_eq!(leader.wait_acked(1, Duration::from_secs(3)).unwrap(), dmvx_sync::Acked::All);
     assert!(!rings(&leader, 100), "rang while disarmed");
     // Armed: it does.
     leader.arm_wake();
@@ -461,6 +460,6 @@ fn a_follower_that_reads_late_gets_everything_in_order_after_the_socket_filled()
     // 37.5 MiB cannot fit in the socket buffers: the leader did not block
     // on the late reader, the I/O thread holds the rest.
     assert!(t.elapsed() < Duration::from_millis(450), "pushing blocked on the follower: {:?}", t.elapsed());
-    leader.wait_acked(N, Duration::from_secs(20)).unwrap();
+    assert_eq!(leader.wait_acked(N, Duration::from_secs(20)).unwrap(), dmvx_sync::Acked::All);
     drop(follower.join().unwrap());
 }

@@ -280,7 +280,7 @@ fn a_tampered_acknowledgement_is_detected_by_the_leader() {
             let seq = f.next_entry().unwrap().seq;
             f.ack(seq, [5; 32]).unwrap();
             // The leader drops the link: the follower learns it.
-            while f.next_entry_timeout(Duration::from_millis(100)).is_ok() {}
+            while f.next_incoming_timeout(Duration::from_millis(100)).is_ok() {}
         });
         let mut leader = start(&cfg, &info).unwrap();
         leader.push(b"1").unwrap();

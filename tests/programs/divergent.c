@@ -4,6 +4,8 @@
  *   open-leader | open-follower DIR   an extra open(O_CREAT) of DIR/extra in one variant
  *   socket                            a TCP server whose reply differs in one variant
  *   address                           prints the address of a local variable
+ *   data-address                      prints where its heap, thread data and an anonymous
+ *                                     mapping are (the same everywhere when data is shared)
  *   child-address                     a child process prints the address of a local
  *                                     variable; the parent waits for it
  *   secrets                           prints AT_RANDOM and the stack canary glibc made of it
@@ -16,6 +18,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +117,13 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "address")) {
         int x;
         printf("%p\n", (void *)&x);
+        return 0;
+    }
+    if (!strcmp(mode, "data-address")) {
+        static __thread int tls;
+        void *heap = malloc(64);
+        void *anon = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        printf("%p %p %p\n", heap, (void *)&tls, anon);
         return 0;
     }
     if (!strcmp(mode, "child-address")) {

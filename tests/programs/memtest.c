@@ -125,6 +125,53 @@ static void test_file(const char *dir) {
     munmap(m, 4096);
 }
 
+/* MAP_SHARED file mappings: what the program writes reaches the file at
+ * msync, at munmap, and (mode "shared-exit") when the program ends. */
+static void read_at(const char *path, off_t off, char *buf, size_t n) {
+    int fd = open(path, O_RDONLY);
+    memset(buf, 0, n);
+    CHECK(fd >= 0 && pread(fd, buf, n, off) >= 0, "read %s back", path);
+    close(fd);
+}
+
+static void test_shared(const char *dir, int leave_mapped) {
+    char path[512], buf[16];
+    snprintf(path, sizeof path, "%s/shared.bin", dir);
+    int fd = open(path, O_CREAT | O_TRUNC | O_RDWR, 0644);
+    CHECK(fd >= 0 && ftruncate(fd, 8192 + 100) == 0, "create %s", path);
+    char *m = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    CHECK(m != MAP_FAILED, "shared writable mapping: %s", strerror(errno));
+    if (m == MAP_FAILED)
+        return;
+    memcpy(m, "msync", 5);
+    CHECK(msync(m, 4096, MS_SYNC) == 0, "msync");
+    read_at(path, 0, buf, 5);
+    CHECK(!memcmp(buf, "msync", 5), "msync wrote the page back");
+    CHECK(msync(m, 4096, MS_SYNC | MS_ASYNC) == -1 && errno == EINVAL, "msync with both MS_SYNC and MS_ASYNC");
+    memcpy(m + 8192 + 90, "tail", 4);
+    if (leave_mapped) {
+        memcpy(m + 4096, "exit", 4);
+        printf("ok shared-exit\n");
+        exit(0);
+    }
+    memcpy(m + 4096, "munmap", 6);
+    CHECK(munmap(m, 3 * 4096) == 0, "munmap");
+    read_at(path, 4096, buf, 6);
+    CHECK(!memcmp(buf, "munmap", 6), "munmap wrote the page back");
+    read_at(path, 8192 + 90, buf, 16);
+    CHECK(!memcmp(buf, "tail", 4), "the last partial page too");
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0 && st.st_size == 8192 + 100, "the file did not grow");
+    close(fd);
+    /* A file not open for writing maps shared read-only, never writable. */
+    fd = open(path, O_RDONLY);
+    CHECK(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED && errno == EACCES, "EACCES");
+    m = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+    CHECK(m != MAP_FAILED && !memcmp(m, "msync", 5), "read-only shared mapping");
+    CHECK(mprotect(m, 4096, PROT_READ | PROT_WRITE) == -1 && errno == EACCES, "mprotect to writable: EACCES");
+    close(fd);
+}
+
 static void test_hostile(void) {
     char ok[16] = "x";
     /* pointers outside any mapping, into the kernel half, and wrapping lengths */
@@ -178,6 +225,8 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (!strcmp(mode, "all")) { test_brk(); test_mmap(); test_reservation(); }
     else if (!strcmp(mode, "file")) test_file(argc > 2 ? argv[2] : "/tmp");
+    else if (!strcmp(mode, "shared")) test_shared(argc > 2 ? argv[2] : "/tmp", 0);
+    else if (!strcmp(mode, "shared-exit")) test_shared(argc > 2 ? argv[2] : "/tmp", 1);
     else if (!strcmp(mode, "hostile")) test_hostile();
     else if (!strcmp(mode, "escape")) test_escape(argc > 2 ? argv[2] : "/secret");
     else if (!strcmp(mode, "null")) { volatile int *p = NULL; return *p; }

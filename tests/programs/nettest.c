@@ -125,9 +125,75 @@ static void hostile(void) {
     CHECK(epoll_wait(ep, &ev, 1, 0) == 1 && read(p[0], &c, 1) == 1 && c == 'x', "still working");
 }
 
+/* A NETLINK_ROUTE socket (the VMM's own) fed the program's worst: every
+ * request gets a well-formed reply or none, never a crashed VMM. */
+struct nlreq { uint32_t len; uint16_t type, flags; uint32_t seq, pid; unsigned char body[64]; };
+
+static int nl_reply(int s, unsigned char *buf, size_t n) {
+    struct sockaddr_storage from;
+    socklen_t fl = sizeof from;
+    int r = recvfrom(s, buf, n, MSG_DONTWAIT, (void *)&from, &fl);
+    if (r >= 0)
+        CHECK(fl == 12 && from.ss_family == AF_NETLINK && ((uint32_t *)&from)[1] == 0, "a reply from the kernel's port");
+    return r;
+}
+
+static void netlink(void) {
+    int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0);
+    CHECK(s >= 0, "NETLINK_ROUTE socket");
+    struct sockaddr_storage sa = { .ss_family = AF_NETLINK };
+    CHECK(bind(s, (void *)&sa, 12) == 0, "bind");
+    CHECK(bind(s, (void *)&sa, 4) == -1 && errno == EINVAL, "bind with a short address");
+    socklen_t sl = sizeof sa;
+    CHECK(getsockname(s, (void *)&sa, &sl) == 0 && sl == 12 && ((uint32_t *)&sa)[1] == (uint32_t)getpid(), "port id");
+    unsigned char buf[8192];
+    /* A well-formed link dump: lo, then NLMSG_DONE, our seq. */
+    struct nlreq q = { .len = 17, .type = 18, .flags = 0x301, .seq = 4711 };
+    CHECK(send(s, &q, 20, 0) == 20, "send a dump request");
+    int n = nl_reply(s, buf, sizeof buf);
+    CHECK(n > 32 && ((struct nlreq *)buf)->seq == 4711, "the reply echoes the seq (%d bytes)", n);
+    /* Lengths that lie: beyond the datagram, below a header, zero. */
+    for (uint32_t len = 0; len < 40; len += 3) {
+        q.len = len == 39 ? 0xffffffff : len;
+        CHECK(send(s, &q, 20, 0) == 20, "send a request of length %u", q.len);
+        while ((n = nl_reply(s, buf, sizeof buf)) > 0)
+            CHECK(n >= 16 && ((uint32_t *)buf)[0] <= (uint32_t)n, "a well-formed reply");
+    }
+    /* Pointers that lie. */
+    CHECK(raw(SYS_sendto, s, 0x10, 20, 0, 0, 0) == -1 && errno == EFAULT, "send from a bad buffer");
+    CHECK(raw(SYS_sendto, s, (long)&q, 20, 0, 0x10, 12) == -1 && errno == EFAULT, "send to a bad address");
+    CHECK(raw(SYS_getsockname, s, 0x10, (long)&sl, 0, 0, 0) == -1 && errno == EFAULT, "getsockname into a bad buffer");
+    struct sockaddr_storage other = { .ss_family = AF_NETLINK };
+    ((uint32_t *)&other)[1] = 12345;
+    q.len = 20;
+    CHECK(sendto(s, &q, 20, 0, (void *)&other, 12) == -1 && errno == ECONNREFUSED, "send to another port");
+    /* Too large a request; a change of the network; a short receive buffer. */
+    static unsigned char big[70000];
+    CHECK(send(s, big, sizeof big, 0) == -1 && errno == EMSGSIZE, "a request beyond 64 KiB");
+    struct nlreq del = { .len = 24, .type = 21 /* RTM_DELADDR */, .flags = 0x5, .seq = 9 };
+    CHECK(send(s, &del, 24, 0) == 24, "send a change");
+    n = nl_reply(s, buf, sizeof buf);
+    CHECK(n == 36 && ((struct nlreq *)buf)->type == 2 && *(int32_t *)(buf + 16) == -EPERM, "EPERM for a change (%d)", n);
+    q.len = 17;
+    q.type = 22;
+    CHECK(send(s, &q, 20, 0) == 20, "an address dump");
+    n = recv(s, buf, 8, MSG_DONTWAIT | MSG_TRUNC);
+    CHECK(n > 8, "a truncated reply says its length (%d)", n);
+    CHECK(recv(s, buf, sizeof buf, MSG_DONTWAIT) == -1 && errno == EAGAIN, "nothing more queued");
+    int one = 1;
+    CHECK(setsockopt(s, 270 /* SOL_NETLINK */, 11 /* NETLINK_EXT_ACK */, &one, sizeof one) == 0, "NETLINK_EXT_ACK");
+    CHECK(setsockopt(s, 270, 99, &one, sizeof one) == -1 && errno == ENOPROTOOPT, "an unknown netlink option");
+    int ty = 0;
+    sl = sizeof ty;
+    CHECK(getsockopt(s, SOL_SOCKET, SO_TYPE, &ty, &sl) == 0 && ty == SOCK_RAW, "SO_TYPE");
+    CHECK(close(s) == 0, "close");
+}
+
 static void refused(void) {
     errno = 0;
-    CHECK(socket(AF_NETLINK, SOCK_RAW, 0) == -1 && errno == EAFNOSUPPORT, "AF_NETLINK");
+    CHECK(socket(AF_NETLINK, SOCK_RAW, 9 /* NETLINK_AUDIT */) == -1 && errno == EPROTONOSUPPORT, "NETLINK_AUDIT");
+    CHECK(socket(AF_NETLINK, SOCK_RAW, 4 /* NETLINK_SOCK_DIAG */) == -1 && errno == EPROTONOSUPPORT, "NETLINK_SOCK_DIAG");
+    CHECK(socket(AF_NETLINK, SOCK_STREAM, 0) == -1 && errno == ESOCKTNOSUPPORT, "a netlink stream");
     CHECK(socket(AF_PACKET, SOCK_RAW, 0) == -1 && errno == EAFNOSUPPORT, "AF_PACKET");
     CHECK(socket(AF_INET, SOCK_RAW, IPPROTO_ICMP) == -1, "raw IP");
     int s = socket(AF_INET, SOCK_STREAM, 0);
@@ -283,6 +349,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "echo-server")) echo_server(atoi(argv[2]));
     else if (!strcmp(mode, "hostile")) hostile();
     else if (!strcmp(mode, "refused")) refused();
+    else if (!strcmp(mode, "netlink")) netlink();
     else if (!strcmp(mode, "unix")) unix_sockets(argc > 2 ? argv[2] : "/tmp", argc > 3 && !strcmp(argv[3], "keep"));
     else if (!strcmp(mode, "signals")) signals();
     else if (!strcmp(mode, "graceful")) return graceful();

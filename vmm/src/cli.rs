@@ -214,6 +214,12 @@ struct Cli {
     /// range (debugging; weaker, like setarch -R)
     #[arg(long, help_heading = "Diversity")]
     fixed_layout: bool,
+    /// Where the variants' anonymous memory and heaps live: shared (the same
+    /// addresses in every variant, drawn per run; code, files and stacks stay
+    /// disjoint) or disjoint (each in its own slot; programs that compute with
+    /// data addresses, such as jemalloc's, then diverge)
+    #[arg(long, value_name = "LAYOUT", default_value = "shared", help_heading = "Diversity")]
+    data_layout: crate::kernel::layout::DataLayout,
 
     /// The unprivileged host uid the VMM runs the guest's host calls as
     #[arg(long, value_name = "UID", default_value_t = crate::jail::DEFAULT_ID, help_heading = "Jail")]
@@ -328,6 +334,8 @@ pub struct Args {
     pub layout_seed: Option<u64>,
     /// The variant's fixed layout, no randomisation (`--fixed-layout`).
     pub fixed_layout: bool,
+    /// Where data lives across variants (`--data-layout`).
+    pub data_layout: crate::kernel::layout::DataLayout,
     /// `--variant-program ID=PATH`: variant ID runs PATH instead of PROGRAM.
     pub variant_programs: Vec<(u32, String)>,
     /// How the VMM confines itself.
@@ -553,6 +561,7 @@ where
         report_dir: c.report_dir,
         layout_seed: c.layout_seed,
         fixed_layout: c.fixed_layout,
+        data_layout: c.data_layout,
         variant_programs: {
             // A variant named twice runs the last PATH given for it.
             let mut v: Vec<(u32, String)> = Vec::new();
@@ -618,7 +627,8 @@ pub fn variant_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> 
 }
 
 /// The text of `--help`.
-pub fn long_help() -> String {
+#[cfg(test)]
+fn long_help() -> String {
     Cli::command().render_long_help().to_string()
 }
 

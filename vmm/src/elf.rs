@@ -82,7 +82,6 @@ pub struct ProgramHeader {
 #[derive(Debug, Clone, Copy)]
 pub struct SectionHeader {
     pub name: u32,
-    pub addr: u64,
     pub offset: u64,
     pub size: u64,
 }
@@ -255,7 +254,7 @@ impl ElfHeader {
         }
         let sh = |i: usize| {
             let b = &file[self.shoff as usize + i * SHDR_SIZE..][..SHDR_SIZE];
-            SectionHeader { name: u32_at(b, 0), addr: u64_at(b, 16), offset: u64_at(b, 24), size: u64_at(b, 32) }
+            SectionHeader { name: u32_at(b, 0), offset: u64_at(b, 24), size: u64_at(b, 32) }
         };
         if self.shstrndx >= self.shnum {
             return Err(ElfError::Malformed("section name table index out of range".into()));

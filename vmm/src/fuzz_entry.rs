@@ -6,7 +6,11 @@
 use std::path::Path;
 
 use crate::elf::{ElfHeader, PT_LOAD};
-use crate::linux::boot::{self, KernelKind};
+/// The embedded dmvx guest kernel (a seed of the bzimage target).
+pub use crate::guest_kernel::EMBEDDED;
+use crate::linux::boot;
+/// What `bzimage` recognised.
+pub use crate::linux::boot::KernelKind;
 use crate::memory::GuestMemory;
 
 /// Guest memory for `bzimage`: big enough that a small valid kernel loads.

@@ -13,19 +13,20 @@
 //! paging, registers, the physical layout); `vstate` the VM and vCPU and the
 //! generic exit loop; `process` the program's operating system.
 
-pub mod arch;
-pub mod bench;
-pub mod cli;
-pub mod elf;
+pub mod app;
+pub(crate) mod arch;
+pub(crate) mod bench;
+pub(crate) mod cli;
+pub(crate) mod elf;
 #[doc(hidden)]
 pub mod fuzz_entry;
-pub mod guest_kernel;
-pub mod image;
-pub mod jail;
-pub mod kernel;
-pub mod linux;
-pub mod logger;
-pub mod memory;
-pub mod monitor;
-pub mod platform;
-pub mod vstate;
+pub(crate) mod guest_kernel;
+pub(crate) mod image;
+pub(crate) mod jail;
+pub(crate) mod kernel;
+pub(crate) mod linux;
+pub(crate) mod logger;
+pub(crate) mod memory;
+pub(crate) mod monitor;
+pub(crate) mod platform;
+pub(crate) mod vstate;

@@ -6,7 +6,7 @@
 
 use dmvx_sync::fuzz_entry::Rng;
 use dmvx_vmm::fuzz_entry;
-use dmvx_vmm::linux::boot::KernelKind;
+use dmvx_vmm::fuzz_entry::KernelKind;
 
 /// `v` with a few header bytes overwritten (mostly within the first
 /// 0x280 bytes, where the ELF and setup headers live), or truncated.
@@ -137,7 +137,7 @@ fn exercise<T>(seeds: &[Vec<u8>], salt: u64, mut f: impl FnMut(&[u8]) -> T) {
 
 #[test]
 fn elf_entry_never_panics_and_accepts_valid_input() {
-    let seeds = [pvh_elf(), dmvx_vmm::guest_kernel::EMBEDDED.to_vec()];
+    let seeds = [pvh_elf(), fuzz_entry::EMBEDDED.to_vec()];
     for (i, s) in seeds.iter().enumerate() {
         assert!(fuzz_entry::elf(s), "valid ELF seed {i} was refused");
     }
@@ -157,7 +157,7 @@ fn bzimage_entry_never_panics_and_accepts_valid_input() {
     put(&mut both, 0x202, b"HdrS");
     assert_eq!(fuzz_entry::bzimage(&both), Some(KernelKind::PvhElf));
     // The dmvx guest kernel is an ELF, but not a Linux kernel.
-    assert_eq!(fuzz_entry::bzimage(dmvx_vmm::guest_kernel::EMBEDDED), None);
+    assert_eq!(fuzz_entry::bzimage(fuzz_entry::EMBEDDED), None);
     let seeds = vec![bzimage(4096), pvh_elf()];
     let (mut bz, mut pvh) = (0, 0);
     exercise(&seeds, 2, |d| match fuzz_entry::bzimage(d) {

@@ -175,32 +175,29 @@ impl Follower {
 
     /// The next entry, in sequence order; blocks while the link is alive.
     /// A leader silent for the timeout (not even heartbeats) or a broken
-    /// link is an error. If the leader sent a control message before the
-    /// next entry, returns [`LinkError::ControlPending`]: take it with
-    /// [`Follower::next_incoming`] or [`Follower::try_recv_control`], then go on.
+    /// link is an error. Control messages that came first stay queued for
+    /// [`Follower::try_recv_control`]; [`Follower::next_incoming`] and
+    /// [`Follower::next_incoming_timeout`] keep the leader's order.
     pub fn next_entry(&mut self) -> Result<Entry<'_>, LinkError> {
-        if self.fill(None)? {
-            self.take_entry()
-        } else {
-            Err(LinkError::ControlPending)
-        }
+        self.fill(None, false)?;
+        self.take_entry()
     }
 
-    /// Like [`Follower::next_entry`], but gives up after `timeout` with `None`.
-    pub fn next_entry_timeout(&mut self, timeout: Duration) -> Result<Option<Entry<'_>>, LinkError> {
-        if self.fill(Some(Instant::now() + timeout))? {
-            return self.take_entry().map(Some);
+    /// The next entry or the control message the leader sent before it, in
+    /// the leader's order; `None` if neither came within `timeout`.
+    pub fn next_incoming_timeout(&mut self, timeout: Duration) -> Result<Option<Incoming<'_>>, LinkError> {
+        if self.fill(Some(Instant::now() + timeout), true)? {
+            return self.take_entry().map(|e| Some(Incoming::Entry(e)));
         }
         if self.control_due() {
-            Err(LinkError::ControlPending)
-        } else {
-            Ok(None)
+            return Ok(self.controls.pop_front().map(|(_, c)| Incoming::Control(c)));
         }
+        Ok(None)
     }
 
     /// The next entry or control message, strictly in the leader's order.
     pub fn next_incoming(&mut self) -> Result<Incoming<'_>, LinkError> {
-        if self.fill(None)? {
+        if self.fill(None, true)? {
             return self.take_entry().map(Incoming::Entry);
         }
         match self.controls.pop_front() {
@@ -360,9 +357,11 @@ impl Follower {
 
     /// Makes an entry ready in `current` (true), or stops at a due control
     /// message or the deadline (false).
-    fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, LinkError> {
+    /// Makes the next entry current; false if the deadline passed first,
+    /// or (with `at_control`) a control message comes before it.
+    fn fill(&mut self, deadline: Option<Instant>, at_control: bool) -> Result<bool, LinkError> {
         loop {
-            if self.control_due() {
+            if at_control && self.control_due() {
                 return Ok(false);
             }
             if self.current.as_ref().is_some_and(|c| c.remaining > 0) {

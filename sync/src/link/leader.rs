@@ -140,6 +140,16 @@ impl Shared {
     }
 }
 
+/// How a wait for acknowledgements ended.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// Every follower acknowledged.
+    All,
+    /// A follower sent a control message first: take it, then wait again.
+    ControlWaiting,
+}
+
 /// The leader's end of the cluster's links.
 pub struct Leader {
     shared: Arc<Shared>,
@@ -345,9 +355,9 @@ impl Leader {
     /// later. `seq` may be the next entry, not pushed yet: followers that
     /// reached it acknowledge it ahead (lockstep). On timeout the error
     /// names the followers that did not. A control message from a follower
-    /// ends the wait early with [`LinkError::ControlPending`]: take it with
-    /// `try_recv_control`.
-    pub fn wait_acked(&mut self, seq: u64, timeout: Duration) -> Result<(), LinkError> {
+    /// ends the wait early with [`Acked::ControlWaiting`]: take it with
+    /// `try_recv_control`, then wait again.
+    pub fn wait_acked(&mut self, seq: u64, timeout: Duration) -> Result<Acked, LinkError> {
         if seq > self.next_seq {
             return Err(LinkError::NotPushed { seq, last: self.next_seq - 1 });
         }
@@ -357,7 +367,7 @@ impl Leader {
         let done = || shared.min_acked().is_none_or(|m| m >= seq);
         loop {
             if done() {
-                return Ok(());
+                return Ok(Acked::All);
             }
             if let Some(e) = shared.failure() {
                 return Err(e);
@@ -377,7 +387,7 @@ impl Leader {
             if !lock(&shared.controls).is_empty() {
                 // A follower said something (a divergence report, say): the
                 // engine must hear it before waiting on.
-                return Err(LinkError::ControlPending);
+                return Ok(Acked::ControlWaiting);
             }
             shared.signal.wait_until(deadline, || {
                 done() || shared.failed.load(Ordering::SeqCst) || !lock(&shared.controls).is_empty()

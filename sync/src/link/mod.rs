@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 pub use follower::{Entry, Follower, Incoming, ACK_DELAY};
-pub use leader::{AckState, Leader, BATCH_DELAY};
+pub use leader::{AckState, Acked, Leader, BATCH_DELAY};
 
 use crate::config::ClusterConfig;
 use crate::crypto::{CryptoError, Opener, Sealer, MAX_NOISE_MESSAGE};
@@ -86,8 +86,6 @@ pub enum LinkError {
     ControlTooLarge { len: usize, max: usize },
     #[error("variant {0} is not a follower of this cluster")]
     NotAFollower(u8),
-    #[error("a control message from the leader comes before the next entry: take it with next_incoming() or try_recv_control()")]
-    ControlPending,
     #[error("the link's I/O thread stopped unexpectedly")]
     IoThreadGone,
     #[error("cannot start the link's I/O thread: {0}")]

@@ -112,8 +112,6 @@ pub enum JailError {
 pub struct Entered {
     /// The program's root directory as the VMM now reaches it.
     pub root: Option<PathBuf>,
-    /// The layers in force.
-    pub layers: Vec<Layer>,
 }
 
 /// A failed layer: an error, or a warning when the operator allowed it.
@@ -142,7 +140,7 @@ pub fn active() -> bool {
 pub fn enter(s: &Settings, root: Option<&Path>, writable: bool, role: Role) -> Result<Entered, JailError> {
     if s.disabled {
         log::warn!("jail: off (--no-jail): the VMM performs the guest's host calls with its own authority");
-        return Ok(Entered { root: root.map(Path::to_path_buf), layers: Vec::new() });
+        return Ok(Entered { root: root.map(Path::to_path_buf) });
     }
     if (s.uid == 0 || s.gid == 0) && !s.allow_missing.contains(&Layer::Identity) {
         return Err(JailError::HostRoot);
@@ -198,7 +196,7 @@ pub fn enter(s: &Settings, root: Option<&Path>, writable: bool, role: Role) -> R
         let r = unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) };
         return Err(JailError::SelftestPassed(r));
     }
-    Ok(Entered { root: jailed_root, layers })
+    Ok(Entered { root: jailed_root })
 }
 
 /// Installs the filter of `role` on a thread the VMM started after it

@@ -85,6 +85,9 @@ const BASE: &[i64] = &[
     libc::SYS_gettid,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
+    // The host kernel resumes a sleep that a signal handler (or a tracer)
+    // interrupted with it: it only continues the interrupted call.
+    libc::SYS_restart_syscall,
     libc::SYS_sigaltstack,
     libc::SYS_exit,
     libc::SYS_exit_group,

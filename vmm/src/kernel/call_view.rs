@@ -39,8 +39,12 @@ impl CallView for Kernel {
 
     fn rewrite_arg(&self, arg: &mut Vec<u8>) {
         if let Some(m) = self.monitor.as_ref() {
-            m.names.rewrite_arg(arg);
+            m.names.rewrite(arg);
         }
+    }
+
+    fn bound_names(&self) -> Option<&dmvx_sync::tempname::NameMap> {
+        self.monitor.as_ref().map(|m| &m.names).filter(|n| !n.is_empty())
     }
 
     fn user_iov(&mut self, va: u64, len: u64, iov: &mut HostIov) -> SysResult<u64> {

@@ -10,7 +10,6 @@ impl Errno {
     pub const ESRCH: Errno = Errno(libc::ESRCH);
     pub const EINTR: Errno = Errno(libc::EINTR);
     pub const EIO: Errno = Errno(libc::EIO);
-    pub const ENXIO: Errno = Errno(libc::ENXIO);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
     pub const ENOEXEC: Errno = Errno(libc::ENOEXEC);
     pub const EBADF: Errno = Errno(libc::EBADF);
@@ -21,14 +20,12 @@ impl Errno {
     pub const EFAULT: Errno = Errno(libc::EFAULT);
     pub const EBUSY: Errno = Errno(libc::EBUSY);
     pub const EEXIST: Errno = Errno(libc::EEXIST);
-    pub const EXDEV: Errno = Errno(libc::EXDEV);
     pub const ENODEV: Errno = Errno(libc::ENODEV);
     pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
     pub const EISDIR: Errno = Errno(libc::EISDIR);
     pub const EINVAL: Errno = Errno(libc::EINVAL);
     pub const EMFILE: Errno = Errno(libc::EMFILE);
     pub const ENOTTY: Errno = Errno(libc::ENOTTY);
-    pub const EFBIG: Errno = Errno(libc::EFBIG);
     pub const ESPIPE: Errno = Errno(libc::ESPIPE);
     pub const EROFS: Errno = Errno(libc::EROFS);
     pub const EPIPE: Errno = Errno(libc::EPIPE);
@@ -87,10 +84,4 @@ pub fn from_neg(r: i64) -> SysResult {
     } else {
         Ok(r as u64)
     }
-}
-
-/// A libc return value (-1 and errno on failure) as a value or a negated errno.
-#[inline]
-pub fn neg(ret: i64) -> i64 {
-    to_neg(check(ret))
 }

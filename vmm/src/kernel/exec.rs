@@ -238,7 +238,7 @@ impl ElfImage {
                     end: mapped_file_end,
                     prot,
                     shared: false,
-                    backing: Backing::File { fd: self.fd.clone(), offset: page_down(ph.offset) },
+                    backing: Backing::File { fd: self.fd.clone(), offset: page_down(ph.offset), writeback: false },
                     kind: VmaKind::Program,
                 });
                 if mapped_file_end - start <= EAGER_SEGMENT_BYTES {

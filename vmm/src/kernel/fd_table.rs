@@ -131,11 +131,6 @@ impl FdTable {
     pub fn numbers(&self) -> Vec<u64> {
         self.slots.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(i, _)| i as u64).collect()
     }
-
-    /// Number of open descriptors.
-    pub fn count(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
-    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub enum Extra {
     /// A directory of the virtual /proc: its entries as getdents64 returns
     /// them, and how far the program has read.
     ProcDir(Mutex<(Vec<u8>, usize)>),
+    /// A virtual netlink socket (`kernel::netlink`).
+    Netlink(Mutex<super::netlink::NlSocket>),
 }
 
 /// Locks `m`; a poisoned lock (a panic elsewhere while held) still yields

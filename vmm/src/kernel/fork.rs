@@ -183,6 +183,7 @@ impl Kernel {
         let mut task = Task::new(pid, Arc::new(tg), files, fs);
         task.sig.mask = self.task.sig.mask;
         task.sig.altstack = self.task.sig.altstack;
+        task.affinity = self.task.affinity.clone();
         task.fs_base = req.tls.unwrap_or(self.task.fs_base);
         task.gs_base = self.task.gs_base;
         task.clear_child_tid = req.clear_tid.unwrap_or(0);

@@ -41,6 +41,18 @@
 //! ```text
 //! B + 4 TiB - 16 MiB - 16 GiB .. B + 4 TiB - 16 MiB   stack top
 //! ```
+//!
+//! Data may instead be shared (`DataLayout::Shared`, the default in a
+//! cluster): the anonymous area and the heap of every variant then sit at the
+//! same addresses, drawn per run (and per execve) from a seed the leader
+//! sends, in slot 0's ranges; code, files and the stack stay in each
+//! variant's own slot. Programs derive behaviour from data addresses beyond
+//! what aligning the area can keep equal: jemalloc (redis) seeds the
+//! generator of its decay ticks with the address of its thread data, so its
+//! calls to the clock, and with them its background thread's wake-ups,
+//! came at other points in each variant. As in ReMon's disjoint code
+//! layouts, an injected code address is still valid in at most one variant;
+//! an injected data address now is valid in all (docs/diversity.md).
 
 use dmvx_sync::report::LayoutUsed;
 use sha2::{Digest, Sha256};
@@ -78,6 +90,39 @@ const ANON_TOP_LOW: u64 = 7 * TIB / 4;
 /// Non-PIE heaps of variant `id` start `id` times this above the program,
 /// below every slot (16 x 4 TiB = 64 TiB, the bottom of slot 15).
 const LOW_HEAP_STRIDE: u64 = 4 * TIB;
+/// Shared data: a PIE program's heap starts this far above slot 0's bottom
+/// (above every PIE base and 64 GiB of program image), plus the drawn gap.
+const SHARED_HEAP_LOW: u64 = PIE_LOW + (PAGE << PIE_BITS) + 64 * (1 << 30);
+
+/// Where a variant's data (anonymous memory and the heap) lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataLayout {
+    /// At the same addresses in every variant of a cluster.
+    #[default]
+    Shared,
+    /// In each variant's own slot, like its code.
+    Disjoint,
+}
+
+impl std::str::FromStr for DataLayout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shared" => Ok(DataLayout::Shared),
+            "disjoint" => Ok(DataLayout::Disjoint),
+            _ => Err(format!("'{s}' is not a data layout (shared or disjoint)")),
+        }
+    }
+}
+
+impl std::fmt::Display for DataLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataLayout::Shared => "shared",
+            DataLayout::Disjoint => "disjoint",
+        })
+    }
+}
 
 /// The address-space layout of one variant for one program image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +134,14 @@ pub struct Layout {
     pub generation: u32,
     /// Initial stack pointer region ends here (exclusive).
     pub stack_top: u64,
-    /// Anonymous mmap allocates top-down from here (a multiple of 64 MiB).
+    /// Anonymous mmap allocates top-down from here (a multiple of 64 MiB)...
     pub anon_top: u64,
+    /// ...but never below this (then it takes from the file area).
+    pub anon_bottom: u64,
+    /// Shared data: the seed every variant drew its data bases from.
+    pub data_seed: Option<u64>,
+    /// Shared data: where a PIE program's heap starts.
+    pub shared_heap: Option<u64>,
     /// mmap allocates top-down from here...
     pub mmap_top: u64,
     /// ...but never below this.
@@ -106,6 +157,11 @@ pub struct Layout {
 /// The bottom of variant `id`'s slot.
 fn slot_bottom(id: u32) -> u64 {
     TOP + GUARD - (id as u64 + 1) * SLOT
+}
+
+/// The anonymous area's top in the slot at `b`, drawn from `word`.
+fn anon_top_in(b: u64, word: u64) -> u64 {
+    (b + ANON_TOP_LOW).next_multiple_of(ANON_ALIGN) + word % ANON_STEPS * ANON_ALIGN
 }
 
 /// `bits` random bits of `word`, as a multiple of `unit`.
@@ -148,10 +204,32 @@ impl Layout {
 
     /// The layout for the image an execve loads next.
     pub fn next(&self) -> Layout {
-        match self.seed {
+        let mut l = match self.seed {
             None => *self,
             Some(s) => Layout::drawn(self.variant, s, self.generation.wrapping_add(1)),
+        };
+        if let Some(d) = self.data_seed {
+            l.share_data(d);
         }
+        l
+    }
+
+    /// Moves the anonymous area and the heap to the bases every variant
+    /// draws from `seed` (for this image's generation), in slot 0's ranges.
+    pub fn share_data(&mut self, seed: u64) {
+        let mut h = Sha256::new();
+        h.update(b"dmvx data layout v1\0");
+        h.update(seed.to_le_bytes());
+        h.update(self.generation.to_le_bytes());
+        let d = h.finalize();
+        let word = |i: usize| u64::from_le_bytes(d[8 * i..8 * i + 8].try_into().expect("8 bytes of a 32-byte digest"));
+        let b = slot_bottom(0);
+        self.data_seed = Some(seed);
+        self.anon_top = anon_top_in(b, word(0));
+        self.anon_bottom = b + MMAP_BOTTOM;
+        self.heap_gap = pick(word(1), HEAP_BITS, PAGE);
+        self.shared_heap = Some(b + SHARED_HEAP_LOW + self.heap_gap);
+        self.low_heap = 0;
     }
 
     fn with_words(id: u32, seed: Option<u64>, generation: u32, w: [u64; 4]) -> Layout {
@@ -163,7 +241,10 @@ impl Layout {
             pie_base: b + PIE_LOW + pick(w[0], PIE_BITS, PAGE),
             mmap_top: b + MMAP_TOP_LOW + pick(w[1], MMAP_BITS, PAGE),
             mmap_bottom: b + MMAP_BOTTOM,
-            anon_top: (b + ANON_TOP_LOW).next_multiple_of(ANON_ALIGN) + (w[2] >> 32) % ANON_STEPS * ANON_ALIGN,
+            anon_top: anon_top_in(b, w[2] >> 32),
+            anon_bottom: b + MMAP_BOTTOM,
+            data_seed: None,
+            shared_heap: None,
             stack_top: b + SLOT - GUARD - pick(w[2], STACK_BITS, PAGE),
             heap_gap: pick(w[3], HEAP_BITS, PAGE),
             low_heap: id as u64 * LOW_HEAP_STRIDE,
@@ -172,7 +253,10 @@ impl Layout {
 
     /// Where the heap starts, given the page-aligned end of the program.
     pub fn heap_start(&self, program_end: u64, pie: bool) -> u64 {
-        program_end + self.heap_gap + if pie { 0 } else { self.low_heap }
+        match self.shared_heap {
+            Some(h) if pie => h,
+            _ => program_end + self.heap_gap + if pie { 0 } else { self.low_heap },
+        }
     }
 
     /// The seed as the report and `--layout-seed` write it.
@@ -215,7 +299,7 @@ impl Layout {
 }
 
 /// A 64-bit seed from the host (getrandom); no weaker stand-in if it fails.
-fn host_seed() -> std::io::Result<u64> {
+pub fn host_seed() -> std::io::Result<u64> {
     let mut b = [0u8; 8];
     loop {
         // SAFETY: b is a valid writable 8-byte buffer.
@@ -239,19 +323,22 @@ pub fn parse_seed(s: &str) -> Option<u64> {
 }
 
 /// The span of variant `id`'s slot, `[bottom, top)`.
-pub fn slot(id: u32) -> (u64, u64) {
+#[cfg(test)]
+fn slot(id: u32) -> (u64, u64) {
     let b = slot_bottom(id.min(MAX_VARIANTS - 1));
     (b, b + SLOT)
 }
 
 /// Largest heap gap plus the low-heap offset of the last variant: every
 /// non-PIE heap starts below this much above its program.
-pub const LOW_HEAP_SPAN: u64 = (MAX_VARIANTS as u64 - 1) * LOW_HEAP_STRIDE + (PAGE << HEAP_BITS);
+#[cfg(test)]
+const LOW_HEAP_SPAN: u64 = (MAX_VARIANTS as u64 - 1) * LOW_HEAP_STRIDE + (PAGE << HEAP_BITS);
 
 const _: () = assert!(MMAP_TOP_LOW + (PAGE << MMAP_BITS) + TIB / 4 < SLOT - GUARD - (PAGE << STACK_BITS) - STACK_SIZE);
 const _: () =
     assert!(MMAP_BOTTOM + TIB / 4 <= ANON_TOP_LOW && ANON_TOP_LOW + (ANON_STEPS + 1) * ANON_ALIGN <= MMAP_TOP_LOW);
 const _: () = assert!(PIE_LOW + (PAGE << PIE_BITS) + (PAGE << HEAP_BITS) < MMAP_BOTTOM);
+const _: () = assert!(SHARED_HEAP_LOW + (PAGE << HEAP_BITS) + TIB / 4 <= MMAP_BOTTOM);
 
 #[cfg(test)]
 mod tests {
@@ -327,6 +414,44 @@ mod tests {
         assert_eq!((pie_or, pie_and), ((1 << PIE_BITS) - 1, 0));
         assert_eq!((stack_or, stack_and), ((1 << STACK_BITS) - 1, 0));
         assert!(anon.len() as u64 > ANON_STEPS * 9 / 10, "{} of {ANON_STEPS} anonymous tops", anon.len());
+    }
+
+    #[test]
+    fn shared_data_is_equal_across_variants_and_code_stays_disjoint() {
+        for data in 0..200u64 {
+            let mut ls: Vec<Layout> = (0..MAX_VARIANTS).map(|i| Layout::drawn(i, data * 7 + i as u64, 0)).collect();
+            for l in ls.iter_mut() {
+                l.share_data(data);
+            }
+            let (s0_lo, s0_hi) = slot(0);
+            for l in &ls {
+                // Data: one place for all, inside slot 0's anonymous and heap ranges.
+                assert_eq!(
+                    (l.anon_top, l.anon_bottom, l.shared_heap),
+                    (ls[0].anon_top, ls[0].anon_bottom, ls[0].shared_heap)
+                );
+                assert_eq!(l.heap_start(0x1000_0000, true), ls[0].heap_start(0x1000_0000, true));
+                assert_eq!(l.heap_start(0x60_0000, false), ls[0].heap_start(0x60_0000, false));
+                assert!(s0_lo + MMAP_BOTTOM + TIB / 4 <= l.anon_top && l.anon_top <= s0_lo + MMAP_TOP_LOW, "{l:x?}");
+                assert!(l.anon_top.is_multiple_of(ANON_ALIGN), "{l:x?}");
+                let h = l.shared_heap.unwrap();
+                assert!(s0_lo + PIE_LOW + (PAGE << PIE_BITS) < h && h + TIB / 4 <= s0_lo + MMAP_BOTTOM, "{l:x?}");
+                assert!(h < s0_hi);
+                // Code, files and the stack: still in the variant's own slot.
+                check_inside(&Layout { anon_top: Layout::drawn(l.variant, 0, 0).anon_top, ..*l });
+            }
+            // The next image draws its data anew, again the same in all.
+            let n: Vec<Layout> = ls.iter().map(|l| l.next()).collect();
+            assert!(n.iter().all(|l| l.anon_top == n[0].anon_top && l.shared_heap == n[0].shared_heap));
+            assert_eq!(n[0].data_seed, Some(data));
+        }
+        let (mut a, mut b) = (Layout::drawn(1, 5, 0), Layout::drawn(1, 5, 0));
+        a.share_data(1);
+        b.share_data(2);
+        assert_ne!((a.anon_top, a.shared_heap), (b.anon_top, b.shared_heap), "the data seed decides");
+        assert_eq!("shared".parse(), Ok(DataLayout::Shared));
+        assert_eq!("disjoint".parse::<DataLayout>().map(|d| d.to_string()), Ok("disjoint".into()));
+        assert!("same".parse::<DataLayout>().is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 mod call_view;
 pub mod children;
+pub mod cpus;
 pub mod creds;
 pub mod errno;
 pub mod exec;
@@ -27,6 +28,7 @@ mod interrupt;
 pub mod layout;
 pub mod mm;
 pub mod net_policy;
+pub mod netlink;
 pub mod proc_table;
 mod procfs;
 mod run;
@@ -226,6 +228,10 @@ pub struct Kernel {
     pub(crate) own_ports: std::collections::BTreeSet<u16>,
     /// Where datagrams came from (answers may go back).
     pub(crate) peers: net_policy::Peers,
+    /// How many virtual CPUs the program has, once a call asked (`cpus`).
+    pub(crate) cpus: Option<u32>,
+    /// Netlink port ids handed out so far (`netlink`).
+    pub(crate) netlink_ports: u32,
 }
 
 impl Kernel {

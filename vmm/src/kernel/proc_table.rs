@@ -426,11 +426,6 @@ impl ProcTable {
             None => true,
         }
     }
-
-    /// Whether the run was stopped.
-    pub fn is_stopped(&self) -> bool {
-        self.header().stopped.load(Ordering::SeqCst) != 0
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! A virtual /proc, built from the VMM's own state: what programs commonly
 //! read of it (their status, maps and descriptors; the system's memory,
-//! CPU, uptime and load), the same in every variant. The host's /proc stays
-//! refused by the sandbox. Files are served from a sealed-in-memory copy
+//! CPUs, uptime and load), the same in every variant, and the few /sys
+//! files glibc reads to count CPUs. The host's /proc and /sys stay refused
+//! by the sandbox. Files are served from a sealed-in-memory copy
 //! (memfd) made at open; /proc/self/fd is a directory listed by the VMM.
 
 use std::io::Write as _;
@@ -25,11 +26,16 @@ enum Node {
     SelfStat,
     SelfComm,
     SelfFd,
+    /// /sys/devices/system/cpu/{online,possible,present}.
+    CpuList,
 }
 
 /// The node a normalised absolute guest path names, given the program's
 /// pid. None: not a virtual /proc path (left to the sandbox).
 fn node(path: &[u8], pid: u32) -> Option<Node> {
+    if let Some(f) = path.strip_prefix(b"/sys/devices/system/cpu/") {
+        return matches!(f, b"online" | b"possible" | b"present").then_some(Node::CpuList);
+    }
     let rest = path.strip_prefix(b"/proc/")?;
     let (first, tail) = match rest.iter().position(|&c| c == b'/') {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
@@ -170,6 +176,7 @@ impl Kernel {
             String::from_utf8_lossy(&n[..n.iter().position(|&c| c == 0).unwrap_or(n.len())]).into_owned()
         };
         let up = self.uptime_secs();
+        let cpus = self.cpus();
         let s = match node {
             // Fixed shares of the guest's memory: the same in every variant.
             Node::Meminfo => format!(
@@ -178,19 +185,24 @@ impl Kernel {
                 total_kb / 2
             ),
             Node::Stat => format!(
-                "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\nintr 0\nctxt 0\nbtime 0\nprocesses {}\nprocs_running 1\nprocs_blocked 0\n",
+                "cpu  0 0 0 0 0 0 0 0 0 0\n{}intr 0\nctxt 0\nbtime 0\nprocesses {}\nprocs_running 1\nprocs_blocked 0\n",
+                (0..cpus).map(|i| format!("cpu{i} 0 0 0 0 0 0 0 0 0 0\n")).collect::<String>(),
                 pid
             ),
             Node::Uptime => format!("{up}.00 {up}.00\n"),
             Node::Loadavg => format!("0.00 0.00 0.00 1/1 {pid}\n"),
-            Node::Cpuinfo => "processor\t: 0\nvendor_id\t: dmvx\nmodel name\t: dmvx virtual CPU\ncpu MHz\t\t: 1000.000\ncpu cores\t: 1\nflags\t\t: fpu tsc sse sse2\n\n".to_string(),
+            Node::Cpuinfo => (0..cpus)
+                .map(|i| format!("processor\t: {i}\nvendor_id\t: dmvx\nmodel name\t: dmvx virtual CPU\ncpu MHz\t\t: 1000.000\nphysical id\t: 0\ncore id\t\t: {i}\ncpu cores\t: {cpus}\nflags\t\t: fpu tsc sse sse2\n\n"))
+                .collect(),
+            Node::CpuList => super::cpus::list(cpus),
             Node::SelfComm => format!("{name}\n"),
             Node::SelfStatus => {
                 let ppid = self.task.tg.ppid;
                 let c = self.tg().creds.clone();
                 format!(
-                    "Name:\t{name}\nUmask:\t{:04o}\nState:\tR (running)\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t{ppid}\nUid:\t{u}\t{u}\t{u}\t{u}\nGid:\t{g}\t{g}\t{g}\t{g}\nThreads:\t1\n",
+                    "Name:\t{name}\nUmask:\t{:04o}\nState:\tR (running)\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t{ppid}\nUid:\t{u}\t{u}\t{u}\t{u}\nGid:\t{g}\t{g}\t{g}\t{g}\nThreads:\t1\nCpus_allowed_list:\t{}",
                     self.fs().umask,
+                    super::cpus::list(cpus),
                     u = c.uid,
                     g = c.gid
                 )
@@ -237,6 +249,10 @@ mod tests {
         assert_eq!(node(b"/proc/3/maps", 2), None, "another process");
         assert_eq!(node(b"/proc/self/exe", 2), None, "answered elsewhere");
         assert_eq!(node(b"/procx/meminfo", 2), None);
+        assert_eq!(node(b"/sys/devices/system/cpu/online", 2), Some(Node::CpuList));
+        assert_eq!(node(b"/sys/devices/system/cpu/possible", 2), Some(Node::CpuList));
+        assert_eq!(node(b"/sys/devices/system/cpu/cpu0", 2), None);
+        assert_eq!(node(b"/sys/kernel/mm", 2), None);
         assert_eq!(normalize(b"/proc/./self//fd/../status"), b"/proc/self/status");
         assert_eq!(fd_link(b"/proc/self/fd/3", 2), Some(3));
         assert_eq!(fd_link(b"/proc/2/fd/12", 2), Some(12));

@@ -145,6 +145,7 @@ impl Kernel {
         }
         let mut args = syscall_args(&ctx);
         let probe = self.poll_probe(nr, &mut args);
+        let would_block = self.block_probe(nr, &args) == Some(true);
         self.task.entry_rsp = ctx.rsp;
         self.task.nr = Some(nr);
         if self.monitor.is_some() {
@@ -152,7 +153,8 @@ impl Kernel {
                 return Ok(Next::Done(self.stopped(stop)));
             }
         }
-        let mut sys = syscall::dispatch(self, nr, &args);
+        let mut sys =
+            if would_block { Sys::Ret((-(libc::EAGAIN as i64)) as u64) } else { syscall::dispatch(self, nr, &args) };
         if let Sys::Thread(req) = &sys {
             // The ring serves processes of one thread only.
             plat.disable_ring();
@@ -190,6 +192,12 @@ impl Kernel {
                 }
             }
         }
+        if matches!(sys, Sys::Block(_)) && self.signal_ends_wait() {
+            // A signal came with this call (the leader's, shipped with its
+            // event): the thread does not wait; the call is interrupted and
+            // the handler runs, as Linux's wait sees the pending signal.
+            sys = Sys::Ret((-(libc::EINTR as i64)) as u64);
+        }
         if let Some(r) = vfork_wait {
             // The child's stream needs this call's event: send it first.
             if !self.settle_before_blocking() {
@@ -200,6 +208,21 @@ impl Kernel {
             super::fork::wait_closed(&r);
         }
         Ok(match sys {
+            Sys::Ret(_) if would_block => {
+                if self.signal_ends_wait() {
+                    ctx.rax = (-(libc::EINTR as i64)) as u64;
+                    if self.restart_after_handler() {
+                        ctx.rip = ctx.rip.wrapping_sub(SYSCALL_INSN_LEN);
+                        ctx.rax = nr;
+                    }
+                    Next::Resume(ctx)
+                } else {
+                    match self.park_poller(plat, &ctx, nr, -1)? {
+                        Some(r) => self.next_of(r),
+                        None => Next::Resume(ctx),
+                    }
+                }
+            }
             Sys::Ret(v) => {
                 if let Some((timeout, false)) = probe {
                     // A signal to deliver: the call returns (as if its time
@@ -309,6 +332,13 @@ impl Kernel {
             }
         }
         r
+    }
+
+    /// Whether the running thread has a signal pending that it does not
+    /// block and that is not ignored: a wait it is about to begin ends at once.
+    fn signal_ends_wait(&self) -> bool {
+        let ready = self.task.sig.pending & !(self.task.sig.mask & !signal::UNBLOCKABLE);
+        ready != 0 && (1..=64).any(|n| ready & signal::bit(n) != 0 && !self.tg().sighand.ignored(Signal(n)))
     }
 
     /// Whether the signal about to be delivered has a handler with
@@ -476,6 +506,8 @@ impl Kernel {
             Outcome::Killed { signal, .. } => signal.0 & 0x7f,
             Outcome::Diverged(_) | Outcome::Ended(_) => libc::SIGKILL,
         };
+        // The program's writes into shared file mappings reach their files.
+        let _ = self.mm.write_back(crate::arch::x86_64::layout::USER_MIN, crate::arch::x86_64::layout::USER_END);
         let (_, orphans) = self.procs.exit(self.task.tg.pid, status);
         self.send_pdeathsig(&orphans);
         self.vfork_done = None;

@@ -34,6 +34,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let creds = Creds::new(unsafe { libc::getuid() }, unsafe { libc::getgid() });
     // What the VMM needs from outside the root is opened before the jail.
     super::sandbox::open_devices();
+    super::cpus::init_host_cpus();
     if let Some(join) = &config.cluster {
         crate::jail::reports::open(&join.report_dir)
             .map_err(|source| KernelError::ReportDir { path: join.report_dir.clone(), source })?;
@@ -62,6 +63,20 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let envp: Vec<Vec<u8>> = config.env.iter().map(|s| s.clone().into_bytes()).collect();
     let program = find_program(&sandbox, &cwd, &config.program);
     let prepared = exec::prepare(&sandbox, &cwd, &program, argv, &envp)?;
+    // The cluster is joined before the program is loaded: a shared data
+    // layout needs the leader's seed first.
+    let monitor = match config.cluster {
+        Some(join) => {
+            let data = join.data;
+            let mut m = monitor::join::join(join, prepared.exe(), &sandbox, FIRST_PID)?;
+            if data == super::layout::DataLayout::Shared {
+                let seed = m.agree_data_seed(super::layout::host_seed)?;
+                mm.layout.share_data(seed);
+            }
+            Some(Box::new(m))
+        }
+        None => None,
+    };
     let loaded = exec::load(&mut mm, prepared, &envp, &creds, random16())?;
     let placed = loaded.placed;
     plat.start(&loaded.regs)?;
@@ -75,15 +90,9 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     let files = Arc::new(Mutex::new(stdio_table()?));
     let fs = Arc::new(Mutex::new(FsContext { cwd, umask: 0o022 }));
     let task = Task::new(FIRST_PID, tg, files, fs);
-    let monitor = match config.cluster {
-        Some(join) => {
-            let exe = lock(&task.tg.state).exe.clone();
-            let m = monitor::join::join(join, &exe, &sandbox, FIRST_PID)?;
-            Kernel::stdio_remote(&mut lock(&task.files));
-            Some(Box::new(m))
-        }
-        None => None,
-    };
+    if monitor.is_some() {
+        Kernel::stdio_remote(&mut lock(&task.files));
+    }
     let follower = monitor.as_ref().is_some_and(|m| !m.is_leader());
     if monitor.as_ref().is_some_and(|m| m.is_leader()) {
         report_unhidden();
@@ -116,6 +125,8 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         net: Arc::new(config.net.clone()),
         own_ports: Default::default(),
         peers: Default::default(),
+        cpus: None,
+        netlink_ports: 0,
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);

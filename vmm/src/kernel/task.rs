@@ -38,6 +38,8 @@ pub struct Task {
     pub nr: Option<u64>,
     /// When the poll or epoll_wait this thread issues again times out.
     pub poll_deadline: Option<std::time::Instant>,
+    /// sched_setaffinity's set (None: every virtual CPU).
+    pub affinity: Option<super::cpus::CpuSet>,
 }
 
 impl Task {
@@ -59,6 +61,7 @@ impl Task {
             entry_rsp: 0,
             nr: None,
             poll_deadline: None,
+            affinity: None,
         }
     }
 }

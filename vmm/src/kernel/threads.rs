@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::file::lock;
+use super::file::{lock, FileKind};
 use super::sched::{Parked, Wait};
 use super::signal::{self, SigInfo, Signal, SI_TKILL};
 use super::syscall::clone::ForkRequest;
@@ -72,6 +72,7 @@ impl Kernel {
         let fs = if req.share_fs { self.task.fs.clone() } else { Arc::new(Mutex::new(lock(&self.task.fs).clone())) };
         let mut t = Task::new(tid, self.task.tg.clone(), files, fs);
         t.sig.mask = self.task.sig.mask;
+        t.affinity = self.task.affinity.clone();
         t.fs_base = req.tls.unwrap_or(self.task.fs_base);
         t.gs_base = self.task.gs_base;
         t.clear_child_tid = req.clear_tid.unwrap_or(0);
@@ -359,6 +360,45 @@ impl Kernel {
         self.sched.probe_final = Some(last);
         args[i] = 0;
         Some((t, last))
+    }
+
+    /// At the entry of call `nr`, in a process with threads: whether it
+    /// would block on a descriptor (a pipe, socket or device, not set
+    /// non-blocking, not ready). One thread blocked on the host would hold
+    /// the vCPU and every other thread (the one that would make it ready
+    /// among them), so such a call is not made: the thread waits as a
+    /// poller and issues it again. The leader looks (poll, no wait) and its
+    /// answer is the record's flag; a follower takes it. None: no look.
+    pub(super) fn block_probe(&mut self, nr: u64, args: &[u64; 6]) -> Option<bool> {
+        if self.sched.others.is_empty() {
+            return None;
+        }
+        let (events, flags) = match nr as i64 {
+            libc::SYS_read | libc::SYS_readv | libc::SYS_accept | libc::SYS_accept4 => (libc::POLLIN, 0),
+            libc::SYS_recvfrom => (libc::POLLIN, args[3]),
+            libc::SYS_recvmsg => (libc::POLLIN, args[2]),
+            libc::SYS_write | libc::SYS_writev => (libc::POLLOUT, 0),
+            libc::SYS_sendto => (libc::POLLOUT, args[3]),
+            libc::SYS_sendmsg => (libc::POLLOUT, args[2]),
+            _ => return None,
+        };
+        let would_block = if self.is_follower() {
+            self.monitor.as_ref().and_then(|m| m.leader_next_flag()).map(|f| f != 0)?
+        } else {
+            if flags & libc::MSG_DONTWAIT as u64 != 0 {
+                return None;
+            }
+            let file = self.fds().file(args[0]).ok()?.clone();
+            if !matches!(file.kind, FileKind::Pipe | FileKind::Socket | FileKind::CharDevice) || !file.may_block() {
+                return None;
+            }
+            let mut p = libc::pollfd { fd: file.raw(), events, revents: 0 };
+            // SAFETY: one valid pollfd; no wait.
+            let n = unsafe { libc::poll(&mut p, 1, 0) };
+            n == 0
+        };
+        self.sched.probe_final = Some(would_block);
+        Some(would_block)
     }
 
     /// A probing poll found nothing ready (`ctx`: the registers of the

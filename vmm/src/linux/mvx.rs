@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use dmvx_sync::record::Event;
 use dmvx_sync::report::{Kind, LoggedEvent, PolicyUsed, Report, VariantLog};
-use dmvx_sync::{ClusterConfig, Control, Digest, Follower, HandshakeInfo, Leader, LinkError, Role};
+use dmvx_sync::{Acked, ClusterConfig, Control, Digest, Follower, HandshakeInfo, Incoming, Leader, LinkError, Role};
 
 use super::devices::Latch;
 use super::serial::SerialSink;
@@ -176,13 +176,11 @@ impl State {
         loop {
             let wait = if got { Duration::ZERO } else { wait.unwrap_or(Duration::from_secs(3600)) };
             let f = self.follower();
-            let entry = match f.next_entry_timeout(wait) {
-                Ok(Some(e)) => (e.seq, e.data.to_vec()),
+            let entry = match f.next_incoming_timeout(wait) {
+                Ok(Some(Incoming::Entry(e))) => (e.seq, e.data.to_vec()),
                 Ok(None) => return Ok(got),
-                Err(LinkError::ControlPending) => match f.try_recv_control() {
-                    Some(Control::Divergence { report, .. }) => return Err(Stop::Reported(report)),
-                    _ => continue,
-                },
+                Ok(Some(Incoming::Control(Control::Divergence { report, .. }))) => return Err(Stop::Reported(report)),
+                Ok(Some(Incoming::Control(_))) => continue,
                 Err(e) => return Err(Stop::Link(e)),
             };
             got = true;
@@ -449,8 +447,8 @@ fn leader_end(s: &mut State, status: u8, timeout: Duration) -> Result<(), Stop> 
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match s.leader().wait_acked(seq, left) {
-            Ok(()) => break,
-            Err(LinkError::ControlPending) => s.leader_controls()?,
+            Ok(Acked::All) => break,
+            Ok(Acked::ControlWaiting) => s.leader_controls()?,
             Err(e) => {
                 // A follower's report explains a failure better.
                 s.leader_controls()?;

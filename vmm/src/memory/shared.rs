@@ -90,8 +90,9 @@ impl SharedFrames {
         }
     }
 
-    /// References held to `frame` (for tests and statistics).
-    pub fn refs(&self, frame: u64) -> u32 {
+    /// References held to `frame`.
+    #[cfg(test)]
+    fn refs(&self, frame: u64) -> u32 {
         if self.owns(frame) {
             self.count((frame - self.gpa) / PAGE_SIZE).load(Ordering::Acquire)
         } else {

@@ -86,11 +86,6 @@ impl Outputs {
         self.queue.back().map_or(0, |h| h.seq)
     }
 
-    /// Sequence number of the oldest held output (0 if none).
-    pub fn oldest(&self) -> u64 {
-        self.queue.front().map_or(0, |h| h.seq)
-    }
-
     /// Whether anything is held for `file`.
     pub fn holds(&self, file: &Arc<OpenFile>) -> bool {
         self.queue.iter().any(|h| Arc::ptr_eq(&h.file, file))

@@ -13,7 +13,7 @@ use dmvx_sync::link::LinkError;
 use dmvx_sync::policy::{Check, Class, Input};
 use dmvx_sync::record::{decode, record_digest, records_agree, temp_names, EntryView, SignalEvent};
 use dmvx_sync::report::{describe, Kind, PolicyUsed, Report};
-use dmvx_sync::Control;
+use dmvx_sync::{Acked, Control, Incoming};
 
 use super::{Link, Monitor, OpMode, Stop};
 use crate::kernel::file::OpenFile;
@@ -137,8 +137,8 @@ impl Monitor {
         loop {
             let timeout = self.timeout;
             match self.leader().wait_acked(seq, timeout) {
-                Ok(()) => return Ok(()),
-                Err(LinkError::ControlPending) => {
+                Ok(Acked::All) => return Ok(()),
+                Ok(Acked::ControlWaiting) => {
                     // A follower that reached a different call there reports
                     // it; the death is the leader's, not a divergence.
                     let _ = self.leader().try_recv_control();
@@ -169,8 +169,8 @@ impl Monitor {
         loop {
             let timeout = self.timeout;
             match self.leader().wait_acked(seq, timeout) {
-                Ok(()) => break,
-                Err(LinkError::ControlPending) => self.take_controls_leader()?,
+                Ok(Acked::All) => break,
+                Ok(Acked::ControlWaiting) => self.take_controls_leader()?,
                 Err(LinkError::AckTimeout { silent, .. }) => {
                     let who = silent.first().copied().unwrap_or(0);
                     let mine = self.rec.as_bytes().to_vec();
@@ -201,15 +201,14 @@ impl Monitor {
         }
         loop {
             let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
-            match link.next_entry_timeout(wait) {
-                Ok(Some(e)) => {
+            match link.next_incoming_timeout(wait) {
+                Ok(Some(Incoming::Entry(e))) => {
                     keep_entry(&mut self.leader_entry, seq, e)?;
                     return Ok(true);
                 }
                 Ok(None) => return Ok(false),
-                Err(LinkError::ControlPending) => {
-                    let c = self.follower().try_recv_control();
-                    if let Some(stop) = self.on_control_follower(c) {
+                Ok(Some(Incoming::Control(c))) => {
+                    if let Some(stop) = self.on_control_follower(Some(c)) {
                         return Err(stop);
                     }
                 }
@@ -252,8 +251,8 @@ impl Monitor {
             }
             let timeout = self.timeout;
             let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
-            match link.next_entry_timeout(timeout) {
-                Ok(Some(e)) => {
+            match link.next_incoming_timeout(timeout) {
+                Ok(Some(Incoming::Entry(e))) => {
                     keep_entry(&mut self.leader_entry, seq, e)?;
                     self.prefetched = Some(seq);
                 }
@@ -263,9 +262,8 @@ impl Monitor {
                         return Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false));
                     }
                 }
-                Err(LinkError::ControlPending) => {
-                    let c = self.follower().try_recv_control();
-                    if let Some(stop) = self.on_control_follower(c) {
+                Ok(Some(Incoming::Control(c))) => {
+                    if let Some(stop) = self.on_control_follower(Some(c)) {
                         return Err(stop);
                     }
                 }
@@ -505,8 +503,8 @@ impl Monitor {
             loop {
                 let timeout = self.timeout;
                 match self.leader().wait_acked(want, timeout) {
-                    Ok(()) => break,
-                    Err(LinkError::ControlPending) => self.take_controls_leader()?,
+                    Ok(Acked::All) => break,
+                    Ok(Acked::ControlWaiting) => self.take_controls_leader()?,
                     Err(LinkError::AckTimeout { silent, .. }) => {
                         let who = silent.first().copied().unwrap_or(0);
                         return Err(self.diverge(Kind::Silent, want, None, None, who, false));

@@ -29,7 +29,15 @@ pub enum JoinError {
     Config(#[source] dmvx_sync::ConfigError),
     #[error("cluster: {0}")]
     Link(#[source] dmvx_sync::link::LinkError),
+    #[error("cluster: cannot draw the seed of the shared data layout: {0}")]
+    DataSeed(#[source] std::io::Error),
+    #[error("cluster: the leader's first message was not the seed of the shared data layout")]
+    NoDataSeed,
 }
+
+/// The control message (leader to followers, before any event) that
+/// carries the seed of the shared data layout.
+const CTRL_DATA_SEED: u32 = 4;
 
 /// This VMM's place in a cluster.
 pub struct Join {
@@ -40,16 +48,23 @@ pub struct Join {
     pub report_dir: PathBuf,
     /// The network policy: part of what every variant must agree on.
     pub net: crate::kernel::net_policy::NetPolicy,
+    /// Where data lives across variants: agreed too.
+    pub data: crate::kernel::layout::DataLayout,
 }
 
 /// The digest the handshake compares for the MVX policy: the call policy's
 /// and the network policy's together (variants that may connect to
 /// different places must not form a cluster).
-fn policy_digest(policy: &dmvx_sync::policy::Policy, net: &crate::kernel::net_policy::NetPolicy) -> Digest {
+fn policy_digest(
+    policy: &dmvx_sync::policy::Policy,
+    net: &crate::kernel::net_policy::NetPolicy,
+    data: crate::kernel::layout::DataLayout,
+) -> Digest {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(policy.digest(names::name));
     h.update(format!("net={net}").as_bytes());
+    h.update(format!(" data={data}").as_bytes());
     Digest(h.finalize().into())
 }
 
@@ -137,7 +152,7 @@ pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox, pid: u32) -> Result<Monit
     // Variants built differently compare the cluster file's table of
     // program digests (each checked its own above); others the program.
     let info = HandshakeInfo {
-        policy: policy_digest(&policy, &join.net),
+        policy: policy_digest(&policy, &join.net, join.data),
         image: cfg.digests.image,
         program: cfg.programs_digest().or(Some(program)),
     };
@@ -160,6 +175,29 @@ pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox, pid: u32) -> Result<Monit
         path: pid.to_string(),
     };
     Ok(Monitor::new(join.id, link, policy, timeout, join.report_dir, spec))
+}
+
+impl Monitor {
+    /// The seed every variant draws its shared data bases from: the
+    /// leader's `fresh` draw, sent before any event; a follower takes it
+    /// and nothing else first.
+    pub fn agree_data_seed(&mut self, fresh: impl FnOnce() -> std::io::Result<u64>) -> Result<u64, JoinError> {
+        use dmvx_sync::{Control, Incoming};
+        match &mut self.link {
+            Link::Leader(l) => {
+                let seed = fresh().map_err(JoinError::DataSeed)?;
+                let c = Control::Custom { kind: CTRL_DATA_SEED, payload: seed.to_le_bytes().to_vec() };
+                l.send_control(&c).map_err(JoinError::Link)?;
+                Ok(seed)
+            }
+            Link::Follower(f) => match f.next_incoming().map_err(JoinError::Link)? {
+                Incoming::Control(Control::Custom { kind: CTRL_DATA_SEED, payload }) => {
+                    <[u8; 8]>::try_from(payload.as_slice()).map(u64::from_le_bytes).map_err(|_| JoinError::NoDataSeed)
+                }
+                _ => Err(JoinError::NoDataSeed),
+            },
+        }
+    }
 }
 
 /// The SHA-256 of the file at guest path `exe`, read through the sandbox.

@@ -19,14 +19,13 @@ pub mod launch;
 pub mod records;
 pub mod spec;
 
-use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dmvx_sync::link::{Follower, Leader, LinkError};
 use dmvx_sync::policy::{Class, Policy, Rule};
-use dmvx_sync::record::{EntryBuf, EntryView, RecordBuf, SignalEvent};
+use dmvx_sync::record::{EntryBuf, EntryView, RecordBuf};
 use dmvx_sync::report::{ForensicLog, LayoutUsed, VariantLog};
 
 use crate::kernel::file::OpenFile;
@@ -108,8 +107,6 @@ pub struct Monitor {
     pub log: ForensicLog,
     pub report_dir: PathBuf,
     pub outputs: commit::Outputs,
-    /// Leader: signals delivered after the current call.
-    pub signals_after: Vec<SignalEvent>,
     /// Set when the replay ran out of recorded operations (divergence).
     pub replay_broken: Option<String>,
     /// Bytes of replicated file contents this variant sent or received.
@@ -174,7 +171,6 @@ impl Monitor {
             log: ForensicLog::default(),
             report_dir,
             outputs: commit::Outputs::default(),
-            signals_after: Vec::new(),
             replay_broken: None,
             replicated_file_bytes: 0,
             layout: None,
@@ -271,32 +267,58 @@ impl Monitor {
     /// Replays the leader's next host operation into `outs`; returns its
     /// return value.
     pub fn replay(&mut self, outs: &mut [Out<'_>]) -> i64 {
+        let ret = self.take_op(|op| {
+            for (o, data) in outs.iter_mut().zip(op.bufs()) {
+                match o {
+                    Out::Iov(iov) => scatter(iov, data),
+                    Out::Buf(b) => {
+                        let n = b.len().min(data.len());
+                        b[..n].copy_from_slice(&data[..n]);
+                    }
+                }
+            }
+            op.ret
+        });
+        let Some(ret) = ret else { return -(libc::EIO as i64) };
+        if self.class == Class::FileRead {
+            self.replicated_file_bytes += ret.max(0) as u64;
+        }
+        ret
+    }
+
+    /// Replays the leader's next host operation, whose one buffer is as
+    /// long as the leader made it: its return value and a copy of the
+    /// buffer, if it has one of at most `max` bytes (else the replay is
+    /// broken: a divergence).
+    pub fn replay_bytes(&mut self, max: usize) -> (i64, Vec<u8>) {
+        let got = self.take_op(|op| (op.ret, op.bufs().next().filter(|b| b.len() <= max).map(<[u8]>::to_vec)));
+        match got {
+            Some((ret, Some(data))) => (ret, data),
+            Some((_, None)) => {
+                self.replay_broken = Some(format!("the leader's operation has no buffer of at most {max} bytes"));
+                (-(libc::EIO as i64), Vec::new())
+            }
+            None => (-(libc::EIO as i64), Vec::new()),
+        }
+    }
+
+    /// Hands the leader's next host operation to `f` (None, with the replay
+    /// marked broken, if there is none).
+    fn take_op<R>(&mut self, f: impl FnOnce(dmvx_sync::record::OpView<'_>) -> R) -> Option<R> {
         let view = match EntryView::decode(&self.leader_entry) {
             Ok(v) => v,
             Err(e) => {
                 self.replay_broken = Some(format!("undecodable entry from the leader: {e}"));
-                return -(libc::EIO as i64);
+                return None;
             }
         };
         let Some(op) = view.ops.get(self.ops_replayed) else {
             self.replay_broken =
                 Some(format!("this variant made more host operations than the leader ({})", view.ops.len()));
-            return -(libc::EIO as i64);
+            return None;
         };
         self.ops_replayed += 1;
-        for (o, data) in outs.iter_mut().zip(op.bufs()) {
-            match o {
-                Out::Iov(iov) => scatter(iov, data),
-                Out::Buf(b) => {
-                    let n = b.len().min(data.len());
-                    b[..n].copy_from_slice(&data[..n]);
-                }
-            }
-        }
-        if self.class == Class::FileRead {
-            self.replicated_file_bytes += op.ret.max(0) as u64;
-        }
-        op.ret
+        Some(f(op))
     }
 
     /// Leader: holds the output in `iov` for `file` until every follower
@@ -356,16 +378,3 @@ pub(crate) fn gather(iov: &HostIov, mut n: usize) -> Vec<u8> {
 fn scatter(iov: &HostIov, data: &[u8]) {
     iov.fill_from(data);
 }
-
-/// `ret`, or the negated errno of the failed libc call that produced it.
-#[inline]
-pub fn neg_errno(ret: i64) -> i64 {
-    if ret < 0 {
-        -(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) as i64)
-    } else {
-        ret
-    }
-}
-
-/// A host descriptor usable by the VMM itself (for output release).
-pub type HostFd = RawFd;

@@ -43,6 +43,9 @@ pub trait CallView {
     /// A program argument as the VMM passes it on (a follower's bound
     /// temporary names are the leader's).
     fn rewrite_arg(&self, arg: &mut Vec<u8>);
+    /// A follower's fresh names bound to the leader's, if it has any: its
+    /// output data is compared with them translated (`NameMap::translate`).
+    fn bound_names(&self) -> Option<&dmvx_sync::tempname::NameMap>;
     /// Host iovecs over `len` bytes of program memory at `va` (readable).
     fn user_iov(&mut self, va: u64, len: u64, iov: &mut HostIov) -> SysResult<u64>;
 }
@@ -140,7 +143,6 @@ pub enum Field {
 /// A length: an argument, bounded, or a constant.
 #[derive(Clone, Copy, Debug)]
 pub enum Len {
-    Arg(u8),
     ArgMax(u8, u64),
     Const(u64),
 }
@@ -210,7 +212,8 @@ pub fn classify(v: &mut dyn CallView, rule: Option<ClassRule>, a: &[u64; 6]) -> 
             Classified { class: Class::FileOpen, remote: false, open_path }
         }
         ClassRule::Closes { fd } => match v.fd_info(a[fd as usize]) {
-            Some(f) if f.kind == FileKind::Socket && !f.ipc => simple(Class::SocketSetup, true),
+            // A socket of the leader's (not the VMM's own virtual netlink).
+            Some(f) if f.kind == FileKind::Socket && !f.ipc && f.remote => simple(Class::SocketSetup, true),
             _ => simple(Class::Process, false),
         },
         ClassRule::Fcntl => {
@@ -258,7 +261,6 @@ pub fn build_record(
 fn field(v: &mut dyn CallView, rec: &mut RecordBuf, f: Field, a: &[u64; 6]) {
     let arg = |i: u8| a[i as usize];
     let len = |l: Len| match l {
-        Len::Arg(i) => arg(i),
         Len::ArgMax(i, m) => arg(i).min(m),
         Len::Const(n) => n,
     };
@@ -325,8 +327,10 @@ pub fn read_u64(v: &mut dyn CallView, va: u64) -> Option<u64> {
 }
 
 /// SHA-256 and length of `len` bytes of program memory at `va`, or None.
+/// A follower's bound fresh names in them count as the leader's.
 pub fn hash_user(v: &mut dyn CallView, va: u64, len: u64) -> Option<([u8; 32], u64)> {
     let mut h = Sha256::new();
+    let mut names = dmvx_sync::tempname::Translation::default();
     let mut done = 0u64;
     let len = len.min(HASH_MAX);
     while done < len {
@@ -343,9 +347,15 @@ pub fn hash_user(v: &mut dyn CallView, va: u64, len: u64) -> Option<([u8; 32], u
             break;
         }
         for s in iov.slices() {
-            h.update(s);
+            match v.bound_names() {
+                Some(m) => m.translate(&mut names, s, &mut |b| h.update(b)),
+                None => h.update(s),
+            }
         }
         done += n;
+    }
+    if let Some(m) = v.bound_names() {
+        m.finish(&mut names, &mut |b| h.update(b));
     }
     Some((h.finalize().into(), done))
 }

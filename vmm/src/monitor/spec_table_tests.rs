@@ -38,7 +38,7 @@ fn roles(entry: &syscall::Entry) -> Option<[Role; 6]> {
         Some(())
     };
     let len = |l: Len| match l {
-        Len::Arg(i) | Len::ArgMax(i, _) => Some(i),
+        Len::ArgMax(i, _) => Some(i),
         Len::Const(_) => None,
     };
     for f in entry.record {

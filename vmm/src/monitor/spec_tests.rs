@@ -54,11 +54,20 @@ struct Fake {
     fds: HashMap<u64, FdFacts>,
     dirs: HashMap<i32, Vec<u8>>,
     cwd: Vec<u8>,
+    /// A follower's bound fresh names.
+    names: Option<dmvx_sync::tempname::NameMap>,
 }
 
 impl Fake {
     fn new(backing: Backing) -> Self {
-        Fake { regions: Vec::new(), backing, fds: HashMap::new(), dirs: HashMap::new(), cwd: b"/".to_vec() }
+        Fake {
+            regions: Vec::new(),
+            backing,
+            fds: HashMap::new(),
+            dirs: HashMap::new(),
+            cwd: b"/".to_vec(),
+            names: None,
+        }
     }
 
     /// Maps the pages covering `[va, va + len)` that are not mapped yet,
@@ -114,6 +123,10 @@ impl Fake {
 
 impl CallView for Fake {
     fn rewrite_arg(&self, _arg: &mut Vec<u8>) {}
+
+    fn bound_names(&self) -> Option<&dmvx_sync::tempname::NameMap> {
+        self.names.as_ref()
+    }
 
     fn fd_info(&self, fd: u64) -> Option<FdFacts> {
         self.fds.get(&(fd as u32 as u64)).copied()
@@ -357,6 +370,30 @@ fn write_digest_of_a_partly_unmapped_buffer_is_alike() {
     let mut want = RecordBuf::new();
     want.call(libc::SYS_write as u64, Class::Other).fd(1).int(UNREADABLE);
     assert_eq!(ru, want.as_bytes(), "an unmapped buffer is marked, not hashed");
+}
+
+/// A follower that prints the fresh name it created (mktemp) writes what
+/// the leader writes once its name is bound to the leader's, wherever the
+/// name lies in its memory (here across a page boundary of scattered
+/// frames); nothing else is translated.
+#[test]
+fn write_of_a_bound_fresh_name_compares_as_the_leaders() {
+    let (mut leader, mut follower) = pair();
+    let pa = leader.put(BASE_A + 0x10, b"/case/t.ZyXwVuTs\n");
+    let pb = follower.put(BASE_B + PAGE - 10, b"/case/t.AbCdEfGh\n");
+    let (_, ra) = record(&mut leader, libc::SYS_write, [1, pa, 17, 0, 0, 0]);
+    let (_, rb) = record(&mut follower, libc::SYS_write, [1, pb, 17, 0, 0, 0]);
+    assert_ne!(ra, rb, "unbound, the names differ");
+    let mut names = dmvx_sync::tempname::NameMap::default();
+    assert!(names.bind(b"/case/t.AbCdEfGh", b"/case/t.ZyXwVuTs"));
+    follower.names = Some(names);
+    let (_, rb) = record(&mut follower, libc::SYS_write, [1, pb, 17, 0, 0, 0]);
+    assert_eq!(ra, rb, "bound, the follower's name stands for the leader's");
+    let po = follower.put(BASE_B + 0x8000, b"/case/t.AbCdEfGX\n");
+    let (_, rb) = record(&mut follower, libc::SYS_write, [1, po, 17, 0, 0, 0]);
+    assert_ne!(ra, rb, "another name is not translated");
+    let (_, rb) = record(&mut follower, libc::SYS_write, [1, pb, 16, 0, 0, 0]);
+    assert_ne!(ra, rb, "a shorter write");
 }
 
 /// An iovec array: (base, len) per entry.

@@ -20,7 +20,7 @@ mod port_exit;
 mod ring;
 mod slices;
 
-pub use port_exit::{Memory, Platform, SetupError};
+pub use port_exit::{Platform, SetupError};
 pub use ring::{RingError, RingStats, SyscallPath};
 pub use slices::SliceError;
 

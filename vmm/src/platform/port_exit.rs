@@ -193,11 +193,6 @@ impl Platform {
         }
     }
 
-    /// Whether the ring is on.
-    pub fn ring_on(&self) -> bool {
-        self.ring.is_some()
-    }
-
     /// The kernel does not serve the call it was handed (`Trap::RingCall`):
     /// the program's stub takes the exit with it.
     pub fn ring_refuse(&mut self) {

@@ -29,8 +29,6 @@ pub const MIN_MEMORY: u64 = 8 << 20;
 
 /// All guest physical memory is mapped, supervisor-only, from here.
 pub const DIRECT_MAP_BASE: u64 = 0xffff_8880_0000_0000;
-/// Largest guest memory the direct map can cover (one PML4 slot).
-pub const DIRECT_MAP_MAX: u64 = 512 << 30;
 /// Guest kernel images must be linked at or above this address.
 pub const KERNEL_VIRT_MIN: u64 = 0xffff_ffff_8000_0000;
 

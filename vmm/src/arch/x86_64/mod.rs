@@ -57,7 +57,8 @@ pub mod vector {
     }
 }
 
-/// Page-fault error code bits.
+/// Page-fault error code bits (the whole set, as the SDM names them).
+#[allow(dead_code)]
 pub mod pf {
     pub const PRESENT: u64 = 1 << 0;
     pub const WRITE: u64 = 1 << 1;

@@ -8,7 +8,7 @@
 //! the guest. Page-table frames are never freed, so a frame KVM has seen as
 //! a page table never comes back as anything else.
 
-use crate::memory::{FrameAllocator, GuestMemory, PAGE_SIZE};
+use crate::memory::{FrameAllocator, GuestMemory};
 
 /// Page-table entry bits.
 pub mod pte {
@@ -18,7 +18,6 @@ pub mod pte {
     pub const ACCESSED: u64 = 1 << 5;
     pub const DIRTY: u64 = 1 << 6;
     pub const HUGE: u64 = 1 << 7;
-    pub const GLOBAL: u64 = 1 << 8;
     pub const NO_EXECUTE: u64 = 1 << 63;
     /// Physical address bits of an entry.
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -153,9 +152,6 @@ impl PageTables {
         Some(())
     }
 }
-
-/// Size of a page mapped by a level-1 entry.
-pub const LEAF_SIZE: u64 = PAGE_SIZE;
 
 #[cfg(test)]
 mod tests {

@@ -55,8 +55,10 @@ pub enum Backing {
     /// Zero pages.
     Anon,
     /// The file's contents from `offset` (the file offset of the VMA's
-    /// start); zero beyond its end.
-    File { fd: Arc<OwnedFd>, offset: u64 },
+    /// start); zero beyond its end. `writeback`: a shared mapping of a
+    /// file opened for writing, whose pages go back to the file at msync,
+    /// munmap and the program's end (`Mm::write_back`).
+    File { fd: Arc<OwnedFd>, offset: u64, writeback: bool },
 }
 
 /// What a mapping is, for reports.
@@ -280,7 +282,7 @@ impl Mm {
             Area::File => self.highest_free(len, l.mmap_top, l.mmap_bottom),
             // A full anonymous area spills into the file area.
             Area::Anon => self
-                .highest_free(len, l.anon_top, l.mmap_bottom)
+                .highest_free(len, l.anon_top, l.anon_bottom)
                 .or_else(|| self.highest_free(len, l.mmap_top, l.mmap_bottom)),
         }
     }
@@ -325,6 +327,9 @@ impl Mm {
         }
         self.split_at(start);
         self.split_at(end);
+        // What the program wrote into shared file mappings reaches the
+        // file before their pages go (errors cannot be reported, as Linux's).
+        let _ = self.write_back(start, end);
         let keys: Vec<u64> = self.vmas.range(start..end).map(|(&k, _)| k).collect();
         for k in keys {
             let v = self.vmas.remove(&k).expect("key from range");
@@ -336,6 +341,12 @@ impl Mm {
     pub fn protect(&mut self, start: u64, end: u64, prot: u32) -> SysResult<()> {
         if !self.is_fully_mapped(start, end) {
             return Err(Errno::ENOMEM);
+        }
+        // As Linux: a shared mapping of a file not open for writing never
+        // becomes writable.
+        let readonly_shared_file = |v: &Vma| v.shared && matches!(v.backing, Backing::File { writeback: false, .. });
+        if prot & PROT_WRITE != 0 && self.overlapping(start, end).any(readonly_shared_file) {
+            return Err(Errno::EACCES);
         }
         self.split_at(start);
         self.split_at(end);
@@ -352,7 +363,59 @@ impl Mm {
     /// Drops the pages of `[start, end)` but keeps the mappings: the next
     /// touch sees zeroes (anonymous) or the file again (MADV_DONTNEED).
     pub fn discard(&mut self, start: u64, end: u64) {
+        // A shared file mapping's pages come back from the file: what was
+        // written there must be in it first.
+        let _ = self.write_back(start, end);
         self.clear_range(start, end);
+    }
+
+    /// The mappings that overlap `[start, end)`, from the highest down
+    /// (only those: an munmap must not walk every mapping).
+    fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+        self.vmas.range(..end).rev().map(|(_, v)| v).take_while(move |v| v.end > start)
+    }
+
+    /// Writes the populated pages of the shared file mappings (`writeback`)
+    /// in `[start, end)` to their files, as far as each file goes (never
+    /// extending it: Linux does not either). Every populated page is
+    /// written, changed or not. Pages stay mapped.
+    pub fn write_back(&mut self, start: u64, end: u64) -> SysResult<()> {
+        let vmas: Vec<Vma> = self
+            .overlapping(start, end)
+            .filter(|v| matches!(v.backing, Backing::File { writeback: true, .. }))
+            .cloned()
+            .collect();
+        let mut result = Ok(());
+        for v in vmas {
+            let Backing::File { fd, offset, .. } = &v.backing else { continue };
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&**fd);
+            // SAFETY: a zeroed stat is a valid buffer for fstat to fill.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: st is a live stat buffer; raw is open (held by the VMA).
+            if unsafe { libc::fstat(raw, &mut st) } < 0 {
+                result = Err(Errno::last());
+                continue;
+            }
+            let size = st.st_size.max(0) as u64;
+            let mut pages = Vec::new();
+            self.for_each_populated(v.start.max(start), v.end.min(end), |_, va, _, e| {
+                pages.push((va, e & pte::ADDR_MASK))
+            });
+            for (va, frame) in pages {
+                let off = offset + (va - v.start);
+                if off >= size {
+                    continue;
+                }
+                let n = (size - off).min(PAGE_SIZE) as usize;
+                let Some(host) = self.mem.host_ptr(frame, PAGE_SIZE) else { continue };
+                // SAFETY: host points at n <= PAGE_SIZE bytes of a live guest frame.
+                let r = unsafe { libc::pwrite(raw, host as *const libc::c_void, n, off as libc::off_t) };
+                if r < 0 {
+                    result = Err(Errno::last());
+                }
+            }
+        }
+        result
     }
 
     /// Moves the pages of `[old, old + len)` to `new` (free, disjoint) and
@@ -502,7 +565,7 @@ impl Mm {
                     }
                     break;
                 };
-                if let Backing::File { fd, offset } = &v.backing {
+                if let Backing::File { fd, offset, .. } = &v.backing {
                     let host = self.mem.host_ptr(frame, PAGE_SIZE).ok_or(Fault::OutOfMemory)?;
                     reads.push(fd, offset + (p - v.start), host);
                 }

@@ -9,6 +9,8 @@ use super::errno::{Errno, SysResult};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Signal(pub i32);
 
+// Linux's whole table of signal numbers, not only those the VMM names.
+#[allow(dead_code)]
 impl Signal {
     pub const SIGHUP: Signal = Signal(1);
     pub const SIGINT: Signal = Signal(2);
@@ -119,6 +121,7 @@ pub const SS_ONSTACK: i32 = 1;
 pub const SS_DISABLE: i32 = 2;
 const MINSIGSTKSZ: u64 = 2048;
 
+#[allow(dead_code)] // glibc always sets it; every frame is built with siginfo
 pub const SA_SIGINFO: u64 = 0x4;
 pub const SA_RESTORER: u64 = 0x0400_0000;
 pub const SA_ONSTACK: u64 = 0x0800_0000;

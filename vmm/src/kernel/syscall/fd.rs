@@ -278,6 +278,16 @@ pub fn ioctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         }
         libc::FIOCLEX => k.fds().set_cloexec(fd, true).map(|_| 0),
         libc::FIONCLEX => k.fds().set_cloexec(fd, false).map(|_| 0),
+        // The interface queries of a socket (if_nametoindex and friends):
+        // the virtual network's, as its netlink socket answers.
+        libc::SIOCGIFINDEX | libc::SIOCGIFNAME | libc::SIOCGIFFLAGS | libc::SIOCGIFMTU
+            if f.kind == FileKind::Socket =>
+        {
+            let mut ifr = [0u8; crate::kernel::netlink::IFREQ_SIZE];
+            k.mm.read_user(a[2], &mut ifr)?;
+            crate::kernel::netlink::interface_ioctl(req, &mut ifr)?;
+            k.mm.write_user(a[2], &ifr).map(|_| 0)
+        }
         _ => Err(Errno::ENOTTY),
     }
 }

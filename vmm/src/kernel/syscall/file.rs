@@ -83,6 +83,9 @@ fn rw(k: &mut Kernel, fd: u64, buf: u64, count: u64, into_guest: bool, off: Opti
 /// guest (a read) when `into_guest`. Replicated and held as the call's
 /// policy says.
 fn transfer(k: &mut Kernel, file: &Arc<OpenFile>, into_guest: bool, off: Option<i64>) -> SysResult {
+    if !into_guest && Kernel::netlink_of(file).is_some() {
+        return k.netlink_send(file, None);
+    }
     if !into_guest && k.holds_outputs(file) {
         return k.hold_output(file, off);
     }

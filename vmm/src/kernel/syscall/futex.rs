@@ -264,11 +264,30 @@ fn alone_wait(k: &mut Kernel, deadline: Option<Instant>) -> SysResult {
     let Some(d) = deadline else {
         return k.host_call(false, &mut [], |k, _| Err(k.wait_for_signal(None)));
     };
-    let left = d.saturating_duration_since(Instant::now());
-    let ts = libc::timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
-    // SAFETY: ts is a valid timespec; no remainder wanted.
-    let r = unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &ts, std::ptr::null_mut()) };
-    Err(if r == libc::EINTR { Errno::EINTR } else { Errno::ETIMEDOUT })
+    // As a sleep: the leader waits and its result is every variant's (a
+    // follower's own clock and host signals must not decide it), and a host
+    // signal that is not for the program (a time slice's) does not end it.
+    k.host_call(false, &mut [], |k, _| {
+        if !k.settle_before_blocking() {
+            return Err(Errno::EINTR);
+        }
+        loop {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Errno::ETIMEDOUT);
+            }
+            let ts = libc::timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
+            // SAFETY: ts is a valid timespec; no remainder wanted.
+            let r = unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &ts, std::ptr::null_mut()) };
+            if r != libc::EINTR {
+                return Err(Errno::ETIMEDOUT);
+            }
+            if crate::kernel::signal::host::pending() {
+                k.collect_host_signals();
+                return Err(Errno::EINTR);
+            }
+        }
+    })
 }
 
 /// A thread ends: its robust futexes are marked as their owner died (one

@@ -156,7 +156,7 @@ fn do_execve(k: &mut Kernel, path: Vec<u8>, argv_va: u64, envp_va: u64) -> Sys {
         let mut argv = string_array(k, argv_va)?;
         if let Some(m) = k.monitor.as_ref() {
             // A follower's temporaries in the arguments are the leader's.
-            argv.iter_mut().for_each(|a| m.names.rewrite_arg(a));
+            argv.iter_mut().for_each(|a| m.names.rewrite(a));
         }
         let envp = string_array(k, envp_va)?;
         let path = if path == b"/proc/self/exe" { k.tg().exe.clone() } else { path };
@@ -166,6 +166,7 @@ fn do_execve(k: &mut Kernel, path: Vec<u8>, argv_va: u64, envp_va: u64) -> Sys {
         k.mm.unmap(USER_MIN, USER_END);
         k.fds().close_on_exec();
         k.tg().sighand.reset_on_exec();
+        k.task.sig.reset_on_exec();
         k.tg().name = comm_name(&path);
         let creds = k.tg().creds.clone();
         // A new image gets a new layout, as on Linux.

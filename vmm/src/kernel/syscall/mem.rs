@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 
-use super::super::errno::{Errno, SysResult};
-use super::super::file::FileKind;
+use std::os::fd::FromRawFd as _;
+
+use super::super::errno::{self, Errno, SysResult};
+use super::super::file::{FileKind, OpenFile};
 use super::super::mm::{page_down, page_up, Area, Backing, Vma, VmaKind, PROT_EXEC, PROT_READ, PROT_WRITE};
 use super::super::Kernel;
 use crate::arch::x86_64::layout::{USER_END, USER_MIN};
 use crate::memory::PAGE_SIZE;
+use crate::monitor::{OpMode, Out};
 
 const MAP_SHARED: u64 = 0x01;
 const MAP_PRIVATE: u64 = 0x02;
@@ -98,6 +101,9 @@ pub fn mmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         Backing::Anon
     } else {
         let f = k.fds().file(fd)?.clone();
+        if f.remote && k.op_mode(true) != OpMode::Direct {
+            return map_remote(k, &f, (addr, len, prot, flags), shared, off);
+        }
         // SAFETY: plain call on an open descriptor.
         let fl = unsafe { libc::fcntl(f.raw(), libc::F_GETFL) };
         if fl < 0 || fl & libc::O_ACCMODE == libc::O_WRONLY || fl & libc::O_PATH != 0 {
@@ -112,13 +118,12 @@ pub fn mmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         if f.kind == FileKind::CharDevice {
             Backing::Anon
         } else {
-            if shared && prot & PROT_WRITE != 0 {
-                // Writes would have to reach the file; not supported.
-                log::warn!(
-                    target: crate::logger::PROGRAM,
-                    "refusing a writable shared file mapping (MAP_SHARED|PROT_WRITE on a file): ENODEV"
-                );
-                return Err(Errno::ENODEV);
+            // A shared mapping of a file open for writing is written back
+            // (msync, munmap, the end); one of a file not open for writing
+            // may not be writable, as on Linux.
+            let writeback = shared && fl & libc::O_ACCMODE == libc::O_RDWR;
+            if shared && prot & PROT_WRITE != 0 && !writeback {
+                return Err(Errno::EACCES);
             }
             if off.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
                 return Err(Errno::EOVERFLOW);
@@ -126,9 +131,15 @@ pub fn mmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
             // A remote file (replicated from the leader) has no contents here.
             let own = f.owned().ok_or(Errno::ENODEV)?;
             let dup = own.try_clone().map_err(|e| Errno::from_io(&e))?;
-            Backing::File { fd: Arc::new(dup), offset: off }
+            Backing::File { fd: Arc::new(dup), offset: off, writeback }
         }
     };
+    place(k, addr, len, prot, flags, shared, backing)
+}
+
+/// Places a mapping of `len` bytes (page-aligned) as mmap's `addr` and
+/// `flags` ask.
+fn place(k: &mut Kernel, addr: u64, len: u64, prot: u32, flags: u64, shared: bool, backing: Backing) -> SysResult {
     let mm = &mut k.mm;
     let start = if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
         if addr & (PAGE_SIZE - 1) != 0 {
@@ -158,6 +169,138 @@ pub fn mmap(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         let _ = mm.populate_range(start, start + len);
     }
     Ok(start)
+}
+
+/// The most of a remote file one mapping replicates: the bytes travel in
+/// the call's entry, which must fit one message of the link.
+const REMOTE_MAP_MAX: u64 = dmvx_sync::wire::MAX_ENTRY as u64 - (1 << 20);
+
+/// A mapping of a remote file: one that exists only on the leader (a file
+/// under a mutable path such as /tmp, or one the run writes), of which a
+/// follower has no host descriptor. The leader checks the descriptor and
+/// reads the mapped bytes (as far as the file goes) as one host operation
+/// whose result is replicated; every variant, the leader included, then
+/// maps a private copy of exactly those bytes, so a library that ld.so
+/// loads from /tmp is the same in every variant and the follower's copy is
+/// the leader's, not a file of its own host. Only private mappings: a
+/// shared one must see the file's later writes, which a copy would not,
+/// and a writable one's writes would reach the file with no call for the
+/// monitor to compare (refused with ENODEV in every variant).
+fn map_remote(k: &mut Kernel, f: &OpenFile, call: (u64, u64, u32, u64), shared: bool, off: u64) -> SysResult {
+    let (addr, len, prot, flags) = call;
+    if f.kind != FileKind::Regular && f.kind != FileKind::CharDevice {
+        return Err(Errno::ENODEV);
+    }
+    let raw = f.raw();
+    let (ret, bytes) = match k.op_mode(true) {
+        OpMode::Replay => match k.monitor.as_mut() {
+            Some(m) => m.replay_bytes(REMOTE_MAP_MAX as usize),
+            None => return Err(Errno::EIO),
+        },
+        mode => {
+            let (ret, mut bytes) = match read_mapped(raw, f.kind, shared, prot, off, len) {
+                Ok(b) => (b.len() as i64, b),
+                Err((e, why)) => {
+                    if let Some(why) = why {
+                        k.log_once(why);
+                    }
+                    (-(e.0 as i64), Vec::new())
+                }
+            };
+            if mode == OpMode::Record {
+                k.record_op(ret, &mut [Out::Buf(&mut bytes)]);
+            }
+            (ret, bytes)
+        }
+    };
+    let n = errno::from_neg(ret)?;
+    // The leader's bytes, checked: as many as it said, within the mapping.
+    if n != bytes.len() as u64 || n > len {
+        return Err(Errno::EIO);
+    }
+    let backing = if f.kind == FileKind::CharDevice {
+        Backing::Anon
+    } else {
+        Backing::File { fd: Arc::new(copy_of(&bytes)?), offset: 0, writeback: false }
+    };
+    place(k, addr, len, prot, flags, shared, backing)
+}
+
+/// The leader's half of `map_remote`: the checks mmap makes of the
+/// descriptor, then the file's bytes from `off` (at most `len`). Err: the
+/// errno, and a line for the log where the refusal is dmvx's own.
+fn read_mapped(
+    raw: i32,
+    kind: FileKind,
+    shared: bool,
+    prot: u32,
+    off: u64,
+    len: u64,
+) -> Result<Vec<u8>, (Errno, Option<String>)> {
+    // SAFETY: plain call on an open descriptor (or -1, which fails).
+    let fl = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    if fl < 0 || fl & libc::O_ACCMODE == libc::O_WRONLY || fl & libc::O_PATH != 0 {
+        return Err((Errno::EACCES, None));
+    }
+    if kind == FileKind::CharDevice {
+        return Ok(Vec::new());
+    }
+    if shared {
+        let why = if prot & PROT_WRITE != 0 {
+            "refusing a writable shared file mapping of a file that is the leader's: its writes would be outputs no call shows (ENODEV in every variant)"
+        } else {
+            "refusing a shared mapping of a file that is the leader's (under a mutable path): ENODEV"
+        };
+        return Err((Errno::ENODEV, Some(why.into())));
+    }
+    if off.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
+        return Err((Errno::EOVERFLOW, None));
+    }
+    // SAFETY: a zeroed stat is a valid buffer for fstat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a live stat buffer.
+    if unsafe { libc::fstat(raw, &mut st) } < 0 {
+        return Err((Errno::last(), None));
+    }
+    let want = (st.st_size.max(0) as u64).saturating_sub(off).min(len);
+    if want > REMOTE_MAP_MAX {
+        let why = format!(
+            "refusing to map {want} bytes of a file that is the leader's: at most {REMOTE_MAP_MAX} are replicated per mapping (ENODEV)"
+        );
+        return Err((Errno::ENODEV, Some(why)));
+    }
+    let mut out = vec![0u8; want as usize];
+    let mut done = 0usize;
+    while done < out.len() {
+        // SAFETY: out has out.len() - done bytes from `done` on.
+        let r = unsafe {
+            libc::pread(raw, out[done..].as_mut_ptr().cast(), out.len() - done, (off + done as u64) as libc::off_t)
+        };
+        match r {
+            0 => break,
+            r if r < 0 && Errno::last().0 == libc::EINTR => continue,
+            r if r < 0 => return Err((Errno::last(), None)),
+            r => done += r as usize,
+        }
+    }
+    out.truncate(done);
+    Ok(out)
+}
+
+/// A host file holding `bytes` (a memfd the VMM alone holds), to back a
+/// mapping.
+fn copy_of(bytes: &[u8]) -> SysResult<std::os::fd::OwnedFd> {
+    use std::io::Write as _;
+    // SAFETY: the name is a NUL-terminated string; no other preconditions.
+    let raw = unsafe { libc::memfd_create(c"dmvx-mapped".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: raw is a new descriptor this code owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes).map_err(|e| Errno::from_io(&e))?;
+    Ok(file.into())
 }
 
 fn check_range(addr: u64, len: u64) -> SysResult<u64> {
@@ -268,12 +411,20 @@ pub fn madvise(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     }
 }
 
+/// msync: the shared file mappings in the range go back to their files
+/// (MS_ASYNC as MS_SYNC: at once).
 pub fn msync(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    const MS_ASYNC: u64 = 1;
+    const MS_INVALIDATE: u64 = 2;
+    const MS_SYNC: u64 = 4;
+    if a[2] & !(MS_ASYNC | MS_INVALIDATE | MS_SYNC) != 0 || a[2] & (MS_ASYNC | MS_SYNC) == MS_ASYNC | MS_SYNC {
+        return Err(Errno::EINVAL);
+    }
     let end = check_range(a[0], a[1])?;
     if !k.mm.is_fully_mapped(a[0], end) {
         return Err(Errno::ENOMEM);
     }
-    Ok(0)
+    k.mm.write_back(a[0], end).map(|()| 0)
 }
 
 pub fn mincore(k: &mut Kernel, a: &[u64; 6]) -> SysResult {

@@ -28,6 +28,7 @@ mod abi_layout_tests;
 use dmvx_sync::policy::Class::{self, *};
 use kvm_bindings::kvm_regs;
 
+use super::cpus;
 use super::errno::{Errno, SysResult};
 use super::signal::Signal;
 use super::Kernel;
@@ -147,12 +148,12 @@ const CREAT_FLAGS: u64 = (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64
 table! {
     // Memory: the VMM edits the page tables.
     SYS_brk => Plain Memory mem::brk, is(Memory), [], "";
-    SYS_mmap => Plain Memory mem::mmap, ClassRule::ProtExec { prot: 2 }, [Custom(records::mmap)], "anonymous and file-backed private mappings; shared writable file mappings are refused (ENODEV)";
+    SYS_mmap => Plain Memory mem::mmap, ClassRule::ProtExec { prot: 2 }, [Custom(records::mmap)], "anonymous and file-backed; shared file mappings are written back at msync, munmap and the end; in N variants a shared mapping of a file that is the leader's is refused (ENODEV)";
     SYS_munmap => Plain Memory mem::munmap, is(Memory), [Int(1)], "";
     SYS_mprotect => Plain Memory mem::mprotect, ClassRule::ProtExec { prot: 2 }, [Int(1), Int(2)], "";
     SYS_mremap => Plain Memory mem::mremap, is(Memory), [Int(1), Int(2), Int(3)], "MREMAP_DONTUNMAP is refused (EINVAL)";
     SYS_madvise => Plain Memory mem::madvise, is(Memory), [Int(1), Int(2)], "DONTNEED/FREE drop pages; the rest are hints";
-    SYS_msync => Plain Memory mem::msync, is(Memory), [Int(1), Int(2)], "private mappings: nothing to write back";
+    SYS_msync => Plain Memory mem::msync, is(Memory), [Int(1), Int(2)], "shared file mappings are written back (also at munmap and the end; not coherent with read/write or other processes meanwhile)";
     SYS_mincore => Plain Memory mem::mincore, is(Memory), [], "";
     SYS_mlock => Plain Memory mem::mlock, is(Memory), [Int(1)], "guest pages never leave memory";
     SYS_munlock => Plain Memory mem::mlock, is(Memory), [Int(1)], "";
@@ -193,7 +194,7 @@ table! {
     SYS_dup3 => Plain Virtual fd::dup3, ClassRule::Closes { fd: 1 }, [Fd(0), Fd(1), Int(2)], "";
     SYS_pipe => Plain Host fd::pipe, remote(Ipc), [], "the leader's in a cluster (reads replicated)";
     SYS_pipe2 => Plain Host fd::pipe2, remote(Ipc), [Int(1)], "the leader's in a cluster (reads replicated)";
-    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX, FIOASYNC (accepted on sockets and pipes, no SIGIO); others ENOTTY; a host terminal is never changed (TCSETS: EPERM)";
+    SYS_ioctl => Plain Host fd::ioctl, on_fd(0, FdState, Other), [Fd(0), Int(1)], "terminal queries, FIONREAD, FIONBIO, FIOCLEX, FIOASYNC (accepted on sockets and pipes, no SIGIO); SIOCGIFINDEX/NAME/FLAGS/MTU of lo on sockets; others ENOTTY; a host terminal is never changed (TCSETS: EPERM)";
     SYS_unlink => Plain Host path::unlink, is(FileModify), [Path(0)], "EROFS in a read-only root";
     SYS_unlinkat => Plain Host path::unlinkat, is(FileModify), [DirFd(0), PathIf(1), Int(2)], "EROFS in a read-only root";
     SYS_rmdir => Plain Host path::rmdir, is(FileModify), [Path(0)], "EROFS in a read-only root";
@@ -230,7 +231,7 @@ table! {
     SYS_mknod => Plain Host path::mknod, is(FileModify), [Path(0), Int(1)], "files, FIFOs and sockets; device nodes EPERM";
     SYS_mknodat => Plain Host path::mknodat, is(FileModify), [DirFd(0), Path(1), Int(2)], "files, FIFOs and sockets; device nodes EPERM";
     // Networking, on the host.
-    SYS_socket => Plain Host net::socket, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_INET, AF_INET6, AF_UNIX; stream and datagram";
+    SYS_socket => Plain Host net::socket, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_INET, AF_INET6, AF_UNIX; stream and datagram; AF_NETLINK/NETLINK_ROUTE answered by the VMM (lo only)";
     SYS_socketpair => Plain Host net::socketpair, remote(SocketSetup), [Int(0), Int(1), Int(2)], "AF_UNIX";
     SYS_bind => Plain Host net::bind, remote(SocketSetup), [Fd(0), SockAddr { ptr: 1, len: 2 }], "Unix paths resolve inside the root; abstract names refused";
     SYS_listen => Plain Host net::listen, remote(SocketSetup), [Fd(0), Int(1)], "";
@@ -304,9 +305,9 @@ table! {
     SYS_times => Plain Host proc::times, is(Time), [], "";
     SYS_sysinfo => Plain Virtual proc::sysinfo, is(Time), [], "";
     SYS_sched_yield => Full Virtual futex::sched_yield, is(Process), [], "lets the next thread run";
-    SYS_sched_getaffinity => Plain Virtual proc::sched_getaffinity, is(Process), [], "one CPU (threads take turns on it)";
-    SYS_sched_setaffinity => Plain Virtual proc::sched_setaffinity, is(Process), [], "accepted if the set holds CPU 0";
-    SYS_getcpu => Plain Virtual proc::getcpu, is(Process), [], "";
+    SYS_sched_getaffinity => Plain Virtual cpus::sched_getaffinity, is(Process), [Int(0)], "the virtual CPUs: the leader's host's count, replicated (threads take turns on one vCPU)";
+    SYS_sched_setaffinity => Plain Virtual cpus::sched_setaffinity, is(Process), [Int(0), Bytes { ptr: 2, len: Len::ArgMax(1, 128) }], "kept per thread, within the virtual CPUs";
+    SYS_getcpu => Plain Virtual cpus::getcpu, is(Process), [], "the first CPU of the caller's set";
     SYS_prctl => Plain Virtual proc::prctl, is(Process), [Int(0)], "";
     SYS_arch_prctl => Plain Virtual proc::arch_prctl, is(Process), [Int(0)], "FS and GS base";
     SYS_set_tid_address => Plain Virtual futex::set_tid_address, is(Process), [], "";

@@ -1,6 +1,7 @@
 //! Socket system calls, executed by the VMM on the host.
 //!
-//! Families: AF_INET, AF_INET6 and AF_UNIX, stream and datagram. Unix
+//! Families: AF_INET, AF_INET6 and AF_UNIX, stream and datagram, and a
+//! virtual AF_NETLINK/NETLINK_ROUTE socket (`kernel::netlink`). Unix
 //! socket paths resolve inside the sandbox root like every other path;
 //! abstract Unix sockets (a host-wide namespace) are refused. Socket options
 //! outside an allow-list, and ancillary data (descriptor passing, credentials),
@@ -13,6 +14,7 @@ use super::super::errno::{check, Errno, SysResult};
 use super::super::file::{lock, Extra, FileKind, OpenFile};
 use super::super::mm::Mm;
 use super::super::net_policy::ip_of;
+use super::super::netlink;
 use super::super::sandbox::EntryOp;
 use super::super::Kernel;
 use super::Sys;
@@ -186,12 +188,15 @@ fn sockaddr_of(raw: i32, peer: bool) -> SysResult<Vec<u8>> {
 pub fn socket(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let (domain, ty, proto) = (a[0] as i32, a[1] as i32, a[2] as i32);
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    if domain == libc::AF_NETLINK {
+        return k.netlink_socket(ty, proto);
+    }
     if matches!(domain, libc::AF_INET | libc::AF_INET6) && !k.net.ip_sockets() {
         k.refuse("an IP socket (--net none)".into());
         return Err(Errno::EACCES);
     }
     if !matches!(domain, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
-        k.refuse(format!("socket family {domain} (allowed: AF_INET, AF_INET6, AF_UNIX)"));
+        k.refuse(format!("socket family {domain} (allowed: AF_INET, AF_INET6, AF_UNIX, AF_NETLINK)"));
         return Err(Errno::EAFNOSUPPORT);
     }
     if !matches!(base, libc::SOCK_STREAM | libc::SOCK_DGRAM)
@@ -256,6 +261,10 @@ pub fn socketpair(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 
 pub fn bind(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let f = k.socket_file(a[0])?;
+    if Kernel::netlink_of(&f).is_some() {
+        let addr = k.read_addr(&f, a[1], a[2], true)?;
+        return k.netlink_bind(&f, &addr.buf[..addr.len as usize]);
+    }
     // The port bound (the leader's, for port 0): the program's own, which
     // the network policy lets it connect to.
     let mut port = [0u8; 2];
@@ -277,6 +286,10 @@ pub fn bind(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 
 pub fn connect(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let f = k.socket_file(a[0])?;
+    if Kernel::netlink_of(&f).is_some() {
+        let addr = k.read_addr(&f, a[1], a[2], false)?;
+        return k.netlink_connect(&f, &addr.buf[..addr.len as usize]);
+    }
     k.host_call(true, &mut [], |k, _| {
         let addr = k.read_addr(&f, a[1], a[2], false)?;
         // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
@@ -286,6 +299,9 @@ pub fn connect(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 
 pub fn listen(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let f = k.socket_file(a[0])?;
+    if Kernel::netlink_of(&f).is_some() {
+        return Err(Errno::EOPNOTSUPP);
+    }
     k.host_call(true, &mut [], |_, _| {
         // SAFETY: plain call on an open socket.
         check(unsafe { libc::listen(f.raw(), a[1] as i32) } as i64)
@@ -297,6 +313,9 @@ fn do_accept(k: &mut Kernel, fd: u64, addr_va: u64, len_va: u64, flags: u64) -> 
         return Err(Errno::EINVAL);
     }
     let f = k.socket_file(fd)?;
+    if Kernel::netlink_of(&f).is_some() {
+        return Err(Errno::EOPNOTSUPP);
+    }
     if addr_va != 0 {
         Mm::range_ok(len_va, 4)?;
         let cap: u32 = k.mm.read_val(len_va)?;
@@ -350,6 +369,11 @@ pub fn accept4(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 fn name_of(k: &mut Kernel, a: &[u64; 6], peer: bool) -> SysResult {
     let f = k.socket_file(a[0])?;
     Mm::range_ok(a[2], 4)?;
+    if Kernel::netlink_of(&f).is_some() {
+        let name = k.netlink_name(&f, peer)?;
+        k.write_addr(&name, a[1], a[2])?;
+        return Ok(0);
+    }
     if !peer {
         if let Extra::Unix(bound) = &f.extra {
             if let Some(path) = lock(bound).clone() {
@@ -437,6 +461,9 @@ fn option_size(k: &mut Kernel, level: i32, name: i32, set: bool) -> SysResult<us
 pub fn setsockopt(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let f = k.socket_file(a[0])?;
     let (level, name) = (a[1] as i32, a[2] as i32);
+    if level == netlink::SOL_NETLINK && Kernel::netlink_of(&f).is_some() {
+        return k.netlink_setsockopt(name, a[3], a[4]);
+    }
     let size = option_size(k, level, name, true)?;
     if (a[4] as u32 as i32) < 0 {
         return Err(Errno::EINVAL);
@@ -454,10 +481,30 @@ pub fn setsockopt(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
 pub fn getsockopt(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     let f = k.socket_file(a[0])?;
     let (level, name) = (a[1] as i32, a[2] as i32);
+    if level == netlink::SOL_NETLINK && Kernel::netlink_of(&f).is_some() {
+        return Err(Errno(libc::ENOPROTOOPT));
+    }
     option_size(k, level, name, false)?;
     let cap: u32 = k.mm.read_val(a[4])?;
     if cap as i32 <= -1 {
         return Err(Errno::EINVAL);
+    }
+    // A virtual netlink socket is what the program asked for, not the
+    // host socket pair behind it.
+    if let Some(s) = Kernel::netlink_of(&f).filter(|_| level == libc::SOL_SOCKET) {
+        let v = match name {
+            libc::SO_TYPE => Some(lock(s).ty),
+            libc::SO_DOMAIN => Some(libc::AF_NETLINK),
+            libc::SO_PROTOCOL => Some(0),
+            _ => None,
+        };
+        if let Some(v) = v {
+            let b = v.to_le_bytes();
+            let n = (cap as usize).min(4);
+            k.mm.write_user(a[3], &b[..n])?;
+            k.mm.write_val(a[4], &(n as u32))?;
+            return Ok(0);
+        }
     }
     // The value, then its length.
     let mut out = [0u8; 256 + 4];
@@ -506,6 +553,9 @@ fn host_send(k: &mut Kernel, raw: i32, addr: Option<&SockAddr>, flags: u64) -> S
 /// Sends what `k.iov` holds: held by the leader under output commit,
 /// replayed by followers, performed otherwise.
 fn send(k: &mut Kernel, f: &Arc<OpenFile>, addr: Option<&SockAddr>, flags: u64) -> SysResult {
+    if Kernel::netlink_of(f).is_some() {
+        return k.netlink_send(f, addr.map(|a| &a.buf[..a.len as usize]));
+    }
     if addr.is_none() && k.holds_outputs(f) {
         return k.hold_output(f, None);
     }
@@ -567,6 +617,9 @@ pub fn recvfrom(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     }
     let mut name = [0u8; ADDR_MAX + 8];
     let n = k.host_call_iov(true, Some(&mut name), |k, out| recv_into(k, &f, flags, out))?;
+    if Kernel::netlink_of(&f).is_some() {
+        netlink_source(&mut name);
+    }
     let nlen = u32::from_le_bytes(name[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
     k.note_peer(&name[..nlen.min(ADDR_MAX)]);
     if a[4] != 0 && nlen > 0 {
@@ -589,6 +642,15 @@ fn recv_into(k: &mut Kernel, f: &OpenFile, flags: u64, out: &mut [u8]) -> SysRes
     out[ADDR_MAX..ADDR_MAX + 4].copy_from_slice(&(name.len() as u32).to_le_bytes());
     out[ADDR_MAX + 4..ADDR_MAX + 8].copy_from_slice(&(mflags as u32).to_le_bytes());
     Ok(n)
+}
+
+/// A received datagram of a virtual netlink socket comes from the kernel
+/// (port 0), not from the host socket pair behind it: rewrites the
+/// address part of `recv_into`'s output.
+fn netlink_source(out: &mut [u8]) {
+    let a = netlink::sockaddr(0, 0);
+    out[..a.len()].copy_from_slice(&a);
+    out[ADDR_MAX..ADDR_MAX + 4].copy_from_slice(&(a.len() as u32).to_le_bytes());
 }
 
 /// The program's msghdr (x86-64 layout).
@@ -647,6 +709,9 @@ pub fn recvmsg(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     k.gather(m.iov, m.iovlen, true)?;
     let mut out = [0u8; ADDR_MAX + 8];
     let n = k.host_call_iov(true, Some(&mut out), |k, out| recv_into(k, &f, flags, out))?;
+    if Kernel::netlink_of(&f).is_some() {
+        netlink_source(&mut out);
+    }
     let nlen = u32::from_le_bytes(out[ADDR_MAX..ADDR_MAX + 4].try_into().expect("4 bytes")) as usize;
     let mflags = u32::from_le_bytes(out[ADDR_MAX + 4..].try_into().expect("4 bytes")) as u64;
     let mut name = out[..nlen.min(ADDR_MAX)].to_vec();

@@ -8,31 +8,12 @@ use super::super::Kernel;
 use crate::arch::x86_64::layout::USER_END;
 use crate::arch::x86_64::paging::is_canonical;
 
-pub fn zero(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
-    Ok(0)
-}
-
 pub fn eperm(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
     Err(Errno::EPERM)
 }
 
 pub fn enosys(_k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
     Err(Errno::ENOSYS)
-}
-
-/// ENOSYS, logged once (a refusal the user should hear about).
-pub fn enosys_logged(k: &mut Kernel, _a: &[u64; 6]) -> SysResult {
-    // The entry is the call being made; log it by its name.
-    k.log_refusal();
-    Err(Errno::ENOSYS)
-}
-
-impl Kernel {
-    fn log_refusal(&mut self) {
-        if let Some(nr) = self.task.nr {
-            self.unsupported(nr);
-        }
-    }
 }
 
 /// The fixed identity `uname` reports in every variant.
@@ -318,11 +299,6 @@ pub fn sysinfo(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     k.mm.write_user(a[0], &out).map(|_| 0)
 }
 
-/// Whether `tid` (0: the caller) names a thread of this process.
-fn own_thread(k: &Kernel, tid: u32) -> bool {
-    tid == 0 || tid == k.task.tid || tid == k.task.tg.pid || k.sched.find(tid).is_some()
-}
-
 /// Size of the kernel's `struct sysinfo` on x86-64.
 pub(crate) const SYSINFO_SIZE: usize = 112;
 
@@ -337,44 +313,6 @@ pub(crate) fn sysinfo_bytes(uptime: u64, totalram: u64, freeram: u64) -> [u8; SY
     put(80, &1u16.to_le_bytes()); // procs
     put(104, &1u32.to_le_bytes()); // mem_unit
     out
-}
-
-pub fn sched_getaffinity(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    if !own_thread(k, a[0] as u32) {
-        return Err(Errno::ESRCH);
-    }
-    if a[1] < 8 || !a[1].is_multiple_of(8) {
-        return Err(Errno::EINVAL);
-    }
-    k.mm.write_val(a[2], &1u64)?;
-    Ok(8)
-}
-
-/// sched_setaffinity: every thread runs on CPU 0; a set that holds it is
-/// accepted (and changes nothing), one that does not is EINVAL.
-pub fn sched_setaffinity(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    if !own_thread(k, a[0] as u32) {
-        return Err(Errno::ESRCH);
-    }
-    if a[1] == 0 {
-        return Err(Errno::EINVAL);
-    }
-    let mut first = [0u8; 1];
-    k.mm.read_user(a[2], &mut first)?;
-    if first[0] & 1 == 0 {
-        return Err(Errno::EINVAL);
-    }
-    Ok(0)
-}
-
-pub fn getcpu(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    if a[0] != 0 {
-        k.mm.write_val(a[0], &0u32)?;
-    }
-    if a[1] != 0 {
-        k.mm.write_val(a[1], &0u32)?;
-    }
-    Ok(0)
 }
 
 pub fn prctl(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
