@@ -7,7 +7,10 @@
 #  - total time of `busybox true` in the VM and natively;
 #  - VMM resident memory beyond the guest pages in use;
 #  - what the VMM's jail costs: launch, a trapped call and an open+close
-#    (the sandbox's path lookup) with the jail and with --no-jail.
+#    (the sandbox's path lookup) with the jail and with --no-jail;
+#  - the two system-call paths (--syscall-path exit|ring): getppid and a
+#    4 KiB pread of a file of the root, each pair interleaved, against
+#    native, and the exits per call on the ring.
 # Usage: scripts/bench-foundation.sh [ITERATIONS]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,7 +18,7 @@ n="${1:-20000}"
 reps=5
 cd "$root"
 cargo build --release --workspace --locked -q
-vmm="$root/target/release/dmvx-vmm"
+vmm="${CARGO_TARGET_DIR:-$root/target}/release/dmvx-vmm"
 work="$(mktemp -d)"
 # The VMM reads the programs as its jail identity (nobody), not as root.
 chmod 755 "$work"
@@ -50,6 +53,20 @@ pairs() { # MODE N -> "jailed_median no_jail_median"
 }
 read -r trapped_j trapped_nj <<<"$(pairs getppid "$n")"
 read -r open_j open_nj <<<"$(pairs open $((n / 4)))"
+# The system-call paths, each pair interleaved (exit, then ring).
+paths() { # MODE N [FILE] -> "exit_median ring_median"
+    : >"$work/pe"; : >"$work/pr"
+    for i in $(seq $reps); do
+        "$vmm" --syscall-path exit -- "$work/percall" "$@" >>"$work/pe"
+        "$vmm" --syscall-path ring -- "$work/percall" "$@" >>"$work/pr"
+    done
+    echo "$(median <"$work/pe") $(median <"$work/pr")"
+}
+read -r ppid_exit ppid_ring <<<"$(paths getppid "$n")"
+read -r rd_exit rd_ring <<<"$(paths read4k "$n" "$bb")"
+native_rd=$(for i in $(seq $reps); do "$work/percall" read4k 200000 "$bb"; done | median)
+ring_stats=$("$vmm" --stats --syscall-path ring -- "$work/percall" getppid "$n" 2>&1 >/dev/null | grep ' exits, ')
+ring_exits=$(echo "$ring_stats" | sed -n 's/.*stats: \([0-9]*\) exits, \([0-9]*\) system calls.*/\1 \2/p')
 first_ms() { "$work/launch" "$vmm" "$@" --stats -- "$bb" true 2>&1 | sed -n 's/.*first guest instruction \([0-9.]*\) ms/\1/p'; }
 : >"$work/lj"; : >"$work/lnj"
 for i in $(seq 21); do first_ms >>"$work/lj"; first_ms --no-jail >>"$work/lnj"; done
@@ -78,5 +95,11 @@ printf "| %-52s | %9.1f us | %s x without the jail |\n" "trapped getppid, jailed
 printf "| %-52s | %9.1f us | 1.00 |\n" "trapped getppid, --no-jail" "$(awk -v x="$trapped_nj" 'BEGIN{print x/1000}')"
 printf "| %-52s | %9.1f us | %s x without the jail |\n" "open+close of /bin/sh, jailed" "$(awk -v x="$open_j" 'BEGIN{print x/1000}')" "$(ratio "$open_j" "$open_nj")"
 printf "| %-52s | %9.1f us | 1.00 |\n" "open+close of /bin/sh, --no-jail" "$(awk -v x="$open_nj" 'BEGIN{print x/1000}')"
+printf "| %-52s | %9.1f us | %s x native |\n" "getppid, --syscall-path exit" "$(awk -v x="$ppid_exit" 'BEGIN{print x/1000}')" "$(ratio "$ppid_exit" "$native")"
+printf "| %-52s | %9.2f us | %s x native (target <= 20); %s x faster than exit |\n" "getppid, --syscall-path ring" "$(awk -v x="$ppid_ring" 'BEGIN{print x/1000}')" "$(ratio "$ppid_ring" "$native")" "$(ratio "$ppid_exit" "$ppid_ring")"
+printf "| %-52s | %9.3f us | 1.00 |\n" "native 4 KiB pread of $bb" "$(awk -v x="$native_rd" 'BEGIN{print x/1000}')"
+printf "| %-52s | %9.1f us | %s x native |\n" "4 KiB pread, --syscall-path exit" "$(awk -v x="$rd_exit" 'BEGIN{print x/1000}')" "$(ratio "$rd_exit" "$native_rd")"
+printf "| %-52s | %9.2f us | %s x native (target <= 20); %s x faster than exit |\n" "4 KiB pread, --syscall-path ring" "$(awk -v x="$rd_ring" 'BEGIN{print x/1000}')" "$(ratio "$rd_ring" "$native_rd")" "$(ratio "$rd_exit" "$rd_ring")"
+printf "| %-52s | %12s | %s |\n" "ring: exits / system calls of a getppid loop" "${ring_exits/ / \/ }" "(exit path: one exit per call)"
 echo
 echo "($mem_line)"

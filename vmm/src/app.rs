@@ -136,6 +136,7 @@ pub fn main() -> ExitCode {
         launched_ns: std::env::var("DMVX_LAUNCH_NS").ok().and_then(|s| s.parse().ok()),
         cluster,
         max_procs: args.max_procs,
+        syscall_path: args.syscall_path,
         shared_memory: args.shared_memory,
         jail: args.jail.clone(),
         net: args.net.clone(),

@@ -65,7 +65,7 @@ pub fn exit_loop(n: u64, cpl: u8) -> Result<f64, BenchError> {
     let flags = pte::PRESENT | pte::ACCESSED | pte::USER;
     pt.map_new(&mem, &mut frames, CODE_VA, code, flags).ok_or_else(oom)?;
     pt.map_new(&mem, &mut frames, CODE_VA + 0x1000, user, flags).ok_or_else(oom)?;
-    write_tables(&mem, &[CODE_VA; dmvx_abi::EXCEPTION_VECTORS], PORT).ok_or_else(oom)?;
+    write_tables(&mem, &[CODE_VA; dmvx_abi::EXCEPTION_VECTORS], &[PORT]).ok_or_else(oom)?;
     let frame = KERNEL_STACK_TOP_GPA - 40;
     for (i, v) in [CODE_VA + 0x1000, USER_CS_SEL, 0x202, 0, USER_SS_SEL].into_iter().enumerate() {
         mem.write_u64(frame + 8 * i as u64, v).ok_or_else(oom)?;

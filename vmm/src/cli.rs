@@ -125,6 +125,11 @@ struct Cli {
     /// The most processes the program may have at once (a fork beyond: EAGAIN)
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCS, value_parser = parse_max_procs)]
     max_procs: u32,
+    /// How the program's system calls reach the VMM: `exit` (one VM exit
+    /// per call) or `ring` (the exit-less path where it serves the call,
+    /// the exit otherwise); default: $DMVX_SYSCALL_PATH, else exit
+    #[arg(long, value_name = "PATH", value_parser = parse_syscall_path)]
+    syscall_path: Option<crate::platform::SyscallPath>,
     /// Memory for MAP_SHARED anonymous mappings, shared by the program's
     /// processes (0: shared mappings are private to each process)
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
@@ -299,6 +304,8 @@ pub struct Args {
     pub memory: u64,
     /// The most processes the program may have at once.
     pub max_procs: u32,
+    /// `--syscall-path`, or its default.
+    pub syscall_path: crate::platform::SyscallPath,
     /// Memory for MAP_SHARED anonymous mappings shared across fork.
     pub shared_memory: u64,
     pub rootfs: Option<PathBuf>,
@@ -430,6 +437,10 @@ fn parse_net(v: &str) -> Result<NetPolicy, String> {
     v.parse().map_err(|e: crate::kernel::net_policy::NetPolicyError| e.to_string())
 }
 
+fn parse_syscall_path(v: &str) -> Result<crate::platform::SyscallPath, String> {
+    crate::platform::SyscallPath::parse(v).ok_or_else(|| format!("'{v}' is not a system call path (ring or exit)"))
+}
+
 fn parse_max_procs(v: &str) -> Result<u32, String> {
     v.parse().ok().filter(|n| (1..=65536).contains(n)).ok_or_else(|| format!("--max-procs must be 1-65536, got '{v}'"))
 }
@@ -533,6 +544,7 @@ where
         kernel: c.kernel,
         memory: c.memory,
         max_procs: c.max_procs,
+        syscall_path: c.syscall_path.unwrap_or_else(crate::platform::SyscallPath::from_env),
         shared_memory: c.shared_memory,
         rootfs: c.rootfs,
         read_only: c.read_only,

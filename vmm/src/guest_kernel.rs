@@ -137,6 +137,20 @@ impl GuestKernel {
         if !(us..ue).contains(&header.syscall_entry) {
             return Err(bad("the syscall entry is outside the user text pages".into()));
         }
+        for (what, va) in
+            [("ring entry", header.ring_entry), ("ring wait", header.ring_wait), ("ring exit", header.ring_exit)]
+        {
+            if !exec(va) || !(us..ue).contains(&va) {
+                return Err(bad(format!("the {what} {va:#x} is outside the user text pages")));
+            }
+        }
+        let rp = header.ring_page;
+        let writable = k.segments.iter().any(|s| {
+            s.flags & PF_W != 0 && s.flags & PF_X == 0 && rp >= s.vaddr && rp + PAGE_SIZE <= s.vaddr + s.memsz
+        });
+        if rp % PAGE_SIZE != 0 || !writable {
+            return Err(bad(format!("the ring page {rp:#x} is not a page of a writable, non-executable segment")));
+        }
         for (what, va) in [
             ("boot entry", header.boot_entry),
             ("user return", header.user_return),
@@ -149,10 +163,19 @@ impl GuestKernel {
         Ok(k)
     }
 
+    /// The guest physical address of the ring page (`dmvx_abi::Ring`).
+    pub fn ring_page_gpa(&self) -> Option<u64> {
+        let rp = self.header.ring_page;
+        self.segments.iter().find(|s| rp >= s.vaddr && rp < s.vaddr + s.memsz).map(|s| s.paddr + (rp - s.vaddr))
+    }
+
     /// Copies the kernel into guest memory and maps it into `pt`: the user
-    /// text pages user-executable, everything else supervisor-only.
-    pub fn install(&self, mem: &GuestMemory, frames: &mut FrameAllocator, pt: &PageTables) -> Option<()> {
+    /// text pages user-executable, the ring page user-writable if `ring`
+    /// (the exit-less path is on; otherwise no program can reach it),
+    /// everything else supervisor-only.
+    pub fn install(&self, mem: &GuestMemory, frames: &mut FrameAllocator, pt: &PageTables, ring: bool) -> Option<()> {
         let (us, ue) = (self.header.user_text_start, self.header.user_text_end);
+        let ring = if ring { self.header.ring_page..self.header.ring_page + PAGE_SIZE } else { 0..0 };
         for s in &self.segments {
             mem.zero(s.paddr, s.memsz)?;
             mem.write(s.paddr, &s.data)?;
@@ -167,7 +190,7 @@ impl GuestKernel {
                 if s.flags & PF_X == 0 {
                     flags |= pte::NO_EXECUTE;
                 }
-                if (us..ue).contains(&va) {
+                if (us..ue).contains(&va) || ring.contains(&va) {
                     flags |= pte::USER;
                 }
                 pt.map_new(mem, frames, va, gpa, flags)?;
@@ -186,6 +209,14 @@ mod tests {
     fn embedded_kernel_is_valid() {
         let k = GuestKernel::embedded().unwrap();
         assert!(k.header.syscall_entry >= k.header.user_text_start);
+        assert!(k.header.ring_entry >= k.header.user_text_start && k.header.ring_wait < k.header.user_text_end);
+    }
+
+    /// The guest physical address of the ring page.
+    #[test]
+    fn ring_page_is_in_guest_memory() {
+        let k = GuestKernel::embedded().unwrap();
+        assert!(k.ring_page_gpa().is_some());
     }
 
     #[test]

@@ -86,3 +86,66 @@ EXC_STUB 28, 1
 EXC_STUB 29, 0
 EXC_STUB 30, 0
 EXC_STUB 31, 1
+
+/* The exit-less call path (dmvx_abi::Ring): LSTAR when the ring is on. It
+ * changes no register but rax (reloaded from the page before any exit) and
+ * the flags (restored from r11 on the way back, as sysret would), and
+ * touches no user memory: only the ring page, RIP-relative. */
+.section .dmvx_user_text, "ax"
+.globl dmvx_ring_entry
+dmvx_ring_entry:
+    mov word ptr [rip + dmvx_ring + {ring_cs}], cs
+    test byte ptr [rip + dmvx_ring + {ring_cs}], 3
+    jz 9f                                   /* CPL0 (bare-metal syscall): exit */
+    test r11d, {rflags_tf}
+    jnz 9f
+    cmp dword ptr [rip + dmvx_ring + {ring_service}], {ring_awake}
+    jne 9f
+    cmp rax, {ring_calls}
+    jae 9f
+    bt qword ptr [rip + dmvx_ring + {ring_calls_off}], rax
+    jnc 9f
+    mov [rip + dmvx_ring + {ring_nr}], rax
+    mov [rip + dmvx_ring + {ring_args}], rdi
+    mov [rip + dmvx_ring + {ring_args} + 8], rsi
+    mov [rip + dmvx_ring + {ring_args} + 16], rdx
+    mov [rip + dmvx_ring + {ring_args} + 24], r10
+    mov [rip + dmvx_ring + {ring_args} + 32], r8
+    mov [rip + dmvx_ring + {ring_args} + 40], r9
+    mov [rip + dmvx_ring + {ring_rcx}], rcx
+    mov [rip + dmvx_ring + {ring_r11}], r11
+    mov [rip + dmvx_ring + {ring_rsp}], rsp
+    /* x86 keeps stores in order: the request is complete before it is posted. */
+    mov dword ptr [rip + dmvx_ring + {ring_state}], {ring_request}
+    mov eax, dword ptr [rip + dmvx_ring + {ring_spin}]
+1:  cmp dword ptr [rip + dmvx_ring + {ring_state}], {ring_done}
+    je 2f
+    cmp dword ptr [rip + dmvx_ring + {ring_state}], {ring_exit}
+    je 3f
+    pause
+    sub eax, 1
+    ja 1b
+3:  mov rax, [rip + dmvx_ring + {ring_nr}]
+.globl dmvx_ring_wait
+dmvx_ring_wait:
+    out {port_ring_wait}, al
+    hlt
+2:  lea rsp, [rip + dmvx_ring + {ring_stack_top}]
+    push r11
+    and qword ptr [rsp], {ring_user_flags}
+    popfq
+    mov rsp, [rip + dmvx_ring + {ring_rsp}]
+    mov rax, [rip + dmvx_ring + {ring_ret}]
+    jmp rcx
+9:
+.globl dmvx_ring_exit
+dmvx_ring_exit:
+    out {port_syscall}, al
+    hlt
+
+/* The ring page: user-writable, never executable, no data of the kernel. */
+.section .dmvx_ring, "aw", @nobits
+.balign 4096
+.globl dmvx_ring
+dmvx_ring:
+    .skip 4096

@@ -8,7 +8,9 @@
 
 use dmvx_abi::{
     has_error_code, KernelHeader, ABI_VERSION, EXCEPTION_VECTORS, HEADER_MAGIC, HEADER_SIZE, PORT_BOOT,
-    PORT_EXCEPTION_BASE, PORT_KOPS_DONE, PORT_SYSCALL,
+    PORT_EXCEPTION_BASE, PORT_KOPS_DONE, PORT_RING_WAIT, PORT_SYSCALL, RFLAGS_TF, RING_ARGS, RING_AWAKE, RING_CALLS,
+    RING_CALLS_OFF, RING_CS, RING_DONE, RING_EXIT, RING_NR, RING_R11, RING_RCX, RING_REQUEST, RING_RET, RING_RSP,
+    RING_SERVICE, RING_SPIN, RING_STACK_TOP, RING_STATE, RING_USER_FLAGS,
 };
 
 core::arch::global_asm!(
@@ -17,6 +19,26 @@ core::arch::global_asm!(
     port_boot = const PORT_BOOT,
     port_kops_done = const PORT_KOPS_DONE,
     port_exception_base = const PORT_EXCEPTION_BASE,
+    port_ring_wait = const PORT_RING_WAIT,
+    rflags_tf = const RFLAGS_TF,
+    ring_cs = const RING_CS,
+    ring_service = const RING_SERVICE,
+    ring_awake = const RING_AWAKE,
+    ring_calls = const RING_CALLS,
+    ring_calls_off = const RING_CALLS_OFF,
+    ring_nr = const RING_NR,
+    ring_args = const RING_ARGS,
+    ring_rcx = const RING_RCX,
+    ring_r11 = const RING_R11,
+    ring_rsp = const RING_RSP,
+    ring_state = const RING_STATE,
+    ring_request = const RING_REQUEST,
+    ring_spin = const RING_SPIN,
+    ring_done = const RING_DONE,
+    ring_exit = const RING_EXIT,
+    ring_stack_top = const RING_STACK_TOP,
+    ring_user_flags = const RING_USER_FLAGS,
+    ring_ret = const RING_RET,
 );
 
 type Entry = unsafe extern "C" fn();
@@ -68,6 +90,10 @@ extern "C" {
     fn dmvx_syscall_entry();
     fn dmvx_user_return();
     fn dmvx_kops();
+    fn dmvx_ring_entry();
+    fn dmvx_ring_wait();
+    fn dmvx_ring_exit();
+    fn dmvx_ring();
     // Linker-script symbols; only their addresses are used.
     fn dmvx_user_text_start();
     fn dmvx_user_text_end();
@@ -89,6 +115,10 @@ static HEADER: KernelHeader<Entry> = KernelHeader {
     user_text_start: dmvx_user_text_start,
     user_text_end: dmvx_user_text_end,
     exception_stubs: STUBS,
+    ring_entry: dmvx_ring_entry,
+    ring_wait: dmvx_ring_wait,
+    ring_exit: dmvx_ring_exit,
+    ring_page: dmvx_ring,
 };
 
 #[panic_handler]

@@ -29,6 +29,9 @@ pub enum Role {
     LinuxMain,
     /// Linux mode: the vCPU thread (KVM_RUN, serial output).
     LinuxVcpu,
+    /// Process mode with the exit-less call path: the thread that issues
+    /// KVM_RUN while the VMM thread serves the ring.
+    VcpuRunner,
 }
 
 impl Role {
@@ -38,6 +41,7 @@ impl Role {
             Role::LinkIo => "link I/O",
             Role::LinuxMain => "linux main",
             Role::LinuxVcpu => "linux vcpu",
+            Role::VcpuRunner => "vcpu runner",
         }
     }
 }
@@ -292,6 +296,10 @@ const LINUX_MAIN: &[i64] = &[
 const LINUX_VCPU: &[i64] =
     &[libc::SYS_ioctl, libc::SYS_tgkill, libc::SYS_kill, libc::SYS_sendto, libc::SYS_sendmsg, libc::SYS_openat];
 
+/// Process mode's vCPU runner (the ring's): KVM_RUN and its own rdtsc
+/// faulting (below), futexes (in BASE).
+const VCPU_RUNNER: &[i64] = &[libc::SYS_ioctl];
+
 /// Namespace flags that no VMM thread may pass to clone.
 const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWCGROUP
@@ -334,6 +342,7 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
         Role::LinkIo => LINK_IO,
         Role::LinuxMain => LINUX_MAIN,
         Role::LinuxVcpu => LINUX_VCPU,
+        Role::VcpuRunner => VCPU_RUNNER,
     };
     // Linux mode's main thread starts the link's I/O threads, which inherit its filter.
     let inherited: &[i64] = if role == Role::LinuxMain { LINK_IO } else { &[] };
@@ -365,6 +374,10 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     if matches!(role, Role::Vmm | Role::LinuxMain | Role::LinuxVcpu) {
         ioctls.push(rule(vec![cond(1, Len::Dword, Op::MaskedEq(0xff00), KVMIO << 8)?])?);
     }
+    if role == Role::VcpuRunner {
+        // KVM_RUN only.
+        ioctls.push(rule(vec![cond(1, Len::Dword, Op::Eq, 0xae80)?])?);
+    }
     if role == Role::Vmm {
         for &req in PROGRAM_IOCTLS {
             ioctls.push(rule(vec![cond(1, Len::Dword, Op::Eq, req)?])?);
@@ -387,7 +400,7 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     ] {
         prctls.push(rule(vec![cond(0, Len::Dword, Op::Eq, op as u64)?])?);
     }
-    if role == Role::Vmm {
+    if matches!(role, Role::Vmm | Role::VcpuRunner) {
         // The vCPU thread faults its own rdtsc around KVM_RUN (vstate/tsc.rs):
         // it changes only this thread's time stamp counter access.
         for op in [libc::PR_GET_TSC, libc::PR_SET_TSC] {

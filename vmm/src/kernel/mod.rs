@@ -96,6 +96,8 @@ pub struct Config {
     pub cluster: Option<ClusterJoin>,
     /// The most processes the program may have at once.
     pub max_procs: u32,
+    /// How the program's system calls reach the VMM.
+    pub syscall_path: crate::platform::SyscallPath,
     /// Bytes of memory for MAP_SHARED anonymous mappings shared across fork.
     pub shared_memory: u64,
     /// How the VMM confines itself before the program's first instruction.
@@ -304,6 +306,13 @@ impl Kernel {
         );
         if s.trapped_insns > 0 {
             eprintln!("dmvx stats: {} trapped instructions (rdtsc, rdtscp)", s.trapped_insns);
+        }
+        let r = platform.ring;
+        if r.done + r.via_exit + r.late + r.refused > 0 {
+            eprintln!(
+                "dmvx stats: ring: {} calls without an exit, {} finished through an exit, {} done too late for the stub, {} refused, {} parks, {} back-offs",
+                r.done, r.via_exit, r.late, r.refused, r.parks, r.backoffs
+            );
         }
         let rss = vm_rss_bytes();
         let guest = self.mm.mem.resident_bytes();

@@ -40,6 +40,12 @@ impl Kernel {
                     format!("general protection fault: port I/O to {port:#x} at rip {:#x}", ctx.rip),
                 )),
                 Trap::Interrupted => self.on_interrupt(plat, ctx)?,
+                Trap::RingCall => match self.on_ring_call(plat, ctx)? {
+                    Some(next) => next,
+                    // Answered on the ring; the program runs on.
+                    None => continue,
+                },
+                Trap::RingReturn => Next::Resume(ctx),
             };
             match next {
                 Next::Resume(ctx) => {
@@ -78,6 +84,53 @@ impl Kernel {
         Ok(None)
     }
 
+    /// A call posted on the ring while the vCPU runs on (`ctx`: its system
+    /// call registers, the others zero): handled exactly as one that came by
+    /// the exit, if the ring serves it now; `None` when the answer went to
+    /// the ring, `Some` when the run ends.
+    fn on_ring_call(&mut self, plat: &mut Platform, ctx: UserRegs) -> Result<Option<Next>, KernelError> {
+        if !self.ring_serves(ctx.rax) {
+            plat.ring_refuse();
+            return Ok(None);
+        }
+        match self.on_syscall(plat, ctx)? {
+            Next::Resume(c) => {
+                let plain = c.rip == ctx.rip
+                    && c.rsp == ctx.rsp
+                    && c.rflags == ctx.rflags
+                    && is_canonical(c.rip)
+                    && is_canonical(c.rsp)
+                    && self.resume_is_plain();
+                plat.ring_complete(&self.mm, c, plain);
+                Ok(None)
+            }
+            Next::Done(outcome) => {
+                plat.ring_stop();
+                Ok(Some(Next::Done(outcome)))
+            }
+        }
+    }
+
+    /// Whether the ring may serve call `nr` now: one of its calls (their
+    /// effect is their result, they need neither the vCPU nor a switch of
+    /// threads), in a process of one thread.
+    fn ring_serves(&self, nr: u64) -> bool {
+        self.sched.others.is_empty() && !self.sched.threaded && syscall::RING_CALLS.contains(&nr)
+    }
+
+    /// Whether the return to the program after a call needs nothing of
+    /// `resume` (no segment bases, FPU state or signal frame to load).
+    fn resume_is_plain(&mut self) -> bool {
+        if self.task.bases_dirty || self.task.pending_fpu.is_some() || self.task.saved_mask.is_some() {
+            return false;
+        }
+        if self.monitor.is_none() {
+            // As `deliver_pending` would.
+            self.collect_host_signals();
+        }
+        !self.task.sig.has_deliverable()
+    }
+
     fn on_syscall(&mut self, plat: &mut Platform, mut ctx: UserRegs) -> Result<Next, KernelError> {
         self.stats.syscalls += 1;
         let nr = ctx.rax;
@@ -103,6 +156,8 @@ impl Kernel {
         let mut sys =
             if would_block { Sys::Ret((-(libc::EAGAIN as i64)) as u64) } else { syscall::dispatch(self, nr, &args) };
         if let Sys::Thread(req) = &sys {
+            // The ring serves processes of one thread only.
+            plat.disable_ring();
             sys = Sys::Ret(self.create_thread(plat, req, &ctx)? as u64);
         }
         let mut vfork_wait = None;

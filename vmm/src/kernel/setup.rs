@@ -28,7 +28,8 @@ use super::proc_table::{ProcTable, FIRST_PID, INIT_PID};
 
 /// Runs a program to completion.
 pub fn run(config: Config) -> Result<Outcome, KernelError> {
-    let (mut plat, memory) = Platform::new(config.memory, config.shared_memory, &config.kernel, config.launched_ns)?;
+    let (mut plat, memory) =
+        Platform::new(config.memory, config.shared_memory, &config.kernel, config.launched_ns, config.syscall_path)?;
     // SAFETY: getuid and getgid have no preconditions and cannot fail.
     let creds = Creds::new(unsafe { libc::getuid() }, unsafe { libc::getgid() });
     // What the VMM needs from outside the root is opened before the jail.
@@ -129,6 +130,9 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
     };
     k.placed(&placed);
     let guard = SignalGuard::install(plat.kick_target(), follower);
+    // After the jail and the guard: the ring's runner inherits the filter
+    // and becomes the thread that kicks reach.
+    plat.enable_ring(super::syscall::RING_CALLS)?;
     let outcome = k.run_loop(&mut plat);
     drop(guard);
     let outcome = outcome?;

@@ -17,9 +17,11 @@
 //!   first (see `kernel::mm`), then the program returns as above.
 
 mod port_exit;
+mod ring;
 mod slices;
 
 pub use port_exit::{Platform, SetupError};
+pub use ring::{RingError, RingStats, SyscallPath};
 pub use slices::SliceError;
 
 use kvm_bindings::kvm_regs;
@@ -40,6 +42,13 @@ pub enum Trap {
     Forbidden { port: u16 },
     /// The vCPU was kicked (a host signal) while program code ran.
     Interrupted,
+    /// A system call posted on the ring, the vCPU still running: the
+    /// kernel handles it and answers with `Platform::ring_complete` or
+    /// `ring_refuse`, never `resume`.
+    RingCall,
+    /// A call taken from the ring finishes through an exit: the program
+    /// continues with these registers (through `resume`).
+    RingReturn,
 }
 
 /// Why the platform could not run the program.
@@ -55,6 +64,8 @@ pub enum PlatformError {
     Fpu(kvm_ioctls::Error),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
 }
 
 /// Counters of the platform, printed with --stats.
@@ -64,6 +75,8 @@ pub struct PlatformStats {
     pub kops_rounds: u64,
     /// Nanoseconds from the VMM's launch to the guest's first instruction.
     pub first_exit_ns: Option<u64>,
+    /// The exit-less call path's counters.
+    pub ring: RingStats,
 }
 
 /// The syscall instruction's length: a restarted call goes back this far.

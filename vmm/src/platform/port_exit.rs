@@ -3,10 +3,11 @@
 
 use dmvx_abi::{
     KernelHeader, KopsOp, EXCEPTION_FRAME_SIZE, EXCEPTION_VECTORS, PORT_BOOT, PORT_EXCEPTION_BASE, PORT_KOPS_DONE,
-    PORT_SYSCALL,
+    PORT_RING_WAIT, PORT_SYSCALL,
 };
 use kvm_bindings::{kvm_regs, kvm_xsave};
 
+use super::ring::{Event, Ring, SyscallPath, Waited};
 use super::{PlatformError, PlatformStats, Trap, UserRegs};
 use crate::arch::x86_64::gdt::write_tables;
 use crate::arch::x86_64::layout::{
@@ -50,6 +51,10 @@ pub struct Memory {
 pub struct Platform {
     vcpu: Vcpu,
     st: State,
+    /// The exit-less call path, while it is on.
+    ring: Option<Ring>,
+    /// The calls the ring serves (kept for a forked VMM's new ring).
+    ring_calls: Vec<u64>,
 }
 
 /// Everything but the vCPU, so the exit handler can hold it while the exit
@@ -68,6 +73,10 @@ struct State {
     slices: Option<super::slices::SliceTimer>,
     /// A slice ended since the kernel last looked.
     slice_ended: bool,
+    /// How system calls reach the VMM (LSTAR's stub).
+    path: SyscallPath,
+    /// Guest physical address of the ring page.
+    ring_gpa: u64,
 }
 
 impl Platform {
@@ -78,6 +87,7 @@ impl Platform {
         shared: u64,
         kernel: &GuestKernel,
         launched_ns: Option<u64>,
+        path: SyscallPath,
     ) -> Result<(Self, Memory), SetupError> {
         use crate::arch::x86_64::layout::MIN_MEMORY;
         let vm = Vm::with_shared(memory, MIN_MEMORY, shared)?;
@@ -85,7 +95,7 @@ impl Platform {
         let small = || SetupError::MemoryTooSmall(memory >> 20);
         let mut frames = FrameAllocator::new(FRAMES_START, mem.size());
         let pt = PageTables::new(&mem, &mut frames).ok_or_else(small)?;
-        kernel.install(&mem, &mut frames, &pt).ok_or_else(small)?;
+        kernel.install(&mem, &mut frames, &pt, path == SyscallPath::Ring).ok_or_else(small)?;
         pt.map_huge(
             &mem,
             &mut frames,
@@ -96,11 +106,15 @@ impl Platform {
         )
         .ok_or_else(small)?;
         let header = kernel.header;
-        write_tables(&mem, &header.exception_stubs, PORT_SYSCALL).ok_or_else(small)?;
+        // CPL3 code may write the syscall port (the stub runs there where
+        // `syscall` keeps privilege), and the ring's wait port with the ring.
+        let ports: &[u8] = if path == SyscallPath::Ring { &[PORT_SYSCALL, PORT_RING_WAIT] } else { &[PORT_SYSCALL] };
+        write_tables(&mem, &header.exception_stubs, ports).ok_or_else(small)?;
         let mut vcpu = Vcpu::new(vm.fd.create_vcpu(0).map_err(VmError::CreateVcpu)?);
         vcpu.set_trap_tsc(true);
         let xcr0 = regs::setup_cpuid(&vm.kvm, vcpu.fd())?;
-        regs::setup_long_mode(vcpu.fd(), pt.root(), header.syscall_entry, xcr0)?;
+        let lstar = if path == SyscallPath::Ring { header.ring_entry } else { header.syscall_entry };
+        regs::setup_long_mode(vcpu.fd(), pt.root(), lstar, xcr0)?;
         let st = State {
             _vm: vm,
             header,
@@ -111,8 +125,10 @@ impl Platform {
             xcr0,
             slices: None,
             slice_ended: false,
+            path,
+            ring_gpa: kernel.ring_page_gpa().ok_or_else(small)?,
         };
-        let platform = Platform { vcpu, st };
+        let platform = Platform { vcpu, st, ring: None, ring_calls: Vec::new() };
         Ok((platform, Memory { mem, frames, pt }))
     }
 
@@ -125,7 +141,7 @@ impl Platform {
         let mut vcpu = Vcpu::new(vm.fd.create_vcpu(0).map_err(|e| SetupError::Vm(VmError::CreateVcpu(e)))?);
         vcpu.set_trap_tsc(true);
         let xcr0 = regs::setup_cpuid(&vm.kvm, vcpu.fd())?;
-        regs::setup_long_mode(vcpu.fd(), mm.page_tables().root(), self.st.header.syscall_entry, xcr0)?;
+        regs::setup_long_mode(vcpu.fd(), mm.page_tables().root(), self.st.lstar(), xcr0)?;
         regs::set_segment_bases(vcpu.fd(), fs, gs)?;
         // SAFETY: as in `set_fpu`: the state came from a vCPU of this host.
         unsafe { vcpu.fd().set_xsave(fpu) }.map_err(PlatformError::Fpu)?;
@@ -134,12 +150,72 @@ impl Platform {
         if let Some(t) = self.st.slices.take() {
             t.forget();
         }
+        // Its ring's runner was the parent's thread, which a fork leaves behind.
+        let had_ring = self.ring.take().map(Ring::forget).is_some();
         self.vcpu = vcpu;
         self.st._vm = vm;
         self.st.xcr0 = xcr0;
         self.st.parked = None;
         self.st.stats = PlatformStats::default();
+        if had_ring {
+            let calls = std::mem::take(&mut self.ring_calls);
+            self.enable_ring(&calls)?;
+        }
         Ok(())
+    }
+
+    /// Turns the exit-less call path on for `calls`, if it was chosen
+    /// (`SyscallPath::Ring`); from the VMM thread, after the jail.
+    pub fn enable_ring(&mut self, calls: &[u64]) -> Result<(), PlatformError> {
+        if self.st.path != SyscallPath::Ring || self.ring.is_some() {
+            return Ok(());
+        }
+        use std::os::fd::AsRawFd;
+        let gpa = self.st.ring_gpa;
+        let trap_tsc = self.vcpu.traps_tsc();
+        let kick = self.vcpu.immediate_exit_ptr();
+        let fd = self.vcpu.fd().as_raw_fd();
+        self.ring = Some(Ring::start(&self.st.mem, gpa, (fd, kick, trap_tsc), calls)?);
+        self.ring_calls = calls.to_vec();
+        Ok(())
+    }
+
+    /// Turns the ring off for good (the program has threads now, which the
+    /// ring does not serve yet): the VMM thread enters the guest itself, and
+    /// the stub, finding the service parked, exits.
+    pub fn disable_ring(&mut self) {
+        if let Some(r) = self.ring.take() {
+            drop(r);
+            crate::kernel::signal::host::set_runner_thread(0);
+            // The kicks and the link's wake-ups go to this thread again.
+            crate::kernel::signal::host::set_vcpu_thread_here();
+            self.ring_calls.clear();
+        }
+    }
+
+    /// The kernel does not serve the call it was handed (`Trap::RingCall`):
+    /// the program's stub takes the exit with it.
+    pub fn ring_refuse(&mut self) {
+        if let Some(r) = self.ring.as_mut() {
+            r.refuse();
+        }
+    }
+
+    /// The kernel handled the call of a `Trap::RingCall`; the program
+    /// continues with `ctx`. `plain`: nothing but rax changed and nothing
+    /// is left to do on the way back, so the stub returns by itself.
+    pub fn ring_complete(&mut self, mm: &Mm, ctx: UserRegs, plain: bool) {
+        if let Some(r) = self.ring.as_mut() {
+            r.complete(ctx, plain && !mm.has_kops());
+        }
+    }
+
+    /// The run ends while the guest may still run (a `Trap::RingCall`
+    /// ended it): stops the vCPU.
+    pub fn ring_stop(&mut self) {
+        if let Some(r) = self.ring.as_mut() {
+            r.stop_flight();
+        }
     }
 
     /// Starts the program with registers `ctx`: the vCPU enters through
@@ -157,7 +233,39 @@ impl Platform {
     /// Runs the program until it traps; returns the trap and its registers.
     pub fn run(&mut self, mm: &mut Mm) -> Result<(Trap, UserRegs), PlatformError> {
         let mut exits = Exits { p: &mut self.st, mm };
-        vcpu::run(&mut self.vcpu, &mut exits).map_err(PlatformError::from)
+        let Some(ring) = self.ring.as_mut() else {
+            return vcpu::run(&mut self.vcpu, &mut exits).map_err(PlatformError::from);
+        };
+        // Direct once the runner is out of the guest (a call it served may
+        // have made the choice while the vCPU still ran).
+        let (trap, ctx) = if ring.direct() && !ring.in_flight() {
+            vcpu::run(&mut self.vcpu, &mut exits)?
+        } else {
+            vcpu::run_via(&mut self.vcpu, &mut exits, &mut |_| ring.enter(|r| (Trap::RingCall, r)))?
+        };
+        let (trap, ctx) = match trap {
+            // The stub's exit to PORT_RING_WAIT (see `Exits::io_out`).
+            Trap::RingReturn => match ring.on_wait(ctx) {
+                Waited::Finished(c) => {
+                    ring.note(Event::Late);
+                    return Ok((Trap::RingReturn, c));
+                }
+                Waited::Call(c) => (Trap::Syscall, c),
+            },
+            _ => (trap, ctx),
+        };
+        let ev = match trap {
+            Trap::RingCall => Event::Served,
+            Trap::Syscall if ring.serves(ctx.rax) => {
+                // A call the ring serves came by the exit (the service was
+                // parked): the program is making such calls again.
+                ring.wake();
+                Event::Servable
+            }
+            _ => Event::Other,
+        };
+        ring.note(ev);
+        Ok((trap, ctx))
     }
 
     /// Where the program continues after a trap.
@@ -218,11 +326,30 @@ impl Platform {
 
     /// Counters.
     pub fn stats(&self) -> PlatformStats {
-        self.st.stats
+        let mut s = self.st.stats;
+        if let Some(r) = &self.ring {
+            s.ring = r.stats;
+        }
+        s
     }
 }
 
 impl State {
+    /// LSTAR: the stub of the chosen call path.
+    fn lstar(&self) -> u64 {
+        if self.path == SyscallPath::Ring {
+            self.header.ring_entry
+        } else {
+            self.header.syscall_entry
+        }
+    }
+
+    /// Whether `rip` is inside the ring stub, which must run to its end
+    /// (its return or its exit) before the program may be interrupted.
+    fn in_ring_stub(&self, rip: u64) -> bool {
+        self.path == SyscallPath::Ring && (self.header.ring_entry..self.header.ring_exit + 2).contains(&rip)
+    }
+
     fn write_iret_frame(&self, rip: u64, flags: u64, rsp: u64) -> Result<(), PlatformError> {
         for (i, v) in [rip, USER_CS_SEL, flags, rsp, USER_SS_SEL].into_iter().enumerate() {
             self.mem
@@ -280,7 +407,8 @@ type Out = Flow<(Trap, UserRegs)>;
 impl Exits<'_> {
     fn on_syscall(&mut self, vcpu: &mut Vcpu) -> Result<Out, VcpuError> {
         let r = *vcpu.regs();
-        if r.rip != self.p.header.syscall_entry + 2 {
+        let h = &self.p.header;
+        if r.rip != h.syscall_entry + 2 && !(self.p.path == SyscallPath::Ring && r.rip == h.ring_exit + 2) {
             // An `out` to the syscall port from anywhere but the entry stub:
             // program code poking the port, which Linux would fault.
             if cpl(vcpu.sregs()) == 3 {
@@ -292,6 +420,22 @@ impl Exits<'_> {
         ctx.rip = r.rcx;
         ctx.rflags = r.r11;
         Ok(Flow::Done((Trap::Syscall, ctx)))
+    }
+
+    /// The ring stub's exit: the call did not complete on the ring. The
+    /// platform's `run` finds out from the ring what became of it.
+    fn on_ring_wait(&mut self, vcpu: &mut Vcpu) -> Result<Out, VcpuError> {
+        let r = *vcpu.regs();
+        if self.p.path != SyscallPath::Ring || r.rip != self.p.header.ring_wait + 2 {
+            return self.bad_port(vcpu, PORT_RING_WAIT as u16);
+        }
+        if cpl(vcpu.sregs()) != 3 {
+            return Err(VcpuError::GuestKernel("the ring stub waited at CPL0".into()));
+        }
+        let mut ctx = r;
+        ctx.rip = r.rcx;
+        ctx.rflags = r.r11;
+        Ok(Flow::Done((Trap::RingReturn, ctx)))
     }
 
     fn on_exception(&mut self, vcpu: &mut Vcpu, vec: u8) -> Result<Out, VcpuError> {
@@ -358,6 +502,7 @@ impl ExitHandler for Exits<'_> {
         };
         match port8 {
             PORT_SYSCALL => self.on_syscall(vcpu),
+            PORT_RING_WAIT => self.on_ring_wait(vcpu),
             PORT_KOPS_DONE => self.on_kops_done(vcpu),
             PORT_BOOT => {
                 if self.p.stats.first_exit_ns.is_none() {
@@ -389,7 +534,7 @@ impl ExitHandler for Exits<'_> {
         if self.p.slices.as_ref().is_some_and(|t| t.take_expired()) {
             self.p.slice_ended = true;
         }
-        if cpl(vcpu.sregs()) != 3 {
+        if cpl(vcpu.sregs()) != 3 || self.p.in_ring_stub(vcpu.regs().rip) {
             return Ok(Flow::Continue);
         }
         Ok(Flow::Done((Trap::Interrupted, *vcpu.regs())))

@@ -13,6 +13,7 @@ const BOOT: u64 = 0x1000;
 const SYSCALL_ENTRY: u64 = 0x20_0000;
 const USER_RETURN: u64 = 0x20_1000;
 const KOPS_ENTRY: u64 = 0x20_2000;
+const RING_ENTRY: u64 = SYSCALL_ENTRY + 0x100;
 
 struct Rig {
     st: State,
@@ -22,6 +23,11 @@ struct Rig {
 
 /// A VM and vCPU, or None (with a loud message) without a usable /dev/kvm.
 fn rig() -> Option<Rig> {
+    rig_with(SyscallPath::Exit)
+}
+
+/// As `rig`, with the stub of system call path `path` as LSTAR.
+fn rig_with(path: SyscallPath) -> Option<Rig> {
     let vm = match Vm::new(MIN_MEMORY, MIN_MEMORY) {
         Ok(vm) => vm,
         Err(e) => {
@@ -45,6 +51,10 @@ fn rig() -> Option<Rig> {
         user_text_start: SYSCALL_ENTRY,
         user_text_end: SYSCALL_ENTRY + 0x1000,
         exception_stubs: [0; EXCEPTION_VECTORS],
+        ring_entry: RING_ENTRY,
+        ring_wait: RING_ENTRY + 0x80,
+        ring_exit: RING_ENTRY + 0xa0,
+        ring_page: 0,
     };
     let st = State {
         _vm: vm,
@@ -56,6 +66,8 @@ fn rig() -> Option<Rig> {
         xcr0: 0,
         slices: None,
         slice_ended: false,
+        path,
+        ring_gpa: 0,
     };
     Some(Rig { st, mm, vcpu })
 }
@@ -258,4 +270,49 @@ fn a_kick_stops_the_program_only_between_its_instructions() {
         matches!(exits.interrupted(&mut r.vcpu), Ok(Flow::Continue)),
         "at CPL0 the guest kernel's exit comes first"
     );
+}
+
+#[test]
+fn with_the_ring_the_ring_stubs_exits_are_system_calls() {
+    let Some(mut r) = rig_with(SyscallPath::Ring) else { return };
+    // The stub's own exit (CPL0, service parked, a call it does not post).
+    for cpl in [3, 0] {
+        r.at(cpl, syscall_regs(RING_ENTRY + 0xa0 + 2));
+        let (trap, ctx) = r.done(PORT_SYSCALL as u16);
+        assert_eq!(trap, Trap::Syscall);
+        assert_eq!((ctx.rip, ctx.rflags, ctx.rax), (0x40_1002, 0x246, 39));
+    }
+    // Its wait: the platform's run asks the ring what became of the call.
+    r.at(3, syscall_regs(RING_ENTRY + 0x80 + 2));
+    let (trap, ctx) = r.done(PORT_RING_WAIT as u16);
+    assert_eq!(trap, Trap::RingReturn);
+    assert_eq!((ctx.rip, ctx.rflags), (0x40_1002, 0x246));
+    // The wait port from anywhere else is the program's fault.
+    r.at(3, syscall_regs(0x40_1234));
+    assert_eq!(r.done(PORT_RING_WAIT as u16).0, Trap::Forbidden { port: PORT_RING_WAIT as u16 });
+    r.at(0, syscall_regs(RING_ENTRY + 0x80 + 2));
+    assert!(r.error(PORT_RING_WAIT as u16).contains("waited at CPL0"));
+}
+
+#[test]
+fn without_the_ring_its_ports_and_stub_exits_are_refused() {
+    let Some(mut r) = rig() else { return };
+    r.at(3, syscall_regs(RING_ENTRY + 0x80 + 2));
+    assert_eq!(r.done(PORT_RING_WAIT as u16).0, Trap::Forbidden { port: PORT_RING_WAIT as u16 });
+    r.at(3, syscall_regs(RING_ENTRY + 0xa0 + 2));
+    assert_eq!(r.done(PORT_SYSCALL as u16).0, Trap::Forbidden { port: PORT_SYSCALL as u16 });
+}
+
+#[test]
+fn a_kick_waits_for_the_ring_stub_to_finish() {
+    let Some(mut r) = rig_with(SyscallPath::Ring) else { return };
+    let mut exits = Exits { p: &mut r.st, mm: &mut r.mm };
+    r.vcpu.sregs_mut().cs = segment(USER_CS, true);
+    r.vcpu.regs_mut().rip = RING_ENTRY + 0x40;
+    assert!(
+        matches!(exits.interrupted(&mut r.vcpu), Ok(Flow::Continue)),
+        "the stub runs to its return or its exit before the program is interrupted"
+    );
+    r.vcpu.regs_mut().rip = 0x40_6000;
+    assert!(matches!(exits.interrupted(&mut r.vcpu), Ok(Flow::Done((Trap::Interrupted, _)))));
 }

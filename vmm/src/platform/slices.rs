@@ -32,6 +32,18 @@ pub enum SliceError {
     Timer(std::io::Error),
 }
 
+/// Gives KVM_RUN of vCPU `vcpu_fd` the signal mask `set`.
+pub(super) fn set_kvm_sigmask(vcpu_fd: RawFd, set: &libc::sigset_t) -> std::io::Result<()> {
+    let mut m = SignalMask { len: 8, sigset: [0; 8] };
+    // SAFETY: sigset_t is at least 8 bytes; the kernel's sigset is its first 8.
+    unsafe { std::ptr::copy_nonoverlapping(set as *const libc::sigset_t as *const u8, m.sigset.as_mut_ptr(), 8) };
+    // SAFETY: the ioctl reads a valid kvm_signal_mask.
+    if unsafe { libc::ioctl(vcpu_fd, KVM_SET_SIGNAL_MASK as _, &m) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 extern "C" fn on_slice(_sig: libc::c_int) {}
 
 /// A periodic timer on the calling thread's CPU time.
@@ -59,11 +71,7 @@ impl SliceTimer {
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
             // Inside KVM_RUN: the thread's mask, the slice signal let through.
             libc::sigdelset(&mut old, sig);
-            let mut m = SignalMask { len: 8, sigset: [0; 8] };
-            std::ptr::copy_nonoverlapping(&old as *const libc::sigset_t as *const u8, m.sigset.as_mut_ptr(), 8);
-            if libc::ioctl(vcpu_fd, KVM_SET_SIGNAL_MASK as _, &m) != 0 {
-                return Err(SliceError::Mask(std::io::Error::last_os_error()));
-            }
+            set_kvm_sigmask(vcpu_fd, &old).map_err(SliceError::Mask)?;
             set
         };
         let mut id: libc::timer_t = std::ptr::null_mut();

@@ -4,7 +4,7 @@
 //! KVM copies them out at every exit and in when marked dirty, so the hot
 //! path needs no register ioctls.
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 /// Errors of running the vCPU.
@@ -147,6 +147,112 @@ enum Event {
     Other(String),
 }
 
+/// What a KVM_RUN issued elsewhere (`run_via`) came to.
+pub enum Entered<D> {
+    /// KVM_RUN returned: 0, or the errno it failed with. The exit is in
+    /// the vCPU's `kvm_run`.
+    Ran(Result<(), i32>),
+    /// Something else ended the wait; the loop returns it (the vCPU may
+    /// still be running).
+    Stop(D),
+}
+
+/// Runs the vCPU until the handler is done, KVM_RUN being issued by
+/// `enter` (for example by another thread while this one does other work).
+/// `enter` must return `Ran` only once KVM_RUN has returned.
+pub fn run_via<H: ExitHandler>(
+    vcpu: &mut Vcpu,
+    handler: &mut H,
+    enter: &mut dyn FnMut(&mut Vcpu) -> Entered<H::Done>,
+) -> Result<H::Done, VcpuError> {
+    loop {
+        let event = match enter(vcpu) {
+            Entered::Stop(d) => return Ok(d),
+            Entered::Ran(Err(e)) if e == libc::EINTR || e == libc::EAGAIN => Event::Interrupted,
+            Entered::Ran(Err(e)) => return Err(VcpuError::Run(kvm_ioctls::Error::new(e))),
+            Entered::Ran(Ok(())) => match event_of(vcpu.fd.get_kvm_run(), handler) {
+                Some(e) => e,
+                None => continue,
+            },
+        };
+        if let Flow::Done(d) = handle(vcpu, handler, event)? {
+            return Ok(d);
+        }
+    }
+}
+
+/// The exit that `kvm_run` describes after a successful KVM_RUN; `None` if
+/// the handler answered it in place (port and MMIO reads).
+fn event_of<H: ExitHandler>(run: &mut kvm_run, handler: &mut H) -> Option<Event> {
+    use kvm_bindings::*;
+    Some(match run.exit_reason {
+        KVM_EXIT_IO => {
+            // SAFETY: the exit reason says which member of the union KVM filled.
+            let io = unsafe { run.__bindgen_anon_1.io };
+            let len = (io.count as usize * io.size as usize).min(8);
+            let base = run as *mut kvm_run as *mut u8;
+            // SAFETY: KVM places the data at data_offset inside the kvm_run
+            // mapping (the vCPU's mmap, which covers it); at most 8 bytes are used.
+            let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+            if u32::from(io.direction) == KVM_EXIT_IO_IN {
+                handler.io_in(io.port, data);
+                return None;
+            }
+            let mut out = [0u8; 8];
+            out[..len].copy_from_slice(data);
+            Event::Out { port: io.port, len, data: out }
+        }
+        KVM_EXIT_MMIO => {
+            // SAFETY: as above.
+            let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+            let len = (mmio.len as usize).min(8);
+            if mmio.is_write == 0 {
+                handler.mmio_read(mmio.phys_addr, &mut mmio.data[..len]);
+                return None;
+            }
+            let mut data = [0u8; 8];
+            data[..len].copy_from_slice(&mmio.data[..len]);
+            Event::MmioWrite { addr: mmio.phys_addr, len, data }
+        }
+        KVM_EXIT_HLT => Event::Hlt,
+        KVM_EXIT_SHUTDOWN => Event::Shutdown,
+        KVM_EXIT_INTERNAL_ERROR => Event::Internal,
+        KVM_EXIT_INTR => Event::Interrupted,
+        KVM_EXIT_FAIL_ENTRY => {
+            // SAFETY: as above.
+            let f = unsafe { run.__bindgen_anon_1.fail_entry };
+            Event::FailEntry(f.hardware_entry_failure_reason, f.cpu)
+        }
+        other => Event::Other(format!("exit reason {other}")),
+    })
+}
+
+/// The handler's answer to one exit.
+fn handle<H: ExitHandler>(vcpu: &mut Vcpu, handler: &mut H, event: Event) -> Result<Flow<H::Done>, VcpuError> {
+    Ok(match event {
+        Event::Out { port, len, data } => handler.io_out(vcpu, port, &data[..len])?,
+        Event::MmioWrite { addr, len, data } => handler.mmio_write(vcpu, addr, &data[..len])?,
+        Event::Hlt => handler.hlt(vcpu)?,
+        Event::Shutdown => handler.shutdown(vcpu)?,
+        Event::Interrupted => handler.interrupted(vcpu)?,
+        Event::Internal => {
+            let rip = vcpu.regs().rip;
+            let cs = vcpu.sregs().cs.selector;
+            return Err(VcpuError::Internal { rip, cs });
+        }
+        Event::FailEntry(reason, cpu) => return Err(VcpuError::FailEntry { reason, cpu }),
+        Event::Other(what) => return Err(VcpuError::Unexpected(what)),
+    })
+}
+
+/// Whether KVM_RUN faults the guest's rdtsc (see `tsc`), for a thread that
+/// issues it for this vCPU.
+impl Vcpu {
+    pub fn traps_tsc(&self) -> bool {
+        self.trap_tsc
+    }
+}
+
 /// Runs the vCPU until the handler is done.
 pub fn run<H: ExitHandler>(vcpu: &mut Vcpu, handler: &mut H) -> Result<H::Done, VcpuError> {
     loop {
@@ -188,21 +294,7 @@ pub fn run<H: ExitHandler>(vcpu: &mut Vcpu, handler: &mut H) -> Result<H::Done, 
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Event::Interrupted,
             Err(e) => return Err(VcpuError::Run(e)),
         };
-        let flow = match event {
-            Event::Out { port, len, data } => handler.io_out(vcpu, port, &data[..len])?,
-            Event::MmioWrite { addr, len, data } => handler.mmio_write(vcpu, addr, &data[..len])?,
-            Event::Hlt => handler.hlt(vcpu)?,
-            Event::Shutdown => handler.shutdown(vcpu)?,
-            Event::Interrupted => handler.interrupted(vcpu)?,
-            Event::Internal => {
-                let rip = vcpu.regs().rip;
-                let cs = vcpu.sregs().cs.selector;
-                return Err(VcpuError::Internal { rip, cs });
-            }
-            Event::FailEntry(reason, cpu) => return Err(VcpuError::FailEntry { reason, cpu }),
-            Event::Other(what) => return Err(VcpuError::Unexpected(what)),
-        };
-        if let Flow::Done(d) = flow {
+        if let Flow::Done(d) = handle(vcpu, handler, event)? {
             return Ok(d);
         }
     }

@@ -36,7 +36,7 @@ fn guest(code: &[u8]) -> Option<(Vm, Vcpu)> {
     pt.map_huge(mem, &mut frames, 0, 0, 2 << 20, rw).expect("identity map");
     pt.map_huge(mem, &mut frames, DIRECT_MAP_BASE, 0, 2 << 20, rw | pte::NO_EXECUTE).expect("direct map");
     pt.map_huge(mem, &mut frames, MMIO_VA, MMIO_GPA, 2 << 20, rw | pte::NO_EXECUTE).expect("MMIO window");
-    write_tables(mem, &[0; dmvx_abi::EXCEPTION_VECTORS], dmvx_abi::PORT_SYSCALL).expect("descriptor tables");
+    write_tables(mem, &[0; dmvx_abi::EXCEPTION_VECTORS], &[dmvx_abi::PORT_SYSCALL]).expect("descriptor tables");
     mem.write(CODE, code).expect("code");
     let mut vcpu = Vcpu::new(vm.fd.create_vcpu(0).expect("a vCPU"));
     let xcr0 = regs::setup_cpuid(&vm.kvm, vcpu.fd()).expect("cpuid");

@@ -73,11 +73,11 @@ pub fn code_data_descriptor(seg: &kvm_segment) -> u64 {
 }
 
 /// Writes the GDT, TSS and IDT. `exception_stubs[v]` is the handler address
-/// of vector `v`; `user_port` is the one port CPL3 code may use.
+/// of vector `v`; `user_ports` are the ports CPL3 code may use.
 pub fn write_tables(
     mem: &GuestMemory,
     exception_stubs: &[u64; dmvx_abi::EXCEPTION_VECTORS],
-    user_port: u8,
+    user_ports: &[u8],
 ) -> Option<()> {
     // GDT
     mem.write_u64(GDT_GPA, 0)?;
@@ -95,13 +95,15 @@ pub fn write_tables(
     mem.write_u64(GDT_GPA + TSS_SEL as u64, low)?;
     mem.write_u64(GDT_GPA + TSS_SEL as u64 + 8, base >> 32)?;
 
-    // TSS: rsp0, ist1, bitmap offset; the bitmap denies every port but one.
+    // TSS: rsp0, ist1, bitmap offset; the bitmap denies every port but those.
     mem.zero(TSS_GPA, IOPB_OFFSET)?;
     mem.write_u64(TSS_GPA + 4, direct_map(KERNEL_STACK_TOP_GPA))?;
     mem.write_u64(TSS_GPA + 36, direct_map(IST_STACK_TOP_GPA))?;
     mem.write(TSS_GPA + 102, &(IOPB_OFFSET as u16).to_le_bytes())?;
     let mut bitmap = vec![0xffu8; IOPB_BYTES as usize];
-    bitmap[user_port as usize / 8] &= !(1 << (user_port % 8));
+    for &p in user_ports {
+        bitmap[p as usize / 8] &= !(1 << (p % 8));
+    }
     mem.write(TSS_GPA + IOPB_OFFSET, &bitmap)?;
 
     // IDT: interrupt gates (IF cleared), DPL 0 so that `int n` from user

@@ -43,6 +43,9 @@ static STOP: AtomicBool = AtomicBool::new(false);
 static LINK_NOTICE: AtomicBool = AtomicBool::new(false);
 /// The host thread that runs the vCPU (0: none yet).
 static VCPU_TID: AtomicI32 = AtomicI32::new(0);
+/// The ring's runner thread, which issues KVM_RUN when the exit-less call
+/// path is on (0: none; the VMM thread enters the guest itself).
+static RUNNER_TID: AtomicI32 = AtomicI32::new(0);
 /// The `kvm_run.immediate_exit` bytes of the running vCPUs (null: free).
 static KICKS: [AtomicPtr<u8>; MAX_VCPUS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_VCPUS];
 const MAX_VCPUS: usize = 64;
@@ -62,6 +65,21 @@ fn kick_all() {
             unsafe { p.write_volatile(1) };
         }
     }
+    // With the ring, KVM_RUN runs in the runner thread: setting
+    // immediate_exit does not end a KVM_RUN under way, a signal does.
+    let runner = RUNNER_TID.load(Ordering::SeqCst);
+    // SAFETY: gettid and tgkill are async-signal-safe and take no pointers;
+    // the runner's handler of the kick only sets immediate_exit.
+    unsafe {
+        if runner > 0 && libc::gettid() != runner {
+            libc::syscall(libc::SYS_tgkill, libc::getpid(), runner, link_kick_signal());
+        }
+    }
+}
+
+/// The ring's runner thread (0: none) is the one to kick out of KVM_RUN.
+pub fn set_runner_thread(tid: i32) {
+    RUNNER_TID.store(tid, Ordering::SeqCst);
 }
 
 /// The host signal that kicks the vCPU thread out of KVM_RUN for the link
@@ -81,7 +99,7 @@ pub fn kick_for_link() {
     LINK_NOTICE.store(true, Ordering::SeqCst);
     kick_all();
     let tid = VCPU_TID.load(Ordering::SeqCst);
-    if tid > 0 {
+    if tid > 0 && RUNNER_TID.load(Ordering::SeqCst) == 0 {
         // SAFETY: tgkill has no memory preconditions; the thread is this
         // process's vCPU thread, whose handler only sets immediate_exit.
         unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, link_kick_signal()) };
@@ -96,6 +114,11 @@ pub fn take_link_notice() -> bool {
 /// The host signals caught and not yet collected (bits), left pending.
 pub fn peek_host_pending() -> u64 {
     HOST_PENDING.load(Ordering::SeqCst)
+}
+
+/// The calling thread runs the vCPU again (the ring was turned off).
+pub fn set_vcpu_thread_here() {
+    set_vcpu_thread();
 }
 
 fn set_vcpu_thread() {
@@ -195,6 +218,7 @@ pub fn after_fork() {
     GUEST_PENDING.store(0, Ordering::SeqCst);
     CHILD_ENDED.store(false, Ordering::SeqCst);
     LINK_NOTICE.store(false, Ordering::SeqCst);
+    RUNNER_TID.store(0, Ordering::SeqCst);
     set_vcpu_thread();
 }
 
