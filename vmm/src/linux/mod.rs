@@ -181,8 +181,12 @@ pub enum LinuxError {
     Vcpu(#[from] VcpuError),
     #[error("the vCPU thread died")]
     VcpuThread,
+    #[error("cluster: the kernel {path} has digest {have}, the cluster file says {want}")]
+    KernelDigest { path: String, have: dmvx_sync::Digest, want: dmvx_sync::Digest },
     #[error("cluster: {0}")]
-    Cluster(String),
+    Config(#[source] dmvx_sync::ConfigError),
+    #[error("cluster: {0}")]
+    Link(#[source] dmvx_sync::LinkError),
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}

@@ -354,15 +354,15 @@ pub enum Outcome {
 
 /// Boots `config` as variant `join.id` of the cluster.
 pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
-    let cluster_err = |e: String| LinuxError::Cluster(e);
     let (mut kernel, initrd) = config.read_images()?;
     let kernel_digest = Digest::of(&kernel);
     if let Some(want) = join.cfg.digests.program {
         if want != kernel_digest {
-            return Err(cluster_err(format!(
-                "the kernel {} has digest {kernel_digest}, the cluster file says {want}",
-                config.kernel.display()
-            )));
+            return Err(LinuxError::KernelDigest {
+                path: config.kernel.display().to_string(),
+                have: kernel_digest,
+                want,
+            });
         }
     }
     if let Some(i) = initrd {
@@ -370,15 +370,13 @@ pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
     }
     let info = HandshakeInfo { policy: Digest::of(POLICY), image: None, program: Some(Digest::of(&kernel)) };
     drop(kernel);
-    let me = join.cfg.variant(join.id).map_err(|e| cluster_err(e.to_string()))?.clone();
+    let me = join.cfg.variant(join.id).map_err(LinuxError::Config)?.clone();
     let timeout = join.cfg.timeout;
     let side = match me.role {
-        Role::Leader => {
-            Side::Leader(Leader::start(&join.cfg, &join.key, &info).map_err(|e| cluster_err(e.to_string()))?)
+        Role::Leader => Side::Leader(Leader::start(&join.cfg, &join.key, &info).map_err(LinuxError::Link)?),
+        Role::Follower => {
+            Side::Follower(Box::new(Follower::connect(&join.cfg, join.id, &join.key, &info).map_err(LinuxError::Link)?))
         }
-        Role::Follower => Side::Follower(Box::new(
-            Follower::connect(&join.cfg, join.id, &join.key, &info).map_err(|e| cluster_err(e.to_string()))?,
-        )),
     };
     log::debug!("cluster {:?}: variant {} joined as the {:?}", join.cfg.name, join.id, me.role);
     let state = Arc::new(Mutex::new(State {
