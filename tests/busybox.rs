@@ -34,10 +34,12 @@ fn cat_of_a_file() {
 fn ls_la_of_a_directory() {
     require_kvm!();
     // A directory inside one of our own, so that ".." (shown with its
-    // mtime) does not change under us the way /tmp does.
+    // mtime) does not change under us the way /tmp does; one level below
+    // the temporary directory, which belongs to the jail's uid (dmvx shows
+    // the jail's files as root's: natively they are nobody's).
     let top = TempDir::new("ls");
-    let d = top.join("dir");
-    std::fs::create_dir(&d).unwrap();
+    let d = top.join("parent/dir");
+    std::fs::create_dir_all(&d).unwrap();
     std::fs::create_dir(d.join("subdir")).unwrap();
     std::fs::write(d.join("file.txt"), b"some contents\n").unwrap();
     std::fs::write(d.join(".hidden"), vec![7u8; 5000]).unwrap();
