@@ -53,7 +53,13 @@ fn across_hosts(pkg: &str, n: usize) {
 
 /// Server `pkg` (a `ServerSpec` name) from image `image_name` on `n` hosts,
 /// `delay_us` added each way.
+/// One image at a time: a server's configuration for another port is
+/// written into the image's /run, which every variant's VMM then checks
+/// against the image's manifest (a test's file made another's check fail).
+static IMAGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn across_hosts_as(image_name: &str, pkg: &str, n: usize, delay_us: u32) {
+    let _one = IMAGE.lock().unwrap_or_else(|e| e.into_inner());
     let root = rootfs(image_name);
     let mut hosts = TestHosts::new(&pkg[..3], n, delay_us);
     shout(&format!(
