@@ -145,7 +145,7 @@ impl Kernel {
         }
         let mut args = syscall_args(&ctx);
         let probe = self.poll_probe(nr, &mut args);
-        let would_block = self.block_probe(nr, &args) == Some(true);
+        let mut would_block = self.block_probe(nr, &args) == Some(true);
         self.task.entry_rsp = ctx.rsp;
         self.task.nr = Some(nr);
         if self.monitor.is_some() {
@@ -192,11 +192,12 @@ impl Kernel {
                 }
             }
         }
-        if matches!(sys, Sys::Block(_)) && self.signal_ends_wait() {
+        if (would_block || matches!(sys, Sys::Block(_))) && self.signal_ends_wait() {
             // A signal came with this call (the leader's, shipped with its
             // event): the thread does not wait; the call is interrupted and
             // the handler runs, as Linux's wait sees the pending signal.
             sys = Sys::Ret((-(libc::EINTR as i64)) as u64);
+            would_block = false;
         }
         if let Some(r) = vfork_wait {
             // The child's stream needs this call's event: send it first.
@@ -208,21 +209,13 @@ impl Kernel {
             super::fork::wait_closed(&r);
         }
         Ok(match sys {
-            Sys::Ret(_) if would_block => {
-                if self.signal_ends_wait() {
-                    ctx.rax = (-(libc::EINTR as i64)) as u64;
-                    if self.restart_after_handler() {
-                        ctx.rip = ctx.rip.wrapping_sub(SYSCALL_INSN_LEN);
-                        ctx.rax = nr;
-                    }
+            Sys::Ret(v) if would_block => match self.park_poller(plat, &ctx, nr, -1)? {
+                Some(r) => self.next_of(r),
+                None => {
+                    ctx.rax = v;
                     Next::Resume(ctx)
-                } else {
-                    match self.park_poller(plat, &ctx, nr, -1)? {
-                        Some(r) => self.next_of(r),
-                        None => Next::Resume(ctx),
-                    }
                 }
-            }
+            },
             Sys::Ret(v) => {
                 if let Some((timeout, false)) = probe {
                     // A signal to deliver: the call returns (as if its time
