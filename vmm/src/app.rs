@@ -24,6 +24,7 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 
 /// The command's entry: its exit status.
 pub fn main() -> ExitCode {
+    crate::jail::one_malloc_arena();
     crate::logger::init();
     // Usage errors exit with 2, --help and --version with 0 (clap's statuses).
     let args = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());

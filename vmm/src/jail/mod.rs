@@ -199,6 +199,19 @@ pub fn enter(s: &Settings, root: Option<&Path>, writable: bool, role: Role) -> R
     Ok(Entered { root: jailed_root })
 }
 
+/// Makes every thread of this process allocate from glibc's main arena.
+/// A thread's own arena is a heap that glibc shrinks by reading
+/// /proc/sys/vm/overcommit_memory the first time it would give memory
+/// back; the filters refuse that open, and a link I/O thread that freed a
+/// large receive buffer ended the VMM with SIGSYS. Call it before the
+/// first thread starts (threads keep the arena they first used).
+pub fn one_malloc_arena() {
+    // SAFETY: mallopt only changes allocator tunables.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Installs the filter of `role` on a thread the VMM started after it
 /// entered the jail (a no-op outside a jail). Failing here is fatal: the
 /// thread would run with its parent's wider filter.

@@ -477,14 +477,20 @@ fn put_num(buf: &mut [u8], n: &mut usize, mut v: u64) {
     put(buf, n, &digits[i..]);
 }
 
-extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+fn put_hex(buf: &mut [u8], n: &mut usize, v: u64) {
+    for i in (0..16).rev() {
+        put(buf, n, &[b"0123456789abcdef"[((v >> (i * 4)) & 0xf) as usize]]);
+    }
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // The refused call's number is the int after si_call_addr in the
     // SIGSYS layout of siginfo_t (offset 24 on x86-64).
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let nr = unsafe { *(info as *const u8).add(24).cast::<i32>() } as u64;
     let name = crate::kernel::syscall::names::name(nr).unwrap_or("unknown");
     let role = ROLE.with(|r| r.get());
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 512];
     let mut n = 0;
     put(&mut buf, &mut n, b"dmvx-vmm: jail: the seccomp filter of the ");
     put(&mut buf, &mut n, role.as_bytes());
@@ -492,7 +498,36 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     put(&mut buf, &mut n, name.as_bytes());
     put(&mut buf, &mut n, b" (");
     put_num(&mut buf, &mut n, nr);
-    put(&mut buf, &mut n, b"); the VMM stops\n");
+    put(&mut buf, &mut n, b")");
+    // SAFETY: an SA_SIGINFO handler's third argument is the interrupted
+    // thread's ucontext_t.
+    let regs = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+    put(&mut buf, &mut n, b" at ip 0x");
+    put_hex(&mut buf, &mut n, regs[libc::REG_RIP as usize] as u64);
+    // A path names what the VMM tried to reach (the path is the VMM's own
+    // memory: this thread was in a call with it).
+    let path = match nr as i64 {
+        libc::SYS_openat | libc::SYS_newfstatat | libc::SYS_readlinkat | libc::SYS_statx => {
+            regs[libc::REG_RSI as usize]
+        }
+        libc::SYS_open | libc::SYS_stat | libc::SYS_lstat | libc::SYS_access | libc::SYS_readlink => {
+            regs[libc::REG_RDI as usize]
+        }
+        _ => 0,
+    } as *const u8;
+    if !path.is_null() {
+        put(&mut buf, &mut n, b" path \"");
+        for i in 0..120 {
+            // SAFETY: a NUL-terminated string the VMM passed to the call.
+            let c = unsafe { *path.add(i) };
+            if c == 0 {
+                break;
+            }
+            put(&mut buf, &mut n, &[c]);
+        }
+        put(&mut buf, &mut n, b"\"");
+    }
+    put(&mut buf, &mut n, b"; the VMM stops\n");
     // SAFETY: write and _exit are async-signal-safe; buf holds n bytes.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), n);
@@ -510,6 +545,40 @@ mod tests {
             assert!(!program(role).unwrap().is_empty(), "{role:?}");
         }
         assert!(!no_clone3().unwrap().is_empty());
+    }
+
+    /// A link I/O thread that frees much memory must not make glibc open
+    /// /proc/sys/vm/overcommit_memory (a thread arena's heap shrinking),
+    /// which its filter refuses. Run in a fresh process (this test binary
+    /// again, the test below), so that the filter and the allocator's
+    /// state are its own.
+    #[test]
+    fn a_filtered_thread_gives_memory_back_without_opening_files() {
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "jail::seccomp::tests::filtered_thread_frees_memory", "--ignored", "--test-threads", "1"])
+            .env("DMVX_TEST_ARENA_CHILD", "1")
+            .output()
+            .expect("run the child test");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "the filtered thread was stopped: {:?}\n{err}", out.status);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "the child test did not run");
+    }
+
+    /// The child of the test above.
+    #[test]
+    #[ignore = "run by a_filtered_thread_gives_memory_back_without_opening_files in a process of its own"]
+    fn filtered_thread_frees_memory() {
+        assert!(std::env::var_os("DMVX_TEST_ARENA_CHILD").is_some(), "run by the test above only");
+        super::super::one_malloc_arena();
+        let t = std::thread::spawn(|| {
+            assert!(install(Role::LinkIo).is_ok(), "filter");
+            for _ in 0..4 {
+                let chunks: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8; 48 << 10]).collect();
+                drop(chunks);
+            }
+        });
+        assert!(t.join().is_ok());
     }
 
     #[test]
