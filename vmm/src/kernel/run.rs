@@ -172,7 +172,7 @@ impl Kernel {
             }
         }
         if self.diag.trace {
-            syscall::trace(nr, &args, &sys);
+            syscall::trace(self.monitor.as_ref().map(|m| m.id), nr, &args, &sys);
         }
         if self.stop.is_none() && host::stop_noticed() {
             self.stop = Some(Stop::Divergence(STOPPED_BY_ANOTHER.into()));

@@ -492,8 +492,10 @@ pub fn markdown_table() -> String {
     out
 }
 
-/// Prints one call and its outcome, strace-like, to stderr.
-pub fn trace(nr: u64, a: &[u64; 6], outcome: &Sys) {
+/// Prints one call and its outcome, strace-like, to stderr, as one write
+/// (the variants of a run share a terminal). `variant`: this variant's id
+/// when it is one of several, named in the line.
+pub fn trace(variant: Option<u8>, nr: u64, a: &[u64; 6], outcome: &Sys) {
     let name = names::name(nr).unwrap_or("unknown");
     let result = match outcome {
         Sys::Ret(v) if (*v as i64) < 0 && (*v as i64) > -4096 => {
@@ -509,5 +511,10 @@ pub fn trace(nr: u64, a: &[u64; 6], outcome: &Sys) {
         Sys::Block(w) => format!("(blocked: {w:?})"),
         Sys::ThreadExit(c) => format!("thread exit {c}"),
     };
-    eprintln!("dmvx: {name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {result}", a[0], a[1], a[2], a[3], a[4], a[5]);
+    let who = variant.map(|v| format!("[{v}]")).unwrap_or_default();
+    let line = format!(
+        "dmvx{who}: {name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {result}\n",
+        a[0], a[1], a[2], a[3], a[4], a[5]
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 }
