@@ -4,7 +4,8 @@
 //! (relaxed), which compare their own console with it as both go. How the
 //! guest stopped and the stream's length are compared at the end, in
 //! lockstep. The variant that sees a difference stops its guest, writes a
-//! report, and every variant exits with status 121.
+//! report, and every variant exits with status 121. The cluster plumbing
+//! is process mode's (`monitor::peer`); only the console stream is here.
 
 use std::io::{self, Write};
 use std::path::PathBuf;

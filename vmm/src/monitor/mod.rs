@@ -8,7 +8,9 @@
 //! leader or local. The engine (`engine`) runs the leader/follower protocol
 //! over the link; the kernel's host operations are recorded (leader) or
 //! replayed (followers) through `record` and `replay`; outputs are held
-//! until every variant agreed on them (`commit`).
+//! until every variant agreed on them (`commit`). What Linux mode does with
+//! its peers the same way (the link, acknowledgements, goodbyes, reports)
+//! is `peer`, used by both.
 
 pub mod cluster;
 pub mod commit;

@@ -166,3 +166,47 @@ pub(crate) fn answer(mut report: Report, seq: u64, mine: Option<Event>, log: Var
     report.forensic.push(log);
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use dmvx_sync::report::{Kind, PolicyUsed};
+
+    use super::*;
+
+    fn call(name: &str) -> Option<Event> {
+        Some(Event::Call { nr: 1, name: name.into(), class: "output".into(), args: vec![] })
+    }
+
+    #[test]
+    fn an_answer_fills_in_what_the_other_variant_made() {
+        let leader_log = VariantLog { variant: 0, events: vec![], layout: None };
+        let report = Report {
+            kind: Kind::Records,
+            message: "variant 1 made nothing at event 5 where the leader made write()".into(),
+            seq: 5,
+            variant: 1,
+            detected_by: 0,
+            policy: PolicyUsed::default(),
+            leader: call("write"),
+            other: None,
+            took_effect: false,
+            forensic: vec![leader_log],
+        };
+        let sent = Report::from_peer(report.to_json().as_bytes(), 5, 0);
+        let mine = VariantLog { variant: 1, events: vec![], layout: None };
+        let a = answer(sent, 5, call("openat"), mine);
+        let v = Report::parse(&a.to_json()).unwrap();
+        assert_eq!(v["message"], "variant 1 made openat() at event 5 where the leader made write()");
+        assert_eq!(v["other"]["name"], "openat");
+        assert_eq!(v["leader"]["name"], "write");
+        assert_eq!(v["kind"], "records");
+        let logs: Vec<_> = v["forensic"].as_array().unwrap().iter().map(|l| l["variant"].clone()).collect();
+        assert_eq!(logs, [0, 1]);
+    }
+
+    #[test]
+    fn report_files_are_named_by_variant_and_process() {
+        assert_eq!(report_name(2, None), "dmvx-divergence-variant2.json");
+        assert_eq!(report_name(1, Some(7)), "dmvx-divergence-variant1-pid7.json");
+    }
+}
