@@ -12,7 +12,7 @@ use crate::record::{decode, Event};
 pub const FORENSIC_EVENTS: usize = 64;
 
 /// One past event in the forensic log.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoggedEvent {
     pub seq: u64,
     #[serde(flatten)]
@@ -52,7 +52,7 @@ impl ForensicLog {
 }
 
 /// What diverged.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Different events (call, arguments, data, exit, fault) at one sequence number.
@@ -72,7 +72,7 @@ pub enum Kind {
 }
 
 /// The report written when variants diverge.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub kind: Kind,
     /// Human-readable one-line summary.
@@ -95,7 +95,7 @@ pub struct Report {
 }
 
 /// The rule a diverging call fell under.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PolicyUsed {
     pub class: String,
     pub check: String,
@@ -110,12 +110,12 @@ impl PolicyUsed {
 }
 
 /// One variant's recent events.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VariantLog {
     pub variant: u32,
     pub events: Vec<LoggedEvent>,
     /// Its address-space layout (process mode).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<LayoutUsed>,
 }
 
@@ -148,6 +148,55 @@ impl Report {
     pub fn parse(json: &str) -> Result<serde_json::Value, serde_json::Error> {
         serde_json::from_str(json)
     }
+
+    /// A report a peer sent, if it is one. The peer is not trusted: larger
+    /// reports are refused, and what is kept of one is bounded.
+    pub fn decode(bytes: &[u8]) -> Option<Report> {
+        if bytes.len() > MAX_PEER_REPORT {
+            return None;
+        }
+        let mut r: Report = serde_json::from_slice(bytes).ok()?;
+        r.message = bounded(&r.message);
+        r.forensic.truncate(MAX_PEER_LOGS);
+        for log in &mut r.forensic {
+            let excess = log.events.len().saturating_sub(FORENSIC_EVENTS);
+            log.events.drain(..excess);
+        }
+        Some(r)
+    }
+
+    /// The report in `bytes` that variant `from` sent about event `seq`;
+    /// what does not decode becomes the message of a report of its own.
+    pub fn from_peer(bytes: &[u8], seq: u64, from: u8) -> Report {
+        Report::decode(bytes).unwrap_or_else(|| Report {
+            kind: Kind::Records,
+            message: bounded(&String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_MESSAGE)])),
+            seq,
+            variant: from as u32,
+            detected_by: from as u32,
+            policy: PolicyUsed::default(),
+            leader: None,
+            other: None,
+            took_effect: false,
+            forensic: Vec::new(),
+        })
+    }
+}
+
+/// The largest report taken from a peer, in bytes.
+pub const MAX_PEER_REPORT: usize = 1 << 20;
+/// What is kept of a peer's report: the message's length in bytes, and
+/// how many variants' logs.
+const MAX_MESSAGE: usize = 16 << 10;
+const MAX_PEER_LOGS: usize = 256;
+
+/// `s`, cut to at most [`MAX_MESSAGE`] bytes at a character boundary.
+fn bounded(s: &str) -> String {
+    let mut end = s.len().min(MAX_MESSAGE);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// Renders an event in one line, for the human-readable message.
@@ -214,5 +263,52 @@ mod tests {
         assert_eq!(v["seq"], 7);
         assert_eq!(v["leader"]["name"], "write");
         assert_eq!(v["kind"], "records");
+    }
+
+    #[test]
+    fn reports_decode_as_they_were_written() {
+        let mut rec = RecordBuf::new();
+        rec.call(1, Class::Output).fd(1).digest_of(b"a");
+        let mut log = ForensicLog::default();
+        log.push(3, rec.as_bytes(), 1);
+        let leader = decode(rec.as_bytes(), |_| Some("write")).ok();
+        let r = Report {
+            kind: Kind::Silent,
+            message: "m".into(),
+            seq: 3,
+            variant: 2,
+            detected_by: 0,
+            policy: PolicyUsed { class: "output".into(), check: "lockstep".into(), input: "local".into() },
+            leader: leader.clone(),
+            other: None,
+            took_effect: true,
+            forensic: vec![
+                VariantLog { variant: 0, events: log.events(|_| Some("write")), layout: None },
+                VariantLog { variant: 2, events: vec![], layout: Some(LayoutUsed::default()) },
+            ],
+        };
+        let back = Report::decode(r.to_json().as_bytes()).expect("decodes");
+        assert_eq!(back.to_json(), r.to_json());
+        assert_eq!(back.kind, Kind::Silent);
+        assert_eq!(back.leader, leader);
+        assert_eq!(back.forensic[0].events[0].event, leader.unwrap());
+    }
+
+    #[test]
+    fn a_peers_report_is_bounded_and_never_refused() {
+        let r = Report::from_peer(b"not json \xff", 9, 1);
+        assert_eq!((r.seq, r.variant, r.kind), (9, 1, Kind::Records));
+        assert!(r.message.starts_with("not json"));
+        let huge = "é".repeat(MAX_PEER_REPORT);
+        let r = Report::from_peer(huge.as_bytes(), 1, 1);
+        assert!(r.message.len() <= MAX_MESSAGE && r.message.starts_with('é'));
+        let long = format!(
+            "{{\"kind\":\"records\",\"message\":\"{}\",\"seq\":1,\"variant\":1,\"detected_by\":1,\
+             \"policy\":{{\"class\":\"\",\"check\":\"\",\"input\":\"\"}},\"leader\":null,\"other\":null,\
+             \"took_effect\":false,\"forensic\":[]}}",
+            "x".repeat(100_000)
+        );
+        let r = Report::decode(long.as_bytes()).expect("decodes");
+        assert_eq!(r.message.len(), MAX_MESSAGE);
     }
 }

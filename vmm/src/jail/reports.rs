@@ -71,10 +71,3 @@ fn open_at(dir: &Path, name: &str, flags: i32) -> std::io::Result<std::fs::File>
 pub fn write(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     open_at(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?.write_all(data)
 }
-
-/// Reads report `name` back.
-pub fn read(dir: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let mut v = Vec::new();
-    std::io::Read::read_to_end(&mut open_at(dir, name, libc::O_RDONLY)?, &mut v)?;
-    Ok(v)
-}

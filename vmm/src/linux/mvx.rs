@@ -4,7 +4,8 @@
 //! (relaxed), which compare their own console with it as both go. How the
 //! guest stopped and the stream's length are compared at the end, in
 //! lockstep. The variant that sees a difference stops its guest, writes a
-//! report, and every variant exits with status 121.
+//! report, and every variant exits with status 121. The cluster plumbing
+//! is process mode's (`monitor::peer`); only the console stream is here.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -13,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use dmvx_sync::record::Event;
 use dmvx_sync::report::{Kind, LoggedEvent, PolicyUsed, Report, VariantLog};
-use dmvx_sync::{Acked, ClusterConfig, Control, Digest, Follower, HandshakeInfo, Incoming, Leader, LinkError, Role};
+use dmvx_sync::{ClusterConfig, Control, Digest, HandshakeInfo, Incoming, LinkError};
 
 use super::devices::Latch;
 use super::serial::SerialSink;
 use super::{Config, LinuxError, LinuxExit};
-use crate::logger::PROGRAM;
+use crate::monitor::peer::{self, Link, Peer};
 
 /// Entry tags: console bytes, and the end of the run.
 const TAG_BYTES: u8 = 0;
@@ -30,16 +31,12 @@ const MAX_AHEAD: usize = 16 << 20;
 /// The policy every variant of a Linux-mode cluster runs under.
 const POLICY: &[u8] = b"dmvx linux mode: serial console relaxed, end of run lockstep, v1";
 
-/// One variant's side of the link.
-enum Side {
-    Leader(Leader),
-    Follower(Box<Follower>),
-}
-
 /// The state the console sink (on the vCPU thread) and the end of the run share.
 struct State {
-    side: Side,
+    link: Link,
     id: u8,
+    /// The leader's variant id (a report from it names it).
+    leader_id: u8,
     /// Leader: bytes not shipped yet.
     chunk: Vec<u8>,
     /// Console bytes of this variant so far.
@@ -55,8 +52,9 @@ struct State {
     mismatch: Option<(usize, Instant)>,
     /// Follower: the leader's end (its status, its stream length).
     leader_end: Option<(u8, u64)>,
-    /// The report, once the variants diverged.
+    /// The message, once the variants diverged, and the report.
     diverged: Option<String>,
+    report: String,
     /// The last console lines of this variant, for the report.
     tail: Vec<u8>,
     report_dir: PathBuf,
@@ -82,10 +80,7 @@ impl SerialSink for MvxSink {
         s.tail.extend_from_slice(bytes);
         let excess = s.tail.len().saturating_sub(2048);
         s.tail.drain(..excess);
-        let r = match s.side {
-            Side::Leader(_) => s.leader_output(bytes),
-            Side::Follower(_) => s.follower_output(bytes),
-        };
+        let r = if s.link.is_leader() { s.leader_output(bytes) } else { s.follower_output(bytes) };
         if let Err(e) = r {
             s.diverge(e);
         }
@@ -100,27 +95,19 @@ impl SerialSink for MvxSink {
 enum Stop {
     /// Different console output or end, seen at this byte offset.
     Differs { offset: u64, leader: String, mine: String },
-    /// A follower reported a divergence (its report).
-    Reported(Vec<u8>),
+    /// A peer reported a divergence (its report).
+    Reported(Box<Report>),
     /// The link failed.
     Link(LinkError),
 }
 
+impl Peer for State {
+    fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+}
+
 impl State {
-    fn leader(&mut self) -> &mut Leader {
-        match &mut self.side {
-            Side::Leader(l) => l,
-            Side::Follower(_) => unreachable!("leader link used on a follower"),
-        }
-    }
-
-    fn follower(&mut self) -> &mut Follower {
-        match &mut self.side {
-            Side::Follower(f) => f,
-            Side::Leader(_) => unreachable!("follower link used on the leader"),
-        }
-    }
-
     fn leader_output(&mut self, bytes: &[u8]) -> Result<(), Stop> {
         let mut out = io::stdout().lock();
         let _ = out.write_all(bytes);
@@ -143,18 +130,18 @@ impl State {
         entry.push(TAG_BYTES);
         entry.extend_from_slice(&self.chunk);
         self.chunk.clear();
-        self.leader().push(&entry).map_err(Stop::Link)?;
+        self.link.leader().push(&entry).map_err(Stop::Link)?;
         Ok(())
     }
 
     /// Leader: a follower's divergence report ends the run.
     fn leader_controls(&mut self) -> Result<(), Stop> {
-        while let Some((_, c)) = self.leader().try_recv_control() {
-            if let Control::Divergence { report, .. } = c {
-                return Err(Stop::Reported(report));
+        while let Some((from, c)) = self.link.leader().try_recv_control() {
+            if let Control::Divergence { seq, report } = c {
+                return Err(Stop::Reported(Box::new(Report::from_peer(&report, seq, from))));
             }
         }
-        self.leader().check().map_err(Stop::Link)
+        self.link.leader().check().map_err(Stop::Link)
     }
 
     fn follower_output(&mut self, bytes: &[u8]) -> Result<(), Stop> {
@@ -175,11 +162,12 @@ impl State {
         let mut got = false;
         loop {
             let wait = if got { Duration::ZERO } else { wait.unwrap_or(Duration::from_secs(3600)) };
-            let f = self.follower();
-            let entry = match f.next_incoming_timeout(wait) {
+            let entry = match self.link.follower().next_incoming_timeout(wait) {
                 Ok(Some(Incoming::Entry(e))) => (e.seq, e.data.to_vec()),
                 Ok(None) => return Ok(got),
-                Ok(Some(Incoming::Control(Control::Divergence { report, .. }))) => return Err(Stop::Reported(report)),
+                Ok(Some(Incoming::Control(Control::Divergence { seq, report }))) => {
+                    return Err(Stop::Reported(Box::new(Report::from_peer(&report, seq, self.leader_id))))
+                }
                 Ok(Some(Incoming::Control(_))) => continue,
                 Err(e) => return Err(Stop::Link(e)),
             };
@@ -190,7 +178,7 @@ impl State {
                     self.theirs.extend_from_slice(bytes);
                     // Received (the leader's back-pressure); the end alone
                     // is acknowledged only once compared.
-                    let _ = self.follower().ack_soon(seq, [0; 32]);
+                    let _ = self.link.follower().ack_soon(seq, [0; 32]);
                 }
                 Some((&TAG_END, rest)) if rest.len() == 9 => {
                     let total = u64::from_le_bytes(rest[1..9].try_into().expect("8 bytes"));
@@ -268,12 +256,7 @@ impl State {
     /// Records the divergence: the report (written) and what to print.
     fn diverge(&mut self, stop: Stop) {
         let (text, message) = match stop {
-            Stop::Reported(r) => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&r).unwrap_or_else(|_| serde_json::json!({"message": "divergence"}));
-                let msg = v["message"].as_str().unwrap_or("divergence").to_string();
-                (serde_json::to_string_pretty(&v).unwrap_or_default(), msg)
-            }
+            Stop::Reported(r) => (r.to_json(), r.message),
             Stop::Link(e) => {
                 let message = format!("the link to the other variants failed: {e}");
                 (self.report(Kind::Link, &message, self.total, None, None).to_json(), message)
@@ -290,22 +273,14 @@ impl State {
                 let ev = |text: String| Event::Serial { offset, text };
                 let report = self.report(Kind::Records, &message, offset, Some(ev(leader)), Some(ev(mine)));
                 let json = report.to_json();
-                if let Side::Follower(f) = &mut self.side {
+                if let Link::Follower(f) = &mut self.link {
                     let _ = f.send_control(&Control::Divergence { seq: offset, report: json.clone().into_bytes() });
                 }
                 (json, message)
             }
         };
-        let name = format!("dmvx-divergence-variant{}.json", self.id);
-        let path = self.report_dir.join(&name);
-        match crate::jail::reports::write(&self.report_dir, &name, text.as_bytes()) {
-            Ok(()) => log::info!(target: PROGRAM, "divergence report written to {}", path.display()),
-            Err(e) => log::error!(
-                target: PROGRAM,
-                "cannot write the divergence report {}: {e}; the report:\n{text}",
-                path.display()
-            ),
-        }
+        peer::write_report(&self.report_dir, &peer::report_name(self.id, None), &text);
+        self.report = text;
         self.diverged = Some(message);
     }
 
@@ -372,16 +347,12 @@ pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
     drop(kernel);
     let me = join.cfg.variant(join.id).map_err(LinuxError::Config)?.clone();
     let timeout = join.cfg.timeout;
-    let side = match me.role {
-        Role::Leader => Side::Leader(Leader::start(&join.cfg, &join.key, &info).map_err(LinuxError::Link)?),
-        Role::Follower => {
-            Side::Follower(Box::new(Follower::connect(&join.cfg, join.id, &join.key, &info).map_err(LinuxError::Link)?))
-        }
-    };
+    let link = Link::join(&join.cfg, join.id, me.role, &join.key, &info).map_err(LinuxError::Link)?;
     log::debug!("cluster {:?}: variant {} joined as the {:?}", join.cfg.name, join.id, me.role);
     let state = Arc::new(Mutex::new(State {
-        side,
+        link,
         id: join.id,
+        leader_id: join.cfg.leader().id,
         chunk: Vec::with_capacity(CHUNK * 2),
         total: 0,
         mine: Vec::new(),
@@ -391,6 +362,7 @@ pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
         mismatch: None,
         leader_end: None,
         diverged: None,
+        report: String::new(),
         tail: Vec::new(),
         report_dir: join.report_dir,
     }));
@@ -404,9 +376,10 @@ pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
     config.monitor = Some(Box::new(move || {
         let mut s = lock(&watched);
         if s.diverged.is_none() {
-            let r = match s.side {
-                Side::Leader(_) => s.leader_controls(),
-                Side::Follower(_) => s.pull(Some(Duration::ZERO)).and_then(|_| s.compare()),
+            let r = if s.link.is_leader() {
+                s.leader_controls()
+            } else {
+                s.pull(Some(Duration::ZERO)).and_then(|_| s.compare())
             };
             if let Err(e) = r {
                 s.diverge(e);
@@ -421,10 +394,8 @@ pub fn run(mut config: Config, join: Join) -> Result<Outcome, LinuxError> {
         return Ok(Outcome::Diverged(msg));
     }
     let status = exit.status();
-    let end = match s.side {
-        Side::Leader(_) => leader_end(&mut s, status, timeout),
-        Side::Follower(_) => follower_end(&mut s, status, timeout),
-    };
+    let end =
+        if s.link.is_leader() { leader_end(&mut s, status, timeout) } else { follower_end(&mut s, status, timeout) };
     match end {
         Ok(()) => Ok(Outcome::Agreed(exit)),
         Err(stop) => {
@@ -440,22 +411,12 @@ fn leader_end(s: &mut State, status: u8, timeout: Duration) -> Result<(), Stop> 
     s.ship()?;
     let mut end = vec![TAG_END, status];
     end.extend_from_slice(&s.total.to_le_bytes());
-    let seq = s.leader().push(&end).map_err(Stop::Link)?;
+    let seq = s.link.leader().push(&end).map_err(Stop::Link)?;
     let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match s.leader().wait_acked(seq, left) {
-            Ok(Acked::All) => break,
-            Ok(Acked::ControlWaiting) => s.leader_controls()?,
-            Err(e) => {
-                // A follower's report explains a failure better.
-                s.leader_controls()?;
-                return Err(Stop::Link(e));
-            }
-        }
-    }
-    let _ = s.leader().send_control(&Control::Shutdown { status: status as i32 });
-    let _ = s.leader().flush();
+    let left = || deadline.saturating_duration_since(Instant::now());
+    // A follower's report explains a failure better.
+    peer::await_acked(s, seq, left, State::leader_controls, |s, e| s.leader_controls().err().unwrap_or(Stop::Link(e)))?;
+    peer::send_goodbye(s.link.leader(), status as i32);
     Ok(())
 }
 
@@ -489,40 +450,21 @@ fn follower_end(s: &mut State, status: u8, timeout: Duration) -> Result<(), Stop
             mine: format!("<the guest stopped with status {status}>"),
         });
     }
-    let seq = s.follower().last_seq();
-    s.follower().ack(seq, [0; 32]).map_err(Stop::Link)?;
+    let seq = s.link.follower().last_seq();
+    s.link.follower().ack(seq, [0; 32]).map_err(Stop::Link)?;
     // The leader's goodbye, so the acknowledgement is not cut off.
-    let bye = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < bye {
-        match s.follower().try_recv_control() {
-            Some(Control::Shutdown { .. }) => break,
-            _ if s.follower().check().is_err() => break,
-            _ => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
+    peer::await_goodbye(s.link.follower(), Duration::from_secs(2));
     Ok(())
 }
 
 /// After a divergence: the leader tells every follower; both give the link a
 /// moment so the other side reads the report.
 fn finish_diverged(s: &mut State) {
-    let text =
-        crate::jail::reports::read(&s.report_dir, &format!("dmvx-divergence-variant{}.json", s.id)).unwrap_or_default();
-    match &mut s.side {
-        Side::Leader(l) => {
-            let _ = l.send_control(&Control::Divergence { seq: 0, report: text });
-            let _ = l.flush();
+    match &mut s.link {
+        Link::Leader(l) => {
+            peer::send_report(l, 0, &s.report);
             std::thread::sleep(Duration::from_millis(100));
         }
-        Side::Follower(f) => {
-            let bye = Instant::now() + Duration::from_secs(1);
-            while Instant::now() < bye {
-                match f.try_recv_control() {
-                    Some(Control::Divergence { .. }) | Some(Control::Shutdown { .. }) => break,
-                    _ if f.check().is_err() => break,
-                    _ => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        }
+        Link::Follower(f) => peer::await_farewell(f),
     }
 }

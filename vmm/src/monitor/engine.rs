@@ -12,10 +12,10 @@ use std::time::Duration;
 use dmvx_sync::link::LinkError;
 use dmvx_sync::policy::{Check, Class, Input};
 use dmvx_sync::record::{decode, record_digest, records_agree, temp_names, EntryView, SignalEvent};
-use dmvx_sync::report::{describe, Kind, PolicyUsed, Report};
-use dmvx_sync::{Acked, Control, Incoming};
+use dmvx_sync::report::Kind;
+use dmvx_sync::{Control, Incoming};
 
-use super::{Link, Monitor, OpMode, Stop};
+use super::{peer, Link, Monitor, OpMode, Stop};
 use crate::kernel::file::OpenFile;
 use crate::kernel::syscall::names;
 
@@ -27,7 +27,7 @@ const ACK_EVERY: u64 = 64;
 const CTRL_REACHED: u32 = 1;
 /// Custom control from the leader: "look at the link" (its last event was
 /// sent while yours may be running code without system calls).
-const CTRL_LOOK: u32 = 2;
+pub(super) const CTRL_LOOK: u32 = 2;
 /// How long a follower waits for the leader's entry of a held output
 /// before telling the leader it reached it.
 const REACHED_AFTER: Duration = Duration::from_millis(20);
@@ -131,28 +131,6 @@ impl Monitor {
         Ok(())
     }
 
-    /// Leader: waits until every follower acknowledged `seq`, whatever it
-    /// made there (a death from outside: see `finish_killed_externally`).
-    fn await_any_ack(&mut self, seq: u64) -> Result<(), Stop> {
-        loop {
-            let timeout = self.timeout;
-            match self.leader().wait_acked(seq, timeout) {
-                Ok(Acked::All) => return Ok(()),
-                Ok(Acked::ControlWaiting) => {
-                    // A follower that reached a different call there reports
-                    // it; the death is the leader's, not a divergence.
-                    let _ = self.leader().try_recv_control();
-                }
-                Err(LinkError::AckTimeout { silent, .. }) => {
-                    let who = silent.first().copied().unwrap_or(0);
-                    let mine = self.rec.as_bytes().to_vec();
-                    return Err(self.diverge(Kind::Silent, seq, Some(&mine), None, who, false));
-                }
-                Err(e) => return Err(Monitor::link_stop(e)),
-            }
-        }
-    }
-
     /// Follower: whether the leader's call with `record` took effect before
     /// this variant compared it: it did unless the policy made the leader
     /// wait for agreement or hold its output.
@@ -164,24 +142,19 @@ impl Monitor {
 
     /// Leader: waits until every follower acknowledged `seq` with this
     /// call's record.
-    fn await_followers(&mut self, seq: u64) -> Result<(), Stop> {
+    pub(super) fn await_followers(&mut self, seq: u64) -> Result<(), Stop> {
         let want = record_digest(self.rec.as_bytes());
-        loop {
-            let timeout = self.timeout;
-            match self.leader().wait_acked(seq, timeout) {
-                Ok(Acked::All) => break,
-                Ok(Acked::ControlWaiting) => self.take_controls_leader()?,
-                Err(LinkError::AckTimeout { silent, .. }) => {
-                    let who = silent.first().copied().unwrap_or(0);
-                    let mine = self.rec.as_bytes().to_vec();
-                    return Err(self.diverge(Kind::Silent, seq, Some(&mine), None, who, false));
-                }
-                Err(e) => {
-                    self.take_controls_leader()?;
-                    return Err(Monitor::link_stop(e));
-                }
-            }
-        }
+        let timeout = self.timeout;
+        peer::await_acked(
+            self,
+            seq,
+            || timeout,
+            Monitor::take_controls_leader,
+            |m, e| match e {
+                LinkError::AckTimeout { silent, .. } => m.silent_follower(seq, &silent),
+                e => m.take_controls_leader().err().unwrap_or_else(|| Monitor::link_stop(e)),
+            },
+        )?;
         let bad: Vec<u8> =
             self.leader().acks().filter(|a| a.seq == seq && a.digest != want).map(|a| a.variant).collect();
         if let Some(&v) = bad.first() {
@@ -200,19 +173,10 @@ impl Monitor {
             return Ok(true);
         }
         loop {
-            let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
-            match link.next_incoming_timeout(wait) {
-                Ok(Some(Incoming::Entry(e))) => {
-                    keep_entry(&mut self.leader_entry, seq, e)?;
-                    return Ok(true);
-                }
-                Ok(None) => return Ok(false),
-                Ok(Some(Incoming::Control(c))) => {
-                    if let Some(stop) = self.on_control_follower(Some(c)) {
-                        return Err(stop);
-                    }
-                }
-                Err(e) => return Err(Monitor::link_stop(e)),
+            match self.take_from_leader(seq, wait)? {
+                Took::Entry => return Ok(true),
+                Took::Control => {}
+                Took::Nothing => return Ok(false),
             }
         }
     }
@@ -221,16 +185,11 @@ impl Monitor {
     /// leader may be blocked in that call for as long as the program waits
     /// (pause, accept, a child that runs on): while its heartbeats arrive
     /// the follower waits on; a leader the link finds silent is a divergence.
-    fn fetch_leader_entry(&mut self, seq: u64) -> Result<(), Stop> {
-        loop {
-            if self.fetch_leader_entry_within(seq, self.timeout)? {
-                return Ok(());
-            }
-            if self.follower().check().is_err() {
-                let mine = self.rec.as_bytes().to_vec();
-                return Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false));
-            }
+    pub(super) fn fetch_leader_entry(&mut self, seq: u64) -> Result<(), Stop> {
+        while !self.fetch_leader_entry_within(seq, self.timeout)? {
+            self.check_leader(seq)?;
         }
+        Ok(())
     }
 
     /// Follower: the thread whose call the leader's next event is (None:
@@ -249,27 +208,42 @@ impl Monitor {
                     .map_err(|e| Stop::link(format!("undecodable entry {seq} from the leader: {e}")))?;
                 return Ok(dmvx_sync::record::record_thread(view.record));
             }
-            let timeout = self.timeout;
-            let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
-            match link.next_incoming_timeout(timeout) {
-                Ok(Some(Incoming::Entry(e))) => {
-                    keep_entry(&mut self.leader_entry, seq, e)?;
-                    self.prefetched = Some(seq);
-                }
-                Ok(None) => {
-                    if self.follower().check().is_err() {
-                        let mine = self.rec.as_bytes().to_vec();
-                        return Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false));
-                    }
-                }
-                Ok(Some(Incoming::Control(c))) => {
-                    if let Some(stop) = self.on_control_follower(Some(c)) {
-                        return Err(stop);
-                    }
-                }
-                Err(e) => return Err(Monitor::link_stop(e)),
+            // A control message may be the leader's word on the thread.
+            match self.take_from_leader(seq, self.timeout)? {
+                Took::Entry => self.prefetched = Some(seq),
+                Took::Control => {}
+                Took::Nothing => self.check_leader(seq)?,
             }
         }
+    }
+
+    /// Follower: the leader's next message, if one arrives within `wait`:
+    /// its entry `seq` (into `self.leader_entry`), or a control message,
+    /// taken (an Err if it stops the run).
+    fn take_from_leader(&mut self, seq: u64, wait: Duration) -> Result<Took, Stop> {
+        let Link::Follower(link) = &mut self.link else { unreachable!("follower link on a follower") };
+        match link.next_incoming_timeout(wait) {
+            Ok(Some(Incoming::Entry(e))) => {
+                keep_entry(&mut self.leader_entry, seq, e)?;
+                Ok(Took::Entry)
+            }
+            Ok(Some(Incoming::Control(c))) => match self.on_control_follower(Some(c)) {
+                Some(stop) => Err(stop),
+                None => Ok(Took::Control),
+            },
+            Ok(None) => Ok(Took::Nothing),
+            Err(e) => Err(Monitor::link_stop(e)),
+        }
+    }
+
+    /// Follower, while it waits for the leader's entry `seq`: a leader
+    /// that the link finds silent is a divergence.
+    fn check_leader(&mut self, seq: u64) -> Result<(), Stop> {
+        if self.follower().check().is_err() {
+            let mine = self.rec.as_bytes().to_vec();
+            return Err(self.diverge(Kind::Silent, seq, None, Some(&mine), 0, false));
+        }
+        Ok(())
     }
 
     /// Follower, while it waits on the host for its own processes (a pipe's
@@ -310,33 +284,7 @@ impl Monitor {
                 None
             }
             Control::Shutdown { status } => Some(Stop::Shutdown(status)),
-            Control::Divergence { seq, report } => {
-                let text = String::from_utf8_lossy(&report).into_owned();
-                let mut v: serde_json::Value =
-                    serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"message": text}));
-                // The leader found it at our current event: tell it what we made there.
-                if seq == self.seq && v["variant"].as_u64() == Some(self.id as u64) && v["other"].is_null() {
-                    let name_of = |nr| names::name(nr);
-                    let mine = decode(self.rec.as_bytes(), name_of).ok();
-                    let leader: Option<dmvx_sync::record::Event> = serde_json::from_value(v["leader"].clone()).ok();
-                    v["message"] = serde_json::Value::String(format!(
-                        "variant {} made {} at event {seq} where the leader made {}",
-                        self.id,
-                        describe(&mine),
-                        describe(&leader)
-                    ));
-                    v["other"] = serde_json::to_value(mine).unwrap_or_default();
-                    if let Some(arr) = v["forensic"].as_array_mut() {
-                        arr.push(serde_json::to_value(self.variant_log()).unwrap_or_default());
-                    }
-                    let reply = serde_json::to_vec_pretty(&v).unwrap_or_default();
-                    let _ = self.follower().send_control(&Control::Divergence { seq, report: reply });
-                }
-                let msg =
-                    v["message"].as_str().map(String::from).unwrap_or_else(|| format!("divergence at event {seq}"));
-                self.write_report_file(&serde_json::to_string_pretty(&v).unwrap_or(text));
-                Some(Stop::Divergence(msg))
-            }
+            Control::Divergence { seq, report } => Some(self.on_leader_report(seq, &report)),
             Control::Custom { kind: super::fresh_names::CTRL_WAITING, payload } => {
                 self.on_waiting(&payload);
                 None
@@ -375,40 +323,8 @@ impl Monitor {
         self.leader().check().map_err(Monitor::link_stop)
     }
 
-    /// Leader: signal `what` cannot be delivered at one point in every
-    /// variant (the program ran without system calls for `waited`): the run
-    /// stops with a report, the output every follower agreed on goes out.
-    pub(crate) fn signal_undeliverable(&mut self, what: &str, waited: Duration) -> Stop {
-        let seq = self.seq;
-        let message = self.in_process(format!(
-            "{what} arrived while the program ran without system calls; after {:.1} s it still made none, so \
-             the variants cannot take the signal at the same point (dmvx has no instruction counter here)",
-            waited.as_secs_f64()
-        ));
-        let report = Report {
-            kind: Kind::Signal,
-            message: message.clone(),
-            seq,
-            variant: self.id as u32,
-            detected_by: self.id as u32,
-            policy: PolicyUsed::of(self.class, self.rule),
-            leader: None,
-            other: None,
-            took_effect: false,
-            forensic: vec![self.variant_log()],
-        };
-        let json = report.to_json();
-        let (agreed, _) = self.agreed_before(seq + 1, u8::MAX, true);
-        self.outputs.release_before(agreed, seq + 1);
-        let _ = self.outputs.discard();
-        let _ = self.leader().send_control(&Control::Divergence { seq, report: json.clone().into_bytes() });
-        let _ = self.leader().flush();
-        self.write_report_file(&json);
-        Stop::Divergence(message)
-    }
-
     /// Leader: handles control messages from followers (divergence reports).
-    fn take_controls_leader(&mut self) -> Result<(), Stop> {
+    pub(super) fn take_controls_leader(&mut self) -> Result<(), Stop> {
         if !self.is_leader() {
             return Ok(());
         }
@@ -427,66 +343,7 @@ impl Monitor {
                 continue;
             }
             if let Control::Divergence { seq, report } = c {
-                // The follower found it: add the leader's view and stop all.
-                let mut v: serde_json::Value =
-                    serde_json::from_slice(&report).unwrap_or_else(|_| serde_json::json!({"message": "divergence"}));
-                let my_log = serde_json::to_value(self.variant_log()).unwrap_or_default();
-                if let Some(arr) = v["forensic"].as_array_mut() {
-                    arr.push(my_log);
-                }
-                let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-                // The reporting follower checked every event before `seq`.
-                let (agreed, _) = self.agreed_before(seq, from, true);
-                self.outputs.release_before(agreed, seq);
-                let discarded = self.outputs.discard();
-                self.write_report_file(&text);
-                let _ = self.leader().send_control(&Control::Divergence { seq, report: text.into_bytes() });
-                let _ = self.leader().flush();
-                let msg = v["message"].as_str().unwrap_or("divergence").to_string();
-                log::warn!(
-                    target: crate::logger::PROGRAM,
-                    "variant {from} diverged at event {seq}; {discarded} bytes of held output discarded"
-                );
-                return Err(Stop::Divergence(msg));
-            }
-        }
-    }
-
-    /// Leader, on a divergence at `seq` in variant `diverging`: how far
-    /// every variant agreed. If `diverging` reached `seq` (it reported a
-    /// different record there), it agreed on everything before; if it fell
-    /// silent, only on what it acknowledged. The other followers may lag:
-    /// the output held before `seq` waits (up to the cluster timeout) until
-    /// each acknowledged it or reported a divergence of its own. Also
-    /// returns a report `diverging` sent meanwhile.
-    fn agreed_before(&mut self, seq: u64, diverging: u8, reached: bool) -> (u64, Option<Vec<u8>>) {
-        let need = self.outputs.newest_before(seq);
-        let deadline = std::time::Instant::now() + self.timeout;
-        // Followers that reported a divergence: they agreed up to there.
-        let mut reported: Vec<(u8, u64)> = Vec::new();
-        let mut own = None;
-        loop {
-            let mut frozen = u64::MAX;
-            let mut others = u64::MAX;
-            for a in self.leader_ref().acks() {
-                let upto = self.outputs.agreement(a.seq, &a.digest);
-                match reported.iter().find(|r| r.0 == a.variant) {
-                    _ if a.variant == diverging && reached => {}
-                    _ if a.variant == diverging => frozen = upto,
-                    Some(r) => frozen = frozen.min(r.1.saturating_sub(1)),
-                    None => others = others.min(upto),
-                }
-            }
-            let agreed = frozen.min(others).min(seq.saturating_sub(1));
-            let hopeless = frozen < need;
-            if agreed >= need || hopeless || std::time::Instant::now() >= deadline || self.leader().check().is_err() {
-                return (agreed, own);
-            }
-            match self.leader().try_recv_control() {
-                Some((from, Control::Divergence { report, .. })) if from == diverging => own = Some(report),
-                Some((from, Control::Divergence { seq: at, .. })) => reported.push((from, at)),
-                Some(_) => {}
-                None => std::thread::sleep(Duration::from_micros(200)),
+                return Err(self.on_follower_report(from, seq, &report));
             }
         }
     }
@@ -500,21 +357,20 @@ impl Monitor {
         let mut acked = agreed(self);
         if (all || self.outputs.full()) && acked < self.outputs.newest() {
             let want = self.outputs.newest();
-            loop {
-                let timeout = self.timeout;
-                match self.leader().wait_acked(want, timeout) {
-                    Ok(Acked::All) => break,
-                    Ok(Acked::ControlWaiting) => self.take_controls_leader()?,
-                    Err(LinkError::AckTimeout { silent, .. }) => {
+            let timeout = self.timeout;
+            peer::await_acked(
+                self,
+                want,
+                || timeout,
+                Monitor::take_controls_leader,
+                |m, e| match e {
+                    LinkError::AckTimeout { silent, .. } => {
                         let who = silent.first().copied().unwrap_or(0);
-                        return Err(self.diverge(Kind::Silent, want, None, None, who, false));
+                        m.diverge(Kind::Silent, want, None, None, who, false)
                     }
-                    Err(e) => {
-                        self.take_controls_leader()?;
-                        return Err(Monitor::link_stop(e));
-                    }
-                }
-            }
+                    e => m.take_controls_leader().err().unwrap_or_else(|| Monitor::link_stop(e)),
+                },
+            )?;
             acked = agreed(self);
         }
         self.outputs.release(acked, all);
@@ -581,276 +437,6 @@ impl Monitor {
         Ok(())
     }
 
-    /// The program ends with `exit` status or killed by `sig`: the last
-    /// event is checked in lockstep, held outputs go out, the run ends.
-    pub(crate) fn finish(&mut self, exit: Option<i32>, sig: Option<i32>) -> Result<(), Stop> {
-        self.finish_with(exit, sig, false)
-    }
-
-    /// Leader: the program dies of a signal from outside (sent to the
-    /// VMM) that no call of its received. Followers may be at a later call
-    /// already (acknowledged with its record); they end with the leader
-    /// when they find its death instead of their call's entry.
-    pub(crate) fn finish_killed_externally(&mut self, sig: i32) -> Result<(), Stop> {
-        self.finish_with(None, Some(sig), true)
-    }
-
-    fn finish_with(&mut self, exit: Option<i32>, sig: Option<i32>, external: bool) -> Result<(), Stop> {
-        // exit_group already went through monitor_begin as a call; the
-        // final event is the exit or death itself.
-        match (exit, sig) {
-            (Some(s), _) => self.rec.exit(s),
-            (_, Some(s)) => self.rec.killed(s),
-            _ => self.rec.exit(0),
-        };
-        self.class = Class::Exit;
-        self.rule = self.policy.rule(u64::MAX, Class::Exit);
-        self.seq += 1;
-        let seq = self.seq;
-        if self.is_leader() {
-            let rec = self.rec.as_bytes().to_vec();
-            self.entry.start(&rec);
-            let entry = self.entry.finish(0, &[]).to_vec();
-            self.leader().push(&entry).map_err(Monitor::link_stop)?;
-            self.leader().flush().map_err(Monitor::link_stop)?;
-            // Followers may be running code without system calls (a death
-            // by a signal is not at a call): this wakes them to take it.
-            let _ = self.leader().send_control(&Control::Custom { kind: CTRL_LOOK, payload: Vec::new() });
-            if external {
-                self.await_any_ack(seq)?;
-            } else {
-                self.await_followers(seq)?;
-            }
-            self.release_outputs(true)?;
-            self.log.push(seq, self.rec.as_bytes(), 0);
-            let status = exit.unwrap_or(128 + sig.unwrap_or(0));
-            let _ = self.leader().send_control(&Control::Shutdown { status });
-            let _ = self.leader().flush();
-            return Ok(());
-        }
-        let d = record_digest(self.rec.as_bytes());
-        self.follower().ack(seq, d).map_err(Monitor::link_stop)?;
-        self.fetch_leader_entry(seq)?;
-        let view = EntryView::decode(&self.leader_entry).map_err(|e| Stop::link(e.to_string()))?;
-        if view.record != self.rec.as_bytes() {
-            let leader = view.record.to_vec();
-            let mine = self.rec.as_bytes().to_vec();
-            return Err(self.diverge(Kind::Ended, seq, Some(&leader), Some(&mine), self.id, true));
-        }
-        // Stay until the leader ends the run: it still waits for the other
-        // followers, and a closed link would look like a failure to it.
-        let deadline = std::time::Instant::now() + self.timeout;
-        while std::time::Instant::now() < deadline {
-            match self.follower().try_recv_control() {
-                Some(Control::Shutdown { .. }) => break,
-                Some(_) => continue,
-                None => {
-                    if self.follower().check().is_err() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Builds, writes and sends a divergence report; returns the stop.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn diverge(
-        &mut self,
-        kind: Kind,
-        seq: u64,
-        leader: Option<&[u8]>,
-        other: Option<&[u8]>,
-        variant: u8,
-        took_effect: bool,
-    ) -> Stop {
-        let name_of = |nr| names::name(nr);
-        // A silent follower checked only what it acknowledged; any other
-        // reached `seq`, having agreed on everything before.
-        let reached = !matches!(kind, Kind::Silent);
-        let le = leader.and_then(|r| decode(r, name_of).ok());
-        let oe = other.and_then(|r| decode(r, name_of).ok());
-        let who = if self.is_leader() { format!("variant {variant}") } else { format!("variant {}", self.id) };
-        let message = match kind {
-            Kind::Silent if self.is_leader() => {
-                format!("{who} stopped answering at event {seq} (the leader was at {})", describe(&le))
-            }
-            Kind::Silent => format!("the leader stopped answering at event {seq}"),
-            Kind::Result => {
-                format!("{who} got a different result from {} at event {seq} than the leader", describe(&oe))
-            }
-            _ => format!("{who} made {} at event {seq} where the leader made {}", describe(&oe), describe(&le)),
-        };
-        let message = self.in_process(self.in_thread(message));
-        let report = Report {
-            kind,
-            message: message.clone(),
-            seq,
-            variant: variant as u32,
-            detected_by: self.id as u32,
-            policy: PolicyUsed::of(self.class, self.rule),
-            leader: le,
-            other: oe,
-            took_effect,
-            forensic: vec![self.variant_log()],
-        };
-        let mut json = report.to_json();
-        // Output every variant agreed on before the divergence may go out;
-        // nothing from the diverging event on.
-        let mut answer = None;
-        if self.is_leader() {
-            let (agreed, own) = self.agreed_before(seq, variant, reached);
-            self.outputs.release_before(agreed, seq);
-            answer = own;
-        }
-        let discarded = self.outputs.discard();
-        if self.is_leader() {
-            let _ = self.leader().send_control(&Control::Divergence { seq, report: json.clone().into_bytes() });
-            let _ = self.leader().flush();
-            if report.other.is_none() {
-                // The other variant answers with what it made there.
-                let deadline = std::time::Instant::now() + Duration::from_secs(1);
-                while std::time::Instant::now() < deadline {
-                    let got = answer.take().map(|r| (variant, Control::Divergence { seq, report: r }));
-                    if let Some((from, Control::Divergence { report: r, .. })) =
-                        got.or_else(|| self.leader().try_recv_control())
-                    {
-                        if from == variant {
-                            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r) {
-                                let message = format!(
-                                    "variant {variant} made {} at event {seq} where the leader made {}",
-                                    describe(&serde_json::from_value(v["other"].clone()).ok()),
-                                    describe(&report.leader)
-                                );
-                                let mut v = v;
-                                v["message"] = serde_json::Value::String(message);
-                                json = serde_json::to_string_pretty(&v).unwrap_or(json);
-                            }
-                            break;
-                        }
-                        continue;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        } else {
-            let _ = self.follower().send_control(&Control::Divergence { seq, report: json.clone().into_bytes() });
-            // Give the leader time to read it before the link closes.
-            let deadline = std::time::Instant::now() + Duration::from_secs(1);
-            while std::time::Instant::now() < deadline {
-                match self.follower().try_recv_control() {
-                    Some(Control::Shutdown { .. }) | Some(Control::Divergence { .. }) => break,
-                    _ if self.follower().check().is_err() => break,
-                    _ => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        }
-        self.write_report_file(&json);
-        if discarded > 0 {
-            log::warn!(
-                target: crate::logger::PROGRAM,
-                "{discarded} bytes of held output discarded: they never left this host"
-            );
-        }
-        let message = serde_json::from_str::<serde_json::Value>(&json)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(String::from))
-            .unwrap_or(message);
-        Stop::Divergence(message)
-    }
-
-    /// The link failed: what every follower agreed on may still go out,
-    /// nothing else; the report says which variant and why.
-    pub(crate) fn link_failed(&mut self, why: &str, peer: Option<u8>, silent: bool) {
-        let seq = self.seq;
-        if self.is_leader() {
-            let acked = agreed(self);
-            self.outputs.release_before(acked, seq + 1);
-        }
-        let discarded = self.outputs.discard();
-        let variant = peer.unwrap_or(if self.is_leader() { self.id } else { 0 });
-        let report = Report {
-            kind: if silent { Kind::Silent } else { Kind::Link },
-            message: if silent {
-                format!("variant {variant} stopped answering at event {seq}: {why}")
-            } else {
-                format!("the link to variant {variant} failed at event {seq}: {why}")
-            },
-            seq,
-            variant: variant as u32,
-            detected_by: self.id as u32,
-            policy: PolicyUsed::of(self.class, self.rule),
-            leader: None,
-            other: None,
-            took_effect: false,
-            forensic: vec![self.variant_log()],
-        };
-        self.write_report_file(&report.to_json());
-        if discarded > 0 {
-            log::warn!(
-                target: crate::logger::PROGRAM,
-                "{discarded} bytes of held output discarded: they never left this host"
-            );
-        }
-    }
-
-    fn write_report_file(&self, json: &str) {
-        // The first process's report keeps the plain name; each other
-        // process's stream has its own file.
-        let name = if self.spec.pid == crate::kernel::proc_table::FIRST_PID {
-            format!("dmvx-divergence-variant{}.json", self.id)
-        } else {
-            format!("dmvx-divergence-variant{}-pid{}.json", self.id, self.spec.pid)
-        };
-        let path = self.report_dir.join(&name);
-        match crate::jail::reports::write(&self.report_dir, &name, json.as_bytes()) {
-            Ok(()) => log::info!(target: crate::logger::PROGRAM, "divergence report written to {}", path.display()),
-            // Nothing is lost: the report goes to stderr instead.
-            Err(e) => log::error!(
-                target: crate::logger::PROGRAM,
-                "cannot write the divergence report {}: {e}; the report:\n{json}",
-                path.display()
-            ),
-        }
-    }
-
-    /// A report message naming the thread, when the process has threads.
-    fn in_thread(&self, message: String) -> String {
-        if !self.threaded {
-            return message;
-        }
-        let mut m = format!("thread {}: {message}", self.tid);
-        if let Some((t, s)) = self.preempted {
-            m.push_str(&format!(
-                " (thread {t} was preempted between two system calls after event {s}: a data race in the program \
-                 can make variants differ after such a preemption)"
-            ));
-        }
-        m
-    }
-
-    /// A report message naming the process, when it is not the first.
-    fn in_process(&self, message: String) -> String {
-        if self.spec.pid == crate::kernel::proc_table::FIRST_PID {
-            message
-        } else {
-            format!("process {} ({}): {message}", self.spec.pid, self.spec.path)
-        }
-    }
-
-    /// Leader: the run stops because another process of this variant
-    /// diverged; this stream's followers stop too (their own report is that
-    /// process's).
-    pub(crate) fn stop_followers(&mut self, status: i32) {
-        if self.is_leader() {
-            let _ = self.outputs.discard();
-            let _ = self.leader().send_control(&Control::Shutdown { status });
-            let _ = self.leader().flush();
-        }
-    }
-
     /// Leader: before an operation that must come after what is held for
     /// `f` (shutdown, a blocking read of a reply), send it out.
     pub(crate) fn settle_file(&mut self, f: &Arc<OpenFile>) -> Result<(), Stop> {
@@ -910,12 +496,19 @@ impl Monitor {
 
 /// Leader: the event up to which every follower's acknowledgement shows
 /// agreement with the held outputs.
-fn agreed(m: &Monitor) -> u64 {
+pub(super) fn agreed(m: &Monitor) -> u64 {
     let mut acks = m.leader_ref().acks().peekable();
     if acks.peek().is_none() {
         return m.leader_ref().acked();
     }
     acks.map(|a| m.outputs.agreement(a.seq, &a.digest)).min().unwrap_or(0)
+}
+
+/// What a follower took from the leader.
+enum Took {
+    Entry,
+    Control,
+    Nothing,
 }
 
 /// Keeps the leader's entry `e` in `into` if it is entry `seq`, the one due.

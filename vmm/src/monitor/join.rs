@@ -158,12 +158,7 @@ pub fn join(join: Join, exe: &[u8], sandbox: &Sandbox, pid: u32) -> Result<Monit
     };
     let me = cfg.variant(join.id).map_err(JoinError::Config)?.clone();
     let timeout = cfg.timeout;
-    let link = match me.role {
-        dmvx_sync::Role::Leader => Link::Leader(Leader::start(&cfg, &join.key, &info).map_err(JoinError::Link)?),
-        dmvx_sync::Role::Follower => {
-            Link::Follower(Box::new(Follower::connect(&cfg, join.id, &join.key, &info).map_err(JoinError::Link)?))
-        }
-    };
+    let link = Link::join(&cfg, join.id, me.role, &join.key, &info).map_err(JoinError::Link)?;
     let spec = StreamSpec {
         cfg: cfg.clone(),
         key: join.key.clone(),

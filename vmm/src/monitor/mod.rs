@@ -8,14 +8,19 @@
 //! leader or local. The engine (`engine`) runs the leader/follower protocol
 //! over the link; the kernel's host operations are recorded (leader) or
 //! replayed (followers) through `record` and `replay`; outputs are held
-//! until every variant agreed on them (`commit`).
+//! until every variant agreed on them (`commit`). What Linux mode does with
+//! its peers the same way (the link, acknowledgements, goodbyes, reports)
+//! is `peer`, used by both.
 
 pub mod cluster;
 pub mod commit;
+mod divergence;
 mod engine;
+mod finish;
 mod fresh_names;
 pub mod join;
 pub mod launch;
+pub mod peer;
 pub mod records;
 pub mod spec;
 
@@ -31,15 +36,10 @@ use dmvx_sync::report::{ForensicLog, LayoutUsed, VariantLog};
 use crate::kernel::file::OpenFile;
 use crate::kernel::mm::HostIov;
 pub use join::JoinError;
+pub use peer::Link;
 
 /// Exit status of a run stopped because variants diverged.
 pub const EXIT_DIVERGENCE: u8 = 121;
-
-/// This variant's end of the cluster.
-pub enum Link {
-    Leader(Leader),
-    Follower(Box<Follower>),
-}
 
 /// How the host operations of the current call are carried out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,7 +192,7 @@ impl Monitor {
     }
 
     pub fn is_leader(&self) -> bool {
-        matches!(self.link, Link::Leader(_))
+        self.link.is_leader()
     }
 
     /// One line for --stats.
@@ -209,26 +209,17 @@ impl Monitor {
 
     /// The leader's link (call only on the leader).
     pub fn leader(&mut self) -> &mut Leader {
-        match &mut self.link {
-            Link::Leader(l) => l,
-            Link::Follower(_) => unreachable!("leader link used on a follower"),
-        }
+        self.link.leader()
     }
 
     /// The leader's link, shared (call only on the leader).
     pub fn leader_ref(&self) -> &Leader {
-        match &self.link {
-            Link::Leader(l) => l,
-            Link::Follower(_) => unreachable!("leader link used on a follower"),
-        }
+        self.link.leader_ref()
     }
 
     /// The follower's link (call only on a follower).
     pub fn follower(&mut self) -> &mut Follower {
-        match &mut self.link {
-            Link::Follower(f) => f,
-            Link::Leader(_) => unreachable!("follower link used on the leader"),
-        }
+        self.link.follower()
     }
 
     /// The mode for an operation of the current call on a resource that is
@@ -357,6 +348,12 @@ impl Monitor {
             _ => (None, false),
         };
         Stop::Link { why: e.to_string(), peer, silent }
+    }
+}
+
+impl peer::Peer for Monitor {
+    fn link(&mut self) -> &mut Link {
+        &mut self.link
     }
 }
 
