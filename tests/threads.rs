@@ -134,6 +134,28 @@ fn a_thread_blocked_on_a_descriptor_lets_the_others_run() {
     ]);
 }
 
+/// A thread waiting for a child (wait4, waitid) while another thread
+/// feeds that child: the wait must not block the VMM on the host, or the
+/// feeding thread never runs and the child never ends.
+#[test]
+fn a_thread_waiting_for_a_child_lets_the_others_run() {
+    require_kvm!();
+    same_everywhere(&[
+        "/usr/bin/python3",
+        "-c",
+        "import os, signal, threading, time\n\
+         signal.alarm(30)\n\
+         pipes = [os.pipe() for _ in range(2)]\n\
+         kids = []\n\
+         for r, w in pipes:\n    pid = os.fork()\n    if pid == 0:\n        os.close(w); os._exit(len(os.read(r, 10)))\n    os.close(r); kids.append(pid)\n\
+         def later(w, b):\n    t = threading.Thread(target=lambda: (time.sleep(0.2), os.write(w, b))); t.start(); return t\n\
+         t = later(pipes[0][1], b'wait4'); _, st = os.waitpid(kids[0], 0); t.join()\n\
+         print('waitpid', os.waitstatus_to_exitcode(st))\n\
+         t = later(pipes[1][1], b'waitid!'); info = os.waitid(os.P_PID, kids[1], os.WEXITED); t.join()\n\
+         print('waitid', info.si_status, info.si_code == os.CLD_EXITED)",
+    ]);
+}
+
 #[test]
 fn zstd_with_four_workers_compresses_like_native() {
     require_kvm!();

@@ -67,6 +67,13 @@ impl Kernel {
         }
     }
 
+    /// Whether a wait for `which` would block: children exist and none
+    /// has ended. Looks only (nothing is reaped or raised).
+    pub(crate) fn wait_would_block(&self, which: Which) -> bool {
+        let kids = self.children(which);
+        !kids.is_empty() && !kids.iter().any(|p| p.state == State::Zombie)
+    }
+
     /// The children `which` selects, alive or ended.
     fn children(&self, which: Which) -> Vec<Proc> {
         let me = self.task.tg.pid;

@@ -373,6 +373,17 @@ impl Kernel {
         if self.sched.others.is_empty() {
             return None;
         }
+        if matches!(nr as i64, libc::SYS_wait4 | libc::SYS_waitid) {
+            // A wait for a child: the same, with the children for readiness.
+            let would_block = if self.is_follower() {
+                self.monitor.as_ref().and_then(|m| m.leader_next_flag()).map(|f| f != 0)?
+            } else {
+                let which = super::syscall::lifetime::blocking_wait_target(self, nr, args)?;
+                self.wait_would_block(which)
+            };
+            self.sched.probe_final = Some(would_block);
+            return Some(would_block);
+        }
         let (events, flags) = match nr as i64 {
             libc::SYS_read | libc::SYS_readv | libc::SYS_accept | libc::SYS_accept4 => (libc::POLLIN, 0),
             libc::SYS_recvfrom => (libc::POLLIN, args[3]),

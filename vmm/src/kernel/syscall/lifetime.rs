@@ -53,6 +53,24 @@ fn wait_common(k: &mut Kernel, which: Which, block: bool, keep: bool) -> SysResu
     Ok(Some(Reaped { pid: pid as u32, wait_status: i32::from_le_bytes(out[4..].try_into().expect("4 bytes")) }))
 }
 
+/// The children a wait4 or waitid call (`nr`, `a`) would block for: None
+/// when it would not block (WNOHANG, stopped children only, a bad argument
+/// the call itself refuses).
+pub(crate) fn blocking_wait_target(k: &Kernel, nr: u64, a: &[u64; 6]) -> Option<Which> {
+    match nr as i64 {
+        libc::SYS_wait4 if a[2] & WNOHANG == 0 && a[0] as u32 as i32 != i32::MIN => {
+            Some(which_of(k, a[0] as u32 as i32))
+        }
+        libc::SYS_waitid if a[3] & WNOHANG == 0 && a[3] & WEXITED != 0 => match a[0] {
+            0 => Some(Which::Any),
+            1 if a[1] as i32 > 0 => Some(Which::Pid(a[1] as u32)),
+            2 if a[1] as i32 >= 0 => Some(which_of(k, -(a[1] as i32))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn which_of(k: &Kernel, pid: i32) -> Which {
     match pid {
         -1 => Which::Any,
