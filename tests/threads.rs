@@ -156,6 +156,33 @@ fn a_thread_waiting_for_a_child_lets_the_others_run() {
     ]);
 }
 
+/// A thread in a blocking connect that cannot complete until another
+/// thread accepts (the listener's queue is full: the SYN is dropped and
+/// sent again), and one refused.
+#[test]
+fn a_thread_connecting_lets_the_others_run() {
+    require_kvm!();
+    same_everywhere(&[
+        "/usr/bin/python3",
+        "-c",
+        "import os, signal, socket, threading, time\n\
+         signal.alarm(30)\n\
+         def full(family, addr):\n    s = socket.socket(family); s.bind(addr); s.listen(0)\n    \
+             first = socket.socket(family); first.connect(s.getsockname()); return s, first\n\
+         def accept_later(s, n):\n    def run():\n        time.sleep(0.3)\n        for _ in range(n): s.accept()[0].close()\n    \
+             t = threading.Thread(target=run); t.start(); return t\n\
+         s, first = full(socket.AF_INET, ('127.0.0.1', 0))\n\
+         extra = [socket.socket() for _ in range(2)]\n\
+         t = accept_later(s, 3)\n\
+         for c in extra: c.connect(s.getsockname())\n\
+         t.join(); print('tcp connected', len(extra) + 1)\n\
+         r = socket.socket(); r.bind(('127.0.0.1', 0)); port = r.getsockname()[1]; r.close()\n\
+         c = socket.socket(); done = threading.Event(); t = threading.Thread(target=done.wait); t.start()\n\
+         try:\n    c.connect(('127.0.0.1', port))\nexcept ConnectionRefusedError:\n    print('refused')\n\
+         done.set(); t.join()",
+    ]);
+}
+
 #[test]
 fn zstd_with_four_workers_compresses_like_native() {
     require_kvm!();

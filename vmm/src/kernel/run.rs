@@ -155,6 +155,9 @@ impl Kernel {
         }
         let mut sys =
             if would_block { Sys::Ret((-(libc::EAGAIN as i64)) as u64) } else { syscall::dispatch(self, nr, &args) };
+        if std::mem::take(&mut self.task.reissue) {
+            would_block = true;
+        }
         if let Sys::Thread(req) = &sys {
             // The ring serves processes of one thread only.
             plat.disable_ring();

@@ -40,6 +40,12 @@ pub struct Task {
     pub poll_deadline: Option<std::time::Instant>,
     /// sched_setaffinity's set (None: every virtual CPU).
     pub affinity: Option<super::cpus::CpuSet>,
+    /// The descriptor whose connection this thread started without
+    /// blocking and waits for (a process with threads: `connect`).
+    pub connecting: Option<u64>,
+    /// The call could not finish without blocking: the thread waits as a
+    /// poller and issues it again.
+    pub reissue: bool,
 }
 
 impl Task {
@@ -62,6 +68,8 @@ impl Task {
             nr: None,
             poll_deadline: None,
             affinity: None,
+            connecting: None,
+            reissue: false,
         }
     }
 }

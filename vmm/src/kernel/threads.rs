@@ -389,6 +389,8 @@ impl Kernel {
             libc::SYS_recvfrom => (libc::POLLIN, args[3]),
             libc::SYS_recvmsg => (libc::POLLIN, args[2]),
             libc::SYS_write | libc::SYS_writev => (libc::POLLOUT, 0),
+            // A connection this thread started (`connect`), until it is made.
+            libc::SYS_connect if self.task.connecting == Some(args[0]) => (libc::POLLOUT, 0),
             libc::SYS_sendto => (libc::POLLOUT, args[3]),
             libc::SYS_sendmsg => (libc::POLLOUT, args[2]),
             _ => return None,

@@ -9,6 +9,7 @@
 
 pub mod clone;
 mod common;
+pub mod connect;
 pub mod fd;
 pub mod file;
 pub mod futex;
@@ -237,7 +238,7 @@ table! {
     SYS_listen => Plain Host net::listen, remote(SocketSetup), [Fd(0), Int(1)], "";
     SYS_accept => Plain Host net::accept, remote(NetInput), [Fd(0), Const(0)], "";
     SYS_accept4 => Plain Host net::accept4, remote(NetInput), [Fd(0), Int(3)], "";
-    SYS_connect => Plain Host net::connect, remote(SocketSetup), [Fd(0), SockAddr { ptr: 1, len: 2 }], "Unix paths resolve inside the root; abstract names refused";
+    SYS_connect => Plain Host connect::connect, remote(SocketSetup), [Fd(0), SockAddr { ptr: 1, len: 2 }], "Unix paths resolve inside the root; abstract names refused";
     SYS_getsockname => Plain Host net::getsockname, remote(FdState), [], "";
     SYS_getpeername => Plain Host net::getpeername, remote(FdState), [], "";
     SYS_setsockopt => Plain Host net::setsockopt, remote(FdState), [Fd(0), Int(1), Int(2), Bytes { ptr: 3, len: Len::ArgMax(4, 256) }], "an allow-list; others ENOPROTOOPT, logged";

@@ -43,16 +43,16 @@ fn fd_arg(a: u64) -> u64 {
 }
 
 /// A socket address read from the program, ready for the host.
-struct SockAddr {
-    buf: [u8; ADDR_MAX],
-    len: u32,
+pub(super) struct SockAddr {
+    pub(super) buf: [u8; ADDR_MAX],
+    pub(super) len: u32,
     /// Keeps a sandbox descriptor named by a rewritten Unix path alive.
     _hold: Option<OwnedFd>,
 }
 
 impl Kernel {
     /// The socket behind `fd`, or ENOTSOCK/EBADF.
-    fn socket_file(&self, fd: u64) -> SysResult<Arc<OpenFile>> {
+    pub(super) fn socket_file(&self, fd: u64) -> SysResult<Arc<OpenFile>> {
         let f = self.fds().file(fd_arg(fd))?.clone();
         if f.kind != FileKind::Socket {
             return Err(Errno::ENOTSOCK);
@@ -67,7 +67,7 @@ impl Kernel {
 
     /// Reads a socket address of `len` bytes at `va`; Unix paths are
     /// resolved in the sandbox (`bind` creates, others look up).
-    fn read_addr(&mut self, file: &OpenFile, va: u64, len: u64, binding: bool) -> SysResult<SockAddr> {
+    pub(super) fn read_addr(&mut self, file: &OpenFile, va: u64, len: u64, binding: bool) -> SysResult<SockAddr> {
         if len as usize > ADDR_MAX || len < 2 {
             return Err(Errno::EINVAL);
         }
@@ -282,19 +282,6 @@ pub fn bind(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         k.own_ports.insert(port);
     }
     Ok(0)
-}
-
-pub fn connect(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    let f = k.socket_file(a[0])?;
-    if Kernel::netlink_of(&f).is_some() {
-        let addr = k.read_addr(&f, a[1], a[2], false)?;
-        return k.netlink_connect(&f, &addr.buf[..addr.len as usize]);
-    }
-    k.host_call(true, &mut [], |k, _| {
-        let addr = k.read_addr(&f, a[1], a[2], false)?;
-        // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
-        check(unsafe { libc::connect(f.raw(), addr.buf.as_ptr().cast(), addr.len) } as i64)
-    })
 }
 
 pub fn listen(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
