@@ -41,6 +41,14 @@ fn same_everywhere(argv: &[&str]) -> String {
     want
 }
 
+/// A Python script with os, signal, threading and time imported and a
+/// 30 s alarm (a hang ends it, and the comparison with native fails), run
+/// as `same_everywhere` does.
+fn python_everywhere(script: &str) -> String {
+    let full = format!("import os, signal, threading, time\nsignal.alarm(30)\n{script}");
+    same_everywhere(&["/usr/bin/python3", "-c", &full])
+}
+
 #[test]
 fn pthreads_run_like_native_in_one_and_two_variants() {
     require_kvm!();
@@ -118,11 +126,8 @@ fn python_threading_runs_like_native() {
 #[test]
 fn a_thread_blocked_on_a_descriptor_lets_the_others_run() {
     require_kvm!();
-    same_everywhere(&[
-        "/usr/bin/python3",
-        "-c",
-        "import os, signal, socket, threading, time\n\
-         signal.alarm(30)\n\
+    python_everywhere(
+        "import socket\n\
          def later(f):\n    t = threading.Thread(target=lambda: (time.sleep(0.1), f())); t.start(); return t\n\
          r, w = os.pipe()\n\
          t = later(lambda: os.write(w, b'pipe')); print(os.read(r, 10).decode()); t.join()\n\
@@ -131,7 +136,7 @@ fn a_thread_blocked_on_a_descriptor_lets_the_others_run() {
          t = later(connect); conn, _ = s.accept(); print(conn.recv(10).decode()); t.join()\n\
          a, b = socket.socketpair()\n\
          t = later(lambda: b.sendall(b'pair')); print(a.recv(10).decode()); t.join()",
-    ]);
+    );
 }
 
 /// A thread waiting for a child (wait4, waitid) while another thread
@@ -140,11 +145,8 @@ fn a_thread_blocked_on_a_descriptor_lets_the_others_run() {
 #[test]
 fn a_thread_waiting_for_a_child_lets_the_others_run() {
     require_kvm!();
-    same_everywhere(&[
-        "/usr/bin/python3",
-        "-c",
-        "import os, signal, threading, time\n\
-         signal.alarm(30)\n\
+    python_everywhere(
+        "import os\n\
          pipes = [os.pipe() for _ in range(2)]\n\
          kids = []\n\
          for r, w in pipes:\n    pid = os.fork()\n    if pid == 0:\n        os.close(w); os._exit(len(os.read(r, 10)))\n    os.close(r); kids.append(pid)\n\
@@ -153,7 +155,7 @@ fn a_thread_waiting_for_a_child_lets_the_others_run() {
          print('waitpid', os.waitstatus_to_exitcode(st))\n\
          t = later(pipes[1][1], b'waitid!'); info = os.waitid(os.P_PID, kids[1], os.WEXITED); t.join()\n\
          print('waitid', info.si_status, info.si_code == os.CLD_EXITED)",
-    ]);
+    );
 }
 
 /// A thread in a blocking connect that cannot complete until another
@@ -162,11 +164,8 @@ fn a_thread_waiting_for_a_child_lets_the_others_run() {
 #[test]
 fn a_thread_connecting_lets_the_others_run() {
     require_kvm!();
-    same_everywhere(&[
-        "/usr/bin/python3",
-        "-c",
-        "import os, signal, socket, threading, time\n\
-         signal.alarm(30)\n\
+    python_everywhere(
+        "import socket\n\
          def full(family, addr):\n    s = socket.socket(family); s.bind(addr); s.listen(0)\n    \
              first = socket.socket(family); first.connect(s.getsockname()); return s, first\n\
          def accept_later(s, n):\n    def run():\n        time.sleep(0.3)\n        for _ in range(n): s.accept()[0].close()\n    \
@@ -180,7 +179,7 @@ fn a_thread_connecting_lets_the_others_run() {
          c = socket.socket(); done = threading.Event(); t = threading.Thread(target=done.wait); t.start()\n\
          try:\n    c.connect(('127.0.0.1', port))\nexcept ConnectionRefusedError:\n    print('refused')\n\
          done.set(); t.join()",
-    ]);
+    );
 }
 
 #[test]
