@@ -34,6 +34,18 @@ fn same_everywhere(argv: &[&str]) {
     assert!(reports.is_empty(), "2 variants of {argv:?} reported a divergence: {}", stderr(&o));
 }
 
+/// POSIX timers (timer_create): a periodic timer's signals carry SI_TIMER
+/// and the program's value in every variant (followers take the leader's
+/// expiries), SIGEV_NONE, Linux's checks, and coreutils' timeout, which
+/// ends its command through one (before: ENOSYS).
+#[test]
+fn posix_timers_signal_like_native() {
+    require_kvm!();
+    let t = build_c("tests/programs/timers.c", &["-static", "-O1"]).to_string_lossy().into_owned();
+    same_everywhere(&[&t]);
+    same_everywhere(&["/bin/bash", "-c", "timeout 0.3 sleep 5; echo timeout said $?"]);
+}
+
 #[test]
 fn shells_run_pipelines_substitutions_and_background_jobs() {
     require_kvm!();

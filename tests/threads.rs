@@ -182,6 +182,46 @@ fn a_thread_connecting_lets_the_others_run() {
     );
 }
 
+/// select and ppoll with a timeout while another thread makes a
+/// descriptor ready: the call must only look, or it holds the vCPU for its
+/// whole timeout and the other thread never runs.
+#[test]
+fn a_thread_in_select_lets_the_others_run() {
+    require_kvm!();
+    python_everywhere(
+        "import select\n\
+         r, w = os.pipe()\n\
+         t = threading.Thread(target=lambda: (time.sleep(0.2), os.write(w, b'x'))); t.start()\n\
+         ready, _, _ = select.select([r], [], [], 10); t.join()\n\
+         print('select', ready == [r], os.read(r, 1))",
+    );
+}
+
+/// Ruby's threads: its main thread waits in ppoll with a timeout (its
+/// timer) while the others need the vCPU to end (before: every Ruby
+/// program with a thread hung).
+#[test]
+fn ruby_threads_run_like_native() {
+    require_kvm!();
+    if !Path::new("/usr/bin/ruby").exists() {
+        shout("SKIPPED ruby_threads_run_like_native: /usr/bin/ruby is not installed");
+        return;
+    }
+    // timeout(1): a hang fails the comparison instead of the suite.
+    same_everywhere(&[
+        "/usr/bin/timeout",
+        "60",
+        "/usr/bin/ruby",
+        "-e",
+        "q = Queue.new; m = Mutex.new; cv = ConditionVariable.new; done = 0\n\
+         ts = 4.times.map { |i| Thread.new { sleep 0.05 * i; q << i * i; m.synchronize { done += 1; cv.signal } } }\n\
+         m.synchronize { cv.wait(m) while done < 4 }\n\
+         ts.each(&:join); a = []; a << q.pop until q.empty?\n\
+         x = 0; t = Thread.new { sleep 0.2; 1 }; 300000.times { x += 1 }\n\
+         puts a.sort.inspect, t.value + x",
+    ]);
+}
+
 #[test]
 fn zstd_with_four_workers_compresses_like_native() {
     require_kvm!();

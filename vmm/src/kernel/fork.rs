@@ -191,6 +191,7 @@ impl Kernel {
         // Only the calling thread lives on in the child.
         self.sched = Default::default();
         self.host_raised = 0;
+        self.timer_raised.clear();
         self.reported.clear();
         self.stats = Default::default();
         if let Some(va) = req.child_tid {

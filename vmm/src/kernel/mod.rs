@@ -40,6 +40,7 @@ pub mod syscall;
 pub mod task;
 pub mod thread_group;
 mod threads;
+pub mod timers;
 mod wait;
 
 use std::collections::HashSet;
@@ -203,6 +204,9 @@ pub struct Kernel {
     pub(crate) fatal: Option<String>,
     /// Leader: forwarded host signals caught since the last call (replicated).
     pub(crate) host_raised: u64,
+    /// Of `host_raised`, the timers' signals: (signal, si_code's word
+    /// after: id and overrun), shipped so followers raise them alike.
+    pub(crate) timer_raised: Vec<(i32, u64)>,
     /// Bytes of XSAVE state in a signal frame, and the XCR0 it is sized for.
     pub(crate) xsave_size: usize,
     pub(crate) xcr0: u64,

@@ -267,7 +267,7 @@ impl Kernel {
                 if let Some(m) = self.monitor.as_mut() {
                     // exit_group is a call like others; the exit itself is
                     // the final event.
-                    if let Err(stop) = m.end(0, 0, &mut |_| {}).and_then(|_| m.finish(Some(code), None)) {
+                    if let Err(stop) = m.end(0, 0, &[], &mut |_| {}).and_then(|_| m.finish(Some(code), None)) {
                         return Ok(Next::Done(self.stopped(stop)));
                     }
                 }
@@ -309,17 +309,21 @@ impl Kernel {
     /// The monitor's view after the call, with the leader's caught signals
     /// going out and the followers raising them.
     pub(super) fn monitor_end(&mut self, ret: i64) -> Result<(), Stop> {
-        let caught = if self.is_leader() {
+        let (caught, timers) = if self.is_leader() {
             self.collect_host_signals();
-            std::mem::take(&mut self.host_raised)
+            (std::mem::take(&mut self.host_raised), std::mem::take(&mut self.timer_raised))
         } else {
-            0
+            (0, Vec::new())
         };
         self.signal_waiting = None;
         let Some(m) = self.monitor.as_mut() else { return Ok(()) };
         let mut raised = Vec::new();
-        let r = m.end(ret, caught, &mut |s| raised.push((s.sig, s.code, s.addr)));
+        let r = m.end(ret, caught, &timers, &mut |s| raised.push((s.sig, s.code, s.addr)));
         for (sig, code, addr) in raised {
+            if code == super::timers::SI_TIMER {
+                self.raise_shipped_timer_signal(sig, addr);
+                continue;
+            }
             let info = SigInfo { code, addr, ..Default::default() };
             if self.sched.others.is_empty() {
                 self.task.sig.raise(Signal(sig), info);
@@ -374,8 +378,13 @@ impl Kernel {
                         Access::Exec => "instruction fetch",
                     };
                     let why = if f == Fault::Unmapped { "no mapping" } else { "not permitted by the mapping" };
-                    let info =
-                        SigInfo { code: if f == Fault::Unmapped { 1 } else { 2 }, addr: cr2, trapno: vec as u64, err };
+                    let info = SigInfo {
+                        code: if f == Fault::Unmapped { 1 } else { 2 },
+                        addr: cr2,
+                        trapno: vec as u64,
+                        err,
+                        value: 0,
+                    };
                     let reason = format!("page fault: {what} at address {cr2:#x} ({why}), rip {rip:#x}");
                     self.fault_signal(ctx, Signal::SIGSEGV, info, reason)
                 }
@@ -403,7 +412,7 @@ impl Kernel {
             vector::ALIGNMENT_CHECK => 1, // BUS_ADRALN
             _ => 0x80,                    // SI_KERNEL
         };
-        let info = SigInfo { code, addr: if code == 0x80 { 0 } else { rip }, trapno: vec as u64, err };
+        let info = SigInfo { code, addr: if code == 0x80 { 0 } else { rip }, trapno: vec as u64, err, value: 0 };
         let reason = format!("{} at rip {rip:#x} (error code {err:#x})", vector::name(vec));
         self.fault_signal(ctx, sig, info, reason)
     }

@@ -107,6 +107,7 @@ pub fn run(config: Config) -> Result<Outcome, KernelError> {
         stop: None,
         fatal: None,
         host_raised: 0,
+        timer_raised: Vec::new(),
         xsave_size: xsave_size(),
         xcr0: plat.xcr0(),
         stats: Stats::default(),

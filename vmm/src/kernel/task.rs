@@ -46,6 +46,9 @@ pub struct Task {
     /// The call could not finish without blocking: the thread waits as a
     /// poller and issues it again.
     pub reissue: bool,
+    /// ppoll, select or pselect6 only looks (timeout 0): `poll_probe`;
+    /// Some(true) for the last look (its time is up).
+    pub look_only: Option<bool>,
 }
 
 impl Task {
@@ -70,6 +73,7 @@ impl Task {
             affinity: None,
             connecting: None,
             reissue: false,
+            look_only: None,
         }
     }
 }

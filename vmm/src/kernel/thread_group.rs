@@ -17,6 +17,8 @@ pub struct TgState {
     pub exe: Vec<u8>,
     /// The command name (prctl PR_SET_NAME, /proc/self/comm).
     pub name: [u8; 16],
+    /// POSIX timers (timer_create).
+    pub timers: super::timers::Timers,
 }
 
 /// One thread group.
@@ -34,7 +36,14 @@ impl ThreadGroup {
         ThreadGroup {
             pid,
             ppid,
-            state: Mutex::new(TgState { sighand: SigHand::default(), limits: Limits::default(), creds, exe, name }),
+            state: Mutex::new(TgState {
+                sighand: SigHand::default(),
+                limits: Limits::default(),
+                creds,
+                exe,
+                name,
+                timers: Default::default(),
+            }),
         }
     }
 }

@@ -335,20 +335,29 @@ impl Kernel {
         Ok(Some(self.choose(false).map(|p| self.switch_in(p))))
     }
 
-    /// Before poll or epoll_wait with a timeout in a process with threads:
+    /// Before poll, ppoll, select, pselect6 or epoll_wait with a timeout in
+    /// a process with threads:
     /// the call only looks (timeout 0), so that other threads can run while
     /// nothing is ready. Returns the timeout it had (ms; negative: none) and
     /// whether this is the last look (the timeout passed: the call returns
     /// whatever it finds). The leader decides that by its clock and records
     /// it; a follower takes the leader's decision.
     pub(super) fn poll_probe(&mut self, nr: u64, args: &mut [u64; 6]) -> Option<(i32, bool)> {
-        let i = match nr as i64 {
-            libc::SYS_poll => 2,
-            libc::SYS_epoll_wait | libc::SYS_epoll_pwait => 3,
-            _ => return None,
+        if self.sched.others.is_empty() {
+            return None;
+        }
+        // The timeout in a register (poll, epoll_wait) or in memory (ppoll,
+        // select, pselect6: read here once; the call then only looks).
+        let (t, reg) = match nr as i64 {
+            libc::SYS_poll => (args[2] as i32, Some(2)),
+            libc::SYS_epoll_wait | libc::SYS_epoll_pwait => (args[3] as i32, Some(3)),
+            _ => match super::syscall::poll::timeout_in_memory(self, nr, args)? {
+                Ok(ms) => (ms as i32, None),
+                // A bad timeout: the call itself fails.
+                Err(_) => return None,
+            },
         };
-        let t = args[i] as i32;
-        if t == 0 || self.sched.others.is_empty() {
+        if t == 0 {
             return None;
         }
         let leader_says =
@@ -358,7 +367,10 @@ impl Kernel {
             None => self.task.poll_deadline.is_some_and(|d| d <= Instant::now()),
         };
         self.sched.probe_final = Some(last);
-        args[i] = 0;
+        match reg {
+            Some(i) => args[i] = 0,
+            None => self.task.look_only = Some(last),
+        }
         Some((t, last))
     }
 

@@ -381,7 +381,14 @@ impl Monitor {
     /// Leader: `caught` holds the forwarded host signals (bits) that reach
     /// every variant right after this call. Follower: `raise` receives the
     /// leader's.
-    pub(crate) fn end(&mut self, ret: i64, caught: u64, raise: &mut dyn FnMut(SignalEvent)) -> Result<(), Stop> {
+    /// `timers`: of those, the timers' signals (signal, id and overrun).
+    pub(crate) fn end(
+        &mut self,
+        ret: i64,
+        caught: u64,
+        timers: &[(i32, u64)],
+        raise: &mut dyn FnMut(SignalEvent),
+    ) -> Result<(), Stop> {
         if std::mem::take(&mut self.skip_event) {
             return Ok(());
         }
@@ -394,7 +401,10 @@ impl Monitor {
             let mut n = 0;
             for s in 1..=64 {
                 if caught & (1u64 << (s - 1)) != 0 {
-                    sigs[n] = SignalEvent { sig: s, code: 0, addr: 0 };
+                    sigs[n] = match timers.iter().find(|t| t.0 == s) {
+                        Some(&(_, addr)) => SignalEvent { sig: s, code: crate::kernel::timers::SI_TIMER, addr },
+                        None => SignalEvent { sig: s, code: 0, addr: 0 },
+                    };
                     n += 1;
                 }
             }

@@ -119,7 +119,8 @@ impl Kernel {
         f.push(sig.0 as u32 as u64);
         f.push(info.code as u32 as u64);
         f.push(info.addr);
-        f.extend([0u64; 13]);
+        f.push(info.value);
+        f.extend([0u64; 12]);
         debug_assert_eq!(f.len() as u64 * 8, FRAME_SIZE);
         let bytes: Vec<u8> = f.iter().flat_map(|w| w.to_le_bytes()).collect();
         self.mm.write_user(frame, &bytes).map_err(|_| fail("the signal stack is not writable"))?;

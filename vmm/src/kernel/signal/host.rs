@@ -151,6 +151,13 @@ extern "C" fn on_carrier(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *m
     kick_all();
 }
 
+extern "C" fn on_timer(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let value = unsafe { (*info).si_value().sival_ptr } as usize;
+    crate::kernel::timers::on_carrier(value);
+    kick_all();
+}
+
 /// Installs a handler; a zeroed sigaction is valid.
 fn install(sig: i32, handler: usize, flags: i32) {
     // SAFETY: the handlers only touch atomics and volatile bytes
@@ -187,6 +194,7 @@ impl SignalGuard {
         }
         install(libc::SIGCHLD, on_child as *const () as usize, libc::SA_NOCLDSTOP);
         install(guest_signal_carrier(), on_carrier as *const () as usize, libc::SA_SIGINFO);
+        install(crate::kernel::timers::carrier(), on_timer as *const () as usize, libc::SA_SIGINFO);
         // SA_RESTART: the kick may land outside KVM_RUN, in a host call the
         // VMM makes for the program, which must not fail for it.
         install(link_kick_signal(), on_link_kick as *const () as usize, libc::SA_RESTART);
@@ -288,6 +296,7 @@ pub fn wait_unless(mut ready: impl FnMut() -> bool) {
         }
         libc::sigaddset(&mut block, libc::SIGCHLD);
         libc::sigaddset(&mut block, guest_signal_carrier());
+        libc::sigaddset(&mut block, crate::kernel::timers::carrier());
         libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
         if !ready() {
             libc::sigsuspend(&old);
@@ -302,6 +311,7 @@ pub fn pending() -> bool {
         || GUEST_PENDING.load(Ordering::SeqCst) != 0
         || CHILD_ENDED.load(Ordering::SeqCst)
         || STOP.load(Ordering::SeqCst)
+        || crate::kernel::timers::fired()
 }
 
 /// Whether another process of this variant diverged.
@@ -318,8 +328,12 @@ impl Kernel {
         let guest = GUEST_PENDING.swap(0, Ordering::SeqCst);
         let children = CHILD_ENDED.swap(false, Ordering::SeqCst);
         let exit_signals = if children { self.reap_children() } else { 0 };
+        let timers = crate::kernel::timers::take_fired();
         if self.is_follower() {
             return;
+        }
+        if timers != 0 {
+            self.raise_timer_signals(timers);
         }
         for sig in FORWARDED {
             if caught & bit(sig) != 0 {

@@ -138,6 +138,8 @@ pub struct SigInfo {
     /// Exception vector and error code, for the signal frame.
     pub trapno: u64,
     pub err: u64,
+    /// The union's second word (a timer's si_value).
+    pub value: u64,
 }
 
 /// si_code values.

@@ -184,6 +184,7 @@ fn do_execve(k: &mut Kernel, path: Vec<u8>, argv_va: u64, envp_va: u64) -> Sys {
         k.mm.unmap(USER_MIN, USER_END);
         k.fds().close_on_exec();
         k.tg().sighand.reset_on_exec();
+        k.tg().timers.clear();
         k.task.sig.reset_on_exec();
         k.tg().name = comm_name(&path);
         let creds = k.tg().creds.clone();

@@ -328,6 +328,11 @@ table! {
     SYS_alarm => Plain Host time::alarm, is(Time), [Int(0)], "the VMM's real-time timer; SIGALRM is passed on";
     SYS_setitimer => Plain Host time::setitimer, is(Time), [], "ITIMER_REAL only";
     SYS_getitimer => Plain Host time::getitimer, is(Time), [], "ITIMER_REAL only";
+    SYS_timer_create => Plain Host time::timer_create, is(Time), [Int(0)], "a host timer of the VMM per timer; SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE";
+    SYS_timer_settime => Plain Host time::timer_settime, is(Time), [Int(0), Int(1)], "";
+    SYS_timer_gettime => Plain Host time::timer_gettime, is(Time), [Int(0)], "";
+    SYS_timer_getoverrun => Plain Host time::timer_getoverrun, is(Time), [Int(0)], "";
+    SYS_timer_delete => Plain Host time::timer_delete, is(Time), [Int(0)], "";
     SYS_kill => Full Virtual signal::kill, is(Spawn), [Int(0), Int(1)], "the program's processes and groups, by virtual pid";
     SYS_tkill => Full Virtual signal::tkill, is(Spawn), [Int(0), Int(1)], "";
     SYS_tgkill => Full Virtual signal::tgkill, is(Spawn), [Int(0), Int(1), Int(2)], "";

@@ -257,19 +257,57 @@ pub fn poll(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     poll_common(k, a[0], a[1], a[2] as i32 as i64, None)
 }
 
-pub fn ppoll(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    let timeout = if a[2] == 0 {
-        -1
-    } else {
-        let ts: libc::timespec = k.mm.read_val(a[2])?;
-        timespec_ms(&ts)?
+/// The timeout (ms, -1: none) of ppoll, select or pselect6 (`nr`), read
+/// from the program's memory; None for other calls.
+pub(crate) fn timeout_in_memory(k: &mut Kernel, nr: u64, a: &[u64; 6]) -> Option<SysResult<i64>> {
+    let va = match nr as i64 {
+        libc::SYS_ppoll => a[2],
+        libc::SYS_select | libc::SYS_pselect6 => a[4],
+        _ => return None,
     };
+    if va == 0 {
+        return Some(Ok(-1));
+    }
+    Some(if nr as i64 == libc::SYS_select {
+        k.mm.read_val::<libc::timeval>(va).and_then(|tv| {
+            if tv.tv_sec < 0 || !(0..1_000_000).contains(&tv.tv_usec) {
+                return Err(Errno::EINVAL);
+            }
+            Ok((tv.tv_sec.saturating_mul(1000) + (tv.tv_usec + 999) / 1000).min(i32::MAX as i64))
+        })
+    } else {
+        k.mm.read_val::<libc::timespec>(va).and_then(|ts| timespec_ms(&ts))
+    })
+}
+
+/// The call's timeout: 0 when a process with threads only looks
+/// (`Kernel::poll_probe` read the timeout), else the program's. And
+/// whether, if nothing is ready, the call is issued again (a look before
+/// the last).
+fn timeout_of(k: &mut Kernel, nr: i64, a: &[u64; 6]) -> SysResult<(i64, bool)> {
+    match k.task.look_only.take() {
+        Some(last) => Ok((0, !last)),
+        None => Ok((timeout_in_memory(k, nr as u64, a).unwrap_or(Ok(-1))?, false)),
+    }
+}
+
+pub fn ppoll(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let (timeout, _) = timeout_of(k, libc::SYS_ppoll, a)?;
     let mask = k.sigmask_arg(a[3], a[4])?;
     poll_common(k, a[0], a[1], timeout, mask)
 }
 
 /// select/pselect6 through poll: the program's fd_sets become a pollfd list.
-fn select_common(k: &mut Kernel, nfds: u64, sets: [u64; 3], timeout_ms: i64, mask: Option<u64>) -> SysResult {
+/// `again`: a look that is issued again if nothing is ready, which leaves
+/// the program's sets as they are for it.
+fn select_common(
+    k: &mut Kernel,
+    nfds: u64,
+    sets: [u64; 3],
+    timeout_ms: i64,
+    mask: Option<u64>,
+    again: bool,
+) -> SysResult {
     let nfds = nfds as u32 as i32;
     if nfds < 0 {
         return Err(Errno::EINVAL);
@@ -324,6 +362,9 @@ fn select_common(k: &mut Kernel, nfds: u64, sets: [u64; 3], timeout_ms: i64, mas
         set(1, rev & (libc::POLLOUT | libc::POLLERR) != 0, &mut out, &mut count);
         set(2, rev & libc::POLLPRI != 0, &mut out, &mut count);
     }
+    if again && count == 0 {
+        return Ok(0);
+    }
     for (s, &va) in sets.iter().enumerate() {
         if va != 0 && words > 0 {
             let raw: Vec<u8> = out[s][..words].iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -334,25 +375,12 @@ fn select_common(k: &mut Kernel, nfds: u64, sets: [u64; 3], timeout_ms: i64, mas
 }
 
 pub fn select(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    let timeout = if a[4] == 0 {
-        -1
-    } else {
-        let tv: libc::timeval = k.mm.read_val(a[4])?;
-        if tv.tv_sec < 0 || !(0..1_000_000).contains(&tv.tv_usec) {
-            return Err(Errno::EINVAL);
-        }
-        (tv.tv_sec.saturating_mul(1000) + (tv.tv_usec + 999) / 1000).min(i32::MAX as i64)
-    };
-    select_common(k, a[0], [a[1], a[2], a[3]], timeout, None)
+    let (timeout, again) = timeout_of(k, libc::SYS_select, a)?;
+    select_common(k, a[0], [a[1], a[2], a[3]], timeout, None, again)
 }
 
 pub fn pselect6(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
-    let timeout = if a[4] == 0 {
-        -1
-    } else {
-        let ts: libc::timespec = k.mm.read_val(a[4])?;
-        timespec_ms(&ts)?
-    };
+    let (timeout, again) = timeout_of(k, libc::SYS_pselect6, a)?;
     // The sixth argument points at { const sigset_t *ss; size_t ss_len; }.
     let mask = if a[5] == 0 {
         None
@@ -360,7 +388,7 @@ pub fn pselect6(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         let pair: [u64; 2] = k.mm.read_val(a[5])?;
         k.sigmask_arg(pair[0], pair[1])?
     };
-    select_common(k, a[0], [a[1], a[2], a[3]], timeout, mask)
+    select_common(k, a[0], [a[1], a[2], a[3]], timeout, mask, again)
 }
 
 fn do_eventfd(k: &mut Kernel, init: u64, flags: u64) -> SysResult {

@@ -186,3 +186,115 @@ pub fn getitimer(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
     })?;
     k.mm.write_user(a[1], &cur).map(|_| 0)
 }
+
+/// Linux's timer clocks this VMM keeps (the CPU-time ones are the VMM
+/// process's, which runs the program).
+fn timer_clock(c: u64) -> SysResult<libc::clockid_t> {
+    match c as u32 as i32 {
+        c @ (libc::CLOCK_REALTIME
+        | libc::CLOCK_MONOTONIC
+        | libc::CLOCK_BOOTTIME
+        | libc::CLOCK_PROCESS_CPUTIME_ID
+        | libc::CLOCK_REALTIME_ALARM
+        | libc::CLOCK_BOOTTIME_ALARM) => Ok(match c {
+            libc::CLOCK_REALTIME_ALARM => libc::CLOCK_REALTIME,
+            libc::CLOCK_BOOTTIME_ALARM => libc::CLOCK_BOOTTIME,
+            c => c,
+        }),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// timer_create(clockid, sevp, timerid).
+pub fn timer_create(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    use super::super::timers::{Notify, Timer, SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD_ID};
+    let clock = timer_clock(a[0])?;
+    let id = k.tg().timers.free_id()?;
+    // struct sigevent: value, signo, notify, then the thread id.
+    let (notify, value) = if a[1] == 0 {
+        (Notify::Process(libc::SIGALRM), id as u64)
+    } else {
+        let sev: [u64; 3] = k.mm.read_val(a[1])?;
+        let (signo, how, tid) = (sev[1] as u32 as i32, (sev[1] >> 32) as u32 as i32, sev[2] as u32);
+        let signal = || if super::super::signal::Signal::valid(signo as u64) { Ok(signo) } else { Err(Errno::EINVAL) };
+        let notify = match how {
+            SIGEV_NONE => Notify::None,
+            SIGEV_SIGNAL => Notify::Process(signal()?),
+            SIGEV_THREAD_ID if tid == k.task.tid || k.sched.find(tid).is_some() => Notify::Thread(signal()?, tid),
+            _ => return Err(Errno::EINVAL),
+        };
+        (notify, sev[0])
+    };
+    super::super::mm::Mm::range_ok(a[2], 4)?;
+    // The host timer's handle stays here; only success is replicated.
+    let mut host = None;
+    k.host_call(false, &mut [], |_, _| {
+        host = Some(super::super::timers::create_host(clock, id)?);
+        Ok(0)
+    })?;
+    if let Err(e) = k.mm.write_val(a[2], &(id as i32)) {
+        if let Some(h) = host {
+            super::super::timers::delete(Timer { notify, value, host: Some(h) });
+        }
+        return Err(e);
+    }
+    k.tg().timers.insert(id, Timer { notify, value, host });
+    Ok(0)
+}
+
+/// The host timer of timer `id` (0 in a follower, which replays).
+fn host_timer(k: &Kernel, id: u64) -> SysResult<usize> {
+    Ok(k.tg().timers.get(id)?.host.unwrap_or(0))
+}
+
+/// timer_settime(timerid, flags, new, old).
+pub fn timer_settime(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let h = host_timer(k, a[0])?;
+    if a[1] & !(libc::TIMER_ABSTIME as u64) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let new: libc::itimerspec = k.mm.read_val(a[2])?;
+    super::super::timers::valid_spec(&new)?;
+    let mut old = [0u8; 32];
+    k.host_call(false, &mut old, |_, out| {
+        let mut o: libc::itimerspec = Pod::zeroed();
+        // SAFETY: h is the live host timer of this id; new/o are valid.
+        check(unsafe { libc::timer_settime(h as libc::timer_t, a[1] as i32, &new, &mut o) } as i64)?;
+        out.copy_from_slice(o.as_bytes());
+        Ok(0)
+    })?;
+    if a[3] != 0 {
+        k.mm.write_user(a[3], &old)?;
+    }
+    Ok(0)
+}
+
+/// timer_gettime(timerid, cur).
+pub fn timer_gettime(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let h = host_timer(k, a[0])?;
+    let mut cur = [0u8; 32];
+    k.host_call(false, &mut cur, |_, out| {
+        let mut c: libc::itimerspec = Pod::zeroed();
+        // SAFETY: h is the live host timer of this id; c is valid.
+        check(unsafe { libc::timer_gettime(h as libc::timer_t, &mut c) } as i64)?;
+        out.copy_from_slice(c.as_bytes());
+        Ok(0)
+    })?;
+    k.mm.write_user(a[1], &cur).map(|_| 0)
+}
+
+/// timer_getoverrun(timerid).
+pub fn timer_getoverrun(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let h = host_timer(k, a[0])?;
+    k.host_call(false, &mut [], |_, _| {
+        // SAFETY: h is the live host timer of this id.
+        check(unsafe { libc::timer_getoverrun(h as libc::timer_t) } as i64)
+    })
+}
+
+/// timer_delete(timerid).
+pub fn timer_delete(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
+    let t = k.tg().timers.remove(a[0])?;
+    super::super::timers::delete(t);
+    Ok(0)
+}
