@@ -521,8 +521,8 @@ def write_report(out, started, how, seconds, servers, configs, percall, floor, s
     if runsc_skip:
         L.append("The gVisor rows are missing: " + runsc_skip + ".")
     else:
-        L.append("The peer, gVisor, is `runsc --rootless --network=host --platform=ptrace do -root IMAGE` (root in its")
-        L.append("sandbox, writes to a tmpfs over the image; its KVM platform hangs on this nested host).")
+        L.append("The peer, gVisor, is `%s -root IMAGE` (root in its sandbox, writes to a tmpfs" % " ".join(RUNSC))
+        L.append("over the image; its KVM platform hangs on this nested host; its CPU per request is not counted).")
     L.append("")
     L.append("## 1. Servers")
     L.append("")
