@@ -10,7 +10,11 @@
 #    (the sandbox's path lookup) with the jail and with --no-jail;
 #  - the two system-call paths (--syscall-path exit|ring): getppid and a
 #    4 KiB pread of a file of the root, each pair interleaved, against
-#    native, and the exits per call on the ring.
+#    native, and the exits per call on the ring;
+#  - the peer: the same getppid and 4 KiB pread under gVisor (`runsc
+#    --rootless --network=host --platform=ptrace do`, Debian package runsc),
+#    against the same native baseline; skipped, saying why, when runsc is
+#    missing or does not start.
 # Usage: scripts/bench-foundation.sh [ITERATIONS]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -65,6 +69,20 @@ paths() { # MODE N [FILE] -> "exit_median ring_median"
 read -r ppid_exit ppid_ring <<<"$(paths getppid "$n")"
 read -r rd_exit rd_ring <<<"$(paths read4k "$n" "$bb")"
 native_rd=$(for i in $(seq $reps); do "$work/percall" read4k 200000 "$bb"; done | median)
+# The peer, gVisor's runsc on its ptrace platform (its KVM platform hangs
+# on nested PVM hosts).
+runsc_cmd=(runsc --rootless --network=host --platform=ptrace --ignore-cgroups do -quiet)
+runsc_skip=""
+if ! command -v runsc >/dev/null; then
+    runsc_skip="runsc is not installed (Debian package runsc; scripts/setup-host.sh --bench)"
+elif ! out=$(timeout 60 "${runsc_cmd[@]}" "$work/percall" getppid 10 2>&1 </dev/null) || ! [[ "$out" =~ ^[0-9.]+$ ]]; then
+    runsc_skip="runsc did not start: $(echo "$out" | tail -1)"
+fi
+if [ -z "$runsc_skip" ]; then
+    # Its output must go to a file or pipe (on a terminal it can be lost).
+    runsc_ppid=$(for i in $(seq $reps); do timeout 120 "${runsc_cmd[@]}" "$work/percall" getppid "$n" </dev/null | cat; done | median)
+    runsc_rd=$(for i in $(seq $reps); do timeout 120 "${runsc_cmd[@]}" "$work/percall" read4k "$n" "$bb" </dev/null | cat; done | median)
+fi
 ring_stats=$("$vmm" --stats --syscall-path ring -- "$work/percall" getppid "$n" 2>&1 >/dev/null | grep ' exits, ')
 ring_exits=$(echo "$ring_stats" | sed -n 's/.*stats: \([0-9]*\) exits, \([0-9]*\) system calls.*/\1 \2/p')
 first_ms() { "$work/launch" "$vmm" "$@" --stats -- "$bb" true 2>&1 | sed -n 's/.*first guest instruction \([0-9.]*\) ms/\1/p'; }
@@ -101,5 +119,12 @@ printf "| %-52s | %9.3f us | 1.00 |\n" "native 4 KiB pread of $bb" "$(awk -v x="
 printf "| %-52s | %9.1f us | %s x native |\n" "4 KiB pread, --syscall-path exit" "$(awk -v x="$rd_exit" 'BEGIN{print x/1000}')" "$(ratio "$rd_exit" "$native_rd")"
 printf "| %-52s | %9.2f us | %s x native (target <= 20); %s x faster than exit |\n" "4 KiB pread, --syscall-path ring" "$(awk -v x="$rd_ring" 'BEGIN{print x/1000}')" "$(ratio "$rd_ring" "$native_rd")" "$(ratio "$rd_exit" "$rd_ring")"
 printf "| %-52s | %12s | %s |\n" "ring: exits / system calls of a getppid loop" "${ring_exits/ / \/ }" "(exit path: one exit per call)"
+if [ -z "$runsc_skip" ]; then
+    printf "| %-52s | %9.2f us | %s x native; %s x the ring's time, %s x the exit path's |\n" "getppid, runsc --platform=ptrace (gVisor)" "$(awk -v x="$runsc_ppid" 'BEGIN{print x/1000}')" "$(ratio "$runsc_ppid" "$native")" "$(ratio "$runsc_ppid" "$ppid_ring")" "$(ratio "$runsc_ppid" "$ppid_exit")"
+    printf "| %-52s | %9.2f us | %s x native; %s x the ring's time, %s x the exit path's |\n" "4 KiB pread, runsc --platform=ptrace (gVisor)" "$(awk -v x="$runsc_rd" 'BEGIN{print x/1000}')" "$(ratio "$runsc_rd" "$native_rd")" "$(ratio "$runsc_rd" "$rd_ring")" "$(ratio "$runsc_rd" "$rd_exit")"
+fi
 echo
 echo "($mem_line)"
+if [ -n "$runsc_skip" ]; then
+    echo "(runsc rows skipped: $runsc_skip)"
+fi

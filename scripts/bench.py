@@ -3,12 +3,15 @@
 
 Measures, each figure against a baseline measured in the same run:
   1. servers: lighttpd and nginx serving a 4 KiB file to wrk -t1 -c10 (req/s,
-     p50, p99) natively, under strace -f, in dmvx as 1 variant, and as 2
+     p50, p99) natively, under strace -f, under gVisor's runsc on its ptrace
+     platform (the peer; skipped, saying why, when runsc is missing or does
+     not start), in dmvx as 1 variant, and as 2
      variants under the strict and the dmvx policy with 0, 0.1 and 1 ms added
      between the variants' hosts (network namespaces; the client reaches the
      leader's host without added delay);
-  2. per-call costs (getppid, a 512-byte read of an image file, sched_yield,
-     a lockstep call) at each delay, against the bare exit round trip;
+  2. per-call costs (getppid, a 512-byte and a 4 KiB read of an image file,
+     sched_yield, a lockstep call) at each delay, against the bare exit round
+     trip, and natively and under runsc;
   3. scaling: 2, 3 and 4 variants under dmvx at 0.1 ms;
   4. startup (launch to first guest instruction) and VMM memory.
 Writes OUT/benchmarks.md and OUT/benchmarks.png.
@@ -33,6 +36,25 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PORT = 8080
 CLUSTER_PORT = 7700
 DELAYS_US = (0, 100, 1000)
+# The peer: gVisor's runsc on its ptrace platform, rootless, host network
+# (its KVM platform hangs on nested PVM hosts), no cgroups (a network
+# namespace of `ip netns exec` has a sysfs without them); `-root DIR` is the root.
+RUNSC = ["runsc", "--rootless", "--network=host", "--platform=ptrace", "--ignore-cgroups", "do", "-quiet"]
+
+
+def runsc_problem(work):
+    """None if runsc runs a program here, else why it does not."""
+    if shutil.which("runsc") is None:
+        return "runsc is not installed (Debian package runsc: scripts/setup-host.sh --bench)"
+    try:
+        r = subprocess.run(RUNSC + [os.path.join(work, "percall"), "getppid", "10"], env={"PATH": GUEST_PATH},
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "runsc did not finish a trial run in 60 s"
+    if r.returncode != 0 or not re.fullmatch(r"[\d.]+\s*", r.stdout):
+        last = (r.stderr.strip().splitlines() or ["exit status %d" % r.returncode])[-1]
+        return "runsc did not start: " + last
+    return None
 
 
 def log(msg):
@@ -253,7 +275,7 @@ def wait_closed(hosts):
 
 
 def bench_server(pkg, image, config, seconds, netem, work):
-    """config: ("native",) ("strace",) ("dmvx", n, policy, delay_us[, wrk connections])."""
+    """config: ("native",) ("strace",) ("runsc",) ("dmvx", n, policy, delay_us[, wrk connections])."""
     kind = config[0]
     cluster = None
     n = config[1] if kind == "dmvx" else 1
@@ -261,10 +283,13 @@ def bench_server(pkg, image, config, seconds, netem, work):
     hosts = Hosts(n, delay, netem)
     procs = []
     try:
-        if kind in ("native", "strace"):
+        if kind in ("native", "strace", "runsc"):
             argv, env = server_argv(pkg)
             # As dmvx-vmm's jail identity, which owns the image's writable dirs.
             cmd = ["chroot", "--userspec=65534:65534", image] + argv
+            if kind == "runsc":
+                # Root inside its sandbox, writes to a tmpfs over the image.
+                cmd = RUNSC + ["-root", image] + argv
             if kind == "strace":
                 cmd = ["strace", "-f", "-o", "/dev/null"] + cmd
             e = {"PATH": GUEST_PATH}
@@ -280,6 +305,9 @@ def bench_server(pkg, image, config, seconds, netem, work):
         wait_serving(hosts, procs, "%s %s" % (pkg, config))
         conns = config[4] if len(config) > 4 else 10
         r = wrk(hosts, seconds, [p.pid for p in procs] if cluster else [-procs[0].pid], conns)
+        if kind == "runsc":
+            # Its sandbox and gofer leave the process group: CPU not counted.
+            r["per_req"] = [None]
         wait_closed(hosts)
         if cluster:
             procs[0].send_signal(signal.SIGTERM)
@@ -316,6 +344,7 @@ def bench_server(pkg, image, config, seconds, netem, work):
 CALLS = [
     ("getppid", "getppid (relaxed, answered by the VMM)"),
     ("read512", "512-byte read of an image file (local)"),
+    ("read4k", "4 KiB read of an image file (local)"),
     ("yield", "sched_yield"),
     ("lockstep", "unlink of a missing file (lockstep, replicated)"),
 ]
@@ -342,7 +371,7 @@ def percall_root(work):
 
 
 def percall_args(call, n):
-    return ["/bin/percall", call, str(n)] + (["/data/file"] if call == "read512" else [])
+    return ["/bin/percall", call, str(n)] + (["/data/file"] if call.startswith("read") else [])
 
 
 def run_percall_mvx(root, call, n, policy, delay, netem, work):
@@ -402,7 +431,10 @@ def main():
     work = a.work
 
     # 1. servers
-    configs = [("native",), ("strace",), ("dmvx", 1, "dmvx", 0)]
+    runsc_skip = runsc_problem(work)
+    if runsc_skip:
+        log("runsc rows skipped: " + runsc_skip)
+    configs = [("native",), ("strace",)] + ([] if runsc_skip else [("runsc",)]) + [("dmvx", 1, "dmvx", 0)]
     for policy in ("strict", "dmvx"):
         for d in DELAYS_US:
             configs.append(("dmvx", 2, policy, d))
@@ -432,6 +464,9 @@ def main():
         n = percall_n(call, "dmvx", 0, a.quick)
         percall[(call, "native")] = median_of(reps, lambda: float(sh(
             "chroot", root, *percall_args(call, n * 10)).stdout))
+        if not runsc_skip:
+            percall[(call, "runsc")] = median_of(reps, lambda: float(sh(
+                *RUNSC, "-root", root, *percall_args(call, n)).stdout))
         percall[(call, "1v")] = median_of(reps, lambda: float(sh(
             VMM, "--rootfs", root, "--", *percall_args(call, n)).stdout))
         for policy in ("dmvx", "strict"):
@@ -456,7 +491,7 @@ def main():
     sh(VMM, "--", "/bin/busybox", "true")
     startup["one_true_ms"] = (time.time() - t0) * 1000
 
-    write_report(a.out, started, how, seconds, servers, configs, percall, floor, startup, a.quick)
+    write_report(a.out, started, how, seconds, servers, configs, percall, floor, startup, a.quick, runsc_skip)
     plot(a.out, servers, configs, percall, floor)
 
 
@@ -465,12 +500,14 @@ def config_name(c):
         return "native"
     if c[0] == "strace":
         return "native under `strace -f`"
+    if c[0] == "runsc":
+        return "gVisor `runsc --platform=ptrace`"
     if c[1] == 1:
         return "dmvx, 1 variant"
     return "dmvx, %d variants, `%s`, %s ms" % (c[1], c[2], ("%g" % (c[3] / 1000)))
 
 
-def write_report(out, started, how, seconds, servers, configs, percall, floor, startup, quick):
+def write_report(out, started, how, seconds, servers, configs, percall, floor, startup, quick, runsc_skip):
     L = []
     L.append("# dmvx benchmarks")
     L.append("")
@@ -481,6 +518,11 @@ def write_report(out, started, how, seconds, servers, configs, percall, floor, s
     L.append("Variants run on separate network-namespace hosts joined by veth; the delay between")
     L.append("them is added by %s. The client (`wrk -t1 -c10 -d%ds --latency`, 4 KiB file) reaches" % (how, seconds))
     L.append("the leader's host without added delay. All variants share this machine's CPUs.")
+    if runsc_skip:
+        L.append("The gVisor rows are missing: " + runsc_skip + ".")
+    else:
+        L.append("The peer, gVisor, is `%s -root IMAGE` (root in its sandbox, writes to a tmpfs" % " ".join(RUNSC))
+        L.append("over the image; its KVM platform hangs on this nested host; its CPU per request is not counted).")
     L.append("")
     L.append("## 1. Servers")
     L.append("")
@@ -497,10 +539,11 @@ def write_report(out, started, how, seconds, servers, configs, percall, floor, s
             r = servers[(pkg, c)]
             if r["errors"]:
                 notes.append("%s: wrk reported %s" % (config_name(c), r.get("error_text") or "errors"))
-            L.append("| %s | %.0f%s | %s | %s | %.2f | %.2f | %.0f%% | %.0f | %s |" % (
+            L.append("| %s | %.0f%s | %s | %s | %.2f | %.2f | %.0f%% | %s | %s |" % (
                 config_name(c), r["rps"], " (%d)" % len(notes) if r["errors"] else "", fmt_ratio(r["rps"] / nat),
                 fmt_ratio(r["rps"] / one) if c[0] == "dmvx" else "", r["p50"], r["p99"], r["cpu"],
-                r["per_req"][0], " ".join("%.0f" % x for x in r["per_req"][1:])))
+                "%.0f" % r["per_req"][0] if r["per_req"][0] is not None else "n/a",
+                " ".join("%.0f" % x for x in r["per_req"][1:])))
         L.append("")
         for i, n in enumerate(notes):
             L.append("(%d) %s." % (i + 1, n))
@@ -512,19 +555,26 @@ def write_report(out, started, how, seconds, servers, configs, percall, floor, s
             m = servers[(pkg, ("dmvx", 2, "dmvx", d))]["rps"]
             row.append("%g ms: %s x" % (d / 1000, fmt_ratio(m / s)))
         L.append("`dmvx` policy against `strict`, 2 variants: " + "; ".join(row) + ".")
+        if (pkg, ("runsc",)) in servers:
+            L.append("dmvx, 1 variant, against gVisor: %s x." % fmt_ratio(one / servers[(pkg, ("runsc",))]["rps"]))
         L.append("")
     L.append("## 2. Per-call costs")
     L.append("")
     L.append("Microseconds per call, timed inside the program (the leader's clock); in brackets,")
     L.append("the ratio to the bare exit round trip of a guest that only exits (%.1f us, CPL3)." % (floor / 1000))
     L.append("")
-    head = "| call | native | dmvx 1 variant |" + "".join(
+    peer = not runsc_skip
+    head = "| call | native |" + (" gVisor ptrace |" if peer else "") + " dmvx 1 variant |" + "".join(
         " 2 variants `%s`, %g ms |" % (p, d / 1000) for p in ("dmvx", "strict") for d in DELAYS_US)
     L.append(head)
-    L.append("|---" * (3 + 2 * len(DELAYS_US)) + "|")
+    L.append("|---" * (3 + peer + 2 * len(DELAYS_US)) + "|")
     for call, desc in CALLS:
         cell = lambda ns: "%.2f (%s)" % (ns / 1000, fmt_ratio(ns / floor))
-        row = "| %s | %.3f | %s |" % (desc, percall[(call, "native")] / 1000, cell(percall[(call, "1v")]))
+        nat = percall[(call, "native")]
+        row = "| %s | %.3f |" % (desc, nat / 1000)
+        if peer:
+            row += " %.2f (%s x native) |" % (percall[(call, "runsc")] / 1000, fmt_ratio(percall[(call, "runsc")] / nat))
+        row += " %s |" % cell(percall[(call, "1v")])
         for p in ("dmvx", "strict"):
             for d in DELAYS_US:
                 row += " %s |" % cell(percall[(call, p, d)])
@@ -554,6 +604,13 @@ def write_report(out, started, how, seconds, servers, configs, percall, floor, s
     L.append("| the same, each of 2 variants (link, I/O thread, buffers) | %s KiB |" % (
         " and ".join(str(x) for x in startup["mem2"])))
     L.append("")
+    # A section written by hand from other runs (between its markers) stays.
+    doc = os.path.join(out, "benchmarks.md")
+    kept = open(doc).read() if os.path.exists(doc) else ""
+    begin, end = "<!-- syscall-path:begin -->", "<!-- syscall-path:end -->"
+    if begin in kept and end in kept:
+        L.append(kept[kept.index(begin):kept.index(end) + len(end)])
+        L.append("")
     L.append("## Targets")
     L.append("")
     for pkg in ("lighttpd", "nginx"):

@@ -475,6 +475,7 @@ impl Exits<'_> {
             self.p.enter_kops(vcpu, self.mm);
             return Ok(Flow::Continue);
         }
+        self.mm.kops_applied();
         let ctx =
             self.p.parked.take().ok_or_else(|| {
                 VcpuError::GuestKernel("kernel operations finished with no program to return to".into())

@@ -167,6 +167,12 @@ pub struct Mm {
     vmas: BTreeMap<u64, Vma>,
     /// Entries the guest must rewrite before user code runs again.
     kops: Vec<KopsOp>,
+    /// Frames whose entries were cleared while `kops` waited: the guest
+    /// may still reach them through a translation it caches until it has
+    /// rewritten the entries (with the ring on, the program runs while the
+    /// VMM handles a request it posted itself), so they are given out again
+    /// only after that (`kops_applied`).
+    retired: Vec<u64>,
     pub layout: Layout,
     /// Start of the heap, and its current end (the program break).
     pub brk_start: u64,
@@ -186,6 +192,7 @@ impl Mm {
             pt,
             vmas: BTreeMap::new(),
             kops: Vec::new(),
+            retired: Vec::new(),
             layout,
             brk_start: 0,
             brk: 0,
@@ -211,11 +218,36 @@ impl Mm {
         }
     }
 
+    /// Gives back `frame`, whose entry was just cleared: at once, unless
+    /// entries wait for the guest to rewrite them (then once it has).
+    fn release_frame(&mut self, frame: u64) {
+        if self.kops.is_empty() {
+            self.free_frame(frame);
+        } else {
+            self.retired.push(frame);
+        }
+    }
+
+    /// The guest has rewritten every queued entry and flushed its TLB: no
+    /// translation of a retired frame is left, so they can be given out.
+    pub fn kops_applied(&mut self) {
+        debug_assert!(self.kops.is_empty());
+        for f in std::mem::take(&mut self.retired) {
+            self.free_frame(f);
+        }
+    }
+
     /// Before a fork: every page of the shared anonymous mappings exists
     /// (so parent and child map the same frames), and the child holds a
-    /// reference to each.
+    /// reference to each (and to each retired shared frame, which it will
+    /// give back too).
     pub fn share_for_fork(&mut self) -> Result<(), Fault> {
         let Some(sf) = self.shared.clone() else { return Ok(()) };
+        for &f in &self.retired {
+            if sf.owns(f) {
+                sf.get(f);
+            }
+        }
         let shared: Vec<Vma> =
             self.vmas.values().filter(|v| v.shared && matches!(v.backing, Backing::Anon)).cloned().collect();
         for v in &shared {
@@ -444,7 +476,7 @@ impl Mm {
                 debug_assert!(to >= shift);
                 let slot = self.pt.entry_gpa_alloc(&self.mem, &mut self.frames, to, 1);
                 if slot.and_then(|s| self.mem.write_u64(s, e)).is_none() {
-                    self.free_frame(e & pte::ADDR_MASK);
+                    self.release_frame(e & pte::ADDR_MASK);
                 }
             }
             self.vmas.insert(v.start, v);
@@ -462,11 +494,11 @@ impl Mm {
         }
     }
 
-    /// Clears the entries of `[start, end)` and frees their frames.
+    /// Clears the entries of `[start, end)` and releases their frames.
     fn clear_range(&mut self, start: u64, end: u64) {
         self.for_each_populated(start, end, |mm, _va, slot, e| {
-            mm.free_frame(e & pte::ADDR_MASK);
             mm.set_entry(slot, e, 0);
+            mm.release_frame(e & pte::ADDR_MASK);
         });
     }
 
@@ -706,6 +738,25 @@ mod tests {
     }
 
     #[test]
+    fn unmapped_frames_wait_for_the_guest_rewrite() {
+        let mut m = mm();
+        m.insert(anon(0x10_0000, 0x20_0000, PROT_READ | PROT_WRITE));
+        m.populate_range(0x10_0000, 0x10_2000).unwrap();
+        let used = m.frames.in_use();
+        m.unmap(0x10_0000, 0x10_2000);
+        // Still cached by the guest until it rewrites the entries: not reused.
+        assert_eq!(m.frames.in_use(), used);
+        m.insert(anon(0x10_0000, 0x10_2000, PROT_READ | PROT_WRITE));
+        m.populate_range(0x10_0000, 0x10_2000).unwrap();
+        assert_eq!(m.frames.in_use(), used + 2);
+        while m.has_kops() {
+            m.take_kops(100);
+        }
+        m.kops_applied();
+        assert_eq!(m.frames.in_use(), used);
+    }
+
+    #[test]
     fn prot_none_keeps_contents() {
         let mut m = mm();
         m.insert(anon(0x10_0000, 0x10_1000, PROT_READ | PROT_WRITE));
@@ -719,6 +770,9 @@ mod tests {
         assert_eq!(&b, b"kept");
         let used = m.frames.in_use();
         m.unmap(0x10_0000, 0x10_1000);
+        // Given back once the guest has rewritten the entry.
+        m.take_kops(10);
+        m.kops_applied();
         assert_eq!(m.frames.in_use(), used - 1);
     }
 
