@@ -165,7 +165,7 @@ fn a_thread_waiting_for_a_child_lets_the_others_run() {
 fn a_thread_connecting_lets_the_others_run() {
     require_kvm!();
     python_everywhere(
-        "import socket\n\
+        "import select, socket\n\
          def full(family, addr):\n    s = socket.socket(family); s.bind(addr); s.listen(0)\n    \
              first = socket.socket(family); first.connect(s.getsockname()); return s, first\n\
          def accept_later(s, n):\n    def run():\n        time.sleep(0.3)\n        for _ in range(n): s.accept()[0].close()\n    \
@@ -175,6 +175,9 @@ fn a_thread_connecting_lets_the_others_run() {
          t = accept_later(s, 3)\n\
          for c in extra: c.connect(s.getsockname())\n\
          t.join(); print('tcp connected', len(extra) + 1)\n\
+         import errno; s2 = socket.socket(); s2.bind(('127.0.0.1', 0)); s2.listen()\n\
+         n = socket.socket(); n.setblocking(False); e = n.connect_ex(s2.getsockname())\n\
+         print('non-blocking', e in (0, errno.EINPROGRESS)); select.select([], [n], [], 5); n.close()\n\
          r = socket.socket(); r.bind(('127.0.0.1', 0)); port = r.getsockname()[1]; r.close()\n\
          c = socket.socket(); done = threading.Event(); t = threading.Thread(target=done.wait); t.start()\n\
          try:\n    c.connect(('127.0.0.1', port))\nexcept ConnectionRefusedError:\n    print('refused')\n\

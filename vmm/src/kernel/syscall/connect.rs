@@ -25,8 +25,12 @@ pub fn connect(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         return r;
     }
     k.task.connecting = None;
+    // Whether the connection was tried without blocking is the leader's
+    // finding (its socket's flags: a follower has no host socket), shipped
+    // with the result.
     let without_blocking = threads && f.may_block();
-    let r = k.host_call(true, &mut [], |k, _| {
+    let mut tried = [0u8; 1];
+    let r = k.host_call(true, &mut tried, |k, out| {
         let addr = k.read_addr(&f, a[1], a[2], false)?;
         let connect = || {
             // SAFETY: addr.buf holds addr.len valid bytes of a socket address.
@@ -42,12 +46,13 @@ pub fn connect(k: &mut Kernel, a: &[u64; 6]) -> SysResult {
         if fl < 0 || unsafe { libc::fcntl(f.raw(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
             return connect();
         }
+        out[0] = 1;
         let r = connect();
         // SAFETY: as above.
         unsafe { libc::fcntl(f.raw(), libc::F_SETFL, fl) };
         r
     });
-    if without_blocking {
+    if tried[0] == 1 {
         match r {
             // Started (or started before): the outcome is awaited.
             Err(Errno(libc::EINPROGRESS)) | Err(Errno(libc::EALREADY)) => {
